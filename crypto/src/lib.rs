@@ -1,0 +1,2 @@
+//! # shoal-crypto
+#![forbid(unsafe_code)]
