@@ -1,1 +1,46 @@
 //! # shoal-engine
+//!
+//! Per-core data shards that move authenticated, encrypted traffic between
+//! peers, on io_uring (default) or epoll, behind the channel API that
+//! validators embed.
+//!
+//! # Architecture
+//! - [`connection`]: the sans-IO connection state machine (handshake,
+//!   records, chunking, priorities, timers). No sockets, no clock.
+//! - `shard`: one thread per core owning its connections; backend-independent.
+//! - `driver`: io_uring and epoll drivers that only move bytes.
+//! - [`network`]: [`Network`] / [`NetworkHandle`], the control shard
+//!   (accept, dial, deauthorize), shutdown.
+//! - [`channels`]: [`Sender`] / [`Receiver`] with explicit backpressure.
+//! - [`oracle`]: authorized peer sets and known addresses.
+//! - [`peers`]: the lock-free table of established connections.
+//! - [`config`], [`metrics`], [`clock`].
+//!
+//! # Threads
+//! Application threads talk to shards through bounded queues; a shard
+//! sleeping in the kernel is woken only when it sleeps (one syscall per
+//! burst, never per message). A connection lives on one shard for its whole
+//! life: decryption, reassembly, dispatch, encoding and encryption all happen
+//! there, with no locks on the per-message path.
+
+pub mod channels;
+pub mod clock;
+pub mod config;
+pub mod connection;
+mod driver;
+pub mod error;
+pub mod metrics;
+pub mod network;
+pub mod oracle;
+pub mod peers;
+mod shard;
+mod shared;
+mod waker;
+
+pub use channels::{Receiver, Recipients, RecvError, SendReport, Sender};
+pub use config::{Backend, Config};
+pub use error::{Error, SendError};
+pub use governor::Quota;
+pub use network::{Network, NetworkHandle};
+pub use oracle::Oracle;
+pub use shoal_crypto::{Ed25519Signer, Identity, PublicKey};

@@ -1,0 +1,277 @@
+//! Channels: how the application sends and receives.
+//!
+//! # Design
+//! `Network::register(channel, quota, max_size, backlog, compression)` gives a
+//! [`Sender`] and a [`Receiver`]. Channels are fixed before the network starts,
+//! so the table every shard reads is immutable and lock-free.
+//!
+//! Sending never blocks on a slow peer. Each established connection has an
+//! application-visible queue depth counter; `send` bumps it and refuses with
+//! [`SendError::Full`] when the peer's backlog is reached, so a full queue is
+//! an explicit result (and a metric), never a silent drop. Compression
+//! (zstd, per channel) runs on the sending thread, once per message whatever
+//! the number of recipients, and only when it makes the message smaller.
+//!
+//! Receiving: a bounded queue of `backlog` messages per channel. When it is
+//! full the shard stops reading from the connection that has the next message
+//! (backpressure) and resumes when the receiver frees space. An inbound quota
+//! (`governor`) per peer per channel works the same way: over quota, reading
+//! from that connection pauses until the quota allows the next message.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use governor::Quota;
+use shoal_crypto::PublicKey;
+
+use crate::connection::{ChannelLimit, ChannelLookup, Outgoing};
+use crate::error::SendError;
+use crate::metrics::ChannelMetrics;
+use crate::peers::PeerHandle;
+use crate::shard::Command;
+use crate::shared::Shared;
+
+/// Who a message goes to.
+#[derive(Clone, Debug)]
+pub enum Recipients {
+    /// Every connected peer.
+    All,
+    /// These peers.
+    Some(Vec<PublicKey>),
+    /// One peer.
+    One(PublicKey),
+}
+
+/// A registered channel.
+pub struct ChannelSpec {
+    pub id: u32,
+    pub max_size: usize,
+    pub compression: Option<i32>,
+    pub quota: Option<Quota>,
+    pub backlog: usize,
+    pub(crate) tx: async_channel::Sender<(PublicKey, Bytes)>,
+    /// A shard found the receiver full and paused a connection.
+    pub(crate) blocked: AtomicBool,
+    pub(crate) metrics: ChannelMetrics,
+}
+
+/// Every registered channel (immutable once the network runs).
+#[derive(Default)]
+pub struct Channels {
+    pub(crate) map: HashMap<u32, Arc<ChannelSpec>>,
+}
+
+impl Channels {
+    pub fn get(&self, id: u32) -> Option<&Arc<ChannelSpec>> {
+        self.map.get(&id)
+    }
+}
+
+impl ChannelLookup for Channels {
+    fn limit(&self, channel: u32) -> Option<ChannelLimit> {
+        self.map.get(&channel).map(|c| ChannelLimit {
+            max_size: c.max_size,
+        })
+    }
+}
+
+/// Which peers took a message.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SendReport {
+    /// Queued for these peers.
+    pub accepted: Vec<PublicKey>,
+    /// Not queued: the peer's send queue was full.
+    pub full: Vec<PublicKey>,
+    /// Not queued: no established connection (explicit recipients only).
+    pub not_connected: Vec<PublicKey>,
+}
+
+/// Sends on one channel. Cheap to clone; usable from any thread.
+#[derive(Clone)]
+pub struct Sender {
+    pub(crate) spec: Arc<ChannelSpec>,
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl Sender {
+    /// The channel id.
+    pub fn channel(&self) -> u32 {
+        self.spec.id
+    }
+
+    /// Sends to `recipients`; returns the peers that accepted the message.
+    /// Peers whose queue is full are left out (see [`Sender::send_report`]
+    /// to tell full from not connected).
+    pub fn send(
+        &self,
+        recipients: Recipients,
+        payload: Bytes,
+        priority: bool,
+    ) -> Result<Vec<PublicKey>, SendError> {
+        Ok(self.send_report(recipients, payload, priority)?.accepted)
+    }
+
+    /// Sends to `recipients` and says what happened for each.
+    pub fn send_report(
+        &self,
+        recipients: Recipients,
+        payload: Bytes,
+        priority: bool,
+    ) -> Result<SendReport, SendError> {
+        let msg = self.prepare(payload)?;
+        let mut report = SendReport::default();
+        let one = |peer: &PublicKey, handle: Option<&Arc<PeerHandle>>, report: &mut SendReport| {
+            match handle {
+                None => {
+                    self.shared.metrics.send_not_connected.inc();
+                    report.not_connected.push(peer.clone());
+                }
+                Some(h) => match self.enqueue(h, msg.clone(), priority) {
+                    Ok(()) => report.accepted.push(peer.clone()),
+                    Err(SendError::Full) => report.full.push(peer.clone()),
+                    Err(_) => report.not_connected.push(peer.clone()),
+                },
+            }
+        };
+        self.shared.peers.with(|map| match &recipients {
+            Recipients::All => {
+                for (peer, h) in map.iter() {
+                    one(peer, Some(h), &mut report);
+                }
+            }
+            Recipients::Some(list) => {
+                for peer in list {
+                    one(peer, map.get(peer), &mut report);
+                }
+            }
+            Recipients::One(peer) => one(peer, map.get(peer), &mut report),
+        });
+        Ok(report)
+    }
+
+    /// Sends to one peer: `Ok` if queued, else why not.
+    pub fn send_to(
+        &self,
+        peer: &PublicKey,
+        payload: Bytes,
+        priority: bool,
+    ) -> Result<(), SendError> {
+        let msg = self.prepare(payload)?;
+        let Some(h) = self.shared.peers.get(peer) else {
+            self.shared.metrics.send_not_connected.inc();
+            return Err(SendError::NotConnected);
+        };
+        self.enqueue(&h, msg, priority)
+    }
+
+    fn prepare(&self, payload: Bytes) -> Result<Outgoing, SendError> {
+        if !self.shared.running.load(Ordering::Acquire) {
+            return Err(SendError::Closed);
+        }
+        if payload.len() > self.spec.max_size {
+            return Err(SendError::TooLarge);
+        }
+        self.spec.metrics.bytes_out.inc_by(payload.len() as u64);
+        if let Some(level) = self.spec.compression {
+            if let Ok(c) = shoal_wire::compress::compress(level, &payload) {
+                if c.len() < payload.len() {
+                    return Ok(Outgoing::data(self.spec.id, c, true));
+                }
+            }
+        }
+        Ok(Outgoing::data(self.spec.id, payload, false))
+    }
+
+    fn enqueue(&self, h: &PeerHandle, msg: Outgoing, priority: bool) -> Result<(), SendError> {
+        self.shared.enqueue(h, msg, priority)?;
+        self.spec.metrics.messages_out.inc();
+        Ok(())
+    }
+}
+
+/// Receives one channel's messages. Usable from async code on any runtime
+/// ([`Receiver::recv`]) or from a plain thread ([`Receiver::recv_blocking`]).
+pub struct Receiver {
+    pub(crate) rx: async_channel::Receiver<(PublicKey, Bytes)>,
+    pub(crate) spec: Arc<ChannelSpec>,
+    pub(crate) shared: Arc<Shared>,
+}
+
+/// The network shut down; no more messages will arrive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("network closed")]
+pub struct RecvError;
+
+impl Receiver {
+    /// The next message and its sender.
+    pub async fn recv(&self) -> Result<(PublicKey, Bytes), RecvError> {
+        let m = self.rx.recv().await.map_err(|_| RecvError)?;
+        self.freed();
+        Ok(m)
+    }
+
+    /// Blocking variant for plain threads.
+    pub fn recv_blocking(&self) -> Result<(PublicKey, Bytes), RecvError> {
+        let m = self.rx.recv_blocking().map_err(|_| RecvError)?;
+        self.freed();
+        Ok(m)
+    }
+
+    /// A message if one is ready.
+    pub fn try_recv(&self) -> Option<(PublicKey, Bytes)> {
+        let m = self.rx.try_recv().ok()?;
+        self.freed();
+        Some(m)
+    }
+
+    /// Messages waiting.
+    pub fn len(&self) -> usize {
+        self.rx.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+
+    fn freed(&self) {
+        if self.spec.blocked.load(Ordering::Relaxed)
+            && self.spec.blocked.swap(false, Ordering::AcqRel)
+        {
+            for s in &self.shared.shards {
+                s.waker.request_resume();
+            }
+        }
+    }
+}
+
+impl Shared {
+    /// Queues `msg` on the connection behind `h`, bounded by the peer backlog.
+    pub(crate) fn enqueue(
+        &self,
+        h: &PeerHandle,
+        msg: Outgoing,
+        priority: bool,
+    ) -> Result<(), SendError> {
+        let prev = h.depth.fetch_add(1, Ordering::AcqRel);
+        if prev >= self.config.peer_send_backlog {
+            h.depth.fetch_sub(1, Ordering::AcqRel);
+            self.metrics.send_full.inc();
+            return Err(SendError::Full);
+        }
+        let cmd = Command::Send {
+            id: h.id,
+            msg,
+            high: priority,
+        };
+        match self.shards.get(h.id.shard) {
+            Some(link) if link.send(cmd).is_ok() => Ok(()),
+            _ => {
+                h.depth.fetch_sub(1, Ordering::AcqRel);
+                self.metrics.send_full.inc();
+                Err(SendError::Full)
+            }
+        }
+    }
+}

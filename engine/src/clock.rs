@@ -1,0 +1,41 @@
+//! Time for the sans-IO core.
+//!
+//! The protocol state machines never read a clock: callers pass `now:
+//! Instant`. Handshake timestamps need wall-clock milliseconds, so a [`Clock`]
+//! anchors one `Instant` to one Unix time and translates. Tests build a clock
+//! at any anchor and step `now` by hand, which makes every timer
+//! deterministic.
+
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// Maps monotonic instants to Unix milliseconds from one anchor.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    anchor: Instant,
+    anchor_unix_ms: u64,
+}
+
+impl Clock {
+    /// Anchors `anchor` at `unix_ms`.
+    pub fn new(anchor: Instant, unix_ms: u64) -> Self {
+        Self {
+            anchor,
+            anchor_unix_ms: unix_ms,
+        }
+    }
+
+    /// Anchors now at the system wall clock.
+    pub fn system() -> Self {
+        let unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        Self::new(Instant::now(), unix_ms)
+    }
+
+    /// Unix milliseconds at `now` (saturating before the anchor).
+    pub fn unix_ms(&self, now: Instant) -> u64 {
+        let delta = now.saturating_duration_since(self.anchor).as_millis() as u64;
+        self.anchor_unix_ms.saturating_add(delta)
+    }
+}

@@ -1,0 +1,218 @@
+//! Engine configuration.
+//!
+//! # Design
+//! One flat [`Config`] with three presets: [`Config::recommended`] for
+//! validators on the public internet, [`Config::aggressive`] for fast
+//! discovery on well-connected networks, and [`Config::local`] for loopback
+//! clusters, tests and benchmarks. Every field is documented with its unit and
+//! why its default is what it is. Every queue and buffer the engine owns is
+//! bounded by a field here.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_crypto::{Ed25519Signer, Identity};
+
+/// Which I/O driver the data shards use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    /// io_uring where the kernel allows it, otherwise epoll (one info log line).
+    #[default]
+    Auto,
+    /// io_uring only; starting fails if the ring cannot be set up.
+    IoUring,
+    /// epoll (mio) readiness I/O.
+    Epoll,
+}
+
+/// Engine configuration. Build one with a preset and override fields.
+#[derive(Clone)]
+pub struct Config {
+    /// This node's identity. Defaults to a fresh random key (noise did the same).
+    pub identity: Identity,
+    /// Address to listen on; `None` makes a dial-only node.
+    pub listen: Option<SocketAddr>,
+    /// Domain-separation namespace for every signature (handshakes, address
+    /// records). Nodes with different namespaces cannot talk to each other.
+    pub namespace: Vec<u8>,
+    /// I/O driver.
+    pub backend: Backend,
+    /// Number of data shards (threads). 0 = one per available core.
+    pub shards: usize,
+    /// Pin shard `i` to core `i % cores`.
+    pub pin_cores: bool,
+    /// Shards spin instead of sleeping in the kernel (dedicated cores only:
+    /// it burns a full core per shard but removes wake-up latency).
+    pub busy_poll: bool,
+    /// Largest frame body (ciphertext + tag) we send or accept, bytes.
+    pub max_frame_body: usize,
+    /// Default largest message on a channel (after decompression), bytes.
+    pub max_message_size: usize,
+    /// A peer's Hello may be at most this old.
+    pub handshake_max_age: Duration,
+    /// A peer's Hello (or address record) may be at most this far in the future.
+    pub synchrony_bound: Duration,
+    /// A handshake must complete within this time or the connection is dropped.
+    pub handshake_timeout: Duration,
+    /// A connection with no inbound traffic for this long is closed.
+    pub idle_timeout: Duration,
+    /// How often an established connection sends a keep-alive ping when idle.
+    pub ping_interval: Duration,
+    /// How often the dialer looks for peers to dial.
+    pub dial_frequency: Duration,
+    /// Consecutive failed dials after which a peer waits `dial_backoff_max`.
+    pub dial_attempts: u32,
+    /// First backoff after a failed dial; doubles per failure (with jitter).
+    pub dial_backoff_min: Duration,
+    /// Largest backoff between dials to one peer.
+    pub dial_backoff_max: Duration,
+    /// Max inbound (accepted) connections, established or handshaking.
+    pub max_inbound: usize,
+    /// Max outbound (dialed) connections, established or handshaking.
+    pub max_outbound: usize,
+    /// Messages a single peer's send queue may hold before `send` reports it full.
+    pub peer_send_backlog: usize,
+    /// Bytes of sealed frames a connection prepares per write (one send in flight).
+    pub max_write_batch: usize,
+    /// Bytes of partially reassembled messages a connection may hold.
+    pub max_in_progress_bytes: usize,
+    /// Partially reassembled messages a connection may hold.
+    pub max_in_progress_messages: usize,
+    /// Commands (sends, dials, closes) queued to one shard.
+    pub shard_queue: usize,
+    /// io_uring: receive buffers in each shard's provided-buffer ring (power of two).
+    pub recv_buffers: u16,
+    /// io_uring / epoll: size of one receive buffer, bytes.
+    pub recv_buffer_size: usize,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("identity", self.identity.public_key())
+            .field("listen", &self.listen)
+            .field("backend", &self.backend)
+            .field("shards", &self.shards)
+            .field("busy_poll", &self.busy_poll)
+            .field("max_frame_body", &self.max_frame_body)
+            .field("max_message_size", &self.max_message_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    /// Conservative settings for validators on the public internet.
+    pub fn recommended(listen: Option<SocketAddr>) -> Self {
+        Self {
+            identity: Arc::new(Ed25519Signer::generate()),
+            listen,
+            namespace: b"shoal/1".to_vec(),
+            backend: Backend::Auto,
+            shards: 0,
+            pin_cores: false,
+            busy_poll: false,
+            max_frame_body: 64 * 1024,
+            max_message_size: 4 * 1024 * 1024,
+            handshake_max_age: Duration::from_secs(10),
+            synchrony_bound: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(3),
+            dial_frequency: Duration::from_secs(1),
+            dial_attempts: 3,
+            dial_backoff_min: Duration::from_millis(500),
+            dial_backoff_max: Duration::from_secs(30),
+            max_inbound: 128,
+            max_outbound: 128,
+            peer_send_backlog: 4096,
+            max_write_batch: 256 * 1024,
+            max_in_progress_bytes: 16 * 1024 * 1024 + 64 * 1024,
+            max_in_progress_messages: 8,
+            shard_queue: 65536,
+            recv_buffers: 256,
+            recv_buffer_size: 64 * 1024,
+        }
+    }
+
+    /// Faster dialing and pinging for well-connected networks.
+    pub fn aggressive(listen: Option<SocketAddr>) -> Self {
+        Self {
+            dial_frequency: Duration::from_millis(500),
+            ping_interval: Duration::from_secs(1),
+            dial_backoff_min: Duration::from_millis(200),
+            dial_backoff_max: Duration::from_secs(5),
+            ..Self::recommended(listen)
+        }
+    }
+
+    /// Loopback clusters, tests and benchmarks: quick dials, short backoffs.
+    pub fn local(listen: Option<SocketAddr>) -> Self {
+        Self {
+            dial_frequency: Duration::from_millis(100),
+            ping_interval: Duration::from_secs(1),
+            dial_backoff_min: Duration::from_millis(50),
+            dial_backoff_max: Duration::from_secs(1),
+            max_inbound: 1024,
+            max_outbound: 1024,
+            shards: 1,
+            ..Self::recommended(listen)
+        }
+    }
+
+    /// Chooses the identity.
+    pub fn with_identity(mut self, identity: Identity) -> Self {
+        self.identity = identity;
+        self
+    }
+
+    /// Checks invariants; the error names the offending field.
+    pub fn validate(&self) -> Result<(), crate::Error> {
+        let bad = |field: &'static str, why: &str| {
+            Err(crate::Error::InvalidConfig {
+                field,
+                reason: why.to_string(),
+            })
+        };
+        if self.max_frame_body < 1024 || self.max_frame_body > 16 * 1024 * 1024 {
+            return bad("max_frame_body", "must be within 1 KiB ..= 16 MiB");
+        }
+        if self.max_message_size == 0 {
+            return bad("max_message_size", "must be > 0");
+        }
+        if self.peer_send_backlog == 0 {
+            return bad("peer_send_backlog", "must be > 0");
+        }
+        if self.shard_queue == 0 {
+            return bad("shard_queue", "must be > 0");
+        }
+        if self.max_write_batch < self.max_frame_body + 4 {
+            return bad("max_write_batch", "must hold at least one frame");
+        }
+        if !self.recv_buffers.is_power_of_two() {
+            return bad("recv_buffers", "must be a power of two");
+        }
+        if self.recv_buffer_size < 4096 {
+            return bad("recv_buffer_size", "must be >= 4096");
+        }
+        if self.idle_timeout <= self.ping_interval {
+            return bad("idle_timeout", "must be longer than ping_interval");
+        }
+        if self.max_in_progress_messages == 0 {
+            return bad("max_in_progress_messages", "must be > 0");
+        }
+        Ok(())
+    }
+
+    /// Resolved shard count.
+    pub fn shard_count(&self) -> usize {
+        if self.shards > 0 {
+            self.shards
+        } else {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        }
+    }
+}

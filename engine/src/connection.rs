@@ -1,0 +1,859 @@
+//! The connection state machine: bytes in → events out, commands in → sealed
+//! frames out. No sockets, no clock.
+//!
+//! # Design
+//! A [`Connection`] is an "encrypted pipe" in the rustls sense, driven the
+//! quinn-proto way: the driver feeds received bytes into
+//! [`Connection::read_buf`] / [`Connection::feed`], pulls [`Event`]s with
+//! [`Connection::poll_event`], queues messages with [`Connection::send`],
+//! pulls sealed bytes to write with [`Connection::poll_transmit`], and calls
+//! [`Connection::handle_timeout`] at [`Connection::poll_timeout`]. Every input
+//! takes `now`; nothing here reads a clock or touches a socket, so the whole
+//! protocol is tested deterministically on a simulated pair.
+//!
+//! Life: `Handshaking` (shoal-crypto's [`Handshake`]) → `Established` (after
+//! both key confirmations verify; only then is [`Event::Established`] emitted)
+//! → `Closed` (sticky: the first fatal error or close wins and every later
+//! call is a no-op).
+//!
+//! Sending: two queues, high and low priority. Frames are built in place in
+//! one output buffer: records are appended by a [`RecordWriter`] up to the
+//! frame's plaintext budget, then the frame is sealed in place and its length
+//! header written. A message longer than one frame's chunk size is split into
+//! parts; high-priority messages are taken first *between every part*, so a
+//! small urgent message never waits behind a large one. Many small messages
+//! share a frame (one AEAD call) and many frames share a write (one syscall).
+//!
+//! Receiving: frames are opened in place and records handed out as `Bytes`
+//! slices of the decrypted frame (no copy). Events are produced lazily, one
+//! frame at a time, so a driver that stops pulling events (because the
+//! application is slow) stops consuming input: backpressure, not buffering.
+//!
+//! # Security
+//! Every byte from the peer is hostile. The frame decoder refuses lengths over
+//! `max_frame_body` before allocating; records, chunks and decompression are
+//! bounded by the channel's max message size and the connection's reassembly
+//! budget; any violation closes the connection with a [`CloseCause`] that
+//! names it. Nothing on the peer's data path panics.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use shoal_crypto::{
+    CipherError, Handshake, HandshakeConfig, HandshakeError, Identity, PublicKey, RecordOpener,
+    RecordSealer, Role,
+};
+use shoal_wire::{
+    compress, encode_header, BitVec, ChunkAssembler, ChunkError, ChunkLimits, Close, CloseReason,
+    DataHeader, FindNode, FrameDecoder, FrameError, Nodes, Peers, Ping, Pong, Record, RecordError,
+    RecordKind, RecordReader, RecordWriter, HEADER_LEN, MAX_DATA_OVERHEAD, TAG_LEN,
+};
+
+use crate::clock::Clock;
+
+/// Why a connection ended. Each variant is a metric label ([`CloseCause::label`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CloseCause {
+    #[error("handshake failed: {0}")]
+    Handshake(#[from] HandshakeError),
+    #[error("bad frame: {0}")]
+    Frame(#[from] FrameError),
+    #[error("record cipher: {0}")]
+    Cipher(#[from] CipherError),
+    #[error("bad record: {0}")]
+    Record(#[from] RecordError),
+    #[error("bad chunk: {0}")]
+    Chunk(#[from] ChunkError),
+    #[error("decompression refused: {0}")]
+    Decompress(String),
+    #[error("protocol violation: {0}")]
+    Protocol(&'static str),
+    #[error("no traffic within the idle timeout")]
+    IdleTimeout,
+    #[error("closed by peer: {0:?}")]
+    Remote(CloseReason),
+    #[error("closed locally: {0:?}")]
+    Local(CloseReason),
+    #[error("i/o: {0}")]
+    Io(String),
+}
+
+impl CloseCause {
+    /// A short stable label for metrics and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            CloseCause::Handshake(e) => match e {
+                HandshakeError::Timeout => "handshake_timeout",
+                HandshakeError::Unauthorized => "unauthorized",
+                HandshakeError::BadSignature => "bad_signature",
+                HandshakeError::StaleTimestamp | HandshakeError::FutureTimestamp => "bad_timestamp",
+                HandshakeError::BadConfirmation => "bad_confirmation",
+                _ => "handshake_failed",
+            },
+            CloseCause::Frame(FrameError::TooLarge { .. }) => "frame_too_large",
+            CloseCause::Frame(_) => "bad_frame",
+            CloseCause::Cipher(_) => "decrypt_failed",
+            CloseCause::Record(_) => "bad_record",
+            CloseCause::Chunk(ChunkError::BudgetExhausted) => "chunk_budget",
+            CloseCause::Chunk(ChunkError::TooLarge { .. }) => "message_too_large",
+            CloseCause::Chunk(_) => "bad_chunk",
+            CloseCause::Decompress(_) => "decompress_refused",
+            CloseCause::Protocol(_) => "protocol_violation",
+            CloseCause::IdleTimeout => "idle_timeout",
+            CloseCause::Remote(_) => "remote_close",
+            CloseCause::Local(CloseReason::Replaced) => "replaced",
+            CloseCause::Local(CloseReason::Shutdown) => "shutdown",
+            CloseCause::Local(CloseReason::Unauthorized) => "deauthorized",
+            CloseCause::Local(_) => "local_close",
+            CloseCause::Io(_) => "io_error",
+        }
+    }
+}
+
+/// What the connection needs to know about a channel.
+#[derive(Clone, Copy, Debug)]
+pub struct ChannelLimit {
+    /// Largest message (after decompression), bytes.
+    pub max_size: usize,
+}
+
+/// Looks up a channel's limits; `None` = not registered.
+pub trait ChannelLookup: Send + Sync {
+    fn limit(&self, channel: u32) -> Option<ChannelLimit>;
+}
+
+/// Decides whether an authenticated key may connect (the engine's peer sets).
+pub type Authorizer = Arc<dyn Fn(&PublicKey) -> bool + Send + Sync>;
+
+/// Per-connection settings, shared by every connection of a node.
+#[derive(Clone)]
+pub struct ConnectionConfig {
+    pub identity: Identity,
+    pub handshake: Arc<HandshakeConfig>,
+    pub max_frame_body: usize,
+    pub max_write_batch: usize,
+    pub idle_timeout: Duration,
+    pub ping_interval: Duration,
+    pub chunk_limits: ChunkLimits,
+    /// Hard cap on queued outgoing messages (the application-side backlog is
+    /// enforced before a message gets here; this bounds internal senders).
+    pub max_queued: usize,
+    pub clock: Clock,
+}
+
+/// A message queued for sending.
+#[derive(Clone, Debug)]
+pub struct Outgoing {
+    pub kind: RecordKind,
+    pub channel: u32,
+    pub request_id: u64,
+    pub status: u32,
+    pub compressed: bool,
+    pub payload: Bytes,
+}
+
+impl Outgoing {
+    /// A plain data message.
+    pub fn data(channel: u32, payload: Bytes, compressed: bool) -> Self {
+        Self {
+            kind: RecordKind::Data,
+            channel,
+            request_id: 0,
+            status: 0,
+            compressed,
+            payload,
+        }
+    }
+}
+
+/// A control record queued for sending (always ahead of data).
+#[derive(Clone, Debug)]
+pub enum ControlOut {
+    Ping(Ping),
+    Pong(Pong),
+    BitVec(BitVec),
+    Peers(Peers),
+    FindNode(FindNode),
+    Nodes(Nodes),
+}
+
+/// What a connection reports to its driver.
+#[derive(Debug)]
+pub enum Event {
+    /// Both key confirmations verified: the peer is authenticated.
+    Established { peer: PublicKey },
+    /// A whole message (reassembled, decompressed) on a channel.
+    Message {
+        kind: RecordKind,
+        channel: u32,
+        request_id: u64,
+        status: u32,
+        payload: Bytes,
+    },
+    /// A discovery / routing record for the control shard.
+    Control(Record),
+    /// A pong answering one of our pings, with the round trip.
+    Pong { nonce: u64, rtt: Duration },
+    /// The connection is over; emitted once.
+    Closed(CloseCause),
+}
+
+/// Result of [`Connection::send`] when the hard cap is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("connection send queue full")]
+pub struct QueueFull;
+
+struct Pending {
+    msg: Outgoing,
+    /// Set once the first part is written.
+    message_id: u64,
+    total_parts: u32,
+    next_part: u32,
+    offset: usize,
+}
+
+enum State {
+    Handshaking(Box<Handshake>),
+    Established {
+        peer: PublicKey,
+        sealer: RecordSealer,
+        opener: RecordOpener,
+    },
+    Closed,
+}
+
+/// One peer connection's protocol state. See the module docs.
+pub struct Connection {
+    state: State,
+    role: Role,
+    cfg: Arc<ConnectionConfig>,
+    channels: Arc<dyn ChannelLookup>,
+    authorize: Authorizer,
+    decoder: FrameDecoder,
+    assembler: ChunkAssembler,
+    high: VecDeque<Pending>,
+    low: VecDeque<Pending>,
+    control: VecDeque<ControlOut>,
+    /// Sealed frames not yet handed to the driver.
+    out: BytesMut,
+    events: VecDeque<Event>,
+    next_message_id: u64,
+    /// Messages fully encoded since the last [`Connection::take_encoded`].
+    encoded: usize,
+    /// Application-visible queue depth, decremented as messages are encoded.
+    queue_depth: Option<Arc<AtomicUsize>>,
+    last_rx: Instant,
+    last_ping: Instant,
+    ping_outstanding: Option<(u64, Instant)>,
+    ping_nonce: u64,
+    close_queued: Option<Close>,
+    closing: Option<CloseCause>,
+    closed_reported: bool,
+    chunk_size: usize,
+    handshake_deadline: Instant,
+}
+
+impl Connection {
+    /// A dialed connection to `peer` (its Hello is queued at once).
+    pub fn dialer(
+        cfg: Arc<ConnectionConfig>,
+        channels: Arc<dyn ChannelLookup>,
+        authorize: Authorizer,
+        peer: PublicKey,
+        now: Instant,
+    ) -> Self {
+        let hs = Handshake::dialer(
+            cfg.identity.clone(),
+            peer,
+            cfg.handshake.clone(),
+            cfg.clock.unix_ms(now),
+        );
+        Self::new(cfg, channels, authorize, hs, Role::Dialer, now)
+    }
+
+    /// An accepted connection.
+    pub fn dialee(
+        cfg: Arc<ConnectionConfig>,
+        channels: Arc<dyn ChannelLookup>,
+        authorize: Authorizer,
+        now: Instant,
+    ) -> Self {
+        let hs = Handshake::dialee(
+            cfg.identity.clone(),
+            cfg.handshake.clone(),
+            cfg.clock.unix_ms(now),
+        );
+        Self::new(cfg, channels, authorize, hs, Role::Dialee, now)
+    }
+
+    fn new(
+        cfg: Arc<ConnectionConfig>,
+        channels: Arc<dyn ChannelLookup>,
+        authorize: Authorizer,
+        hs: Handshake,
+        role: Role,
+        now: Instant,
+    ) -> Self {
+        let chunk_size = cfg.max_frame_body - TAG_LEN - MAX_DATA_OVERHEAD;
+        let cfg_timeout = cfg.handshake.timeout;
+        let mut conn = Self {
+            state: State::Handshaking(Box::new(hs)),
+            role,
+            decoder: FrameDecoder::new(cfg.max_frame_body),
+            assembler: ChunkAssembler::new(cfg.chunk_limits),
+            cfg,
+            channels,
+            authorize,
+            high: VecDeque::new(),
+            low: VecDeque::new(),
+            control: VecDeque::new(),
+            out: BytesMut::new(),
+            events: VecDeque::new(),
+            next_message_id: 1,
+            encoded: 0,
+            queue_depth: None,
+            last_rx: now,
+            last_ping: now,
+            ping_outstanding: None,
+            ping_nonce: 0,
+            close_queued: None,
+            closing: None,
+            closed_reported: false,
+            chunk_size,
+            handshake_deadline: now + cfg_timeout,
+        };
+        conn.pull_handshake_output();
+        conn
+    }
+
+    /// Dialer or dialee.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The authenticated peer, once established.
+    pub fn peer(&self) -> Option<&PublicKey> {
+        match &self.state {
+            State::Established { peer, .. } => Some(peer),
+            _ => None,
+        }
+    }
+
+    /// True once both confirmations verified.
+    pub fn is_established(&self) -> bool {
+        matches!(self.state, State::Established { .. })
+    }
+
+    /// True once the connection is over (nothing more will be produced except
+    /// already-sealed output, see [`Connection::is_drained`]).
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, State::Closed)
+    }
+
+    /// Closed and every sealed byte handed to the driver.
+    pub fn is_drained(&self) -> bool {
+        self.is_closed() && self.out.is_empty()
+    }
+
+    /// Links the application-visible queue depth counter (decremented as
+    /// queued messages are encoded or dropped).
+    pub fn set_queue_depth(&mut self, depth: Arc<AtomicUsize>) {
+        self.queue_depth = Some(depth);
+    }
+
+    /// Messages encoded since the last call.
+    pub fn take_encoded(&mut self) -> usize {
+        std::mem::take(&mut self.encoded)
+    }
+
+    /// The receive buffer a driver may append to directly.
+    pub fn read_buf(&mut self) -> &mut BytesMut {
+        self.decoder.read_buf()
+    }
+
+    /// Copies received bytes in (for drivers that receive into pooled buffers).
+    pub fn feed(&mut self, data: &[u8], now: Instant) {
+        if !self.is_closed() {
+            self.decoder.feed(data);
+            self.last_rx = now;
+        }
+    }
+
+    /// Marks that bytes were appended to [`Connection::read_buf`] at `now`.
+    pub fn mark_received(&mut self, now: Instant) {
+        self.last_rx = now;
+    }
+
+    /// Bytes buffered and not yet decoded.
+    pub fn buffered(&self) -> usize {
+        self.decoder.buffered()
+    }
+
+    /// True when the driver should read more: nothing is waiting to be turned
+    /// into events beyond one partial frame.
+    pub fn wants_read(&self) -> bool {
+        !self.is_closed() && self.events.is_empty()
+    }
+
+    /// Releases idle buffers (idle connections must stay small).
+    pub fn shrink(&mut self) {
+        self.decoder.shrink_if_idle();
+        if self.out.is_empty() && self.out.capacity() > 0 {
+            self.out = BytesMut::new();
+        }
+    }
+
+    /// Queues a message. High priority goes first, between the parts of a
+    /// large low-priority message too.
+    pub fn send(&mut self, msg: Outgoing, high: bool) -> Result<(), QueueFull> {
+        if self.is_closed() || self.close_queued.is_some() {
+            self.drop_message();
+            return Err(QueueFull);
+        }
+        if self.high.len() + self.low.len() >= self.cfg.max_queued {
+            self.drop_message();
+            return Err(QueueFull);
+        }
+        let pending = Pending {
+            msg,
+            message_id: 0,
+            total_parts: 0,
+            next_part: 0,
+            offset: 0,
+        };
+        if high {
+            self.high.push_back(pending);
+        } else {
+            self.low.push_back(pending);
+        }
+        Ok(())
+    }
+
+    fn drop_message(&mut self) {
+        if let Some(d) = &self.queue_depth {
+            d.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Queues a control record (ahead of all data). Bounded: beyond
+    /// `max_queued` control records the oldest non-pong is dropped is not
+    /// done; instead the record is refused.
+    pub fn send_control(&mut self, rec: ControlOut) -> Result<(), QueueFull> {
+        if self.is_closed() || !self.is_established() || self.control.len() >= self.cfg.max_queued {
+            return Err(QueueFull);
+        }
+        self.control.push_back(rec);
+        Ok(())
+    }
+
+    /// Sends a ping now; the matching pong yields [`Event::Pong`].
+    pub fn ping(&mut self, now: Instant) -> Option<u64> {
+        self.ping_nonce = self.ping_nonce.wrapping_add(1);
+        let nonce = self.ping_nonce;
+        self.send_control(ControlOut::Ping(Ping { nonce })).ok()?;
+        self.ping_outstanding = Some((nonce, now));
+        self.last_ping = now;
+        Some(nonce)
+    }
+
+    /// Starts an orderly close: a Close record is sent after what is queued,
+    /// then the connection closes.
+    pub fn close(&mut self, reason: CloseReason) {
+        if self.is_closed() || self.close_queued.is_some() {
+            return;
+        }
+        if !self.is_established() {
+            self.fail(CloseCause::Local(reason));
+            return;
+        }
+        self.close_queued = Some(Close {
+            reason: reason as u32,
+            detail: String::new(),
+        });
+        self.closing = Some(CloseCause::Local(reason));
+    }
+
+    /// Closes at once without flushing queued messages.
+    pub fn abort(&mut self, cause: CloseCause) {
+        self.fail(cause);
+    }
+
+    fn fail(&mut self, cause: CloseCause) {
+        if self.closed_reported {
+            return;
+        }
+        self.state = State::Closed;
+        // Release everything the connection holds; queued messages were not
+        // written, so the application-visible depth drops by their count.
+        let dropped = self.high.len() + self.low.len();
+        if let Some(d) = &self.queue_depth {
+            d.fetch_sub(dropped, Ordering::Relaxed);
+        }
+        self.high.clear();
+        self.low.clear();
+        self.control.clear();
+        self.assembler.clear();
+        self.events.clear();
+        if !self.closed_reported {
+            self.closed_reported = true;
+            self.events.push_back(Event::Closed(cause));
+        }
+    }
+
+    /// Driver-side failure (socket error, EOF).
+    pub fn handle_io_error(&mut self, err: String) {
+        let cause = match self.closing.take() {
+            Some(c) => c,
+            None => CloseCause::Io(err),
+        };
+        self.out.clear();
+        self.fail(cause);
+    }
+
+    /// The next event, decoding at most one more frame to produce it.
+    pub fn poll_event(&mut self, now: Instant) -> Option<Event> {
+        loop {
+            if let Some(ev) = self.events.pop_front() {
+                return Some(ev);
+            }
+            if self.is_closed() {
+                return None;
+            }
+            match self.decoder.decode() {
+                Ok(Some(body)) => self.handle_frame(body, now),
+                Ok(None) => return None,
+                Err(e) => self.fail(CloseCause::Frame(e)),
+            }
+        }
+    }
+
+    fn handle_frame(&mut self, mut body: BytesMut, now: Instant) {
+        match &mut self.state {
+            State::Closed => {}
+            State::Handshaking(hs) => {
+                let authorize = self.authorize.clone();
+                let unix = self.cfg.clock.unix_ms(now);
+                let result = hs.handle_frame(&mut body, unix, &mut |pk: &PublicKey| authorize(pk));
+                if let Err(e) = result {
+                    self.fail(CloseCause::Handshake(e));
+                    return;
+                }
+                self.pull_handshake_output();
+                self.maybe_complete_handshake(now);
+            }
+            State::Established { opener, .. } => {
+                let n = match opener.open_in_place(&mut body) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        self.fail(CloseCause::Cipher(e));
+                        return;
+                    }
+                };
+                body.truncate(n);
+                let reader = RecordReader::new(body.freeze());
+                for rec in reader {
+                    match rec {
+                        Ok(rec) => self.handle_record(rec, now),
+                        Err(e) => self.fail(CloseCause::Record(e)),
+                    }
+                    if self.is_closed() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn pull_handshake_output(&mut self) {
+        if let State::Handshaking(hs) = &mut self.state {
+            while let Some(frame) = hs.poll_transmit() {
+                self.out.extend_from_slice(&frame);
+            }
+        }
+    }
+
+    fn maybe_complete_handshake(&mut self, now: Instant) {
+        let complete = matches!(&self.state, State::Handshaking(hs) if hs.is_complete());
+        if !complete {
+            return;
+        }
+        let State::Handshaking(hs) = std::mem::replace(&mut self.state, State::Closed) else {
+            return;
+        };
+        match hs.into_session() {
+            Ok(session) => {
+                let peer = session.peer.clone();
+                self.state = State::Established {
+                    peer: session.peer,
+                    sealer: session.sealer,
+                    opener: session.opener,
+                };
+                self.last_rx = now;
+                self.last_ping = now;
+                self.events.push_back(Event::Established { peer });
+            }
+            Err(e) => self.fail(CloseCause::Handshake(e)),
+        }
+    }
+
+    fn handle_record(&mut self, rec: Record, now: Instant) {
+        match rec {
+            Record::Data(d) => self.handle_data(RecordKind::Data, d),
+            Record::RpcRequest(d) => self.handle_data(RecordKind::RpcRequest, d),
+            Record::RpcResponse(d) => self.handle_data(RecordKind::RpcResponse, d),
+            Record::Ping(p) => {
+                // Pongs are tiny and answer the peer's liveness check; a peer
+                // flooding pings is bounded by the control queue cap.
+                if self.control.len() < self.cfg.max_queued {
+                    self.control
+                        .push_back(ControlOut::Pong(Pong { nonce: p.nonce }));
+                }
+            }
+            Record::Pong(p) => {
+                if let Some((nonce, sent)) = self.ping_outstanding {
+                    if nonce == p.nonce {
+                        self.ping_outstanding = None;
+                        self.events.push_back(Event::Pong {
+                            nonce,
+                            rtt: now.saturating_duration_since(sent),
+                        });
+                    }
+                }
+            }
+            Record::Close(c) => {
+                let reason = CloseReason::from_u32(c.reason);
+                self.fail(CloseCause::Remote(reason));
+            }
+            Record::KeyConfirmation(_) => {
+                self.fail(CloseCause::Protocol("key confirmation after handshake"))
+            }
+            rec @ (Record::BitVec(_)
+            | Record::Peers(_)
+            | Record::FindNode(_)
+            | Record::Nodes(_)) => {
+                self.events.push_back(Event::Control(rec));
+            }
+        }
+    }
+
+    fn handle_data(&mut self, kind: RecordKind, data: shoal_wire::Data) {
+        let Some(limit) = self.channels.limit(data.channel) else {
+            // Responses route by request id, not channel registration.
+            if kind != RecordKind::RpcResponse {
+                self.fail(CloseCause::Protocol("record for an unregistered channel"));
+                return;
+            }
+            return self.assemble(kind, data, self.cfg_default_max());
+        };
+        self.assemble(kind, data, limit.max_size)
+    }
+
+    fn cfg_default_max(&self) -> usize {
+        self.cfg.chunk_limits.max_in_progress_bytes
+    }
+
+    fn assemble(&mut self, kind: RecordKind, data: shoal_wire::Data, max_size: usize) {
+        match self.assembler.push(kind, data, max_size) {
+            Ok(None) => {}
+            Ok(Some(m)) => {
+                let payload = if m.compressed {
+                    match compress::decompress(&m.payload, max_size) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            self.fail(CloseCause::Decompress(e.to_string()));
+                            return;
+                        }
+                    }
+                } else {
+                    m.payload
+                };
+                self.events.push_back(Event::Message {
+                    kind: m.kind,
+                    channel: m.channel,
+                    request_id: m.request_id,
+                    status: m.status,
+                    payload,
+                });
+            }
+            Err(e) => self.fail(CloseCause::Chunk(e)),
+        }
+    }
+
+    /// The earliest instant at which [`Connection::handle_timeout`] must run.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match &self.state {
+            State::Closed => None,
+            State::Handshaking(_) => Some(self.handshake_deadline),
+            State::Established { .. } => {
+                let idle = self.last_rx + self.cfg.idle_timeout;
+                let ping = self.last_ping + self.cfg.ping_interval;
+                Some(idle.min(ping))
+            }
+        }
+    }
+
+    /// Runs timers: handshake timeout, idle timeout, keep-alive pings.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let unix = self.cfg.clock.unix_ms(now);
+        match &mut self.state {
+            State::Closed => {}
+            State::Handshaking(hs) => {
+                // The monotonic deadline is authoritative; the handshake's own
+                // wall-clock check is consulted too so both agree.
+                let expired = now >= self.handshake_deadline;
+                if let Err(e) = hs.handle_timeout(unix) {
+                    self.fail(CloseCause::Handshake(e));
+                } else if expired {
+                    self.fail(CloseCause::Handshake(HandshakeError::Timeout));
+                }
+            }
+            State::Established { .. } => {
+                if now.saturating_duration_since(self.last_rx) >= self.cfg.idle_timeout {
+                    self.fail(CloseCause::IdleTimeout);
+                } else if now.saturating_duration_since(self.last_ping) >= self.cfg.ping_interval {
+                    self.ping(now);
+                    self.last_ping = now;
+                }
+            }
+        }
+    }
+
+    /// True when [`Connection::poll_transmit`] would return bytes.
+    pub fn has_output(&self) -> bool {
+        !self.out.is_empty()
+            || (self.is_established()
+                && (!self.control.is_empty()
+                    || !self.high.is_empty()
+                    || !self.low.is_empty()
+                    || self.close_queued.is_some()))
+    }
+
+    /// Sealed bytes to write, as many frames as fit in `max_write_batch`.
+    /// The driver owns the returned buffer until written (io_uring keeps it
+    /// alive while the kernel reads it) and writes it in order.
+    pub fn poll_transmit(&mut self) -> Option<Bytes> {
+        if let Err(e) = self.encode_frames() {
+            self.fail(e);
+        }
+        if self.out.is_empty() {
+            return None;
+        }
+        Some(self.out.split().freeze())
+    }
+
+    fn encode_frames(&mut self) -> Result<(), CloseCause> {
+        if !self.is_established() {
+            return Ok(());
+        }
+        let max_plain = self.cfg.max_frame_body - TAG_LEN;
+        while self.out.len() + HEADER_LEN + TAG_LEN < self.cfg.max_write_batch {
+            let start = self.out.len();
+            self.out.extend_from_slice(&[0u8; HEADER_LEN]);
+            let written = self.fill_frame(max_plain);
+            if written == 0 {
+                self.out.truncate(start);
+                break;
+            }
+            self.out.extend_from_slice(&[0u8; TAG_LEN]);
+            let State::Established { sealer, .. } = &mut self.state else {
+                self.out.truncate(start);
+                break;
+            };
+            sealer.seal_in_place(&mut self.out[start + HEADER_LEN..])?;
+            let header = encode_header(written + TAG_LEN);
+            self.out[start..start + HEADER_LEN].copy_from_slice(&header);
+        }
+        if self.close_queued.is_none()
+            && self.closing.is_some()
+            && self.high.is_empty()
+            && self.low.is_empty()
+        {
+            // The Close record went out in the last frame: we are done.
+            if let Some(cause) = self.closing.clone() {
+                let out = std::mem::take(&mut self.out);
+                self.fail(cause);
+                self.out = out;
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends records to the current frame; returns plaintext bytes written.
+    fn fill_frame(&mut self, budget: usize) -> usize {
+        let mut w = RecordWriter::new(&mut self.out, budget);
+        while let Some(c) = self.control.front() {
+            let ok = match c {
+                ControlOut::Ping(m) => w.push(RecordKind::Ping, m),
+                ControlOut::Pong(m) => w.push(RecordKind::Pong, m),
+                ControlOut::BitVec(m) => w.push(RecordKind::BitVec, m),
+                ControlOut::Peers(m) => w.push(RecordKind::Peers, m),
+                ControlOut::FindNode(m) => w.push(RecordKind::FindNode, m),
+                ControlOut::Nodes(m) => w.push(RecordKind::Nodes, m),
+            };
+            if ok.is_err() {
+                if w.written() == 0 {
+                    // Cannot fit even in an empty frame: drop it (our own bug,
+                    // bounded gossip sizes make this unreachable).
+                    self.control.pop_front();
+                    continue;
+                }
+                return w.written();
+            }
+            self.control.pop_front();
+        }
+        loop {
+            let from_high = !self.high.is_empty();
+            let queue = if from_high {
+                &mut self.high
+            } else {
+                &mut self.low
+            };
+            let Some(p) = queue.front_mut() else { break };
+            if p.total_parts == 0 {
+                p.total_parts = shoal_wire::parts_for(p.msg.payload.len(), self.chunk_size);
+                p.message_id = self.next_message_id;
+                self.next_message_id = self.next_message_id.wrapping_add(1);
+            }
+            let end = (p.offset + self.chunk_size).min(p.msg.payload.len());
+            let header = DataHeader {
+                channel: p.msg.channel,
+                message_id: p.message_id,
+                part: p.next_part,
+                total_parts: p.total_parts,
+                total_len: p.msg.payload.len() as u64,
+                compressed: p.msg.compressed,
+                request_id: p.msg.request_id,
+                status: p.msg.status,
+            };
+            if w.push_data(p.msg.kind, &header, &p.msg.payload[p.offset..end])
+                .is_err()
+            {
+                break;
+            }
+            p.offset = end;
+            p.next_part += 1;
+            if p.next_part >= p.total_parts {
+                queue.pop_front();
+                self.encoded += 1;
+                if let Some(d) = &self.queue_depth {
+                    d.fetch_sub(1, Ordering::Relaxed);
+                }
+            } else {
+                // A part fills most of a frame: start a new frame and look at
+                // the high-priority queue again before the next part.
+                break;
+            }
+        }
+        if self.high.is_empty() && self.low.is_empty() {
+            if let Some(close) = &self.close_queued {
+                if w.push(RecordKind::Close, close).is_ok() {
+                    self.close_queued = None;
+                }
+            }
+        }
+        w.written()
+    }
+}

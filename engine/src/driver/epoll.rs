@@ -1,0 +1,321 @@
+//! The epoll driver (mio): readiness I/O over the same [`ShardCore`].
+//!
+//! # Design
+//! Edge-triggered readiness. Each socket remembers whether it may still have
+//! data (`readable`) or room (`writable`) since the last `WouldBlock`, so a
+//! connection paused by backpressure resumes reading without waiting for a new
+//! edge. Received bytes land in one per-shard scratch buffer and are copied
+//! into the connection's frame decoder; output is the connection's sealed
+//! batch, written with one `write` per batch. This is the fallback where
+//! io_uring is unavailable and the A/B baseline of every benchmark.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use mio::net::TcpStream;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+
+use crate::shard::{DriverAction, ShardCore};
+
+const WAKE: Token = Token(usize::MAX);
+/// Bytes read from one connection before giving others a turn.
+const READ_QUANTUM: usize = 256 * 1024;
+
+struct Sock {
+    stream: TcpStream,
+    /// Unwritten rest of the current batch.
+    pending: Option<Bytes>,
+    connecting: bool,
+    readable: bool,
+    writable: bool,
+}
+
+/// Runs a shard on epoll until shutdown completes.
+pub(crate) fn run(mut core: ShardCore, busy_poll: bool) -> io::Result<()> {
+    let mut poll = Poll::new()?;
+    let mut events = Events::with_capacity(1024);
+    let wake_fd = core.waker.rx().as_raw_fd();
+    poll.registry()
+        .register(&mut SourceFd(&wake_fd), WAKE, Interest::READABLE)?;
+    let mut socks: HashMap<usize, Sock> = HashMap::new();
+    let mut actions = Vec::new();
+    let mut scratch = vec![0u8; core.shared.config.recv_buffer_size];
+    let mut dirty = Vec::new();
+
+    loop {
+        let now = Instant::now();
+        core.drain_commands(now, &mut actions);
+        for action in actions.drain(..) {
+            match action {
+                DriverAction::Adopt(std_stream) => {
+                    if std_stream.set_nonblocking(true).is_err() {
+                        continue;
+                    }
+                    let _ = std_stream.set_nodelay(true);
+                    let key = core.insert(true, None, now);
+                    let mut stream = TcpStream::from_std(std_stream);
+                    if let Err(e) = poll.registry().register(
+                        &mut stream,
+                        Token(key),
+                        Interest::READABLE | Interest::WRITABLE,
+                    ) {
+                        core.finish_close(key, Some(e.to_string()));
+                        continue;
+                    }
+                    socks.insert(
+                        key,
+                        Sock {
+                            stream,
+                            pending: None,
+                            connecting: false,
+                            readable: true,
+                            writable: true,
+                        },
+                    );
+                }
+                DriverAction::Dial(peer, addr) => {
+                    core.shared.metrics.dials.inc();
+                    let key = core.insert(false, Some((peer, addr)), now);
+                    match TcpStream::connect(addr) {
+                        Ok(mut stream) => {
+                            if let Err(e) = poll.registry().register(
+                                &mut stream,
+                                Token(key),
+                                Interest::READABLE | Interest::WRITABLE,
+                            ) {
+                                core.finish_close(key, Some(e.to_string()));
+                                continue;
+                            }
+                            socks.insert(
+                                key,
+                                Sock {
+                                    stream,
+                                    pending: None,
+                                    connecting: true,
+                                    readable: false,
+                                    writable: false,
+                                },
+                            );
+                        }
+                        Err(e) => core.finish_close(key, Some(e.to_string())),
+                    }
+                }
+                DriverAction::Shutdown(_) => {}
+            }
+        }
+
+        // Reads: every socket that may have data and whose connection wants it.
+        let keys: Vec<usize> = socks
+            .iter()
+            .filter(|(_, s)| s.readable && !s.connecting)
+            .map(|(k, _)| *k)
+            .collect();
+        let mut more_to_read = false;
+        for key in keys {
+            if !core.wants_read(key) {
+                continue;
+            }
+            let Some(sock) = socks.get_mut(&key) else {
+                continue;
+            };
+            let mut total = 0;
+            let mut failed = None;
+            while total < READ_QUANTUM {
+                match sock.stream.read(&mut scratch) {
+                    Ok(0) => {
+                        failed = Some("connection closed by peer".to_string());
+                        break;
+                    }
+                    Ok(n) => {
+                        total += n;
+                        if let Some(slot) = core.conns.get_mut(key) {
+                            slot.conn.feed(&scratch[..n], Instant::now());
+                        }
+                        core.process_input(key, Instant::now());
+                        if !core.wants_read(key) {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        sock.readable = false;
+                        break;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        failed = Some(e.to_string());
+                        break;
+                    }
+                }
+            }
+            if let Some(err) = failed {
+                close_sock(&mut core, &mut poll, &mut socks, key, Some(err));
+                continue;
+            }
+            if total >= READ_QUANTUM && sock.readable {
+                more_to_read = true;
+            }
+        }
+
+        // Writes.
+        dirty.clear();
+        dirty.append(&mut core.dirty);
+        dirty.sort_unstable();
+        dirty.dedup();
+        for &key in &dirty {
+            flush(&mut core, &mut poll, &mut socks, key);
+        }
+
+        // Timers and paused connections.
+        let now = Instant::now();
+        core.handle_timers(now);
+        if core.waker.take_resume() {
+            core.resume_paused(now);
+        }
+        let dirty_keys: Vec<usize> = core.dirty.drain(..).collect();
+        for key in dirty_keys {
+            flush(&mut core, &mut poll, &mut socks, key);
+        }
+
+        // Closes: the protocol ended; write what is sealed, then drop.
+        let closing: Vec<usize> = core.closing.clone();
+        for key in closing {
+            flush(&mut core, &mut poll, &mut socks, key);
+            let drained = socks.get(&key).map(|s| s.pending.is_none()).unwrap_or(true);
+            if drained || core.shutdown_overdue(now) || !socks.contains_key(&key) {
+                close_sock(&mut core, &mut poll, &mut socks, key, None);
+            }
+        }
+        if core.shutdown.is_some() && (core.shutdown_complete() || core.shutdown_overdue(now)) {
+            let keys: Vec<usize> = socks.keys().copied().collect();
+            for key in keys {
+                close_sock(&mut core, &mut poll, &mut socks, key, None);
+            }
+            let left: Vec<usize> = core.conns.iter().map(|(k, _)| k).collect();
+            for key in left {
+                core.finish_close(key, None);
+            }
+            return Ok(());
+        }
+
+        // Sleep (or spin).
+        let busy = more_to_read || !core.dirty.is_empty() || !core.closing.is_empty();
+        let timeout = if busy_poll || busy {
+            Duration::ZERO
+        } else {
+            core.sleep_budget(now)
+        };
+        let sleeping = timeout > Duration::ZERO;
+        if sleeping {
+            core.waker.prepare_sleep();
+            if core.has_commands(Instant::now(), &mut actions) {
+                core.waker.cancel_sleep();
+                continue;
+            }
+        }
+        match poll.poll(&mut events, Some(timeout)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+        if sleeping {
+            core.waker.cancel_sleep();
+        }
+        for ev in events.iter() {
+            if ev.token() == WAKE {
+                core.waker.woke();
+                continue;
+            }
+            let key = ev.token().0;
+            let Some(sock) = socks.get_mut(&key) else {
+                continue;
+            };
+            if sock.connecting {
+                if ev.is_writable() || ev.is_error() || ev.is_write_closed() {
+                    match sock.stream.take_error() {
+                        Ok(None) if sock.stream.peer_addr().is_ok() => {
+                            sock.connecting = false;
+                            sock.writable = true;
+                            sock.readable = true;
+                            let _ = sock.stream.set_nodelay(true);
+                            core.dirty.push(key);
+                        }
+                        Ok(Some(e)) | Err(e) => {
+                            close_sock(&mut core, &mut poll, &mut socks, key, Some(e.to_string()));
+                        }
+                        Ok(None) => {
+                            close_sock(
+                                &mut core,
+                                &mut poll,
+                                &mut socks,
+                                key,
+                                Some("connect failed".to_string()),
+                            );
+                        }
+                    }
+                }
+                continue;
+            }
+            if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                sock.readable = true;
+            }
+            if ev.is_writable() {
+                sock.writable = true;
+                if sock.pending.is_some() {
+                    core.dirty.push(key);
+                }
+            }
+        }
+    }
+}
+
+fn flush(core: &mut ShardCore, poll: &mut Poll, socks: &mut HashMap<usize, Sock>, key: usize) {
+    let Some(sock) = socks.get_mut(&key) else {
+        return;
+    };
+    if sock.connecting || !sock.writable {
+        return;
+    }
+    loop {
+        if sock.pending.is_none() {
+            sock.pending = core.poll_transmit(key);
+        }
+        let Some(buf) = sock.pending.as_mut() else {
+            return;
+        };
+        match sock.stream.write(buf) {
+            Ok(n) => {
+                let _ = bytes::Buf::advance(buf, n);
+                if buf.is_empty() {
+                    sock.pending = None;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                sock.writable = false;
+                return;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                close_sock(core, poll, socks, key, Some(e.to_string()));
+                return;
+            }
+        }
+    }
+}
+
+fn close_sock(
+    core: &mut ShardCore,
+    poll: &mut Poll,
+    socks: &mut HashMap<usize, Sock>,
+    key: usize,
+    err: Option<String>,
+) {
+    if let Some(mut sock) = socks.remove(&key) {
+        let _ = poll.registry().deregister(&mut sock.stream);
+        let _ = sock.stream.shutdown(std::net::Shutdown::Both);
+    }
+    core.finish_close(key, err);
+}

@@ -1,0 +1,50 @@
+//! I/O drivers: they own the sockets and move bytes; the protocol lives in
+//! [`crate::connection`] and [`crate::shard::ShardCore`].
+//!
+//! - [`uring`]: the default, one io_uring per shard.
+//! - [`epoll`]: readiness I/O through mio, the fallback and A/B baseline.
+
+pub(crate) mod epoll;
+pub(crate) mod uring;
+
+use crate::config::Backend;
+use crate::error::Error;
+use crate::shard::ShardCore;
+
+/// Picks the concrete backend: `Auto` probes io_uring and falls back to
+/// epoll with one info line.
+pub(crate) fn resolve_backend(want: Backend) -> Result<Backend, Error> {
+    match want {
+        Backend::Epoll => Ok(Backend::Epoll),
+        Backend::IoUring => match uring::probe() {
+            Ok(()) => Ok(Backend::IoUring),
+            Err(e) => Err(Error::IoUringUnavailable(e)),
+        },
+        Backend::Auto => match uring::probe() {
+            Ok(()) => Ok(Backend::IoUring),
+            Err(e) => {
+                tracing::info!(reason = %e, "io_uring unavailable; using the epoll backend");
+                Ok(Backend::Epoll)
+            }
+        },
+    }
+}
+
+/// Runs one shard on `backend` until it shuts down.
+pub(crate) fn run(core: ShardCore, backend: Backend, busy_poll: bool) -> std::io::Result<()> {
+    match backend {
+        Backend::IoUring => uring::run(core, busy_poll),
+        _ => epoll::run(core, busy_poll),
+    }
+}
+
+/// Pins the current thread to `core` (best effort).
+pub(crate) fn pin_to_core(core: usize) {
+    if let Some(ids) = core_affinity::get_core_ids() {
+        if let Some(id) = ids.get(core % ids.len().max(1)) {
+            if !core_affinity::set_for_current(*id) {
+                tracing::warn!(core, "could not pin shard to core");
+            }
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! Prometheus metrics (`prometheus-client`).
+//!
+//! # Design
+//! Hot-path counters are plain atomic counters resolved once (per node, or
+//! per channel at registration, see [`ChannelMetrics`]) so that counting a
+//! message never takes the label-map lock. Labelled families are used only
+//! for rare events: closes and refusals by reason, handshakes by result.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChannelLabel {
+    pub channel: String,
+}
+
+/// Per-channel counters, resolved at registration.
+#[derive(Clone, Default)]
+pub struct ChannelMetrics {
+    pub messages_in: Counter,
+    pub messages_out: Counter,
+    pub bytes_in: Counter,
+    pub bytes_out: Counter,
+}
+
+/// Every metric a node exports.
+#[derive(Clone, Default)]
+pub struct Metrics {
+    pub connections: Gauge,
+    pub handshaking: Gauge,
+    pub handshakes: Family<ReasonLabel, Counter>,
+    pub closes: Family<ReasonLabel, Counter>,
+    pub refused: Family<ReasonLabel, Counter>,
+    pub send_full: Counter,
+    pub send_not_connected: Counter,
+    pub dials: Counter,
+    pub dial_failures: Counter,
+    pub wakeups: Counter,
+    pub receiver_full_pauses: Counter,
+    pub rate_limit_pauses: Counter,
+    pub control_dropped: Counter,
+    pub frames_out: Counter,
+    pub writes: Counter,
+    messages_in: Family<ChannelLabel, Counter>,
+    messages_out: Family<ChannelLabel, Counter>,
+    bytes_in: Family<ChannelLabel, Counter>,
+    bytes_out: Family<ChannelLabel, Counter>,
+}
+
+impl Metrics {
+    /// Registers every metric under `registry` (prefix it as you like).
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "connections",
+            "Established connections",
+            self.connections.clone(),
+        );
+        registry.register(
+            "handshaking",
+            "Connections in the handshake",
+            self.handshaking.clone(),
+        );
+        registry.register(
+            "handshakes",
+            "Handshakes by result",
+            self.handshakes.clone(),
+        );
+        registry.register(
+            "closes",
+            "Closed connections by reason",
+            self.closes.clone(),
+        );
+        registry.register(
+            "refused",
+            "Refused connections or records by reason",
+            self.refused.clone(),
+        );
+        registry.register(
+            "send_queue_full",
+            "Sends refused: peer queue full",
+            self.send_full.clone(),
+        );
+        registry.register(
+            "send_not_connected",
+            "Sends refused: peer not connected",
+            self.send_not_connected.clone(),
+        );
+        registry.register("dials", "Outbound dial attempts", self.dials.clone());
+        registry.register(
+            "dial_failures",
+            "Outbound dials that failed",
+            self.dial_failures.clone(),
+        );
+        registry.register(
+            "shard_wakeups",
+            "Wake-up syscalls sent to sleeping shards",
+            self.wakeups.clone(),
+        );
+        registry.register(
+            "receiver_full_pauses",
+            "Reads paused because a channel receiver was full",
+            self.receiver_full_pauses.clone(),
+        );
+        registry.register(
+            "rate_limit_pauses",
+            "Reads paused by a channel quota",
+            self.rate_limit_pauses.clone(),
+        );
+        registry.register(
+            "control_dropped",
+            "Control records dropped (control plane busy)",
+            self.control_dropped.clone(),
+        );
+        registry.register(
+            "frames_out",
+            "Sealed frames written",
+            self.frames_out.clone(),
+        );
+        registry.register("writes", "Write operations submitted", self.writes.clone());
+        registry.register(
+            "messages_in",
+            "Messages received per channel",
+            self.messages_in.clone(),
+        );
+        registry.register(
+            "messages_out",
+            "Messages sent per channel",
+            self.messages_out.clone(),
+        );
+        registry.register(
+            "bytes_in",
+            "Payload bytes received per channel",
+            self.bytes_in.clone(),
+        );
+        registry.register(
+            "bytes_out",
+            "Payload bytes sent per channel",
+            self.bytes_out.clone(),
+        );
+    }
+
+    /// Resolves a channel's counters once.
+    pub fn channel(&self, channel: u32) -> ChannelMetrics {
+        let l = ChannelLabel {
+            channel: channel.to_string(),
+        };
+        ChannelMetrics {
+            messages_in: self.messages_in.get_or_create(&l).clone(),
+            messages_out: self.messages_out.get_or_create(&l).clone(),
+            bytes_in: self.bytes_in.get_or_create(&l).clone(),
+            bytes_out: self.bytes_out.get_or_create(&l).clone(),
+        }
+    }
+
+    pub fn close(&self, reason: &str) {
+        self.closes
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn refuse(&self, reason: &str) {
+        self.refused
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn handshake(&self, result: &str) {
+        self.handshakes
+            .get_or_create(&ReasonLabel {
+                reason: result_label(result),
+            })
+            .inc();
+    }
+}
+
+fn result_label(r: &str) -> String {
+    r.to_string()
+}

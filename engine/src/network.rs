@@ -1,0 +1,522 @@
+//! The embedder's entry point: build, register channels, start, stop.
+//!
+//! # Design
+//! [`Network::new`] validates the config and returns the network and its
+//! [`Oracle`]. Channels are registered before [`Network::start`], which spawns
+//! the data shards (one thread each, one driver each) and the control shard.
+//! The control shard accepts connections and hands each to a data shard
+//! (round robin), dials known authorized peers that are not connected (at
+//! most `dial_attempts` quick retries with jittered exponential backoff, then
+//! `dial_backoff_max` between tries: a failed peer is never redialed at once),
+//! and disconnects peers that left every tracked set. [`NetworkHandle::shutdown`]
+//! closes every connection gracefully (queued messages are flushed up to the
+//! deadline), joins every thread, and returns only when every socket and
+//! buffer is released.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver as StdReceiver};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use governor::Quota;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use prometheus_client::metrics::counter::Counter;
+use rand::Rng;
+use shoal_crypto::{HandshakeConfig, PublicKey};
+use shoal_wire::{ChunkLimits, CloseReason};
+
+use crate::channels::{ChannelSpec, Channels, Receiver, Sender};
+use crate::clock::Clock;
+use crate::config::{Backend, Config};
+use crate::connection::{Authorizer, ConnectionConfig};
+use crate::error::Error;
+use crate::metrics::Metrics;
+use crate::oracle::{Oracle, OracleState};
+use crate::peers::PeerTable;
+use crate::shard::{Command, ShardCore, ShardLink};
+use crate::shared::Shared;
+use crate::waker::ShardWaker;
+
+/// A configured, not yet started network.
+pub struct Network {
+    shared: Arc<Shared>,
+    queues: Vec<StdReceiver<Command>>,
+    channels: HashMap<u32, Arc<ChannelSpec>>,
+    control_waker: Arc<ShardWaker>,
+}
+
+impl Network {
+    /// Validates `config` and builds the network and its oracle.
+    pub fn new(config: Config) -> Result<(Network, Oracle), Error> {
+        config.validate()?;
+        let metrics = Metrics::default();
+        let shards = config.shard_count();
+        let mut links = Vec::with_capacity(shards);
+        let mut queues = Vec::with_capacity(shards);
+        for _ in 0..shards {
+            let (tx, rx) = sync_channel(config.shard_queue);
+            let waker = Arc::new(ShardWaker::new(metrics.wakeups.clone())?);
+            links.push(ShardLink { tx, waker });
+            queues.push(rx);
+        }
+        let oracle = Arc::new(OracleState::new(4));
+        let shared = Arc::new(Shared {
+            config,
+            metrics,
+            channels: OnceLock::new(),
+            peers: PeerTable::default(),
+            oracle: oracle.clone(),
+            shards: links,
+            inbound: AtomicUsize::new(0),
+            outbound: AtomicUsize::new(0),
+            running: AtomicBool::new(false),
+        });
+        let control_waker = Arc::new(ShardWaker::new(Counter::default())?);
+        Ok((
+            Network {
+                shared,
+                queues,
+                channels: HashMap::new(),
+                control_waker,
+            },
+            Oracle { state: oracle },
+        ))
+    }
+
+    /// Registers a channel: inbound `quota` per peer (None = unlimited),
+    /// `max_size` bytes per message, `backlog` messages waiting for the
+    /// receiver, optional zstd `compression` level.
+    pub fn register(
+        &mut self,
+        channel: u32,
+        quota: Option<Quota>,
+        max_size: usize,
+        backlog: usize,
+        compression: Option<i32>,
+    ) -> Result<(Sender, Receiver), Error> {
+        if self.channels.contains_key(&channel) {
+            return Err(Error::DuplicateChannel(channel));
+        }
+        if backlog == 0 {
+            return Err(Error::InvalidConfig {
+                field: "backlog",
+                reason: "must be > 0".into(),
+            });
+        }
+        if max_size == 0 {
+            return Err(Error::InvalidConfig {
+                field: "max_size",
+                reason: "must be > 0".into(),
+            });
+        }
+        let (tx, rx) = async_channel::bounded(backlog);
+        let spec = Arc::new(ChannelSpec {
+            id: channel,
+            max_size,
+            compression,
+            quota,
+            backlog,
+            tx,
+            blocked: AtomicBool::new(false),
+            metrics: self.shared.metrics.channel(channel),
+        });
+        self.channels.insert(channel, spec.clone());
+        Ok((
+            Sender {
+                spec: spec.clone(),
+                shared: self.shared.clone(),
+            },
+            Receiver {
+                rx,
+                spec,
+                shared: self.shared.clone(),
+            },
+        ))
+    }
+
+    /// The node's metrics (register them in a prometheus registry).
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    /// This node's public key.
+    pub fn public_key(&self) -> PublicKey {
+        self.shared.config.identity.public_key().clone()
+    }
+
+    /// Binds the listener and starts every thread.
+    pub fn start(self) -> Result<NetworkHandle, Error> {
+        let Network {
+            shared,
+            queues,
+            channels,
+            control_waker,
+        } = self;
+        let _ = shared.channels.set(Arc::new(Channels { map: channels }));
+        let config = &shared.config;
+        let backend = crate::driver::resolve_backend(config.backend)?;
+
+        let listener = match config.listen {
+            Some(addr) => {
+                let l = TcpListener::bind(addr)?;
+                l.set_nonblocking(true)?;
+                Some(l)
+            }
+            None => None,
+        };
+        let local_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
+
+        let clock = Clock::system();
+        let conn_cfg = Arc::new(ConnectionConfig {
+            identity: config.identity.clone(),
+            handshake: Arc::new(HandshakeConfig {
+                namespace: config.namespace.clone(),
+                max_age: config.handshake_max_age,
+                synchrony_bound: config.synchrony_bound,
+                timeout: config.handshake_timeout,
+            }),
+            max_frame_body: config.max_frame_body,
+            max_write_batch: config.max_write_batch,
+            idle_timeout: config.idle_timeout,
+            ping_interval: config.ping_interval,
+            chunk_limits: ChunkLimits {
+                max_in_progress_bytes: config.max_in_progress_bytes,
+                max_in_progress_messages: config.max_in_progress_messages,
+                ..ChunkLimits::default()
+            },
+            max_queued: config.peer_send_backlog.saturating_mul(2).max(64),
+            clock,
+        });
+        let oracle = shared.oracle.clone();
+        let me = config.identity.public_key().clone();
+        let authorizer: Authorizer =
+            Arc::new(move |pk: &PublicKey| *pk != me && oracle.is_authorized(pk));
+
+        shared.running.store(true, Ordering::Release);
+        let mut threads = Vec::new();
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        for (id, rx) in queues.into_iter().enumerate() {
+            let core = ShardCore::new(id, shared.clone(), rx, conn_cfg.clone(), authorizer.clone());
+            let busy = config.busy_poll;
+            let pin = config.pin_cores.then_some(id % cores);
+            let t = std::thread::Builder::new()
+                .name(format!("shoal-shard-{id}"))
+                .spawn(move || {
+                    if let Some(core_id) = pin {
+                        crate::driver::pin_to_core(core_id);
+                    }
+                    if let Err(e) = crate::driver::run(core, backend, busy) {
+                        tracing::error!(shard = id, error = %e, "shard driver failed");
+                    }
+                })?;
+            threads.push(t);
+        }
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let control = {
+            let shared = shared.clone();
+            let stop = stop.clone();
+            let waker = control_waker.clone();
+            std::thread::Builder::new()
+                .name("shoal-control".into())
+                .spawn(move || control_loop(shared, listener, waker, stop))?
+        };
+
+        Ok(NetworkHandle {
+            shared,
+            threads,
+            control: Some(control),
+            control_waker,
+            stop,
+            local_addr,
+            backend,
+        })
+    }
+}
+
+/// A running network.
+pub struct NetworkHandle {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+    control: Option<JoinHandle<()>>,
+    control_waker: Arc<ShardWaker>,
+    stop: Arc<AtomicBool>,
+    local_addr: Option<SocketAddr>,
+    backend: Backend,
+}
+
+impl NetworkHandle {
+    /// The bound listen address (with the real port when 0 was asked).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local_addr
+    }
+
+    /// The backend actually in use (`Auto` resolved).
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// This node's public key.
+    pub fn public_key(&self) -> PublicKey {
+        self.shared.config.identity.public_key().clone()
+    }
+
+    /// Connected peers.
+    pub fn peers(&self) -> Vec<PublicKey> {
+        self.shared.peers.peers()
+    }
+
+    /// True if an established connection to `peer` exists.
+    pub fn is_connected(&self, peer: &PublicKey) -> bool {
+        self.shared.peers.contains(peer)
+    }
+
+    /// Blocks until `pred(connected peers)` holds or `timeout` passes;
+    /// returns whether it holds.
+    pub fn wait_peers(&self, timeout: Duration, pred: impl Fn(&[PublicKey]) -> bool) -> bool {
+        self.shared.peers.wait_until(timeout, |peers| pred(peers))
+    }
+
+    /// The node's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    /// Closes the connection to `peer` gracefully.
+    pub fn disconnect(&self, peer: &PublicKey) {
+        if let Some(h) = self.shared.peers.get(peer) {
+            if let Some(link) = self.shared.shards.get(h.id.shard) {
+                let _ = link.send(Command::Close {
+                    id: h.id,
+                    reason: CloseReason::Normal,
+                });
+            }
+        }
+    }
+
+    /// Graceful shutdown: stop accepting and dialing, close every connection
+    /// (flushing queued messages until `flush` elapses), join every thread.
+    pub fn shutdown(mut self, flush: Duration) {
+        self.shutdown_inner(flush);
+    }
+
+    fn shutdown_inner(&mut self, flush: Duration) {
+        self.shared.running.store(false, Ordering::Release);
+        self.stop.store(true, Ordering::Release);
+        self.control_waker.request_resume();
+        if let Some(c) = self.control.take() {
+            let _ = c.join();
+        }
+        let deadline = Instant::now() + flush;
+        for link in &self.shared.shards {
+            // The queue may be full of sends; keep trying until it takes the
+            // shutdown or the deadline passes (the shard drains continuously).
+            let mut cmd = Command::Shutdown { deadline };
+            loop {
+                match link.send(cmd) {
+                    Ok(()) => break,
+                    Err(c) => {
+                        if Instant::now() >= deadline + Duration::from_secs(1) {
+                            break;
+                        }
+                        cmd = c;
+                        std::thread::yield_now();
+                    }
+                }
+            }
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for NetworkHandle {
+    fn drop(&mut self) {
+        if !self.threads.is_empty() || self.control.is_some() {
+            self.shutdown_inner(Duration::from_millis(100));
+        }
+    }
+}
+
+const LISTENER: Token = Token(0);
+const CONTROL_WAKE: Token = Token(1);
+
+struct DialState {
+    failures: u32,
+    next_allowed: Instant,
+}
+
+fn control_loop(
+    shared: Arc<Shared>,
+    listener: Option<TcpListener>,
+    waker: Arc<ShardWaker>,
+    stop: Arc<AtomicBool>,
+) {
+    let result = (|| -> std::io::Result<()> {
+        let mut poll = Poll::new()?;
+        let mut events = Events::with_capacity(64);
+        if let Some(l) = &listener {
+            poll.registry().register(
+                &mut SourceFd(&l.as_raw_fd()),
+                LISTENER,
+                Interest::READABLE,
+            )?;
+        }
+        poll.registry().register(
+            &mut SourceFd(&waker.rx().as_raw_fd()),
+            CONTROL_WAKE,
+            Interest::READABLE,
+        )?;
+        let cfg = &shared.config;
+        let me = cfg.identity.public_key().clone();
+        let mut next_shard = 0usize;
+        let mut dial_states: HashMap<PublicKey, DialState> = HashMap::new();
+        let mut next_dial = Instant::now();
+        let mut seen_version = u64::MAX;
+        let mut rng = rand::thread_rng();
+        while !stop.load(Ordering::Acquire) {
+            let now = Instant::now();
+            let timeout = next_dial.saturating_duration_since(now);
+            if let Err(e) = poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            if stop.load(Ordering::Acquire) {
+                break;
+            }
+            for ev in events.iter() {
+                if ev.token() == CONTROL_WAKE {
+                    waker.woke();
+                }
+            }
+            // Accept everything pending.
+            if let Some(l) = &listener {
+                loop {
+                    match l.accept() {
+                        Ok((stream, from)) => {
+                            if shared.inbound.load(Ordering::Acquire) >= cfg.max_inbound {
+                                shared.metrics.refuse("max_inbound");
+                                tracing::debug!(%from, "inbound limit reached; refusing");
+                                drop(stream);
+                                continue;
+                            }
+                            shared.inbound.fetch_add(1, Ordering::AcqRel);
+                            let shard = next_shard % shared.shards.len();
+                            next_shard = next_shard.wrapping_add(1);
+                            if shared.shards[shard]
+                                .send(Command::Adopt { stream })
+                                .is_err()
+                            {
+                                shared.inbound.fetch_sub(1, Ordering::AcqRel);
+                                shared.metrics.refuse("shard_queue_full");
+                            }
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => {
+                            // EMFILE and friends: log and retry on the next tick.
+                            tracing::warn!(error = %e, "accept failed");
+                            break;
+                        }
+                    }
+                }
+            }
+            let now = Instant::now();
+            if now < next_dial {
+                continue;
+            }
+            next_dial = now + cfg.dial_frequency;
+
+            // Disconnect peers that left every tracked set.
+            let version = shared.oracle.version();
+            if version != seen_version {
+                seen_version = version;
+                let authorized = shared.oracle.authorized();
+                shared.peers.with(|map| {
+                    for (peer, h) in map.iter() {
+                        if !authorized.contains(peer) {
+                            if let Some(link) = shared.shards.get(h.id.shard) {
+                                let _ = link.send(Command::Close {
+                                    id: h.id,
+                                    reason: CloseReason::Unauthorized,
+                                });
+                            }
+                        }
+                    }
+                });
+            }
+
+            // Dial known, authorized, unconnected peers.
+            let authorized = shared.oracle.authorized();
+            let dialing = shared.peers.dialing_snapshot();
+            for (peer, addr) in shared.oracle.addresses() {
+                if peer == me || !authorized.contains(&peer) {
+                    continue;
+                }
+                if shared.peers.contains(&peer) {
+                    dial_states.remove(&peer);
+                    continue;
+                }
+                if dialing.contains(&peer) {
+                    continue;
+                }
+                let st = dial_states.entry(peer.clone()).or_insert(DialState {
+                    failures: 0,
+                    next_allowed: now,
+                });
+                if now < st.next_allowed {
+                    continue;
+                }
+                if shared.outbound.load(Ordering::Acquire) >= cfg.max_outbound {
+                    shared.metrics.refuse("max_outbound");
+                    break;
+                }
+                // Backoff for the next try if this one does not connect:
+                // exponential with +-25% jitter; after `dial_attempts` quick
+                // tries, the maximum.
+                st.failures = st.failures.saturating_add(1);
+                let base = if st.failures >= cfg.dial_attempts.max(1) {
+                    cfg.dial_backoff_max
+                } else {
+                    cfg.dial_backoff_min
+                        .saturating_mul(1u32 << st.failures.min(16))
+                        .min(cfg.dial_backoff_max)
+                };
+                let jitter = rng.gen_range(0.75..1.25);
+                st.next_allowed = now + base.mul_f64(jitter);
+                let shard = next_shard % shared.shards.len();
+                next_shard = next_shard.wrapping_add(1);
+                shared.outbound.fetch_add(1, Ordering::AcqRel);
+                shared.peers.mark_dialing(&peer, true);
+                if shared.shards[shard]
+                    .send(Command::Dial {
+                        peer: peer.clone(),
+                        addr,
+                    })
+                    .is_err()
+                {
+                    shared.outbound.fetch_sub(1, Ordering::AcqRel);
+                    shared.peers.mark_dialing(&peer, false);
+                }
+            }
+            // Forget states of peers we no longer know.
+            if dial_states.len() > authorized.len() {
+                dial_states.retain(|k, _| authorized.contains(k));
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        tracing::error!(error = %e, "control shard failed");
+    }
+    drop(listener);
+}

@@ -1,0 +1,237 @@
+//! The table of established connections, shared by every thread.
+//!
+//! # Design
+//! Senders look a peer up on every send, so reads are lock-free: an
+//! `ArcSwap` snapshot of `peer -> handle`. Writers (a connection established
+//! or closed: rare) take a mutex, copy, and swap. A handle carries the shard
+//! and slab slot of the connection plus the application-visible queue depth
+//! counter that makes `send` report a full queue synchronously.
+//!
+//! At most one connection per peer. When a second one is established the
+//! rule is deterministic so both ends agree without talking: if both were
+//! dialed by the same side, the newer wins (a redial after a restart);
+//! otherwise (both sides dialed at once) the connection dialed by the smaller
+//! public key wins.
+//!
+//! # Security
+//! Only connections whose handshake completed, both key confirmations
+//! included, are inserted, so a replayed Hello can never displace a live
+//! connection.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use shoal_crypto::PublicKey;
+
+/// Where a connection lives: shard, slab key, and a generation that makes a
+/// reused slab slot distinguishable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConnId {
+    pub shard: usize,
+    pub key: usize,
+    pub generation: u64,
+}
+
+/// An established connection as other threads see it.
+#[derive(Debug)]
+pub struct PeerHandle {
+    pub peer: PublicKey,
+    pub id: ConnId,
+    /// Messages queued by the application and not yet encoded.
+    pub depth: Arc<AtomicUsize>,
+    /// The key of the side that dialed this connection.
+    pub dialer: PublicKey,
+    /// The peer's listening address when we dialed it (or learned it).
+    pub addr: Option<std::net::SocketAddr>,
+}
+
+/// The outcome of [`PeerTable::insert`].
+#[derive(Debug)]
+pub enum Admit {
+    /// No other connection to this peer.
+    Inserted,
+    /// The new connection replaced this older one, which must be closed.
+    Replaced(Arc<PeerHandle>),
+    /// The existing connection wins; close the new one.
+    Rejected,
+}
+
+type Map = HashMap<PublicKey, Arc<PeerHandle>>;
+
+/// See the module docs.
+#[derive(Default)]
+pub struct PeerTable {
+    snapshot: ArcSwap<Map>,
+    /// Guards writers; its value counts changes, and `changed` is notified
+    /// on each so that waiters need no polling.
+    write: Mutex<u64>,
+    changed: Condvar,
+    /// Peers with a dial in progress (connecting or handshaking).
+    dialing: Mutex<HashSet<PublicKey>>,
+}
+
+impl PeerTable {
+    /// The handle of the peer's connection, if established.
+    pub fn get(&self, peer: &PublicKey) -> Option<Arc<PeerHandle>> {
+        self.snapshot.load().get(peer).cloned()
+    }
+
+    /// Runs `f` over the current snapshot without cloning handles.
+    pub fn with<R>(&self, f: impl FnOnce(&HashMap<PublicKey, Arc<PeerHandle>>) -> R) -> R {
+        f(&self.snapshot.load())
+    }
+
+    /// Connected peers.
+    pub fn peers(&self) -> Vec<PublicKey> {
+        self.snapshot.load().keys().cloned().collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.snapshot.load().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn contains(&self, peer: &PublicKey) -> bool {
+        self.snapshot.load().contains_key(peer)
+    }
+
+    /// Inserts an established connection, applying the tie-break rule.
+    pub fn insert(&self, handle: Arc<PeerHandle>) -> Admit {
+        let mut g = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let cur = self.snapshot.load_full();
+        let admit = match cur.get(&handle.peer) {
+            None => Admit::Inserted,
+            Some(old) => {
+                let new_wins = if old.dialer == handle.dialer {
+                    true
+                } else {
+                    handle.dialer < old.dialer
+                };
+                if new_wins {
+                    Admit::Replaced(old.clone())
+                } else {
+                    return Admit::Rejected;
+                }
+            }
+        };
+        let mut next: Map = (*cur).clone();
+        next.insert(handle.peer.clone(), handle);
+        self.snapshot.store(Arc::new(next));
+        *g += 1;
+        self.changed.notify_all();
+        admit
+    }
+
+    /// Removes the peer's entry if it still points at `id`.
+    pub fn remove(&self, peer: &PublicKey, id: ConnId) -> bool {
+        let mut g = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let cur = self.snapshot.load_full();
+        match cur.get(peer) {
+            Some(h) if h.id == id => {
+                let mut next: Map = (*cur).clone();
+                next.remove(peer);
+                self.snapshot.store(Arc::new(next));
+                *g += 1;
+                self.changed.notify_all();
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+impl PeerTable {
+    /// Blocks until `pred` holds for the connected peers or `timeout` passes.
+    pub fn wait_until(&self, timeout: Duration, pred: impl Fn(&[PublicKey]) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut g = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            let peers: Vec<PublicKey> = self.snapshot.load().keys().cloned().collect();
+            if pred(&peers) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            g = match self.changed.wait_timeout(g, deadline - now) {
+                Ok((g, _)) => g,
+                Err(e) => e.into_inner().0,
+            };
+        }
+    }
+
+    /// Records that a dial to `peer` started (true) or ended (false).
+    pub fn mark_dialing(&self, peer: &PublicKey, on: bool) {
+        let mut d = self.dialing.lock().unwrap_or_else(|e| e.into_inner());
+        if on {
+            d.insert(peer.clone());
+        } else {
+            d.remove(peer);
+        }
+    }
+
+    /// Peers with a dial in progress.
+    pub fn dialing_snapshot(&self) -> HashSet<PublicKey> {
+        self.dialing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pk(b: u8) -> PublicKey {
+        PublicKey::from_bytes_unchecked(vec![b; 32])
+    }
+
+    fn handle(peer: u8, dialer: u8, key: usize) -> Arc<PeerHandle> {
+        Arc::new(PeerHandle {
+            peer: pk(peer),
+            id: ConnId {
+                shard: 0,
+                key,
+                generation: key as u64,
+            },
+            depth: Arc::new(AtomicUsize::new(0)),
+            dialer: pk(dialer),
+            addr: None,
+        })
+    }
+
+    #[test]
+    fn simultaneous_dial_keeps_the_smaller_dialer_on_both_ends() {
+        // Node 1 and node 2 dial each other. On node 1 the table holds peer 2.
+        let t1 = PeerTable::default();
+        assert!(matches!(t1.insert(handle(2, 1, 1)), Admit::Inserted));
+        assert!(matches!(t1.insert(handle(2, 2, 2)), Admit::Rejected));
+        // On node 2 the other order: the connection dialed by 2 came first.
+        let t2 = PeerTable::default();
+        assert!(matches!(t2.insert(handle(1, 2, 2)), Admit::Inserted));
+        assert!(matches!(t2.insert(handle(1, 1, 1)), Admit::Replaced(_)));
+        assert_eq!(t1.get(&pk(2)).map(|h| h.dialer.clone()), Some(pk(1)));
+        assert_eq!(t2.get(&pk(1)).map(|h| h.dialer.clone()), Some(pk(1)));
+    }
+
+    #[test]
+    fn redial_by_the_same_side_replaces_and_stale_remove_is_ignored() {
+        let t = PeerTable::default();
+        let old = handle(2, 2, 1);
+        t.insert(old.clone());
+        assert!(matches!(t.insert(handle(2, 2, 7)), Admit::Replaced(_)));
+        assert!(
+            !t.remove(&pk(2), old.id),
+            "old id must not remove the new entry"
+        );
+        assert_eq!(t.get(&pk(2)).map(|h| h.id.key), Some(7));
+    }
+}

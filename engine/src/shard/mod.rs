@@ -1,0 +1,597 @@
+//! A data shard: one thread that owns its connections for their whole life.
+//!
+//! # Design
+//! [`ShardCore`] is the backend-independent half of a shard: a slab of
+//! connections, the command queue from other threads, delivery to channel
+//! receivers with backpressure and quotas, the peer table updates and the
+//! timers. The I/O drivers ([`crate::driver`]) own the sockets and only move
+//! bytes: they call [`ShardCore::process_input`] after receiving,
+//! [`ShardCore::poll_transmit`] to get bytes to write, and
+//! [`ShardCore::finish_close`] once a socket is gone.
+//!
+//! No locks on the per-message path: a send command carries the slab key and
+//! generation, so the shard finds the connection with one index.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use governor::DefaultDirectRateLimiter;
+use shoal_crypto::PublicKey;
+use shoal_wire::{CloseReason, RecordKind};
+use slab::Slab;
+
+use crate::channels::{ChannelSpec, Channels};
+use crate::connection::{Authorizer, Connection, ConnectionConfig, Event, Outgoing};
+use crate::peers::{Admit, ConnId, PeerHandle};
+use crate::shared::Shared;
+use crate::waker::ShardWaker;
+
+/// Work for a shard from other threads.
+pub(crate) enum Command {
+    /// Queue a message on a connection.
+    Send {
+        id: ConnId,
+        msg: Outgoing,
+        high: bool,
+    },
+    /// Take over an accepted socket.
+    Adopt { stream: std::net::TcpStream },
+    /// Dial `peer` at `addr`.
+    Dial { peer: PublicKey, addr: SocketAddr },
+    /// Close a connection gracefully.
+    Close { id: ConnId, reason: CloseReason },
+    /// Close everything, flushing until `deadline`, then exit.
+    Shutdown { deadline: Instant },
+}
+
+/// The sending half of a shard's queue plus its waker.
+pub(crate) struct ShardLink {
+    pub tx: SyncSender<Command>,
+    pub waker: Arc<ShardWaker>,
+}
+
+impl ShardLink {
+    /// Enqueues without blocking; wakes the shard only if it sleeps.
+    pub fn send(&self, cmd: Command) -> Result<(), Command> {
+        match self.tx.try_send(cmd) {
+            Ok(()) => {
+                self.waker.wake();
+                Ok(())
+            }
+            Err(TrySendError::Full(c)) | Err(TrySendError::Disconnected(c)) => Err(c),
+        }
+    }
+}
+
+/// A message that could not be delivered yet (receiver full or over quota).
+struct Stashed {
+    spec: Arc<ChannelSpec>,
+    payload: Bytes,
+}
+
+/// One connection slot.
+pub(crate) struct ConnSlot {
+    pub conn: Connection,
+    pub generation: u64,
+    pub inbound: bool,
+    /// For dialed connections: who and where.
+    pub dial: Option<(PublicKey, SocketAddr)>,
+    /// Set once established and admitted to the peer table.
+    pub handle: Option<Arc<PeerHandle>>,
+    depth: Arc<AtomicUsize>,
+    stash: Option<Stashed>,
+    paused_until: Option<Instant>,
+    limiters: HashMap<u32, DefaultDirectRateLimiter>,
+    close_label: Option<&'static str>,
+    counted_handshaking: bool,
+}
+
+/// What the driver must do after [`ShardCore::handle_command`].
+pub(crate) enum DriverAction {
+    /// Register this accepted socket as a new connection.
+    Adopt(std::net::TcpStream),
+    /// Connect to `addr` for `peer`.
+    Dial(PublicKey, SocketAddr),
+    /// Begin shutdown.
+    Shutdown(Instant),
+}
+
+/// The backend-independent half of a shard. See the module docs.
+pub(crate) struct ShardCore {
+    pub id: usize,
+    pub shared: Arc<Shared>,
+    pub conns: Slab<ConnSlot>,
+    rx: Receiver<Command>,
+    pub waker: Arc<ShardWaker>,
+    channels: Arc<Channels>,
+    conn_cfg: Arc<ConnectionConfig>,
+    authorizer: Authorizer,
+    next_generation: u64,
+    /// Connections with output to flush.
+    pub dirty: Vec<usize>,
+    /// Connections whose protocol state ended; the driver closes their socket.
+    pub closing: Vec<usize>,
+    paused: Vec<usize>,
+    pub shutdown: Option<Instant>,
+    next_timer_sweep: Instant,
+}
+
+const TIMER_GRANULARITY: Duration = Duration::from_millis(20);
+
+impl ShardCore {
+    pub fn new(
+        id: usize,
+        shared: Arc<Shared>,
+        rx: Receiver<Command>,
+        conn_cfg: Arc<ConnectionConfig>,
+        authorizer: Authorizer,
+    ) -> Self {
+        let channels = shared.channels.get().cloned().unwrap_or_default();
+        let waker = shared.shards[id].waker.clone();
+        Self {
+            id,
+            shared,
+            conns: Slab::new(),
+            rx,
+            waker,
+            channels,
+            conn_cfg,
+            authorizer,
+            next_generation: 1,
+            dirty: Vec::new(),
+            closing: Vec::new(),
+            paused: Vec::new(),
+            shutdown: None,
+            next_timer_sweep: Instant::now(),
+        }
+    }
+
+    /// Adds a connection; returns its slab key.
+    pub fn insert(
+        &mut self,
+        inbound: bool,
+        dial: Option<(PublicKey, SocketAddr)>,
+        now: Instant,
+    ) -> usize {
+        let conn = match &dial {
+            Some((peer, _)) => Connection::dialer(
+                self.conn_cfg.clone(),
+                self.channels.clone(),
+                self.authorizer.clone(),
+                peer.clone(),
+                now,
+            ),
+            None => Connection::dialee(
+                self.conn_cfg.clone(),
+                self.channels.clone(),
+                self.authorizer.clone(),
+                now,
+            ),
+        };
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let depth = Arc::new(AtomicUsize::new(0));
+        let mut conn = conn;
+        conn.set_queue_depth(depth.clone());
+        self.shared.metrics.handshaking.inc();
+        let key = self.conns.insert(ConnSlot {
+            conn,
+            generation,
+            inbound,
+            dial,
+            handle: None,
+            depth,
+            stash: None,
+            paused_until: None,
+            limiters: HashMap::new(),
+            close_label: None,
+            counted_handshaking: true,
+        });
+        self.dirty.push(key);
+        key
+    }
+
+    /// Drains the command queue; returns actions the driver must perform.
+    pub fn drain_commands(&mut self, now: Instant, actions: &mut Vec<DriverAction>) {
+        loop {
+            match self.rx.try_recv() {
+                Ok(cmd) => self.handle_command(cmd, now, actions),
+                Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => break,
+            }
+        }
+    }
+
+    /// True if a command is waiting (used after announcing sleep).
+    pub fn has_commands(&mut self, now: Instant, actions: &mut Vec<DriverAction>) -> bool {
+        match self.rx.try_recv() {
+            Ok(cmd) => {
+                self.handle_command(cmd, now, actions);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn handle_command(&mut self, cmd: Command, now: Instant, actions: &mut Vec<DriverAction>) {
+        match cmd {
+            Command::Send { id, msg, high } => match self.conns.get_mut(id.key) {
+                Some(slot) if slot.generation == id.generation => {
+                    // The connection enforces its own hard cap and fixes the
+                    // depth counter if it refuses.
+                    if slot.conn.send(msg, high).is_ok() {
+                        self.dirty.push(id.key);
+                    }
+                }
+                _ => {
+                    // The connection is gone; its handle's counter went with it.
+                }
+            },
+            Command::Adopt { stream } => actions.push(DriverAction::Adopt(stream)),
+            Command::Dial { peer, addr } => actions.push(DriverAction::Dial(peer, addr)),
+            Command::Close { id, reason } => {
+                if let Some(slot) = self.conns.get_mut(id.key) {
+                    if slot.generation == id.generation {
+                        slot.conn.close(reason);
+                        self.dirty.push(id.key);
+                        self.after_io(id.key, now);
+                    }
+                }
+            }
+            Command::Shutdown { deadline } => {
+                self.shutdown = Some(deadline);
+                let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+                for k in keys {
+                    if let Some(slot) = self.conns.get_mut(k) {
+                        slot.conn.close(CloseReason::Shutdown);
+                    }
+                    self.dirty.push(k);
+                    self.after_io(k, now);
+                }
+                actions.push(DriverAction::Shutdown(deadline));
+            }
+        }
+    }
+
+    /// Turns buffered input into events and handles them, until the input is
+    /// used up or delivery must wait (backpressure).
+    pub fn process_input(&mut self, key: usize, now: Instant) {
+        loop {
+            let Some(slot) = self.conns.get_mut(key) else {
+                return;
+            };
+            if slot.stash.is_some() || slot.paused_until.is_some() {
+                break;
+            }
+            let Some(ev) = slot.conn.poll_event(now) else {
+                break;
+            };
+            self.handle_event(key, ev, now);
+        }
+        self.after_io(key, now);
+    }
+
+    /// Bookkeeping after any input or command touched a connection.
+    pub fn after_io(&mut self, key: usize, _now: Instant) {
+        let Some(slot) = self.conns.get_mut(key) else {
+            return;
+        };
+        if slot.conn.has_output() {
+            self.dirty.push(key);
+        }
+        if slot.conn.is_closed() && slot.close_label.is_none() {
+            // Closed without an event we saw (e.g. after graceful close).
+            slot.close_label = Some("local_close");
+        }
+        if slot.conn.is_closed() && !self.closing.contains(&key) {
+            self.closing.push(key);
+        }
+    }
+
+    fn handle_event(&mut self, key: usize, ev: Event, now: Instant) {
+        match ev {
+            Event::Established { peer } => self.on_established(key, peer),
+            Event::Message {
+                kind,
+                channel,
+                payload,
+                ..
+            } => {
+                if kind != RecordKind::Data {
+                    // RPC records are handled by the RPC layer (not in this
+                    // build): count and drop.
+                    self.shared.metrics.refuse("rpc_unsupported");
+                    return;
+                }
+                let Some(spec) = self.channels.get(channel).cloned() else {
+                    self.shared.metrics.refuse("unknown_channel");
+                    return;
+                };
+                self.deliver(key, Stashed { spec, payload }, now);
+            }
+            Event::Control(_) => {
+                self.shared.metrics.control_dropped.inc();
+            }
+            Event::Pong { .. } => {}
+            Event::Closed(cause) => {
+                let label = cause.label();
+                if let Some(slot) = self.conns.get_mut(key) {
+                    slot.close_label = Some(label);
+                    if slot.handle.is_none() {
+                        self.shared.metrics.handshake(label);
+                    }
+                }
+                tracing::debug!(shard = self.id, key, %cause, "connection closed");
+            }
+        }
+    }
+
+    fn on_established(&mut self, key: usize, peer: PublicKey) {
+        let Some(slot) = self.conns.get_mut(key) else {
+            return;
+        };
+        let me = self.shared.config.identity.public_key().clone();
+        let (dialer, addr) = match &slot.dial {
+            Some((_, addr)) => (me, Some(*addr)),
+            None => (peer.clone(), None),
+        };
+        if let Some((dialed, _)) = &slot.dial {
+            self.shared.peers.mark_dialing(dialed, false);
+        }
+        let handle = Arc::new(PeerHandle {
+            peer: peer.clone(),
+            id: ConnId {
+                shard: self.id,
+                key,
+                generation: slot.generation,
+            },
+            depth: slot.depth.clone(),
+            dialer,
+            addr,
+        });
+        self.shared.metrics.handshake("ok");
+        if slot.counted_handshaking {
+            slot.counted_handshaking = false;
+            self.shared.metrics.handshaking.dec();
+        }
+        let admit = self.shared.peers.insert(handle.clone());
+        match admit {
+            Admit::Inserted => {}
+            Admit::Replaced(old) => self.close_elsewhere(&old, CloseReason::Replaced),
+            Admit::Rejected => {
+                tracing::debug!(shard = self.id, %peer, "duplicate connection rejected by tie-break");
+                if let Some(slot) = self.conns.get_mut(key) {
+                    slot.conn.close(CloseReason::Replaced);
+                }
+                return;
+            }
+        }
+        self.shared.metrics.connections.inc();
+        if let Some(slot) = self.conns.get_mut(key) {
+            slot.handle = Some(handle);
+        }
+        tracing::debug!(shard = self.id, %peer, "connection established");
+    }
+
+    fn close_elsewhere(&mut self, old: &PeerHandle, reason: CloseReason) {
+        if old.id.shard == self.id {
+            if let Some(slot) = self.conns.get_mut(old.id.key) {
+                if slot.generation == old.id.generation {
+                    slot.handle = None;
+                    slot.conn.close(reason);
+                    self.dirty.push(old.id.key);
+                }
+            }
+        } else if let Some(link) = self.shared.shards.get(old.id.shard) {
+            let _ = link.send(Command::Close { id: old.id, reason });
+        }
+    }
+
+    /// Delivers a message to its channel, or stashes it and pauses reading.
+    fn deliver(&mut self, key: usize, msg: Stashed, now: Instant) {
+        let Some(slot) = self.conns.get_mut(key) else {
+            return;
+        };
+        let Some(peer) = slot.conn.peer().cloned() else {
+            return;
+        };
+        if let Some(quota) = msg.spec.quota {
+            let limiter = slot
+                .limiters
+                .entry(msg.spec.id)
+                .or_insert_with(|| governor::RateLimiter::direct(quota));
+            if let Err(not_until) = limiter.check() {
+                let clock = governor::clock::DefaultClock::default();
+                let wait = not_until.wait_time_from(governor::clock::Clock::now(&clock));
+                slot.paused_until = Some(now + wait);
+                slot.stash = Some(msg);
+                self.shared.metrics.rate_limit_pauses.inc();
+                self.paused.push(key);
+                return;
+            }
+        }
+        let len = msg.payload.len() as u64;
+        match msg.spec.tx.try_send((peer, msg.payload.clone())) {
+            Ok(()) => {
+                msg.spec.metrics.messages_in.inc();
+                msg.spec.metrics.bytes_in.inc_by(len);
+            }
+            Err(async_channel::TrySendError::Full(item)) => {
+                msg.spec.blocked.store(true, Ordering::SeqCst);
+                // Retry after publishing `blocked`: the receiver may have
+                // drained in between and would not know to wake us.
+                match msg.spec.tx.try_send(item) {
+                    Ok(()) => {
+                        msg.spec.metrics.messages_in.inc();
+                        msg.spec.metrics.bytes_in.inc_by(len);
+                    }
+                    Err(_) => {
+                        self.shared.metrics.receiver_full_pauses.inc();
+                        slot.stash = Some(msg);
+                        self.paused.push(key);
+                    }
+                }
+            }
+            Err(async_channel::TrySendError::Closed(_)) => {
+                self.shared.metrics.refuse("receiver_dropped");
+            }
+        }
+    }
+
+    /// Retries paused connections (receiver space freed or quota refilled).
+    pub fn resume_paused(&mut self, now: Instant) {
+        if self.paused.is_empty() {
+            return;
+        }
+        let paused = std::mem::take(&mut self.paused);
+        for key in paused {
+            let Some(slot) = self.conns.get_mut(key) else {
+                continue;
+            };
+            if let Some(until) = slot.paused_until {
+                if now < until {
+                    self.paused.push(key);
+                    continue;
+                }
+                slot.paused_until = None;
+                // The quota check passed when it paused; recheck on deliver.
+            }
+            if let Some(msg) = slot.stash.take() {
+                self.deliver(key, msg, now);
+            }
+            let still = self
+                .conns
+                .get(key)
+                .map(|s| s.stash.is_some() || s.paused_until.is_some())
+                .unwrap_or(false);
+            if !still {
+                self.process_input(key, now);
+            }
+        }
+    }
+
+    /// True if some connection waits for the receiver or quota.
+    pub fn has_paused(&self) -> bool {
+        !self.paused.is_empty()
+    }
+
+    /// Whether the driver should read from this connection now.
+    pub fn wants_read(&self, key: usize) -> bool {
+        self.conns
+            .get(key)
+            .map(|s| s.stash.is_none() && s.paused_until.is_none() && s.conn.wants_read())
+            .unwrap_or(false)
+    }
+
+    /// Bytes to write for `key`, if any.
+    pub fn poll_transmit(&mut self, key: usize) -> Option<Bytes> {
+        let slot = self.conns.get_mut(key)?;
+        let out = slot.conn.poll_transmit();
+        if slot.conn.is_closed() && !self.closing.contains(&key) {
+            if slot.close_label.is_none() {
+                slot.close_label = Some("local_close");
+            }
+            self.closing.push(key);
+        }
+        if out.is_some() {
+            self.shared.metrics.writes.inc();
+        }
+        out
+    }
+
+    /// Runs connection timers at a coarse granularity.
+    pub fn handle_timers(&mut self, now: Instant) {
+        if now < self.next_timer_sweep {
+            return;
+        }
+        self.next_timer_sweep = now + TIMER_GRANULARITY;
+        let keys: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, s)| s.conn.poll_timeout().is_some_and(|t| t <= now))
+            .map(|(k, _)| k)
+            .collect();
+        for key in keys {
+            if let Some(slot) = self.conns.get_mut(key) {
+                slot.conn.handle_timeout(now);
+            }
+            self.process_input(key, now);
+        }
+        if self.has_paused() {
+            self.resume_paused(now);
+        }
+    }
+
+    /// How long the driver may sleep.
+    pub fn sleep_budget(&self, now: Instant) -> Duration {
+        let mut d = self
+            .next_timer_sweep
+            .saturating_duration_since(now)
+            .max(TIMER_GRANULARITY);
+        if self.shutdown.is_some() {
+            d = d.min(Duration::from_millis(5));
+        }
+        d
+    }
+
+    /// The driver closed (or failed) the socket of `key`: forget it.
+    pub fn finish_close(&mut self, key: usize, io_error: Option<String>) {
+        if !self.conns.contains(key) {
+            return;
+        }
+        let mut slot = self.conns.remove(key);
+        if let Some(err) = io_error {
+            slot.conn.handle_io_error(err);
+            while let Some(ev) = slot.conn.poll_event(Instant::now()) {
+                if let Event::Closed(cause) = ev {
+                    if slot.close_label.is_none() {
+                        slot.close_label = Some(cause.label());
+                    }
+                }
+            }
+        }
+        // Nothing queued will be written: release the app-visible depth.
+        slot.conn
+            .abort(crate::connection::CloseCause::Local(CloseReason::Normal));
+        let label = slot.close_label.unwrap_or("io_error");
+        self.shared.metrics.close(label);
+        if slot.counted_handshaking {
+            self.shared.metrics.handshaking.dec();
+            if slot.handle.is_none() {
+                self.shared.metrics.handshake(label);
+            }
+        }
+        if let Some(h) = &slot.handle {
+            self.shared.metrics.connections.dec();
+            self.shared.peers.remove(&h.peer, h.id);
+        }
+        if slot.inbound {
+            self.shared.inbound.fetch_sub(1, Ordering::AcqRel);
+        } else {
+            self.shared.outbound.fetch_sub(1, Ordering::AcqRel);
+        }
+        if let Some((peer, _)) = &slot.dial {
+            self.shared.peers.mark_dialing(peer, false);
+            if slot.handle.is_none() {
+                self.shared.metrics.dial_failures.inc();
+                tracing::debug!(shard = self.id, %peer, reason = label, "dial failed");
+            }
+        }
+        self.closing.retain(|&k| k != key);
+        self.paused.retain(|&k| k != key);
+    }
+
+    /// True when shutdown was requested and every connection is gone.
+    pub fn shutdown_complete(&self) -> bool {
+        self.shutdown.is_some() && self.conns.is_empty()
+    }
+
+    /// True when the shutdown deadline passed.
+    pub fn shutdown_overdue(&self, now: Instant) -> bool {
+        self.shutdown.is_some_and(|d| now >= d)
+    }
+}

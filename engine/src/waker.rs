@@ -1,0 +1,90 @@
+//! Waking a sleeping shard without one syscall per message.
+//!
+//! # Design
+//! A shard that is about to block sets `sleeping`, then re-checks its queue
+//! (Dekker-style, with a SeqCst fence on both sides). A producer enqueues,
+//! fences, and writes one byte to the shard's wake socket only if it flips
+//! `sleeping` from true to false. So a burst of N messages to a sleeping
+//! shard costs one wake-up syscall, and messages to an awake shard cost none.
+//! The wake pipe is a non-blocking Unix socket pair (safe std API) that both
+//! drivers can wait on: epoll registers it, io_uring reads it.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{fence, AtomicBool, Ordering};
+
+use prometheus_client::metrics::counter::Counter;
+
+/// One shard's wake-up line.
+pub struct ShardWaker {
+    tx: UnixStream,
+    rx: UnixStream,
+    sleeping: AtomicBool,
+    /// Set when a receiver freed space; the shard retries paused connections.
+    resume: AtomicBool,
+    wakeups: Counter,
+}
+
+impl ShardWaker {
+    pub fn new(wakeups: Counter) -> std::io::Result<Self> {
+        let (tx, rx) = UnixStream::pair()?;
+        tx.set_nonblocking(true)?;
+        rx.set_nonblocking(true)?;
+        Ok(Self {
+            tx,
+            rx,
+            sleeping: AtomicBool::new(false),
+            resume: AtomicBool::new(false),
+            wakeups,
+        })
+    }
+
+    /// The socket the shard waits on.
+    pub fn rx(&self) -> &UnixStream {
+        &self.rx
+    }
+
+    /// Called by producers after enqueueing.
+    pub fn wake(&self) {
+        fence(Ordering::SeqCst);
+        if self.sleeping.load(Ordering::Relaxed) && self.sleeping.swap(false, Ordering::AcqRel) {
+            self.wakeups.inc();
+            // A full socket buffer means a wake-up is already pending.
+            let _ = (&self.tx).write(&[1]);
+        }
+    }
+
+    /// Asks the shard to retry connections paused on a full receiver.
+    pub fn request_resume(&self) {
+        self.resume.store(true, Ordering::Release);
+        self.wake();
+    }
+
+    /// Shard: take the resume request.
+    pub fn take_resume(&self) -> bool {
+        self.resume.swap(false, Ordering::AcqRel)
+    }
+
+    /// Shard: announce the intent to sleep. The caller must re-check its
+    /// queue after this and call [`ShardWaker::cancel_sleep`] if non-empty.
+    pub fn prepare_sleep(&self) {
+        self.sleeping.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+    }
+
+    /// Shard: back to awake without sleeping.
+    pub fn cancel_sleep(&self) {
+        self.sleeping.store(false, Ordering::SeqCst);
+    }
+
+    /// Shard: after waking, clear the flag and drain the wake socket.
+    pub fn woke(&self) {
+        self.sleeping.store(false, Ordering::SeqCst);
+        let mut buf = [0u8; 64];
+        while let Ok(n) = (&self.rx).read(&mut buf) {
+            if n < buf.len() {
+                break;
+            }
+        }
+    }
+}

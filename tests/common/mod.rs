@@ -1,0 +1,138 @@
+//! Helpers for integration tests: loopback clusters on either backend.
+#![allow(dead_code)]
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal::engine::{Backend, Config, Ed25519Signer, Network, NetworkHandle, Oracle, PublicKey, Receiver, Sender};
+
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// io_uring availability; tests for it skip (with a printed reason) without it.
+pub fn backend_available(backend: Backend) -> bool {
+    if backend != Backend::IoUring {
+        return true;
+    }
+    match io_uring_probe() {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("SKIP: io_uring unavailable here: {e}");
+            false
+        }
+    }
+}
+
+fn io_uring_probe() -> Result<(), String> {
+    // Start a throwaway network on io_uring; failure means unavailable.
+    let mut cfg = Config::local(None);
+    cfg.backend = Backend::IoUring;
+    let (net, _o) = Network::new(cfg).map_err(|e| e.to_string())?;
+    let h = net.start().map_err(|e| e.to_string())?;
+    h.shutdown(Duration::from_millis(10));
+    Ok(())
+}
+
+/// A free loopback port (bound then released).
+pub fn free_addr() -> SocketAddr {
+    let l = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)).unwrap();
+    l.local_addr().unwrap()
+}
+
+pub fn signer(seed: u64) -> Arc<Ed25519Signer> {
+    Arc::new(Ed25519Signer::insecure_from_seed(seed))
+}
+
+pub fn key(seed: u64) -> PublicKey {
+    shoal::crypto::Signer::public_key(&*signer(seed)).clone()
+}
+
+pub struct Node {
+    pub seed: u64,
+    pub addr: SocketAddr,
+    pub handle: Option<NetworkHandle>,
+    pub oracle: Oracle,
+    pub channels: Vec<(Sender, Receiver)>,
+}
+
+impl Node {
+    pub fn handle(&self) -> &NetworkHandle {
+        self.handle.as_ref().unwrap()
+    }
+    pub fn key(&self) -> PublicKey {
+        key(self.seed)
+    }
+}
+
+pub struct ChannelDef {
+    pub id: u32,
+    pub max_size: usize,
+    pub backlog: usize,
+    pub compression: Option<i32>,
+}
+
+pub fn chan(id: u32) -> ChannelDef {
+    ChannelDef {
+        id,
+        max_size: 1 << 20,
+        backlog: 1024,
+        compression: None,
+    }
+}
+
+/// Starts node `seed` listening on `addr`, authorizing `peers` (seeds), with
+/// the addresses of `dial` (seed, addr) known.
+pub fn start_node(
+    backend: Backend,
+    seed: u64,
+    addr: SocketAddr,
+    peers: &[u64],
+    dial: &[(u64, SocketAddr)],
+    channels: &[ChannelDef],
+    tweak: impl FnOnce(&mut Config),
+) -> Node {
+    let mut cfg = Config::local(Some(addr)).with_identity(signer(seed));
+    cfg.backend = backend;
+    tweak(&mut cfg);
+    let (mut net, oracle) = Network::new(cfg).expect("config");
+    let mut chans = Vec::new();
+    for c in channels {
+        chans.push(
+            net.register(c.id, None, c.max_size, c.backlog, c.compression)
+                .expect("register"),
+        );
+    }
+    oracle.register(0, peers.iter().map(|s| key(*s)).collect());
+    for (s, a) in dial {
+        oracle.add_address(key(*s), *a);
+    }
+    let handle = net.start().expect("start");
+    Node {
+        seed,
+        addr: handle.local_addr().unwrap(),
+        handle: Some(handle),
+        oracle,
+        channels: chans,
+    }
+}
+
+/// A full mesh of `n` nodes (seeds 1..=n); each knows every address.
+pub fn mesh(backend: Backend, n: u64, channels: &[ChannelDef], tweak: impl Fn(&mut Config)) -> Vec<Node> {
+    let addrs: Vec<SocketAddr> = (0..n).map(|_| free_addr()).collect();
+    let seeds: Vec<u64> = (1..=n).collect();
+    let dial: Vec<(u64, SocketAddr)> = seeds.iter().copied().zip(addrs.iter().copied()).collect();
+    let nodes: Vec<Node> = seeds
+        .iter()
+        .zip(addrs.iter())
+        .map(|(s, a)| start_node(backend, *s, *a, &seeds, &dial, channels, &tweak))
+        .collect();
+    for node in &nodes {
+        let want = (n - 1) as usize;
+        assert!(
+            node.handle().wait_peers(WAIT, |p| p.len() == want),
+            "node {} did not connect to all peers",
+            node.seed
+        );
+    }
+    nodes
+}
