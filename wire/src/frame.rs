@@ -1,0 +1,388 @@
+//! The frame codec: `u32` big-endian body length, then the body.
+//!
+//! # Design
+//!
+//! A frame is `len: u32 (big-endian) ‖ body[len]`. After the handshake the
+//! body is sealed (ChaCha20-Poly1305 ciphertext followed by its
+//! [`TAG_LEN`]-byte tag, see `shoal-crypto`); the two handshake frames carry a
+//! plain `Hello` as their body. This module only delimits bodies: it never
+//! looks inside them.
+//!
+//! [`FrameDecoder`] is a sans-IO accumulator. A driver either appends received
+//! bytes straight into [`FrameDecoder::read_buf`] (e.g. by reading into its
+//! spare capacity) or copies them in with [`FrameDecoder::feed`], then calls
+//! [`FrameDecoder::decode`] until it returns `Ok(None)`. Each complete body is
+//! split off the accumulation buffer as an owned [`BytesMut`] (no copy: it
+//! shares the allocation), so the caller can open it in place and `freeze` it
+//! into zero-copy `Bytes` for the payloads inside.
+//!
+//! [`FrameDecoder::wanted`] tells a driver how many more bytes finish the
+//! current frame, so a driver that wants to can size its reads exactly; it is
+//! never more than `HEADER_LEN + max_body`.
+//!
+//! # Security
+//!
+//! Provided:
+//! - The length prefix is checked against `max_body` as soon as its four bytes
+//!   are present and *before* anything is reserved for the body, so a peer
+//!   claiming a 4 GiB frame costs four bytes of buffer, not 4 GiB.
+//! - Zero-length frames are refused ([`FrameError::Empty`]): a sealed body is
+//!   at least a tag, and a Hello is never empty, so an empty frame is only ever
+//!   a way to make the receiver spin.
+//! - Errors are sticky: once a stream is malformed the decoder keeps returning
+//!   the same error; it never resynchronises on attacker-chosen bytes.
+//! - [`FrameDecoder::shrink_if_idle`] releases the buffer of idle connections,
+//!   so ten thousand idle peers cost ten thousand empty `BytesMut`s.
+//!
+//! Not provided:
+//! - No authentication or integrity: that is the record cipher's job. A body
+//!   returned here is attacker-controlled until it has been opened.
+//! - The decoder does not limit how much a driver appends between two calls
+//!   to `decode`; a driver that reads at most [`FrameDecoder::wanted`] (or a
+//!   fixed read size) per `decode` keeps the buffer within
+//!   `HEADER_LEN + max_body + one read`.
+
+use bytes::{Buf, BytesMut};
+
+/// Bytes of the length prefix.
+pub const HEADER_LEN: usize = 4;
+/// Bytes of the AEAD tag at the end of every sealed body.
+pub const TAG_LEN: usize = 16;
+/// Default maximum body length (ciphertext + tag).
+pub const DEFAULT_MAX_FRAME_BODY: usize = 64 * 1024;
+
+/// Why a byte stream is not a valid sequence of frames.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum FrameError {
+    /// The length prefix claims more than the maximum body length.
+    #[error("frame body of {len} bytes exceeds the maximum of {max}")]
+    TooLarge { len: u64, max: usize },
+    /// The length prefix is zero.
+    #[error("empty frame")]
+    Empty,
+}
+
+/// Encodes the length prefix of a frame whose body is `body_len` bytes.
+///
+/// # Panics
+///
+/// If `body_len > u32::MAX` (a caller bug: bodies are bounded by the
+/// configured maximum frame size). Use [`try_encode_header`] to check instead.
+pub fn encode_header(body_len: usize) -> [u8; HEADER_LEN] {
+    match u32::try_from(body_len) {
+        Ok(len) => len.to_be_bytes(),
+        Err(_) => panic!("frame body of {body_len} bytes does not fit a u32 length prefix"),
+    }
+}
+
+/// Encodes the length prefix of a frame, refusing bodies the peer would
+/// refuse: empty ones and ones longer than `max_body`.
+pub fn try_encode_header(body_len: usize, max_body: usize) -> Result<[u8; HEADER_LEN], FrameError> {
+    if body_len == 0 {
+        return Err(FrameError::Empty);
+    }
+    match u32::try_from(body_len) {
+        Ok(len) if body_len <= max_body => Ok(len.to_be_bytes()),
+        _ => Err(FrameError::TooLarge {
+            len: body_len as u64,
+            max: max_body,
+        }),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Waiting for (or about to parse) a length prefix.
+    Header,
+    /// The prefix has been consumed; waiting for this many body bytes.
+    Body(usize),
+}
+
+/// Splits a byte stream into frame bodies. See the [module docs](self).
+#[derive(Debug)]
+pub struct FrameDecoder {
+    buf: BytesMut,
+    max_body: usize,
+    state: State,
+    error: Option<FrameError>,
+}
+
+impl FrameDecoder {
+    /// A decoder refusing bodies longer than `max_body` bytes.
+    pub fn new(max_body: usize) -> Self {
+        Self {
+            buf: BytesMut::new(),
+            max_body,
+            state: State::Header,
+            error: None,
+        }
+    }
+
+    /// The maximum body length this decoder accepts.
+    pub fn max_body(&self) -> usize {
+        self.max_body
+    }
+
+    /// The accumulation buffer: a driver may append received bytes directly
+    /// (e.g. read into its spare capacity).
+    pub fn read_buf(&mut self) -> &mut BytesMut {
+        &mut self.buf
+    }
+
+    /// How many more bytes the decoder wants before the current frame is
+    /// complete ([`HEADER_LEN`] when idle); never more than
+    /// `HEADER_LEN + max_body`. Zero when a complete frame (or an error) is
+    /// waiting for [`decode`](Self::decode).
+    pub fn wanted(&self) -> usize {
+        if self.error.is_some() {
+            return 0;
+        }
+        match self.state {
+            State::Body(len) => len.saturating_sub(self.buf.len()),
+            State::Header => match self.peek_len() {
+                None => HEADER_LEN - self.buf.len(),
+                Some(Ok(len)) => (HEADER_LEN + len).saturating_sub(self.buf.len()),
+                Some(Err(_)) => 0,
+            },
+        }
+    }
+
+    /// Copies `data` into the accumulation buffer (convenience for drivers
+    /// that receive into their own buffers).
+    pub fn feed(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// Splits off the next complete frame's body (header stripped) as an owned
+    /// `BytesMut` the caller can open in place and freeze.
+    ///
+    /// `Ok(None)` means more bytes are needed. The length prefix is checked
+    /// against `max_body` as soon as its bytes are present, before anything is
+    /// reserved. Errors are sticky.
+    pub fn decode(&mut self) -> Result<Option<BytesMut>, FrameError> {
+        if let Some(err) = &self.error {
+            return Err(err.clone());
+        }
+        if self.state == State::Header {
+            match self.peek_len() {
+                None => return Ok(None),
+                Some(Err(err)) => {
+                    self.error = Some(err.clone());
+                    return Err(err);
+                }
+                Some(Ok(len)) => {
+                    self.buf.advance(HEADER_LEN);
+                    self.state = State::Body(len);
+                    // `len <= max_body` here: make room for the rest of the
+                    // body so a driver reading into spare capacity gets it in
+                    // one read.
+                    self.buf.reserve(len.saturating_sub(self.buf.len()));
+                }
+            }
+        }
+        match self.state {
+            State::Body(len) if self.buf.len() >= len => {
+                self.state = State::Header;
+                Ok(Some(self.buf.split_to(len)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Bytes received but not yet returned as part of a frame (a consumed
+    /// length prefix no longer counts).
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Releases the accumulation buffer's memory when nothing is buffered
+    /// (idle connections must stay small).
+    pub fn shrink_if_idle(&mut self) {
+        if self.buf.is_empty() && self.state == State::Header {
+            self.buf = BytesMut::new();
+        }
+    }
+
+    /// The length announced by a not-yet-consumed header, validated.
+    fn peek_len(&self) -> Option<Result<usize, FrameError>> {
+        let header: [u8; HEADER_LEN] = self.buf.get(..HEADER_LEN)?.try_into().ok()?;
+        let len = u32::from_be_bytes(header);
+        Some(match usize::try_from(len) {
+            _ if len == 0 => Err(FrameError::Empty),
+            Ok(len) if len <= self.max_body => Ok(len),
+            _ => Err(FrameError::TooLarge {
+                len: u64::from(len),
+                max: self.max_body,
+            }),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn frame(body: &[u8]) -> Vec<u8> {
+        let mut v = encode_header(body.len()).to_vec();
+        v.extend_from_slice(body);
+        v
+    }
+
+    fn drain(dec: &mut FrameDecoder) -> Result<Vec<Vec<u8>>, FrameError> {
+        let mut out = Vec::new();
+        while let Some(body) = dec.decode()? {
+            out.push(body.to_vec());
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn header_is_big_endian() {
+        assert_eq!(encode_header(0x0102_0304), [1, 2, 3, 4]);
+        assert_eq!(encode_header(5), [0, 0, 0, 5]);
+    }
+
+    #[test]
+    fn try_encode_header_checks() {
+        assert_eq!(try_encode_header(0, 10), Err(FrameError::Empty));
+        assert_eq!(
+            try_encode_header(11, 10),
+            Err(FrameError::TooLarge { len: 11, max: 10 })
+        );
+        assert_eq!(try_encode_header(10, 10), Ok([0, 0, 0, 10]));
+    }
+
+    #[test]
+    fn single_frame_and_wanted() {
+        let mut dec = FrameDecoder::new(100);
+        assert_eq!(dec.wanted(), HEADER_LEN);
+        dec.feed(&[0, 0]);
+        assert_eq!(dec.wanted(), 2);
+        assert_eq!(dec.decode(), Ok(None));
+        dec.feed(&[0, 3, b'a']);
+        assert_eq!(dec.wanted(), 2);
+        assert_eq!(dec.decode(), Ok(None));
+        assert_eq!(dec.wanted(), 2);
+        dec.feed(b"bc");
+        assert_eq!(dec.wanted(), 0);
+        assert_eq!(dec.decode().unwrap().unwrap(), &b"abc"[..]);
+        assert_eq!(dec.wanted(), HEADER_LEN);
+        assert_eq!(dec.buffered(), 0);
+        assert_eq!(dec.decode(), Ok(None));
+    }
+
+    #[test]
+    fn claims_four_gib_without_allocating() {
+        let mut dec = FrameDecoder::new(DEFAULT_MAX_FRAME_BODY);
+        dec.feed(&[0xff, 0xff, 0xff, 0xff]);
+        assert_eq!(dec.wanted(), 0);
+        assert_eq!(
+            dec.decode(),
+            Err(FrameError::TooLarge {
+                len: u64::from(u32::MAX),
+                max: DEFAULT_MAX_FRAME_BODY
+            })
+        );
+        assert!(dec.read_buf().capacity() < 1024 * 1024);
+        // Sticky, and still nothing reserved.
+        dec.feed(&[0; 16]);
+        assert!(matches!(dec.decode(), Err(FrameError::TooLarge { .. })));
+        assert!(dec.read_buf().capacity() < 1024 * 1024);
+    }
+
+    #[test]
+    fn max_accepted_max_plus_one_refused() {
+        let max = 1000;
+        let mut dec = FrameDecoder::new(max);
+        dec.feed(&frame(&vec![7; max]));
+        let body = dec.decode().unwrap().unwrap();
+        assert_eq!(body.len(), max);
+
+        let mut dec = FrameDecoder::new(max);
+        dec.feed(&encode_header(max + 1));
+        assert_eq!(
+            dec.decode(),
+            Err(FrameError::TooLarge {
+                len: max as u64 + 1,
+                max
+            })
+        );
+    }
+
+    #[test]
+    fn zero_length_refused_and_sticky() {
+        let mut dec = FrameDecoder::new(100);
+        dec.feed(&[0, 0, 0, 0]);
+        assert_eq!(dec.decode(), Err(FrameError::Empty));
+        dec.feed(&frame(b"ok"));
+        assert_eq!(dec.decode(), Err(FrameError::Empty));
+        assert_eq!(dec.wanted(), 0);
+    }
+
+    #[test]
+    fn error_after_good_frames() {
+        let mut dec = FrameDecoder::new(4);
+        let mut input = frame(b"ab");
+        input.extend_from_slice(&frame(b"abcde"));
+        dec.feed(&input);
+        assert_eq!(dec.decode().unwrap().unwrap(), &b"ab"[..]);
+        assert_eq!(dec.decode(), Err(FrameError::TooLarge { len: 5, max: 4 }));
+    }
+
+    #[test]
+    fn shrink_if_idle_releases_memory() {
+        let mut dec = FrameDecoder::new(DEFAULT_MAX_FRAME_BODY);
+        dec.feed(&frame(&vec![1; 60_000]));
+        assert!(dec.decode().unwrap().is_some());
+        dec.shrink_if_idle();
+        assert_eq!(dec.read_buf().capacity(), 0);
+        // Not idle while a frame is half-received.
+        dec.feed(&frame(&[1; 100])[..50]);
+        assert_eq!(dec.decode(), Ok(None));
+        let cap = dec.read_buf().capacity();
+        dec.shrink_if_idle();
+        assert_eq!(dec.read_buf().capacity(), cap);
+        assert_eq!(dec.buffered(), 46);
+    }
+
+    #[test]
+    fn reserves_body_after_header_check() {
+        let mut dec = FrameDecoder::new(DEFAULT_MAX_FRAME_BODY);
+        dec.feed(&encode_header(DEFAULT_MAX_FRAME_BODY));
+        assert_eq!(dec.decode(), Ok(None));
+        assert!(dec.read_buf().capacity() >= DEFAULT_MAX_FRAME_BODY);
+        assert_eq!(dec.wanted(), DEFAULT_MAX_FRAME_BODY);
+    }
+
+    #[test]
+    fn read_into_spare_capacity() {
+        let mut dec = FrameDecoder::new(100);
+        dec.read_buf().extend_from_slice(&frame(b"xyz"));
+        assert_eq!(dec.decode().unwrap().unwrap(), &b"xyz"[..]);
+    }
+
+    proptest! {
+        #[test]
+        fn split_anywhere(
+            bodies in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..300), 0..8),
+            cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..12),
+        ) {
+            let stream: Vec<u8> = bodies.iter().flat_map(|b| frame(b)).collect();
+            let mut points: Vec<usize> = cuts.iter().map(|i| i.index(stream.len() + 1)).collect();
+            points.push(0);
+            points.push(stream.len());
+            points.sort_unstable();
+            let mut dec = FrameDecoder::new(300);
+            let mut got = Vec::new();
+            for w in points.windows(2) {
+                prop_assert!(dec.wanted() <= HEADER_LEN + 300);
+                dec.feed(&stream[w[0]..w[1]]);
+                got.extend(drain(&mut dec).unwrap());
+            }
+            prop_assert_eq!(got, bodies);
+            prop_assert_eq!(dec.buffered(), 0);
+            prop_assert_eq!(dec.wanted(), HEADER_LEN);
+        }
+    }
+}
