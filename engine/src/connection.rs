@@ -54,6 +54,9 @@ use shoal_wire::{
 
 use crate::clock::Clock;
 
+/// How long an orderly close waits for the peer's Close record.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Why a connection ended. Each variant is a metric label ([`CloseCause::label`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CloseCause {
@@ -249,8 +252,13 @@ pub struct Connection {
     last_ping: Instant,
     ping_outstanding: Option<(u64, Instant)>,
     ping_nonce: u64,
+    /// Our Close record, waiting to be encoded after the queued messages.
     close_queued: Option<Close>,
+    close_sent: bool,
+    close_received: bool,
+    /// Why we are closing (set when the close starts, reported when it ends).
     closing: Option<CloseCause>,
+    closing_since: Option<Instant>,
     closed_reported: bool,
     chunk_size: usize,
     handshake_deadline: Instant,
@@ -320,7 +328,10 @@ impl Connection {
             ping_outstanding: None,
             ping_nonce: 0,
             close_queued: None,
+            close_sent: false,
+            close_received: false,
             closing: None,
+            closing_since: None,
             closed_reported: false,
             chunk_size,
             handshake_deadline: now + cfg_timeout,
@@ -409,7 +420,7 @@ impl Connection {
     /// Queues a message. High priority goes first, between the parts of a
     /// large low-priority message too.
     pub fn send(&mut self, msg: Outgoing, high: bool) -> Result<(), QueueFull> {
-        if self.is_closed() || self.close_queued.is_some() {
+        if self.is_closed() || self.closing.is_some() {
             self.drop_message();
             return Err(QueueFull);
         }
@@ -459,10 +470,12 @@ impl Connection {
         Some(nonce)
     }
 
-    /// Starts an orderly close: a Close record is sent after what is queued,
-    /// then the connection closes.
-    pub fn close(&mut self, reason: CloseReason) {
-        if self.is_closed() || self.close_queued.is_some() {
+    /// Starts an orderly close. Queued messages are sent, then a Close
+    /// record; we keep reading (and delivering) until the peer's Close
+    /// arrives, so neither side loses what the other had queued. Ends at
+    /// [`CLOSE_TIMEOUT`] if the peer never answers.
+    pub fn close(&mut self, reason: CloseReason, now: Instant) {
+        if self.is_closed() || self.closing.is_some() {
             return;
         }
         if !self.is_established() {
@@ -474,6 +487,15 @@ impl Connection {
             detail: String::new(),
         });
         self.closing = Some(CloseCause::Local(reason));
+        self.closing_since = Some(now);
+    }
+
+    fn finish_close(&mut self) {
+        let cause = self
+            .closing
+            .take()
+            .unwrap_or(CloseCause::Local(CloseReason::Normal));
+        self.fail(cause);
     }
 
     /// Closes at once without flushing queued messages.
@@ -624,8 +646,19 @@ impl Connection {
                 }
             }
             Record::Close(c) => {
-                let reason = CloseReason::from_u32(c.reason);
-                self.fail(CloseCause::Remote(reason));
+                self.close_received = true;
+                if self.closing.is_none() {
+                    // Answer with our own Close after what we have queued.
+                    self.closing = Some(CloseCause::Remote(CloseReason::from_u32(c.reason)));
+                    self.closing_since = Some(now);
+                    self.close_queued = Some(Close {
+                        reason: CloseReason::Normal as u32,
+                        detail: String::new(),
+                    });
+                }
+                if self.close_sent {
+                    self.finish_close();
+                }
             }
             Record::KeyConfirmation(_) => {
                 self.fail(CloseCause::Protocol("key confirmation after handshake"))
@@ -690,7 +723,8 @@ impl Connection {
             State::Established { .. } => {
                 let idle = self.last_rx + self.cfg.idle_timeout;
                 let ping = self.last_ping + self.cfg.ping_interval;
-                Some(idle.min(ping))
+                let close = self.closing_since.map(|t| t + CLOSE_TIMEOUT);
+                Some(close.map_or(idle.min(ping), |c| c.min(idle).min(ping)))
             }
         }
     }
@@ -711,7 +745,12 @@ impl Connection {
                 }
             }
             State::Established { .. } => {
-                if now.saturating_duration_since(self.last_rx) >= self.cfg.idle_timeout {
+                if self
+                    .closing_since
+                    .is_some_and(|t| now.saturating_duration_since(t) >= CLOSE_TIMEOUT)
+                {
+                    self.finish_close();
+                } else if now.saturating_duration_since(self.last_rx) >= self.cfg.idle_timeout {
                     self.fail(CloseCause::IdleTimeout);
                 } else if now.saturating_duration_since(self.last_ping) >= self.cfg.ping_interval {
                     self.ping(now);
@@ -766,17 +805,9 @@ impl Connection {
             let header = encode_header(written + TAG_LEN);
             self.out[start..start + HEADER_LEN].copy_from_slice(&header);
         }
-        if self.close_queued.is_none()
-            && self.closing.is_some()
-            && self.high.is_empty()
-            && self.low.is_empty()
-        {
-            // The Close record went out in the last frame: we are done.
-            if let Some(cause) = self.closing.clone() {
-                let out = std::mem::take(&mut self.out);
-                self.fail(cause);
-                self.out = out;
-            }
+        if self.close_sent && self.close_received {
+            // Both Close records exchanged; `out` still holds ours to write.
+            self.finish_close();
         }
         Ok(())
     }
@@ -851,6 +882,7 @@ impl Connection {
             if let Some(close) = &self.close_queued {
                 if w.push(RecordKind::Close, close).is_ok() {
                     self.close_queued = None;
+                    self.close_sent = true;
                 }
             }
         }

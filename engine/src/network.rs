@@ -354,6 +354,12 @@ struct DialState {
     next_allowed: Instant,
 }
 
+/// A node whose key is larger than the peer's waits this many dial periods
+/// before its first dial, so that when both know each other's address the
+/// smaller key (whose connection the tie-break keeps) usually dials first and
+/// no connection has to be replaced.
+const LARGER_KEY_GRACE_PERIODS: u32 = 2;
+
 fn control_loop(
     shared: Arc<Shared>,
     listener: Option<TcpListener>,
@@ -469,9 +475,14 @@ fn control_loop(
                 if dialing.contains(&peer) {
                     continue;
                 }
+                let grace = if me > peer {
+                    cfg.dial_frequency * LARGER_KEY_GRACE_PERIODS
+                } else {
+                    Duration::ZERO
+                };
                 let st = dial_states.entry(peer.clone()).or_insert(DialState {
                     failures: 0,
-                    next_allowed: now,
+                    next_allowed: now + grace,
                 });
                 if now < st.next_allowed {
                     continue;

@@ -1,10 +1,606 @@
-//! io_uring driver (placeholder until the ring loop lands).
-use crate::shard::ShardCore;
+//! The io_uring driver: one ring per shard, a completion loop we own.
+//!
+//! # Design
+//! - The ring is created with `SINGLE_ISSUER | DEFER_TASKRUN | COOP_TASKRUN`
+//!   where the kernel has them (plain otherwise): only the shard thread
+//!   submits, and completions are processed when the shard asks for them.
+//! - Receives are multishot into the shard's provided-buffer ring
+//!   ([`BufferPool`]): one SQE per connection for as long as it keeps
+//!   reading. Backpressure (a full receiver, a quota) cancels the multishot
+//!   receive; it is re-armed when the connection resumes.
+//! - At most one send in flight per connection, carrying every sealed frame
+//!   the connection had ready (up to `max_write_batch`): one SQE, one
+//!   syscall's worth of work for many frames.
+//! - Submission is batched: SQEs accumulate during a loop iteration and go to
+//!   the kernel in the single `io_uring_enter` that also waits.
+//! - Connects are non-blocking `connect` + a POLLOUT poll on the ring.
+//! - The shard's wake socket is watched by a multishot poll.
+//! - Shutdown waits for every in-flight operation (cancelling receives and
+//!   the wake poll) before the buffer pool is unregistered and freed.
+//! - Busy-poll mode never blocks in the kernel.
+//!
+//! Registered (fixed) file descriptors are not used yet: on loopback
+//! benchmarks the per-op fd lookup did not show in profiles.
+//!
+//! # Safety
+//! Every SQE that points at memory (a send's bytes) keeps that memory alive in
+//! the socket's `send` slot until the matching completion arrives; a socket's
+//! slot (and its connection's slab key) is released only when its in-flight
+//! operation count is zero, so no completion can reach a reused key.
 
-pub(crate) fn probe() -> Result<(), String> {
-    Err("io_uring driver not built yet".into())
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes};
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+use super::pool::BufferPool;
+use crate::shard::{DriverAction, ShardCore};
+
+const BGID: u16 = 0;
+const OP_RECV: u64 = 1;
+const OP_SEND: u64 = 2;
+const OP_CONNECT: u64 = 3;
+const OP_WAKE: u64 = 4;
+const OP_CANCEL: u64 = 5;
+const KEY_MASK: u64 = (1 << 56) - 1;
+const WAKE_KEY: u64 = KEY_MASK;
+
+fn user_data(op: u64, key: usize) -> u64 {
+    (op << 56) | (key as u64 & KEY_MASK)
 }
 
-pub(crate) fn run(core: ShardCore, busy_poll: bool) -> std::io::Result<()> {
-    super::epoll::run(core, busy_poll)
+fn build_ring(entries: u32) -> io::Result<IoUring> {
+    let mut b = IoUring::builder();
+    b.setup_single_issuer()
+        .setup_defer_taskrun()
+        .setup_coop_taskrun();
+    match b.build(entries) {
+        Ok(r) => Ok(r),
+        // Older kernels lack the flags: a plain ring works the same, slower.
+        Err(_) => IoUring::new(entries),
+    }
+}
+
+/// Checks that io_uring with provided-buffer rings works here.
+pub(crate) fn probe() -> Result<(), String> {
+    let ring = build_ring(8).map_err(|e| format!("io_uring_setup: {e}"))?;
+    let pool = BufferPool::new(8, 4096).map_err(|e| e.to_string())?;
+    // SAFETY: the pool's ring memory is valid, page aligned and outlives the
+    // registration: we unregister before `pool` drops at the end of scope.
+    unsafe {
+        ring.submitter()
+            .register_buf_ring_with_flags(pool.ring_addr(), pool.entries(), BGID, 0)
+            .map_err(|e| format!("register provided buffer ring: {e}"))?;
+    }
+    ring.submitter()
+        .unregister_buf_ring(BGID)
+        .map_err(|e| e.to_string())?;
+    drop(ring);
+    drop(pool);
+    Ok(())
+}
+
+struct USock {
+    sock: Socket,
+    recv_armed: bool,
+    cancel_sent: bool,
+    /// The batch the kernel is reading (kept alive until its completion).
+    send: Option<Bytes>,
+    connecting: bool,
+    /// Operations in flight that reference this socket.
+    ops: u32,
+    /// Close started: no new operations; freed when `ops == 0`.
+    closing: bool,
+    close_err: Option<String>,
+}
+
+struct Driver {
+    ring: IoUring,
+    pool: BufferPool,
+    socks: HashMap<usize, USock>,
+    rearm: Vec<usize>,
+    wake_armed: bool,
+}
+
+impl Driver {
+    fn push(&mut self, sqe: squeue::Entry) -> io::Result<()> {
+        loop {
+            // SAFETY: every SQE we build references either no memory or
+            // memory owned by a `USock` (`send`) that stays alive and
+            // unmoved until the operation's completion is reaped.
+            let pushed = unsafe { self.ring.submission().push(&sqe) };
+            if pushed.is_ok() {
+                return Ok(());
+            }
+            // Submission queue full: hand what we have to the kernel.
+            self.ring.submit()?;
+        }
+    }
+
+    fn arm_recv(&mut self, key: usize) -> io::Result<()> {
+        let Some(s) = self.socks.get_mut(&key) else {
+            return Ok(());
+        };
+        if s.recv_armed || s.closing || s.connecting {
+            return Ok(());
+        }
+        s.recv_armed = true;
+        s.cancel_sent = false;
+        s.ops += 1;
+        let fd = s.sock.as_raw_fd();
+        let sqe = opcode::RecvMulti::new(types::Fd(fd), BGID)
+            .build()
+            .user_data(user_data(OP_RECV, key));
+        self.push(sqe)
+    }
+
+    fn cancel_recv(&mut self, key: usize) -> io::Result<()> {
+        let Some(s) = self.socks.get_mut(&key) else {
+            return Ok(());
+        };
+        if !s.recv_armed || s.cancel_sent {
+            return Ok(());
+        }
+        s.cancel_sent = true;
+        let sqe = opcode::AsyncCancel::new(user_data(OP_RECV, key))
+            .build()
+            .user_data(user_data(OP_CANCEL, key));
+        self.push(sqe)
+    }
+
+    fn flush(&mut self, core: &mut ShardCore, key: usize) -> io::Result<()> {
+        let Some(s) = self.socks.get_mut(&key) else {
+            return Ok(());
+        };
+        if s.send.is_some() || s.connecting || (s.closing && s.close_err.is_some()) {
+            return Ok(());
+        }
+        let Some(batch) = core.poll_transmit(key) else {
+            return Ok(());
+        };
+        let fd = s.sock.as_raw_fd();
+        let (ptr, len) = (batch.as_ptr(), batch.len().min(u32::MAX as usize) as u32);
+        s.send = Some(batch);
+        s.ops += 1;
+        let sqe = opcode::Send::new(types::Fd(fd), ptr, len)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(user_data(OP_SEND, key));
+        self.push(sqe)
+    }
+
+    fn start_close(&mut self, key: usize, err: Option<String>) -> io::Result<()> {
+        let Some(s) = self.socks.get_mut(&key) else {
+            return Ok(());
+        };
+        if s.closing {
+            return Ok(());
+        }
+        s.closing = true;
+        s.close_err = err;
+        // Shutting the socket down completes its pending receive and send.
+        let _ = s.sock.shutdown(std::net::Shutdown::Both);
+        self.cancel_recv(key)
+    }
+}
+
+/// Runs a shard on io_uring until shutdown completes.
+pub(crate) fn run(mut core: ShardCore, busy_poll: bool) -> io::Result<()> {
+    let cfg = &core.shared.config;
+    let ring = build_ring(4096)?;
+    let pool = BufferPool::new(cfg.recv_buffers, cfg.recv_buffer_size)?;
+    // SAFETY: the pool outlives the registration: it is unregistered at the
+    // end of `run` after every receive completed, before the pool drops.
+    unsafe {
+        ring.submitter()
+            .register_buf_ring_with_flags(pool.ring_addr(), pool.entries(), BGID, 0)?;
+    }
+    let mut d = Driver {
+        ring,
+        pool,
+        socks: HashMap::new(),
+        rearm: Vec::new(),
+        wake_armed: false,
+    };
+    let result = event_loop(&mut core, &mut d, busy_poll);
+    // Reap whatever is still in flight before the pool is freed.
+    drain_all(&mut core, &mut d);
+    let _ = d.ring.submitter().unregister_buf_ring(BGID);
+    result
+}
+
+fn arm_wake(core: &ShardCore, d: &mut Driver) -> io::Result<()> {
+    if d.wake_armed {
+        return Ok(());
+    }
+    d.wake_armed = true;
+    let fd = core.waker.rx().as_raw_fd();
+    let sqe = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
+        .multi(true)
+        .build()
+        .user_data(user_data(OP_WAKE, WAKE_KEY as usize));
+    d.push(sqe)
+}
+
+fn event_loop(core: &mut ShardCore, d: &mut Driver, busy_poll: bool) -> io::Result<()> {
+    let mut actions = Vec::new();
+    let mut cqes: Vec<(u64, i32, u32)> = Vec::with_capacity(1024);
+    let mut dirty = Vec::new();
+    loop {
+        arm_wake(core, d)?;
+        let now = Instant::now();
+        core.drain_commands(now, &mut actions);
+        for action in actions.drain(..) {
+            match action {
+                DriverAction::Adopt(stream) => {
+                    let _ = stream.set_nodelay(true);
+                    let _ = stream.set_nonblocking(true);
+                    let key = core.insert(true, None, now);
+                    d.socks.insert(
+                        key,
+                        USock {
+                            sock: Socket::from(stream),
+                            recv_armed: false,
+                            cancel_sent: false,
+                            send: None,
+                            connecting: false,
+                            ops: 0,
+                            closing: false,
+                            close_err: None,
+                        },
+                    );
+                    d.arm_recv(key)?;
+                }
+                DriverAction::Dial(peer, addr) => {
+                    core.shared.metrics.dials.inc();
+                    let key = core.insert(false, Some((peer, addr)), now);
+                    match start_connect(addr) {
+                        Ok(sock) => {
+                            let fd = sock.as_raw_fd();
+                            d.socks.insert(
+                                key,
+                                USock {
+                                    sock,
+                                    recv_armed: false,
+                                    cancel_sent: false,
+                                    send: None,
+                                    connecting: true,
+                                    ops: 1,
+                                    closing: false,
+                                    close_err: None,
+                                },
+                            );
+                            let sqe = opcode::PollAdd::new(types::Fd(fd), libc::POLLOUT as u32)
+                                .build()
+                                .user_data(user_data(OP_CONNECT, key));
+                            d.push(sqe)?;
+                        }
+                        Err(e) => core.finish_close(key, Some(e.to_string())),
+                    }
+                }
+                DriverAction::Shutdown(_) => {}
+            }
+        }
+
+        // Completions.
+        cqes.clear();
+        for cqe in d.ring.completion() {
+            cqes.push((cqe.user_data(), cqe.result(), cqe.flags()));
+        }
+        for &(ud, res, flags) in &cqes {
+            handle_cqe(core, d, ud, res, flags)?;
+        }
+
+        // Re-arm receives that ended (buffer shortage) or resumed.
+        let rearm = std::mem::take(&mut d.rearm);
+        for key in rearm {
+            if core.wants_read(key) {
+                d.arm_recv(key)?;
+            } else if core.conns.contains(key) {
+                d.rearm.push(key);
+            }
+        }
+
+        // Timers, resumes, output.
+        let now = Instant::now();
+        core.handle_timers(now);
+        if core.waker.take_resume() {
+            core.resume_paused(now);
+        }
+        dirty.clear();
+        dirty.append(&mut core.dirty);
+        dirty.sort_unstable();
+        dirty.dedup();
+        for &key in &dirty {
+            d.flush(core, key)?;
+            // A connection that stopped wanting input cancels its receive.
+            let wants = core.wants_read(key);
+            match d.socks.get(&key) {
+                Some(s) if s.recv_armed && !wants => d.cancel_recv(key)?,
+                Some(s) if !s.recv_armed && wants && !s.closing && !s.connecting => {
+                    d.rearm.push(key)
+                }
+                _ => {}
+            }
+        }
+
+        // Closing connections: flush what is sealed, then close the socket.
+        let closing: Vec<usize> = core.closing.clone();
+        for key in closing {
+            match d.socks.get(&key) {
+                None => core.finish_close(key, None),
+                Some(s) if !s.closing => {
+                    d.flush(core, key)?;
+                    let drained = d.socks.get(&key).is_some_and(|s| s.send.is_none());
+                    if drained || core.shutdown_overdue(now) {
+                        d.start_close(key, None)?;
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        // Free sockets whose operations all completed.
+        let done: Vec<usize> = d
+            .socks
+            .iter()
+            .filter(|(_, s)| s.closing && s.ops == 0)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in done {
+            if let Some(s) = d.socks.remove(&key) {
+                core.finish_close(key, s.close_err);
+            }
+        }
+
+        if core.shutdown.is_some() {
+            if core.shutdown_overdue(now) {
+                let keys: Vec<usize> = d.socks.keys().copied().collect();
+                for key in keys {
+                    d.start_close(key, None)?;
+                }
+            }
+            if core.conns.is_empty() && d.socks.is_empty() {
+                return Ok(());
+            }
+        }
+
+        // Submit and wait (or just reap when busy).
+        let busy = busy_poll
+            || !core.dirty.is_empty()
+            || !d.rearm.is_empty()
+            || core.shutdown.is_some()
+            || !d.ring.completion().is_empty();
+        let timeout = if busy {
+            Duration::ZERO
+        } else {
+            core.sleep_budget(now)
+        };
+        let sleeping = timeout > Duration::ZERO;
+        if sleeping {
+            core.waker.prepare_sleep();
+            if core.has_commands(Instant::now(), &mut actions) {
+                core.waker.cancel_sleep();
+                // Handle the command at the top of the loop without waiting.
+                d.ring.submit()?;
+                continue;
+            }
+        }
+        let ts = types::Timespec::new()
+            .sec(timeout.as_secs())
+            .nsec(timeout.subsec_nanos());
+        let args = types::SubmitArgs::new().timespec(&ts);
+        match d.ring.submitter().submit_with_args(1, &args) {
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)
+                ) => {}
+            Err(e) => return Err(e),
+        }
+        if sleeping {
+            core.waker.cancel_sleep();
+        }
+    }
+}
+
+fn start_connect(addr: SocketAddr) -> io::Result<Socket> {
+    let sock = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking().cloexec(),
+        Some(Protocol::TCP),
+    )?;
+    sock.set_tcp_nodelay(true)?;
+    match sock.connect(&SockAddr::from(addr)) {
+        Ok(()) => Ok(sock),
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok(sock),
+        Err(e) => Err(e),
+    }
+}
+
+fn handle_cqe(
+    core: &mut ShardCore,
+    d: &mut Driver,
+    ud: u64,
+    res: i32,
+    flags: u32,
+) -> io::Result<()> {
+    let op = ud >> 56;
+    let key = (ud & KEY_MASK) as usize;
+    let now = Instant::now();
+    match op {
+        OP_WAKE => {
+            core.waker.woke();
+            if !cqueue::more(flags) {
+                d.wake_armed = false;
+            }
+        }
+        OP_CANCEL => {}
+        OP_CONNECT => {
+            let Some(s) = d.socks.get_mut(&key) else {
+                return Ok(());
+            };
+            s.ops -= 1;
+            s.connecting = false;
+            let err = if res < 0 {
+                Some(io::Error::from_raw_os_error(-res).to_string())
+            } else {
+                match s.sock.take_error() {
+                    Ok(None) => None,
+                    Ok(Some(e)) | Err(e) => Some(e.to_string()),
+                }
+            };
+            match err {
+                Some(e) => {
+                    s.closing = true;
+                    s.close_err = Some(e);
+                }
+                None => {
+                    d.arm_recv(key)?;
+                    d.flush(core, key)?;
+                }
+            }
+        }
+        OP_RECV => {
+            let more = cqueue::more(flags);
+            let Some(s) = d.socks.get_mut(&key) else {
+                // Unknown key cannot happen (slots are freed after ops == 0),
+                // but never leak a buffer.
+                if let Some(bid) = cqueue::buffer_select(flags) {
+                    d.pool.recycle(bid);
+                }
+                return Ok(());
+            };
+            if !more {
+                s.recv_armed = false;
+                s.ops -= 1;
+            }
+            if res > 0 {
+                let Some(bid) = cqueue::buffer_select(flags) else {
+                    return Ok(());
+                };
+                if let Some(data) = d.pool.filled(bid, res as usize) {
+                    if let Some(slot) = core.conns.get_mut(key) {
+                        slot.conn.feed(data, now);
+                    }
+                }
+                d.pool.recycle(bid);
+                core.process_input(key, now);
+                let wants = core.wants_read(key);
+                if let Some(s) = d.socks.get(&key) {
+                    if s.recv_armed && !wants {
+                        d.cancel_recv(key)?;
+                    } else if !s.recv_armed && !s.closing {
+                        d.rearm.push(key);
+                    }
+                }
+            } else if res == 0 {
+                d.start_close(key, Some("connection closed by peer".into()))?;
+            } else if res == -libc::ENOBUFS {
+                // The pool ran dry: retry once buffers come back.
+                if !s.closing {
+                    d.rearm.push(key);
+                }
+            } else if res == -libc::ECANCELED {
+                if !s.closing && core.wants_read(key) {
+                    d.rearm.push(key);
+                }
+            } else if !s.closing {
+                let e = io::Error::from_raw_os_error(-res).to_string();
+                d.start_close(key, Some(e))?;
+            }
+        }
+        OP_SEND => {
+            let Some(s) = d.socks.get_mut(&key) else {
+                return Ok(());
+            };
+            s.ops -= 1;
+            if res < 0 {
+                s.send = None;
+                let e = io::Error::from_raw_os_error(-res).to_string();
+                d.start_close(key, Some(e))?;
+                return Ok(());
+            }
+            let Some(mut batch) = s.send.take() else {
+                return Ok(());
+            };
+            core.shared.metrics.frames_out.inc();
+            batch.advance((res as usize).min(batch.len()));
+            if !batch.is_empty() && !s.closing {
+                // Short write: send the rest of the same batch.
+                let fd = s.sock.as_raw_fd();
+                let (ptr, len) = (batch.as_ptr(), batch.len().min(u32::MAX as usize) as u32);
+                s.send = Some(batch);
+                s.ops += 1;
+                let sqe = opcode::Send::new(types::Fd(fd), ptr, len)
+                    .flags(libc::MSG_NOSIGNAL)
+                    .build()
+                    .user_data(user_data(OP_SEND, key));
+                d.push(sqe)?;
+            } else {
+                d.flush(core, key)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Cancels and reaps every in-flight operation (shutdown and error paths),
+/// so that no buffer the kernel may still use is freed.
+fn drain_all(core: &mut ShardCore, d: &mut Driver) {
+    let keys: Vec<usize> = d.socks.keys().copied().collect();
+    for key in keys {
+        let _ = d.start_close(key, None);
+    }
+    if d.wake_armed {
+        let sqe = opcode::AsyncCancel::new(user_data(OP_WAKE, WAKE_KEY as usize))
+            .build()
+            .user_data(user_data(OP_CANCEL, 0));
+        let _ = d.push(sqe);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut cqes = Vec::new();
+        for cqe in d.ring.completion() {
+            cqes.push((cqe.user_data(), cqe.result(), cqe.flags()));
+        }
+        for (ud, res, flags) in cqes {
+            let op = ud >> 56;
+            if op == OP_WAKE {
+                if !cqueue::more(flags) {
+                    d.wake_armed = false;
+                }
+                continue;
+            }
+            let _ = handle_cqe(core, d, ud, res, flags);
+        }
+        let pending: u32 = d.socks.values().map(|s| s.ops).sum();
+        if pending == 0 && !d.wake_armed {
+            break;
+        }
+        if Instant::now() >= deadline {
+            tracing::error!(pending, "io_uring operations still in flight at shutdown");
+            // Leak the pool rather than free memory the kernel may write.
+            std::mem::forget(std::mem::replace(
+                &mut d.pool,
+                BufferPool::new(1, 1).unwrap_or_else(|_| std::process::abort()),
+            ));
+            break;
+        }
+        let ts = types::Timespec::new().nsec(10_000_000);
+        let args = types::SubmitArgs::new().timespec(&ts);
+        let _ = d.ring.submitter().submit_with_args(1, &args);
+    }
+    let keys: Vec<usize> = d.socks.keys().copied().collect();
+    for key in keys {
+        if let Some(s) = d.socks.remove(&key) {
+            core.finish_close(key, s.close_err);
+        }
+    }
 }

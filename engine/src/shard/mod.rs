@@ -236,7 +236,7 @@ impl ShardCore {
             Command::Close { id, reason } => {
                 if let Some(slot) = self.conns.get_mut(id.key) {
                     if slot.generation == id.generation {
-                        slot.conn.close(reason);
+                        slot.conn.close(reason, now);
                         self.dirty.push(id.key);
                         self.after_io(id.key, now);
                     }
@@ -247,7 +247,7 @@ impl ShardCore {
                 let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
                 for k in keys {
                     if let Some(slot) = self.conns.get_mut(k) {
-                        slot.conn.close(CloseReason::Shutdown);
+                        slot.conn.close(CloseReason::Shutdown, now);
                     }
                     self.dirty.push(k);
                     self.after_io(k, now);
@@ -365,7 +365,7 @@ impl ShardCore {
             Admit::Rejected => {
                 tracing::debug!(shard = self.id, %peer, "duplicate connection rejected by tie-break");
                 if let Some(slot) = self.conns.get_mut(key) {
-                    slot.conn.close(CloseReason::Replaced);
+                    slot.conn.close(CloseReason::Replaced, Instant::now());
                 }
                 return;
             }
@@ -382,7 +382,7 @@ impl ShardCore {
             if let Some(slot) = self.conns.get_mut(old.id.key) {
                 if slot.generation == old.id.generation {
                     slot.handle = None;
-                    slot.conn.close(reason);
+                    slot.conn.close(reason, Instant::now());
                     self.dirty.push(old.id.key);
                 }
             }

@@ -1,0 +1,148 @@
+//! The receive buffer pool: an io_uring provided-buffer ring.
+//!
+//! # Design
+//! One pool per shard: `entries` buffers of `size` bytes in one allocation,
+//! plus the ring of `io_uring_buf` descriptors the kernel picks buffers from
+//! for multishot receives. A completion names the buffer id it filled; the
+//! driver reads that buffer (the kernel is done with it), copies it into the
+//! connection's frame decoder, and hands the id straight back with
+//! [`BufferPool::recycle`]. So a pool of N buffers serves any number of
+//! connections, and an idle connection holds no receive buffer at all.
+//!
+//! # Safety
+//! The kernel writes into a buffer between the moment its descriptor is
+//! published (tail store, Release) and the completion that returns its id.
+//! We only form a `&[u8]` over a buffer after that completion and before we
+//! publish it again, so the kernel never writes memory we are reading. The
+//! memory is freed only after the ring that knows about it is gone (the
+//! driver unregisters the buffer ring and waits for every in-flight
+//! operation first; see `uring.rs`).
+
+use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU16, Ordering};
+
+use io_uring::types::BufRingEntry;
+
+pub(crate) struct BufferPool {
+    ring: NonNull<BufRingEntry>,
+    ring_layout: Layout,
+    bufs: NonNull<u8>,
+    bufs_layout: Layout,
+    entries: u16,
+    size: usize,
+    /// Our copy of the tail we publish.
+    tail: u16,
+}
+
+impl BufferPool {
+    /// Allocates `entries` (a power of two) buffers of `size` bytes.
+    pub fn new(entries: u16, size: usize) -> std::io::Result<Self> {
+        if !entries.is_power_of_two() || size == 0 || size > u32::MAX as usize {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "buffer pool: entries must be a power of two, size in 1..=u32::MAX",
+            ));
+        }
+        let oom = || std::io::Error::new(std::io::ErrorKind::OutOfMemory, "buffer pool");
+        let ring_layout =
+            Layout::from_size_align(entries as usize * std::mem::size_of::<BufRingEntry>(), 4096)
+                .map_err(|_| oom())?;
+        let bufs_layout =
+            Layout::from_size_align(entries as usize * size, 4096).map_err(|_| oom())?;
+        // SAFETY: both layouts have non-zero size (entries >= 1, size >= 1);
+        // the memory is owned by this struct and freed in Drop with the same
+        // layouts.
+        let (ring, bufs) = unsafe { (alloc_zeroed(ring_layout), alloc_zeroed(bufs_layout)) };
+        let (Some(ring), Some(bufs)) =
+            (NonNull::new(ring as *mut BufRingEntry), NonNull::new(bufs))
+        else {
+            return Err(oom());
+        };
+        let mut pool = Self {
+            ring,
+            ring_layout,
+            bufs,
+            bufs_layout,
+            entries,
+            size,
+            tail: 0,
+        };
+        for bid in 0..entries {
+            pool.push(bid);
+        }
+        pool.publish();
+        Ok(pool)
+    }
+
+    /// Address of the descriptor ring (for registration).
+    pub fn ring_addr(&self) -> u64 {
+        self.ring.as_ptr() as u64
+    }
+
+    pub fn entries(&self) -> u16 {
+        self.entries
+    }
+
+    /// The bytes the kernel wrote into buffer `bid` (its completion arrived).
+    pub fn filled(&self, bid: u16, len: usize) -> Option<&[u8]> {
+        if bid >= self.entries || len > self.size {
+            return None;
+        }
+        // SAFETY: `bid < entries` and `len <= size`, so the range is inside
+        // the allocation. The caller got `bid` from a completion, after which
+        // the kernel does not touch this buffer until `recycle(bid)` publishes
+        // it again; the returned borrow of `self` prevents recycling while the
+        // slice lives.
+        Some(unsafe {
+            std::slice::from_raw_parts(self.bufs.as_ptr().add(bid as usize * self.size), len)
+        })
+    }
+
+    /// Gives buffer `bid` back to the kernel.
+    pub fn recycle(&mut self, bid: u16) {
+        if bid < self.entries {
+            self.push(bid);
+            self.publish();
+        }
+    }
+
+    fn push(&mut self, bid: u16) {
+        let mask = self.entries - 1;
+        let idx = (self.tail & mask) as usize;
+        // SAFETY: `idx < entries`, inside the ring allocation. The kernel
+        // only reads descriptors between its head and our published tail;
+        // slot `tail & mask` is past the published tail, so the kernel is not
+        // reading it while we write it.
+        unsafe {
+            let entry = &mut *self.ring.as_ptr().add(idx);
+            entry.set_addr(self.bufs.as_ptr().add(bid as usize * self.size) as u64);
+            entry.set_len(self.size as u32);
+            entry.set_bid(bid);
+        }
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    fn publish(&self) {
+        // SAFETY: the tail field lives inside the first descriptor of our
+        // ring allocation (io_uring's layout); it is a u16 the kernel only
+        // reads, so an atomic Release store makes every descriptor written
+        // before it visible to the kernel.
+        unsafe {
+            let tail = BufRingEntry::tail(self.ring.as_ptr()) as *const AtomicU16;
+            (*tail).store(self.tail, Ordering::Release);
+        }
+    }
+}
+
+impl Drop for BufferPool {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with these layouts. The driver drops the
+        // pool only after unregistering the buffer ring and reaping every
+        // in-flight receive, so the kernel holds no pointer into either block.
+        unsafe {
+            dealloc(self.ring.as_ptr() as *mut u8, self.ring_layout);
+            dealloc(self.bufs.as_ptr(), self.bufs_layout);
+        }
+    }
+}
