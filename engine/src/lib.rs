@@ -37,6 +37,12 @@ mod shard;
 mod shared;
 mod waker;
 
+/// io_uring receive-buffer pools alive in this process (0 after every
+/// network shut down).
+pub fn live_buffer_pools() -> usize {
+    driver::pool::live_pools()
+}
+
 pub use channels::{Receiver, Recipients, RecvError, SendReport, Sender};
 pub use config::{Backend, Config};
 pub use error::{Error, SendError};

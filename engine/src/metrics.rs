@@ -160,6 +160,24 @@ impl Metrics {
         }
     }
 
+    /// Closes counted under `reason` so far.
+    pub fn close_count(&self, reason: &str) -> u64 {
+        self.closes
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .get()
+    }
+
+    /// Handshakes counted under `result` so far.
+    pub fn handshake_count(&self, result: &str) -> u64 {
+        self.handshakes
+            .get_or_create(&ReasonLabel {
+                reason: result.to_string(),
+            })
+            .get()
+    }
+
     pub fn close(&self, reason: &str) {
         self.closes
             .get_or_create(&ReasonLabel {

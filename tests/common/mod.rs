@@ -5,7 +5,9 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
 
-use shoal::engine::{Backend, Config, Ed25519Signer, Network, NetworkHandle, Oracle, PublicKey, Receiver, Sender};
+use shoal::engine::{
+    Backend, Config, Ed25519Signer, Network, NetworkHandle, Oracle, PublicKey, Receiver, Sender,
+};
 
 pub const WAIT: Duration = Duration::from_secs(20);
 
@@ -107,6 +109,9 @@ pub fn start_node(
         oracle.add_address(key(*s), *a);
     }
     let handle = net.start().expect("start");
+    if backend != Backend::Auto {
+        assert_eq!(handle.backend(), backend, "the requested backend runs");
+    }
     Node {
         seed,
         addr: handle.local_addr().unwrap(),
@@ -117,7 +122,12 @@ pub fn start_node(
 }
 
 /// A full mesh of `n` nodes (seeds 1..=n); each knows every address.
-pub fn mesh(backend: Backend, n: u64, channels: &[ChannelDef], tweak: impl Fn(&mut Config)) -> Vec<Node> {
+pub fn mesh(
+    backend: Backend,
+    n: u64,
+    channels: &[ChannelDef],
+    tweak: impl Fn(&mut Config),
+) -> Vec<Node> {
     let addrs: Vec<SocketAddr> = (0..n).map(|_| free_addr()).collect();
     let seeds: Vec<u64> = (1..=n).collect();
     let dial: Vec<(u64, SocketAddr)> = seeds.iter().copied().zip(addrs.iter().copied()).collect();

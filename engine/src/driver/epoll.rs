@@ -208,6 +208,9 @@ pub(crate) fn run(mut core: ShardCore, busy_poll: bool) -> io::Result<()> {
         } else {
             core.sleep_budget(now)
         };
+        if timeout > Duration::ZERO && core.spin_for_commands(&mut actions) {
+            continue;
+        }
         let sleeping = timeout > Duration::ZERO;
         if sleeping {
             core.waker.prepare_sleep();

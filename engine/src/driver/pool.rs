@@ -20,7 +20,15 @@
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+
+static LIVE_POOLS: AtomicUsize = AtomicUsize::new(0);
+
+/// Buffer pools allocated and not yet freed in this process (tests use it
+/// to prove shutdown returns every buffer).
+pub fn live_pools() -> usize {
+    LIVE_POOLS.load(Ordering::SeqCst)
+}
 
 use io_uring::types::BufRingEntry;
 
@@ -68,6 +76,7 @@ impl BufferPool {
             size,
             tail: 0,
         };
+        LIVE_POOLS.fetch_add(1, Ordering::SeqCst);
         for bid in 0..entries {
             pool.push(bid);
         }
@@ -144,5 +153,6 @@ impl Drop for BufferPool {
             dealloc(self.ring.as_ptr() as *mut u8, self.ring_layout);
             dealloc(self.bufs.as_ptr(), self.bufs_layout);
         }
+        LIVE_POOLS.fetch_sub(1, Ordering::SeqCst);
     }
 }

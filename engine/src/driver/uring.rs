@@ -380,6 +380,15 @@ fn event_loop(core: &mut ShardCore, d: &mut Driver, busy_poll: bool) -> io::Resu
         } else {
             core.sleep_budget(now)
         };
+        if timeout > Duration::ZERO {
+            // Hand queued operations to the kernel before watching the queue.
+            if !d.ring.submission().is_empty() {
+                d.ring.submit()?;
+            }
+            if core.spin_for_commands(&mut actions) {
+                continue;
+            }
+        }
         let sleeping = timeout > Duration::ZERO;
         if sleeping {
             core.waker.prepare_sleep();
