@@ -108,6 +108,9 @@ pub fn decompress(src: &[u8], max_size: usize) -> Result<Bytes, DecompressError>
         Some(ZSTD_MAGIC) => {}
         Some(_) => return Err(DecompressError::Invalid("not a zstd frame")),
     }
+    if src.len() < frame_header_len(src) {
+        return Err(DecompressError::Truncated);
+    }
     let declared = match zstd_safe::get_frame_content_size(src) {
         Ok(size) => size,
         // Also returned for a header cut short.
@@ -133,6 +136,21 @@ pub fn decompress(src: &[u8], max_size: usize) -> Result<Bytes, DecompressError>
         Some(size) => one_shot(&mut dctx, src, size as usize),
         None => streaming(&mut dctx, src, max_size),
     }
+}
+
+/// Length of the frame header (magic included) announced by its descriptor
+/// byte (RFC 8878 §3.1.1.1), or 5 when even the descriptor is missing.
+fn frame_header_len(src: &[u8]) -> usize {
+    let Some(&fhd) = src.get(4) else { return 5 };
+    let single_segment = fhd & 0x20 != 0;
+    let fcs_len = match fhd >> 6 {
+        0 => usize::from(single_segment),
+        1 => 2,
+        2 => 4,
+        _ => 8,
+    };
+    let dict_len = [0, 1, 2, 4][usize::from(fhd & 0x03)];
+    5 + usize::from(!single_segment) + dict_len + fcs_len
 }
 
 /// Decodes a frame with a declared (and already bounded) content size.
@@ -324,8 +342,14 @@ mod tests {
     #[test]
     fn truncated_and_garbage() {
         let c = compress(1, &[5u8; 10_000]).unwrap();
-        for cut in [0, 3, 4, 6, c.len() - 1] {
-            assert!(decompress(&c[..cut], 100_000).is_err(), "cut {cut}");
+        let header = frame_header_len(&c);
+        assert!((6..=18).contains(&header));
+        for cut in (0..header).chain([header + 1, c.len() - 1]) {
+            assert_eq!(
+                decompress(&c[..cut], 100_000),
+                Err(DecompressError::Truncated),
+                "cut {cut}"
+            );
         }
         let s = no_size_frame(&[5u8; 10_000]);
         assert!(decompress(&s[..s.len() - 1], 100_000).is_err());

@@ -12,7 +12,7 @@
 //!   human-readable spec), [`RecordKind`], [`CloseReason`], [`RpcStatus`].
 //! - [`chunk`]: bounded reassembly of messages larger than one frame
 //!   ([`ChunkAssembler`]).
-//! - [`compress`]: zstd per message, decompression bounded by the channel's
+//! - [`compress`](mod@compress): zstd per message, decompression bounded by the channel's
 //!   maximum message size.
 //!
 //! # Design
