@@ -104,7 +104,7 @@ pub(crate) fn run(mut core: ShardCore, busy_poll: bool) -> io::Result<()> {
                         Err(e) => core.finish_close(key, Some(e.to_string())),
                     }
                 }
-                DriverAction::Shutdown(_) => {}
+                DriverAction::Shutdown => {}
             }
         }
 
@@ -208,7 +208,7 @@ pub(crate) fn run(mut core: ShardCore, busy_poll: bool) -> io::Result<()> {
         } else {
             core.sleep_budget(now)
         };
-        if timeout > Duration::ZERO && core.spin_for_commands(&mut actions) {
+        if timeout > Duration::ZERO && core.yield_for_commands(&mut actions) {
             continue;
         }
         let sleeping = timeout > Duration::ZERO;
@@ -291,7 +291,7 @@ fn flush(core: &mut ShardCore, poll: &mut Poll, socks: &mut HashMap<usize, Sock>
         };
         match sock.stream.write(buf) {
             Ok(n) => {
-                let _ = bytes::Buf::advance(buf, n);
+                bytes::Buf::advance(buf, n);
                 if buf.is_empty() {
                     sock.pending = None;
                 }

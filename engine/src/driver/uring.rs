@@ -283,7 +283,7 @@ fn event_loop(core: &mut ShardCore, d: &mut Driver, busy_poll: bool) -> io::Resu
                         Err(e) => core.finish_close(key, Some(e.to_string())),
                     }
                 }
-                DriverAction::Shutdown(_) => {}
+                DriverAction::Shutdown => {}
             }
         }
 
@@ -385,7 +385,7 @@ fn event_loop(core: &mut ShardCore, d: &mut Driver, busy_poll: bool) -> io::Resu
             if !d.ring.submission().is_empty() {
                 d.ring.submit()?;
             }
-            if core.spin_for_commands(&mut actions) {
+            if core.yield_for_commands(&mut actions) {
                 continue;
             }
         }
