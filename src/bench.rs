@@ -16,7 +16,7 @@ use hdrhistogram::Histogram;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 use serde::Serialize;
 use shoal::engine::{
-    Backend, Config, Ed25519Signer, Network, NetworkHandle, Receiver, SendError, Sender,
+    Backend, Config, Ed25519Signer, Network, NetworkHandle, Receiver, Sender,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -352,13 +352,11 @@ fn throughput(
         }
         Ok((n, Instant::now()))
     });
-    let mut sent = 0;
-    while sent < messages {
-        match p.a_tx.send_to(&b_key, payload.clone(), false) {
-            Ok(()) => sent += 1,
-            Err(SendError::Full) => std::thread::yield_now(),
-            Err(e) => return Err(format!("send failed: {e}")),
-        }
+    for _ in 0..messages {
+        // Waits (parked, not spinning) while the peer's queue is full.
+        p.a_tx
+            .send_to_blocking(&b_key, payload.clone(), false)
+            .map_err(|e| format!("send failed: {e}"))?;
     }
     let (delivered, end) = receiver.join().map_err(|_| "receiver panicked")??;
     let seconds = end.duration_since(start).as_secs_f64();

@@ -30,6 +30,7 @@ use crate::connection::{ChannelLimit, ChannelLookup, Outgoing};
 use crate::error::SendError;
 use crate::metrics::ChannelMetrics;
 use crate::peers::PeerHandle;
+use crate::queue_depth::Reserve;
 use crate::shard::Command;
 use crate::shared::Shared;
 
@@ -166,6 +167,48 @@ impl Sender {
         self.enqueue(&h, msg, priority)
     }
 
+    /// Sends to one peer, waiting (async) while its queue is full. Fails if
+    /// the peer is not connected or disconnects while waiting.
+    pub async fn send_to_wait(&self, peer: &PublicKey, payload: Bytes, priority: bool) -> Result<(), SendError> {
+        let msg = self.prepare(payload)?;
+        let h = self.shared.peers.get(peer).ok_or(SendError::NotConnected)?;
+        let limit = self.shared.config.peer_send_backlog;
+        loop {
+            if h.depth.reserve(limit).await == Reserve::Closed {
+                return Err(SendError::NotConnected);
+            }
+            match self.shared.enqueue_reserved(&h, msg.clone(), priority) {
+                Ok(()) => {
+                    self.spec.metrics.messages_out.inc();
+                    return Ok(());
+                }
+                // The shard's command queue is full: it is draining; retry.
+                Err(SendError::Full) => std::thread::yield_now(),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Blocking variant of [`Sender::send_to_wait`] for plain threads.
+    pub fn send_to_blocking(&self, peer: &PublicKey, payload: Bytes, priority: bool) -> Result<(), SendError> {
+        let msg = self.prepare(payload)?;
+        let h = self.shared.peers.get(peer).ok_or(SendError::NotConnected)?;
+        let limit = self.shared.config.peer_send_backlog;
+        loop {
+            if h.depth.reserve_blocking(limit) == Reserve::Closed {
+                return Err(SendError::NotConnected);
+            }
+            match self.shared.enqueue_reserved(&h, msg.clone(), priority) {
+                Ok(()) => {
+                    self.spec.metrics.messages_out.inc();
+                    return Ok(());
+                }
+                Err(SendError::Full) => std::thread::yield_now(),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     fn prepare(&self, payload: Bytes) -> Result<Outgoing, SendError> {
         if !self.shared.running.load(Ordering::Acquire) {
             return Err(SendError::Closed);
@@ -248,18 +291,16 @@ impl Receiver {
 
 impl Shared {
     /// Queues `msg` on the connection behind `h`, bounded by the peer backlog.
-    pub(crate) fn enqueue(
-        &self,
-        h: &PeerHandle,
-        msg: Outgoing,
-        priority: bool,
-    ) -> Result<(), SendError> {
-        let prev = h.depth.fetch_add(1, Ordering::AcqRel);
-        if prev >= self.config.peer_send_backlog {
-            h.depth.fetch_sub(1, Ordering::AcqRel);
+    pub(crate) fn enqueue(&self, h: &PeerHandle, msg: Outgoing, priority: bool) -> Result<(), SendError> {
+        if !h.depth.try_reserve(self.config.peer_send_backlog) {
             self.metrics.send_full.inc();
             return Err(SendError::Full);
         }
+        self.enqueue_reserved(h, msg, priority)
+    }
+
+    /// Queues `msg` for a slot already reserved in `h.depth`.
+    pub(crate) fn enqueue_reserved(&self, h: &PeerHandle, msg: Outgoing, priority: bool) -> Result<(), SendError> {
         let cmd = Command::Send {
             id: h.id,
             msg,
@@ -268,7 +309,7 @@ impl Shared {
         match self.shards.get(h.id.shard) {
             Some(link) if link.send(cmd).is_ok() => Ok(()),
             _ => {
-                h.depth.fetch_sub(1, Ordering::AcqRel);
+                h.depth.release(1);
                 self.metrics.send_full.inc();
                 Err(SendError::Full)
             }

@@ -37,7 +37,6 @@
 //! names it. Nothing on the peer's data path panics.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -53,6 +52,7 @@ use shoal_wire::{
 };
 
 use crate::clock::Clock;
+use crate::queue_depth::QueueDepth;
 
 /// How long an orderly close waits for the peer's Close record.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -250,7 +250,7 @@ pub struct Connection {
     /// Messages fully encoded since the last [`Connection::take_encoded`].
     encoded: usize,
     /// Application-visible queue depth, decremented as messages are encoded.
-    queue_depth: Option<Arc<AtomicUsize>>,
+    queue_depth: Option<Arc<QueueDepth>>,
     last_rx: Instant,
     last_ping: Instant,
     ping_outstanding: Option<(u64, Instant)>,
@@ -374,7 +374,7 @@ impl Connection {
 
     /// Links the application-visible queue depth counter (decremented as
     /// queued messages are encoded or dropped).
-    pub fn set_queue_depth(&mut self, depth: Arc<AtomicUsize>) {
+    pub fn set_queue_depth(&mut self, depth: Arc<QueueDepth>) {
         self.queue_depth = Some(depth);
     }
 
@@ -448,7 +448,7 @@ impl Connection {
 
     fn drop_message(&mut self) {
         if let Some(d) = &self.queue_depth {
-            d.fetch_sub(1, Ordering::Relaxed);
+            d.release(1);
         }
     }
 
@@ -515,7 +515,8 @@ impl Connection {
         // written, so the application-visible depth drops by their count.
         let dropped = self.high.len() + self.low.len();
         if let Some(d) = &self.queue_depth {
-            d.fetch_sub(dropped, Ordering::Relaxed);
+            d.release(dropped);
+            d.close();
         }
         self.high.clear();
         self.low.clear();
@@ -873,7 +874,7 @@ impl Connection {
                 queue.pop_front();
                 self.encoded += 1;
                 if let Some(d) = &self.queue_depth {
-                    d.fetch_sub(1, Ordering::Relaxed);
+                    d.release(1);
                 }
             } else {
                 // A part fills most of a frame: start a new frame and look at

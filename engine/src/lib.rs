@@ -27,13 +27,16 @@ pub mod channels;
 pub mod clock;
 pub mod config;
 pub mod connection;
+pub mod discovery;
 mod driver;
 pub mod error;
+pub mod kademlia;
 pub mod metrics;
 pub mod network;
 pub mod oracle;
 pub mod peers;
 mod shard;
+pub mod queue_depth;
 mod shared;
 mod waker;
 

@@ -19,7 +19,6 @@
 //! connection.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -41,7 +40,7 @@ pub struct PeerHandle {
     pub peer: PublicKey,
     pub id: ConnId,
     /// Messages queued by the application and not yet encoded.
-    pub depth: Arc<AtomicUsize>,
+    pub depth: Arc<crate::queue_depth::QueueDepth>,
     /// The key of the side that dialed this connection.
     pub dialer: PublicKey,
     /// The peer's listening address when we dialed it (or learned it).
@@ -202,7 +201,7 @@ mod tests {
                 key,
                 generation: key as u64,
             },
-            depth: Arc::new(AtomicUsize::new(0)),
+            depth: Arc::default(),
             dialer: pk(dialer),
             addr: None,
         })

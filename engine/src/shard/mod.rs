@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,6 +29,7 @@ use crate::channels::{ChannelSpec, Channels};
 use crate::connection::{Authorizer, Connection, ConnectionConfig, Event, Outgoing};
 use crate::peers::{Admit, ConnId, PeerHandle};
 use crate::shared::Shared;
+use crate::queue_depth::QueueDepth;
 use crate::waker::ShardWaker;
 
 /// Work for a shard from other threads.
@@ -83,7 +84,7 @@ pub(crate) struct ConnSlot {
     pub dial: Option<(PublicKey, SocketAddr)>,
     /// Set once established and admitted to the peer table.
     pub handle: Option<Arc<PeerHandle>>,
-    depth: Arc<AtomicUsize>,
+    depth: Arc<QueueDepth>,
     stash: Option<Stashed>,
     paused_until: Option<Instant>,
     limiters: HashMap<u32, DefaultDirectRateLimiter>,
@@ -175,7 +176,7 @@ impl ShardCore {
         };
         let generation = self.next_generation;
         self.next_generation += 1;
-        let depth = Arc::new(AtomicUsize::new(0));
+        let depth = Arc::new(QueueDepth::default());
         let mut conn = conn;
         conn.set_queue_depth(depth.clone());
         self.shared.metrics.handshaking.inc();

@@ -1,0 +1,104 @@
+//! The application-visible depth of one connection's send queue.
+//!
+//! # Design
+//! `send` reserves a slot with one atomic add and refuses when the peer's
+//! backlog is reached, so a full queue is an immediate, explicit result. The
+//! shard releases slots as it encodes messages into frames and notifies
+//! waiters (`event-listener`: a notify with no waiter is one atomic load), so
+//! `send_to_wait` / `send_to_blocking` can wait for space without spinning.
+//! When the connection ends, the depth is closed and every waiter returns.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use event_listener::{Event, Listener};
+
+/// See the module docs.
+#[derive(Debug, Default)]
+pub struct QueueDepth {
+    count: AtomicUsize,
+    space: Event,
+    closed: AtomicBool,
+}
+
+/// Outcome of waiting for space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reserve {
+    Reserved,
+    Closed,
+}
+
+impl QueueDepth {
+    /// Messages queued and not yet encoded.
+    pub fn get(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+
+    /// Takes a slot if fewer than `limit` are taken.
+    pub fn try_reserve(&self, limit: usize) -> bool {
+        let prev = self.count.fetch_add(1, Ordering::AcqRel);
+        if prev >= limit {
+            self.count.fetch_sub(1, Ordering::AcqRel);
+            false
+        } else {
+            true
+        }
+    }
+
+    /// Returns `n` slots (messages encoded or dropped) and wakes waiters.
+    pub fn release(&self, n: usize) {
+        if n > 0 {
+            self.count.fetch_sub(n, Ordering::AcqRel);
+            self.space.notify(usize::MAX);
+        }
+    }
+
+    /// The connection ended: waiters return [`Reserve::Closed`].
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.space.notify(usize::MAX);
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Waits (async) until a slot is reserved or the connection ends.
+    pub async fn reserve(&self, limit: usize) -> Reserve {
+        loop {
+            if self.is_closed() {
+                return Reserve::Closed;
+            }
+            if self.try_reserve(limit) {
+                return Reserve::Reserved;
+            }
+            let listener = self.space.listen();
+            if self.is_closed() {
+                return Reserve::Closed;
+            }
+            if self.try_reserve(limit) {
+                return Reserve::Reserved;
+            }
+            listener.await;
+        }
+    }
+
+    /// Blocking variant of [`QueueDepth::reserve`].
+    pub fn reserve_blocking(&self, limit: usize) -> Reserve {
+        loop {
+            if self.is_closed() {
+                return Reserve::Closed;
+            }
+            if self.try_reserve(limit) {
+                return Reserve::Reserved;
+            }
+            let listener = self.space.listen();
+            if self.is_closed() {
+                return Reserve::Closed;
+            }
+            if self.try_reserve(limit) {
+                return Reserve::Reserved;
+            }
+            listener.wait();
+        }
+    }
+}
