@@ -76,6 +76,7 @@ fn three_nodes_all_to_all(backend: Backend) {
 
 fn large_message_with_high_priority_interleaved(backend: Backend) {
     let big = ChannelDef {
+        quota: None,
         id: 1,
         max_size: 17 << 20,
         backlog: 4,
@@ -130,6 +131,7 @@ fn large_message_with_high_priority_interleaved(backend: Backend) {
 
 fn compressed_channel(backend: Backend) {
     let c = ChannelDef {
+        quota: None,
         id: 3,
         max_size: 1 << 20,
         backlog: 16,
@@ -190,12 +192,14 @@ fn max_message_size_both_ends(backend: Backend) {
     let addrs = [free_addr(), free_addr()];
     let dial = [(1, addrs[0]), (2, addrs[1])];
     let roomy = ChannelDef {
+        quota: None,
         id: 1,
         max_size: 64 * 1024,
         backlog: 16,
         compression: None,
     };
     let tight = ChannelDef {
+        quota: None,
         id: 1,
         max_size: 1024,
         backlog: 16,
@@ -289,6 +293,36 @@ fn burst_does_not_wake_per_message(backend: Backend) {
     );
 }
 
+fn quota_pauses_reading_and_drops_nothing(backend: Backend) {
+    use std::num::NonZeroU32;
+    let limited = ChannelDef {
+        quota: Some(shoal::engine::Quota::per_second(
+            NonZeroU32::new(500).unwrap(),
+        )),
+        id: 1,
+        max_size: 1024,
+        backlog: 4096,
+        compression: None,
+    };
+    let nodes = mesh(backend, 2, &[limited], |_| {});
+    let (a, b) = (&nodes[0], &nodes[1]);
+    const N: u32 = 1500;
+    for i in 0..N {
+        a.channels[0]
+            .0
+            .send_to_blocking(&b.key(), Bytes::from(i.to_be_bytes().to_vec()), false)
+            .unwrap();
+    }
+    for i in 0..N {
+        let (_, m) = b.channels[0].1.recv_blocking().unwrap();
+        assert_eq!(&m[..], &i.to_be_bytes(), "every message, in order");
+    }
+    assert!(
+        b.handle().metrics().rate_limit_pauses.get() > 0,
+        "the flood above quota paused reading"
+    );
+}
+
 macro_rules! both_backends {
     ($($name:ident),* $(,)?) => {
         mod epoll {
@@ -313,4 +347,5 @@ both_backends!(
     max_message_size_both_ends,
     restarted_node_reconnects,
     burst_does_not_wake_per_message,
+    quota_pauses_reading_and_drops_nothing,
 );

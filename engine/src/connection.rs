@@ -893,3 +893,313 @@ impl Connection {
         w.written()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! A simulated pair driven step by step: no sockets, no clock.
+    use super::*;
+    use shoal_crypto::{Ed25519Signer, Signer};
+
+    struct Chans;
+    impl ChannelLookup for Chans {
+        fn limit(&self, channel: u32) -> Option<ChannelLimit> {
+            (channel < 10).then_some(ChannelLimit { max_size: 1 << 20 })
+        }
+    }
+
+    fn cfg(seed: u64, t0: Instant) -> Arc<ConnectionConfig> {
+        Arc::new(ConnectionConfig {
+            identity: Arc::new(Ed25519Signer::insecure_from_seed(seed)),
+            handshake: Arc::new(HandshakeConfig {
+                namespace: b"test".to_vec(),
+                max_age: Duration::from_secs(10),
+                synchrony_bound: Duration::from_secs(5),
+                timeout: Duration::from_secs(5),
+            }),
+            max_frame_body: 4096,
+            max_write_batch: 16 * 1024,
+            idle_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(3),
+            chunk_limits: ChunkLimits {
+                max_in_progress_bytes: 4 << 20,
+                max_in_progress_messages: 4,
+                min_chunk_size: 1024,
+            },
+            max_queued: 1000,
+            clock: Clock::new(t0, 1_700_000_000_000),
+        })
+    }
+
+    fn key(seed: u64) -> PublicKey {
+        Ed25519Signer::insecure_from_seed(seed).public_key().clone()
+    }
+
+    fn allow_all() -> Authorizer {
+        Arc::new(|_| true)
+    }
+
+    /// Moves every byte each side has to the other; returns the events.
+    fn pump(a: &mut Connection, b: &mut Connection, now: Instant) -> (Vec<Event>, Vec<Event>) {
+        let (mut ea, mut eb) = (Vec::new(), Vec::new());
+        for _ in 0..1000 {
+            let mut moved = false;
+            if let Some(bytes) = a.poll_transmit() {
+                b.feed(&bytes, now);
+                moved = true;
+            }
+            if let Some(bytes) = b.poll_transmit() {
+                a.feed(&bytes, now);
+                moved = true;
+            }
+            while let Some(e) = a.poll_event(now) {
+                ea.push(e);
+            }
+            while let Some(e) = b.poll_event(now) {
+                eb.push(e);
+            }
+            if !moved {
+                break;
+            }
+        }
+        (ea, eb)
+    }
+
+    fn pair(t0: Instant) -> (Connection, Connection) {
+        let mut a = Connection::dialer(cfg(1, t0), Arc::new(Chans), allow_all(), key(2), t0);
+        let mut b = Connection::dialee(cfg(2, t0), Arc::new(Chans), allow_all(), t0);
+        let (ea, eb) = pump(&mut a, &mut b, t0);
+        assert!(
+            matches!(&ea[..], [Event::Established { peer }] if *peer == key(2)),
+            "{ea:?}"
+        );
+        assert!(
+            matches!(&eb[..], [Event::Established { peer }] if *peer == key(1)),
+            "{eb:?}"
+        );
+        (a, b)
+    }
+
+    fn messages(evs: Vec<Event>) -> Vec<(u32, Bytes)> {
+        evs.into_iter()
+            .filter_map(|e| match e {
+                Event::Message {
+                    channel, payload, ..
+                } => Some((channel, payload)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn handshake_then_messages_both_ways_share_frames() {
+        let t0 = Instant::now();
+        let (mut a, mut b) = pair(t0);
+        for i in 0..100u32 {
+            a.send(
+                Outgoing::data(1, Bytes::from(i.to_be_bytes().to_vec()), false),
+                false,
+            )
+            .unwrap();
+        }
+        b.send(Outgoing::data(2, Bytes::from_static(b"pong"), false), false)
+            .unwrap();
+        // 100 small messages fit in one 4 KiB frame: one batch, one frame.
+        let batch = a.poll_transmit().unwrap();
+        assert!(
+            batch.len() < 4096 + 4,
+            "coalesced into one frame: {}",
+            batch.len()
+        );
+        b.feed(&batch, t0);
+        let (ea, eb) = pump(&mut a, &mut b, t0);
+        let mut got = messages(eb);
+        while let Some(e) = b.poll_event(t0) {
+            got.extend(messages(vec![e]));
+        }
+        assert_eq!(got.len(), 100);
+        for (i, (ch, p)) in got.iter().enumerate() {
+            assert_eq!(*ch, 1);
+            assert_eq!(&p[..], &(i as u32).to_be_bytes());
+        }
+        assert_eq!(messages(ea), vec![(2, Bytes::from_static(b"pong"))]);
+    }
+
+    #[test]
+    fn high_priority_overtakes_a_chunked_message() {
+        let t0 = Instant::now();
+        let (mut a, mut b) = pair(t0);
+        let big = Bytes::from(vec![9u8; 64 * 1024]);
+        a.send(Outgoing::data(1, big.clone(), false), false)
+            .unwrap();
+        // Let the first part go, then an urgent message arrives.
+        let first = a.poll_transmit().unwrap();
+        b.feed(&first, t0);
+        a.send(
+            Outgoing::data(2, Bytes::from_static(b"urgent"), false),
+            true,
+        )
+        .unwrap();
+        let (_, eb) = pump(&mut a, &mut b, t0);
+        let got = messages(eb);
+        let urgent = got.iter().position(|(c, _)| *c == 2).unwrap();
+        let bigpos = got.iter().position(|(c, _)| *c == 1).unwrap();
+        assert!(
+            urgent < bigpos,
+            "urgent first: {:?}",
+            got.iter().map(|m| m.0).collect::<Vec<_>>()
+        );
+        assert_eq!(got[bigpos].1, big);
+    }
+
+    #[test]
+    fn unregistered_channel_closes_the_connection() {
+        let t0 = Instant::now();
+        let (mut a, mut b) = pair(t0);
+        a.send(Outgoing::data(42, Bytes::from_static(b"?"), false), false)
+            .unwrap();
+        let (_, eb) = pump(&mut a, &mut b, t0);
+        assert!(
+            eb.iter()
+                .any(|e| matches!(e, Event::Closed(CloseCause::Protocol(_)))),
+            "{eb:?}"
+        );
+        assert!(b.is_closed());
+    }
+
+    #[test]
+    fn corrupted_frame_closes_with_a_cipher_error() {
+        let t0 = Instant::now();
+        let (mut a, mut b) = pair(t0);
+        a.send(
+            Outgoing::data(1, Bytes::from_static(b"hello"), false),
+            false,
+        )
+        .unwrap();
+        let mut bytes = a.poll_transmit().unwrap().to_vec();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        b.feed(&bytes, t0);
+        let ev = b.poll_event(t0);
+        assert!(
+            matches!(ev, Some(Event::Closed(CloseCause::Cipher(_)))),
+            "{ev:?}"
+        );
+        // Sticky: nothing more comes out, even with more input.
+        b.feed(&[0, 0, 0, 1, 0], t0);
+        assert!(b.poll_event(t0).is_none());
+    }
+
+    #[test]
+    fn oversized_frame_length_is_refused_before_allocating() {
+        let t0 = Instant::now();
+        let (_a, mut b) = pair(t0);
+        b.feed(&[0xff, 0xff, 0xff, 0xff], t0);
+        let ev = b.poll_event(t0);
+        assert!(
+            matches!(
+                ev,
+                Some(Event::Closed(CloseCause::Frame(
+                    FrameError::TooLarge { .. }
+                )))
+            ),
+            "{ev:?}"
+        );
+        assert!(b.read_buf().capacity() < 1 << 20);
+    }
+
+    #[test]
+    fn handshake_times_out_without_a_peer() {
+        let t0 = Instant::now();
+        let mut b = Connection::dialee(cfg(2, t0), Arc::new(Chans), allow_all(), t0);
+        let deadline = b.poll_timeout().unwrap();
+        assert_eq!(deadline, t0 + Duration::from_secs(5));
+        b.handle_timeout(t0 + Duration::from_secs(4));
+        assert!(!b.is_closed());
+        b.handle_timeout(deadline);
+        assert!(matches!(
+            b.poll_event(deadline),
+            Some(Event::Closed(CloseCause::Handshake(
+                HandshakeError::Timeout
+            )))
+        ));
+    }
+
+    #[test]
+    fn pings_keep_a_healthy_pair_alive_and_silence_times_out() {
+        let t0 = Instant::now();
+        let (mut a, mut b) = pair(t0);
+        // 30 s of healthy traffic in 1 s steps: pings answered, nobody idles out.
+        let mut now = t0;
+        for _ in 0..30 {
+            now += Duration::from_secs(1);
+            a.handle_timeout(now);
+            b.handle_timeout(now);
+            let (ea, eb) = pump(&mut a, &mut b, now);
+            assert!(!ea
+                .iter()
+                .chain(eb.iter())
+                .any(|e| matches!(e, Event::Closed(_))));
+        }
+        assert!(a.is_established() && b.is_established());
+        // Now b goes silent: a closes at the idle timeout.
+        let silent_from = now;
+        loop {
+            now += Duration::from_secs(1);
+            a.handle_timeout(now);
+            let _ = a.poll_transmit();
+            if let Some(Event::Closed(c)) = a.poll_event(now) {
+                assert_eq!(c, CloseCause::IdleTimeout);
+                assert!(now - silent_from >= Duration::from_secs(10));
+                break;
+            }
+            assert!(
+                now - silent_from <= Duration::from_secs(11),
+                "idle timeout missed"
+            );
+        }
+    }
+
+    #[test]
+    fn orderly_close_flushes_both_queues_before_closing() {
+        let t0 = Instant::now();
+        let (mut a, mut b) = pair(t0);
+        a.send(
+            Outgoing::data(1, Bytes::from_static(b"last words"), false),
+            false,
+        )
+        .unwrap();
+        b.send(
+            Outgoing::data(1, Bytes::from_static(b"reply in flight"), false),
+            false,
+        )
+        .unwrap();
+        a.close(CloseReason::Replaced, t0);
+        assert_eq!(
+            a.send(Outgoing::data(1, Bytes::from_static(b"late"), false), false),
+            Err(QueueFull),
+            "no sends after close starts"
+        );
+        let (ea, eb) = pump(&mut a, &mut b, t0);
+        assert!(messages(eb).contains(&(1, Bytes::from_static(b"last words"))));
+        assert!(messages(ea).contains(&(1, Bytes::from_static(b"reply in flight"))));
+        assert!(a.is_closed() && b.is_closed());
+    }
+
+    #[test]
+    fn unauthorized_dialer_never_establishes() {
+        let t0 = Instant::now();
+        let mut a = Connection::dialer(cfg(1, t0), Arc::new(Chans), allow_all(), key(2), t0);
+        let deny: Authorizer = Arc::new(|_| false);
+        let mut b = Connection::dialee(cfg(2, t0), Arc::new(Chans), deny, t0);
+        let (_, eb) = pump(&mut a, &mut b, t0);
+        assert!(
+            matches!(
+                &eb[..],
+                [Event::Closed(CloseCause::Handshake(
+                    HandshakeError::Unauthorized
+                ))]
+            ),
+            "{eb:?}"
+        );
+    }
+}

@@ -201,7 +201,7 @@ mod tests {
                 key,
                 generation: key as u64,
             },
-            depth: Arc::default(),
+            depth: Arc::new(crate::queue_depth::QueueDepth::new(16)),
             dialer: pk(dialer),
             addr: None,
         })

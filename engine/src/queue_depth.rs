@@ -13,11 +13,27 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use event_listener::{Event, Listener};
 
 /// See the module docs.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct QueueDepth {
     count: AtomicUsize,
     space: Event,
     closed: AtomicBool,
+    /// Waiters are woken when the depth falls to this (half the backlog):
+    /// hysteresis, so a blocked sender wakes once per half-queue of room
+    /// instead of once per message.
+    low_water: usize,
+}
+
+impl QueueDepth {
+    /// A queue whose senders wait for room below `limit / 2`.
+    pub fn new(limit: usize) -> Self {
+        Self {
+            count: AtomicUsize::new(0),
+            space: Event::new(),
+            closed: AtomicBool::new(false),
+            low_water: limit / 2,
+        }
+    }
 }
 
 /// Outcome of waiting for space.
@@ -47,8 +63,10 @@ impl QueueDepth {
     /// Returns `n` slots (messages encoded or dropped) and wakes waiters.
     pub fn release(&self, n: usize) {
         if n > 0 {
-            self.count.fetch_sub(n, Ordering::AcqRel);
-            self.space.notify(usize::MAX);
+            let prev = self.count.fetch_sub(n, Ordering::AcqRel);
+            if prev.saturating_sub(n) <= self.low_water {
+                self.space.notify(usize::MAX);
+            }
         }
     }
 

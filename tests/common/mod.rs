@@ -67,6 +67,7 @@ impl Node {
 }
 
 pub struct ChannelDef {
+    pub quota: Option<shoal::engine::Quota>,
     pub id: u32,
     pub max_size: usize,
     pub backlog: usize,
@@ -75,6 +76,7 @@ pub struct ChannelDef {
 
 pub fn chan(id: u32) -> ChannelDef {
     ChannelDef {
+        quota: None,
         id,
         max_size: 1 << 20,
         backlog: 1024,
@@ -100,7 +102,7 @@ pub fn start_node(
     let mut chans = Vec::new();
     for c in channels {
         chans.push(
-            net.register(c.id, None, c.max_size, c.backlog, c.compression)
+            net.register(c.id, c.quota, c.max_size, c.backlog, c.compression)
                 .expect("register"),
         );
     }

@@ -28,8 +28,8 @@ use slab::Slab;
 use crate::channels::{ChannelSpec, Channels};
 use crate::connection::{Authorizer, Connection, ConnectionConfig, Event, Outgoing};
 use crate::peers::{Admit, ConnId, PeerHandle};
-use crate::shared::Shared;
 use crate::queue_depth::QueueDepth;
+use crate::shared::Shared;
 use crate::waker::ShardWaker;
 
 /// Work for a shard from other threads.
@@ -176,7 +176,7 @@ impl ShardCore {
         };
         let generation = self.next_generation;
         self.next_generation += 1;
-        let depth = Arc::new(QueueDepth::default());
+        let depth = Arc::new(QueueDepth::new(self.shared.config.peer_send_backlog));
         let mut conn = conn;
         conn.set_queue_depth(depth.clone());
         self.shared.metrics.handshaking.inc();
