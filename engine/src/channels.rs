@@ -31,6 +31,7 @@ use crate::error::SendError;
 use crate::metrics::ChannelMetrics;
 use crate::peers::PeerHandle;
 use crate::queue_depth::Reserve;
+use crate::rpc::RequestError;
 use crate::shard::Command;
 use crate::shared::Shared;
 
@@ -56,6 +57,8 @@ pub struct ChannelSpec {
     /// A shard found the receiver full and paused a connection.
     pub(crate) blocked: AtomicBool,
     pub(crate) metrics: ChannelMetrics,
+    /// In-shard handler, set before the network starts.
+    pub(crate) handler: std::sync::OnceLock<crate::rpc::Handler>,
 }
 
 /// Every registered channel (immutable once the network runs).
@@ -169,7 +172,12 @@ impl Sender {
 
     /// Sends to one peer, waiting (async) while its queue is full. Fails if
     /// the peer is not connected or disconnects while waiting.
-    pub async fn send_to_wait(&self, peer: &PublicKey, payload: Bytes, priority: bool) -> Result<(), SendError> {
+    pub async fn send_to_wait(
+        &self,
+        peer: &PublicKey,
+        payload: Bytes,
+        priority: bool,
+    ) -> Result<(), SendError> {
         let msg = self.prepare(payload)?;
         let h = self.shared.peers.get(peer).ok_or(SendError::NotConnected)?;
         let limit = self.shared.config.peer_send_backlog;
@@ -190,7 +198,12 @@ impl Sender {
     }
 
     /// Blocking variant of [`Sender::send_to_wait`] for plain threads.
-    pub fn send_to_blocking(&self, peer: &PublicKey, payload: Bytes, priority: bool) -> Result<(), SendError> {
+    pub fn send_to_blocking(
+        &self,
+        peer: &PublicKey,
+        payload: Bytes,
+        priority: bool,
+    ) -> Result<(), SendError> {
         let msg = self.prepare(payload)?;
         let h = self.shared.peers.get(peer).ok_or(SendError::NotConnected)?;
         let limit = self.shared.config.peer_send_backlog;
@@ -207,6 +220,61 @@ impl Sender {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Sends a request to `peer` and waits for its response (any runtime).
+    /// Dropping the future cancels it; a late response is then dropped and
+    /// counted. Fails promptly if the peer disconnects.
+    pub async fn request(
+        &self,
+        peer: &PublicKey,
+        payload: Bytes,
+        timeout: std::time::Duration,
+    ) -> Result<Bytes, RequestError> {
+        let rx = self.start_request(peer, payload, timeout)?;
+        rx.await.map_err(|_| RequestError::Disconnected)?
+    }
+
+    /// Blocking variant of [`Sender::request`] for plain threads.
+    pub fn request_blocking(
+        &self,
+        peer: &PublicKey,
+        payload: Bytes,
+        timeout: std::time::Duration,
+    ) -> Result<Bytes, RequestError> {
+        let rx = self.start_request(peer, payload, timeout)?;
+        rx.blocking_recv().map_err(|_| RequestError::Disconnected)?
+    }
+
+    fn start_request(
+        &self,
+        peer: &PublicKey,
+        payload: Bytes,
+        timeout: std::time::Duration,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<Bytes, RequestError>>, RequestError> {
+        let mut msg = self.prepare(payload).map_err(|e| match e {
+            SendError::TooLarge => RequestError::TooLarge,
+            SendError::Closed => RequestError::Closed,
+            SendError::Full => RequestError::Full,
+            SendError::NotConnected => RequestError::NotConnected,
+        })?;
+        let h = self
+            .shared
+            .peers
+            .get(peer)
+            .ok_or(RequestError::NotConnected)?;
+        let (id, rx) = self.shared.rpc.register(h.id, timeout)?;
+        msg.kind = shoal_wire::RecordKind::RpcRequest;
+        msg.request_id = id;
+        if let Err(e) = self.shared.enqueue(&h, msg, true) {
+            self.shared.rpc.forget(h.id.shard, id);
+            return Err(match e {
+                SendError::Full => RequestError::Full,
+                _ => RequestError::NotConnected,
+            });
+        }
+        self.spec.metrics.messages_out.inc();
+        Ok(rx)
     }
 
     fn prepare(&self, payload: Bytes) -> Result<Outgoing, SendError> {
@@ -291,7 +359,12 @@ impl Receiver {
 
 impl Shared {
     /// Queues `msg` on the connection behind `h`, bounded by the peer backlog.
-    pub(crate) fn enqueue(&self, h: &PeerHandle, msg: Outgoing, priority: bool) -> Result<(), SendError> {
+    pub(crate) fn enqueue(
+        &self,
+        h: &PeerHandle,
+        msg: Outgoing,
+        priority: bool,
+    ) -> Result<(), SendError> {
         if !h.depth.try_reserve(self.config.peer_send_backlog) {
             self.metrics.send_full.inc();
             return Err(SendError::Full);
@@ -300,7 +373,12 @@ impl Shared {
     }
 
     /// Queues `msg` for a slot already reserved in `h.depth`.
-    pub(crate) fn enqueue_reserved(&self, h: &PeerHandle, msg: Outgoing, priority: bool) -> Result<(), SendError> {
+    pub(crate) fn enqueue_reserved(
+        &self,
+        h: &PeerHandle,
+        msg: Outgoing,
+        priority: bool,
+    ) -> Result<(), SendError> {
         let cmd = Command::Send {
             id: h.id,
             msg,

@@ -82,6 +82,8 @@ pub struct Config {
     pub max_in_progress_bytes: usize,
     /// Partially reassembled messages a connection may hold.
     pub max_in_progress_messages: usize,
+    /// Requests awaiting a response, node-wide.
+    pub max_pending_requests: usize,
     /// Commands (sends, dials, closes) queued to one shard.
     pub shard_queue: usize,
     /// io_uring: receive buffers in each shard's provided-buffer ring (power of two).
@@ -132,6 +134,7 @@ impl Config {
             max_write_batch: 256 * 1024,
             max_in_progress_bytes: 16 * 1024 * 1024 + 64 * 1024,
             max_in_progress_messages: 8,
+            max_pending_requests: 65536,
             shard_queue: 65536,
             recv_buffers: 256,
             recv_buffer_size: 64 * 1024,

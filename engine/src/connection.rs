@@ -211,6 +211,9 @@ pub struct QueueFull;
 
 struct Pending {
     msg: Outgoing,
+    /// Counted in the application-visible queue depth (internal sends such
+    /// as RPC responses are not).
+    counted: bool,
     /// Set once the first part is written.
     message_id: u64,
     total_parts: u32,
@@ -420,18 +423,32 @@ impl Connection {
         }
     }
 
-    /// Queues a message. High priority goes first, between the parts of a
-    /// large low-priority message too.
+    /// Queues a message counted in the application-visible depth. High
+    /// priority goes first, between the parts of a large low-priority
+    /// message too.
     pub fn send(&mut self, msg: Outgoing, high: bool) -> Result<(), QueueFull> {
-        if self.is_closed() || self.closing.is_some() {
-            self.drop_message();
-            return Err(QueueFull);
-        }
-        if self.high.len() + self.low.len() >= self.cfg.max_queued {
-            self.drop_message();
+        self.enqueue(msg, high, true)
+    }
+
+    /// Queues a message the engine itself originates (an RPC response, a
+    /// handler's reply): bounded by the same hard cap, not counted in the
+    /// application's depth.
+    pub fn send_internal(&mut self, msg: Outgoing, high: bool) -> Result<(), QueueFull> {
+        self.enqueue(msg, high, false)
+    }
+
+    fn enqueue(&mut self, msg: Outgoing, high: bool, counted: bool) -> Result<(), QueueFull> {
+        if self.is_closed()
+            || self.closing.is_some()
+            || self.high.len() + self.low.len() >= self.cfg.max_queued
+        {
+            if counted {
+                self.drop_message();
+            }
             return Err(QueueFull);
         }
         let pending = Pending {
+            counted,
             msg,
             message_id: 0,
             total_parts: 0,
@@ -513,7 +530,12 @@ impl Connection {
         self.state = State::Closed;
         // Release everything the connection holds; queued messages were not
         // written, so the application-visible depth drops by their count.
-        let dropped = self.high.len() + self.low.len();
+        let dropped = self
+            .high
+            .iter()
+            .chain(self.low.iter())
+            .filter(|p| p.counted)
+            .count();
         if let Some(d) = &self.queue_depth {
             d.release(dropped);
             d.close();
@@ -871,10 +893,12 @@ impl Connection {
             p.offset = end;
             p.next_part += 1;
             if p.next_part >= p.total_parts {
-                queue.pop_front();
+                let counted = queue.pop_front().is_some_and(|p| p.counted);
                 self.encoded += 1;
-                if let Some(d) = &self.queue_depth {
-                    d.release(1);
+                if counted {
+                    if let Some(d) = &self.queue_depth {
+                        d.release(1);
+                    }
                 }
             } else {
                 // A part fills most of a frame: start a new frame and look at

@@ -35,8 +35,9 @@ pub mod metrics;
 pub mod network;
 pub mod oracle;
 pub mod peers;
-mod shard;
 pub mod queue_depth;
+pub mod rpc;
+mod shard;
 mod shared;
 mod waker;
 
@@ -52,4 +53,6 @@ pub use error::{Error, SendError};
 pub use governor::Quota;
 pub use network::{Network, NetworkHandle};
 pub use oracle::Oracle;
+pub use rpc::{Handler, HandlerResult, RequestError};
 pub use shoal_crypto::{Ed25519Signer, Identity, PublicKey};
+pub use shoal_wire::RpcStatus;

@@ -169,6 +169,15 @@ impl Metrics {
             .get()
     }
 
+    /// Refusals counted under `reason` so far.
+    pub fn refused_count(&self, reason: &str) -> u64 {
+        self.refused
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .get()
+    }
+
     /// Handshakes counted under `result` so far.
     pub fn handshake_count(&self, result: &str) -> u64 {
         self.handshakes

@@ -65,6 +65,7 @@ impl Network {
             queues.push(rx);
         }
         let oracle = Arc::new(OracleState::new(4));
+        let config_max_pending = config.max_pending_requests;
         let shared = Arc::new(Shared {
             config,
             metrics,
@@ -75,6 +76,7 @@ impl Network {
             inbound: AtomicUsize::new(0),
             outbound: AtomicUsize::new(0),
             running: AtomicBool::new(false),
+            rpc: crate::rpc::RpcState::new(shards, config_max_pending),
         });
         let control_waker = Arc::new(ShardWaker::new(Counter::default())?);
         Ok((
@@ -123,6 +125,7 @@ impl Network {
             backlog,
             tx,
             blocked: AtomicBool::new(false),
+            handler: OnceLock::new(),
             metrics: self.shared.metrics.channel(channel),
         });
         self.channels.insert(channel, spec.clone());
@@ -137,6 +140,22 @@ impl Network {
                 shared: self.shared.clone(),
             },
         ))
+    }
+
+    /// Runs `handler` on the receiving shard for every message and request
+    /// on `channel` (registered first). Its reply answers a request, or is
+    /// sent back on the channel for a plain message; an error or panic
+    /// affects only that message. Requests on a channel without a handler
+    /// are answered with [`crate::RpcStatus::NoHandler`].
+    pub fn handle(&mut self, channel: u32, handler: crate::rpc::Handler) -> Result<(), Error> {
+        let spec = self.channels.get(&channel).ok_or(Error::InvalidConfig {
+            field: "channel",
+            reason: format!("{channel} is not registered"),
+        })?;
+        spec.handler.set(handler).map_err(|_| Error::InvalidConfig {
+            field: "channel",
+            reason: format!("{channel} already has a handler"),
+        })
     }
 
     /// The node's metrics (register them in a prometheus registry).
@@ -287,6 +306,28 @@ impl NetworkHandle {
     /// The node's metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.shared.metrics
+    }
+
+    /// Measures the round trip to `peer` with a ping record.
+    pub async fn ping(&self, peer: &PublicKey) -> Result<Duration, crate::rpc::RequestError> {
+        use crate::rpc::RequestError;
+        let h = self
+            .shared
+            .peers
+            .get(peer)
+            .ok_or(RequestError::NotConnected)?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let link = self
+            .shared
+            .shards
+            .get(h.id.shard)
+            .ok_or(RequestError::NotConnected)?;
+        link.send(Command::Ping {
+            id: h.id,
+            reply: tx,
+        })
+        .map_err(|_| RequestError::Full)?;
+        rx.await.map_err(|_| RequestError::Disconnected)
     }
 
     /// Closes the connection to `peer` gracefully.

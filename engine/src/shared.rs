@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::oracle::OracleState;
 use crate::peers::PeerTable;
+use crate::rpc::RpcState;
 use crate::shard::ShardLink;
 
 pub(crate) struct Shared {
@@ -25,4 +26,5 @@ pub(crate) struct Shared {
     /// Dialed connections alive (connecting, handshaking or established).
     pub outbound: AtomicUsize,
     pub running: AtomicBool,
+    pub rpc: RpcState,
 }

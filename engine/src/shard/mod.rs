@@ -22,13 +22,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use governor::DefaultDirectRateLimiter;
 use shoal_crypto::PublicKey;
-use shoal_wire::{CloseReason, RecordKind};
+use shoal_wire::{CloseReason, RecordKind, RpcStatus};
 use slab::Slab;
 
 use crate::channels::{ChannelSpec, Channels};
 use crate::connection::{Authorizer, Connection, ConnectionConfig, Event, Outgoing};
 use crate::peers::{Admit, ConnId, PeerHandle};
 use crate::queue_depth::QueueDepth;
+use crate::rpc::RequestError;
 use crate::shared::Shared;
 use crate::waker::ShardWaker;
 
@@ -46,6 +47,11 @@ pub(crate) enum Command {
     Dial { peer: PublicKey, addr: SocketAddr },
     /// Close a connection gracefully.
     Close { id: ConnId, reason: CloseReason },
+    /// Ping a connection; answer with the round trip.
+    Ping {
+        id: ConnId,
+        reply: tokio::sync::oneshot::Sender<Duration>,
+    },
     /// Close everything, flushing until `deadline`, then exit.
     Shutdown { deadline: Instant },
 }
@@ -90,6 +96,8 @@ pub(crate) struct ConnSlot {
     limiters: HashMap<u32, DefaultDirectRateLimiter>,
     close_label: Option<&'static str>,
     counted_handshaking: bool,
+    /// `ping()` callers waiting for the next pong (bounded).
+    ping_waiters: Vec<tokio::sync::oneshot::Sender<Duration>>,
 }
 
 /// What the driver must do after [`ShardCore::handle_command`].
@@ -123,6 +131,8 @@ pub(crate) struct ShardCore {
 }
 
 const TIMER_GRANULARITY: Duration = Duration::from_millis(20);
+/// `ping()` callers that may wait on one connection at once.
+const MAX_PING_WAITERS: usize = 64;
 
 impl ShardCore {
     pub fn new(
@@ -192,6 +202,7 @@ impl ShardCore {
             limiters: HashMap::new(),
             close_label: None,
             counted_handshaking: true,
+            ping_waiters: Vec::new(),
         });
         self.dirty.push(key);
         key
@@ -240,6 +251,18 @@ impl ShardCore {
                     .is_some_and(|slot| slot.conn.send(msg, high).is_ok());
                 if queued {
                     self.dirty.push(id.key);
+                }
+            }
+            Command::Ping { id, reply } => {
+                if let Some(slot) = self
+                    .conns
+                    .get_mut(id.key)
+                    .filter(|s| s.generation == id.generation)
+                {
+                    if slot.ping_waiters.len() < MAX_PING_WAITERS && slot.conn.ping(now).is_some() {
+                        slot.ping_waiters.push(reply);
+                        self.dirty.push(id.key);
+                    }
                 }
             }
             Command::Adopt { stream } => actions.push(DriverAction::Adopt(stream)),
@@ -309,25 +332,34 @@ impl ShardCore {
             Event::Message {
                 kind,
                 channel,
+                request_id,
+                status,
                 payload,
-                ..
-            } => {
-                if kind != RecordKind::Data {
-                    // RPC records are handled by the RPC layer (not in this
-                    // build): count and drop.
-                    self.shared.metrics.refuse("rpc_unsupported");
-                    return;
+            } => match kind {
+                RecordKind::RpcResponse => self.on_response(key, request_id, status, payload),
+                RecordKind::RpcRequest => self.on_request(key, channel, request_id, payload),
+                _ => {
+                    let Some(spec) = self.channels.get(channel).cloned() else {
+                        self.shared.metrics.refuse("unknown_channel");
+                        return;
+                    };
+                    if spec.handler.get().is_some() {
+                        self.run_handler_for_message(key, &spec, payload);
+                    } else {
+                        self.deliver(key, Stashed { spec, payload }, now);
+                    }
                 }
-                let Some(spec) = self.channels.get(channel).cloned() else {
-                    self.shared.metrics.refuse("unknown_channel");
-                    return;
-                };
-                self.deliver(key, Stashed { spec, payload }, now);
-            }
+            },
             Event::Control(_) => {
                 self.shared.metrics.control_dropped.inc();
             }
-            Event::Pong { .. } => {}
+            Event::Pong { rtt, .. } => {
+                if let Some(slot) = self.conns.get_mut(key) {
+                    for w in slot.ping_waiters.drain(..) {
+                        let _ = w.send(rtt);
+                    }
+                }
+            }
             Event::Closed(cause) => {
                 let label = cause.label();
                 if let Some(slot) = self.conns.get_mut(key) {
@@ -337,6 +369,93 @@ impl ShardCore {
                     }
                 }
                 tracing::debug!(shard = self.id, key, %cause, "connection closed");
+            }
+        }
+    }
+
+    fn conn_id(&self, key: usize) -> Option<ConnId> {
+        self.conns.get(key).map(|s| ConnId {
+            shard: self.id,
+            key,
+            generation: s.generation,
+        })
+    }
+
+    fn on_response(&mut self, key: usize, request_id: u64, status: u32, payload: Bytes) {
+        let Some(id) = self.conn_id(key) else { return };
+        let result = match RpcStatus::from_u32(status) {
+            RpcStatus::Ok => Ok(payload),
+            other => Err(RequestError::Remote(other)),
+        };
+        if !self.shared.rpc.complete(id, request_id, result) {
+            // Late (cancelled or timed out), duplicate, or never asked.
+            self.shared.metrics.refuse("rpc_unmatched_response");
+        }
+    }
+
+    fn on_request(&mut self, key: usize, channel: u32, request_id: u64, payload: Bytes) {
+        let Some(slot) = self.conns.get_mut(key) else {
+            return;
+        };
+        let Some(peer) = slot.conn.peer().cloned() else {
+            return;
+        };
+        let spec = self.channels.get(channel).cloned();
+        let (status, reply) = match spec.as_ref().and_then(|s| s.handler.get()) {
+            None => (RpcStatus::NoHandler, Bytes::new()),
+            Some(handler) => match crate::rpc::run_handler(handler, &peer, payload) {
+                Ok(r) => (RpcStatus::Ok, r.unwrap_or_default()),
+                Err(e) => {
+                    self.shared.metrics.refuse("handler_failed");
+                    tracing::debug!(shard = self.id, %peer, channel, error = %e, "handler failed");
+                    (RpcStatus::HandlerFailed, Bytes::new())
+                }
+            },
+        };
+        if let Some(spec) = &spec {
+            spec.metrics.messages_in.inc();
+        }
+        let msg = Outgoing {
+            kind: RecordKind::RpcResponse,
+            channel,
+            request_id,
+            status: status as u32,
+            compressed: false,
+            payload: reply,
+        };
+        if slot.conn.send_internal(msg, true).is_err() {
+            self.shared.metrics.refuse("rpc_response_queue_full");
+        }
+        self.dirty.push(key);
+    }
+
+    fn run_handler_for_message(&mut self, key: usize, spec: &Arc<ChannelSpec>, payload: Bytes) {
+        let Some(slot) = self.conns.get_mut(key) else {
+            return;
+        };
+        let Some(peer) = slot.conn.peer().cloned() else {
+            return;
+        };
+        let Some(handler) = spec.handler.get() else {
+            return;
+        };
+        spec.metrics.messages_in.inc();
+        spec.metrics.bytes_in.inc_by(payload.len() as u64);
+        match crate::rpc::run_handler(handler, &peer, payload) {
+            Ok(Some(reply)) => {
+                if slot
+                    .conn
+                    .send_internal(Outgoing::data(spec.id, reply, false), false)
+                    .is_err()
+                {
+                    self.shared.metrics.refuse("handler_reply_queue_full");
+                }
+                self.dirty.push(key);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                self.shared.metrics.refuse("handler_failed");
+                tracing::debug!(shard = self.id, %peer, channel = spec.id, error = %e, "handler failed");
             }
         }
     }
@@ -535,6 +654,7 @@ impl ShardCore {
         if self.has_paused() {
             self.resume_paused(now);
         }
+        self.shared.rpc.expire(self.id, now, None);
     }
 
     /// How long the driver may sleep.
@@ -565,6 +685,16 @@ impl ShardCore {
                 }
             }
         }
+        // Requests waiting on this connection fail now, not at their timeout.
+        self.shared.rpc.expire(
+            self.id,
+            Instant::now(),
+            Some(ConnId {
+                shard: self.id,
+                key,
+                generation: slot.generation,
+            }),
+        );
         // Nothing queued will be written: release the app-visible depth.
         slot.conn
             .abort(crate::connection::CloseCause::Local(CloseReason::Normal));

@@ -1,0 +1,245 @@
+//! Everything noise offers, over real loopback sockets: RPC with timeouts and
+//! prompt failure on disconnect, in-shard handlers (panics contained), ping,
+//! and the outbound connection limit noise ignored.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use shoal::engine::{Backend, Config, Network, RequestError, RpcStatus};
+
+/// Two nodes where node 2 answers requests on channel 5 with a handler.
+fn rpc_pair(backend: Backend, handler: shoal::engine::Handler) -> (Node, Node) {
+    let addrs = [free_addr(), free_addr()];
+    let dial = [(1, addrs[0]), (2, addrs[1])];
+    let a = start_node(
+        backend,
+        1,
+        addrs[0],
+        &[1, 2],
+        &dial,
+        &[chan(5), chan(6)],
+        |_| {},
+    );
+    // Node 2 needs a handler registered before start: build it by hand.
+    let mut cfg = Config::local(Some(addrs[1])).with_identity(signer(2));
+    cfg.backend = backend;
+    let (mut net, oracle) = Network::new(cfg).unwrap();
+    let c5 = net.register(5, None, 1 << 20, 64, None).unwrap();
+    let c6 = net.register(6, None, 1 << 20, 64, None).unwrap();
+    net.handle(5, handler).unwrap();
+    oracle.register(0, vec![key(1), key(2)]);
+    oracle.add_address(key(1), addrs[0]);
+    let handle = net.start().unwrap();
+    let b = Node {
+        seed: 2,
+        addr: addrs[1],
+        handle: Some(handle),
+        oracle,
+        channels: vec![c5, c6],
+    };
+    assert!(a.handle().wait_peers(WAIT, |p| p.len() == 1));
+    assert!(b.handle().wait_peers(WAIT, |p| p.len() == 1));
+    (a, b)
+}
+
+fn echo_upper() -> shoal::engine::Handler {
+    Arc::new(|_, p: Bytes| {
+        if &p[..] == b"boom" {
+            panic!("handler bug on purpose");
+        }
+        if &p[..] == b"err" {
+            return Err("refused".into());
+        }
+        Ok(Some(Bytes::from(p.to_ascii_uppercase())))
+    })
+}
+
+fn request_response_and_handler_failures(backend: Backend) {
+    let (a, b) = rpc_pair(backend, echo_upper());
+    let tx = &a.channels[0].0;
+    let t = Duration::from_secs(10);
+    assert_eq!(
+        tx.request_blocking(&b.key(), Bytes::from_static(b"hello"), t),
+        Ok(Bytes::from_static(b"HELLO"))
+    );
+    // A panic affects only that request; the shard keeps serving.
+    assert_eq!(
+        tx.request_blocking(&b.key(), Bytes::from_static(b"boom"), t),
+        Err(RequestError::Remote(RpcStatus::HandlerFailed))
+    );
+    assert_eq!(
+        tx.request_blocking(&b.key(), Bytes::from_static(b"err"), t),
+        Err(RequestError::Remote(RpcStatus::HandlerFailed))
+    );
+    assert_eq!(
+        tx.request_blocking(&b.key(), Bytes::from_static(b"again"), t),
+        Ok(Bytes::from_static(b"AGAIN"))
+    );
+    // A channel without a handler answers NoHandler (never a hang).
+    assert_eq!(
+        a.channels[1]
+            .0
+            .request_blocking(&b.key(), Bytes::from_static(b"x"), t),
+        Err(RequestError::Remote(RpcStatus::NoHandler))
+    );
+    // Many requests in flight from several threads all complete.
+    std::thread::scope(|s| {
+        for t_id in 0..4 {
+            let tx = tx.clone();
+            let peer = b.key();
+            s.spawn(move || {
+                for i in 0..200 {
+                    let msg = format!("t{t_id} r{i}");
+                    let r = tx
+                        .request_blocking(&peer, Bytes::from(msg.clone()), t)
+                        .unwrap();
+                    assert_eq!(r, Bytes::from(msg.to_ascii_uppercase()));
+                }
+            });
+        }
+    });
+    // A plain message to a handled channel: the handler's reply comes back.
+    tx.send_to(&b.key(), Bytes::from_static(b"plain"), false)
+        .unwrap();
+    assert_eq!(
+        a.channels[0].1.recv_blocking().unwrap().1,
+        Bytes::from_static(b"PLAIN")
+    );
+}
+
+fn request_fails_promptly_when_peer_disconnects(backend: Backend) {
+    // The handler holds the request until the test releases it.
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let release_rx = std::sync::Mutex::new(release_rx);
+    let holding: shoal::engine::Handler = Arc::new(move |_, _| {
+        let _ = release_rx
+            .lock()
+            .unwrap()
+            .recv_timeout(Duration::from_secs(30));
+        Ok(None)
+    });
+    let (a, b) = rpc_pair(backend, holding);
+    let peer = b.key();
+    let started = Instant::now();
+    let result = std::thread::scope(|s| {
+        let tx = a.channels[0].0.clone();
+        let h = s.spawn(move || {
+            tx.request_blocking(&peer, Bytes::from_static(b"q"), Duration::from_secs(60))
+        });
+        // Once the request is out, drop the connection from the requester's side.
+        assert!(a.handle().wait_peers(WAIT, |p| p.len() == 1));
+        while a.handle().metrics().writes.get() == 0 {
+            std::thread::yield_now();
+        }
+        a.handle().disconnect(&b.key());
+        let r = h.join().unwrap();
+        let _ = release_tx.send(());
+        r
+    });
+    assert_eq!(result, Err(RequestError::Disconnected));
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "failed before its 60 s timeout"
+    );
+}
+
+fn request_times_out(backend: Backend) {
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let release_rx = std::sync::Mutex::new(release_rx);
+    let holding: shoal::engine::Handler = Arc::new(move |_, _| {
+        let _ = release_rx
+            .lock()
+            .unwrap()
+            .recv_timeout(Duration::from_secs(30));
+        Ok(Some(Bytes::from_static(b"too late")))
+    });
+    let (a, b) = rpc_pair(backend, holding);
+    let r = a.channels[0].0.request_blocking(
+        &b.key(),
+        Bytes::from_static(b"q"),
+        Duration::from_millis(200),
+    );
+    assert_eq!(r, Err(RequestError::Timeout));
+    let _ = release_tx.send(());
+    // The late response arrives and is dropped and counted, not delivered.
+    let deadline = Instant::now() + WAIT;
+    while a.handle().metrics().refused_count("rpc_unmatched_response") == 0 {
+        assert!(Instant::now() < deadline, "late response never counted");
+        std::thread::yield_now();
+    }
+    assert!(
+        a.channels[0].1.try_recv().is_none(),
+        "a late response is never a message"
+    );
+}
+
+fn ping_measures_a_round_trip(backend: Backend) {
+    let nodes = mesh(backend, 2, &[chan(1)], |_| {});
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let rtt = rt
+        .block_on(nodes[0].handle().ping(&nodes[1].key()))
+        .unwrap();
+    assert!(rtt > Duration::ZERO);
+}
+
+fn outbound_limit_is_enforced(backend: Backend) {
+    // Nodes 2..=5 listen; node 1 knows all four but may dial only two. They
+    // don't know node 1's address, so every connection is node 1's outbound.
+    let addrs: Vec<_> = (0..5).map(|_| free_addr()).collect();
+    let all = [1, 2, 3, 4, 5];
+    let others: Vec<Node> = (2..=5u64)
+        .map(|s| {
+            start_node(
+                backend,
+                s,
+                addrs[s as usize - 1],
+                &all,
+                &[],
+                &[chan(1)],
+                |_| {},
+            )
+        })
+        .collect();
+    let dial: Vec<(u64, std::net::SocketAddr)> =
+        (2..=5u64).map(|s| (s, addrs[s as usize - 1])).collect();
+    let n1 = start_node(backend, 1, addrs[0], &all, &dial, &[chan(1)], |c| {
+        c.max_outbound = 2
+    });
+    assert!(n1.handle().wait_peers(WAIT, |p| p.len() == 2));
+    let deadline = Instant::now() + WAIT;
+    while n1.handle().metrics().refused_count("max_outbound") == 0 {
+        assert!(Instant::now() < deadline, "the dialer never hit the limit");
+        std::thread::yield_now();
+    }
+    assert_eq!(n1.handle().peers().len(), 2, "never more than max_outbound");
+    drop(others);
+}
+
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod epoll {
+            $( #[test] fn $name() { super::$name(shoal::engine::Backend::Epoll) } )*
+        }
+        mod io_uring {
+            $( #[test] fn $name() {
+                if super::backend_available(shoal::engine::Backend::IoUring) {
+                    super::$name(shoal::engine::Backend::IoUring)
+                }
+            } )*
+        }
+    };
+}
+
+both_backends!(
+    request_response_and_handler_failures,
+    request_fails_promptly_when_peer_disconnects,
+    request_times_out,
+    ping_measures_a_round_trip,
+    outbound_limit_is_enforced,
+);
