@@ -3,30 +3,72 @@
 //! Every figure is measured beside its baseline in the same process, rounds
 //! interleaved (baseline, io_uring, epoll, baseline, ...), and the median of
 //! the rounds is reported, because these machines drift by up to 2x between
-//! runs. Every run checks what was delivered: counts, sizes and content.
+//! runs. Every run checks what was delivered: counts, sizes and content, and
+//! reports what actually arrived (`delivered`): a receiver that sees nothing
+//! for [`STALL`] stops and the shortfall is reported, never hidden.
+//!
+//! Scenarios:
+//! - `throughput`: one connection, `--size` messages as fast as delivery
+//!   allows (baseline: one core's raw ring ChaCha20-Poly1305 seal rate).
+//! - `latency`: one request in flight, 64 B ping-pong (baseline: raw TCP
+//!   ping-pong p50 over loopback).
+//! - `rpc`: `--inflight N` requests outstanding on one connection, echoed by
+//!   the peer; latency is per completed request (baseline: raw TCP with the
+//!   same N requests pipelined).
+//! - `fanout`: one node sends every message to `--peers N` nodes with
+//!   `Recipients::All`; aggregate delivered msgs/s (baseline: raw seal rate,
+//!   since every copy is sealed under its own connection key).
 
-use std::io::{Read, Write};
+use std::collections::HashMap;
+use std::io::{IsTerminal, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 use serde::Serialize;
 use shoal::engine::{
-    Backend, Config, Ed25519Signer, Network, NetworkHandle, Receiver, Sender,
+    Backend, Config, Ed25519Signer, Network, NetworkHandle, PublicKey, Receiver, Recipients, Sender,
 };
+
+use crate::config_file::{engine_error, FileConfig};
+use crate::plot;
+
+/// A receiver that sees no message for this long gives up and reports what
+/// arrived (a liveness bound, not a performance threshold).
+const STALL: Duration = Duration::from_secs(10);
+/// Width of one throughput-over-time bucket.
+const BUCKET: Duration = Duration::from_millis(10);
+/// At most this many buckets are kept (bounded memory on long runs).
+const MAX_BUCKETS: usize = 100_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Scenario {
-    /// Throughput and latency.
+    /// Throughput, latency, rpc and fanout.
     All,
     /// One connection, `--size` messages, as fast as delivery allows.
     Throughput,
     /// One request in flight: 64 B (or `--size`) ping-pong round trips.
     Latency,
+    /// `--inflight N` requests outstanding on one connection.
+    Rpc,
+    /// One node sends each message to `--peers N` nodes (`Recipients::All`).
+    Fanout,
+}
+
+impl Scenario {
+    fn parse(s: &str) -> Result<Scenario, String> {
+        <Scenario as ValueEnum>::from_str(s, true).map_err(|_| {
+            format!(
+                "`bench.scenario` must be one of all, throughput, latency, rpc, fanout (got {s:?})"
+            )
+        })
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -40,28 +82,65 @@ pub enum BackendArg {
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    #[arg(long, value_enum, default_value = "all")]
-    scenario: Scenario,
-    /// Message size in bytes (throughput; latency uses 64 unless given).
+    /// Scenario [default: all, or `[bench] scenario` from --config].
+    #[arg(long, value_enum)]
+    scenario: Option<Scenario>,
+    /// Message size in bytes (throughput default 65536, fanout 16384; latency
+    /// and rpc use 64 unless run alone with --size).
     #[arg(long)]
     size: Option<usize>,
-    /// Messages per round (default: 256 MiB worth for throughput, 5000 round trips for latency).
+    /// Messages per round (default: 256 MiB worth for throughput, 5000 round
+    /// trips for latency, 100000 requests for rpc, 2000 sends for fanout).
     #[arg(long)]
     messages: Option<usize>,
-    #[arg(long, value_enum, default_value = "both")]
-    backend: BackendArg,
-    /// Data shards per node.
-    #[arg(long, default_value_t = 1)]
-    shards: usize,
+    /// Backend [default: both, or `backend` from --config].
+    #[arg(long, value_enum)]
+    backend: Option<BackendArg>,
+    /// Data shards per node [default: 1, or `shards` from --config].
+    #[arg(long)]
+    shards: Option<usize>,
     /// Shards spin instead of sleeping.
     #[arg(long)]
     busy_poll: bool,
-    /// Interleaved rounds; medians are reported.
-    #[arg(long, default_value_t = 3)]
-    rounds: usize,
+    /// Interleaved rounds; medians are reported [default: 3].
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// rpc: requests outstanding on the connection [default: 32].
+    #[arg(long)]
+    inflight: Option<usize>,
+    /// fanout: receiving nodes [default: 3].
+    #[arg(long)]
+    peers: Option<usize>,
+    /// Node TOML (same file as `shoal node`): preset, limits, backend,
+    /// shards, and an optional `[bench]` table. Flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Write an SVG plot (latency percentiles, throughput over time).
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
     /// One JSON object on stdout instead of the table.
     #[arg(long)]
     json: bool,
+}
+
+/// Why the bench did not run.
+pub enum BenchError {
+    /// The config file or a flag is invalid (exit code 2).
+    Config(String),
+    /// The run failed (exit code 1).
+    Run(String),
+}
+
+impl From<String> for BenchError {
+    fn from(s: String) -> Self {
+        BenchError::Run(s)
+    }
+}
+
+impl From<&str> for BenchError {
+    fn from(s: &str) -> Self {
+        BenchError::Run(s.to_string())
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -79,18 +158,78 @@ struct RunResult {
     backend: String,
     shards: usize,
     size: usize,
+    /// Messages that should arrive (fanout: sends x peers).
     messages: usize,
+    /// Messages that did arrive (checked for size and content).
     delivered: usize,
     seconds: f64,
     msgs_per_sec: f64,
     bytes_per_sec: f64,
+    /// Round-trip percentiles in µs; null for throughput and fanout.
     latency_us: Option<Latency>,
-    /// Same-run baseline: raw ring seal bytes/s (throughput) or raw TCP
-    /// ping-pong p50 µs (latency), median over rounds.
+    /// rpc: requests outstanding.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    inflight: Option<usize>,
+    /// fanout: receiving nodes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peers: Option<usize>,
+    /// Same-run baseline: raw ring seal bytes/s (throughput, fanout) or raw
+    /// TCP ping-pong p50 µs (latency; rpc: same number pipelined), median
+    /// over rounds.
     baseline: f64,
-    /// shoal / baseline (throughput: higher is better; latency: p50 ratio,
-    /// lower is better).
+    /// shoal / baseline (throughput, fanout: higher is better; latency, rpc:
+    /// p50 ratio, lower is better).
     ratio: f64,
+    /// Percentile curve for the plot: (quantile, µs).
+    #[serde(skip)]
+    curve: Vec<(f64, f64)>,
+    /// Delivered msgs/s per [`BUCKET`] for the plot.
+    #[serde(skip)]
+    timeline: Vec<f64>,
+}
+
+impl RunResult {
+    fn new(scenario: &'static str, backend: String, shards: usize, size: usize) -> Self {
+        RunResult {
+            scenario,
+            backend,
+            shards,
+            size,
+            messages: 0,
+            delivered: 0,
+            seconds: 0.0,
+            msgs_per_sec: 0.0,
+            bytes_per_sec: 0.0,
+            latency_us: None,
+            inflight: None,
+            peers: None,
+            baseline: 0.0,
+            ratio: 0.0,
+            curve: Vec::new(),
+            timeline: Vec::new(),
+        }
+    }
+
+    fn finish(&mut self, messages: usize, delivered: usize, seconds: f64, bytes: usize) {
+        self.messages = messages;
+        self.delivered = delivered;
+        self.seconds = seconds;
+        let s = seconds.max(1e-9);
+        self.msgs_per_sec = delivered as f64 / s;
+        self.bytes_per_sec = bytes as f64 / s;
+    }
+
+    fn with_latency(mut self, h: &Histogram<u64>) -> Self {
+        if !h.is_empty() {
+            self.latency_us = Some(lat(h));
+            self.curve = plot::percentile_curve(h);
+        }
+        self
+    }
+
+    fn is_latency(&self) -> bool {
+        matches!(self.scenario, "latency" | "rpc")
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -102,67 +241,246 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-pub fn run(args: BenchArgs) -> Result<(), String> {
-    let backends: Vec<Backend> = match args.backend {
-        BackendArg::Both => vec![Backend::IoUring, Backend::Epoll],
-        BackendArg::IoUring => vec![Backend::IoUring],
-        BackendArg::Epoll => vec![Backend::Epoll],
-        BackendArg::Auto => vec![Backend::Auto],
+/// Everything a run needs, resolved from flags, the config file and defaults.
+struct Plan {
+    scenario: Scenario,
+    size: Option<usize>,
+    messages: Option<usize>,
+    backends: Vec<Backend>,
+    shards: usize,
+    rounds: usize,
+    inflight: usize,
+    peers: usize,
+    /// Template for every node (listen and identity replaced per node).
+    base: Config,
+}
+
+fn plan(args: &BenchArgs) -> Result<Plan, BenchError> {
+    let file = match &args.config {
+        Some(p) => Some(
+            FileConfig::load(p)
+                .map_err(|e| BenchError::Config(format!("invalid config {}: {e}", p.display())))?,
+        ),
+        None => None,
     };
-    let rounds = args.rounds.max(1);
+    let bench = file.as_ref().and_then(|f| f.bench.as_ref());
+    let scenario = match (args.scenario, bench.and_then(|b| b.scenario.as_deref())) {
+        (Some(s), _) => s,
+        (None, Some(s)) => Scenario::parse(s).map_err(BenchError::Config)?,
+        (None, None) => Scenario::All,
+    };
+    let loopback = Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
+    let mut base = match &file {
+        Some(f) => f.engine_config(loopback),
+        None => {
+            let mut c = Config::local(loopback);
+            c.peer_send_backlog = 8192;
+            c.shards = 1;
+            c
+        }
+    };
+    let backends = match (args.backend, file.as_ref().and_then(|f| f.backend)) {
+        (Some(BackendArg::Both), _) | (None, None) => vec![Backend::IoUring, Backend::Epoll],
+        (Some(BackendArg::IoUring), _) => vec![Backend::IoUring],
+        (Some(BackendArg::Epoll), _) => vec![Backend::Epoll],
+        (Some(BackendArg::Auto), _) => vec![Backend::Auto],
+        (None, Some(b)) => vec![b],
+    };
+    if let Some(s) = args.shards {
+        base.shards = s;
+    } else if file.as_ref().and_then(|f| f.shards).is_none() {
+        base.shards = 1;
+    }
+    base.busy_poll |= args.busy_poll;
+    base.validate().map_err(|e| {
+        BenchError::Config(format!(
+            "invalid config{}: {}",
+            args.config
+                .as_ref()
+                .map(|p| format!(" {}", p.display()))
+                .unwrap_or_default(),
+            engine_error(e)
+        ))
+    })?;
+    let pick = |flag: Option<usize>, file: Option<usize>| flag.or(file);
+    let inflight = pick(args.inflight, bench.and_then(|b| b.inflight)).unwrap_or(32);
+    let peers = pick(args.peers, bench.and_then(|b| b.peers)).unwrap_or(3);
+    if inflight == 0 {
+        return Err(BenchError::Config("`inflight` must be > 0".into()));
+    }
+    if peers == 0 {
+        return Err(BenchError::Config("`peers` must be > 0".into()));
+    }
+    Ok(Plan {
+        scenario,
+        size: pick(args.size, bench.and_then(|b| b.size)),
+        messages: pick(args.messages, bench.and_then(|b| b.messages)),
+        backends,
+        shards: base.shard_count(),
+        rounds: pick(args.rounds, bench.and_then(|b| b.rounds))
+            .unwrap_or(3)
+            .max(1),
+        inflight,
+        peers,
+        base,
+    })
+}
+
+fn progress_bar(total: u64) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    if let Ok(style) =
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
+    {
+        pb.set_style(style);
+    }
+    pb.enable_steady_tick(Duration::from_millis(120));
+    pb
+}
+
+pub fn run(args: BenchArgs) -> Result<(), BenchError> {
+    let plan = plan(&args)?;
+    let p = &plan;
+    let rounds = p.rounds;
+    let all = p.scenario == Scenario::All;
+    let wants = |s: Scenario| all || p.scenario == s;
+    let scenarios = [
+        Scenario::Throughput,
+        Scenario::Latency,
+        Scenario::Rpc,
+        Scenario::Fanout,
+    ]
+    .into_iter()
+    .filter(|s| wants(*s))
+    .count();
+    let steps = scenarios * rounds * (1 + p.backends.len());
+    let pb = progress_bar(steps as u64);
+    let step = |what: String| {
+        pb.set_message(what);
+    };
     let mut results = Vec::new();
-    if matches!(args.scenario, Scenario::All | Scenario::Throughput) {
-        let size = args.size.unwrap_or(64 * 1024).max(1);
-        let messages = args
+
+    if wants(Scenario::Throughput) {
+        let size = p.size.unwrap_or(64 * 1024).max(1);
+        let messages = p
             .messages
-            .unwrap_or(((256usize << 20) / size).clamp(1000, 2_000_000));
+            .unwrap_or(((256usize << 20) / size).clamp(1000, 2_000_000))
+            .max(1);
         let mut seal = Vec::new();
-        let mut per: Vec<Vec<RunResult>> = vec![Vec::new(); backends.len()];
+        let mut per: Vec<Vec<RunResult>> = vec![Vec::new(); p.backends.len()];
         for round in 0..rounds {
-            progress(
-                &args,
-                &format!("throughput round {}/{rounds}: raw ring seal", round + 1),
-            );
+            step(format!("throughput {}/{rounds}: raw ring seal", round + 1));
             seal.push(raw_seal_bytes_per_sec(size, Duration::from_millis(500)));
-            for (i, b) in backends.iter().enumerate() {
-                progress(
-                    &args,
-                    &format!("throughput round {}/{rounds}: {b:?}", round + 1),
-                );
-                per[i].push(throughput(*b, args.shards, size, messages, args.busy_poll)?);
+            pb.inc(1);
+            for (i, b) in p.backends.iter().enumerate() {
+                step(format!("throughput {}/{rounds}: {b:?}", round + 1));
+                per[i].push(throughput(p, *b, size, messages)?);
+                pb.inc(1);
             }
         }
         let seal = median(seal);
         for runs in per {
-            results.push(summarize(runs, seal, true));
+            results.push(summarize(runs, seal));
         }
     }
-    if matches!(args.scenario, Scenario::All | Scenario::Latency) {
-        let size = if args.scenario == Scenario::Latency {
-            args.size.unwrap_or(64)
-        } else {
-            64
-        };
-        let messages = args.messages.unwrap_or(5000).max(1);
+    if wants(Scenario::Latency) {
+        let size = if all { 64 } else { p.size.unwrap_or(64) };
+        let messages = p.messages.unwrap_or(5000).max(1);
         let mut tcp = Vec::new();
-        let mut per: Vec<Vec<RunResult>> = vec![Vec::new(); backends.len()];
+        let mut per: Vec<Vec<RunResult>> = vec![Vec::new(); p.backends.len()];
         for round in 0..rounds {
-            progress(
-                &args,
-                &format!("latency round {}/{rounds}: raw TCP ping-pong", round + 1),
-            );
-            tcp.push(raw_tcp_pingpong_p50_us(size, messages)?);
-            for (i, b) in backends.iter().enumerate() {
-                progress(
-                    &args,
-                    &format!("latency round {}/{rounds}: {b:?}", round + 1),
-                );
-                per[i].push(latency(*b, args.shards, size, messages, args.busy_poll)?);
+            step(format!("latency {}/{rounds}: raw TCP ping-pong", round + 1));
+            tcp.push(raw_tcp_pingpong_p50_us(size, messages, 1)?);
+            pb.inc(1);
+            for (i, b) in p.backends.iter().enumerate() {
+                step(format!("latency {}/{rounds}: {b:?}", round + 1));
+                per[i].push(rpc(p, *b, size, messages, 1)?);
+                pb.inc(1);
             }
         }
         let tcp = median(tcp);
         for runs in per {
-            results.push(summarize(runs, tcp, false));
+            results.push(summarize(runs, tcp));
+        }
+    }
+    if wants(Scenario::Rpc) {
+        let size = if all { 64 } else { p.size.unwrap_or(64) };
+        let messages = p.messages.unwrap_or(100_000).max(1);
+        let mut tcp = Vec::new();
+        let mut per: Vec<Vec<RunResult>> = vec![Vec::new(); p.backends.len()];
+        for round in 0..rounds {
+            step(format!(
+                "rpc {}/{rounds}: raw TCP, {} pipelined",
+                round + 1,
+                p.inflight
+            ));
+            tcp.push(raw_tcp_pingpong_p50_us(size, messages, p.inflight)?);
+            pb.inc(1);
+            for (i, b) in p.backends.iter().enumerate() {
+                step(format!("rpc {}/{rounds}: {b:?}", round + 1));
+                per[i].push(rpc(p, *b, size, messages, p.inflight)?);
+                pb.inc(1);
+            }
+        }
+        let tcp = median(tcp);
+        for runs in per {
+            results.push(summarize(runs, tcp));
+        }
+    }
+    if wants(Scenario::Fanout) {
+        let size = p.size.unwrap_or(16 * 1024).max(1);
+        let messages = p.messages.unwrap_or(2000).max(1);
+        let mut seal = Vec::new();
+        let mut per: Vec<Vec<RunResult>> = vec![Vec::new(); p.backends.len()];
+        for round in 0..rounds {
+            step(format!("fanout {}/{rounds}: raw ring seal", round + 1));
+            seal.push(raw_seal_bytes_per_sec(size, Duration::from_millis(300)));
+            pb.inc(1);
+            for (i, b) in p.backends.iter().enumerate() {
+                step(format!(
+                    "fanout {}/{rounds}: {b:?}, {} peers",
+                    round + 1,
+                    p.peers
+                ));
+                per[i].push(fanout(p, *b, size, messages, p.peers)?);
+                pb.inc(1);
+            }
+        }
+        let seal = median(seal);
+        for runs in per {
+            results.push(summarize(runs, seal));
+        }
+    }
+    pb.finish_and_clear();
+
+    if let Some(path) = &args.plot {
+        let series: Vec<plot::Series> = results
+            .iter()
+            .map(|r| plot::Series {
+                label: format!("{} {} {} B", r.scenario, r.backend, r.size),
+                curve: r.curve.clone(),
+                timeline: r.timeline.clone(),
+            })
+            .collect();
+        let svg = plot::svg(&series, BUCKET.as_secs_f64());
+        std::fs::write(path, svg)
+            .map_err(|e| format!("cannot write the plot {}: {e}", path.display()))?;
+        if !args.json {
+            eprintln!("plot written to {}", path.display());
+        }
+    }
+    for r in &results {
+        if r.delivered != r.messages {
+            eprintln!(
+                "warning: {} {}: {} of {} messages delivered (a receiver stalled for {} s)",
+                r.scenario,
+                r.backend,
+                r.delivered,
+                r.messages,
+                STALL.as_secs()
+            );
         }
     }
     if args.json {
@@ -179,19 +497,14 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn progress(args: &BenchArgs, what: &str) {
-    if !args.json || std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        eprintln!("... {what}");
-    }
-}
-
 /// The run with the median headline figure, carrying the median baseline.
-fn summarize(mut runs: Vec<RunResult>, baseline: f64, throughput: bool) -> RunResult {
+fn summarize(mut runs: Vec<RunResult>, baseline: f64) -> RunResult {
+    let latency = runs.first().is_some_and(RunResult::is_latency);
     let key = |r: &RunResult| {
-        if throughput {
-            r.bytes_per_sec
-        } else {
+        if latency {
             r.latency_us.as_ref().map_or(0.0, |l| l.p50)
+        } else {
+            r.bytes_per_sec
         }
     };
     runs.sort_by(|a, b| {
@@ -235,18 +548,23 @@ fn print_table(results: &[RunResult], rounds: usize) {
                         format!("{:.1}", l.max),
                     )
                 });
-        let vs = if r.scenario == "throughput" {
-            format!(
+        let vs = match r.scenario {
+            "throughput" | "fanout" => format!(
                 "{:.2}x raw seal ({:.0} MiB/s)",
                 r.ratio,
                 r.baseline / (1 << 20) as f64
-            )
-        } else {
-            format!("{:.2}x raw TCP p50 ({:.1} µs)", r.ratio, r.baseline)
+            ),
+            "rpc" if r.baseline <= 0.0 => "n/a (too much to pipeline)".to_string(),
+            _ => format!("{:.2}x raw TCP p50 ({:.1} µs)", r.ratio, r.baseline),
+        };
+        let scenario = match (r.inflight, r.peers) {
+            (Some(n), _) if r.scenario == "rpc" => format!("rpc x{n}"),
+            (_, Some(n)) => format!("fanout x{n}"),
+            _ => r.scenario.to_string(),
         };
         println!(
             "{:<11} {:<8} {:>6} {:>8} {:>12.0} {:>11.1} {:>9} {:>9} {:>9} {:>22}",
-            r.scenario,
+            scenario,
             r.backend,
             r.shards,
             r.size,
@@ -260,59 +578,69 @@ fn print_table(results: &[RunResult], rounds: usize) {
     }
 }
 
-struct Pair {
-    a: NetworkHandle,
-    b: NetworkHandle,
-    a_tx: Sender,
-    a_rx: Receiver,
-    b_tx: Sender,
-    b_rx: Receiver,
+/// One bench node.
+struct Node {
+    h: NetworkHandle,
+    tx: Sender,
+    rx: Receiver,
 }
 
-fn pair(backend: Backend, shards: usize, max_size: usize, busy: bool) -> Result<Pair, String> {
-    let ids = [
-        Arc::new(Ed25519Signer::generate()),
-        Arc::new(Ed25519Signer::generate()),
-    ];
-    let keys: Vec<_> = ids
+/// A hub and `spokes` nodes, every spoke connected to the hub (spokes do
+/// not authorize each other).
+struct Cluster {
+    hub: Node,
+    spokes: Vec<Node>,
+}
+
+fn cluster(p: &Plan, backend: Backend, spokes: usize, max_size: usize) -> Result<Cluster, String> {
+    let ids: Vec<Arc<Ed25519Signer>> = (0..=spokes)
+        .map(|_| Arc::new(Ed25519Signer::generate()))
+        .collect();
+    let keys: Vec<PublicKey> = ids
         .iter()
         .map(|s| shoal::crypto::Signer::public_key(&**s).clone())
         .collect();
-    let mut nets = Vec::new();
-    for id in &ids {
-        let mut cfg = Config::local(Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))))
-            .with_identity(id.clone());
+    let mut nodes = Vec::new();
+    let mut oracles = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let mut cfg = p.base.clone().with_identity(id.clone());
         cfg.backend = backend;
-        cfg.shards = shards;
-        cfg.busy_poll = busy;
-        cfg.peer_send_backlog = 8192;
         let (mut net, oracle) = Network::new(cfg).map_err(|e| e.to_string())?;
         let (tx, rx) = net
             .register(1, None, max_size.max(1024), 8192, None)
             .map_err(|e| e.to_string())?;
-        oracle.register(0, keys.clone());
-        nets.push((net, oracle, tx, rx));
+        if i == 0 {
+            oracle.register(0, keys.clone());
+        } else {
+            oracle.register(0, vec![keys[0].clone()]);
+        }
+        let h = net.start().map_err(|e| e.to_string())?;
+        nodes.push(Node { h, tx, rx });
+        oracles.push(oracle);
     }
-    let (net_b, oracle_b, b_tx, b_rx) = nets.pop().ok_or("no node")?;
-    let (net_a, oracle_a, a_tx, a_rx) = nets.pop().ok_or("no node")?;
-    let b = net_b.start().map_err(|e| e.to_string())?;
-    let a = net_a.start().map_err(|e| e.to_string())?;
-    let b_addr = b.local_addr().ok_or("no listen address")?;
-    let a_addr = a.local_addr().ok_or("no listen address")?;
-    oracle_a.add_address(keys[1].clone(), b_addr);
-    oracle_b.add_address(keys[0].clone(), a_addr);
-    if !a.wait_peers(Duration::from_secs(10), |p| p.len() == 1)
-        || !b.wait_peers(Duration::from_secs(10), |p| p.len() == 1)
+    let hub_addr = nodes[0].h.local_addr().ok_or("no listen address")?;
+    for i in 1..nodes.len() {
+        let addr = nodes[i].h.local_addr().ok_or("no listen address")?;
+        oracles[0].add_address(keys[i].clone(), addr);
+        oracles[i].add_address(keys[0].clone(), hub_addr);
+    }
+    let wait = Duration::from_secs(10);
+    if !nodes[0].h.wait_peers(wait, |x| x.len() == spokes)
+        || !nodes[1..]
+            .iter()
+            .all(|n| n.h.wait_peers(wait, |x| x.len() == 1))
     {
-        return Err("the two bench nodes did not connect within 10 s".into());
+        return Err(format!(
+            "the {} bench nodes did not connect within {} s",
+            spokes + 1,
+            wait.as_secs()
+        ));
     }
-    Ok(Pair {
-        a,
-        b,
-        a_tx,
-        a_rx,
-        b_tx,
-        b_rx,
+    let mut it = nodes.into_iter();
+    let hub = it.next().ok_or("no node")?;
+    Ok(Cluster {
+        hub,
+        spokes: it.collect(),
     })
 }
 
@@ -324,117 +652,287 @@ fn backend_name(h: &NetworkHandle) -> String {
     }
 }
 
-fn throughput(
-    backend: Backend,
-    shards: usize,
-    size: usize,
-    messages: usize,
-    busy: bool,
-) -> Result<RunResult, String> {
-    let p = pair(backend, shards, size, busy)?;
-    let name = backend_name(&p.a);
-    let b_key = p.b.public_key();
-    let mut payload = vec![0x5Au8; size];
-    if let Some(last) = payload.last_mut() {
-        *last = 0xA5;
-    }
-    let payload = Bytes::from(payload);
-    let start = Instant::now();
-    let rx = p.b_rx;
-    let receiver = std::thread::spawn(move || -> Result<(usize, Instant), String> {
-        let mut n = 0;
-        while n < messages {
-            let (_, m) = rx.recv_blocking().map_err(|e| e.to_string())?;
-            if m.len() != size || m.first() != Some(&0x5A) && size > 1 || m.last() != Some(&0xA5) {
-                return Err(format!("message {n} corrupted (len {})", m.len()));
-            }
-            n += 1;
-        }
-        Ok((n, Instant::now()))
-    });
-    for _ in 0..messages {
-        // Waits (parked, not spinning) while the peer's queue is full.
-        p.a_tx
-            .send_to_blocking(&b_key, payload.clone(), false)
-            .map_err(|e| format!("send failed: {e}"))?;
-    }
-    let (delivered, end) = receiver.join().map_err(|_| "receiver panicked")??;
-    let seconds = end.duration_since(start).as_secs_f64();
-    p.a.shutdown(Duration::from_millis(100));
-    p.b.shutdown(Duration::from_millis(100));
-    let _ = (p.a_rx, p.b_tx);
-    Ok(RunResult {
-        scenario: "throughput",
-        backend: name,
-        shards,
-        size,
-        messages,
-        delivered,
-        seconds,
-        msgs_per_sec: delivered as f64 / seconds,
-        bytes_per_sec: (delivered * size) as f64 / seconds,
-        latency_us: None,
-        baseline: 0.0,
-        ratio: 0.0,
-    })
+/// Receives with a stall bound: `None` if nothing arrived for [`STALL`] or
+/// the network closed.
+struct StallRecv {
+    rt: tokio::runtime::Runtime,
 }
 
-fn latency(
+impl StallRecv {
+    fn new() -> Result<Self, String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(StallRecv { rt })
+    }
+
+    fn recv(&self, rx: &Receiver) -> Option<(PublicKey, Bytes)> {
+        if let Some(m) = rx.try_recv() {
+            return Some(m);
+        }
+        // The timer must be created inside the runtime.
+        self.rt
+            .block_on(async { tokio::time::timeout(STALL, rx.recv()).await })
+            .ok()?
+            .ok()
+    }
+}
+
+/// Delivered messages per [`BUCKET`] since `start`.
+struct Timeline {
+    start: Instant,
+    counts: Vec<u64>,
+}
+
+impl Timeline {
+    fn new(start: Instant) -> Self {
+        Timeline {
+            start,
+            counts: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, now: Instant) {
+        let i = (now.saturating_duration_since(self.start).as_nanos() / BUCKET.as_nanos()) as usize;
+        if i < MAX_BUCKETS {
+            if self.counts.len() <= i {
+                self.counts.resize(i + 1, 0);
+            }
+            self.counts[i] += 1;
+        }
+    }
+
+    fn merge(&mut self, other: &Timeline) {
+        if self.counts.len() < other.counts.len() {
+            self.counts.resize(other.counts.len(), 0);
+        }
+        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
+            *a += b;
+        }
+    }
+
+    fn rates(&self) -> Vec<f64> {
+        let w = BUCKET.as_secs_f64();
+        self.counts.iter().map(|c| *c as f64 / w).collect()
+    }
+}
+
+fn payload(size: usize) -> Bytes {
+    let mut v = vec![0x5Au8; size];
+    if let Some(last) = v.last_mut() {
+        *last = 0xA5;
+    }
+    Bytes::from(v)
+}
+
+fn intact(m: &[u8], size: usize) -> bool {
+    m.len() == size && (size <= 1 || m.first() == Some(&0x5A)) && m.last() == Some(&0xA5)
+}
+
+/// Counts intact messages on `rx` until `want` arrived or it stalls.
+fn count_messages(
+    rx: Receiver,
+    want: usize,
+    size: usize,
+    start: Instant,
+) -> Result<(usize, Instant, Timeline), String> {
+    let r = StallRecv::new()?;
+    let mut tl = Timeline::new(start);
+    let mut n = 0;
+    let mut last = start;
+    while n < want {
+        let Some((_, m)) = r.recv(&rx) else { break };
+        if !intact(&m, size) {
+            return Err(format!("message {n} corrupted (len {})", m.len()));
+        }
+        n += 1;
+        last = Instant::now();
+        tl.add(last);
+    }
+    Ok((n, last, tl))
+}
+
+fn throughput(
+    p: &Plan,
     backend: Backend,
-    shards: usize,
     size: usize,
     messages: usize,
-    busy: bool,
 ) -> Result<RunResult, String> {
-    let p = pair(backend, shards, size, busy)?;
-    let name = backend_name(&p.a);
-    let (a_key, b_key) = (p.a.public_key(), p.b.public_key());
-    let (b_rx, b_tx) = (p.b_rx, p.b_tx);
+    let Cluster { hub, spokes } = cluster(p, backend, 1, size)?;
+    let mut res = RunResult::new("throughput", backend_name(&hub.h), p.shards, size);
+    let b = spokes.into_iter().next().ok_or("no spoke")?;
+    let b_key = b.h.public_key();
+    let msg = payload(size);
+    let rx = b.rx;
+    let start = Instant::now();
+    let receiver = std::thread::spawn(move || count_messages(rx, messages, size, start));
+    for _ in 0..messages {
+        // Waits (parked, not spinning) while the peer's queue is full.
+        hub.tx
+            .send_to_blocking(&b_key, msg.clone(), false)
+            .map_err(|e| format!("send failed: {e}"))?;
+    }
+    let (delivered, end, tl) = receiver.join().map_err(|_| "receiver panicked")??;
+    res.finish(
+        messages,
+        delivered,
+        end.duration_since(start).as_secs_f64(),
+        delivered * size,
+    );
+    res.timeline = tl.rates();
+    hub.h.shutdown(Duration::from_millis(100));
+    b.h.shutdown(Duration::from_millis(100));
+    Ok(res)
+}
+
+/// `inflight` requests outstanding on one connection; the peer echoes each.
+/// `inflight == 1` is the latency scenario (one round trip at a time).
+fn rpc(
+    p: &Plan,
+    backend: Backend,
+    size: usize,
+    messages: usize,
+    inflight: usize,
+) -> Result<RunResult, String> {
+    let Cluster { hub: a, spokes } = cluster(p, backend, 1, size.max(8))?;
+    let name = if inflight == 1 { "latency" } else { "rpc" };
+    let mut res = RunResult::new(name, backend_name(&a.h), p.shards, size);
+    let b = spokes.into_iter().next().ok_or("no spoke")?;
+    let (a_key, b_key) = (a.h.public_key(), b.h.public_key());
+    let (b_rx, b_tx) = (b.rx, b.tx);
     let echo = std::thread::spawn(move || -> Result<(), String> {
+        let r = StallRecv::new()?;
         for _ in 0..messages {
-            let (_, m) = b_rx.recv_blocking().map_err(|e| e.to_string())?;
-            b_tx.send_to(&a_key, m, true).map_err(|e| e.to_string())?;
+            let Some((_, m)) = r.recv(&b_rx) else {
+                break;
+            };
+            b_tx.send_to_blocking(&a_key, m, true)
+                .map_err(|e| e.to_string())?;
         }
         Ok(())
     });
+    let r = StallRecv::new()?;
     let mut hist =
         Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
-    let start = Instant::now();
-    let mut delivered = 0;
-    for i in 0..messages {
+    let mut tl = Timeline::new(Instant::now());
+    let mut outstanding: HashMap<u64, Instant> = HashMap::with_capacity(inflight);
+    let request = |seq: u64| {
         let mut v = vec![0u8; size.max(8)];
-        v[..8].copy_from_slice(&(i as u64).to_be_bytes());
-        let t = Instant::now();
-        p.a_tx
-            .send_to(&b_key, Bytes::from(v), true)
+        v[..8].copy_from_slice(&seq.to_be_bytes());
+        Bytes::from(v)
+    };
+    let start = Instant::now();
+    let mut next: u64 = 0;
+    let mut delivered = 0;
+    while (next as usize) < messages.min(inflight) {
+        let m = request(next);
+        outstanding.insert(next, Instant::now());
+        a.tx.send_to_blocking(&b_key, m, true)
             .map_err(|e| format!("send failed: {e}"))?;
-        let (_, m) = p.a_rx.recv_blocking().map_err(|e| e.to_string())?;
-        let rtt = t.elapsed();
-        if m.len() < 8 || m[..8] != (i as u64).to_be_bytes() {
-            return Err(format!("round trip {i} returned the wrong message"));
-        }
+        next += 1;
+    }
+    while delivered < messages {
+        let Some((_, m)) = r.recv(&a.rx) else { break };
+        let now = Instant::now();
+        let seq = m
+            .get(..8)
+            .and_then(|s| <[u8; 8]>::try_from(s).ok())
+            .map(u64::from_be_bytes);
+        let sent = seq.and_then(|s| outstanding.remove(&s));
+        let Some(sent) = sent.filter(|_| m.len() == size.max(8)) else {
+            return Err(format!(
+                "response {delivered} is not an outstanding request"
+            ));
+        };
         delivered += 1;
-        hist.record((rtt.as_nanos() as u64 / 1000).max(1))
+        tl.add(now);
+        hist.record((now.duration_since(sent).as_nanos() as u64 / 1000).max(1))
             .map_err(|e| e.to_string())?;
+        if (next as usize) < messages {
+            outstanding.insert(next, Instant::now());
+            a.tx.send_to_blocking(&b_key, request(next), true)
+                .map_err(|e| format!("send failed: {e}"))?;
+            next += 1;
+        }
     }
     let seconds = start.elapsed().as_secs_f64();
-    echo.join().map_err(|_| "echo panicked")??;
-    p.a.shutdown(Duration::from_millis(100));
-    p.b.shutdown(Duration::from_millis(100));
-    Ok(RunResult {
-        scenario: "latency",
-        backend: name,
-        shards,
-        size,
-        messages,
+    let echoed = echo.join().map_err(|_| "echo panicked")?;
+    a.h.shutdown(Duration::from_millis(100));
+    b.h.shutdown(Duration::from_millis(100));
+    echoed?;
+    res.finish(messages, delivered, seconds, delivered * size * 2);
+    if inflight > 1 {
+        res.inflight = Some(inflight);
+    }
+    res.timeline = tl.rates();
+    Ok(res.with_latency(&hist))
+}
+
+/// The hub sends every message to all `peers` spokes (`Recipients::All`);
+/// a spoke whose queue is full gets that copy with a waiting send, so every
+/// copy is offered. Aggregate delivered msgs/s over all spokes.
+fn fanout(
+    p: &Plan,
+    backend: Backend,
+    size: usize,
+    messages: usize,
+    peers: usize,
+) -> Result<RunResult, String> {
+    let Cluster { hub, spokes } = cluster(p, backend, peers, size)?;
+    let mut res = RunResult::new("fanout", backend_name(&hub.h), p.shards, size);
+    let msg = payload(size);
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    let mut receivers = Vec::new();
+    for s in spokes {
+        let rx = s.rx;
+        receivers.push(std::thread::spawn(move || {
+            count_messages(rx, messages, size, start)
+        }));
+        handles.push(s.h);
+    }
+    for i in 0..messages {
+        let report = hub
+            .tx
+            .send_report(Recipients::All, msg.clone(), false)
+            .map_err(|e| format!("send failed: {e}"))?;
+        if !report.not_connected.is_empty() || report.accepted.len() + report.full.len() != peers {
+            return Err(format!(
+                "send {i}: {} accepted, {} full, {} not connected of {peers} peers",
+                report.accepted.len(),
+                report.full.len(),
+                report.not_connected.len()
+            ));
+        }
+        for peer in &report.full {
+            hub.tx
+                .send_to_blocking(peer, msg.clone(), false)
+                .map_err(|e| format!("send failed: {e}"))?;
+        }
+    }
+    let mut delivered = 0;
+    let mut end = start;
+    let mut tl = Timeline::new(start);
+    for r in receivers {
+        let (n, last, t) = r.join().map_err(|_| "receiver panicked")??;
+        delivered += n;
+        end = end.max(last);
+        tl.merge(&t);
+    }
+    hub.h.shutdown(Duration::from_millis(100));
+    for h in handles {
+        h.shutdown(Duration::from_millis(100));
+    }
+    res.finish(
+        messages * peers,
         delivered,
-        seconds,
-        msgs_per_sec: delivered as f64 / seconds,
-        bytes_per_sec: (delivered * size * 2) as f64 / seconds,
-        latency_us: Some(lat(&hist)),
-        baseline: 0.0,
-        ratio: 0.0,
-    })
+        end.duration_since(start).as_secs_f64(),
+        delivered * size,
+    );
+    res.peers = Some(peers);
+    res.timeline = tl.rates();
+    Ok(res)
 }
 
 fn lat(h: &Histogram<u64>) -> Latency {
@@ -474,8 +972,16 @@ fn raw_seal_bytes_per_sec(size: usize, for_at_least: Duration) -> f64 {
     (n as f64 * size as f64) / start.elapsed().as_secs_f64()
 }
 
-/// p50 of a blocking-socket TCP ping-pong over loopback, in µs.
-fn raw_tcp_pingpong_p50_us(size: usize, rounds: usize) -> Result<f64, String> {
+/// p50 of a blocking-socket TCP ping-pong over loopback, in µs, with
+/// `inflight` requests pipelined (1 = strict ping-pong). Each request's time
+/// runs from its write to the read of its echo. Returns 0 (n/a) when the
+/// pipelined bytes could fill both socket buffers and deadlock this
+/// single-threaded client.
+fn raw_tcp_pingpong_p50_us(size: usize, rounds: usize, inflight: usize) -> Result<f64, String> {
+    let inflight = inflight.clamp(1, rounds.max(1));
+    if inflight > 1 && inflight.saturating_mul(size) > 64 * 1024 {
+        return Ok(0.0);
+    }
     let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| e.to_string())?;
     let addr = l.local_addr().map_err(|e| e.to_string())?;
     let echo = std::thread::spawn(move || -> std::io::Result<()> {
@@ -493,11 +999,23 @@ fn raw_tcp_pingpong_p50_us(size: usize, rounds: usize) -> Result<f64, String> {
     let mut buf = vec![0u8; size];
     let mut hist =
         Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
-    for _ in 0..rounds {
-        let t = Instant::now();
+    let mut sent_at = std::collections::VecDeque::with_capacity(inflight);
+    let mut sent = 0;
+    for _ in 0..inflight {
+        sent_at.push_back(Instant::now());
         c.write_all(&buf).map_err(|e| e.to_string())?;
+        sent += 1;
+    }
+    for _ in 0..rounds {
         c.read_exact(&mut buf).map_err(|e| e.to_string())?;
-        let _ = hist.record((t.elapsed().as_nanos() as u64 / 1000).max(1));
+        if let Some(t) = sent_at.pop_front() {
+            let _ = hist.record((t.elapsed().as_nanos() as u64 / 1000).max(1));
+        }
+        if sent < rounds {
+            sent_at.push_back(Instant::now());
+            c.write_all(&buf).map_err(|e| e.to_string())?;
+            sent += 1;
+        }
     }
     echo.join()
         .map_err(|_| "echo panicked")?

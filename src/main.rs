@@ -1,13 +1,20 @@
 //! The `shoal` command.
 //!
-//! `shoal bench` runs a local loopback cluster (the main job); see
-//! `shoal bench --help`.
+//! - `shoal keygen --out FILE [--force]`: a new Ed25519 identity.
+//! - `shoal node --config FILE`: a long-running node (see `docs/operating.md`).
+//! - `shoal bench`: a local loopback cluster; see `shoal bench --help`.
+//!
+//! Exit codes: 0 success, 1 runtime failure, 2 invalid config or usage.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod config_file;
+mod node;
+mod plot;
 
 #[derive(Parser)]
 #[command(
@@ -16,7 +23,8 @@ mod bench;
     about = "shoal: encrypted p2p networking for validators"
 )]
 struct Cli {
-    /// Log level (error, warn, info, debug, trace). No logs unless given.
+    /// Log level or filter (error, warn, info, debug, trace, or an
+    /// EnvFilter directive such as `shoal_engine=debug`). No logs unless given.
     #[arg(long, global = true)]
     log: Option<String>,
     #[command(subcommand)]
@@ -25,25 +33,70 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Benchmark a local loopback cluster (default: 64 KiB throughput and
-    /// 64 B round trips, with same-run baselines).
+    /// Write a new Ed25519 identity (mode 0600) and print its public key (hex).
+    Keygen {
+        /// Key file to create.
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Run a node from a TOML config until SIGINT or SIGTERM.
+    Node {
+        /// The node's TOML config (see docs/operating.md).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Benchmark a local loopback cluster (default: 64 KiB throughput, 64 B
+    /// round trips, 32 pipelined 64 B requests and a 16 KiB fanout to 3
+    /// peers, with same-run baselines).
     Bench(bench::BenchArgs),
+}
+
+fn keygen(out: &std::path::Path, force: bool) -> ExitCode {
+    let signer = shoal::engine::Ed25519Signer::generate();
+    match signer.save(out, force) {
+        Ok(()) => {
+            println!("{:#}", shoal::crypto::Signer::public_key(&signer));
+            ExitCode::SUCCESS
+        }
+        Err(e @ shoal::crypto::IdentityError::AlreadyExists { .. }) => {
+            eprintln!("shoal keygen: {e}; pass --force to replace it");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("shoal keygen: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(level) = &cli.log {
-        let filter = tracing_subscriber::EnvFilter::try_new(level)
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        let filter = match tracing_subscriber::EnvFilter::try_new(level) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("shoal: invalid --log {level:?}: {e}");
+                return ExitCode::from(2);
+            }
+        };
         tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(std::io::stderr)
             .init();
     }
     match cli.cmd {
+        Command::Keygen { out, force } => keygen(&out, force),
+        Command::Node { config } => node::run(&config),
         Command::Bench(args) => match bench::run(args) {
             Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
+            Err(bench::BenchError::Config(e)) => {
+                eprintln!("shoal bench: {e}");
+                ExitCode::from(node::EXIT_CONFIG)
+            }
+            Err(bench::BenchError::Run(e)) => {
                 eprintln!("shoal bench: {e}");
                 ExitCode::from(1)
             }
