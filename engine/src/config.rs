@@ -62,6 +62,19 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// How often an established connection sends a keep-alive ping when idle.
     pub ping_interval: Duration,
+    /// Address advertised in this node's signed record (default: `listen`).
+    pub advertise: Option<SocketAddr>,
+    /// Peer sets kept by the oracle; keys outside all of them are refused.
+    pub tracked_peer_sets: usize,
+    /// Most signed address records sent in answer to one bit vector.
+    pub peer_gossip_max: usize,
+    /// How often each connection gets a bit-vector ping (discovery gossip).
+    pub gossip_interval: Duration,
+    /// Accept address records with private, loopback or link-local IPs
+    /// (needed on loopback clusters; off on the public internet).
+    pub allow_private_ips: bool,
+    /// Discovery records queued from the data shards to the control shard.
+    pub control_queue: usize,
     /// How often the dialer looks for peers to dial.
     pub dial_frequency: Duration,
     /// Consecutive failed dials after which a peer waits `dial_backoff_max`.
@@ -124,6 +137,12 @@ impl Config {
             handshake_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(3),
+            advertise: None,
+            tracked_peer_sets: 4,
+            peer_gossip_max: 32,
+            gossip_interval: Duration::from_secs(5),
+            allow_private_ips: false,
+            control_queue: 4096,
             dial_frequency: Duration::from_secs(1),
             dial_attempts: 3,
             dial_backoff_min: Duration::from_millis(500),
@@ -145,6 +164,7 @@ impl Config {
     pub fn aggressive(listen: Option<SocketAddr>) -> Self {
         Self {
             dial_frequency: Duration::from_millis(500),
+            gossip_interval: Duration::from_secs(1),
             ping_interval: Duration::from_secs(1),
             dial_backoff_min: Duration::from_millis(200),
             dial_backoff_max: Duration::from_secs(5),
@@ -156,6 +176,8 @@ impl Config {
     pub fn local(listen: Option<SocketAddr>) -> Self {
         Self {
             dial_frequency: Duration::from_millis(100),
+            gossip_interval: Duration::from_millis(250),
+            allow_private_ips: true,
             ping_interval: Duration::from_secs(1),
             dial_backoff_min: Duration::from_millis(50),
             dial_backoff_max: Duration::from_secs(1),
@@ -203,6 +225,12 @@ impl Config {
         }
         if self.idle_timeout <= self.ping_interval {
             return bad("idle_timeout", "must be longer than ping_interval");
+        }
+        if self.tracked_peer_sets == 0 {
+            return bad("tracked_peer_sets", "must be > 0");
+        }
+        if self.control_queue == 0 {
+            return bad("control_queue", "must be > 0");
         }
         if self.max_in_progress_messages == 0 {
             return bad("max_in_progress_messages", "must be > 0");

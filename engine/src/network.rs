@@ -28,18 +28,19 @@ use mio::{Events, Interest, Poll, Token};
 use prometheus_client::metrics::counter::Counter;
 use rand::Rng;
 use shoal_crypto::{HandshakeConfig, PublicKey};
-use shoal_wire::{ChunkLimits, CloseReason};
+use shoal_wire::{ChunkLimits, CloseReason, Peers, Record};
 
 use crate::channels::{ChannelSpec, Channels, Receiver, Sender};
 use crate::clock::Clock;
 use crate::config::{Backend, Config};
-use crate::connection::{Authorizer, ConnectionConfig};
+use crate::connection::{Authorizer, ConnectionConfig, ControlOut};
+use crate::discovery::{Discovery, DiscoveryConfig};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::oracle::{Oracle, OracleState};
 use crate::peers::PeerTable;
 use crate::shard::{Command, ShardCore, ShardLink};
-use crate::shared::Shared;
+use crate::shared::{ControlEvent, Shared};
 use crate::waker::ShardWaker;
 
 /// A configured, not yet started network.
@@ -48,6 +49,7 @@ pub struct Network {
     queues: Vec<StdReceiver<Command>>,
     channels: HashMap<u32, Arc<ChannelSpec>>,
     control_waker: Arc<ShardWaker>,
+    control_rx: StdReceiver<ControlEvent>,
 }
 
 impl Network {
@@ -64,8 +66,10 @@ impl Network {
             links.push(ShardLink { tx, waker });
             queues.push(rx);
         }
-        let oracle = Arc::new(OracleState::new(4));
+        let oracle = Arc::new(OracleState::new(config.tracked_peer_sets));
         let config_max_pending = config.max_pending_requests;
+        let (control_tx, control_rx) = sync_channel(config.control_queue);
+        let control_waker = Arc::new(ShardWaker::new(Counter::default())?);
         let shared = Arc::new(Shared {
             config,
             metrics,
@@ -77,14 +81,16 @@ impl Network {
             outbound: AtomicUsize::new(0),
             running: AtomicBool::new(false),
             rpc: crate::rpc::RpcState::new(shards, config_max_pending),
+            control_tx,
+            control_waker: control_waker.clone(),
         });
-        let control_waker = Arc::new(ShardWaker::new(Counter::default())?);
         Ok((
             Network {
                 shared,
                 queues,
                 channels: HashMap::new(),
                 control_waker,
+                control_rx,
             },
             Oracle { state: oracle },
         ))
@@ -175,6 +181,7 @@ impl Network {
             queues,
             channels,
             control_waker,
+            control_rx,
         } = self;
         let _ = shared.channels.set(Arc::new(Channels { map: channels }));
         let config = &shared.config;
@@ -245,7 +252,9 @@ impl Network {
             let waker = control_waker.clone();
             std::thread::Builder::new()
                 .name("shoal-control".into())
-                .spawn(move || control_loop(shared, listener, waker, stop))?
+                .spawn(move || {
+                    control_loop(shared, listener, local_addr, control_rx, waker, stop)
+                })?
         };
 
         Ok(NetworkHandle {
@@ -401,9 +410,12 @@ struct DialState {
 /// no connection has to be replaced.
 const LARGER_KEY_GRACE_PERIODS: u32 = 2;
 
+#[allow(clippy::too_many_arguments)]
 fn control_loop(
     shared: Arc<Shared>,
     listener: Option<TcpListener>,
+    local_addr: Option<SocketAddr>,
+    inbox: StdReceiver<ControlEvent>,
     waker: Arc<ShardWaker>,
     stop: Arc<AtomicBool>,
 ) {
@@ -424,14 +436,34 @@ fn control_loop(
         )?;
         let cfg = &shared.config;
         let me = cfg.identity.public_key().clone();
+        let clock = Clock::system();
+        let mut discovery = Discovery::new(
+            DiscoveryConfig {
+                namespace: cfg.namespace.clone(),
+                tracked_peer_sets: cfg.tracked_peer_sets,
+                peer_gossip_max: cfg.peer_gossip_max,
+                synchrony_bound: cfg.synchrony_bound,
+                allow_private_ips: cfg.allow_private_ips,
+            },
+            cfg.identity.clone(),
+        );
+        let advertise = cfg
+            .advertise
+            .or(local_addr)
+            .filter(|a| !a.ip().is_unspecified());
+        if let Some(addr) = advertise {
+            discovery.refresh_own(addr, clock.unix_ms(Instant::now()));
+        }
         let mut next_shard = 0usize;
         let mut dial_states: HashMap<PublicKey, DialState> = HashMap::new();
         let mut next_dial = Instant::now();
+        let mut next_gossip = Instant::now() + cfg.gossip_interval;
+        let mut last_answer: HashMap<PublicKey, Instant> = HashMap::new();
         let mut seen_version = u64::MAX;
         let mut rng = rand::thread_rng();
         while !stop.load(Ordering::Acquire) {
             let now = Instant::now();
-            let timeout = next_dial.saturating_duration_since(now);
+            let timeout = next_dial.min(next_gossip).saturating_duration_since(now);
             if let Err(e) = poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != std::io::ErrorKind::Interrupted {
                     return Err(e);
@@ -447,65 +479,177 @@ fn control_loop(
             }
             // Accept everything pending.
             if let Some(l) = &listener {
-                loop {
-                    match l.accept() {
-                        Ok((stream, from)) => {
-                            if shared.inbound.load(Ordering::Acquire) >= cfg.max_inbound {
-                                shared.metrics.refuse("max_inbound");
-                                tracing::debug!(%from, "inbound limit reached; refusing");
-                                drop(stream);
-                                continue;
-                            }
-                            shared.inbound.fetch_add(1, Ordering::AcqRel);
-                            let shard = next_shard % shared.shards.len();
-                            next_shard = next_shard.wrapping_add(1);
-                            if shared.shards[shard]
-                                .send(Command::Adopt { stream })
-                                .is_err()
-                            {
-                                shared.inbound.fetch_sub(1, Ordering::AcqRel);
-                                shared.metrics.refuse("shard_queue_full");
-                            }
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                        Err(e) => {
-                            // EMFILE and friends: log and retry on the next tick.
-                            tracing::warn!(error = %e, "accept failed");
-                            break;
-                        }
-                    }
-                }
+                accept_all(&shared, l, &mut next_shard);
             }
-            let now = Instant::now();
-            if now < next_dial {
-                continue;
-            }
-            next_dial = now + cfg.dial_frequency;
 
-            // Disconnect peers that left every tracked set.
+            // Peer sets changed: follow them, drop peers that left every set.
             let version = shared.oracle.version();
             if version != seen_version {
                 seen_version = version;
+                for (index, keys) in shared.oracle.sets() {
+                    discovery.register(index, keys);
+                }
                 let authorized = shared.oracle.authorized();
                 shared.peers.with(|map| {
                     for (peer, h) in map.iter() {
                         if !authorized.contains(peer) {
-                            if let Some(link) = shared.shards.get(h.id.shard) {
-                                let _ = link.send(Command::Close {
+                            send_to_shard(
+                                &shared,
+                                h.id.shard,
+                                Command::Close {
                                     id: h.id,
                                     reason: CloseReason::Unauthorized,
-                                });
-                            }
+                                },
+                            );
                         }
                     }
                 });
             }
 
-            // Dial known, authorized, unconnected peers.
+            // Discovery records from the data shards.
+            let now = Instant::now();
+            let now_ms = clock.unix_ms(now);
+            while let Ok(ev) = inbox.try_recv() {
+                match ev {
+                    ControlEvent::Connected { peer, id } => {
+                        tracing::trace!(%peer, "sending our record and a bit vector");
+                        // Our record right after the handshake, then a ping.
+                        if let Some(own) = discovery.own_record().cloned() {
+                            send_control(
+                                &shared,
+                                id,
+                                ControlOut::Peers(Peers { peers: vec![own] }),
+                            );
+                        }
+                        if let Some(bv) = discovery.random_ping(&mut rng) {
+                            send_control(&shared, id, ControlOut::BitVec(bv));
+                        }
+                    }
+                    ControlEvent::Record { peer, id, record } => match record {
+                        Record::BitVec(bv) => {
+                            // Answers cost up to `peer_gossip_max` records:
+                            // at most one per peer per quarter interval.
+                            let min_gap = cfg.gossip_interval / 4;
+                            if last_answer
+                                .get(&peer)
+                                .is_some_and(|t| now.duration_since(*t) < min_gap)
+                            {
+                                shared.metrics.refuse("bit_vec_rate");
+                                continue;
+                            }
+                            last_answer.insert(peer.clone(), now);
+                            match discovery.handle_bit_vec(&bv, &mut rng) {
+                                Ok(answer) if !answer.peers.is_empty() => {
+                                    send_control(&shared, id, ControlOut::Peers(answer));
+                                }
+                                Ok(_) => {}
+                                Err(e) => {
+                                    shared.metrics.refuse("bad_bit_vec");
+                                    tracing::debug!(%peer, error = %e, "bit vector refused");
+                                }
+                            }
+                        }
+                        Record::Peers(peers) => match discovery.handle_peers(&peers, now_ms) {
+                            Ok(outcome) => {
+                                for r in &outcome.rejected {
+                                    shared.metrics.refuse("bad_peer_record");
+                                    if r.is_misbehavior() {
+                                        tracing::debug!(%peer, error = %r, "peer sent a forged record; disconnecting");
+                                        send_to_shard(
+                                            &shared,
+                                            id.shard,
+                                            Command::Close {
+                                                id,
+                                                reason: CloseReason::ProtocolViolation,
+                                            },
+                                        );
+                                        break;
+                                    }
+                                }
+                                // A peer moved: pass the newer record on once,
+                                // so nodes holding the old one learn it (their
+                                // bit vectors would never ask for it).
+                                if !outcome.moved.is_empty() {
+                                    let moved = Peers {
+                                        peers: outcome.moved.clone(),
+                                    };
+                                    shared.peers.with(|map| {
+                                        for (k, h) in map.iter() {
+                                            if *k != peer {
+                                                send_control(
+                                                    &shared,
+                                                    h.id,
+                                                    ControlOut::Peers(moved.clone()),
+                                                );
+                                            }
+                                        }
+                                    });
+                                }
+                                // A new address for a peer: dial it soon.
+                                for (k, _) in &outcome.accepted {
+                                    if let Some(st) = dial_states.get_mut(k) {
+                                        st.next_allowed = st.next_allowed.min(now);
+                                        st.failures = 0;
+                                    }
+                                }
+                            }
+                            Err(e) => {
+                                shared.metrics.refuse("bad_peers");
+                                tracing::debug!(%peer, error = %e, "peers batch refused; disconnecting");
+                                send_to_shard(
+                                    &shared,
+                                    id.shard,
+                                    Command::Close {
+                                        id,
+                                        reason: CloseReason::ProtocolViolation,
+                                    },
+                                );
+                            }
+                        },
+                        // Kademlia records belong to open mode.
+                        _ => shared.metrics.refuse("unexpected_control_record"),
+                    },
+                }
+            }
+
+            // Gossip: a bit-vector ping on every connection.
+            if now >= next_gossip {
+                next_gossip = now + cfg.gossip_interval;
+                if let Some(addr) = advertise {
+                    // Refresh our record now and then so a restart on a new
+                    // port wins everywhere (newer timestamp).
+                    if discovery
+                        .own_record()
+                        .is_none_or(|r| now_ms.saturating_sub(r.timestamp) > OWN_RECORD_REFRESH_MS)
+                    {
+                        discovery.refresh_own(addr, now_ms);
+                    }
+                }
+                last_answer.retain(|k, _| shared.peers.contains(k));
+                shared.peers.with(|map| {
+                    for h in map.values() {
+                        if let Some(bv) = discovery.random_ping(&mut rng) {
+                            send_control(&shared, h.id, ControlOut::BitVec(bv));
+                        }
+                    }
+                });
+            }
+
+            if now < next_dial {
+                continue;
+            }
+            next_dial = now + cfg.dial_frequency;
+
+            // Dial tracked, unconnected peers: signed records first (newest
+            // address), static addresses (bootstrappers) otherwise.
             let authorized = shared.oracle.authorized();
             let dialing = shared.peers.dialing_snapshot();
-            for (peer, addr) in shared.oracle.addresses() {
+            let mut candidates: HashMap<PublicKey, SocketAddr> =
+                shared.oracle.addresses().into_iter().collect();
+            for (k, a) in discovery.dialable() {
+                candidates.insert(k, a);
+            }
+            for (peer, addr) in candidates {
                 if peer == me || !authorized.contains(&peer) {
                     continue;
                 }
@@ -560,7 +704,6 @@ fn control_loop(
                     shared.peers.mark_dialing(&peer, false);
                 }
             }
-            // Forget states of peers we no longer know.
             if dial_states.len() > authorized.len() {
                 dial_states.retain(|k, _| authorized.contains(k));
             }
@@ -571,4 +714,52 @@ fn control_loop(
         tracing::error!(error = %e, "control shard failed");
     }
     drop(listener);
+}
+
+/// Our own record is re-signed after this long (ms).
+const OWN_RECORD_REFRESH_MS: u64 = 60_000;
+
+fn accept_all(shared: &Shared, l: &TcpListener, next_shard: &mut usize) {
+    let cfg = &shared.config;
+    loop {
+        match l.accept() {
+            Ok((stream, from)) => {
+                if shared.inbound.load(Ordering::Acquire) >= cfg.max_inbound {
+                    shared.metrics.refuse("max_inbound");
+                    tracing::debug!(%from, "inbound limit reached; refusing");
+                    drop(stream);
+                    continue;
+                }
+                shared.inbound.fetch_add(1, Ordering::AcqRel);
+                let shard = *next_shard % shared.shards.len();
+                *next_shard = next_shard.wrapping_add(1);
+                if shared.shards[shard]
+                    .send(Command::Adopt { stream })
+                    .is_err()
+                {
+                    shared.inbound.fetch_sub(1, Ordering::AcqRel);
+                    shared.metrics.refuse("shard_queue_full");
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                // EMFILE and friends: log and retry on the next tick.
+                tracing::warn!(error = %e, "accept failed");
+                break;
+            }
+        }
+    }
+}
+
+fn send_to_shard(shared: &Shared, shard: usize, cmd: Command) {
+    if let Some(link) = shared.shards.get(shard) {
+        if link.send(cmd).is_err() {
+            shared.metrics.control_dropped.inc();
+        }
+    }
+}
+
+fn send_control(shared: &Shared, id: crate::peers::ConnId, record: ControlOut) {
+    send_to_shard(shared, id.shard, Command::Control { id, record });
 }

@@ -51,6 +51,16 @@ impl OracleState {
         self.version.load(Ordering::Acquire)
     }
 
+    /// The tracked peer sets (index, sorted keys).
+    pub fn sets(&self) -> Vec<(u64, Vec<PublicKey>)> {
+        self.sets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(i, k)| (*i, k.clone()))
+            .collect()
+    }
+
     /// Known address of `key`.
     pub fn address(&self, key: &PublicKey) -> Option<SocketAddr> {
         self.addresses

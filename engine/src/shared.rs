@@ -12,6 +12,7 @@ use crate::oracle::OracleState;
 use crate::peers::PeerTable;
 use crate::rpc::RpcState;
 use crate::shard::ShardLink;
+use crate::waker::ShardWaker;
 
 pub(crate) struct Shared {
     pub config: Config,
@@ -27,4 +28,33 @@ pub(crate) struct Shared {
     pub outbound: AtomicUsize,
     pub running: AtomicBool,
     pub rpc: RpcState,
+    /// Data shards → control shard (discovery records, connection events).
+    pub control_tx: std::sync::mpsc::SyncSender<ControlEvent>,
+    pub control_waker: Arc<ShardWaker>,
+}
+
+/// What data shards tell the control shard.
+pub(crate) enum ControlEvent {
+    Connected {
+        peer: shoal_crypto::PublicKey,
+        id: crate::peers::ConnId,
+    },
+    Record {
+        peer: shoal_crypto::PublicKey,
+        id: crate::peers::ConnId,
+        record: shoal_wire::Record,
+    },
+}
+
+impl Shared {
+    /// Hands an event to the control shard; a full queue is counted (the
+    /// gossip that produced it repeats on the next interval).
+    pub fn to_control(&self, ev: ControlEvent) {
+        match self.control_tx.try_send(ev) {
+            Ok(()) => self.control_waker.wake(),
+            Err(_) => {
+                self.metrics.control_dropped.inc();
+            }
+        }
+    }
 }

@@ -157,7 +157,7 @@ pub enum PeersRejected {
 }
 
 /// What [`Discovery::handle_peers`] did with each record of a batch.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct PeersOutcome {
     /// Records taken (new key, or newer record for a known key), in message
     /// order: what the dialer may want to dial.
@@ -166,6 +166,11 @@ pub struct PeersOutcome {
     pub stale: usize,
     /// Records refused, with their reasons, in message order.
     pub rejected: Vec<RecordRejected>,
+    /// Accepted records that replaced an older one *with a different
+    /// address* (a peer moved). Bit vectors cannot say "my record for key i
+    /// is old", so the engine forwards these once to its other peers; that
+    /// is how a restart on a new port reaches nodes that hold the old one.
+    pub moved: Vec<PeerRecord>,
 }
 
 /// The discovery state of one node (see the module docs).
@@ -367,7 +372,17 @@ impl Discovery {
         for record in &peers.peers {
             match self.book.insert(record, now_ms, |k| sets.is_tracked(k)) {
                 Ok((Inserted::Stale, _, _)) => outcome.stale += 1,
-                Ok((_, key, addr)) => outcome.accepted.push((key, addr)),
+                Ok((inserted, key, addr)) => {
+                    if matches!(
+                        inserted,
+                        Inserted::Updated {
+                            address_changed: true
+                        }
+                    ) {
+                        outcome.moved.push(record.clone());
+                    }
+                    outcome.accepted.push((key, addr));
+                }
                 Err(reason) => outcome.rejected.push(reason),
             }
         }

@@ -710,6 +710,7 @@ fn discovery_handle_peers_bounded_and_mixed() {
                     now_ms: NOW
                 },
             ],
+            moved: vec![],
         }
     );
     assert_eq!(d.known(), 3);

@@ -47,6 +47,11 @@ pub(crate) enum Command {
     Dial { peer: PublicKey, addr: SocketAddr },
     /// Close a connection gracefully.
     Close { id: ConnId, reason: CloseReason },
+    /// Send a control record (discovery) on a connection.
+    Control {
+        id: ConnId,
+        record: crate::connection::ControlOut,
+    },
     /// Ping a connection; answer with the round trip.
     Ping {
         id: ConnId,
@@ -253,6 +258,19 @@ impl ShardCore {
                     self.dirty.push(id.key);
                 }
             }
+            Command::Control { id, record } => {
+                if let Some(slot) = self
+                    .conns
+                    .get_mut(id.key)
+                    .filter(|s| s.generation == id.generation)
+                {
+                    if slot.conn.send_control(record).is_ok() {
+                        self.dirty.push(id.key);
+                    } else {
+                        self.shared.metrics.control_dropped.inc();
+                    }
+                }
+            }
             Command::Ping { id, reply } => {
                 if let Some(slot) = self
                     .conns
@@ -350,8 +368,13 @@ impl ShardCore {
                     }
                 }
             },
-            Event::Control(_) => {
-                self.shared.metrics.control_dropped.inc();
+            Event::Control(record) => {
+                let Some(id) = self.conn_id(key) else { return };
+                let Some(peer) = self.conns.get(key).and_then(|s| s.conn.peer().cloned()) else {
+                    return;
+                };
+                self.shared
+                    .to_control(crate::shared::ControlEvent::Record { peer, id, record });
             }
             Event::Pong { rtt, .. } => {
                 if let Some(slot) = self.conns.get_mut(key) {
@@ -501,9 +524,15 @@ impl ShardCore {
             }
         }
         self.shared.metrics.connections.inc();
+        let id = handle.id;
         if let Some(slot) = self.conns.get_mut(key) {
             slot.handle = Some(handle);
         }
+        self.shared
+            .to_control(crate::shared::ControlEvent::Connected {
+                peer: peer.clone(),
+                id,
+            });
         tracing::debug!(shard = self.id, %peer, "connection established");
     }
 
