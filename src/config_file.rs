@@ -174,7 +174,7 @@ impl FileConfig {
     pub fn load(path: &Path) -> Result<FileConfig, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        toml::from_str(&text).map_err(|e| e.to_string())
+        toml::from_str(&text).map_err(|e| describe_toml_error(&text, &e))
     }
 
     /// The preset with every override applied (identity left random,
@@ -268,6 +268,37 @@ impl FileConfig {
         }
         c.validate().map_err(engine_error)?;
         Ok((c, peers, random))
+    }
+}
+
+/// "`field`: what is wrong (line L, column C)", naming the field from the
+/// error's position (the key on that line, qualified by its `[table]`).
+fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().trim();
+    let Some(span) = e.span() else {
+        return msg.to_string();
+    };
+    let start = span.start.min(text.len());
+    let line_no = text[..start].matches('\n').count();
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let column = text[line_start..start].chars().count() + 1;
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim().trim_matches('"'))
+        .filter(|k| !k.is_empty() && !k.starts_with('['));
+    // The innermost table header above the line, if any.
+    let table = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+    let at = format!("(line {}, column {column})", line_no + 1);
+    match (key, table) {
+        (Some(k), Some(t)) => format!("`{t}.{k}`: {msg} {at}"),
+        (Some(k), None) => format!("`{k}`: {msg} {at}"),
+        (None, _) => format!("{msg} {at}"),
     }
 }
 

@@ -178,6 +178,14 @@ pub fn run(config_path: &Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+fn backend_name(b: shoal::engine::Backend) -> &'static str {
+    match b {
+        shoal::engine::Backend::IoUring => "io_uring",
+        shoal::engine::Backend::Epoll => "epoll",
+        shoal::engine::Backend::Auto => "auto",
+    }
+}
+
 /// Echoes every message on the channel back to its sender until `stop`.
 fn echo_loop(tx: Sender, rx: Receiver, stop: Arc<Notify>) {
     let rt = match tokio::runtime::Builder::new_current_thread().build() {

@@ -1,0 +1,479 @@
+//! The `shoal` binary end to end: keygen, node (echo, metrics, signals),
+//! bench --json, invalid configs.
+//!
+//! No assertion depends on speed: every wait is a liveness deadline, and a
+//! child process is killed if the test fails (see [`Proc`]).
+
+mod common;
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use shoal::engine::{Backend, Config, Ed25519Signer, Network, PublicKey};
+
+const BIN: &str = env!("CARGO_BIN_EXE_shoal");
+/// Liveness bound for anything we wait on.
+const WAIT: Duration = Duration::from_secs(30);
+const ECHO: u32 = 7;
+
+/// A scratch directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("shoal-cli-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&p);
+        fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    fn path(&self, f: &str) -> PathBuf {
+        self.0.join(f)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process killed (and reaped) if still running when dropped.
+struct Proc {
+    child: Option<Child>,
+    stderr: PathBuf,
+}
+
+impl Proc {
+    fn spawn(args: &[&str], stderr: PathBuf) -> Proc {
+        let err = fs::File::create(&stderr).unwrap();
+        let child = Command::new(BIN)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(err))
+            .spawn()
+            .expect("spawn shoal");
+        Proc {
+            child: Some(child),
+            stderr,
+        }
+    }
+
+    fn stderr(&self) -> String {
+        fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().unwrap().id().to_string();
+        let st = Command::new("kill")
+            .args([sig, pid.as_str()])
+            .status()
+            .unwrap();
+        assert!(st.success(), "kill {sig} {pid}");
+    }
+
+    /// Waits for exit within `WAIT`; panics (and the guard kills) otherwise.
+    fn wait(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        let child = self.child.as_mut().unwrap();
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                self.child = None;
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "shoal did not exit within {WAIT:?}; stderr:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn shoal(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run shoal")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn keygen(path: &Path) -> String {
+    let out = shoal(&["keygen", "--out", path.to_str().unwrap()]);
+    assert!(out.status.success(), "keygen: {}", text(&out.stderr));
+    let hex = text(&out.stdout).trim().to_string();
+    assert_eq!(hex.len(), 64, "a full hex public key: {hex:?}");
+    hex
+}
+
+fn hex(pk: &PublicKey) -> String {
+    format!("{pk:#}")
+}
+
+fn parse_key(hex: &str) -> PublicKey {
+    let bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
+    shoal::crypto::Scheme::parse_public_key(&shoal::crypto::ED25519, &bytes).unwrap()
+}
+
+/// `GET path` over HTTP/1.1; returns (status line, body).
+fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
+    let mut s = TcpStream::connect(addr).expect("connect to the metrics endpoint");
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.set_write_timeout(Some(WAIT)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let (head, body) = resp.split_once("\r\n\r\n").expect("an HTTP response");
+    (
+        head.lines().next().unwrap_or("").to_string(),
+        body.to_string(),
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn node_toml(
+    key_file: &str,
+    listen: SocketAddr,
+    metrics: SocketAddr,
+    peers: &[(&str, SocketAddr)],
+) -> String {
+    let mut t = format!(
+        "identity = \"{key_file}\"\nlisten = \"{listen}\"\npreset = \"local\"\nbackend = \"auto\"\n\
+         shards = 1\nidle_timeout = \"20s\"\necho_channel = {ECHO}\nmetrics = \"{metrics}\"\n"
+    );
+    for (k, a) in peers {
+        t.push_str(&format!("\n[[peers]]\nkey = \"{k}\"\naddress = \"{a}\"\n"));
+    }
+    t
+}
+
+#[test]
+fn two_nodes_echo_serve_metrics_and_stop_on_sigterm() {
+    let dir = TempDir::new("nodes");
+    let k1 = keygen(&dir.path("n1.key"));
+    let k2 = keygen(&dir.path("n2.key"));
+    assert_ne!(k1, k2);
+
+    // The test itself is the third node, authorized by both.
+    let me = Arc::new(Ed25519Signer::generate());
+    let my_key = hex(shoal::crypto::Signer::public_key(&*me));
+    let (a1, a2, a_me) = (
+        common::free_addr(),
+        common::free_addr(),
+        common::free_addr(),
+    );
+    let (m1, m2) = (common::free_addr(), common::free_addr());
+    fs::write(
+        dir.path("n1.toml"),
+        node_toml("n1.key", a1, m1, &[(&k2, a2), (&my_key, a_me)]),
+    )
+    .unwrap();
+    fs::write(
+        dir.path("n2.toml"),
+        node_toml("n2.key", a2, m2, &[(&k1, a1), (&my_key, a_me)]),
+    )
+    .unwrap();
+    let c1 = dir.path("n1.toml");
+    let c2 = dir.path("n2.toml");
+    let mut n1 = Proc::spawn(
+        &["node", "--config", c1.to_str().unwrap()],
+        dir.path("n1.err"),
+    );
+    let mut n2 = Proc::spawn(
+        &["node", "--config", c2.to_str().unwrap()],
+        dir.path("n2.err"),
+    );
+
+    let mut cfg = Config::local(Some(a_me)).with_identity(me.clone());
+    cfg.backend = Backend::Epoll;
+    let (mut net, oracle) = Network::new(cfg).unwrap();
+    let (tx, rx) = net.register(ECHO, None, 1 << 20, 64, None).unwrap();
+    let (pk1, pk2) = (parse_key(&k1), parse_key(&k2));
+    oracle.register(0, vec![pk1.clone(), pk2.clone()]);
+    oracle.add_address(pk1.clone(), a1);
+    oracle.add_address(pk2.clone(), a2);
+    let handle = net.start().unwrap();
+    assert!(
+        handle.wait_peers(WAIT, |p| p.len() == 2),
+        "both nodes connect to the test node; node 1:\n{}\nnode 2:\n{}",
+        n1.stderr(),
+        n2.stderr()
+    );
+
+    // Echo through each node.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    for (i, pk) in [&pk1, &pk2].into_iter().enumerate() {
+        let payload = Bytes::from(format!("hello node {}", i + 1));
+        tx.send_to(pk, payload.clone(), false).unwrap();
+        let (from, got) = rt
+            .block_on(async { tokio::time::timeout(WAIT, rx.recv()).await })
+            .expect("an echo within the deadline")
+            .expect("network open");
+        assert_eq!(&from, pk, "the echo comes from the node it was sent to");
+        assert_eq!(got, payload);
+    }
+
+    // Metrics: both nodes also connect to each other (from their [[peers]]).
+    for (m, p) in [(m1, &n1), (m2, &n2)] {
+        let deadline = Instant::now() + WAIT;
+        let body = loop {
+            let (status, body) = http_get(m, "/metrics");
+            assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+            if body.contains("shoal_connections 2") {
+                break body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node never reached 2 connections; metrics:\n{body}\nstderr:\n{}",
+                p.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        for name in [
+            "shoal_connections",
+            "shoal_handshakes",
+            "shoal_send_queue_full",
+            "shoal_messages_in",
+            "shoal_messages_out",
+            "shoal_bytes_in",
+        ] {
+            assert!(body.contains(name), "metric {name} missing:\n{body}");
+        }
+        assert!(
+            body.contains(&format!("shoal_messages_in_total{{channel=\"{ECHO}\"}} 1")),
+            "exactly one message arrived on the echo channel:\n{body}"
+        );
+        assert!(body.trim_end().ends_with("# EOF"), "{body}");
+        let (status, _) = http_get(m, "/nope");
+        assert!(status.starts_with("HTTP/1.1 404"), "{status}");
+    }
+
+    handle.shutdown(Duration::from_millis(100));
+    for (p, k) in [(&mut n1, &k1), (&mut n2, &k2)] {
+        p.signal("-TERM");
+        let st = p.wait();
+        let err = p.stderr();
+        assert_eq!(st.code(), Some(0), "graceful exit; stderr:\n{err}");
+        assert!(err.contains(&format!("public key {k}")), "{err}");
+        assert!(err.contains("listening on 127.0.0.1:"), "{err}");
+        assert!(err.contains("SIGTERM"), "{err}");
+    }
+}
+
+#[test]
+fn sigint_stops_a_node_without_identity() {
+    let dir = TempDir::new("sigint");
+    let cfg = dir.path("n.toml");
+    fs::write(
+        &cfg,
+        format!("listen = \"{}\"\npreset = \"local\"\n", common::free_addr()),
+    )
+    .unwrap();
+    let mut n = Proc::spawn(
+        &["node", "--config", cfg.to_str().unwrap()],
+        dir.path("n.err"),
+    );
+    // Wait for the startup lines (printed after the handlers are installed).
+    let deadline = Instant::now() + WAIT;
+    while !n.stderr().contains("public key") {
+        assert!(
+            Instant::now() < deadline,
+            "no startup line:\n{}",
+            n.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    n.signal("-INT");
+    let st = n.wait();
+    let err = n.stderr();
+    assert_eq!(st.code(), Some(0), "{err}");
+    assert!(
+        err.contains("random key"),
+        "warns about the random key: {err}"
+    );
+}
+
+#[test]
+fn keygen_refuses_to_overwrite_without_force() {
+    let dir = TempDir::new("keygen");
+    let path = dir.path("id.key");
+    let first = keygen(&path);
+    let before = fs::read(&path).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    let again = shoal(&["keygen", "--out", path.to_str().unwrap()]);
+    assert!(!again.status.success());
+    assert!(
+        text(&again.stderr).contains("--force"),
+        "{}",
+        text(&again.stderr)
+    );
+    assert_eq!(fs::read(&path).unwrap(), before, "the key is untouched");
+    let forced = shoal(&["keygen", "--out", path.to_str().unwrap(), "--force"]);
+    assert!(forced.status.success(), "{}", text(&forced.stderr));
+    assert_ne!(text(&forced.stdout).trim(), first, "a new key");
+}
+
+#[test]
+fn invalid_configs_exit_2_naming_the_field() {
+    let dir = TempDir::new("badcfg");
+    let good_key = keygen(&dir.path("x.key"));
+    let cases: &[(&str, &str)] = &[
+        // Config::validate
+        (
+            "preset = \"local\"\nidle_timeout = \"1s\"\nping_interval = \"2s\"\n",
+            "idle_timeout",
+        ),
+        ("max_frame_body = 10\n", "max_frame_body"),
+        // Type and value errors from the parser.
+        ("recv_buffers = \"many\"\n", "recv_buffers"),
+        ("handshake_timeout = 5\n", "handshake_timeout"),
+        ("backend = \"kqueue\"\n", "backend"),
+        ("listen = \"nowhere\"\n", "listen"),
+        // Unknown field.
+        ("idle_timout = \"30s\"\n", "idle_timout"),
+        // Peers.
+        ("[[peers]]\nkey = \"abcd\"\n", "peers[0].key"),
+        ("identity = \"missing.key\"\n", "identity"),
+    ];
+    for (i, (toml, field)) in cases.iter().enumerate() {
+        let p = dir.path(&format!("bad{i}.toml"));
+        fs::write(&p, toml).unwrap();
+        let out = shoal(&["node", "--config", p.to_str().unwrap()]);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{toml:?}: {err}");
+        assert!(
+            err.contains(field),
+            "{toml:?}: stderr must name {field}: {err}"
+        );
+    }
+    // A valid key in a peer entry but an unknown field inside it.
+    let p = dir.path("peerfield.toml");
+    fs::write(
+        &p,
+        format!("[[peers]]\nkey = \"{good_key}\"\nadress = \"1.2.3.4:5\"\n"),
+    )
+    .unwrap();
+    let out = shoal(&["node", "--config", p.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("adress"));
+    // bench reads the same file and fails the same way.
+    let p = dir.path("bad0.toml");
+    let out = shoal(&["bench", "--config", p.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("idle_timeout"));
+}
+
+fn bench_json(args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["bench", "--json", "--backend", "epoll", "--rounds", "1"];
+    all.extend_from_slice(args);
+    let out = shoal(&all);
+    assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert_eq!(stdout.trim().lines().count(), 1, "one JSON line: {stdout}");
+    serde_json::from_str(stdout.trim()).expect("stdout is one JSON object")
+}
+
+#[test]
+fn bench_json_throughput_delivers_everything() {
+    let v = bench_json(&[
+        "--scenario",
+        "throughput",
+        "--messages",
+        "200",
+        "--size",
+        "4096",
+    ]);
+    for k in [
+        "scenario",
+        "backend",
+        "shards",
+        "size",
+        "messages",
+        "delivered",
+        "seconds",
+        "msgs_per_sec",
+        "bytes_per_sec",
+        "latency_us",
+    ] {
+        assert!(v.get(k).is_some(), "key {k} missing: {v}");
+    }
+    assert_eq!(v["scenario"], "throughput");
+    assert_eq!(v["backend"], "epoll");
+    assert_eq!(v["size"], 4096);
+    assert_eq!(v["messages"], 200);
+    assert_eq!(v["delivered"], v["messages"]);
+}
+
+#[test]
+fn bench_json_rpc_and_fanout() {
+    let dir = TempDir::new("bench");
+    let plot = dir.path("p.svg");
+    let v = bench_json(&[
+        "--scenario",
+        "rpc",
+        "--inflight",
+        "4",
+        "--messages",
+        "300",
+        "--plot",
+        plot.to_str().unwrap(),
+    ]);
+    assert_eq!(v["scenario"], "rpc");
+    assert_eq!(v["inflight"], 4);
+    assert_eq!(v["delivered"], 300);
+    for k in ["p50", "p90", "p99", "p999", "max"] {
+        assert!(v["latency_us"][k].is_number(), "latency_us.{k}: {v}");
+    }
+    let svg = fs::read_to_string(&plot).unwrap();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+
+    let v = bench_json(&[
+        "--scenario",
+        "fanout",
+        "--peers",
+        "2",
+        "--messages",
+        "50",
+        "--size",
+        "1024",
+    ]);
+    assert_eq!(v["scenario"], "fanout");
+    assert_eq!(v["peers"], 2);
+    assert_eq!(v["messages"], 100, "50 sends to each of 2 peers");
+    assert_eq!(v["delivered"], 100);
+}
