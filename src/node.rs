@@ -116,10 +116,13 @@ pub fn run(config_path: &Path) -> ExitCode {
         Err(e) => return fail(format!("cannot start: {e}")),
     };
     match handle.local_addr() {
-        Some(a) => eprintln!("shoal node: listening on {a} ({:?})", handle.backend()),
+        Some(a) => eprintln!(
+            "shoal node: listening on {a} ({})",
+            backend_name(handle.backend())
+        ),
         None => eprintln!(
-            "shoal node: not listening (dial-only, {:?})",
-            handle.backend()
+            "shoal node: not listening (dial-only, {})",
+            backend_name(handle.backend())
         ),
     }
     eprintln!("shoal node: public key {:#}", handle.public_key());
