@@ -396,7 +396,7 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
             pb.inc(1);
             for (i, b) in p.backends.iter().enumerate() {
                 step(format!("latency {}/{rounds}: {b:?}", round + 1));
-                per[i].push(rpc(p, *b, size, messages, 1)?);
+                per[i].push(rpc(p, *b, size, messages, 1, "latency")?);
                 pb.inc(1);
             }
         }
@@ -420,7 +420,7 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
             pb.inc(1);
             for (i, b) in p.backends.iter().enumerate() {
                 step(format!("rpc {}/{rounds}: {b:?}", round + 1));
-                per[i].push(rpc(p, *b, size, messages, p.inflight)?);
+                per[i].push(rpc(p, *b, size, messages, p.inflight, "rpc")?);
                 pb.inc(1);
             }
         }
@@ -787,16 +787,16 @@ fn throughput(
 }
 
 /// `inflight` requests outstanding on one connection; the peer echoes each.
-/// `inflight == 1` is the latency scenario (one round trip at a time).
+/// The latency scenario is this with one request in flight.
 fn rpc(
     p: &Plan,
     backend: Backend,
     size: usize,
     messages: usize,
     inflight: usize,
+    name: &'static str,
 ) -> Result<RunResult, String> {
     let Cluster { hub: a, spokes } = cluster(p, backend, 1, size.max(8))?;
-    let name = if inflight == 1 { "latency" } else { "rpc" };
     let mut res = RunResult::new(name, backend_name(&a.h), p.shards, size);
     let b = spokes.into_iter().next().ok_or("no spoke")?;
     let (a_key, b_key) = (a.h.public_key(), b.h.public_key());
@@ -862,7 +862,7 @@ fn rpc(
     b.h.shutdown(Duration::from_millis(100));
     echoed?;
     res.finish(messages, delivered, seconds, delivered * size * 2);
-    if inflight > 1 {
+    if name == "rpc" {
         res.inflight = Some(inflight);
     }
     res.timeline = tl.rates();

@@ -145,6 +145,12 @@ pub struct FileConfig {
     pub handshake_timeout: Option<HumanDuration>,
     pub idle_timeout: Option<HumanDuration>,
     pub ping_interval: Option<HumanDuration>,
+    pub advertise: Option<SocketAddr>,
+    pub tracked_peer_sets: Option<usize>,
+    pub peer_gossip_max: Option<usize>,
+    pub gossip_interval: Option<HumanDuration>,
+    pub allow_private_ips: Option<bool>,
+    pub control_queue: Option<usize>,
     pub dial_frequency: Option<HumanDuration>,
     pub dial_attempts: Option<u32>,
     pub dial_backoff_min: Option<HumanDuration>,
@@ -155,6 +161,7 @@ pub struct FileConfig {
     pub max_write_batch: Option<usize>,
     pub max_in_progress_bytes: Option<usize>,
     pub max_in_progress_messages: Option<usize>,
+    pub max_pending_requests: Option<usize>,
     pub shard_queue: Option<usize>,
     pub recv_buffers: Option<u16>,
     pub recv_buffer_size: Option<usize>,
@@ -205,6 +212,11 @@ impl FileConfig {
             max_write_batch,
             max_in_progress_bytes,
             max_in_progress_messages,
+            max_pending_requests,
+            tracked_peer_sets,
+            peer_gossip_max,
+            allow_private_ips,
+            control_queue,
             shard_queue,
             recv_buffers,
             recv_buffer_size
@@ -215,12 +227,16 @@ impl FileConfig {
             handshake_timeout,
             idle_timeout,
             ping_interval,
+            gossip_interval,
             dial_frequency,
             dial_backoff_min,
             dial_backoff_max
         );
         if let Some(ns) = &self.namespace {
             c.namespace = ns.as_bytes().to_vec();
+        }
+        if self.advertise.is_some() {
+            c.advertise = self.advertise;
         }
         c
     }
