@@ -90,7 +90,7 @@ pub struct BenchArgs {
     #[arg(long)]
     size: Option<usize>,
     /// Messages per round (default: 256 MiB worth for throughput, 5000 round
-    /// trips for latency, 100000 requests for rpc, 2000 sends for fanout).
+    /// trips for latency, 30000 requests for rpc, 2000 sends for fanout).
     #[arg(long)]
     messages: Option<usize>,
     /// Backend [default: both, or `backend` from --config].
@@ -375,7 +375,7 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
             seal.push(raw_seal_bytes_per_sec(size, Duration::from_millis(500)));
             pb.inc(1);
             for (i, b) in p.backends.iter().enumerate() {
-                step(format!("throughput {}/{rounds}: {b:?}", round + 1));
+                step(format!("throughput {}/{rounds}: {}", round + 1, label(*b)));
                 per[i].push(throughput(p, *b, size, messages)?);
                 pb.inc(1);
             }
@@ -395,7 +395,7 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
             tcp.push(raw_tcp_pingpong_p50_us(size, messages, 1)?);
             pb.inc(1);
             for (i, b) in p.backends.iter().enumerate() {
-                step(format!("latency {}/{rounds}: {b:?}", round + 1));
+                step(format!("latency {}/{rounds}: {}", round + 1, label(*b)));
                 per[i].push(rpc(p, *b, size, messages, 1, "latency")?);
                 pb.inc(1);
             }
@@ -407,7 +407,7 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
     }
     if wants(Scenario::Rpc) {
         let size = if all { 64 } else { p.size.unwrap_or(64) };
-        let messages = p.messages.unwrap_or(100_000).max(1);
+        let messages = p.messages.unwrap_or(30_000).max(1);
         let mut tcp = Vec::new();
         let mut per: Vec<Vec<RunResult>> = vec![Vec::new(); p.backends.len()];
         for round in 0..rounds {
@@ -419,7 +419,7 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
             tcp.push(raw_tcp_pingpong_p50_us(size, messages, p.inflight)?);
             pb.inc(1);
             for (i, b) in p.backends.iter().enumerate() {
-                step(format!("rpc {}/{rounds}: {b:?}", round + 1));
+                step(format!("rpc {}/{rounds}: {}", round + 1, label(*b)));
                 per[i].push(rpc(p, *b, size, messages, p.inflight, "rpc")?);
                 pb.inc(1);
             }
@@ -440,8 +440,9 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
             pb.inc(1);
             for (i, b) in p.backends.iter().enumerate() {
                 step(format!(
-                    "fanout {}/{rounds}: {b:?}, {} peers",
+                    "fanout {}/{rounds}: {}, {} peers",
                     round + 1,
+                    label(*b),
                     p.peers
                 ));
                 per[i].push(fanout(p, *b, size, messages, p.peers)?);
@@ -644,12 +645,16 @@ fn cluster(p: &Plan, backend: Backend, spokes: usize, max_size: usize) -> Result
     })
 }
 
-fn backend_name(h: &NetworkHandle) -> String {
-    match h.backend() {
-        Backend::IoUring => "io_uring".into(),
-        Backend::Epoll => "epoll".into(),
-        Backend::Auto => "auto".into(),
+fn label(b: Backend) -> &'static str {
+    match b {
+        Backend::IoUring => "io_uring",
+        Backend::Epoll => "epoll",
+        Backend::Auto => "auto",
     }
+}
+
+fn backend_name(h: &NetworkHandle) -> String {
+    label(h.backend()).to_string()
 }
 
 /// Receives with a stall bound: `None` if nothing arrived for [`STALL`] or

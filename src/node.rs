@@ -241,7 +241,9 @@ fn serve_metrics(listener: TcpListener, registry: Arc<Registry>) {
 }
 
 fn serve_one(mut s: TcpStream, registry: &Registry) -> std::io::Result<()> {
-    s.set_read_timeout(Some(HTTP_TIMEOUT))?;
+    // One deadline for the whole request head, so a client trickling bytes
+    // cannot hold the endpoint longer than HTTP_TIMEOUT.
+    let deadline = std::time::Instant::now() + HTTP_TIMEOUT;
     s.set_write_timeout(Some(HTTP_TIMEOUT))?;
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
@@ -252,6 +254,11 @@ fn serve_one(mut s: TcpStream, registry: &Registry) -> std::io::Result<()> {
         if buf.len() >= MAX_REQUEST {
             break None;
         }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Ok(());
+        }
+        s.set_read_timeout(Some(left))?;
         let n = s.read(&mut chunk)?;
         if n == 0 {
             return Ok(());
