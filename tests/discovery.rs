@@ -17,25 +17,24 @@ fn small(c: &mut Config) {
 
 fn fifty_nodes_reach_a_full_mesh_from_one_bootstrapper(backend: Backend) {
     const N: u64 = 50;
-    let addrs: Vec<SocketAddr> = (0..N).map(|_| free_addr()).collect();
     let seeds: Vec<u64> = (1..=N).collect();
     let started = Instant::now();
     // Every node knows only node 1's address; node 1 knows node 2's.
-    let nodes: Vec<Node> = seeds
-        .iter()
-        .map(|&s| {
-            let boot = if s == 1 { (2, addrs[1]) } else { (1, addrs[0]) };
-            start_node(
-                backend,
-                s,
-                addrs[s as usize - 1],
-                &seeds,
-                &[boot],
-                &[chan(1)],
-                small,
-            )
-        })
-        .collect();
+    let first = start_node(backend, 1, any_addr(), &seeds, &[], &[chan(1)], small);
+    let boot = (1, first.addr);
+    let mut nodes = vec![first];
+    for &s in &seeds[1..] {
+        nodes.push(start_node(
+            backend,
+            s,
+            any_addr(),
+            &seeds,
+            &[boot],
+            &[chan(1)],
+            small,
+        ));
+    }
+    nodes[0].oracle.add_address(key(2), nodes[1].addr);
     for n in &nodes {
         assert!(
             n.handle()
@@ -53,24 +52,32 @@ fn fifty_nodes_reach_a_full_mesh_from_one_bootstrapper(backend: Backend) {
 }
 
 fn restart_on_a_new_port_is_found_through_the_newer_record(backend: Backend) {
-    let a_addr = free_addr();
-    let b_addr = free_addr();
     let all = [1, 2, 3];
-    let a = start_node(backend, 1, a_addr, &all, &[(2, b_addr)], &[chan(1)], small);
-    let b = start_node(backend, 2, b_addr, &all, &[(1, a_addr)], &[chan(1)], small);
-    // Node 3 only ever dials its bootstrapper (node 1): the others must find
-    // it through its signed record.
-    let c = start_node(
+    let a = start_node(backend, 1, any_addr(), &all, &[], &[chan(1)], small);
+    let a_addr = a.addr;
+    let b = start_node(
         backend,
-        3,
-        free_addr(),
+        2,
+        any_addr(),
         &all,
         &[(1, a_addr)],
         &[chan(1)],
-        |c| {
-            small(c);
-            c.max_outbound = 1;
-        },
+        small,
+    );
+    // Node 3 only ever dials its bootstrapper (node 1): the others must find
+    // it through its signed record.
+    let only_bootstrap = |c: &mut Config| {
+        small(c);
+        c.max_outbound = 1;
+    };
+    let c = start_node(
+        backend,
+        3,
+        any_addr(),
+        &all,
+        &[(1, a_addr)],
+        &[chan(1)],
+        only_bootstrap,
     );
     assert!(
         b.handle().wait_peers(WAIT, |p| p.contains(&key(3))),
@@ -85,14 +92,11 @@ fn restart_on_a_new_port_is_found_through_the_newer_record(backend: Backend) {
     let c2 = start_node(
         backend,
         3,
-        free_addr(),
+        any_addr(),
         &all,
         &[(1, a_addr)],
         &[chan(1)],
-        |c| {
-            small(c);
-            c.max_outbound = 1;
-        },
+        only_bootstrap,
     );
     assert_ne!(c2.addr.port(), old_port);
     assert!(
@@ -103,30 +107,31 @@ fn restart_on_a_new_port_is_found_through_the_newer_record(backend: Backend) {
 }
 
 fn a_new_peer_set_disconnects_the_old_and_connects_the_new(backend: Backend) {
-    let addrs: Vec<SocketAddr> = (0..4).map(|_| free_addr()).collect();
-    let dial: Vec<(u64, SocketAddr)> = (1..=4u64).zip(addrs.iter().copied()).collect();
     let one_set = |c: &mut Config| {
         small(c);
         c.tracked_peer_sets = 1;
     };
     // Set 0 = {1, 2, 3}; node 4 only tracks set 1 = {1, 3, 4} from the start.
     let nodes: Vec<Node> = (1..=3u64)
-        .map(|s| {
-            start_node(
-                backend,
-                s,
-                addrs[s as usize - 1],
-                &[1, 2, 3],
-                &dial,
-                &[chan(1)],
-                one_set,
-            )
-        })
+        .map(|s| start_node(backend, s, any_addr(), &[1, 2, 3], &[], &[chan(1)], one_set))
         .collect();
+    introduce_all(&nodes);
     for n in &nodes {
         assert!(n.handle().wait_peers(WAIT, |p| p.len() == 2));
     }
-    let d = start_node(backend, 4, addrs[3], &[1, 3, 4], &dial, &[chan(1)], one_set);
+    let dial: Vec<(u64, SocketAddr)> = nodes.iter().map(|n| (n.seed, n.addr)).collect();
+    let d = start_node(
+        backend,
+        4,
+        any_addr(),
+        &[1, 3, 4],
+        &dial,
+        &[chan(1)],
+        one_set,
+    );
+    for n in &nodes {
+        n.oracle.add_address(key(4), d.addr);
+    }
     for n in [&nodes[0], &nodes[2]] {
         n.oracle.register(1, vec![key(1), key(3), key(4)]);
     }

@@ -157,14 +157,13 @@ fn compressed_channel(backend: Backend) {
 
 fn unauthorized_key_refused(backend: Backend) {
     // Node 1 authorizes only itself and node 2; node 9 knows node 1 and dials.
-    let a_addr = free_addr();
-    let a = start_node(backend, 1, a_addr, &[1, 2], &[], &[chan(1)], |_| {});
+    let a = start_node(backend, 1, any_addr(), &[1, 2], &[], &[chan(1)], |_| {});
     let c = start_node(
         backend,
         9,
-        free_addr(),
+        any_addr(),
         &[1, 9],
-        &[(1, a_addr)],
+        &[(1, a.addr)],
         &[chan(1)],
         |_| {},
     );
@@ -189,8 +188,6 @@ fn unauthorized_key_refused(backend: Backend) {
 }
 
 fn max_message_size_both_ends(backend: Backend) {
-    let addrs = [free_addr(), free_addr()];
-    let dial = [(1, addrs[0]), (2, addrs[1])];
     let roomy = ChannelDef {
         quota: None,
         id: 1,
@@ -205,8 +202,17 @@ fn max_message_size_both_ends(backend: Backend) {
         backlog: 16,
         compression: None,
     };
-    let a = start_node(backend, 1, addrs[0], &[1, 2], &dial, &[roomy], |_| {});
-    let b = start_node(backend, 2, addrs[1], &[1, 2], &dial, &[tight], |_| {});
+    let a = start_node(backend, 1, any_addr(), &[1, 2], &[], &[roomy], |_| {});
+    let b = start_node(
+        backend,
+        2,
+        any_addr(),
+        &[1, 2],
+        &[(1, a.addr)],
+        &[tight],
+        |_| {},
+    );
+    a.oracle.add_address(b.key(), b.addr);
     assert!(a.handle().wait_peers(WAIT, |p| p.len() == 1));
     assert!(b.handle().wait_peers(WAIT, |p| p.len() == 1));
     // Sender side: b refuses to send more than its own limit.

@@ -13,30 +13,29 @@ use shoal::engine::{Backend, Config, Network, RequestError, RpcStatus};
 
 /// Two nodes where node 2 answers requests on channel 5 with a handler.
 fn rpc_pair(backend: Backend, handler: shoal::engine::Handler) -> (Node, Node) {
-    let addrs = [free_addr(), free_addr()];
-    let dial = [(1, addrs[0]), (2, addrs[1])];
     let a = start_node(
         backend,
         1,
-        addrs[0],
+        any_addr(),
         &[1, 2],
-        &dial,
+        &[],
         &[chan(5), chan(6)],
         |_| {},
     );
     // Node 2 needs a handler registered before start: build it by hand.
-    let mut cfg = Config::local(Some(addrs[1])).with_identity(signer(2));
+    let mut cfg = Config::local(Some(any_addr())).with_identity(signer(2));
     cfg.backend = backend;
     let (mut net, oracle) = Network::new(cfg).unwrap();
     let c5 = net.register(5, None, 1 << 20, 64, None).unwrap();
     let c6 = net.register(6, None, 1 << 20, 64, None).unwrap();
     net.handle(5, handler).unwrap();
     oracle.register(0, vec![key(1), key(2)]);
-    oracle.add_address(key(1), addrs[0]);
+    oracle.add_address(key(1), a.addr);
     let handle = net.start().unwrap();
+    a.oracle.add_address(key(2), handle.local_addr().unwrap());
     let b = Node {
         seed: 2,
-        addr: addrs[1],
+        addr: handle.local_addr().unwrap(),
         handle: Some(handle),
         oracle,
         channels: vec![c5, c6],
@@ -191,24 +190,12 @@ fn ping_measures_a_round_trip(backend: Backend) {
 fn outbound_limit_is_enforced(backend: Backend) {
     // Nodes 2..=5 listen; node 1 knows all four but may dial only two. They
     // don't know node 1's address, so every connection is node 1's outbound.
-    let addrs: Vec<_> = (0..5).map(|_| free_addr()).collect();
     let all = [1, 2, 3, 4, 5];
     let others: Vec<Node> = (2..=5u64)
-        .map(|s| {
-            start_node(
-                backend,
-                s,
-                addrs[s as usize - 1],
-                &all,
-                &[],
-                &[chan(1)],
-                |_| {},
-            )
-        })
+        .map(|s| start_node(backend, s, any_addr(), &all, &[], &[chan(1)], |_| {}))
         .collect();
-    let dial: Vec<(u64, std::net::SocketAddr)> =
-        (2..=5u64).map(|s| (s, addrs[s as usize - 1])).collect();
-    let n1 = start_node(backend, 1, addrs[0], &all, &dial, &[chan(1)], |c| {
+    let dial: Vec<(u64, std::net::SocketAddr)> = others.iter().map(|n| (n.seed, n.addr)).collect();
+    let n1 = start_node(backend, 1, any_addr(), &all, &dial, &[chan(1)], |c| {
         c.max_outbound = 2
     });
     assert!(n1.handle().wait_peers(WAIT, |p| p.len() == 2));

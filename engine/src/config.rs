@@ -41,8 +41,11 @@ pub struct Config {
     pub backend: Backend,
     /// Number of data shards (threads). 0 = one per available core.
     pub shards: usize,
-    /// Pin shard `i` to core `i % cores`.
+    /// Pin shard `i` to core `(core_offset + i) % cores`.
     pub pin_cores: bool,
+    /// First core used when pinning (lets several nodes in one process, or
+    /// several processes, take different cores).
+    pub core_offset: usize,
     /// Shards spin instead of sleeping in the kernel (dedicated cores only:
     /// it burns a full core per shard but removes wake-up latency).
     pub busy_poll: bool,
@@ -62,6 +65,10 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// How often an established connection sends a keep-alive ping when idle.
     pub ping_interval: Duration,
+    /// Open mode (noise's model): any key may connect, peers are found with
+    /// Kademlia. Off = authorized mode (commonware's): only keys in a
+    /// tracked peer set may connect, found with bit-vector gossip.
+    pub open: bool,
     /// Address advertised in this node's signed record (default: `listen`).
     pub advertise: Option<SocketAddr>,
     /// Peer sets kept by the oracle; keys outside all of them are refused.
@@ -129,6 +136,7 @@ impl Config {
             backend: Backend::Auto,
             shards: 0,
             pin_cores: false,
+            core_offset: 0,
             busy_poll: false,
             max_frame_body: 64 * 1024 + 256,
             max_message_size: 4 * 1024 * 1024,
@@ -137,6 +145,7 @@ impl Config {
             handshake_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(3),
+            open: false,
             advertise: None,
             tracked_peer_sets: 4,
             peer_gossip_max: 32,

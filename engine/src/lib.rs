@@ -33,6 +33,7 @@ pub mod error;
 pub mod kademlia;
 pub mod metrics;
 pub mod network;
+pub mod open;
 pub mod oracle;
 pub mod peers;
 pub mod queue_depth;

@@ -37,6 +37,7 @@ use crate::connection::{Authorizer, ConnectionConfig, ControlOut};
 use crate::discovery::{Discovery, DiscoveryConfig};
 use crate::error::Error;
 use crate::metrics::Metrics;
+use crate::open::{OpenAction, OpenMode};
 use crate::oracle::{Oracle, OracleState};
 use crate::peers::PeerTable;
 use crate::shard::{Command, ShardCore, ShardLink};
@@ -220,8 +221,9 @@ impl Network {
         });
         let oracle = shared.oracle.clone();
         let me = config.identity.public_key().clone();
+        let open = config.open;
         let authorizer: Authorizer =
-            Arc::new(move |pk: &PublicKey| *pk != me && oracle.is_authorized(pk));
+            Arc::new(move |pk: &PublicKey| *pk != me && (open || oracle.is_authorized(pk)));
 
         shared.running.store(true, Ordering::Release);
         let mut threads = Vec::new();
@@ -231,7 +233,9 @@ impl Network {
         for (id, rx) in queues.into_iter().enumerate() {
             let core = ShardCore::new(id, shared.clone(), rx, conn_cfg.clone(), authorizer.clone());
             let busy = config.busy_poll;
-            let pin = config.pin_cores.then_some(id % cores);
+            let pin = config
+                .pin_cores
+                .then_some((config.core_offset + id) % cores);
             let t = std::thread::Builder::new()
                 .name(format!("shoal-shard-{id}"))
                 .spawn(move || {
@@ -339,6 +343,69 @@ impl NetworkHandle {
         rx.await.map_err(|_| RequestError::Disconnected)
     }
 
+    /// Open mode: the nodes closest to `target` (a 32-byte node id, i.e. an
+    /// ed25519 public key), found with an iterative Kademlia lookup.
+    pub async fn lookup(&self, target: [u8; 32]) -> crate::open::LookupResult {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.shared
+            .to_control(ControlEvent::Lookup { target, reply: tx });
+        rx.await.unwrap_or_default()
+    }
+
+    /// Blocking variant of [`NetworkHandle::lookup`].
+    pub fn lookup_blocking(&self, target: [u8; 32]) -> crate::open::LookupResult {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.shared
+            .to_control(ControlEvent::Lookup { target, reply: tx });
+        rx.blocking_recv().unwrap_or_default()
+    }
+
+    /// Open mode: refresh the neighbourhood (a lookup of our own id).
+    pub async fn discover(&self) -> crate::open::LookupResult {
+        let mut me = [0u8; 32];
+        me.copy_from_slice(
+            &self.public_key().as_bytes()[..32.min(self.public_key().as_bytes().len())],
+        );
+        self.lookup(me).await
+    }
+
+    /// Open mode: sends to the node with this id, looking it up and dialing
+    /// it first when not connected (waits up to `timeout` for that).
+    pub fn send_to_id_blocking(
+        &self,
+        sender: &Sender,
+        id: &PublicKey,
+        payload: bytes::Bytes,
+        priority: bool,
+        timeout: Duration,
+    ) -> Result<(), crate::SendError> {
+        if !self.is_connected(id) {
+            let Ok(target) = <[u8; 32]>::try_from(id.as_bytes()) else {
+                return Err(crate::SendError::NotConnected);
+            };
+            // A lookup can end without the target when its query failed
+            // (busy or briefly unreachable node): retry while time is left.
+            let deadline = Instant::now() + timeout;
+            let mut connected = false;
+            while !connected && Instant::now() < deadline {
+                let found = self.lookup_blocking(target);
+                if let Some((_, addr)) = found.into_iter().find(|(k, _)| k == id) {
+                    self.shared.to_control(ControlEvent::Dial {
+                        peer: id.clone(),
+                        addr,
+                    });
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    connected =
+                        self.wait_peers(left.min(Duration::from_secs(5)), |p| p.contains(id));
+                }
+            }
+            if !connected {
+                return Err(crate::SendError::NotConnected);
+            }
+        }
+        sender.send_to(id, payload, priority)
+    }
+
     /// Closes the connection to `peer` gracefully.
     pub fn disconnect(&self, peer: &PublicKey) {
         if let Some(h) = self.shared.peers.get(peer) {
@@ -384,6 +451,13 @@ impl NetworkHandle {
         }
         for t in self.threads.drain(..) {
             let _ = t.join();
+        }
+        // No shard delivers any more: close every channel so receivers
+        // drain what is queued and then return `RecvError`.
+        if let Some(channels) = self.shared.channels.get() {
+            for spec in channels.map.values() {
+                spec.tx.close();
+            }
         }
     }
 }
@@ -461,10 +535,39 @@ fn control_loop(
         let mut last_answer: HashMap<PublicKey, Instant> = HashMap::new();
         let mut seen_version = u64::MAX;
         let mut rng = rand::thread_rng();
+        let mut open = if cfg.open {
+            OpenMode::new(&me, cfg.namespace.clone(), cfg.allow_private_ips)
+        } else {
+            None
+        };
+        let mut open_actions = Vec::new();
+        let mut join: Option<tokio::sync::oneshot::Receiver<crate::open::LookupResult>> = None;
+        let mut join_rounds = 0u32;
+        let mut now_dials: Vec<(PublicKey, SocketAddr)> = Vec::new();
+        let mut pending: Vec<ControlEvent> = Vec::new();
         while !stop.load(Ordering::Acquire) {
             let now = Instant::now();
-            let timeout = next_dial.min(next_gossip).saturating_duration_since(now);
-            if let Err(e) = poll.poll(&mut events, Some(timeout)) {
+            let mut wake_at = next_dial.min(next_gossip);
+            if let Some(t) = open.as_ref().and_then(|o| o.poll_timeout()) {
+                wake_at = wake_at.min(t);
+            }
+            let mut timeout = wake_at.saturating_duration_since(now);
+            // Announce the sleep, then look at the inbox once more: a shard
+            // that queued an event before seeing the flag gets it handled
+            // now; one that queues after sees the flag and wakes us.
+            waker.prepare_sleep();
+            while pending.len() < cfg.control_queue {
+                match inbox.try_recv() {
+                    Ok(ev) => pending.push(ev),
+                    Err(_) => break,
+                }
+            }
+            if !pending.is_empty() {
+                timeout = Duration::ZERO;
+            }
+            let polled = poll.poll(&mut events, Some(timeout));
+            waker.cancel_sleep();
+            if let Err(e) = polled {
                 if e.kind() != std::io::ErrorKind::Interrupted {
                     return Err(e);
                 }
@@ -477,6 +580,7 @@ fn control_loop(
                     waker.woke();
                 }
             }
+            let _ = waker.take_resume();
             // Accept everything pending.
             if let Some(l) = &listener {
                 accept_all(&shared, l, &mut next_shard);
@@ -509,7 +613,13 @@ fn control_loop(
             // Discovery records from the data shards.
             let now = Instant::now();
             let now_ms = clock.unix_ms(now);
-            while let Ok(ev) = inbox.try_recv() {
+            while pending.len() < cfg.control_queue {
+                match inbox.try_recv() {
+                    Ok(ev) => pending.push(ev),
+                    Err(_) => break,
+                }
+            }
+            for ev in pending.drain(..) {
                 match ev {
                     ControlEvent::Connected { peer, id } => {
                         tracing::trace!(%peer, "sending our record and a bit vector");
@@ -521,8 +631,52 @@ fn control_loop(
                                 ControlOut::Peers(Peers { peers: vec![own] }),
                             );
                         }
-                        if let Some(bv) = discovery.random_ping(&mut rng) {
+                        if let Some(o) = open.as_mut() {
+                            o.on_connected(&peer, id, &mut open_actions);
+                        } else if let Some(bv) = discovery.random_ping(&mut rng) {
                             send_control(&shared, id, ControlOut::BitVec(bv));
+                        }
+                    }
+                    ControlEvent::Lookup { target, reply } => match open.as_mut() {
+                        Some(o) => {
+                            let target = crate::kademlia::NodeId::from_bytes(target);
+                            if !o.start_lookup(target, reply, now) {
+                                shared.metrics.refuse("too_many_lookups");
+                            }
+                        }
+                        None => drop(reply),
+                    },
+                    ControlEvent::Dial { peer, addr } => now_dials.push((peer, addr)),
+                    ControlEvent::Record { peer, id, record } if open.is_some() => {
+                        let Some(o) = open.as_mut() else { continue };
+                        let connected = |k: &PublicKey| shared.peers.get(k).map(|h| h.id);
+                        match record {
+                            Record::Peers(p) if p.peers.len() <= 1 => {
+                                for r in &p.peers {
+                                    if let Err(e) =
+                                        o.on_record(r, &connected, now, &mut open_actions)
+                                    {
+                                        shared.metrics.refuse("bad_peer_record");
+                                        if e.is_misbehavior() {
+                                            send_to_shard(
+                                                &shared,
+                                                id.shard,
+                                                Command::Close {
+                                                    id,
+                                                    reason: CloseReason::ProtocolViolation,
+                                                },
+                                            );
+                                        }
+                                    }
+                                }
+                            }
+                            Record::FindNode(q) => o.on_find_node(id, &q, &mut open_actions),
+                            Record::Nodes(n) => {
+                                if o.on_nodes(&peer, &n, now) > 0 {
+                                    shared.metrics.refuse("bad_peer_record");
+                                }
+                            }
+                            _ => shared.metrics.refuse("unexpected_control_record"),
                         }
                     }
                     ControlEvent::Record { peer, id, record } => match record {
@@ -612,6 +766,67 @@ fn control_loop(
                 }
             }
 
+            // Open mode: drive lookups, join, liveness checks.
+            if let Some(o) = open.as_mut() {
+                let connected = |k: &PublicKey| shared.peers.get(k).map(|h| h.id);
+                // Join: a few lookups of our own id once we know somebody.
+                if let Some(rx) = join.as_mut() {
+                    if !matches!(
+                        rx.try_recv(),
+                        Err(tokio::sync::oneshot::error::TryRecvError::Empty)
+                    ) {
+                        join = None;
+                    }
+                }
+                if join.is_none() && join_rounds < JOIN_LOOKUPS && o.table_len() > 0 {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    let local = o.local_id();
+                    if o.start_lookup(local, tx, now) {
+                        join = Some(rx);
+                        join_rounds += 1;
+                    }
+                }
+                o.poll(&connected, now, &mut open_actions);
+                for a in open_actions.drain(..) {
+                    match a {
+                        OpenAction::Query { id, msg } => {
+                            send_control(&shared, id, ControlOut::FindNode(msg))
+                        }
+                        OpenAction::Answer { id, msg } => {
+                            send_control(&shared, id, ControlOut::Nodes(msg))
+                        }
+                        OpenAction::Dial { peer, addr } => now_dials.push((peer, addr)),
+                    }
+                }
+            }
+            // Dials asked for right now (open-mode queries, send-to-id).
+            for (peer, addr) in now_dials.drain(..) {
+                if peer == me
+                    || shared.peers.contains(&peer)
+                    || shared.peers.dialing_snapshot().contains(&peer)
+                {
+                    continue;
+                }
+                if shared.outbound.load(Ordering::Acquire) >= cfg.max_outbound {
+                    shared.metrics.refuse("max_outbound");
+                    continue;
+                }
+                let shard = next_shard % shared.shards.len();
+                next_shard = next_shard.wrapping_add(1);
+                shared.outbound.fetch_add(1, Ordering::AcqRel);
+                shared.peers.mark_dialing(&peer, true);
+                if shared.shards[shard]
+                    .send(Command::Dial {
+                        peer: peer.clone(),
+                        addr,
+                    })
+                    .is_err()
+                {
+                    shared.outbound.fetch_sub(1, Ordering::AcqRel);
+                    shared.peers.mark_dialing(&peer, false);
+                }
+            }
+
             // Gossip: a bit-vector ping on every connection.
             if now >= next_gossip {
                 next_gossip = now + cfg.gossip_interval;
@@ -628,6 +843,9 @@ fn control_loop(
                 last_answer.retain(|k, _| shared.peers.contains(k));
                 shared.peers.with(|map| {
                     for h in map.values() {
+                        if open.is_some() {
+                            break;
+                        }
                         if let Some(bv) = discovery.random_ping(&mut rng) {
                             send_control(&shared, h.id, ControlOut::BitVec(bv));
                         }
@@ -649,8 +867,10 @@ fn control_loop(
             for (k, a) in discovery.dialable() {
                 candidates.insert(k, a);
             }
+            let candidate_keys: std::collections::HashSet<PublicKey> =
+                candidates.keys().cloned().collect();
             for (peer, addr) in candidates {
-                if peer == me || !authorized.contains(&peer) {
+                if peer == me || (!cfg.open && !authorized.contains(&peer)) {
                     continue;
                 }
                 if shared.peers.contains(&peer) {
@@ -704,8 +924,9 @@ fn control_loop(
                     shared.peers.mark_dialing(&peer, false);
                 }
             }
-            if dial_states.len() > authorized.len() {
-                dial_states.retain(|k, _| authorized.contains(k));
+            // Forget peers we can no longer dial (bounded by the candidates).
+            if dial_states.len() > candidate_keys.len() {
+                dial_states.retain(|k, _| candidate_keys.contains(k));
             }
         }
         Ok(())
@@ -715,6 +936,9 @@ fn control_loop(
     }
     drop(listener);
 }
+
+/// Self-lookups an open-mode node runs when it joins.
+const JOIN_LOOKUPS: u32 = 3;
 
 /// Our own record is re-signed after this long (ms).
 const OWN_RECORD_REFRESH_MS: u64 = 60_000;

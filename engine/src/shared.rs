@@ -44,6 +44,16 @@ pub(crate) enum ControlEvent {
         id: crate::peers::ConnId,
         record: shoal_wire::Record,
     },
+    /// Open mode: find the nodes closest to `target`.
+    Lookup {
+        target: [u8; 32],
+        reply: tokio::sync::oneshot::Sender<crate::open::LookupResult>,
+    },
+    /// Dial `peer` at `addr` now (open mode's send-to-id).
+    Dial {
+        peer: shoal_crypto::PublicKey,
+        addr: std::net::SocketAddr,
+    },
 }
 
 impl Shared {

@@ -35,10 +35,28 @@ fn io_uring_probe() -> Result<(), String> {
     Ok(())
 }
 
-/// A free loopback port (bound then released).
+/// A loopback address with port 0: the node binds a fresh port and reports
+/// it (`Node::addr`). Reserving a port up front races with ephemeral ports.
+pub fn any_addr() -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0))
+}
+
+/// A free loopback port (bound then released) — only for restarting a node
+/// on the port it had.
 pub fn free_addr() -> SocketAddr {
     let l = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)).unwrap();
     l.local_addr().unwrap()
+}
+
+/// Tells every node the address of every other node.
+pub fn introduce_all(nodes: &[Node]) {
+    for a in nodes {
+        for b in nodes {
+            if a.seed != b.seed {
+                a.oracle.add_address(b.key(), b.addr);
+            }
+        }
+    }
 }
 
 pub fn signer(seed: u64) -> Arc<Ed25519Signer> {
@@ -130,14 +148,12 @@ pub fn mesh(
     channels: &[ChannelDef],
     tweak: impl Fn(&mut Config),
 ) -> Vec<Node> {
-    let addrs: Vec<SocketAddr> = (0..n).map(|_| free_addr()).collect();
     let seeds: Vec<u64> = (1..=n).collect();
-    let dial: Vec<(u64, SocketAddr)> = seeds.iter().copied().zip(addrs.iter().copied()).collect();
     let nodes: Vec<Node> = seeds
         .iter()
-        .zip(addrs.iter())
-        .map(|(s, a)| start_node(backend, *s, *a, &seeds, &dial, channels, &tweak))
+        .map(|s| start_node(backend, *s, any_addr(), &seeds, &[], channels, &tweak))
         .collect();
+    introduce_all(&nodes);
     for node in &nodes {
         let want = (n - 1) as usize;
         assert!(

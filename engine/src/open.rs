@@ -1,0 +1,413 @@
+//! Open mode: Kademlia over authenticated connections (noise's model, fixed).
+//!
+//! # Design
+//! Runs on the control shard beside authorized discovery. Node id = the
+//! peer's ed25519 public key (the handshake authenticates it). Every peer
+//! sends its signed address record right after the handshake; a verified
+//! record puts the peer in the [`RoutingTable`]. A full bucket asks for the
+//! least-recently-seen entry to be checked: an entry with a live connection is
+//! alive (its keep-alive pings prove it within the idle timeout), an entry
+//! without one is dialed, and only an entry that cannot be reached is replaced.
+//!
+//! Lookups are iterative `FIND_NODE` toward the *target* with α = 3 (noise
+//! asked peers for nodes near *themselves* and never converged on far
+//! targets). Querying a node needs a connection: a node that is not connected
+//! is dialed and its query sent once the handshake completes; a dial that
+//! fails is a failed query. Answers are signed records, verified before they
+//! reach the lookup.
+//!
+//! # Security
+//! Addresses in answers are signed by their owners, so a responder cannot
+//! redirect a key to its own address. Sybil and eclipse resistance are not
+//! provided (keys are free; see [`crate::kademlia`]). Everything is bounded:
+//! the table, at most [`MAX_LOOKUPS`] concurrent lookups, the records kept for
+//! answers (one per table entry), the queries waiting for a connection.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use shoal_crypto::{PublicKey, Scheme, ED25519};
+use shoal_wire::{FindNode, Nodes, PeerRecord};
+use tokio::sync::oneshot;
+
+use crate::discovery::{verify_record, RecordRejected};
+use crate::kademlia::{Lookup, NodeId, Observe, RoutingTable, ALPHA, K};
+use crate::peers::ConnId;
+
+/// Concurrent lookups per node.
+pub const MAX_LOOKUPS: usize = 64;
+/// How long a query may wait for its dial to connect.
+const CONNECT_WAIT: Duration = Duration::from_secs(3);
+
+/// The answer to a lookup: the closest responders (key, address).
+pub type LookupResult = Vec<(PublicKey, SocketAddr)>;
+
+/// Something the control shard must do for open mode.
+pub(crate) enum OpenAction {
+    /// Send a FIND_NODE on a connection.
+    Query { id: ConnId, msg: FindNode },
+    /// Send NODES on a connection.
+    Answer { id: ConnId, msg: Nodes },
+    /// Dial this peer (a query waits for it, or a liveness check).
+    Dial { peer: PublicKey, addr: SocketAddr },
+}
+
+struct ActiveLookup {
+    lookup: Lookup,
+    reply: Option<oneshot::Sender<LookupResult>>,
+    /// query id -> node asked
+    queries: HashMap<u64, NodeId>,
+}
+
+struct WaitingQuery {
+    lookup: u64,
+    since: Instant,
+}
+
+/// Open-mode state. See the module docs.
+pub(crate) struct OpenMode {
+    local: NodeId,
+    namespace: Vec<u8>,
+    allow_private: bool,
+    table: RoutingTable,
+    /// The signed record of every table entry (what we answer with).
+    records: HashMap<NodeId, PeerRecord>,
+    keys: HashMap<NodeId, PublicKey>,
+    lookups: HashMap<u64, ActiveLookup>,
+    next_lookup: u64,
+    next_query: u64,
+    /// Queries for nodes being dialed: node -> (lookup id, since).
+    waiting: HashMap<NodeId, Vec<WaitingQuery>>,
+    /// Liveness checks in progress: oldest -> deadline.
+    checks: HashMap<NodeId, Instant>,
+}
+
+impl OpenMode {
+    pub fn new(local: &PublicKey, namespace: Vec<u8>, allow_private: bool) -> Option<Self> {
+        let local = NodeId::from_public_key(local)?;
+        Some(Self {
+            local,
+            namespace,
+            allow_private,
+            table: RoutingTable::new(local),
+            records: HashMap::new(),
+            keys: HashMap::new(),
+            lookups: HashMap::new(),
+            next_lookup: 1,
+            next_query: 1,
+            waiting: HashMap::new(),
+            checks: HashMap::new(),
+        })
+    }
+
+    /// Entries in the routing table.
+    pub fn table_len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// A verified record from `from` (its own, after the handshake).
+    pub fn on_record(
+        &mut self,
+        record: &PeerRecord,
+        connected: &dyn Fn(&PublicKey) -> Option<ConnId>,
+        now: Instant,
+        actions: &mut Vec<OpenAction>,
+    ) -> Result<(), RecordRejected> {
+        let scheme = &ED25519;
+        let (key, addr, _) = verify_record(scheme, &self.namespace, record)?;
+        if !self.allow_private && !crate::discovery::is_publicly_routable(addr.ip()) {
+            return Err(RecordRejected::Private(addr.ip()));
+        }
+        let Some(id) = NodeId::from_public_key(&key) else {
+            return Err(RecordRejected::MalformedKey);
+        };
+        if id == self.local {
+            return Ok(());
+        }
+        match self.table.observe(id, addr, now) {
+            Observe::Inserted | Observe::Refreshed => {
+                self.records.insert(id, record.clone());
+                self.keys.insert(id, key);
+            }
+            Observe::PingOldest { oldest, .. } => {
+                // Alive if connected (keep-alives prove it); else dial it and
+                // decide when the dial ends.
+                let oldest_key = self.keys.get(&oldest).cloned();
+                match oldest_key.as_ref().and_then(connected) {
+                    Some(_) => {
+                        self.table.ping_result(oldest, true, now);
+                    }
+                    None => {
+                        if let (Some(k), Some(e)) = (oldest_key, self.table.get(&oldest)) {
+                            self.checks.insert(oldest, now + CONNECT_WAIT);
+                            actions.push(OpenAction::Dial {
+                                peer: k,
+                                addr: e.addr,
+                            });
+                        } else {
+                            self.table.ping_result(oldest, false, now);
+                        }
+                    }
+                }
+                // The candidate waits in the cache; remember its record.
+                self.records.insert(id, record.clone());
+                self.keys.insert(id, key);
+            }
+            Observe::Cached { .. } => {
+                self.records.insert(id, record.clone());
+                self.keys.insert(id, key);
+            }
+            Observe::IsSelf => {}
+        }
+        self.prune_records();
+        Ok(())
+    }
+
+    fn prune_records(&mut self) {
+        // Keep records only for ids the table (or its caches) may return.
+        if self.records.len() > 2 * (self.table.len() + 256 * K) {
+            let table = &self.table;
+            self.records.retain(|id, _| table.contains(id));
+            let records = &self.records;
+            self.keys.retain(|id, _| records.contains_key(id));
+        }
+    }
+
+    /// A FIND_NODE from a connected peer: answer with our closest records.
+    pub fn on_find_node(&self, from: ConnId, q: &FindNode, actions: &mut Vec<OpenAction>) {
+        let Ok(target) = <[u8; 32]>::try_from(&q.target[..]) else {
+            return;
+        };
+        let target = NodeId::from_bytes(target);
+        let nodes = self
+            .table
+            .closest(&target, K)
+            .into_iter()
+            .filter_map(|(id, _)| self.records.get(&id).cloned())
+            .collect();
+        actions.push(OpenAction::Answer {
+            id: from,
+            msg: Nodes {
+                query_id: q.query_id,
+                nodes,
+            },
+        });
+    }
+
+    /// NODES answering one of our queries.
+    pub fn on_nodes(&mut self, from: &PublicKey, msg: &Nodes, now: Instant) -> usize {
+        let Some(from_id) = NodeId::from_public_key(from) else {
+            return 0;
+        };
+        let mut rejected = 0;
+        let mut verified = Vec::new();
+        for r in msg.nodes.iter().take(K) {
+            match verify_record(&ED25519, &self.namespace, r) {
+                Ok((key, addr, _)) => {
+                    if !self.allow_private && !crate::discovery::is_publicly_routable(addr.ip()) {
+                        rejected += 1;
+                        continue;
+                    }
+                    if let Some(id) = NodeId::from_public_key(&key) {
+                        self.keys.entry(id).or_insert(key);
+                        self.records.entry(id).or_insert_with(|| r.clone());
+                        verified.push((id, addr));
+                    }
+                }
+                Err(_) => rejected += 1,
+            }
+        }
+        for l in self.lookups.values_mut() {
+            if l.queries.remove(&msg.query_id) == Some(from_id) {
+                l.lookup.on_response(from_id, verified, now);
+                break;
+            }
+        }
+        rejected
+    }
+
+    /// Starts a lookup toward `target`; the result arrives on `reply`.
+    pub fn start_lookup(
+        &mut self,
+        target: NodeId,
+        reply: oneshot::Sender<LookupResult>,
+        now: Instant,
+    ) -> bool {
+        if self.lookups.len() >= MAX_LOOKUPS {
+            return false;
+        }
+        let seeds = self.table.closest(&target, K);
+        let lookup = Lookup::new(target, seeds, K, ALPHA, now).with_local_id(self.local);
+        let id = self.next_lookup;
+        self.next_lookup += 1;
+        self.lookups.insert(
+            id,
+            ActiveLookup {
+                lookup,
+                reply: Some(reply),
+                queries: HashMap::new(),
+            },
+        );
+        true
+    }
+
+    /// Seeds the table with a bootstrap peer we just connected to.
+    pub fn local_id(&self) -> NodeId {
+        self.local
+    }
+
+    /// A connection to `peer` came up: send the queries that waited for it.
+    pub fn on_connected(&mut self, peer: &PublicKey, conn: ConnId, actions: &mut Vec<OpenAction>) {
+        let Some(id) = NodeId::from_public_key(peer) else {
+            return;
+        };
+        if self.checks.remove(&id).is_some() {
+            self.table.ping_result(id, true, Instant::now());
+        }
+        if let Some(waiting) = self.waiting.remove(&id) {
+            for w in waiting {
+                if let Some(l) = self.lookups.get_mut(&w.lookup) {
+                    let qid = self.next_query;
+                    self.next_query += 1;
+                    l.queries.insert(qid, id);
+                    actions.push(OpenAction::Query {
+                        id: conn,
+                        msg: FindNode {
+                            query_id: qid,
+                            target: bytes::Bytes::copy_from_slice(l.lookup.target().as_bytes()),
+                        },
+                    });
+                }
+            }
+        }
+    }
+
+    /// Drives lookups and liveness checks; `connected` maps a key to its
+    /// connection.
+    pub fn poll(
+        &mut self,
+        connected: &dyn Fn(&PublicKey) -> Option<ConnId>,
+        now: Instant,
+        actions: &mut Vec<OpenAction>,
+    ) {
+        // Liveness checks whose dial never connected: dead.
+        let expired: Vec<NodeId> = self
+            .checks
+            .iter()
+            .filter(|(_, d)| now >= **d)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            self.checks.remove(&id);
+            self.table.ping_result(id, false, now);
+        }
+        // Queries waiting for a node that is connected by now (it dialed us,
+        // or another dial won): send them.
+        let ready: Vec<(NodeId, PublicKey, ConnId)> = self
+            .waiting
+            .keys()
+            .filter_map(|nid| {
+                let key = self.keys.get(nid)?.clone();
+                let conn = connected(&key)?;
+                Some((*nid, key, conn))
+            })
+            .collect();
+        for (_, key, conn) in ready {
+            self.on_connected(&key, conn, actions);
+        }
+        // Queries whose dial never connected: failed.
+        let mut failed: Vec<(u64, NodeId)> = Vec::new();
+        self.waiting.retain(|id, ws| {
+            ws.retain(|w| {
+                let late = now.duration_since(w.since) >= CONNECT_WAIT;
+                if late {
+                    failed.push((w.lookup, *id));
+                }
+                !late
+            });
+            !ws.is_empty()
+        });
+        for (lid, nid) in failed {
+            if let Some(l) = self.lookups.get_mut(&lid) {
+                l.lookup.on_failure(nid, now);
+            }
+        }
+        let mut done = Vec::new();
+        for (lid, l) in self.lookups.iter_mut() {
+            l.lookup.handle_timeout(now);
+            for (nid, addr) in l.lookup.poll_queries(now) {
+                let key = match self.keys.get(&nid) {
+                    Some(k) => k.clone(),
+                    None => match ED25519.parse_public_key(nid.as_bytes()) {
+                        Ok(k) => k,
+                        Err(_) => {
+                            l.lookup.on_failure(nid, now);
+                            continue;
+                        }
+                    },
+                };
+                match connected(&key) {
+                    Some(conn) => {
+                        let qid = self.next_query;
+                        self.next_query += 1;
+                        l.queries.insert(qid, nid);
+                        actions.push(OpenAction::Query {
+                            id: conn,
+                            msg: FindNode {
+                                query_id: qid,
+                                target: bytes::Bytes::copy_from_slice(l.lookup.target().as_bytes()),
+                            },
+                        });
+                    }
+                    None => {
+                        let ws = self.waiting.entry(nid).or_default();
+                        if ws.len() < MAX_LOOKUPS {
+                            ws.push(WaitingQuery {
+                                lookup: *lid,
+                                since: now,
+                            });
+                        }
+                        actions.push(OpenAction::Dial { peer: key, addr });
+                    }
+                }
+            }
+            if l.lookup.is_done() {
+                done.push(*lid);
+            }
+        }
+        for lid in done {
+            if let Some(mut l) = self.lookups.remove(&lid) {
+                let result: LookupResult = l
+                    .lookup
+                    .result()
+                    .into_iter()
+                    .filter_map(|(id, addr)| self.keys.get(&id).map(|k| (k.clone(), addr)))
+                    .collect();
+                for dead in l.lookup.unresponsive() {
+                    self.table.remove(&dead);
+                }
+                if let Some(reply) = l.reply.take() {
+                    let _ = reply.send(result);
+                }
+            }
+        }
+    }
+
+    /// When the control shard must call [`OpenMode::poll`] next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let lookups = self
+            .lookups
+            .values()
+            .filter_map(|l| l.lookup.poll_timeout())
+            .min();
+        let checks = self.checks.values().min().copied();
+        let waits = self
+            .waiting
+            .values()
+            .flatten()
+            .map(|w| w.since + CONNECT_WAIT)
+            .min();
+        [lookups, checks, waits].into_iter().flatten().min()
+    }
+}
