@@ -1,0 +1,910 @@
+//! Adversarial integration tests: a real victim node on loopback, attacked by
+//! raw TCP clients (no valid handshake) or by authorized nodes whose channel
+//! settings differ from the victim's (a peer that speaks the protocol but
+//! sends what the victim refuses). Every test then checks that an honest peer
+//! is still served, that the right close/refusal metric moved and, where it
+//! makes sense, that the process's resident memory stayed within a generous
+//! bound. Run for both backends (`epoll_*` and `io_uring_*`; the io_uring
+//! ones skip with a printed reason where io_uring is unavailable).
+//!
+//! Tests in this file run one at a time (a file-wide lock): they measure the
+//! RSS of the whole test process, so a neighbour's allocations must not count.
+//! Every wait is a deadline on a condition (`WAIT`), never a timing threshold;
+//! the figures printed with `eprintln!` are observations for SECURITY.md.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use shoal::engine::metrics::Metrics;
+use shoal::engine::{Backend, Config, PublicKey, Quota, Receiver, SendError};
+
+/// Resident-memory growth allowed during one attack.
+const MEM_BOUND_KIB: u64 = 64 * 1024;
+
+/// Every close label the engine uses (`CloseCause::label`).
+const CLOSE_LABELS: &[&str] = &[
+    "handshake_timeout",
+    "unauthorized",
+    "bad_signature",
+    "bad_timestamp",
+    "bad_confirmation",
+    "handshake_failed",
+    "frame_too_large",
+    "bad_frame",
+    "decrypt_failed",
+    "bad_record",
+    "chunk_budget",
+    "message_too_large",
+    "bad_chunk",
+    "decompress_refused",
+    "protocol_violation",
+    "idle_timeout",
+    "remote_close",
+    "replaced",
+    "shutdown",
+    "deauthorized",
+    "local_close",
+    "io_error",
+];
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// VmRSS of this process, KiB.
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS line")
+}
+
+fn assert_rss_bounded(attack: &str, before_kib: u64) {
+    let after = rss_kib();
+    let growth = after.saturating_sub(before_kib);
+    eprintln!("[{attack}] RSS {before_kib} KiB -> {after} KiB (growth {growth} KiB)");
+    assert!(
+        growth < MEM_BOUND_KIB,
+        "[{attack}] RSS grew by {growth} KiB (bound {MEM_BOUND_KIB} KiB)"
+    );
+}
+
+/// Polls `cond` until it holds; panics past `WAIT`. Returns the time taken.
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    let deadline = start + WAIT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::yield_now();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    start.elapsed()
+}
+
+fn closes(m: &Metrics) -> Vec<u64> {
+    CLOSE_LABELS.iter().map(|l| m.close_count(l)).collect()
+}
+
+/// Close labels that moved since `before`, with their increase.
+fn moved(m: &Metrics, before: &[u64]) -> Vec<(&'static str, u64)> {
+    CLOSE_LABELS
+        .iter()
+        .zip(before)
+        .filter_map(|(l, b)| {
+            let now = m.close_count(l);
+            (now > *b).then(|| (*l, now - b))
+        })
+        .collect()
+}
+
+/// Receives one message within `WAIT`.
+fn recv_within(rx: &Receiver) -> (PublicKey, Bytes) {
+    let mut got = None;
+    wait_until("a message", || {
+        got = rx.try_recv();
+        got.is_some()
+    });
+    got.unwrap()
+}
+
+/// `a` and `b` are connected and exchange a message each way on channel
+/// index `ch`.
+fn assert_exchange(a: &Node, b: &Node, ch: usize, tag: &str) {
+    assert!(
+        a.handle().wait_peers(WAIT, |p| p.contains(&b.key())),
+        "[{tag}] node {} connected to node {}",
+        a.seed,
+        b.seed
+    );
+    assert!(
+        b.handle().wait_peers(WAIT, |p| p.contains(&a.key())),
+        "[{tag}] node {} connected to node {}",
+        b.seed,
+        a.seed
+    );
+    for (from, to) in [(a, b), (b, a)] {
+        let msg = Bytes::from(format!("{tag}: {} -> {}", from.seed, to.seed));
+        // The connection may just have been replaced (both sides dialed):
+        // retry NotConnected until the deadline.
+        let mut res = Err(SendError::NotConnected);
+        wait_until("send to an honest peer", || {
+            res = from.channels[ch].0.send_to(&to.key(), msg.clone(), false);
+            res != Err(SendError::NotConnected)
+        });
+        res.unwrap();
+        let (k, m) = recv_within(&to.channels[ch].1);
+        assert_eq!(k, from.key(), "[{tag}] sender");
+        assert_eq!(m, msg, "[{tag}] payload");
+    }
+}
+
+/// Victim (seed 1, authorizing 1..=3) with `tweak`, and honest node 2
+/// dialing it directly.
+fn victim_and_honest(
+    backend: Backend,
+    channels: impl Fn() -> Vec<ChannelDef>,
+    tweak: impl FnOnce(&mut Config),
+) -> (Node, Node) {
+    let victim = start_node(backend, 1, any_addr(), &[1, 2, 3], &[], &channels(), tweak);
+    let honest = start_node(
+        backend,
+        2,
+        any_addr(),
+        &[1, 2, 3],
+        &[(1, victim.addr)],
+        &channels(),
+        |_| {},
+    );
+    assert_exchange(&victim, &honest, 0, "before the attack");
+    (victim, honest)
+}
+
+/// A third, honest node connects to the victim after the attack and
+/// exchanges a message with it.
+fn new_honest_node_served(backend: Backend, victim: &Node, channels: Vec<ChannelDef>, tag: &str) {
+    let n3 = start_node(
+        backend,
+        3,
+        any_addr(),
+        &[1, 2, 3],
+        &[(1, victim.addr)],
+        &channels,
+        |_| {},
+    );
+    assert_exchange(victim, &n3, 0, tag);
+}
+
+fn raw_connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    s.set_nodelay(true).unwrap();
+    s
+}
+
+/// Reads (and discards) until the victim closes the socket; panics past
+/// `WAIT`. Returns the time it took.
+fn wait_dropped(s: &mut TcpStream, what: &str) -> Duration {
+    let start = Instant::now();
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return start.elapsed(),
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return start.elapsed(), // reset
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "[{what}] the victim never closed the attacker's socket"
+        );
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift64).
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// A TCP relay in front of `target` that records the first 64 KiB the first
+/// client sends (an honest dialer's Hello and key confirmation).
+struct Proxy {
+    addr: SocketAddr,
+    first: Arc<Mutex<Vec<u8>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+const PROXY_LIFETIME: Duration = Duration::from_secs(120);
+
+fn pump(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    rec: Option<Arc<Mutex<Vec<u8>>>>,
+    stop: Arc<AtomicBool>,
+) {
+    let deadline = Instant::now() + PROXY_LIFETIME;
+    from.set_read_timeout(Some(Duration::from_millis(100))).ok();
+    let mut buf = vec![0u8; 16 * 1024];
+    while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+        match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if let Some(r) = &rec {
+                    let mut r = r.lock().unwrap();
+                    if r.len() < 64 * 1024 {
+                        r.extend_from_slice(&buf[..n]);
+                    }
+                }
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                ) => {}
+            Err(_) => break,
+        }
+    }
+    let _ = to.shutdown(Shutdown::Both);
+    let _ = from.shutdown(Shutdown::Both);
+}
+
+fn proxy(target: SocketAddr) -> Proxy {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.set_nonblocking(true).unwrap();
+    let addr = l.local_addr().unwrap();
+    let first = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (first2, stop2) = (first.clone(), stop.clone());
+    std::thread::spawn(move || {
+        let deadline = Instant::now() + PROXY_LIFETIME;
+        let mut n = 0;
+        while !stop2.load(Ordering::SeqCst) && Instant::now() < deadline {
+            match l.accept() {
+                Ok((c, _)) => {
+                    c.set_nonblocking(false).unwrap();
+                    let Ok(s) = TcpStream::connect(target) else {
+                        continue;
+                    };
+                    let rec = (n == 0).then(|| first2.clone());
+                    n += 1;
+                    let (c2, s2) = (c.try_clone().unwrap(), s.try_clone().unwrap());
+                    let (st1, st2) = (stop2.clone(), stop2.clone());
+                    std::thread::spawn(move || pump(c, s, rec, st1));
+                    std::thread::spawn(move || pump(s2, c2, None, st2));
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                Err(_) => break,
+            }
+        }
+    });
+    Proxy { addr, first, stop }
+}
+
+/// Splits complete `u32 BE length ‖ body` frames (header included).
+fn frames(buf: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while buf.len() >= at + 4 {
+        let len = u32::from_be_bytes(buf[at..at + 4].try_into().unwrap()) as usize;
+        if buf.len() < at + 4 + len {
+            break;
+        }
+        out.push(buf[at..at + 4 + len].to_vec());
+        at += 4 + len;
+    }
+    out
+}
+
+/// Victim (seed 1) with `tweak`, honest node 2 connected to it through a
+/// recording proxy; returns them with the dialer's first two frames (its
+/// Hello and its key confirmation).
+fn victim_behind_proxy(
+    backend: Backend,
+    tweak: impl FnOnce(&mut Config),
+) -> (Node, Node, Proxy, Vec<u8>, Vec<u8>) {
+    let victim = start_node(backend, 1, any_addr(), &[1, 2, 3], &[], &[chan(1)], |c| {
+        // Do not learn node 2's direct address from gossip: the only way in
+        // is through the proxy.
+        c.allow_private_ips = false;
+        tweak(c);
+    });
+    let p = proxy(victim.addr);
+    let honest = start_node(
+        backend,
+        2,
+        any_addr(),
+        &[1, 2, 3],
+        &[(1, p.addr)],
+        &[chan(1)],
+        |_| {},
+    );
+    assert_exchange(&victim, &honest, 0, "through the proxy");
+    let mut captured = Vec::new();
+    wait_until("the dialer's Hello and confirmation", || {
+        captured = frames(&p.first.lock().unwrap());
+        captured.len() >= 2
+    });
+    let (hello, confirm) = (captured[0].clone(), captured[1].clone());
+    (victim, honest, p, hello, confirm)
+}
+
+// ---------------------------------------------------------------- attacks
+
+fn random_bytes_after_connect(backend: Backend) {
+    let _g = serial();
+    let (victim, honest) = victim_and_honest(backend, || vec![chan(1)], |_| {});
+    let m = victim.handle().metrics();
+    let rss0 = rss_kib();
+
+    // 1: a plausible length header then garbage: not a Hello.
+    let before = closes(m);
+    let failed_closes0 = m.close_count("handshake_failed");
+    let failed0 = m.handshake_count("handshake_failed");
+    let mut s = raw_connect(victim.addr);
+    let mut bytes = 200u32.to_be_bytes().to_vec();
+    bytes.extend(noise(7, 200));
+    s.write_all(&bytes).unwrap();
+    let t = wait_dropped(&mut s, "garbage Hello");
+    wait_until("garbage Hello counted", || {
+        m.close_count("handshake_failed") > failed_closes0
+    });
+    assert!(m.handshake_count("handshake_failed") > failed0);
+    eprintln!(
+        "[random bytes, framed] dropped after {t:?}; closes {:?}",
+        moved(m, &before)
+    );
+
+    // 2: pure noise (the first four bytes are a random length).
+    for seed in [11u64, 12, 13] {
+        let before = closes(m);
+        let mut s = raw_connect(victim.addr);
+        let _ = s.write_all(&noise(seed, 4096));
+        let t = wait_dropped(&mut s, "random bytes");
+        let mut got = Vec::new();
+        wait_until("random bytes counted as a close", || {
+            got = moved(m, &before);
+            !got.is_empty()
+        });
+        assert!(
+            got.iter()
+                .all(|(l, _)| *l != "replaced" && *l != "shutdown"),
+            "{got:?}"
+        );
+        eprintln!("[random bytes, seed {seed}] dropped after {t:?}; closes {got:?}");
+    }
+    assert_rss_bounded("random bytes", rss0);
+    assert!(victim.handle().is_connected(&honest.key()));
+    assert_exchange(&victim, &honest, 0, "after random bytes");
+}
+
+fn huge_length_prefix(backend: Backend) {
+    let _g = serial();
+    let (victim, honest) = victim_and_honest(backend, || vec![chan(1)], |_| {});
+    let m = victim.handle().metrics();
+    let rss0 = rss_kib();
+    let before = m.close_count("frame_too_large");
+    let mut s = raw_connect(victim.addr);
+    s.write_all(&[0xff, 0xff, 0xff, 0xff]).unwrap();
+    // Some body bytes, as a real attacker would stream.
+    let _ = s.write_all(&noise(3, 64 * 1024));
+    let t = wait_dropped(&mut s, "4 GiB length prefix");
+    wait_until("frame_too_large counted", || {
+        m.close_count("frame_too_large") > before
+    });
+    eprintln!("[4 GiB length prefix] dropped after {t:?}");
+    assert_rss_bounded("4 GiB length prefix", rss0);
+    assert_exchange(&victim, &honest, 0, "after a 4 GiB length prefix");
+}
+
+fn slow_hello(backend: Backend) {
+    let _g = serial();
+    let (victim, honest, _p, hello, _) =
+        victim_behind_proxy(backend, |c| c.handshake_timeout = Duration::from_secs(1));
+    let m = victim.handle().metrics();
+    let timeouts = m.close_count("handshake_timeout");
+    let hs_timeouts = m.handshake_count("handshake_timeout");
+    let mut s = raw_connect(victim.addr);
+    s.set_nonblocking(true).unwrap();
+    let start = Instant::now();
+    let mut sent = 0;
+    let mut dropped = false;
+    // One byte of a real Hello every 100 ms (bounded by the Hello's length).
+    for b in &hello {
+        if s.write_all(&[*b]).is_err() {
+            dropped = true;
+            break;
+        }
+        sent += 1;
+        std::thread::sleep(Duration::from_millis(100));
+        let mut buf = [0u8; 256];
+        match s.read(&mut buf) {
+            Ok(0) => {
+                dropped = true;
+                break;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            Err(_) => {
+                dropped = true;
+                break;
+            }
+        }
+    }
+    s.set_nonblocking(false).unwrap();
+    if !dropped {
+        wait_dropped(&mut s, "slow Hello");
+    }
+    let t = start.elapsed();
+    wait_until("handshake_timeout counted", || {
+        m.close_count("handshake_timeout") > timeouts
+    });
+    assert!(m.handshake_count("handshake_timeout") > hs_timeouts);
+    assert!(
+        sent < hello.len(),
+        "the victim waited for the whole slow Hello ({sent} bytes)"
+    );
+    eprintln!(
+        "[slow Hello, 1 byte/100 ms, timeout 1 s] dropped after {t:?} having received {sent} of {} bytes",
+        hello.len()
+    );
+    assert_exchange(&victim, &honest, 0, "after a slow Hello");
+}
+
+fn many_silent_connections(backend: Backend) {
+    let _g = serial();
+    const CONNS: u64 = 300;
+    const MAX_INBOUND: usize = 64;
+    let (victim, honest) = victim_and_honest(
+        backend,
+        || vec![chan(1)],
+        |c| {
+            c.max_inbound = MAX_INBOUND;
+            c.handshake_timeout = Duration::from_secs(1);
+        },
+    );
+    let m = victim.handle().metrics();
+    let rss0 = rss_kib();
+    let refused0 = m.refused_count("max_inbound");
+    let timeouts0 = m.close_count("handshake_timeout");
+    let start = Instant::now();
+    let mut max_handshaking = 0i64;
+    let mut conns = Vec::new();
+    for _ in 0..CONNS {
+        conns.push(raw_connect(victim.addr));
+        max_handshaking = max_handshaking.max(m.handshaking.get());
+    }
+    wait_until("every silent connection refused or timed out", || {
+        max_handshaking = max_handshaking.max(m.handshaking.get());
+        let refused = m.refused_count("max_inbound") - refused0;
+        let timed_out = m.close_count("handshake_timeout") - timeouts0;
+        refused + timed_out >= CONNS
+    });
+    let t = start.elapsed();
+    let refused = m.refused_count("max_inbound") - refused0;
+    let timed_out = m.close_count("handshake_timeout") - timeouts0;
+    eprintln!(
+        "[{CONNS} silent connections, max_inbound {MAX_INBOUND}, timeout 1 s] \
+         {refused} refused at accept, {timed_out} timed out, peak {max_handshaking} \
+         handshaking, all gone after {t:?}"
+    );
+    assert!(refused > 0, "the inbound limit refused some");
+    assert!(
+        max_handshaking <= MAX_INBOUND as i64,
+        "at most max_inbound handshaking ({max_handshaking})"
+    );
+    wait_until("no handshake left", || m.handshaking.get() == 0);
+    assert_rss_bounded("silent connections", rss0);
+    // The attacker still holds its sockets; honest peers are served.
+    assert!(victim.handle().is_connected(&honest.key()));
+    assert_exchange(&victim, &honest, 0, "after silent connections");
+    new_honest_node_served(
+        backend,
+        &victim,
+        vec![chan(1)],
+        "new node after silent connections",
+    );
+    drop(conns);
+}
+
+fn replayed_hello(backend: Backend) {
+    let _g = serial();
+    let (victim, honest, _p, hello, confirm) =
+        victim_behind_proxy(backend, |c| c.handshake_timeout = Duration::from_secs(1));
+    let m = victim.handle().metrics();
+    let ok0 = m.handshake_count("ok");
+    let replaced0 = m.close_count("replaced");
+
+    // 1: replay the Hello and the dialer's confirmation.
+    let before = closes(m);
+    let mut s = raw_connect(victim.addr);
+    s.write_all(&hello).unwrap();
+    // The victim answers the replayed Hello (its Hello and confirmation).
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut answer = Vec::new();
+    wait_until("the victim's answer to a replayed Hello", || {
+        let mut buf = [0u8; 4096];
+        match s.read(&mut buf) {
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) => panic!("victim dropped the replayed Hello: {e}"),
+        }
+        frames(&answer).len() >= 2
+    });
+    let _ = s.write_all(&confirm);
+    let t = wait_dropped(&mut s, "replayed Hello + confirmation");
+    let mut got = Vec::new();
+    wait_until("the replayed handshake counted", || {
+        got = moved(m, &before);
+        !got.is_empty()
+    });
+    eprintln!("[replayed Hello + confirmation] dropped after {t:?}; closes {got:?}");
+    assert!(
+        got.iter().any(|(l, _)| *l == "bad_confirmation"),
+        "closed as bad confirmation: {got:?}"
+    );
+
+    // 2: replay only the Hello and go silent.
+    let timeouts0 = m.close_count("handshake_timeout");
+    let mut s = raw_connect(victim.addr);
+    s.write_all(&hello).unwrap();
+    let t = wait_dropped(&mut s, "replayed Hello");
+    wait_until("handshake_timeout counted", || {
+        m.close_count("handshake_timeout") > timeouts0
+    });
+    eprintln!("[replayed Hello, silent] dropped after {t:?} (handshake_timeout)");
+
+    assert_eq!(
+        m.handshake_count("ok"),
+        ok0,
+        "no replayed handshake completed"
+    );
+    assert_eq!(m.close_count("replaced"), replaced0, "nothing displaced");
+    assert_eq!(victim.handle().peers(), vec![honest.key()]);
+    assert_exchange(&victim, &honest, 0, "after replayed Hellos");
+}
+
+fn unregistered_channel(backend: Backend) {
+    let _g = serial();
+    let victim = start_node(backend, 1, any_addr(), &[1, 2, 3], &[], &[chan(1)], |_| {});
+    let attacker = start_node(
+        backend,
+        2,
+        any_addr(),
+        &[1, 2, 3],
+        &[(1, victim.addr)],
+        &[chan(1), chan(9)],
+        |_| {},
+    );
+    assert_exchange(&victim, &attacker, 0, "before the attack");
+    let m = victim.handle().metrics();
+    let before = m.close_count("protocol_violation");
+    attacker.channels[1]
+        .0
+        .send_to(&victim.key(), Bytes::from_static(b"channel 9"), false)
+        .unwrap();
+    let t = wait_until("protocol_violation counted", || {
+        m.close_count("protocol_violation") > before
+    });
+    eprintln!("[record on an unregistered channel] closed after {t:?} (protocol_violation)");
+    assert!(victim.channels[0].1.try_recv().is_none());
+    new_honest_node_served(
+        backend,
+        &victim,
+        vec![chan(1)],
+        "after an unregistered channel",
+    );
+}
+
+fn oversized_message(backend: Backend) {
+    let _g = serial();
+    let def = |max_size| ChannelDef {
+        quota: None,
+        id: 1,
+        max_size,
+        backlog: 16,
+        compression: None,
+    };
+    let victim = start_node(
+        backend,
+        1,
+        any_addr(),
+        &[1, 2, 3],
+        &[],
+        &[def(64 << 10)],
+        |_| {},
+    );
+    let attacker = start_node(
+        backend,
+        2,
+        any_addr(),
+        &[1, 2, 3],
+        &[(1, victim.addr)],
+        &[def(16 << 20)],
+        |_| {},
+    );
+    assert_exchange(&victim, &attacker, 0, "before the attack");
+    let payload = Bytes::from(noise(5, 8 << 20));
+    let m = victim.handle().metrics();
+    let rss0 = rss_kib();
+    let before = closes(m);
+    // `payload` stays alive until after the RSS check: its release must not
+    // hide the victim's growth.
+    attacker.channels[0]
+        .0
+        .send_to(&victim.key(), payload.clone(), false)
+        .unwrap();
+    let mut got = Vec::new();
+    let t = wait_until("the oversized message refused", || {
+        got = moved(m, &before);
+        got.iter()
+            .any(|(l, _)| matches!(*l, "message_too_large" | "bad_chunk"))
+    });
+    eprintln!("[8 MiB message vs 64 KiB channel] closed after {t:?}; closes {got:?}");
+    assert_rss_bounded("oversized message", rss0);
+    drop(payload);
+    assert!(victim.channels[0].1.try_recv().is_none());
+    new_honest_node_served(
+        backend,
+        &victim,
+        vec![def(64 << 10)],
+        "after an oversized message",
+    );
+}
+
+fn compression_bomb(backend: Backend) {
+    let _g = serial();
+    const BOMB: usize = 64 << 20;
+    let def = |max_size, compression| ChannelDef {
+        quota: None,
+        id: 1,
+        max_size,
+        backlog: 16,
+        compression,
+    };
+    let victim = start_node(
+        backend,
+        1,
+        any_addr(),
+        &[1, 2, 3],
+        &[],
+        &[def(1 << 20, Some(3))],
+        |_| {},
+    );
+    let attacker = start_node(
+        backend,
+        2,
+        any_addr(),
+        &[1, 2, 3],
+        &[(1, victim.addr)],
+        &[def(BOMB + 1, Some(3))],
+        |_| {},
+    );
+    assert_exchange(&victim, &attacker, 0, "before the attack");
+    // Touch every page before the baseline so the attacker's own buffer is
+    // not counted as the victim's growth.
+    let mut zeros = vec![1u8; BOMB];
+    zeros.fill(std::hint::black_box(0));
+    let zeros = Bytes::from(zeros);
+    let m = victim.handle().metrics();
+    let rss0 = rss_kib();
+    let before = closes(m);
+    // `zeros` stays alive until after the RSS check: its release must not
+    // hide the victim's growth.
+    attacker.channels[0]
+        .0
+        .send_to(&victim.key(), zeros.clone(), false)
+        .unwrap();
+    let mut got = Vec::new();
+    let t = wait_until("the compression bomb refused", || {
+        got = moved(m, &before);
+        got.iter()
+            .any(|(l, _)| matches!(*l, "decompress_refused" | "message_too_large"))
+    });
+    eprintln!("[zstd bomb, 64 MiB of zeros vs 1 MiB channel] closed after {t:?}; closes {got:?}");
+    assert_rss_bounded("compression bomb", rss0);
+    drop(zeros);
+    assert!(victim.channels[0].1.try_recv().is_none());
+    new_honest_node_served(
+        backend,
+        &victim,
+        vec![def(1 << 20, Some(3))],
+        "after a compression bomb",
+    );
+}
+
+fn flood_above_quota(backend: Backend) {
+    let _g = serial();
+    let limited = || ChannelDef {
+        quota: Some(Quota::per_second(NonZeroU32::new(100).unwrap())),
+        id: 1,
+        max_size: 4096,
+        backlog: 1024,
+        compression: None,
+    };
+    let victim = start_node(
+        backend,
+        1,
+        any_addr(),
+        &[1, 2, 3],
+        &[],
+        &[chan(2), limited()],
+        |_| {},
+    );
+    let attacker = start_node(
+        backend,
+        2,
+        any_addr(),
+        &[1, 2, 3],
+        &[(1, victim.addr)],
+        &[chan(2), limited()],
+        |_| {},
+    );
+    assert_exchange(&victim, &attacker, 0, "before the flood");
+    let m = victim.handle().metrics();
+    let rss0 = rss_kib();
+    let pauses0 = m.rate_limit_pauses.get();
+    let payload = Bytes::from(noise(9, 1024));
+    let start = Instant::now();
+    let mut accepted = 0u64;
+    let mut full = false;
+    // Bounded: 10 million attempts or WAIT, whichever first.
+    for _ in 0..10_000_000u64 {
+        match attacker.channels[1]
+            .0
+            .send_to(&victim.key(), payload.clone(), false)
+        {
+            Ok(()) => accepted += 1,
+            Err(SendError::Full) => {
+                full = true;
+                break;
+            }
+            Err(e) => panic!("unexpected send error during the flood: {e:?}"),
+        }
+        if start.elapsed() > WAIT {
+            break;
+        }
+    }
+    let t = start.elapsed();
+    assert!(
+        full,
+        "the flood never saw Full ({accepted} accepted in {t:?})"
+    );
+    wait_until("rate limit pauses counted", || {
+        m.rate_limit_pauses.get() > pauses0
+    });
+    eprintln!(
+        "[flood above a 100/s quota, 1 KiB messages] sender saw Full after {accepted} \
+         accepted sends ({t:?}); victim rate_limit_pauses {}",
+        m.rate_limit_pauses.get() - pauses0
+    );
+    assert_rss_bounded("flood above quota", rss0);
+    // The flooded victim still serves other peers (channel 2 has no quota).
+    new_honest_node_served(backend, &victim, vec![chan(2), limited()], "during a flood");
+    assert!(victim.handle().is_connected(&attacker.key()));
+}
+
+fn peer_that_stops_reading(backend: Backend) {
+    let _g = serial();
+    let def = || ChannelDef {
+        quota: None,
+        id: 1,
+        max_size: 1 << 20,
+        backlog: 4,
+        compression: None,
+    };
+    let sender = start_node(backend, 1, any_addr(), &[1, 2, 3], &[], &[def()], |_| {});
+    let dial = [(1, sender.addr)];
+    let sleeper = start_node(backend, 2, any_addr(), &[1, 2, 3], &dial, &[def()], |_| {});
+    let third = start_node(backend, 3, any_addr(), &[1, 2, 3], &dial, &[def()], |_| {});
+    for n in [&sleeper, &third] {
+        assert!(sender.handle().wait_peers(WAIT, |p| p.contains(&n.key())));
+        assert!(n.handle().wait_peers(WAIT, |p| p.contains(&sender.key())));
+    }
+    let sender_backlog = Config::local(None).peer_send_backlog;
+    let rss0 = rss_kib();
+    let chunk = Bytes::from(noise(21, 64 << 10));
+    let start = Instant::now();
+    let mut accepted = 0u64;
+    let mut full = false;
+    for _ in 0..1_000_000u64 {
+        match sender.channels[0]
+            .0
+            .send_to(&sleeper.key(), chunk.clone(), false)
+        {
+            Ok(()) => accepted += 1,
+            Err(SendError::Full) => {
+                full = true;
+                break;
+            }
+            Err(e) => panic!("unexpected send error: {e:?}"),
+        }
+        if start.elapsed() > WAIT {
+            break;
+        }
+    }
+    let t = start.elapsed();
+    assert!(
+        full,
+        "sending to a peer that never reads never reported Full"
+    );
+    assert!(sender.handle().metrics().send_full.get() > 0);
+    eprintln!(
+        "[peer that stops reading, 64 KiB messages, backlog 4] Full after {accepted} \
+         accepted sends in {t:?} (clones of one buffer; peer_send_backlog {})",
+        sender_backlog
+    );
+    // The sender still serves the third node: everything arrives, in order.
+    const N: usize = 64;
+    for i in 0..N {
+        let msg = Bytes::from(format!("third #{i}"));
+        sender.channels[0]
+            .0
+            .send_to_blocking(&third.key(), msg, false)
+            .unwrap();
+        let (_, got) = recv_within(&third.channels[0].1);
+        assert_eq!(got, Bytes::from(format!("third #{i}")));
+    }
+    assert_rss_bounded("peer that stops reading", rss0);
+    assert!(sender.handle().is_connected(&sleeper.key()));
+}
+
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod epoll {
+            $( #[test] fn $name() { super::$name(shoal::engine::Backend::Epoll) } )*
+        }
+        mod io_uring {
+            $( #[test] fn $name() {
+                if super::backend_available(shoal::engine::Backend::IoUring) {
+                    super::$name(shoal::engine::Backend::IoUring)
+                }
+            } )*
+        }
+    };
+}
+
+both_backends!(
+    random_bytes_after_connect,
+    huge_length_prefix,
+    slow_hello,
+    many_silent_connections,
+    replayed_hello,
+    unregistered_channel,
+    oversized_message,
+    compression_bomb,
+    flood_above_quota,
+    peer_that_stops_reading,
+);
