@@ -78,8 +78,14 @@ impl ShardWaker {
     }
 
     /// Shard: after waking, clear the flag and drain the wake socket.
+    ///
+    /// It also yields once: the scheduler tends to run a woken shard on the
+    /// CPU of the thread that woke it, preempting that producer in the middle
+    /// of its burst; giving the CPU back lets the producer enqueue the rest
+    /// while the flag says "awake", so the burst costs one wake-up.
     pub fn woke(&self) {
         self.sleeping.store(false, Ordering::SeqCst);
+        std::thread::yield_now();
         let mut buf = [0u8; 64];
         while let Ok(n) = (&self.rx).read(&mut buf) {
             if n < buf.len() {
