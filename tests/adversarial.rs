@@ -12,6 +12,7 @@
 //! Every wait is a deadline on a condition (`WAIT`), never a timing threshold;
 //! the figures printed with `eprintln!` are observations for SECURITY.md.
 
+#[macro_use]
 mod common;
 
 use std::io::{ErrorKind, Read, Write};
@@ -879,21 +880,6 @@ fn peer_that_stops_reading(backend: Backend) {
     }
     assert_rss_bounded("peer that stops reading", rss0);
     assert!(sender.handle().is_connected(&sleeper.key()));
-}
-
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod epoll {
-            $( #[test] fn $name() { super::$name(shoal::engine::Backend::Epoll) } )*
-        }
-        mod io_uring {
-            $( #[test] fn $name() {
-                if super::backend_available(shoal::engine::Backend::IoUring) {
-                    super::$name(shoal::engine::Backend::IoUring)
-                }
-            } )*
-        }
-    };
 }
 
 both_backends!(

@@ -2,6 +2,7 @@
 //! mesh from one bootstrapper, a restart on a new port found through its newer
 //! signed record, and peer-set changes that disconnect and connect.
 
+#[macro_use]
 mod common;
 
 use std::net::SocketAddr;
@@ -154,21 +155,6 @@ fn a_new_peer_set_disconnects_the_old_and_connects_the_new(backend: Backend) {
         nodes[1].handle().wait_peers(WAIT, |p| p.is_empty()),
         "node 2 was dropped by everyone"
     );
-}
-
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod epoll {
-            $( #[test] fn $name() { super::$name(shoal::engine::Backend::Epoll) } )*
-        }
-        mod io_uring {
-            $( #[test] fn $name() {
-                if super::backend_available(shoal::engine::Backend::IoUring) {
-                    super::$name(shoal::engine::Backend::IoUring)
-                }
-            } )*
-        }
-    };
 }
 
 both_backends!(

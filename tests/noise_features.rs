@@ -2,6 +2,7 @@
 //! prompt failure on disconnect, in-shard handlers (panics contained), ping,
 //! and the outbound connection limit noise ignored.
 
+#[macro_use]
 mod common;
 
 use std::sync::Arc;
@@ -206,21 +207,6 @@ fn outbound_limit_is_enforced(backend: Backend) {
     }
     assert_eq!(n1.handle().peers().len(), 2, "never more than max_outbound");
     drop(others);
-}
-
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod epoll {
-            $( #[test] fn $name() { super::$name(shoal::engine::Backend::Epoll) } )*
-        }
-        mod io_uring {
-            $( #[test] fn $name() {
-                if super::backend_available(shoal::engine::Backend::IoUring) {
-                    super::$name(shoal::engine::Backend::IoUring)
-                }
-            } )*
-        }
-    };
 }
 
 both_backends!(

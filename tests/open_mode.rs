@@ -2,6 +2,7 @@
 //! address find the true 16 closest ids to random targets (noise's own
 //! lookup returned 4 of 16 on average), and send-to-id dials an unknown node.
 
+#[macro_use]
 mod common;
 
 use std::net::SocketAddr;
@@ -138,21 +139,6 @@ fn send_to_id_dials_a_node_found_by_lookup(backend: Backend) {
     assert_eq!(sender, from.key());
     assert_eq!(m, Bytes::from_static(b"by id"));
     let _ = Duration::ZERO;
-}
-
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod epoll {
-            $( #[test] fn $name() { super::$name(shoal::engine::Backend::Epoll) } )*
-        }
-        mod io_uring {
-            $( #[test] fn $name() {
-                if super::backend_available(shoal::engine::Backend::IoUring) {
-                    super::$name(shoal::engine::Backend::IoUring)
-                }
-            } )*
-        }
-    };
 }
 
 both_backends!(

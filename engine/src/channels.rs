@@ -185,15 +185,30 @@ impl Sender {
             if h.depth.reserve(limit).await == Reserve::Closed {
                 return Err(SendError::NotConnected);
             }
-            match self.shared.enqueue_reserved(&h, msg.clone(), priority) {
-                Ok(()) => {
-                    self.spec.metrics.messages_out.inc();
-                    return Ok(());
-                }
-                // The shard's command queue is full: it is draining; retry.
-                Err(SendError::Full) => std::thread::yield_now(),
-                Err(e) => return Err(e),
+            if let Some(done) = self.enqueue_after_reserve(&h, &msg, priority) {
+                return done;
             }
+        }
+    }
+
+    /// Queues `msg` for a slot reserved by a waiting send. `None`: the
+    /// shard's command queue was full (it is draining), reserve again.
+    fn enqueue_after_reserve(
+        &self,
+        h: &PeerHandle,
+        msg: &Outgoing,
+        priority: bool,
+    ) -> Option<Result<(), SendError>> {
+        match self.shared.enqueue_reserved(h, msg.clone(), priority) {
+            Ok(()) => {
+                self.spec.metrics.messages_out.inc();
+                Some(Ok(()))
+            }
+            Err(SendError::Full) => {
+                std::thread::yield_now();
+                None
+            }
+            Err(e) => Some(Err(e)),
         }
     }
 
@@ -211,13 +226,8 @@ impl Sender {
             if h.depth.reserve_blocking(limit) == Reserve::Closed {
                 return Err(SendError::NotConnected);
             }
-            match self.shared.enqueue_reserved(&h, msg.clone(), priority) {
-                Ok(()) => {
-                    self.spec.metrics.messages_out.inc();
-                    return Ok(());
-                }
-                Err(SendError::Full) => std::thread::yield_now(),
-                Err(e) => return Err(e),
+            if let Some(done) = self.enqueue_after_reserve(&h, &msg, priority) {
+                return done;
             }
         }
     }

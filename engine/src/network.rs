@@ -811,20 +811,7 @@ fn control_loop(
                     shared.metrics.refuse("max_outbound");
                     continue;
                 }
-                let shard = next_shard % shared.shards.len();
-                next_shard = next_shard.wrapping_add(1);
-                shared.outbound.fetch_add(1, Ordering::AcqRel);
-                shared.peers.mark_dialing(&peer, true);
-                if shared.shards[shard]
-                    .send(Command::Dial {
-                        peer: peer.clone(),
-                        addr,
-                    })
-                    .is_err()
-                {
-                    shared.outbound.fetch_sub(1, Ordering::AcqRel);
-                    shared.peers.mark_dialing(&peer, false);
-                }
+                start_dial(&shared, &mut next_shard, peer, addr);
             }
 
             // Gossip: a bit-vector ping on every connection.
@@ -909,20 +896,7 @@ fn control_loop(
                 };
                 let jitter = rng.gen_range(0.75..1.25);
                 st.next_allowed = now + base.mul_f64(jitter);
-                let shard = next_shard % shared.shards.len();
-                next_shard = next_shard.wrapping_add(1);
-                shared.outbound.fetch_add(1, Ordering::AcqRel);
-                shared.peers.mark_dialing(&peer, true);
-                if shared.shards[shard]
-                    .send(Command::Dial {
-                        peer: peer.clone(),
-                        addr,
-                    })
-                    .is_err()
-                {
-                    shared.outbound.fetch_sub(1, Ordering::AcqRel);
-                    shared.peers.mark_dialing(&peer, false);
-                }
+                start_dial(&shared, &mut next_shard, peer, addr);
             }
             // Forget peers we can no longer dial (bounded by the candidates).
             if dial_states.len() > candidate_keys.len() {
@@ -973,6 +947,25 @@ fn accept_all(shared: &Shared, l: &TcpListener, next_shard: &mut usize) {
                 break;
             }
         }
+    }
+}
+
+/// Hands a dial to the next shard (round robin), counting it against
+/// `max_outbound` and marking the peer as being dialed until it ends.
+fn start_dial(shared: &Shared, next_shard: &mut usize, peer: PublicKey, addr: SocketAddr) {
+    let shard = *next_shard % shared.shards.len();
+    *next_shard = next_shard.wrapping_add(1);
+    shared.outbound.fetch_add(1, Ordering::AcqRel);
+    shared.peers.mark_dialing(&peer, true);
+    if shared.shards[shard]
+        .send(Command::Dial {
+            peer: peer.clone(),
+            addr,
+        })
+        .is_err()
+    {
+        shared.outbound.fetch_sub(1, Ordering::AcqRel);
+        shared.peers.mark_dialing(&peer, false);
     }
 }
 

@@ -94,3 +94,34 @@ impl ShardWaker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_to_a_sleeping_shard_costs_one_wake_up() {
+        let wakeups = Counter::default();
+        let w = ShardWaker::new(wakeups.clone()).unwrap();
+        // Awake shard: producers never make a syscall.
+        for _ in 0..1000 {
+            w.wake();
+        }
+        assert_eq!(wakeups.get(), 0);
+        // Sleeping shard: the first message of a burst wakes it, the rest
+        // see the flag already cleared.
+        w.prepare_sleep();
+        for _ in 0..1000 {
+            w.wake();
+        }
+        assert_eq!(wakeups.get(), 1);
+        // The shard drains the wake socket and goes back to sleep: the next
+        // burst costs one more.
+        w.woke();
+        w.prepare_sleep();
+        for _ in 0..1000 {
+            w.wake();
+        }
+        assert_eq!(wakeups.get(), 2);
+    }
+}

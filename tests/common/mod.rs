@@ -164,3 +164,22 @@ pub fn mesh(
     }
     nodes
 }
+
+/// Defines `epoll::NAME` and `io_uring::NAME` tests for every `fn NAME(Backend)`
+/// given; the io_uring ones skip (with a printed reason) where io_uring is
+/// unavailable.
+#[allow(unused_macros)]
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod epoll {
+            $( #[test] fn $name() { super::$name(shoal::engine::Backend::Epoll) } )*
+        }
+        mod io_uring {
+            $( #[test] fn $name() {
+                if super::backend_available(shoal::engine::Backend::IoUring) {
+                    super::$name(shoal::engine::Backend::IoUring)
+                }
+            } )*
+        }
+    };
+}

@@ -49,6 +49,9 @@ const OP_WAKE: u64 = 4;
 const OP_CANCEL: u64 = 5;
 const KEY_MASK: u64 = (1 << 56) - 1;
 const WAKE_KEY: u64 = KEY_MASK;
+/// How long a shard with a send in flight waits for its completion before it
+/// announces sleep (see the event loop).
+const INFLIGHT_WAIT_NS: u32 = 50_000;
 
 fn user_data(op: u64, key: usize) -> u64 {
     (op << 56) | (key as u64 & KEY_MASK)
@@ -387,6 +390,28 @@ fn event_loop(core: &mut ShardCore, d: &mut Driver, busy_poll: bool) -> io::Resu
             }
             if core.yield_for_commands(&mut actions) {
                 continue;
+            }
+            // A send in flight completes within microseconds on a healthy
+            // connection: wait for it briefly *without* announcing sleep, so
+            // a producer mid-burst does not pay a wake-up for every message
+            // only because the shard dozed between a send and its completion.
+            if d.socks.values().any(|s| s.send.is_some()) {
+                let ts = types::Timespec::new().nsec(INFLIGHT_WAIT_NS);
+                let args = types::SubmitArgs::new().timespec(&ts);
+                match d.ring.submitter().submit_with_args(1, &args) {
+                    Ok(_) => {}
+                    Err(e)
+                        if matches!(
+                            e.raw_os_error(),
+                            Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)
+                        ) => {}
+                    Err(e) => return Err(e),
+                }
+                if !d.ring.completion().is_empty()
+                    || core.has_commands(Instant::now(), &mut actions)
+                {
+                    continue;
+                }
             }
         }
         let sleeping = timeout > Duration::ZERO;
