@@ -80,43 +80,43 @@ impl QueueDepth {
         self.closed.load(Ordering::Acquire)
     }
 
+    /// One attempt: reserved or closed, or the listener to wait on. The
+    /// listener is registered before the second check so a release between
+    /// the two checks is not missed.
+    fn poll_reserve(&self, limit: usize) -> Result<Reserve, event_listener::EventListener> {
+        if self.is_closed() {
+            return Ok(Reserve::Closed);
+        }
+        if self.try_reserve(limit) {
+            return Ok(Reserve::Reserved);
+        }
+        let listener = self.space.listen();
+        if self.is_closed() {
+            return Ok(Reserve::Closed);
+        }
+        if self.try_reserve(limit) {
+            return Ok(Reserve::Reserved);
+        }
+        Err(listener)
+    }
+
     /// Waits (async) until a slot is reserved or the connection ends.
     pub async fn reserve(&self, limit: usize) -> Reserve {
         loop {
-            if self.is_closed() {
-                return Reserve::Closed;
+            match self.poll_reserve(limit) {
+                Ok(done) => return done,
+                Err(listener) => listener.await,
             }
-            if self.try_reserve(limit) {
-                return Reserve::Reserved;
-            }
-            let listener = self.space.listen();
-            if self.is_closed() {
-                return Reserve::Closed;
-            }
-            if self.try_reserve(limit) {
-                return Reserve::Reserved;
-            }
-            listener.await;
         }
     }
 
     /// Blocking variant of [`QueueDepth::reserve`].
     pub fn reserve_blocking(&self, limit: usize) -> Reserve {
         loop {
-            if self.is_closed() {
-                return Reserve::Closed;
+            match self.poll_reserve(limit) {
+                Ok(done) => return done,
+                Err(listener) => listener.wait(),
             }
-            if self.try_reserve(limit) {
-                return Reserve::Reserved;
-            }
-            let listener = self.space.listen();
-            if self.is_closed() {
-                return Reserve::Closed;
-            }
-            if self.try_reserve(limit) {
-                return Reserve::Reserved;
-            }
-            listener.wait();
         }
     }
 }

@@ -57,50 +57,14 @@ pub(crate) fn run(mut core: ShardCore, busy_poll: bool) -> io::Result<()> {
                     }
                     let _ = std_stream.set_nodelay(true);
                     let key = core.insert(true, None, now);
-                    let mut stream = TcpStream::from_std(std_stream);
-                    if let Err(e) = poll.registry().register(
-                        &mut stream,
-                        Token(key),
-                        Interest::READABLE | Interest::WRITABLE,
-                    ) {
-                        core.finish_close(key, Some(e.to_string()));
-                        continue;
-                    }
-                    socks.insert(
-                        key,
-                        Sock {
-                            stream,
-                            pending: None,
-                            connecting: false,
-                            readable: true,
-                            writable: true,
-                        },
-                    );
+                    let stream = TcpStream::from_std(std_stream);
+                    register(&mut core, &poll, &mut socks, key, stream, false);
                 }
                 DriverAction::Dial(peer, addr) => {
                     core.shared.metrics.dials.inc();
                     let key = core.insert(false, Some((peer, addr)), now);
                     match TcpStream::connect(addr) {
-                        Ok(mut stream) => {
-                            if let Err(e) = poll.registry().register(
-                                &mut stream,
-                                Token(key),
-                                Interest::READABLE | Interest::WRITABLE,
-                            ) {
-                                core.finish_close(key, Some(e.to_string()));
-                                continue;
-                            }
-                            socks.insert(
-                                key,
-                                Sock {
-                                    stream,
-                                    pending: None,
-                                    connecting: true,
-                                    readable: false,
-                                    writable: false,
-                                },
-                            );
-                        }
+                        Ok(stream) => register(&mut core, &poll, &mut socks, key, stream, true),
                         Err(e) => core.finish_close(key, Some(e.to_string())),
                     }
                 }
@@ -273,6 +237,36 @@ pub(crate) fn run(mut core: ShardCore, busy_poll: bool) -> io::Result<()> {
             }
         }
     }
+}
+
+/// Registers a socket for `key` (a connecting one waits for writability
+/// before it may read or write); on failure the connection is closed.
+fn register(
+    core: &mut ShardCore,
+    poll: &Poll,
+    socks: &mut HashMap<usize, Sock>,
+    key: usize,
+    mut stream: TcpStream,
+    connecting: bool,
+) {
+    if let Err(e) = poll.registry().register(
+        &mut stream,
+        Token(key),
+        Interest::READABLE | Interest::WRITABLE,
+    ) {
+        core.finish_close(key, Some(e.to_string()));
+        return;
+    }
+    socks.insert(
+        key,
+        Sock {
+            stream,
+            pending: None,
+            connecting,
+            readable: !connecting,
+            writable: !connecting,
+        },
+    );
 }
 
 fn flush(core: &mut ShardCore, poll: &mut Poll, socks: &mut HashMap<usize, Sock>, key: usize) {

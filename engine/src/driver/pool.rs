@@ -58,9 +58,9 @@ impl BufferPool {
                 .map_err(|_| oom())?;
         let bufs_layout =
             Layout::from_size_align(entries as usize * size, 4096).map_err(|_| oom())?;
-        // SAFETY: both layouts have non-zero size (entries >= 1, size >= 1);
-        // the memory is owned by this struct and freed in Drop with the same
-        // layouts.
+        // Both layouts have non-zero size (entries >= 1, size >= 1); the
+        // memory is owned by this struct and freed in Drop with these layouts.
+        // SAFETY: non-zero-size layouts, freed exactly once, in Drop.
         let (ring, bufs) = unsafe { (alloc_zeroed(ring_layout), alloc_zeroed(bufs_layout)) };
         let (Some(ring), Some(bufs)) =
             (NonNull::new(ring as *mut BufRingEntry), NonNull::new(bufs))
@@ -98,11 +98,11 @@ impl BufferPool {
         if bid >= self.entries || len > self.size {
             return None;
         }
-        // SAFETY: `bid < entries` and `len <= size`, so the range is inside
-        // the allocation. The caller got `bid` from a completion, after which
-        // the kernel does not touch this buffer until `recycle(bid)` publishes
-        // it again; the returned borrow of `self` prevents recycling while the
-        // slice lives.
+        // `bid < entries` and `len <= size`, so the range is inside the
+        // allocation. The caller got `bid` from a completion, after which the
+        // kernel does not touch this buffer until `recycle(bid)` publishes it
+        // again; the returned borrow of `self` prevents recycling meanwhile.
+        // SAFETY: in bounds, and the kernel is done writing this buffer.
         Some(unsafe {
             std::slice::from_raw_parts(self.bufs.as_ptr().add(bid as usize * self.size), len)
         })
@@ -119,10 +119,10 @@ impl BufferPool {
     fn push(&mut self, bid: u16) {
         let mask = self.entries - 1;
         let idx = (self.tail & mask) as usize;
-        // SAFETY: `idx < entries`, inside the ring allocation. The kernel
-        // only reads descriptors between its head and our published tail;
-        // slot `tail & mask` is past the published tail, so the kernel is not
-        // reading it while we write it.
+        // `idx < entries`, inside the ring allocation. The kernel only reads
+        // descriptors between its head and our published tail; slot
+        // `tail & mask` is past the published tail.
+        // SAFETY: in bounds, and the kernel is not reading this slot.
         unsafe {
             let entry = &mut *self.ring.as_ptr().add(idx);
             entry.set_addr(self.bufs.as_ptr().add(bid as usize * self.size) as u64);
@@ -133,10 +133,10 @@ impl BufferPool {
     }
 
     fn publish(&self) {
-        // SAFETY: the tail field lives inside the first descriptor of our
-        // ring allocation (io_uring's layout); it is a u16 the kernel only
-        // reads, so an atomic Release store makes every descriptor written
-        // before it visible to the kernel.
+        // The tail field lives inside the first descriptor of our ring
+        // allocation (io_uring's layout); it is a u16 the kernel only reads,
+        // so a Release store publishes every descriptor written before it.
+        // SAFETY: valid, aligned u16 inside our allocation; kernel only reads.
         unsafe {
             let tail = BufRingEntry::tail(self.ring.as_ptr()) as *const AtomicU16;
             (*tail).store(self.tail, Ordering::Release);
@@ -146,9 +146,10 @@ impl BufferPool {
 
 impl Drop for BufferPool {
     fn drop(&mut self) {
-        // SAFETY: allocated in `new` with these layouts. The driver drops the
-        // pool only after unregistering the buffer ring and reaping every
-        // in-flight receive, so the kernel holds no pointer into either block.
+        // Allocated in `new` with these layouts. The driver drops the pool
+        // only after unregistering the buffer ring and reaping every in-flight
+        // receive, so the kernel holds no pointer into either block.
+        // SAFETY: same layouts as allocated; the kernel no longer uses them.
         unsafe {
             dealloc(self.ring.as_ptr() as *mut u8, self.ring_layout);
             dealloc(self.bufs.as_ptr(), self.bufs_layout);

@@ -51,7 +51,7 @@ const KEY_MASK: u64 = (1 << 56) - 1;
 const WAKE_KEY: u64 = KEY_MASK;
 /// How long a shard with a send in flight waits for its completion before it
 /// announces sleep (see the event loop).
-const INFLIGHT_WAIT_NS: u32 = 50_000;
+const INFLIGHT_WAIT_NS: u64 = 50_000;
 
 fn user_data(op: u64, key: usize) -> u64 {
     (op << 56) | (key as u64 & KEY_MASK)
@@ -396,17 +396,7 @@ fn event_loop(core: &mut ShardCore, d: &mut Driver, busy_poll: bool) -> io::Resu
             // a producer mid-burst does not pay a wake-up for every message
             // only because the shard dozed between a send and its completion.
             if d.socks.values().any(|s| s.send.is_some()) {
-                let ts = types::Timespec::new().nsec(INFLIGHT_WAIT_NS);
-                let args = types::SubmitArgs::new().timespec(&ts);
-                match d.ring.submitter().submit_with_args(1, &args) {
-                    Ok(_) => {}
-                    Err(e)
-                        if matches!(
-                            e.raw_os_error(),
-                            Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)
-                        ) => {}
-                    Err(e) => return Err(e),
-                }
+                submit_and_wait(&d.ring, Duration::from_nanos(INFLIGHT_WAIT_NS))?;
                 if !d.ring.completion().is_empty()
                     || core.has_commands(Instant::now(), &mut actions)
                 {
@@ -424,22 +414,31 @@ fn event_loop(core: &mut ShardCore, d: &mut Driver, busy_poll: bool) -> io::Resu
                 continue;
             }
         }
-        let ts = types::Timespec::new()
-            .sec(timeout.as_secs())
-            .nsec(timeout.subsec_nanos());
-        let args = types::SubmitArgs::new().timespec(&ts);
-        match d.ring.submitter().submit_with_args(1, &args) {
-            Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)
-                ) => {}
-            Err(e) => return Err(e),
-        }
+        submit_and_wait(&d.ring, timeout)?;
         if sleeping {
             core.waker.cancel_sleep();
         }
+    }
+}
+
+/// Submits queued operations and waits up to `timeout` for one completion
+/// (a timeout or a signal is not an error).
+fn submit_and_wait(ring: &IoUring, timeout: Duration) -> io::Result<()> {
+    let ts = types::Timespec::new()
+        .sec(timeout.as_secs())
+        .nsec(timeout.subsec_nanos());
+    let args = types::SubmitArgs::new().timespec(&ts);
+    match ring.submitter().submit_with_args(1, &args) {
+        Ok(_) => Ok(()),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)
+            ) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -627,9 +626,7 @@ fn drain_all(core: &mut ShardCore, d: &mut Driver) {
             ));
             break;
         }
-        let ts = types::Timespec::new().nsec(10_000_000);
-        let args = types::SubmitArgs::new().timespec(&ts);
-        let _ = d.ring.submitter().submit_with_args(1, &args);
+        let _ = submit_and_wait(&d.ring, Duration::from_millis(10));
     }
     let keys: Vec<usize> = d.socks.keys().copied().collect();
     for key in keys {
