@@ -124,10 +124,12 @@ fn large_message_with_high_priority_interleaved(backend: Backend) {
             before
         })
     };
-    assert!(
-        small_seen_before_big > 0,
-        "high-priority messages must overtake the 16 MiB message"
-    );
+    // Whether the small messages are enqueued before the shard has encoded
+    // every chunk of the big one depends on scheduling, so the overtaking
+    // itself is asserted deterministically in the sans-IO test
+    // `connection::tests::high_priority_overtakes_a_chunked_message`; here
+    // the figure is printed and delivery of everything, intact, is asserted.
+    eprintln!("{backend:?}: {small_seen_before_big} of {SMALL} urgent messages arrived before the 16 MiB one");
 }
 
 fn compressed_channel(backend: Backend) {
