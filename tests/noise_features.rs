@@ -115,7 +115,10 @@ fn request_fails_promptly_when_peer_disconnects(backend: Backend) {
     // The handler holds the request until the test releases it.
     let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
     let release_rx = std::sync::Mutex::new(release_rx);
+    let (arrived_tx, arrived_rx) = std::sync::mpsc::channel::<()>();
+    let arrived_tx = std::sync::Mutex::new(arrived_tx);
     let holding: shoal::engine::Handler = Arc::new(move |_, _| {
+        let _ = arrived_tx.lock().unwrap().send(());
         let _ = release_rx
             .lock()
             .unwrap()
@@ -130,11 +133,11 @@ fn request_fails_promptly_when_peer_disconnects(backend: Backend) {
         let h = s.spawn(move || {
             tx.request_blocking(&peer, Bytes::from_static(b"q"), Duration::from_secs(60))
         });
-        // Once the request is out, drop the connection from the requester's side.
-        assert!(a.handle().wait_peers(WAIT, |p| p.len() == 1));
-        while a.handle().metrics().writes.get() == 0 {
-            std::thread::yield_now();
-        }
+        // Once the responder holds the request, drop the connection from the
+        // requester's side.
+        arrived_rx
+            .recv_timeout(WAIT)
+            .expect("the request reached the responder's handler");
         a.handle().disconnect(&b.key());
         let r = h.join().unwrap();
         let _ = release_tx.send(());
