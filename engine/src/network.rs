@@ -542,7 +542,6 @@ fn control_loop(
         };
         let mut open_actions = Vec::new();
         let mut join: Option<tokio::sync::oneshot::Receiver<crate::open::LookupResult>> = None;
-        let mut join_rounds = 0u32;
         let mut now_dials: Vec<(PublicKey, SocketAddr)> = Vec::new();
         let mut pending: Vec<ControlEvent> = Vec::new();
         while !stop.load(Ordering::Acquire) {
@@ -769,7 +768,8 @@ fn control_loop(
             // Open mode: drive lookups, join, liveness checks.
             if let Some(o) = open.as_mut() {
                 let connected = |k: &PublicKey| shared.peers.get(k).map(|h| h.id);
-                // Join: a few lookups of our own id once we know somebody.
+                // Join and refresh: one lookup at a time (see
+                // `OpenMode::next_join_target`).
                 if let Some(rx) = join.as_mut() {
                     if !matches!(
                         rx.try_recv(),
@@ -778,12 +778,12 @@ fn control_loop(
                         join = None;
                     }
                 }
-                if join.is_none() && join_rounds < JOIN_LOOKUPS && o.table_len() > 0 {
-                    let (tx, rx) = tokio::sync::oneshot::channel();
-                    let local = o.local_id();
-                    if o.start_lookup(local, tx, now) {
-                        join = Some(rx);
-                        join_rounds += 1;
+                if join.is_none() {
+                    if let Some(target) = o.next_join_target(now, &mut rng) {
+                        let (tx, rx) = tokio::sync::oneshot::channel();
+                        if o.start_lookup(target, tx, now) {
+                            join = Some(rx);
+                        }
                     }
                 }
                 o.poll(&connected, now, &mut open_actions);
@@ -910,9 +910,6 @@ fn control_loop(
     }
     drop(listener);
 }
-
-/// Self-lookups an open-mode node runs when it joins.
-const JOIN_LOOKUPS: u32 = 3;
 
 /// Our own record is re-signed after this long (ms).
 const OWN_RECORD_REFRESH_MS: u64 = 60_000;
