@@ -59,13 +59,16 @@ pub enum Scenario {
     Rpc,
     /// One node sends each message to `--peers N` nodes (`Recipients::All`).
     Fanout,
+    /// noise's BenchmarkSend: 5-byte (or `--size`) messages on one
+    /// connection; time per message until enqueued and until delivered.
+    Send,
 }
 
 impl Scenario {
     fn parse(s: &str) -> Result<Scenario, String> {
         <Scenario as ValueEnum>::from_str(s, true).map_err(|_| {
             format!(
-                "`bench.scenario` must be one of all, throughput, latency, rpc, fanout (got {s:?})"
+                "`bench.scenario` must be one of all, throughput, latency, rpc, fanout, send (got {s:?})"
             )
         })
     }
@@ -173,6 +176,10 @@ struct RunResult {
     /// fanout: receiving nodes.
     #[serde(skip_serializing_if = "Option::is_none")]
     peers: Option<usize>,
+    /// send: seconds until the last `send` returned (enqueued, not yet
+    /// delivered); `seconds` is until the last delivery.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    enqueue_seconds: Option<f64>,
     /// Same-run baseline: raw ring seal bytes/s (throughput, fanout) or raw
     /// TCP ping-pong p50 µs (latency; rpc: same number pipelined), median
     /// over rounds.
@@ -203,6 +210,7 @@ impl RunResult {
             latency_us: None,
             inflight: None,
             peers: None,
+            enqueue_seconds: None,
             baseline: 0.0,
             ratio: 0.0,
             curve: Vec::new(),
@@ -351,6 +359,7 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
         Scenario::Latency,
         Scenario::Rpc,
         Scenario::Fanout,
+        Scenario::Send,
     ]
     .into_iter()
     .filter(|s| wants(*s))
@@ -376,7 +385,7 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
             pb.inc(1);
             for (i, b) in p.backends.iter().enumerate() {
                 step(format!("throughput {}/{rounds}: {}", round + 1, label(*b)));
-                per[i].push(throughput(p, *b, size, messages)?);
+                per[i].push(throughput(p, *b, size, messages, "throughput")?);
                 pb.inc(1);
             }
         }
@@ -452,6 +461,22 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
         let seal = median(seal);
         for runs in per {
             results.push(summarize(runs, seal));
+        }
+    }
+    if wants(Scenario::Send) {
+        let size = if all { 5 } else { p.size.unwrap_or(5) };
+        let messages = p.messages.unwrap_or(1_000_000).max(1);
+        let mut per: Vec<Vec<RunResult>> = vec![Vec::new(); p.backends.len()];
+        for round in 0..rounds {
+            pb.inc(1);
+            for (i, b) in p.backends.iter().enumerate() {
+                step(format!("send {}/{rounds}: {}", round + 1, label(*b)));
+                per[i].push(throughput(p, *b, size, messages, "send")?);
+                pb.inc(1);
+            }
+        }
+        for runs in per {
+            results.push(summarize(runs, 0.0));
         }
     }
     pb.finish_and_clear();
@@ -550,6 +575,11 @@ fn print_table(results: &[RunResult], rounds: usize) {
                     )
                 });
         let vs = match r.scenario {
+            "send" => format!(
+                "{:.2} µs/op enq, {:.2} delivered",
+                r.enqueue_seconds.unwrap_or(0.0) * 1e6 / r.messages.max(1) as f64,
+                r.seconds * 1e6 / r.messages.max(1) as f64
+            ),
             "throughput" | "fanout" => format!(
                 "{:.2}x raw seal ({:.0} MiB/s)",
                 r.ratio,
@@ -758,14 +788,18 @@ fn count_messages(
     Ok((n, last, tl))
 }
 
+/// One connection, `messages` of `size` bytes as fast as delivery allows.
+/// As `send` (noise's BenchmarkSend) it also reports how long the sends took
+/// to return: enqueued, waiting only while the peer's queue was full.
 fn throughput(
     p: &Plan,
     backend: Backend,
     size: usize,
     messages: usize,
+    scenario: &'static str,
 ) -> Result<RunResult, String> {
     let Cluster { hub, spokes } = cluster(p, backend, 1, size)?;
-    let mut res = RunResult::new("throughput", backend_name(&hub.h), p.shards, size);
+    let mut res = RunResult::new(scenario, backend_name(&hub.h), p.shards, size);
     let b = spokes.into_iter().next().ok_or("no spoke")?;
     let b_key = b.h.public_key();
     let msg = payload(size);
@@ -777,6 +811,9 @@ fn throughput(
         hub.tx
             .send_to_blocking(&b_key, msg.clone(), false)
             .map_err(|e| format!("send failed: {e}"))?;
+    }
+    if scenario == "send" {
+        res.enqueue_seconds = Some(start.elapsed().as_secs_f64());
     }
     let (delivered, end, tl) = receiver.join().map_err(|_| "receiver panicked")??;
     res.finish(
