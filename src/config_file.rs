@@ -2,8 +2,9 @@
 //!
 //! One flat table: a `preset`, then optional overrides named exactly like
 //! the fields of [`shoal::engine::Config`], then the node's own settings
-//! (`identity`, `peers`, `echo_channel`, `metrics`) and an optional `[bench]`
-//! table that only `shoal bench` reads. Unknown fields are errors.
+//! (`identity`, `peers`, `echo_channel`, `metrics`, an optional `[probe]`
+//! table) and an optional `[bench]` table that only `shoal bench` reads.
+//! Unknown fields are errors.
 //!
 //! Durations are strings: an integer followed by `ms`, `s`, `m` or `h`
 //! (`"500ms"`, `"10s"`, `"2m"`). Bare integers are rejected so that a unit is
@@ -118,6 +119,30 @@ pub struct BenchSection {
     pub peers: Option<usize>,
 }
 
+/// The optional `[probe]` table of `shoal node`: a delivery probe for test
+/// clusters. The node registers `channel` and, every `interval`, sends each
+/// connected `[[peers]]` key its next sequence number (per peer, from 1) and
+/// the send time; it counts what it sends and receives per peer in the
+/// `shoal_probe_*` metrics. Not meant for production nodes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeSection {
+    /// Channel id the probe registers (must differ from `echo_channel`).
+    pub channel: u32,
+    /// Period between two probes to a peer (default 1s).
+    pub interval: Option<HumanDuration>,
+    /// Probes per peer, then stop sending (default: no limit).
+    pub count: Option<u64>,
+}
+
+impl ProbeSection {
+    pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
+
+    pub fn interval(&self) -> Duration {
+        self.interval.map_or(Self::DEFAULT_INTERVAL, |d| d.0)
+    }
+}
+
 /// The whole file. Field names of the engine overrides match
 /// [`shoal::engine::Config`].
 #[derive(Debug, Default, Deserialize)]
@@ -168,6 +193,8 @@ pub struct FileConfig {
     pub recv_buffer_size: Option<usize>,
     // --- bench ---
     pub bench: Option<BenchSection>,
+    // --- delivery probe (`shoal node` only) ---
+    pub probe: Option<ProbeSection>,
 }
 
 /// A resolved peer.
@@ -272,6 +299,20 @@ impl FileConfig {
                 "echo_channel",
                 "needs `listen` or `peers`: nobody could reach this node",
             ));
+        }
+        if let Some(p) = &self.probe {
+            if self.echo_channel == Some(p.channel) {
+                return Err(bad("probe.channel", "must differ from `echo_channel`"));
+            }
+            if p.interval().is_zero() {
+                return Err(bad("probe.interval", "must be longer than 0"));
+            }
+            if self.peers.is_empty() {
+                return Err(bad(
+                    "probe",
+                    "needs `peers`: it probes the `[[peers]]` keys",
+                ));
+            }
         }
         let mut peers = Vec::with_capacity(self.peers.len());
         for (i, p) in self.peers.iter().enumerate() {
@@ -382,6 +423,43 @@ mod tests {
         assert_eq!(c.idle_timeout, Duration::from_secs(1));
         let e = f.node_config(Path::new(".")).err().unwrap();
         assert_eq!(e.field, "idle_timeout");
+    }
+
+    #[test]
+    fn probe_section() {
+        let f: FileConfig =
+            toml::from_str("[probe]\nchannel = 9\ninterval = \"250ms\"\ncount = 20").unwrap();
+        let p = f.probe.as_ref().unwrap();
+        assert_eq!((p.channel, p.count), (9, Some(20)));
+        assert_eq!(p.interval(), Duration::from_millis(250));
+        let f: FileConfig = toml::from_str("[probe]\nchannel = 9").unwrap();
+        let p = f.probe.as_ref().unwrap();
+        assert_eq!((p.interval(), p.count), (Duration::from_secs(1), None));
+        let e = toml::from_str::<FileConfig>("[probe]\nchanel = 9").unwrap_err();
+        assert!(e.to_string().contains("chanel"), "{e}");
+        let e = toml::from_str::<FileConfig>("[probe]\nchannel = 9\ninterval = 5").unwrap_err();
+        assert!(e.to_string().contains("interval"), "{e}");
+
+        let peer = shoal::crypto::Signer::public_key(&Ed25519Signer::generate()).clone();
+        let with_peer = |extra: &str| -> FileConfig {
+            toml::from_str(&format!("{extra}\n[[peers]]\nkey = \"{peer:#}\"")).unwrap()
+        };
+        let e = with_peer("echo_channel = 9\n[probe]\nchannel = 9")
+            .node_config(Path::new("."))
+            .err()
+            .unwrap();
+        assert_eq!(e.field, "probe.channel");
+        let e = with_peer("[probe]\nchannel = 9\ninterval = \"0ms\"")
+            .node_config(Path::new("."))
+            .err()
+            .unwrap();
+        assert_eq!(e.field, "probe.interval");
+        assert!(with_peer("echo_channel = 7\n[probe]\nchannel = 9")
+            .node_config(Path::new("."))
+            .is_ok());
+        let f: FileConfig =
+            toml::from_str("listen = \"127.0.0.1:0\"\n[probe]\nchannel = 9").unwrap();
+        assert_eq!(f.node_config(Path::new(".")).err().unwrap().field, "probe");
     }
 
     #[test]
