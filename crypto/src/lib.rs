@@ -41,6 +41,8 @@
 #![forbid(unsafe_code)]
 
 pub mod cipher;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handshake;
 pub mod identity;
 

@@ -30,6 +30,8 @@ pub mod connection;
 pub mod discovery;
 mod driver;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod kademlia;
 pub mod metrics;
 pub mod network;

@@ -1,0 +1,72 @@
+//! Replays the committed fuzz corpus (`fuzz/corpus/<target>/*`) through the
+//! same target bodies libFuzzer runs (`shoal_engine::fuzzing`), so every corpus
+//! entry and every regression input is checked by a plain `cargo test`.
+
+use std::path::{Path, PathBuf};
+
+fn corpus_dir(target: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/corpus")
+        .join(target)
+}
+
+fn replay(target: &str, run: fn(&[u8])) {
+    let dir = corpus_dir(target);
+    let entries = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("corpus directory {} missing: {e}", dir.display()));
+    let mut n = 0;
+    for entry in entries {
+        let path = entry.unwrap().path();
+        if !path.is_file() {
+            continue;
+        }
+        let data = std::fs::read(&path).unwrap();
+        let result = std::panic::catch_unwind(|| run(&data));
+        assert!(result.is_ok(), "{target}: {} failed", path.display());
+        n += 1;
+    }
+    assert!(n > 0, "{target}: empty corpus in {}", dir.display());
+    eprintln!("{target}: replayed {n} inputs");
+}
+
+#[test]
+fn discovery_messages_corpus() {
+    replay(
+        "discovery_messages",
+        shoal_engine::fuzzing::discovery_messages,
+    );
+}
+
+#[test]
+fn kademlia_messages_corpus() {
+    replay(
+        "kademlia_messages",
+        shoal_engine::fuzzing::kademlia_messages,
+    );
+}
+
+/// The hand-made seeds must pass.
+#[test]
+fn seeds_pass() {
+    for (target, name, data) in shoal_engine::fuzzing::seeds() {
+        let run = match target {
+            "discovery_messages" => shoal_engine::fuzzing::discovery_messages,
+            _ => shoal_engine::fuzzing::kademlia_messages,
+        };
+        let result = std::panic::catch_unwind(|| run(&data));
+        assert!(result.is_ok(), "{target}: seed {name} failed");
+    }
+}
+
+/// Writes the hand-made seeds into `fuzz/corpus/<target>/seed-*`. Run
+/// explicitly:
+/// `cargo test -p shoal-engine --test corpus_replay -- --ignored write_seed_corpus`.
+#[test]
+#[ignore = "writes into fuzz/corpus; run explicitly to regenerate the seeds"]
+fn write_seed_corpus() {
+    for (target, name, data) in shoal_engine::fuzzing::seeds() {
+        let dir = corpus_dir(target);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("seed-{name}")), data).unwrap();
+    }
+}

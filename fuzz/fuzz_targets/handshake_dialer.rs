@@ -1,0 +1,6 @@
+//! Fuzz target: see `shoal_crypto::fuzzing::handshake_dialer` for the invariants checked.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    shoal_crypto::fuzzing::handshake_dialer(data);
+});
