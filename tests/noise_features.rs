@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
-use shoal::engine::{Backend, Config, Network, RequestError, RpcStatus};
+use shoal::engine::{Backend, Config, Network, PeerEvent, RequestError, RpcStatus};
 
 /// Two nodes where node 2 answers requests on channel 5 with a handler.
 fn rpc_pair(backend: Backend, handler: shoal::engine::Handler) -> (Node, Node) {
@@ -212,10 +212,57 @@ fn outbound_limit_is_enforced(backend: Backend) {
     drop(others);
 }
 
+/// Connected / disconnected events, and closing and reopening the listener.
+fn lifecycle_events_and_listening(backend: Backend) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let a = start_node(backend, 1, any_addr(), &[1, 2], &[], &[chan(1)], |_| {});
+    let mut events = a.handle().events();
+    let next = |events: &mut tokio::sync::broadcast::Receiver<PeerEvent>| {
+        rt.block_on(async { tokio::time::timeout(WAIT, events.recv()).await })
+            .expect("an event within the wait")
+            .expect("no event missed")
+    };
+    let b = start_node(
+        backend,
+        2,
+        any_addr(),
+        &[1, 2],
+        &[(1, a.addr)],
+        &[chan(1)],
+        |_| {},
+    );
+    assert_eq!(next(&mut events), PeerEvent::Connected(key(2)));
+
+    // Disconnect: an event with the cause, then the dialer reconnects.
+    a.handle().disconnect(&key(2));
+    match next(&mut events) {
+        PeerEvent::Disconnected { peer, reason } => {
+            assert_eq!(peer, key(2));
+            assert_eq!(reason, "local_close");
+        }
+        other => panic!("expected a disconnection, got {other:?}"),
+    }
+    assert_eq!(next(&mut events), PeerEvent::Connected(key(2)));
+
+    // Stop listening: the kernel refuses new connections; existing ones stay.
+    a.handle().stop_listening().unwrap();
+    let refused = std::net::TcpStream::connect(a.addr).unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+    assert!(a.handle().is_connected(&key(2)));
+    // Listen again, on the same address.
+    assert_eq!(a.handle().listen().unwrap(), a.addr);
+    std::net::TcpStream::connect(a.addr).expect("listening again");
+    drop(b);
+}
+
 both_backends!(
     request_response_and_handler_failures,
     request_fails_promptly_when_peer_disconnects,
     request_times_out,
     ping_measures_a_round_trip,
     outbound_limit_is_enforced,
+    lifecycle_events_and_listening,
 );

@@ -56,6 +56,7 @@ pub use error::{Error, SendError};
 pub use governor::Quota;
 pub use network::{Network, NetworkHandle};
 pub use oracle::Oracle;
+pub use peers::PeerEvent;
 pub use rpc::{Handler, HandlerResult, RequestError};
 pub use shoal_crypto::{Ed25519Signer, Identity, PublicKey};
 pub use shoal_wire::RpcStatus;

@@ -406,6 +406,40 @@ impl NetworkHandle {
         sender.send_to(id, payload, priority)
     }
 
+    /// Peer connected / disconnected events from now on (bounded: a
+    /// subscriber that falls [`crate::peers::EVENT_CAPACITY`] events behind
+    /// gets `Lagged(missed)`). Usable from any async runtime
+    /// (`recv().await`) or a plain thread (`blocking_recv()`).
+    pub fn events(&self) -> tokio::sync::broadcast::Receiver<crate::PeerEvent> {
+        self.shared.peers.subscribe()
+    }
+
+    /// Stops accepting connections: the listening socket is closed, so new
+    /// dials to this node are refused by the kernel. Established
+    /// connections and our own dials are unaffected.
+    pub fn stop_listening(&self) -> Result<(), Error> {
+        self.set_listening(false).map(|_| ())
+    }
+
+    /// Listens again on the address the node was started with (the same
+    /// port when it was chosen by the kernel); returns it.
+    pub fn listen(&self) -> Result<SocketAddr, Error> {
+        self.set_listening(true)?
+            .ok_or_else(|| Error::Io(std::io::Error::other("no listen address configured")))
+    }
+
+    fn set_listening(&self, on: bool) -> Result<Option<SocketAddr>, Error> {
+        let (tx, rx) = sync_channel(1);
+        self.shared
+            .to_control(ControlEvent::Listen { on, reply: tx });
+        match rx.recv_timeout(Duration::from_secs(5)) {
+            Ok(r) => r.map_err(Error::Io),
+            Err(_) => Err(Error::Io(std::io::Error::other(
+                "the control shard did not answer (stopped or overloaded)",
+            ))),
+        }
+    }
+
     /// Closes the connection to `peer` gracefully.
     pub fn disconnect(&self, peer: &PublicKey) {
         if let Some(h) = self.shared.peers.get(peer) {
@@ -487,7 +521,7 @@ const LARGER_KEY_GRACE_PERIODS: u32 = 2;
 #[allow(clippy::too_many_arguments)]
 fn control_loop(
     shared: Arc<Shared>,
-    listener: Option<TcpListener>,
+    mut listener: Option<TcpListener>,
     local_addr: Option<SocketAddr>,
     inbox: StdReceiver<ControlEvent>,
     waker: Arc<ShardWaker>,
@@ -646,6 +680,10 @@ fn control_loop(
                         None => drop(reply),
                     },
                     ControlEvent::Dial { peer, addr } => now_dials.push((peer, addr)),
+                    ControlEvent::Listen { on, reply } => {
+                        let r = set_listener(&poll, &mut listener, local_addr, on);
+                        let _ = reply.try_send(r);
+                    }
                     ControlEvent::Record { peer, id, record } if open.is_some() => {
                         let Some(o) = open.as_mut() else { continue };
                         let connected = |k: &PublicKey| shared.peers.get(k).map(|h| h.id);
@@ -913,6 +951,37 @@ fn control_loop(
 
 /// Our own record is re-signed after this long (ms).
 const OWN_RECORD_REFRESH_MS: u64 = 60_000;
+
+/// Opens or closes the listening socket (see [`NetworkHandle::listen`]).
+fn set_listener(
+    poll: &Poll,
+    listener: &mut Option<TcpListener>,
+    addr: Option<SocketAddr>,
+    on: bool,
+) -> std::io::Result<Option<SocketAddr>> {
+    match (on, listener.as_ref()) {
+        (false, Some(l)) => {
+            poll.registry().deregister(&mut SourceFd(&l.as_raw_fd()))?;
+            *listener = None;
+            Ok(None)
+        }
+        (false, None) => Ok(None),
+        (true, Some(l)) => l.local_addr().map(Some),
+        (true, None) => {
+            let Some(addr) = addr else { return Ok(None) };
+            let l = TcpListener::bind(addr)?;
+            l.set_nonblocking(true)?;
+            poll.registry().register(
+                &mut SourceFd(&l.as_raw_fd()),
+                LISTENER,
+                Interest::READABLE,
+            )?;
+            let bound = l.local_addr()?;
+            *listener = Some(l);
+            Ok(Some(bound))
+        }
+    }
+}
 
 fn accept_all(shared: &Shared, l: &TcpListener, next_shard: &mut usize) {
     let cfg = &shared.config;

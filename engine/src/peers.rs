@@ -13,6 +13,13 @@
 //! otherwise (both sides dialed at once) the connection dialed by the smaller
 //! public key wins.
 //!
+//! Every change an application can see is also published as a
+//! [`PeerEvent`] on a bounded broadcast channel
+//! ([`crate::NetworkHandle::events`]): a subscriber that falls more than
+//! [`EVENT_CAPACITY`] events behind is told how many it missed (`Lagged`)
+//! instead of slowing the shards down. A tie-break replacement is not an
+//! event: the peer stays connected throughout.
+//!
 //! # Security
 //! Only connections whose handshake completed, both key confirmations
 //! included, are inserted, so a replayed Hello can never displace a live
@@ -47,6 +54,22 @@ pub struct PeerHandle {
     pub addr: Option<std::net::SocketAddr>,
 }
 
+/// Events kept for slow subscribers before they see `Lagged`.
+pub const EVENT_CAPACITY: usize = 1024;
+
+/// A peer came or went (see [`crate::NetworkHandle::events`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerEvent {
+    /// An authenticated connection to this peer is established.
+    Connected(PublicKey),
+    /// The peer's connection closed; `reason` is the metric label of the
+    /// cause (`local_close`, `remote_close`, `idle_timeout`, `io_error`, ...).
+    Disconnected {
+        peer: PublicKey,
+        reason: &'static str,
+    },
+}
+
 /// The outcome of [`PeerTable::insert`].
 #[derive(Debug)]
 pub enum Admit {
@@ -61,7 +84,6 @@ pub enum Admit {
 type Map = HashMap<PublicKey, Arc<PeerHandle>>;
 
 /// See the module docs.
-#[derive(Default)]
 pub struct PeerTable {
     snapshot: ArcSwap<Map>,
     /// Guards writers; its value counts changes, and `changed` is notified
@@ -70,9 +92,27 @@ pub struct PeerTable {
     changed: Condvar,
     /// Peers with a dial in progress (connecting or handshaking).
     dialing: Mutex<HashSet<PublicKey>>,
+    events: tokio::sync::broadcast::Sender<PeerEvent>,
+}
+
+impl Default for PeerTable {
+    fn default() -> Self {
+        Self {
+            snapshot: ArcSwap::default(),
+            write: Mutex::new(0),
+            changed: Condvar::new(),
+            dialing: Mutex::default(),
+            events: tokio::sync::broadcast::channel(EVENT_CAPACITY).0,
+        }
+    }
 }
 
 impl PeerTable {
+    /// A new subscription to [`PeerEvent`]s (from now on).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<PeerEvent> {
+        self.events.subscribe()
+    }
+
     /// The handle of the peer's connection, if established.
     pub fn get(&self, peer: &PublicKey) -> Option<Arc<PeerHandle>> {
         self.snapshot.load().get(peer).cloned()
@@ -120,15 +160,21 @@ impl PeerTable {
             }
         };
         let mut next: Map = (*cur).clone();
+        let peer = handle.peer.clone();
         next.insert(handle.peer.clone(), handle);
         self.snapshot.store(Arc::new(next));
         *g += 1;
         self.changed.notify_all();
+        if matches!(admit, Admit::Inserted) {
+            // No subscriber is not an error.
+            let _ = self.events.send(PeerEvent::Connected(peer));
+        }
         admit
     }
 
-    /// Removes the peer's entry if it still points at `id`.
-    pub fn remove(&self, peer: &PublicKey, id: ConnId) -> bool {
+    /// Removes the peer's entry if it still points at `id`; `reason` is
+    /// the close cause's metric label, for the [`PeerEvent`].
+    pub fn remove(&self, peer: &PublicKey, id: ConnId, reason: &'static str) -> bool {
         let mut g = self.write.lock().unwrap_or_else(|e| e.into_inner());
         let cur = self.snapshot.load_full();
         match cur.get(peer) {
@@ -138,6 +184,10 @@ impl PeerTable {
                 self.snapshot.store(Arc::new(next));
                 *g += 1;
                 self.changed.notify_all();
+                let _ = self.events.send(PeerEvent::Disconnected {
+                    peer: peer.clone(),
+                    reason,
+                });
                 true
             }
             _ => false,
@@ -224,13 +274,46 @@ mod tests {
     #[test]
     fn redial_by_the_same_side_replaces_and_stale_remove_is_ignored() {
         let t = PeerTable::default();
+        let mut events = t.subscribe();
         let old = handle(2, 2, 1);
         t.insert(old.clone());
         assert!(matches!(t.insert(handle(2, 2, 7)), Admit::Replaced(_)));
         assert!(
-            !t.remove(&pk(2), old.id),
+            !t.remove(&pk(2), old.id, "replaced"),
             "old id must not remove the new entry"
         );
         assert_eq!(t.get(&pk(2)).map(|h| h.id.key), Some(7));
+        // One Connected: the replacement is not an event, nor the stale
+        // remove. Then the real close is.
+        assert_eq!(events.try_recv(), Ok(PeerEvent::Connected(pk(2))));
+        assert!(events.try_recv().is_err());
+        let new_id = t.get(&pk(2)).unwrap().id;
+        assert!(t.remove(&pk(2), new_id, "idle_timeout"));
+        assert_eq!(
+            events.try_recv(),
+            Ok(PeerEvent::Disconnected {
+                peer: pk(2),
+                reason: "idle_timeout"
+            })
+        );
+    }
+
+    #[test]
+    fn a_slow_subscriber_learns_how_many_events_it_missed() {
+        let t = PeerTable::default();
+        let mut events = t.subscribe();
+        for i in 0..(EVENT_CAPACITY as u64 + 10) {
+            let h = handle(2, 2, i as usize);
+            t.insert(h.clone());
+            t.remove(&pk(2), h.id, "normal");
+        }
+        // 2 events per round; the oldest beyond the capacity are reported
+        // as missed, never silently skipped.
+        assert_eq!(
+            events.try_recv(),
+            Err(tokio::sync::broadcast::error::TryRecvError::Lagged(
+                2 * (EVENT_CAPACITY as u64 + 10) - EVENT_CAPACITY as u64
+            ))
+        );
     }
 }

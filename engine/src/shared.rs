@@ -54,6 +54,12 @@ pub(crate) enum ControlEvent {
         peer: shoal_crypto::PublicKey,
         addr: std::net::SocketAddr,
     },
+    /// Close (`on == false`) or reopen the listening socket; the reply is
+    /// the listening address, if any.
+    Listen {
+        on: bool,
+        reply: std::sync::mpsc::SyncSender<std::io::Result<Option<std::net::SocketAddr>>>,
+    },
 }
 
 impl Shared {

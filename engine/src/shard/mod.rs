@@ -737,7 +737,7 @@ impl ShardCore {
         }
         if let Some(h) = &slot.handle {
             self.shared.metrics.connections.dec();
-            self.shared.peers.remove(&h.peer, h.id);
+            self.shared.peers.remove(&h.peer, h.id, label);
         }
         if slot.inbound {
             self.shared.inbound.fetch_sub(1, Ordering::AcqRel);
