@@ -62,13 +62,15 @@ pub enum Scenario {
     /// noise's BenchmarkSend: 5-byte (or `--size`) messages on one
     /// connection; time per message until enqueued and until delivered.
     Send,
+    /// Resident memory per idle established connection (`--connections N`).
+    Idle,
 }
 
 impl Scenario {
     fn parse(s: &str) -> Result<Scenario, String> {
         <Scenario as ValueEnum>::from_str(s, true).map_err(|_| {
             format!(
-                "`bench.scenario` must be one of all, throughput, latency, rpc, fanout, send (got {s:?})"
+                "`bench.scenario` must be one of all, throughput, latency, rpc, fanout, send, idle (got {s:?})"
             )
         })
     }
@@ -114,6 +116,14 @@ pub struct BenchArgs {
     /// fanout: receiving nodes [default: 3].
     #[arg(long)]
     peers: Option<usize>,
+    /// idle: connections the node holds [default: 2000].
+    #[arg(long)]
+    connections: Option<usize>,
+    /// idle: measure in this process (the default runs each backend in a
+    /// fresh child process, so one run's freed memory cannot hide the next
+    /// run's growth).
+    #[arg(long, hide = true)]
+    in_process: bool,
     /// Node TOML (same file as `shoal node`): preset, limits, backend,
     /// shards, and an optional `[bench]` table. Flags override it.
     #[arg(long)]
@@ -180,6 +190,9 @@ struct RunResult {
     /// delivered); `seconds` is until the last delivery.
     #[serde(skip_serializing_if = "Option::is_none")]
     enqueue_seconds: Option<f64>,
+    /// idle: resident KiB per established idle connection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rss_per_connection_kib: Option<f64>,
     /// Same-run baseline: raw ring seal bytes/s (throughput, fanout) or raw
     /// TCP ping-pong p50 µs (latency; rpc: same number pipelined), median
     /// over rounds.
@@ -211,6 +224,7 @@ impl RunResult {
             inflight: None,
             peers: None,
             enqueue_seconds: None,
+            rss_per_connection_kib: None,
             baseline: 0.0,
             ratio: 0.0,
             curve: Vec::new(),
@@ -360,6 +374,7 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
         Scenario::Rpc,
         Scenario::Fanout,
         Scenario::Send,
+        Scenario::Idle,
     ]
     .into_iter()
     .filter(|s| wants(*s))
@@ -479,6 +494,29 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
             results.push(summarize(runs, 0.0));
         }
     }
+    if wants(Scenario::Idle) {
+        // Memory, not speed: one round is enough.
+        let conns = args.connections.unwrap_or(2000).max(1);
+        for round in 0..rounds {
+            pb.inc(1);
+            for b in &p.backends {
+                if round == 0 {
+                    step(format!("idle: {conns} connections, {}", label(*b)));
+                    results.push(if args.in_process {
+                        let m = crate::idle::idle_rss(&p.base, *b, conns)?;
+                        let mut r = RunResult::new("idle", m.backend.clone(), p.shards, 0);
+                        r.messages = conns;
+                        r.delivered = m.established;
+                        r.rss_per_connection_kib = Some(m.per_connection_kib());
+                        r
+                    } else {
+                        idle_in_child(&args, *b, conns)?
+                    });
+                }
+                pb.inc(1);
+            }
+        }
+    }
     pb.finish_and_clear();
 
     if let Some(path) = &args.plot {
@@ -575,6 +613,11 @@ fn print_table(results: &[RunResult], rounds: usize) {
                     )
                 });
         let vs = match r.scenario {
+            "idle" => format!(
+                "{:.1} KiB RSS/conn ({} conns)",
+                r.rss_per_connection_kib.unwrap_or(0.0),
+                r.delivered
+            ),
             "send" => format!(
                 "{:.2} µs/op enq, {:.2} delivered",
                 r.enqueue_seconds.unwrap_or(0.0) * 1e6 / r.messages.max(1) as f64,
@@ -607,6 +650,56 @@ fn print_table(results: &[RunResult], rounds: usize) {
             vs
         );
     }
+}
+
+/// Runs the idle scenario for one backend in a fresh `shoal bench` process
+/// (same config file and shard count) and reads its JSON result.
+fn idle_in_child(args: &BenchArgs, backend: Backend, conns: usize) -> Result<RunResult, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args([
+        "bench",
+        "--scenario",
+        "idle",
+        "--in-process",
+        "--json",
+        "--rounds",
+        "1",
+    ])
+    .args(["--connections", &conns.to_string()])
+    .args([
+        "--backend",
+        match backend {
+            Backend::IoUring => "io-uring",
+            Backend::Epoll => "epoll",
+            Backend::Auto => "auto",
+        },
+    ]);
+    if let Some(c) = &args.config {
+        cmd.arg("--config").arg(c);
+    }
+    if let Some(s) = args.shards {
+        cmd.args(["--shards", &s.to_string()]);
+    }
+    let out = cmd
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("idle: cannot run the child bench: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("idle: the child bench failed ({})", out.status));
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("idle: bad child output: {e}"))?;
+    let mut r = RunResult::new(
+        "idle",
+        v["backend"].as_str().unwrap_or("?").to_string(),
+        v["shards"].as_u64().unwrap_or(0) as usize,
+        0,
+    );
+    r.messages = v["messages"].as_u64().unwrap_or(0) as usize;
+    r.delivered = v["delivered"].as_u64().unwrap_or(0) as usize;
+    r.rss_per_connection_kib = v["rss_per_connection_kib"].as_f64();
+    Ok(r)
 }
 
 /// One bench node.
@@ -675,7 +768,7 @@ fn cluster(p: &Plan, backend: Backend, spokes: usize, max_size: usize) -> Result
     })
 }
 
-fn label(b: Backend) -> &'static str {
+pub(crate) fn label(b: Backend) -> &'static str {
     match b {
         Backend::IoUring => "io_uring",
         Backend::Epoll => "epoll",

@@ -11,8 +11,18 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// The binary's allocator. Every received message is a buffer allocated on a
+/// shard and freed on the application's thread; glibc's malloc returns such
+/// cross-thread frees to the kernel and faults the pages in again (seen as
+/// page faults and `munmap` in profiles of the throughput bench). The
+/// library does not choose an allocator: embedders keep theirs.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod bench;
 mod config_file;
+mod idle;
 mod node;
 mod plot;
 

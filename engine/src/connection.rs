@@ -415,6 +415,11 @@ impl Connection {
         !self.is_closed() && self.events.is_empty()
     }
 
+    /// Heap bytes held by the connection's input and output buffers.
+    pub fn buffer_capacity(&self) -> usize {
+        self.decoder.capacity() + self.out.capacity()
+    }
+
     /// Releases idle buffers (idle connections must stay small).
     pub fn shrink(&mut self) {
         self.decoder.shrink_if_idle();
@@ -779,6 +784,10 @@ impl Connection {
                 } else if now.saturating_duration_since(self.last_rx) >= self.cfg.idle_timeout {
                     self.fail(CloseCause::IdleTimeout);
                 } else if now.saturating_duration_since(self.last_ping) >= self.cfg.ping_interval {
+                    // Once per ping interval: an idle connection gives back
+                    // the buffers its last large frame grew (an idle
+                    // connection must cost kilobytes, not a frame's worth).
+                    self.shrink();
                     self.ping(now);
                     self.last_ping = now;
                 }
@@ -1181,6 +1190,31 @@ mod tests {
                 "idle timeout missed"
             );
         }
+    }
+
+    #[test]
+    fn an_idle_connection_gives_back_its_frame_buffers() {
+        let t0 = Instant::now();
+        let (mut a, mut b) = pair(t0);
+        a.send(
+            Outgoing::data(1, Bytes::from(vec![7u8; 60_000]), false),
+            false,
+        )
+        .unwrap();
+        let (_, eb) = pump(&mut a, &mut b, t0);
+        assert_eq!(messages(eb).len(), 1);
+        // The sender's output buffer grew with the frames it sealed (the
+        // receiver's input buffer went out with the payload it became).
+        assert!(a.buffer_capacity() > 8192, "{}", a.buffer_capacity());
+        // The next keep-alive tick releases them on both sides.
+        let later = t0 + Duration::from_secs(3);
+        a.handle_timeout(later);
+        b.handle_timeout(later);
+        assert!(a.buffer_capacity() < 4096, "{}", a.buffer_capacity());
+        assert!(b.buffer_capacity() < 4096, "{}", b.buffer_capacity());
+        // And the pair still works.
+        let _ = pump(&mut a, &mut b, later);
+        assert!(a.is_established() && b.is_established());
     }
 
     #[test]

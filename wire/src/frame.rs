@@ -195,6 +195,11 @@ impl FrameDecoder {
         self.buf.len()
     }
 
+    /// Bytes allocated for buffering input.
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
     /// Releases the accumulation buffer's memory when nothing is buffered
     /// (idle connections must stay small).
     pub fn shrink_if_idle(&mut self) {
