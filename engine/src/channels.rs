@@ -53,7 +53,9 @@ pub struct ChannelSpec {
     pub compression: Option<i32>,
     pub quota: Option<Quota>,
     pub backlog: usize,
-    pub(crate) tx: async_channel::Sender<(PublicKey, Bytes)>,
+    /// Inbound messages for the [`Receiver`] (shards push, see
+    /// [`crate::inbox`]).
+    pub(crate) inbox: crate::inbox::Inbox<(PublicKey, Bytes)>,
     /// A shard found the receiver full and paused a connection.
     pub(crate) blocked: AtomicBool,
     pub(crate) metrics: ChannelMetrics,
@@ -315,7 +317,6 @@ impl Sender {
 /// Receives one channel's messages. Usable from async code on any runtime
 /// ([`Receiver::recv`]) or from a plain thread ([`Receiver::recv_blocking`]).
 pub struct Receiver {
-    pub(crate) rx: async_channel::Receiver<(PublicKey, Bytes)>,
     pub(crate) spec: Arc<ChannelSpec>,
     pub(crate) shared: Arc<Shared>,
 }
@@ -328,32 +329,32 @@ pub struct RecvError;
 impl Receiver {
     /// The next message and its sender.
     pub async fn recv(&self) -> Result<(PublicKey, Bytes), RecvError> {
-        let m = self.rx.recv().await.map_err(|_| RecvError)?;
+        let m = self.spec.inbox.recv().await.ok_or(RecvError)?;
         self.freed();
         Ok(m)
     }
 
     /// Blocking variant for plain threads.
     pub fn recv_blocking(&self) -> Result<(PublicKey, Bytes), RecvError> {
-        let m = self.rx.recv_blocking().map_err(|_| RecvError)?;
+        let m = self.spec.inbox.recv_blocking().ok_or(RecvError)?;
         self.freed();
         Ok(m)
     }
 
     /// A message if one is ready.
     pub fn try_recv(&self) -> Option<(PublicKey, Bytes)> {
-        let m = self.rx.try_recv().ok()?;
+        let m = self.spec.inbox.try_recv().ok()?;
         self.freed();
         Some(m)
     }
 
     /// Messages waiting.
     pub fn len(&self) -> usize {
-        self.rx.len()
+        self.spec.inbox.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.rx.is_empty()
+        self.spec.inbox.is_empty()
     }
 
     fn freed(&self) {

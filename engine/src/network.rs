@@ -123,14 +123,13 @@ impl Network {
                 reason: "must be > 0".into(),
             });
         }
-        let (tx, rx) = async_channel::bounded(backlog);
         let spec = Arc::new(ChannelSpec {
             id: channel,
             max_size,
             compression,
             quota,
             backlog,
-            tx,
+            inbox: crate::inbox::Inbox::new(backlog),
             blocked: AtomicBool::new(false),
             handler: OnceLock::new(),
             metrics: self.shared.metrics.channel(channel),
@@ -142,7 +141,6 @@ impl Network {
                 shared: self.shared.clone(),
             },
             Receiver {
-                rx,
                 spec,
                 shared: self.shared.clone(),
             },
@@ -490,7 +488,7 @@ impl NetworkHandle {
         // drain what is queued and then return `RecvError`.
         if let Some(channels) = self.shared.channels.get() {
             for spec in channels.map.values() {
-                spec.tx.close();
+                spec.inbox.close();
             }
         }
     }

@@ -27,6 +27,7 @@ use slab::Slab;
 
 use crate::channels::{ChannelSpec, Channels};
 use crate::connection::{Authorizer, Connection, ConnectionConfig, Event, Outgoing};
+use crate::inbox::Rejected;
 use crate::peers::{Admit, ConnId, PeerHandle};
 use crate::queue_depth::QueueDepth;
 use crate::rpc::RequestError;
@@ -131,6 +132,8 @@ pub(crate) struct ShardCore {
     /// Connections whose protocol state ended; the driver closes their socket.
     pub closing: Vec<usize>,
     paused: Vec<usize>,
+    /// Channels that got messages since receivers were last woken.
+    to_notify: Vec<Arc<ChannelSpec>>,
     pub shutdown: Option<Instant>,
     next_timer_sweep: Instant,
 }
@@ -162,6 +165,7 @@ impl ShardCore {
             dirty: Vec::new(),
             closing: Vec::new(),
             paused: Vec::new(),
+            to_notify: Vec::new(),
             shutdown: None,
             next_timer_sweep: Instant::now(),
         }
@@ -324,6 +328,7 @@ impl ShardCore {
             };
             self.handle_event(key, ev, now);
         }
+        self.notify_receivers();
         self.after_io(key, now);
     }
 
@@ -574,30 +579,52 @@ impl ShardCore {
             }
         }
         let len = msg.payload.len() as u64;
-        match msg.spec.tx.try_send((peer, msg.payload.clone())) {
-            Ok(()) => {
-                msg.spec.metrics.messages_in.inc();
-                msg.spec.metrics.bytes_in.inc_by(len);
-            }
-            Err(async_channel::TrySendError::Full(item)) => {
-                msg.spec.blocked.store(true, Ordering::SeqCst);
+        let Stashed { spec, payload } = msg;
+        let pushed = match spec.inbox.push((peer, payload)) {
+            Ok(()) => true,
+            Err(Rejected::Full(item)) => {
+                spec.blocked.store(true, Ordering::SeqCst);
                 // Retry after publishing `blocked`: the receiver may have
                 // drained in between and would not know to wake us.
-                match msg.spec.tx.try_send(item) {
-                    Ok(()) => {
-                        msg.spec.metrics.messages_in.inc();
-                        msg.spec.metrics.bytes_in.inc_by(len);
+                match spec.inbox.push(item) {
+                    Ok(()) => true,
+                    Err(Rejected::Closed(_)) => {
+                        self.shared.metrics.refuse("receiver_dropped");
+                        false
                     }
-                    Err(_) => {
+                    Err(Rejected::Full((_, payload))) => {
                         self.shared.metrics.receiver_full_pauses.inc();
-                        slot.stash = Some(msg);
+                        // Its earlier messages may be waiting for a wake-up.
+                        spec.inbox.notify();
+                        slot.stash = Some(Stashed {
+                            spec: spec.clone(),
+                            payload,
+                        });
                         self.paused.push(key);
+                        false
                     }
                 }
             }
-            Err(async_channel::TrySendError::Closed(_)) => {
+            Err(Rejected::Closed(_)) => {
                 self.shared.metrics.refuse("receiver_dropped");
+                false
             }
+        };
+        if pushed {
+            spec.metrics.messages_in.inc();
+            spec.metrics.bytes_in.inc_by(len);
+            // One wake-up per channel per batch (see `notify_receivers`).
+            if !self.to_notify.iter().any(|s| Arc::ptr_eq(s, &spec)) {
+                self.to_notify.push(spec);
+            }
+        }
+    }
+
+    /// Wakes the receivers of every channel that got messages since the last
+    /// call: once per batch of input, not once per message.
+    pub fn notify_receivers(&mut self) {
+        for spec in self.to_notify.drain(..) {
+            spec.inbox.notify();
         }
     }
 
@@ -631,6 +658,7 @@ impl ShardCore {
                 self.process_input(key, now);
             }
         }
+        self.notify_receivers();
     }
 
     /// True if some connection waits for the receiver or quota.

@@ -1,0 +1,201 @@
+//! A channel's inbound queue: bounded, and woken once per batch.
+//!
+//! # Design
+//! Shards push each decoded message and wake the application once for all
+//! the messages one read produced ([`Inbox::notify`]), not once per message:
+//! with `async-channel` every `try_send` notified its receiver, and when the
+//! application keeps up (its thread is parked most of the time) that was a
+//! futex wake per message, the largest cost on the receiving shard for small
+//! messages. The queue is a lock-free bounded `ConcurrentQueue`; waiting uses
+//! `event-listener` (the same pieces `async-channel` is built from), so
+//! [`Inbox::recv`] works on any async runtime and [`Inbox::recv_blocking`] on
+//! a plain thread.
+//!
+//! A push to a full inbox fails and hands the item back: the shard pauses
+//! reading that connection (backpressure), it never drops the message.
+//! After [`Inbox::close`], receivers drain what is queued and then see
+//! `None`.
+
+use concurrent_queue::{ConcurrentQueue, PopError, PushError};
+use event_listener::{Event, Listener};
+
+/// Why a push failed; the item comes back.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Rejected<T> {
+    Full(T),
+    Closed(T),
+}
+
+/// See the module docs.
+pub struct Inbox<T> {
+    queue: ConcurrentQueue<T>,
+    /// Receivers wait on it.
+    ready: Event,
+}
+
+impl<T> Inbox<T> {
+    /// An inbox holding at most `capacity` (≥ 1) items.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            queue: ConcurrentQueue::bounded(capacity.max(1)),
+            ready: Event::new(),
+        }
+    }
+
+    /// Queues `item` without waking anyone; call [`Inbox::notify`] after the
+    /// batch.
+    pub fn push(&self, item: T) -> Result<(), Rejected<T>> {
+        self.queue.push(item).map_err(|e| match e {
+            PushError::Full(t) => Rejected::Full(t),
+            PushError::Closed(t) => Rejected::Closed(t),
+        })
+    }
+
+    /// Wakes waiting receivers (cheap when none waits).
+    pub fn notify(&self) {
+        self.ready.notify_additional(usize::MAX);
+    }
+
+    /// No more pushes; receivers drain the queue, then get `None`.
+    pub fn close(&self) {
+        self.queue.close();
+        self.ready.notify_additional(usize::MAX);
+    }
+
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// An item if one is queued; `Err(true)` once closed and drained.
+    pub fn try_recv(&self) -> Result<T, bool> {
+        match self.queue.pop() {
+            Ok(t) => Ok(t),
+            Err(PopError::Empty) => Err(false),
+            Err(PopError::Closed) => Err(true),
+        }
+    }
+
+    /// The next item, or `None` once closed and drained.
+    pub async fn recv(&self) -> Option<T> {
+        loop {
+            match self.try_recv() {
+                Ok(t) => return Some(t),
+                Err(true) => return None,
+                Err(false) => {}
+            }
+            // Register, then look again: a push between the two is seen now,
+            // one after the registration notifies the listener.
+            let listener = self.ready.listen();
+            match self.try_recv() {
+                Ok(t) => return Some(t),
+                Err(true) => return None,
+                Err(false) => listener.await,
+            }
+        }
+    }
+
+    /// Blocking variant of [`Inbox::recv`].
+    pub fn recv_blocking(&self) -> Option<T> {
+        loop {
+            match self.try_recv() {
+                Ok(t) => return Some(t),
+                Err(true) => return None,
+                Err(false) => {}
+            }
+            let listener = self.ready.listen();
+            match self.try_recv() {
+                Ok(t) => return Some(t),
+                Err(true) => return None,
+                Err(false) => listener.wait(),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[test]
+    fn bounded_fifo_that_hands_back_what_it_cannot_take() {
+        let q = Inbox::new(2);
+        assert_eq!(q.push(1), Ok(()));
+        assert_eq!(q.push(2), Ok(()));
+        assert_eq!(q.push(3), Err(Rejected::Full(3)));
+        assert_eq!(q.try_recv(), Ok(1));
+        assert_eq!(q.push(3), Ok(()));
+        q.close();
+        assert_eq!(q.push(4), Err(Rejected::Closed(4)));
+        // Closed: what is queued still comes out, then the end.
+        assert_eq!(q.recv_blocking(), Some(2));
+        assert_eq!(q.recv_blocking(), Some(3));
+        assert_eq!(q.recv_blocking(), None);
+    }
+
+    #[test]
+    fn a_parked_receiver_is_woken_by_one_notify_for_a_batch() {
+        let q = Arc::new(Inbox::new(1024));
+        let rx = {
+            let q = q.clone();
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                while let Some(v) = q.recv_blocking() {
+                    got.push(v);
+                }
+                got
+            })
+        };
+        for batch in 0..10 {
+            for i in 0..100 {
+                q.push(batch * 100 + i).unwrap();
+            }
+            q.notify();
+        }
+        q.close();
+        assert_eq!(rx.join().unwrap(), (0..1000).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn async_receivers_see_pushes_and_the_close() {
+        let q = Arc::new(Inbox::new(8));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let producer = {
+            let q = q.clone();
+            std::thread::spawn(move || {
+                for i in 0..100u32 {
+                    let mut item = i;
+                    loop {
+                        match q.push(item) {
+                            Ok(()) => break,
+                            Err(Rejected::Full(t)) => {
+                                item = t;
+                                q.notify();
+                                std::thread::yield_now();
+                            }
+                            Err(Rejected::Closed(_)) => unreachable!(),
+                        }
+                    }
+                    q.notify();
+                }
+                q.close();
+            })
+        };
+        let got = rt.block_on(async {
+            let mut got = Vec::new();
+            while let Some(v) = q.recv().await {
+                got.push(v);
+            }
+            got
+        });
+        producer.join().unwrap();
+        assert_eq!(got, (0..100).collect::<Vec<_>>());
+    }
+}
