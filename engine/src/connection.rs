@@ -56,6 +56,10 @@ use crate::queue_depth::QueueDepth;
 
 /// How long an orderly close waits for the peer's Close record.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Largest frame accepted before the handshake completes. Handshake frames
+/// are a few hundred bytes; an unauthenticated peer must not make us buffer
+/// a full data frame (`max_frame_body`) per connection.
+pub const HANDSHAKE_MAX_FRAME: usize = 1024;
 
 /// Why a connection ended. Each variant is a metric label ([`CloseCause::label`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -316,7 +320,7 @@ impl Connection {
         let mut conn = Self {
             state: State::Handshaking(Box::new(hs)),
             role,
-            decoder: FrameDecoder::new(cfg.max_frame_body),
+            decoder: FrameDecoder::new(cfg.max_frame_body.min(HANDSHAKE_MAX_FRAME)),
             assembler: ChunkAssembler::new(cfg.chunk_limits),
             cfg,
             channels,
@@ -646,6 +650,7 @@ impl Connection {
                 };
                 self.last_rx = now;
                 self.last_ping = now;
+                self.decoder.set_max_body(self.cfg.max_frame_body);
                 self.events.push_back(Event::Established { peer });
             }
             Err(e) => self.fail(CloseCause::Handshake(e)),
@@ -1190,6 +1195,29 @@ mod tests {
                 "idle timeout missed"
             );
         }
+    }
+
+    #[test]
+    fn a_frame_larger_than_a_handshake_message_is_refused_before_the_handshake() {
+        let t0 = Instant::now();
+        let mut b = Connection::dialee(cfg(2, t0), Arc::new(Chans), allow_all(), t0);
+        // Within max_frame_body (4096 here), but no handshake frame is this big.
+        b.feed(&encode_header(HANDSHAKE_MAX_FRAME + 1), t0);
+        let ev = b.poll_event(t0);
+        assert!(
+            matches!(
+                ev,
+                Some(Event::Closed(CloseCause::Frame(FrameError::TooLarge { len, max })))
+                    if len == (HANDSHAKE_MAX_FRAME + 1) as u64 && max == HANDSHAKE_MAX_FRAME
+            ),
+            "{ev:?}"
+        );
+        assert!(b.buffer_capacity() < 64, "nothing was buffered for it");
+        // Established connections take full-size frames (the pair test
+        // above sends 60 kB messages in 4 KiB frames).
+        let (a2, b2) = pair(t0);
+        assert_eq!(b2.decoder.max_body(), 4096);
+        assert_eq!(a2.decoder.max_body(), 4096);
     }
 
     #[test]

@@ -123,6 +123,12 @@ impl FrameDecoder {
         self.max_body
     }
 
+    /// Changes the limit for every frame whose header is not decoded yet
+    /// (a connection keeps it small until its handshake completes).
+    pub fn set_max_body(&mut self, max_body: usize) {
+        self.max_body = max_body;
+    }
+
     /// The accumulation buffer: a driver may append received bytes directly
     /// (e.g. read into its spare capacity).
     pub fn read_buf(&mut self) -> &mut BytesMut {
