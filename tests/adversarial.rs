@@ -23,9 +23,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use bytes::BytesMut;
 use common::*;
+use shoal::crypto::{Handshake, HandshakeConfig, RecordSealer, Session, TAG_LEN};
 use shoal::engine::metrics::Metrics;
 use shoal::engine::{Backend, Config, PublicKey, Quota, Receiver, SendError};
+use shoal::wire::{encode_header, DataHeader, RecordKind, RecordWriter};
 
 /// Resident-memory growth allowed during one attack.
 const MEM_BOUND_KIB: u64 = 64 * 1024;
@@ -485,7 +488,7 @@ fn slow_hello(backend: Backend) {
 
 fn many_silent_connections(backend: Backend) {
     let _g = serial();
-    const CONNS: u64 = 300;
+    const CONNS: u64 = 1000;
     const MAX_INBOUND: usize = 64;
     let (victim, honest) = victim_and_honest(
         backend,
@@ -506,6 +509,13 @@ fn many_silent_connections(backend: Backend) {
         conns.push(raw_connect(victim.addr));
         max_handshaking = max_handshaking.max(m.handshaking.get());
     }
+    // The honest peer's round trip while the victim holds a full handshake
+    // table (an observation for SECURITY.md, not a threshold).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let rtt = rt.block_on(honest.handle().ping(&victim.key()));
+    eprintln!("[silent connections] honest peer's ping during the attack: {rtt:?}");
     wait_until("every silent connection refused or timed out", || {
         max_handshaking = max_handshaking.max(m.handshaking.get());
         let refused = m.refused_count("max_inbound") - refused0;
@@ -882,7 +892,145 @@ fn peer_that_stops_reading(backend: Backend) {
     assert!(sender.handle().is_connected(&sleeper.key()));
 }
 
+/// Completes a real handshake as `seed` (which the victim authorizes) over
+/// a raw socket: the attacker then holds valid session keys and can seal
+/// whatever records it likes.
+fn authenticated_raw(addr: SocketAddr, victim: &PublicKey, seed: u64) -> (TcpStream, Session) {
+    let mut s = raw_connect(addr);
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let cfg = Config::local(None);
+    let hs_cfg = Arc::new(HandshakeConfig {
+        namespace: cfg.namespace.clone(),
+        max_age: cfg.handshake_max_age,
+        synchrony_bound: cfg.synchrony_bound,
+        timeout: cfg.handshake_timeout,
+    });
+    let unix_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    let mut hs = Handshake::dialer(signer(seed), victim.clone(), hs_cfg, unix_ms());
+    loop {
+        while let Some(f) = hs.poll_transmit() {
+            s.write_all(&f).unwrap();
+        }
+        if hs.is_complete() {
+            return (s, hs.into_session().unwrap());
+        }
+        let mut header = [0u8; 4];
+        s.read_exact(&mut header).unwrap();
+        let mut body = vec![0u8; u32::from_be_bytes(header) as usize];
+        s.read_exact(&mut body).unwrap();
+        hs.handle_frame(&mut body, unix_ms(), &mut |k| k == victim)
+            .unwrap();
+    }
+}
+
+/// One sealed frame holding the records `fill` writes.
+fn sealed_frame(sealer: &mut RecordSealer, fill: impl FnOnce(&mut RecordWriter)) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    buf.extend_from_slice(&[0u8; 4]);
+    fill(&mut RecordWriter::new(&mut buf, 60_000));
+    buf.extend_from_slice(&[0u8; TAG_LEN]);
+    sealer.seal_in_place(&mut buf[4..]).unwrap();
+    let header = encode_header(buf.len() - 4);
+    buf[..4].copy_from_slice(&header);
+    buf.to_vec()
+}
+
+/// An authorized peer sends 1-byte parts of a message claiming 16 MiB in
+/// 16 Mi parts, then (on a new connection) the smallest parts the rules
+/// allow for more messages than the budget admits: both are refused on the
+/// first offending record, before anything is reassembled.
+fn tiny_chunks_claiming_a_huge_total(backend: Backend) {
+    let _g = serial();
+    let def = || ChannelDef {
+        quota: None,
+        id: 1,
+        max_size: 16 << 20,
+        backlog: 16,
+        compression: None,
+    };
+    let victim = start_node(backend, 1, any_addr(), &[1, 2, 3, 4], &[], &[def()], |_| {});
+    let honest = start_node(
+        backend,
+        2,
+        any_addr(),
+        &[1, 2, 3, 4],
+        &[(1, victim.addr)],
+        &[def()],
+        |_| {},
+    );
+    assert_exchange(&victim, &honest, 0, "before the attack");
+    let m = victim.handle().metrics();
+    let rss0 = rss_kib();
+
+    // 1. One-byte parts, 16 Mi of them claimed.
+    let before = closes(m);
+    let (mut s, mut session) = authenticated_raw(victim.addr, &victim.key(), 4);
+    let header = |part: u32, total_parts: u32, message_id: u64| DataHeader {
+        channel: 1,
+        message_id,
+        part,
+        total_parts,
+        total_len: 16 << 20,
+        compressed: false,
+        request_id: 0,
+        status: 0,
+    };
+    let frame = sealed_frame(&mut session.sealer, |w| {
+        for part in 0..1000 {
+            if w.push_data(RecordKind::Data, &header(part, 16 << 20, 1), &[0x55])
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    let _ = s.write_all(&frame);
+    let t1 = wait_dropped(&mut s, "1-byte parts");
+    let mut got1 = Vec::new();
+    wait_until("the 1-byte parts refused", || {
+        got1 = moved(m, &before);
+        got1.iter().any(|(l, _)| *l == "bad_chunk")
+    });
+    eprintln!("[1-byte parts claiming 16 MiB] dropped after {t1:?}; closes {got1:?}");
+
+    // 2. Minimum-size parts, each a new 16 MiB message: the claimed total
+    //    passes the budget once, the second message exceeds it.
+    let before = closes(m);
+    let (mut s, mut session) = authenticated_raw(victim.addr, &victim.key(), 4);
+    let chunk = vec![0x66u8; 1024];
+    for message_id in 1..=16u64 {
+        let frame = sealed_frame(&mut session.sealer, |w| {
+            w.push_data(RecordKind::Data, &header(0, 16 << 10, message_id), &chunk)
+                .unwrap();
+        });
+        if s.write_all(&frame).is_err() {
+            break;
+        }
+    }
+    let t2 = wait_dropped(&mut s, "budget");
+    let mut got2 = Vec::new();
+    wait_until("the over-budget messages refused", || {
+        got2 = moved(m, &before);
+        got2.iter().any(|(l, _)| *l == "chunk_budget")
+    });
+    eprintln!(
+        "[1 KiB parts of 16 messages claiming 16 MiB each] dropped after {t2:?}; closes {got2:?}"
+    );
+    assert_rss_bounded("tiny chunks", rss0);
+    assert!(
+        victim.channels[0].1.try_recv().is_none(),
+        "nothing delivered"
+    );
+    assert_exchange(&victim, &honest, 0, "after the attack");
+}
+
 both_backends!(
+    tiny_chunks_claiming_a_huge_total,
     random_bytes_after_connect,
     huge_length_prefix,
     slow_hello,
