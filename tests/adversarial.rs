@@ -1029,7 +1029,51 @@ fn tiny_chunks_claiming_a_huge_total(backend: Backend) {
     assert_exchange(&victim, &honest, 0, "after the attack");
 }
 
+/// An authorized peer that reconnects again and again with the same key:
+/// each new connection replaces the previous one (same dialer, newer wins),
+/// the old one is closed, and the node's connection gauge stays exact (it
+/// used to count every replaced connection on the same shard forever).
+fn reconnecting_peer_replaces_its_connection(backend: Backend) {
+    let _g = serial();
+    let victim = start_node(
+        backend,
+        1,
+        any_addr(),
+        &[1, 2, 3, 4],
+        &[],
+        &[chan(1)],
+        |_| {},
+    );
+    let m = victim.handle().metrics();
+    let replaced0 = m.close_count("replaced");
+    let (mut old, _) = authenticated_raw(victim.addr, &victim.key(), 4);
+    wait_until("the first connection established", || {
+        victim.handle().is_connected(&key(4))
+    });
+    const ROUNDS: u64 = 4;
+    for round in 0..ROUNDS {
+        let (new, _) = authenticated_raw(victim.addr, &victim.key(), 4);
+        // Dropped after the close handshake's 2 s timeout: the raw client
+        // never answers the victim's Close.
+        wait_dropped(&mut old, "the replaced connection");
+        old = new;
+        wait_until("one connection, counted once", || {
+            m.connections.get() == 1 && victim.handle().peers() == vec![key(4)]
+        });
+        assert_eq!(m.close_count("replaced") - replaced0, round + 1);
+    }
+    eprintln!(
+        "[{ROUNDS} reconnections with one key] connections gauge {}, replaced {}, handshaking {}",
+        m.connections.get(),
+        m.close_count("replaced") - replaced0,
+        m.handshaking.get()
+    );
+    drop(old);
+    wait_until("the last connection gone", || m.connections.get() == 0);
+}
+
 both_backends!(
+    reconnecting_peer_replaces_its_connection,
     tiny_chunks_claiming_a_huge_total,
     random_bytes_after_connect,
     huge_length_prefix,

@@ -392,6 +392,7 @@ impl Shared {
     ) -> Result<(), SendError> {
         let cmd = Command::Send {
             id: h.id,
+            peer: h.peer.clone(),
             msg,
             high: priority,
         };

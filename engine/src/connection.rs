@@ -270,6 +270,9 @@ pub struct Connection {
     closing: Option<CloseCause>,
     closing_since: Option<Instant>,
     closed_reported: bool,
+    /// A close because another connection to the same peer replaced this
+    /// one began (either side); stays set after the close completes.
+    replaced: bool,
     chunk_size: usize,
     handshake_deadline: Instant,
 }
@@ -343,6 +346,7 @@ impl Connection {
             closing: None,
             closing_since: None,
             closed_reported: false,
+            replaced: false,
             chunk_size,
             handshake_deadline: now + cfg_timeout,
         };
@@ -432,6 +436,42 @@ impl Connection {
         }
     }
 
+    /// Whether [`Connection::send`] would take a message (established or
+    /// handshaking, and no close begun).
+    pub fn accepts_messages(&self) -> bool {
+        !self.is_closed() && self.closing.is_none()
+    }
+
+    /// True once a close because this connection was replaced by another
+    /// one to the same peer has begun (either side decided).
+    pub fn closing_replaced(&self) -> bool {
+        self.replaced
+    }
+
+    /// Takes the application's queued messages (high priority first, each
+    /// flagged), releasing their slots in the depth counter: the shard moves
+    /// them to the connection that replaced this one. A message whose first
+    /// parts were already written is taken whole (the peer discards the
+    /// parts with this connection). Internal sends (RPC responses) stay.
+    pub fn take_unsent(&mut self) -> Vec<(Outgoing, bool)> {
+        let mut out = Vec::new();
+        for (queue, high) in [(&mut self.high, true), (&mut self.low, false)] {
+            let mut keep = VecDeque::new();
+            for p in queue.drain(..) {
+                if p.counted {
+                    out.push((p.msg, high));
+                } else {
+                    keep.push_back(p);
+                }
+            }
+            *queue = keep;
+        }
+        if let Some(d) = &self.queue_depth {
+            d.release(out.len());
+        }
+        out
+    }
+
     /// Queues a message counted in the application-visible depth. High
     /// priority goes first, between the parts of a large low-priority
     /// message too.
@@ -515,6 +555,7 @@ impl Connection {
             reason: reason as u32,
             detail: String::new(),
         });
+        self.replaced = reason == CloseReason::Replaced;
         self.closing = Some(CloseCause::Local(reason));
         self.closing_since = Some(now);
     }
@@ -685,7 +726,9 @@ impl Connection {
                 self.close_received = true;
                 if self.closing.is_none() {
                     // Answer with our own Close after what we have queued.
-                    self.closing = Some(CloseCause::Remote(CloseReason::from_u32(c.reason)));
+                    let reason = CloseReason::from_u32(c.reason);
+                    self.replaced = reason == CloseReason::Replaced;
+                    self.closing = Some(CloseCause::Remote(reason));
                     self.closing_since = Some(now);
                     self.close_queued = Some(Close {
                         reason: CloseReason::Normal as u32,
@@ -1218,6 +1261,37 @@ mod tests {
         let (a2, b2) = pair(t0);
         assert_eq!(b2.decoder.max_body(), 4096);
         assert_eq!(a2.decoder.max_body(), 4096);
+    }
+
+    #[test]
+    fn a_replaced_connection_hands_over_its_unsent_messages_in_order() {
+        let t0 = Instant::now();
+        let (mut a, mut b) = pair(t0);
+        for (text, high) in [("low 1", false), ("high 1", true), ("low 2", false)] {
+            a.send(Outgoing::data(1, Bytes::from(text), false), high)
+                .unwrap();
+        }
+        assert!(!a.closing_replaced());
+        a.close(CloseReason::Replaced, t0);
+        assert!(a.closing_replaced());
+        let moved: Vec<(Bytes, bool)> = a
+            .take_unsent()
+            .into_iter()
+            .map(|(m, high)| (m.payload, high))
+            .collect();
+        assert_eq!(
+            moved,
+            vec![
+                (Bytes::from("high 1"), true),
+                (Bytes::from("low 1"), false),
+                (Bytes::from("low 2"), false)
+            ]
+        );
+        // Nothing of them is written on the old connection; it just closes.
+        let (_, eb) = pump(&mut a, &mut b, t0);
+        assert!(messages(eb).is_empty());
+        // The peer's side learns the reason and reports it too.
+        assert!(b.closing_replaced() || b.is_closed());
     }
 
     #[test]

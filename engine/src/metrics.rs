@@ -41,6 +41,13 @@ pub struct Metrics {
     pub refused: Family<ReasonLabel, Counter>,
     pub send_full: Counter,
     pub send_not_connected: Counter,
+    /// Messages `send` accepted that were moved to the peer's replacement
+    /// connection (simultaneous dials, reconnects) instead of being lost.
+    pub send_rerouted: Counter,
+    /// Messages `send` accepted and the engine could not deliver, by reason
+    /// (`disconnected`: the peer's connection ended before the message was
+    /// written and no other connection to it exists).
+    pub send_dropped: Family<ReasonLabel, Counter>,
     pub dials: Counter,
     pub dial_failures: Counter,
     pub wakeups: Counter,
@@ -92,6 +99,16 @@ impl Metrics {
             "send_not_connected",
             "Sends refused: peer not connected",
             self.send_not_connected.clone(),
+        );
+        registry.register(
+            "send_rerouted",
+            "Accepted messages moved to the peer's replacement connection",
+            self.send_rerouted.clone(),
+        );
+        registry.register(
+            "send_dropped",
+            "Accepted messages that could not be delivered, by reason",
+            self.send_dropped.clone(),
         );
         registry.register("dials", "Outbound dial attempts", self.dials.clone());
         registry.register(
@@ -193,6 +210,24 @@ impl Metrics {
                 reason: reason.to_string(),
             })
             .inc();
+    }
+
+    /// Counts an accepted message that will not be delivered.
+    pub fn send_dropped(&self, reason: &str) {
+        self.send_dropped
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// Accepted messages dropped for `reason` so far.
+    pub fn send_dropped_count(&self, reason: &str) -> u64 {
+        self.send_dropped
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .get()
     }
 
     pub fn refuse(&self, reason: &str) {

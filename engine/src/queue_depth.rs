@@ -60,6 +60,13 @@ impl QueueDepth {
         }
     }
 
+    /// Takes a slot regardless of the limit: a message already accepted on
+    /// another connection to the same peer moves here (bounded by that
+    /// connection's own limit).
+    pub fn force_reserve(&self) {
+        self.count.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// Returns `n` slots (messages encoded or dropped) and wakes waiters.
     pub fn release(&self, n: usize) {
         if n > 0 {

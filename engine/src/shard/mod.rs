@@ -39,6 +39,9 @@ pub(crate) enum Command {
     /// Queue a message on a connection.
     Send {
         id: ConnId,
+        /// Whom it is for: if `id` closed meanwhile (a replaced duplicate
+        /// connection), the message moves to the peer's current connection.
+        peer: PublicKey,
         msg: Outgoing,
         high: bool,
     },
@@ -82,6 +85,12 @@ impl ShardLink {
 }
 
 /// A message that could not be delivered yet (receiver full or over quota).
+/// Messages waiting for a peer's replacement connection.
+struct Parked {
+    since: Instant,
+    msgs: std::collections::VecDeque<(Outgoing, bool)>,
+}
+
 struct Stashed {
     spec: Arc<ChannelSpec>,
     payload: Bytes,
@@ -101,6 +110,12 @@ pub(crate) struct ConnSlot {
     paused_until: Option<Instant>,
     limiters: HashMap<u32, DefaultDirectRateLimiter>,
     close_label: Option<&'static str>,
+    /// The unsent queue already moved to the replacing connection.
+    moved_unsent: bool,
+    /// This connection replaced `hold_for` (same shard): its input waits
+    /// until that one is gone, so the peer's messages still in flight on
+    /// the old connection are delivered before anything sent on this one.
+    hold_for: Option<ConnId>,
     counted_handshaking: bool,
     /// `ping()` callers waiting for the next pong (bounded).
     ping_waiters: Vec<tokio::sync::oneshot::Sender<Duration>>,
@@ -134,6 +149,14 @@ pub(crate) struct ShardCore {
     paused: Vec<usize>,
     /// Channels that got messages since receivers were last woken.
     to_notify: Vec<Arc<ChannelSpec>>,
+    /// Accepted messages whose connection closed for a replacement that is
+    /// not established yet (the peer rejected our duplicate first): they
+    /// wait, in order, for the peer's next connection (see `reroute`).
+    parked: HashMap<PublicKey, Parked>,
+    /// Connections closed because they were replaced, recently (bounded):
+    /// a send still addressed to one is rerouted like one to a closing
+    /// replaced connection.
+    recently_replaced: std::collections::VecDeque<(ConnId, Instant)>,
     pub shutdown: Option<Instant>,
     next_timer_sweep: Instant,
 }
@@ -166,6 +189,8 @@ impl ShardCore {
             closing: Vec::new(),
             paused: Vec::new(),
             to_notify: Vec::new(),
+            parked: HashMap::new(),
+            recently_replaced: std::collections::VecDeque::new(),
             shutdown: None,
             next_timer_sweep: Instant::now(),
         }
@@ -210,6 +235,8 @@ impl ShardCore {
             paused_until: None,
             limiters: HashMap::new(),
             close_label: None,
+            moved_unsent: false,
+            hold_for: None,
             counted_handshaking: true,
             ping_waiters: Vec::new(),
         });
@@ -249,17 +276,37 @@ impl ShardCore {
 
     fn handle_command(&mut self, cmd: Command, now: Instant, actions: &mut Vec<DriverAction>) {
         match cmd {
-            Command::Send { id, msg, high } => {
-                // The connection enforces its own hard cap and fixes the
-                // depth counter if it refuses. A send for a connection that is
-                // gone is dropped with it (its handle's counter went too).
-                let queued = self
+            Command::Send {
+                id,
+                peer,
+                msg,
+                high,
+            } => {
+                let slot = self
                     .conns
                     .get_mut(id.key)
-                    .filter(|slot| slot.generation == id.generation)
-                    .is_some_and(|slot| slot.conn.send(msg, high).is_ok());
-                if queued {
-                    self.dirty.push(id.key);
+                    .filter(|slot| slot.generation == id.generation);
+                match slot {
+                    Some(slot) if slot.conn.accepts_messages() => {
+                        // The connection enforces its own hard cap and fixes
+                        // the depth counter if it refuses.
+                        if slot.conn.send(msg, high).is_ok() {
+                            self.dirty.push(id.key);
+                        }
+                    }
+                    closing => {
+                        // Accepted for a connection that began closing (or is
+                        // gone) since: give its slot back and move the message
+                        // to the peer's current connection.
+                        let replaced = match closing {
+                            Some(slot) => {
+                                slot.depth.release(1);
+                                slot.conn.closing_replaced()
+                            }
+                            None => self.recently_replaced.iter().any(|(c, _)| *c == id),
+                        };
+                        self.reroute(id, peer, msg, high, replaced, now, actions);
+                    }
                 }
             }
             Command::Control { id, record } => {
@@ -320,7 +367,7 @@ impl ShardCore {
             let Some(slot) = self.conns.get_mut(key) else {
                 return;
             };
-            if slot.stash.is_some() || slot.paused_until.is_some() {
+            if slot.stash.is_some() || slot.paused_until.is_some() || slot.hold_for.is_some() {
                 break;
             }
             let Some(ev) = slot.conn.poll_event(now) else {
@@ -333,7 +380,8 @@ impl ShardCore {
     }
 
     /// Bookkeeping after any input or command touched a connection.
-    pub fn after_io(&mut self, key: usize, _now: Instant) {
+    pub fn after_io(&mut self, key: usize, now: Instant) {
+        self.move_unsent_if_replaced(key, now);
         let Some(slot) = self.conns.get_mut(key) else {
             return;
         };
@@ -519,11 +567,43 @@ impl ShardCore {
         let admit = self.shared.peers.insert(handle.clone());
         match admit {
             Admit::Inserted => {}
-            Admit::Replaced(old) => self.close_elsewhere(&old, CloseReason::Replaced),
+            Admit::Replaced(old) => {
+                let old_here = old.id.shard == self.id
+                    && self
+                        .conns
+                        .get(old.id.key)
+                        .is_some_and(|s| s.generation == old.id.generation);
+                if old_here {
+                    if let Some(slot) = self.conns.get_mut(key) {
+                        slot.hold_for = Some(old.id);
+                    }
+                }
+                self.close_elsewhere(&old, CloseReason::Replaced)
+            }
             Admit::Rejected => {
                 tracing::debug!(shard = self.id, %peer, "duplicate connection rejected by tie-break");
+                let mut rejected = None;
                 if let Some(slot) = self.conns.get_mut(key) {
                     slot.conn.close(CloseReason::Replaced, Instant::now());
+                    rejected = Some(ConnId {
+                        shard: self.id,
+                        key,
+                        generation: slot.generation,
+                    });
+                }
+                // The peer may have sent on this connection before it learned
+                // that the other one wins: the winner's input waits until this
+                // one has delivered what it carries and closed.
+                if let (Some(rejected), Some(winner)) = (rejected, self.shared.peers.get(&peer)) {
+                    if winner.id.shard == self.id {
+                        if let Some(w) = self
+                            .conns
+                            .get_mut(winner.id.key)
+                            .filter(|w| w.generation == winner.id.generation)
+                        {
+                            w.hold_for = Some(rejected);
+                        }
+                    }
                 }
                 return;
             }
@@ -533,6 +613,9 @@ impl ShardCore {
         if let Some(slot) = self.conns.get_mut(key) {
             slot.handle = Some(handle);
         }
+        // Messages parked for this peer go first, ahead of anything sent on
+        // the new connection since.
+        self.flush_parked(&peer, Instant::now());
         self.shared
             .to_control(crate::shared::ControlEvent::Connected {
                 peer: peer.clone(),
@@ -545,13 +628,162 @@ impl ShardCore {
         if old.id.shard == self.id {
             if let Some(slot) = self.conns.get_mut(old.id.key) {
                 if slot.generation == old.id.generation {
-                    slot.handle = None;
+                    // The handle stays: it was counted as established, and
+                    // its release decrements the gauge; the peer table
+                    // already points at the new connection, so releasing
+                    // the old id there is a no-op.
                     slot.conn.close(reason, Instant::now());
                     self.dirty.push(old.id.key);
+                    self.move_unsent_if_replaced(old.id.key, Instant::now());
                 }
             }
         } else if let Some(link) = self.shared.shards.get(old.id.shard) {
             let _ = link.send(Command::Close { id: old.id, reason });
+        }
+    }
+
+    /// A connection being closed because another one to the same peer won
+    /// the tie-break hands its unsent messages to the winner at once, ahead
+    /// of anything sent later, instead of flushing them on a connection the
+    /// peer is tearing down.
+    fn move_unsent_if_replaced(&mut self, key: usize, now: Instant) {
+        let Some(slot) = self.conns.get_mut(key) else {
+            return;
+        };
+        if slot.moved_unsent || !slot.conn.closing_replaced() {
+            return;
+        }
+        slot.moved_unsent = true;
+        let Some(peer) = slot.conn.peer().cloned() else {
+            return;
+        };
+        let old = ConnId {
+            shard: self.id,
+            key,
+            generation: slot.generation,
+        };
+        let mut no_actions = Vec::new();
+        for (msg, high) in slot.conn.take_unsent() {
+            self.reroute(old, peer.clone(), msg, high, true, now, &mut no_actions);
+        }
+        debug_assert!(no_actions.is_empty(), "sends never produce driver actions");
+    }
+
+    /// Moves an accepted message whose connection `old` closed to the peer's
+    /// current connection: the simultaneous-dial tie-break and reconnects
+    /// replace connections while senders still hold the old one, and
+    /// `send` already told the application the message was accepted. Same
+    /// shard: queued right behind what was already routed there; another
+    /// shard: through its queue. Counted; a message with no connection left
+    /// to go to is counted as dropped, never silently lost.
+    #[allow(clippy::too_many_arguments)]
+    fn reroute(
+        &mut self,
+        old: ConnId,
+        peer: PublicKey,
+        msg: Outgoing,
+        high: bool,
+        replaced: bool,
+        now: Instant,
+        actions: &mut Vec<DriverAction>,
+    ) {
+        let Some(h) = self.shared.peers.get(&peer).filter(|h| h.id != old) else {
+            if !replaced {
+                // The peer left (shutdown, error): nothing to wait for.
+                self.shared.metrics.send_dropped("disconnected");
+                return;
+            }
+            // Replaced by a connection still handshaking (the peer rejected
+            // our duplicate first): wait for it, bounded in count and time.
+            let limit = self.shared.config.peer_send_backlog;
+            let p = self.parked.entry(peer).or_insert_with(|| Parked {
+                since: now,
+                msgs: std::collections::VecDeque::new(),
+            });
+            if p.msgs.len() < limit {
+                p.msgs.push_back((msg, high));
+            } else {
+                self.shared.metrics.send_dropped("disconnected");
+            }
+            return;
+        };
+        if self.parked.contains_key(&peer) {
+            // Older messages waited for this connection: they go first.
+            self.flush_parked(&peer, now);
+        }
+        self.send_to_current(&h, peer, msg, high, now, actions);
+    }
+
+    /// Hands `peer`'s parked messages to its current connection, if it has
+    /// one that is not closing; drops them (counted) once they waited longer
+    /// than a handshake may take.
+    fn flush_parked(&mut self, peer: &PublicKey, now: Instant) {
+        let Some(h) = self.shared.peers.get(peer) else {
+            return self.expire_parked(peer, now);
+        };
+        let usable = h.id.shard != self.id
+            || self
+                .conns
+                .get(h.id.key)
+                .is_some_and(|s| s.generation == h.id.generation && s.conn.accepts_messages());
+        if !usable {
+            return self.expire_parked(peer, now);
+        }
+        let Some(p) = self.parked.remove(peer) else {
+            return;
+        };
+        let mut no_actions = Vec::new();
+        for (msg, high) in p.msgs {
+            self.send_to_current(&h, peer.clone(), msg, high, now, &mut no_actions);
+        }
+    }
+
+    /// Queues an already-accepted message on `h`, the peer's current
+    /// connection (here, or through its shard's queue), counted as rerouted.
+    fn send_to_current(
+        &mut self,
+        h: &PeerHandle,
+        peer: PublicKey,
+        msg: Outgoing,
+        high: bool,
+        now: Instant,
+        actions: &mut Vec<DriverAction>,
+    ) {
+        h.depth.force_reserve();
+        self.shared.metrics.send_rerouted.inc();
+        let cmd = Command::Send {
+            id: h.id,
+            peer,
+            msg,
+            high,
+        };
+        if h.id.shard == self.id {
+            // Terminates: the table points at `h.id`, so if that one is
+            // closing too, its reroute finds `h.id == old` and parks or drops.
+            self.handle_command(cmd, now, actions);
+            return;
+        }
+        let sent = self
+            .shared
+            .shards
+            .get(h.id.shard)
+            .is_some_and(|link| link.send(cmd).is_ok());
+        if !sent {
+            h.depth.release(1);
+            self.shared.metrics.send_dropped("shard_queue_full");
+        }
+    }
+
+    fn expire_parked(&mut self, peer: &PublicKey, now: Instant) {
+        let wait = self.shared.config.handshake_timeout;
+        if let Some(p) = self.parked.get(peer) {
+            if now.saturating_duration_since(p.since) >= wait {
+                let n = p.msgs.len();
+                self.parked.remove(peer);
+                for _ in 0..n {
+                    self.shared.metrics.send_dropped("disconnected");
+                }
+            }
         }
     }
 
@@ -670,7 +902,12 @@ impl ShardCore {
     pub fn wants_read(&self, key: usize) -> bool {
         self.conns
             .get(key)
-            .map(|s| s.stash.is_none() && s.paused_until.is_none() && s.conn.wants_read())
+            .map(|s| {
+                s.stash.is_none()
+                    && s.paused_until.is_none()
+                    && s.hold_for.is_none()
+                    && s.conn.wants_read()
+            })
             .unwrap_or(false)
     }
 
@@ -711,6 +948,12 @@ impl ShardCore {
         if self.has_paused() {
             self.resume_paused(now);
         }
+        if !self.parked.is_empty() {
+            let peers: Vec<PublicKey> = self.parked.keys().cloned().collect();
+            for peer in peers {
+                self.flush_parked(&peer, now);
+            }
+        }
         self.shared.rpc.expire(self.id, now, None);
     }
 
@@ -732,6 +975,45 @@ impl ShardCore {
             return;
         }
         let mut slot = self.conns.remove(key);
+        // The connection that replaced this one may read now.
+        let gone = ConnId {
+            shard: self.id,
+            key,
+            generation: slot.generation,
+        };
+        let held: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, s)| s.hold_for == Some(gone))
+            .map(|(k, _)| k)
+            .collect();
+        for k in held {
+            if let Some(s) = self.conns.get_mut(k) {
+                s.hold_for = None;
+            }
+            self.process_input(k, Instant::now());
+            self.dirty.push(k);
+        }
+        if slot.moved_unsent {
+            let now = Instant::now();
+            let keep = self.shared.config.handshake_timeout;
+            while self
+                .recently_replaced
+                .front()
+                .is_some_and(|(_, t)| now.saturating_duration_since(*t) > keep)
+                || self.recently_replaced.len() >= 1024
+            {
+                self.recently_replaced.pop_front();
+            }
+            self.recently_replaced.push_back((
+                ConnId {
+                    shard: self.id,
+                    key,
+                    generation: slot.generation,
+                },
+                now,
+            ));
+        }
         if let Some(err) = io_error {
             slot.conn.handle_io_error(err);
             while let Some(ev) = slot.conn.poll_event(Instant::now()) {
