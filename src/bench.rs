@@ -64,13 +64,15 @@ pub enum Scenario {
     Send,
     /// Resident memory per idle established connection (`--connections N`).
     Idle,
+    /// Shard scaling: fan-out to 16 peers with 2 shards per node vs 1.
+    Scale,
 }
 
 impl Scenario {
     fn parse(s: &str) -> Result<Scenario, String> {
         <Scenario as ValueEnum>::from_str(s, true).map_err(|_| {
             format!(
-                "`bench.scenario` must be one of all, throughput, latency, rpc, fanout, send, idle (got {s:?})"
+                "`bench.scenario` must be one of all, throughput, latency, rpc, fanout, send, idle, scale (got {s:?})"
             )
         })
     }
@@ -264,6 +266,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Everything a run needs, resolved from flags, the config file and defaults.
+#[derive(Clone)]
 struct Plan {
     scenario: Scenario,
     size: Option<usize>,
@@ -375,6 +378,7 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
         Scenario::Fanout,
         Scenario::Send,
         Scenario::Idle,
+        Scenario::Scale,
     ]
     .into_iter()
     .filter(|s| wants(*s))
@@ -492,6 +496,49 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
         }
         for runs in per {
             results.push(summarize(runs, 0.0));
+        }
+    }
+    if wants(Scenario::Scale) {
+        // Aggregate fan-out throughput over 16 connections, every node with
+        // 2 shards, against the same with 1 shard, interleaved.
+        const PEERS: usize = 16;
+        let size = if all {
+            16 * 1024
+        } else {
+            p.size.unwrap_or(16 * 1024)
+        };
+        let messages = p.messages.unwrap_or(1000).max(1);
+        let with_shards = |n: usize| {
+            let mut q = p.clone();
+            q.base.shards = n;
+            q.shards = n;
+            q
+        };
+        let (one, two) = (with_shards(1), with_shards(2));
+        let mut per1: Vec<Vec<f64>> = vec![Vec::new(); p.backends.len()];
+        let mut per2: Vec<Vec<RunResult>> = vec![Vec::new(); p.backends.len()];
+        for round in 0..rounds {
+            for (i, b) in p.backends.iter().enumerate() {
+                step(format!(
+                    "scale {}/{rounds}: {}, 1 shard",
+                    round + 1,
+                    label(*b)
+                ));
+                per1[i].push(fanout(&one, *b, size, messages, PEERS)?.bytes_per_sec);
+                pb.inc(1);
+                step(format!(
+                    "scale {}/{rounds}: {}, 2 shards",
+                    round + 1,
+                    label(*b)
+                ));
+                let mut r = fanout(&two, *b, size, messages, PEERS)?;
+                r.scenario = "scale";
+                per2[i].push(r);
+                pb.inc(1);
+            }
+        }
+        for (runs, base) in per2.into_iter().zip(per1) {
+            results.push(summarize(runs, median(base)));
         }
     }
     if wants(Scenario::Idle) {
@@ -613,6 +660,11 @@ fn print_table(results: &[RunResult], rounds: usize) {
                     )
                 });
         let vs = match r.scenario {
+            "scale" => format!(
+                "{:.2}x 1 shard ({:.0} MiB/s)",
+                r.ratio,
+                r.baseline / (1 << 20) as f64
+            ),
             "idle" => format!(
                 "{:.1} KiB RSS/conn ({} conns)",
                 r.rss_per_connection_kib.unwrap_or(0.0),
@@ -633,6 +685,7 @@ fn print_table(results: &[RunResult], rounds: usize) {
         };
         let scenario = match (r.inflight, r.peers) {
             (Some(n), _) if r.scenario == "rpc" => format!("rpc x{n}"),
+            (_, Some(n)) if r.scenario == "scale" => format!("scale x{n}"),
             (_, Some(n)) => format!("fanout x{n}"),
             _ => r.scenario.to_string(),
         };
