@@ -273,6 +273,10 @@ pub struct Connection {
     /// A close because another connection to the same peer replaced this
     /// one began (either side); stays set after the close completes.
     replaced: bool,
+    /// Once closed: the cause's metric label, and how many application
+    /// messages were still queued (accepted, never written).
+    closed_label: Option<&'static str>,
+    dropped_on_close: usize,
     chunk_size: usize,
     handshake_deadline: Instant,
 }
@@ -347,6 +351,8 @@ impl Connection {
             closing_since: None,
             closed_reported: false,
             replaced: false,
+            closed_label: None,
+            dropped_on_close: 0,
             chunk_size,
             handshake_deadline: now + cfg_timeout,
         };
@@ -440,6 +446,17 @@ impl Connection {
     /// handshaking, and no close begun).
     pub fn accepts_messages(&self) -> bool {
         !self.is_closed() && self.closing.is_none()
+    }
+
+    /// The metric label of the cause this connection closed with.
+    pub fn closed_label(&self) -> Option<&'static str> {
+        self.closed_label
+    }
+
+    /// Application messages that were queued when the connection closed
+    /// (accepted by `send`, never written).
+    pub fn dropped_on_close(&self) -> usize {
+        self.dropped_on_close
     }
 
     /// True once a close because this connection was replaced by another
@@ -590,6 +607,8 @@ impl Connection {
             d.release(dropped);
             d.close();
         }
+        self.dropped_on_close += dropped;
+        self.closed_label = Some(cause.label());
         self.high.clear();
         self.low.clear();
         self.control.clear();

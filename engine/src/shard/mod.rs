@@ -390,7 +390,7 @@ impl ShardCore {
         }
         if slot.conn.is_closed() && slot.close_label.is_none() {
             // Closed without an event we saw (e.g. after graceful close).
-            slot.close_label = Some("local_close");
+            slot.close_label = Some(slot.conn.closed_label().unwrap_or("local_close"));
         }
         if slot.conn.is_closed() && !self.closing.contains(&key) {
             self.closing.push(key);
@@ -917,7 +917,7 @@ impl ShardCore {
         let out = slot.conn.poll_transmit();
         if slot.conn.is_closed() && !self.closing.contains(&key) {
             if slot.close_label.is_none() {
-                slot.close_label = Some("local_close");
+                slot.close_label = Some(slot.conn.closed_label().unwrap_or("local_close"));
             }
             self.closing.push(key);
         }
@@ -1037,6 +1037,11 @@ impl ShardCore {
         // Nothing queued will be written: release the app-visible depth.
         slot.conn
             .abort(crate::connection::CloseCause::Local(CloseReason::Normal));
+        // Accepted messages still queued are gone with the connection: count
+        // them (the stash is an inbound message, not counted here).
+        for _ in 0..slot.conn.dropped_on_close() {
+            self.shared.metrics.send_dropped("disconnected");
+        }
         let label = slot.close_label.unwrap_or("io_error");
         self.shared.metrics.close(label);
         if slot.counted_handshaking {
