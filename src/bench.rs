@@ -109,6 +109,10 @@ pub struct BenchArgs {
     /// Shards spin instead of sleeping.
     #[arg(long)]
     busy_poll: bool,
+    /// Pin every node's shards to their own cores (node i starts at core
+    /// i × shards), so the sending and the receiving shard never share one.
+    #[arg(long)]
+    pin: bool,
     /// Interleaved rounds; medians are reported [default: 3].
     #[arg(long)]
     rounds: Option<usize>,
@@ -317,6 +321,7 @@ fn plan(args: &BenchArgs) -> Result<Plan, BenchError> {
         base.shards = 1;
     }
     base.busy_poll |= args.busy_poll;
+    base.pin_cores |= args.pin;
     base.validate().map_err(|e| {
         BenchError::Config(format!(
             "invalid config{}: {}",
@@ -782,6 +787,8 @@ fn cluster(p: &Plan, backend: Backend, spokes: usize, max_size: usize) -> Result
     for (i, id) in ids.iter().enumerate() {
         let mut cfg = p.base.clone().with_identity(id.clone());
         cfg.backend = backend;
+        // With pinning, consecutive nodes take consecutive cores.
+        cfg.core_offset = i * cfg.shard_count();
         let (mut net, oracle) = Network::new(cfg).map_err(|e| e.to_string())?;
         let (tx, rx) = net
             .register(1, None, max_size.max(1024), 8192, None)
