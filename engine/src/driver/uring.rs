@@ -321,10 +321,11 @@ fn event_loop(core: &mut ShardCore, d: &mut Driver, busy_poll: bool) -> io::Resu
         dirty.dedup();
         for &key in &dirty {
             d.flush(core, key)?;
-            // A connection that stopped wanting input cancels its receive.
+            // A connection that stopped wanting input for long enough
+            // cancels its receive.
             let wants = core.wants_read(key);
             match d.socks.get(&key) {
-                Some(s) if s.recv_armed && !wants => d.cancel_recv(key)?,
+                Some(s) if s.recv_armed && core.must_stop_reading(key) => d.cancel_recv(key)?,
                 Some(s) if !s.recv_armed && wants && !s.closing && !s.connecting => {
                     d.rearm.push(key)
                 }
@@ -524,9 +525,8 @@ fn handle_cqe(
                 }
                 d.pool.recycle(bid);
                 core.process_input(key, now);
-                let wants = core.wants_read(key);
                 if let Some(s) = d.socks.get(&key) {
-                    if s.recv_armed && !wants {
+                    if s.recv_armed && core.must_stop_reading(key) {
                         d.cancel_recv(key)?;
                     } else if !s.recv_armed && !s.closing {
                         d.rearm.push(key);

@@ -162,6 +162,9 @@ pub(crate) struct ShardCore {
 }
 
 const TIMER_GRANULARITY: Duration = Duration::from_millis(20);
+/// Input a paused connection may buffer before its receive is cancelled
+/// (see [`ShardCore::must_stop_reading`]).
+pub const PAUSED_INPUT_LIMIT: usize = 256 * 1024;
 /// `ping()` callers that may wait on one connection at once.
 const MAX_PING_WAITERS: usize = 64;
 
@@ -909,6 +912,21 @@ impl ShardCore {
                     && s.conn.wants_read()
             })
             .unwrap_or(false)
+    }
+
+    /// Whether a driver that keeps a receive armed (io_uring's multishot)
+    /// must cancel it: the connection is closed, or it is paused (receiver
+    /// full, quota, replacement) with more than [`PAUSED_INPUT_LIMIT`] bytes
+    /// already buffered. Short pauses thus cost no cancel and re-arm, while
+    /// a long one still stops reading (TCP backpressure), with the buffered
+    /// input bounded per connection.
+    pub fn must_stop_reading(&self, key: usize) -> bool {
+        if self.wants_read(key) {
+            return false;
+        }
+        self.conns
+            .get(key)
+            .is_none_or(|s| s.conn.is_closed() || s.conn.buffered() > PAUSED_INPUT_LIMIT)
     }
 
     /// Bytes to write for `key`, if any.
