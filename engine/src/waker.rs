@@ -60,6 +60,14 @@ impl ShardWaker {
         self.wake();
     }
 
+    /// Shard: whether a resume request is waiting (not consumed). Checked
+    /// after [`ShardWaker::prepare_sleep`]: a receiver that freed space
+    /// while the shard was awake did not write a wake-up byte, so without
+    /// this check the shard would sleep on it until its next timer.
+    pub fn resume_pending(&self) -> bool {
+        self.resume.load(Ordering::SeqCst)
+    }
+
     /// Shard: take the resume request.
     pub fn take_resume(&self) -> bool {
         self.resume.swap(false, Ordering::AcqRel)
@@ -123,5 +131,19 @@ mod tests {
             w.wake();
         }
         assert_eq!(wakeups.get(), 2);
+    }
+
+    #[test]
+    fn a_resume_requested_while_awake_is_seen_before_sleeping() {
+        let wakeups = Counter::default();
+        let w = ShardWaker::new(wakeups.clone()).unwrap();
+        // The shard is awake: no wake-up byte is written...
+        w.request_resume();
+        assert_eq!(wakeups.get(), 0);
+        // ...so the shard must see the request when it gets ready to sleep.
+        w.prepare_sleep();
+        assert!(w.resume_pending());
+        assert!(w.take_resume());
+        assert!(!w.resume_pending());
     }
 }

@@ -178,7 +178,7 @@ pub(crate) fn run(mut core: ShardCore, busy_poll: bool) -> io::Result<()> {
         let sleeping = timeout > Duration::ZERO;
         if sleeping {
             core.waker.prepare_sleep();
-            if core.has_commands(Instant::now(), &mut actions) {
+            if core.has_commands(Instant::now(), &mut actions) || core.waker.resume_pending() {
                 core.waker.cancel_sleep();
                 continue;
             }

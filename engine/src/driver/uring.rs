@@ -408,7 +408,7 @@ fn event_loop(core: &mut ShardCore, d: &mut Driver, busy_poll: bool) -> io::Resu
         let sleeping = timeout > Duration::ZERO;
         if sleeping {
             core.waker.prepare_sleep();
-            if core.has_commands(Instant::now(), &mut actions) {
+            if core.has_commands(Instant::now(), &mut actions) || core.waker.resume_pending() {
                 core.waker.cancel_sleep();
                 // Handle the command at the top of the loop without waiting.
                 d.ring.submit()?;
