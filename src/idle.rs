@@ -3,21 +3,24 @@
 //!
 //! # Design
 //! One node (the hub) listens; `conns` lightweight clients in the same
-//! process each complete a real handshake (shoal-crypto's sans-IO
-//! [`Handshake`] over a blocking socket) and then hold the socket without
+//! process each complete a real handshake (`shoal::raw_client`: the
+//! sans-IO handshake over a blocking socket) and then hold the socket without
 //! speaking. A client costs the process a file descriptor and nothing else,
 //! so the growth of the process's resident set between "hub started" and
 //! "hub holds `conns` established connections" is the hub's cost. The hub's
 //! idle timeout is raised for the run so that the silent clients stay
 //! connected while they are counted.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use shoal::crypto::{Ed25519Signer, Handshake, HandshakeConfig, Identity, PublicKey, Signer};
+use shoal::crypto::{Ed25519Signer, Identity, Signer};
 use shoal::engine::{Backend, Config, Network, NetworkHandle};
+use shoal::raw_client;
+
+fn rss_kib() -> Result<u64, String> {
+    raw_client::rss_kib().map_err(|e| format!("cannot read this process's RSS: {e}"))
+}
 
 /// What the scenario measured.
 pub struct IdleRss {
@@ -35,56 +38,6 @@ impl IdleRss {
     }
 }
 
-/// This process's resident set in KiB (Linux `/proc/self/status`).
-pub fn rss_kib() -> Result<u64, String> {
-    let status = std::fs::read_to_string("/proc/self/status")
-        .map_err(|e| format!("cannot read /proc/self/status: {e}"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| "no VmRSS line in /proc/self/status".to_string())
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// Dials `addr`, completes the handshake as `identity`, returns the socket.
-fn handshake(
-    addr: SocketAddr,
-    hub: &PublicKey,
-    identity: Identity,
-    cfg: &Arc<HandshakeConfig>,
-    max_frame: usize,
-) -> Result<TcpStream, String> {
-    let mut s = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
-    let mut hs = Handshake::dialer(identity, hub.clone(), cfg.clone(), unix_ms());
-    loop {
-        while let Some(frame) = hs.poll_transmit() {
-            s.write_all(&frame).map_err(|e| format!("write: {e}"))?;
-        }
-        if hs.is_complete() {
-            return Ok(s);
-        }
-        let mut header = [0u8; 4];
-        s.read_exact(&mut header)
-            .map_err(|e| format!("read: {e}"))?;
-        let len = u32::from_be_bytes(header) as usize;
-        if len == 0 || len > max_frame {
-            return Err(format!("handshake frame of {len} bytes"));
-        }
-        let mut body = vec![0u8; len];
-        s.read_exact(&mut body).map_err(|e| format!("read: {e}"))?;
-        hs.handle_frame(&mut body, unix_ms(), &mut |k| k == hub)
-            .map_err(|e| format!("handshake: {e}"))?;
-    }
-}
-
 /// Runs the scenario on `backend` with `conns` idle connections.
 pub fn idle_rss(base: &Config, backend: Backend, conns: usize) -> Result<IdleRss, String> {
     let clients: Vec<Arc<Ed25519Signer>> = (0..conns)
@@ -96,13 +49,7 @@ pub fn idle_rss(base: &Config, backend: Backend, conns: usize) -> Result<IdleRss
     cfg.backend = backend;
     cfg.max_inbound = conns + 16;
     cfg.idle_timeout = Duration::from_secs(600);
-    let hs_cfg = Arc::new(HandshakeConfig {
-        namespace: cfg.namespace.clone(),
-        max_age: cfg.handshake_max_age,
-        synchrony_bound: cfg.synchrony_bound,
-        timeout: cfg.handshake_timeout,
-    });
-    let max_frame = cfg.max_frame_body;
+    let client_cfg = cfg.clone();
     let (mut net, oracle) = Network::new(cfg).map_err(|e| e.to_string())?;
     let _channel = net
         .register(1, None, 1 << 16, 1024, None)
@@ -115,7 +62,15 @@ pub fn idle_rss(base: &Config, backend: Backend, conns: usize) -> Result<IdleRss
     let mut sockets = Vec::with_capacity(conns);
     for c in &clients {
         let identity: Identity = c.clone();
-        sockets.push(handshake(addr, &hub_key, identity, &hs_cfg, max_frame)?);
+        let (socket, _session) = raw_client::dial(
+            addr,
+            &hub_key,
+            identity,
+            &client_cfg,
+            Duration::from_secs(10),
+        )
+        .map_err(|e| format!("idle: client handshake: {e}"))?;
+        sockets.push(socket);
     }
     let all = hub.wait_peers(Duration::from_secs(30), |p| p.len() == conns);
     let established = hub.peers().len();

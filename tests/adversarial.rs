@@ -25,9 +25,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use bytes::BytesMut;
 use common::*;
-use shoal::crypto::{Handshake, HandshakeConfig, RecordSealer, Session, TAG_LEN};
+use shoal::crypto::{RecordSealer, Session, TAG_LEN};
 use shoal::engine::metrics::Metrics;
-use shoal::engine::{Backend, Config, PublicKey, Quota, Receiver, SendError};
+use shoal::engine::{Backend, Config, PublicKey, Quota, Receiver, SendError, Sender};
+use shoal::raw_client;
 use shoal::wire::{encode_header, DataHeader, RecordKind, RecordWriter};
 
 /// Resident-memory growth allowed during one attack.
@@ -67,12 +68,7 @@ fn serial() -> MutexGuard<'static, ()> {
 
 /// VmRSS of this process, KiB.
 fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS line")
+    raw_client::rss_kib().expect("VmRSS of this process")
 }
 
 fn assert_rss_bounded(attack: &str, before_kib: u64) {
@@ -216,6 +212,29 @@ fn wait_dropped(s: &mut TcpStream, what: &str) -> Duration {
             "[{what}] the victim never closed the attacker's socket"
         );
     }
+}
+
+/// Sends `payload` to `to` until `send_to` reports `Full`, at most `max`
+/// times and for at most `WAIT`. Returns (accepted sends, saw Full, time).
+fn send_until_full(
+    tx: &Sender,
+    to: &PublicKey,
+    payload: &Bytes,
+    max: u64,
+) -> (u64, bool, Duration) {
+    let start = Instant::now();
+    let mut accepted = 0u64;
+    for _ in 0..max {
+        match tx.send_to(to, payload.clone(), false) {
+            Ok(()) => accepted += 1,
+            Err(SendError::Full) => return (accepted, true, start.elapsed()),
+            Err(e) => panic!("unexpected send error: {e:?}"),
+        }
+        if start.elapsed() > WAIT {
+            break;
+        }
+    }
+    (accepted, false, start.elapsed())
 }
 
 /// Deterministic pseudo-random bytes (xorshift64).
@@ -788,27 +807,8 @@ fn flood_above_quota(backend: Backend) {
     let rss0 = rss_kib();
     let pauses0 = m.rate_limit_pauses.get();
     let payload = Bytes::from(noise(9, 1024));
-    let start = Instant::now();
-    let mut accepted = 0u64;
-    let mut full = false;
-    // Bounded: 10 million attempts or WAIT, whichever first.
-    for _ in 0..10_000_000u64 {
-        match attacker.channels[1]
-            .0
-            .send_to(&victim.key(), payload.clone(), false)
-        {
-            Ok(()) => accepted += 1,
-            Err(SendError::Full) => {
-                full = true;
-                break;
-            }
-            Err(e) => panic!("unexpected send error during the flood: {e:?}"),
-        }
-        if start.elapsed() > WAIT {
-            break;
-        }
-    }
-    let t = start.elapsed();
+    let (accepted, full, t) =
+        send_until_full(&attacker.channels[1].0, &victim.key(), &payload, 10_000_000);
     assert!(
         full,
         "the flood never saw Full ({accepted} accepted in {t:?})"
@@ -847,26 +847,8 @@ fn peer_that_stops_reading(backend: Backend) {
     let sender_backlog = Config::local(None).peer_send_backlog;
     let rss0 = rss_kib();
     let chunk = Bytes::from(noise(21, 64 << 10));
-    let start = Instant::now();
-    let mut accepted = 0u64;
-    let mut full = false;
-    for _ in 0..1_000_000u64 {
-        match sender.channels[0]
-            .0
-            .send_to(&sleeper.key(), chunk.clone(), false)
-        {
-            Ok(()) => accepted += 1,
-            Err(SendError::Full) => {
-                full = true;
-                break;
-            }
-            Err(e) => panic!("unexpected send error: {e:?}"),
-        }
-        if start.elapsed() > WAIT {
-            break;
-        }
-    }
-    let t = start.elapsed();
+    let (accepted, full, t) =
+        send_until_full(&sender.channels[0].0, &sleeper.key(), &chunk, 1_000_000);
     assert!(
         full,
         "sending to a peer that never reads never reported Full"
@@ -896,36 +878,8 @@ fn peer_that_stops_reading(backend: Backend) {
 /// a raw socket: the attacker then holds valid session keys and can seal
 /// whatever records it likes.
 fn authenticated_raw(addr: SocketAddr, victim: &PublicKey, seed: u64) -> (TcpStream, Session) {
-    let mut s = raw_connect(addr);
-    s.set_read_timeout(Some(WAIT)).unwrap();
-    let cfg = Config::local(None);
-    let hs_cfg = Arc::new(HandshakeConfig {
-        namespace: cfg.namespace.clone(),
-        max_age: cfg.handshake_max_age,
-        synchrony_bound: cfg.synchrony_bound,
-        timeout: cfg.handshake_timeout,
-    });
-    let unix_ms = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64
-    };
-    let mut hs = Handshake::dialer(signer(seed), victim.clone(), hs_cfg, unix_ms());
-    loop {
-        while let Some(f) = hs.poll_transmit() {
-            s.write_all(&f).unwrap();
-        }
-        if hs.is_complete() {
-            return (s, hs.into_session().unwrap());
-        }
-        let mut header = [0u8; 4];
-        s.read_exact(&mut header).unwrap();
-        let mut body = vec![0u8; u32::from_be_bytes(header) as usize];
-        s.read_exact(&mut body).unwrap();
-        hs.handle_frame(&mut body, unix_ms(), &mut |k| k == victim)
-            .unwrap();
-    }
+    raw_client::dial(addr, victim, signer(seed), &Config::local(None), WAIT)
+        .expect("raw handshake with the victim")
 }
 
 /// One sealed frame holding the records `fill` writes.

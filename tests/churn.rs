@@ -592,20 +592,6 @@ fn open_fds() -> usize {
         .unwrap_or(0)
 }
 
-fn shoal_threads() -> usize {
-    std::fs::read_dir("/proc/self/task")
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .filter(|e| {
-                    std::fs::read_to_string(e.path().join("comm"))
-                        .map(|c| c.starts_with("shoal-"))
-                        .unwrap_or(false)
-                })
-                .count()
-        })
-        .unwrap_or(0)
-}
-
 static PANICS: AtomicUsize = AtomicUsize::new(0);
 
 #[test]

@@ -9,20 +9,6 @@ use bytes::Bytes;
 use common::*;
 use shoal::engine::Backend;
 
-fn shoal_threads() -> usize {
-    std::fs::read_dir("/proc/self/task")
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .filter(|e| {
-                    std::fs::read_to_string(e.path().join("comm"))
-                        .map(|c| c.starts_with("shoal-"))
-                        .unwrap_or(false)
-                })
-                .count()
-        })
-        .unwrap_or(0)
-}
-
 #[test]
 fn shutdown_joins_threads_and_frees_buffers_on_both_backends() {
     for backend in [Backend::Epoll, Backend::IoUring] {

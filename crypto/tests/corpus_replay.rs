@@ -2,32 +2,7 @@
 //! same target bodies libFuzzer runs (`shoal_crypto::fuzzing`), so every corpus
 //! entry and every regression input is checked by a plain `cargo test`.
 
-use std::path::{Path, PathBuf};
-
-fn corpus_dir(target: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../fuzz/corpus")
-        .join(target)
-}
-
-fn replay(target: &str, run: fn(&[u8])) {
-    let dir = corpus_dir(target);
-    let entries = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("corpus directory {} missing: {e}", dir.display()));
-    let mut n = 0;
-    for entry in entries {
-        let path = entry.unwrap().path();
-        if !path.is_file() {
-            continue;
-        }
-        let data = std::fs::read(&path).unwrap();
-        let result = std::panic::catch_unwind(|| run(&data));
-        assert!(result.is_ok(), "{target}: {} failed", path.display());
-        n += 1;
-    }
-    assert!(n > 0, "{target}: empty corpus in {}", dir.display());
-    eprintln!("{target}: replayed {n} inputs");
-}
+use shoal_wire::fuzzing::{corpus_dir, replay_corpus as replay};
 
 #[test]
 fn handshake_dialer_corpus() {

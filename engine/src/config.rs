@@ -203,6 +203,17 @@ impl Config {
         self
     }
 
+    /// The handshake parameters this config implies (namespace, timestamp
+    /// window, deadline).
+    pub fn handshake_config(&self) -> shoal_crypto::HandshakeConfig {
+        shoal_crypto::HandshakeConfig {
+            namespace: self.namespace.clone(),
+            max_age: self.handshake_max_age,
+            synchrony_bound: self.synchrony_bound,
+            timeout: self.handshake_timeout,
+        }
+    }
+
     /// Checks invariants; the error names the offending field.
     pub fn validate(&self) -> Result<(), crate::Error> {
         let bad = |field: &'static str, why: &str| {

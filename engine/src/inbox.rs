@@ -79,39 +79,43 @@ impl<T> Inbox<T> {
         }
     }
 
+    /// `Some(next)` when the answer is known now: an item, or `None` for
+    /// closed and drained; `None` when the caller must wait.
+    fn settled(&self) -> Option<Option<T>> {
+        match self.try_recv() {
+            Ok(t) => Some(Some(t)),
+            Err(true) => Some(None),
+            Err(false) => None,
+        }
+    }
+
     /// The next item, or `None` once closed and drained.
     pub async fn recv(&self) -> Option<T> {
         loop {
-            match self.try_recv() {
-                Ok(t) => return Some(t),
-                Err(true) => return None,
-                Err(false) => {}
+            if let Some(next) = self.settled() {
+                return next;
             }
             // Register, then look again: a push between the two is seen now,
             // one after the registration notifies the listener.
             let listener = self.ready.listen();
-            match self.try_recv() {
-                Ok(t) => return Some(t),
-                Err(true) => return None,
-                Err(false) => listener.await,
+            if let Some(next) = self.settled() {
+                return next;
             }
+            listener.await;
         }
     }
 
     /// Blocking variant of [`Inbox::recv`].
     pub fn recv_blocking(&self) -> Option<T> {
         loop {
-            match self.try_recv() {
-                Ok(t) => return Some(t),
-                Err(true) => return None,
-                Err(false) => {}
+            if let Some(next) = self.settled() {
+                return next;
             }
             let listener = self.ready.listen();
-            match self.try_recv() {
-                Ok(t) => return Some(t),
-                Err(true) => return None,
-                Err(false) => listener.wait(),
+            if let Some(next) = self.settled() {
+                return next;
             }
+            listener.wait();
         }
     }
 }

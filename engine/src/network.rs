@@ -27,7 +27,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use prometheus_client::metrics::counter::Counter;
 use rand::Rng;
-use shoal_crypto::{HandshakeConfig, PublicKey};
+use shoal_crypto::PublicKey;
 use shoal_wire::{ChunkLimits, CloseReason, Peers, Record};
 
 use crate::channels::{ChannelSpec, Channels, Receiver, Sender};
@@ -199,12 +199,7 @@ impl Network {
         let clock = Clock::system();
         let conn_cfg = Arc::new(ConnectionConfig {
             identity: config.identity.clone(),
-            handshake: Arc::new(HandshakeConfig {
-                namespace: config.namespace.clone(),
-                max_age: config.handshake_max_age,
-                synchrony_bound: config.synchrony_bound,
-                timeout: config.handshake_timeout,
-            }),
+            handshake: Arc::new(config.handshake_config()),
             max_frame_body: config.max_frame_body,
             max_write_batch: config.max_write_batch,
             idle_timeout: config.idle_timeout,

@@ -183,3 +183,18 @@ macro_rules! both_backends {
         }
     };
 }
+
+/// Threads of this process whose name starts with `shoal-` (the engine's).
+pub fn shoal_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| {
+                    std::fs::read_to_string(e.path().join("comm"))
+                        .map(|c| c.starts_with("shoal-"))
+                        .unwrap_or(false)
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}

@@ -288,3 +288,33 @@ pub fn decompress(data: &[u8]) {
         }
     }
 }
+
+/// `fuzz/corpus/<target>` of this repository (every crate's fuzz targets
+/// keep their corpus there).
+pub fn corpus_dir(target: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/corpus")
+        .join(target)
+}
+
+/// Runs every file of `target`'s committed corpus through `run` (the same
+/// body libFuzzer runs); panics naming the first input that fails, or when
+/// the corpus is empty. Used by each crate's `tests/corpus_replay.rs`.
+pub fn replay_corpus(target: &str, run: fn(&[u8])) {
+    let dir = corpus_dir(target);
+    let entries = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("corpus directory {} missing: {e}", dir.display()));
+    let mut n = 0;
+    for entry in entries {
+        let path = entry.unwrap().path();
+        if !path.is_file() {
+            continue;
+        }
+        let data = std::fs::read(&path).unwrap();
+        let result = std::panic::catch_unwind(|| run(&data));
+        assert!(result.is_ok(), "{target}: {} failed", path.display());
+        n += 1;
+    }
+    assert!(n > 0, "{target}: empty corpus in {}", dir.display());
+    eprintln!("{target}: replayed {n} inputs");
+}
