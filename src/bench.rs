@@ -206,6 +206,11 @@ struct RunResult {
     /// shoal / baseline (throughput, fanout: higher is better; latency, rpc:
     /// p50 ratio, lower is better).
     ratio: f64,
+    /// throughput: the same-run rate of a raw sealed TCP stream (one thread
+    /// copies, seals and writes; one reads and opens; no engine), bytes/s,
+    /// median over rounds: what this machine allows one encrypted connection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sealed_stream: Option<f64>,
     /// Percentile curve for the plot: (quantile, µs).
     #[serde(skip)]
     curve: Vec<(f64, f64)>,
@@ -233,6 +238,7 @@ impl RunResult {
             rss_per_connection_kib: None,
             baseline: 0.0,
             ratio: 0.0,
+            sealed_stream: None,
             curve: Vec::new(),
             timeline: Vec::new(),
         }
@@ -402,10 +408,16 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
             .unwrap_or(((256usize << 20) / size).clamp(1000, 2_000_000))
             .max(1);
         let mut seal = Vec::new();
+        let mut stream = Vec::new();
         let mut per: Vec<Vec<RunResult>> = vec![Vec::new(); p.backends.len()];
         for round in 0..rounds {
             step(format!("throughput {}/{rounds}: raw ring seal", round + 1));
             seal.push(raw_seal_bytes_per_sec(size, Duration::from_millis(500)));
+            step(format!(
+                "throughput {}/{rounds}: raw sealed TCP stream",
+                round + 1
+            ));
+            stream.push(raw_sealed_stream_bytes_per_sec(size, messages)?);
             pb.inc(1);
             for (i, b) in p.backends.iter().enumerate() {
                 step(format!("throughput {}/{rounds}: {}", round + 1, label(*b)));
@@ -413,9 +425,11 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
                 pb.inc(1);
             }
         }
-        let seal = median(seal);
+        let (seal, stream) = (median(seal), median(stream));
         for runs in per {
-            results.push(summarize(runs, seal));
+            let mut r = summarize(runs, seal);
+            r.sealed_stream = Some(stream);
+            results.push(r);
         }
     }
     if wants(Scenario::Latency) {
@@ -680,11 +694,21 @@ fn print_table(results: &[RunResult], rounds: usize) {
                 r.enqueue_seconds.unwrap_or(0.0) * 1e6 / r.messages.max(1) as f64,
                 r.seconds * 1e6 / r.messages.max(1) as f64
             ),
-            "throughput" | "fanout" => format!(
-                "{:.2}x raw seal ({:.0} MiB/s)",
-                r.ratio,
-                r.baseline / (1 << 20) as f64
-            ),
+            "throughput" | "fanout" => {
+                let mut vs = format!(
+                    "{:.2}x raw seal ({:.0} MiB/s)",
+                    r.ratio,
+                    r.baseline / (1 << 20) as f64
+                );
+                if let Some(st) = r.sealed_stream.filter(|st| *st > 0.0) {
+                    vs.push_str(&format!(
+                        ", {:.2}x raw sealed TCP stream ({:.0} MiB/s)",
+                        r.bytes_per_sec / st,
+                        st / (1 << 20) as f64
+                    ));
+                }
+                vs
+            }
             "rpc" if r.baseline <= 0.0 => "n/a (too much to pipeline)".to_string(),
             _ => format!("{:.2}x raw TCP p50 ({:.1} µs)", r.ratio, r.baseline),
         };
@@ -1165,6 +1189,76 @@ fn raw_seal_bytes_per_sec(size: usize, for_at_least: Duration) -> f64 {
         }
     }
     (n as f64 * size as f64) / start.elapsed().as_secs_f64()
+}
+
+/// The ceiling for one encrypted connection on this machine, engine aside:
+/// one thread copies each `size`-byte message into a write batch (as any
+/// sender must, to seal without touching the caller's bytes), seals it with
+/// ring and writes 256 KiB batches to a blocking loopback TCP socket; another
+/// reads each frame into one reused buffer and opens it in place. Returns
+/// delivered payload bytes/s; every frame must open and carry the payload.
+fn raw_sealed_stream_bytes_per_sec(size: usize, messages: usize) -> Result<f64, String> {
+    const BATCH: usize = 256 * 1024;
+    const TAG: usize = 16;
+    let key = || {
+        UnboundKey::new(&CHACHA20_POLY1305, &[9u8; 32])
+            .map(LessSafeKey::new)
+            .map_err(|_| "ring key".to_string())
+    };
+    let nonce = |i: u64| {
+        let mut n = [0u8; 12];
+        n[4..].copy_from_slice(&i.to_be_bytes());
+        Nonce::assume_unique_for_key(n)
+    };
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| e.to_string())?;
+    let addr = l.local_addr().map_err(|e| e.to_string())?;
+    let opener_key = key()?;
+    let opener = std::thread::spawn(move || -> Result<usize, String> {
+        let (mut s, _) = l.accept().map_err(|e| e.to_string())?;
+        let mut frame = vec![0u8; size + TAG];
+        for i in 0..messages as u64 {
+            let mut header = [0u8; 4];
+            s.read_exact(&mut header).map_err(|e| e.to_string())?;
+            if u32::from_be_bytes(header) as usize != frame.len() {
+                return Err("raw sealed stream: bad length".into());
+            }
+            s.read_exact(&mut frame).map_err(|e| e.to_string())?;
+            let plain = opener_key
+                .open_in_place(nonce(i), Aad::empty(), &mut frame)
+                .map_err(|_| "raw sealed stream: frame did not open".to_string())?;
+            if !intact(plain, size) {
+                return Err("raw sealed stream: payload corrupted".into());
+            }
+        }
+        Ok(messages)
+    });
+    let sealer = key()?;
+    let msg = payload(size);
+    let mut s = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    s.set_nodelay(true).map_err(|e| e.to_string())?;
+    let start = Instant::now();
+    let mut out = Vec::with_capacity(BATCH + size + TAG + 4);
+    let header = u32::try_from(size + TAG)
+        .map_err(|_| "message too large".to_string())?
+        .to_be_bytes();
+    for i in 0..messages as u64 {
+        out.extend_from_slice(&header);
+        let at = out.len();
+        out.extend_from_slice(&msg);
+        let tag = sealer
+            .seal_in_place_separate_tag(nonce(i), Aad::empty(), &mut out[at..])
+            .map_err(|_| "seal failed".to_string())?;
+        out.extend_from_slice(tag.as_ref());
+        if out.len() >= BATCH {
+            s.write_all(&out).map_err(|e| e.to_string())?;
+            out.clear();
+        }
+    }
+    s.write_all(&out).map_err(|e| e.to_string())?;
+    let delivered = opener
+        .join()
+        .map_err(|_| "raw sealed stream: opener panicked".to_string())??;
+    Ok((delivered * size) as f64 / start.elapsed().as_secs_f64())
 }
 
 /// p50 of a blocking-socket TCP ping-pong over loopback, in µs, with

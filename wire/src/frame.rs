@@ -20,6 +20,19 @@
 //! current frame, so a driver that wants to can size its reads exactly; it is
 //! never more than `HEADER_LEN + max_body`.
 //!
+//! ## Reads that never reallocate
+//! Large bodies are the bulk of the bytes, so the decoder arranges that each
+//! one is received into an allocation of its own and never moved:
+//! [`FrameDecoder::prepare_read`] reserves spare capacity and says how much to
+//! read. While a body of at least [`LARGE_BODY`] bytes is pending it asks for
+//! exactly the rest of that body plus the next length prefix, so the next body
+//! starts in a fresh, exactly sized allocation (the previous one usually still
+//! backs payloads the application holds). Otherwise it asks for a batch, so
+//! many small frames arrive in one read. [`FrameDecoder::feed`] copies along
+//! the same boundaries, and splits complete frames off ahead of
+//! [`FrameDecoder::decode`] (at most [`READY_MAX`] of them) so a received chunk
+//! that spans two large frames is not appended to the first frame's buffer.
+//!
 //! # Security
 //!
 //! Provided:
@@ -42,6 +55,8 @@
 //!   fixed read size) per `decode` keeps the buffer within
 //!   `HEADER_LEN + max_body + one read`.
 
+use std::collections::VecDeque;
+
 use bytes::{Buf, BytesMut};
 
 /// Bytes of the length prefix.
@@ -50,6 +65,11 @@ pub const HEADER_LEN: usize = 4;
 pub const TAG_LEN: usize = 16;
 /// Default maximum body length (ciphertext + tag).
 pub const DEFAULT_MAX_FRAME_BODY: usize = 64 * 1024;
+/// Bodies at least this long are read into their own allocation (see the
+/// module docs); shorter ones are read in batches.
+pub const LARGE_BODY: usize = 16 * 1024;
+/// Complete frames split off ahead of [`FrameDecoder::decode`], at most.
+pub const READY_MAX: usize = 64;
 
 /// Why a byte stream is not a valid sequence of frames.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -102,6 +122,10 @@ enum State {
 #[derive(Debug)]
 pub struct FrameDecoder {
     buf: BytesMut,
+    /// Complete bodies split off by `feed`/`prepare_read`, in stream order,
+    /// returned by `decode` before anything in `buf`.
+    ready: VecDeque<BytesMut>,
+    ready_bytes: usize,
     max_body: usize,
     state: State,
     error: Option<FrameError>,
@@ -112,6 +136,8 @@ impl FrameDecoder {
     pub fn new(max_body: usize) -> Self {
         Self {
             buf: BytesMut::new(),
+            ready: VecDeque::new(),
+            ready_bytes: 0,
             max_body,
             state: State::Header,
             error: None,
@@ -124,7 +150,9 @@ impl FrameDecoder {
     }
 
     /// Changes the limit for every frame whose header is not decoded yet
-    /// (a connection keeps it small until its handshake completes).
+    /// (a connection keeps it small until its handshake completes, then
+    /// raises it). A frame split off ahead of `decode` passed the limit in
+    /// force then; limits are only ever raised, so it passes the new one too.
     pub fn set_max_body(&mut self, max_body: usize) {
         self.max_body = max_body;
     }
@@ -140,7 +168,7 @@ impl FrameDecoder {
     /// `HEADER_LEN + max_body`. Zero when a complete frame (or an error) is
     /// waiting for [`decode`](Self::decode).
     pub fn wanted(&self) -> usize {
-        if self.error.is_some() {
+        if self.error.is_some() || !self.ready.is_empty() {
             return 0;
         }
         match self.state {
@@ -153,10 +181,114 @@ impl FrameDecoder {
         }
     }
 
-    /// Copies `data` into the accumulation buffer (convenience for drivers
-    /// that receive into their own buffers).
-    pub fn feed(&mut self, data: &[u8]) {
-        self.buf.extend_from_slice(data);
+    /// Copies `data` into the accumulation buffer (for drivers that receive
+    /// into their own buffers), cut along the boundaries
+    /// [`prepare_read`](Self::prepare_read) gives, so a large body is copied
+    /// once into its own allocation and never moved again.
+    pub fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let take = match self.prepare_read(data.len()) {
+                0 => data.len(),
+                want => want.min(data.len()),
+            };
+            let (now, rest) = data.split_at(take);
+            self.buf.extend_from_slice(now);
+            data = rest;
+        }
+    }
+
+    /// True while a body of at least [`LARGE_BODY`] bytes is incomplete and
+    /// nothing else waits for [`decode`](Self::decode): the rest of it can be
+    /// received straight into [`read_buf`](Self::read_buf) (after
+    /// [`prepare_read`](Self::prepare_read)) instead of being copied in.
+    pub fn large_body_pending(&self) -> bool {
+        self.error.is_none()
+            && self.ready.is_empty()
+            && matches!(self.state, State::Body(len) if len >= LARGE_BODY && self.buf.len() < len)
+    }
+
+    /// Takes the accumulation buffer out, for a driver whose kernel writes
+    /// into its spare capacity asynchronously (io_uring): nothing may touch it
+    /// until the write completed. Give it back with
+    /// [`restore_read_buf`](Self::restore_read_buf).
+    pub fn take_read_buf(&mut self) -> BytesMut {
+        std::mem::take(&mut self.buf)
+    }
+
+    /// Puts back a buffer taken with [`take_read_buf`](Self::take_read_buf),
+    /// extended by what was received into it.
+    pub fn restore_read_buf(&mut self, mut buf: BytesMut) {
+        // Nothing is fed while the buffer is out; if something was, it came
+        // later in the stream.
+        buf.extend_from_slice(&self.buf);
+        self.buf = buf;
+    }
+
+    /// Prepares the next read: splits complete frames off ahead of
+    /// [`decode`](Self::decode), reserves spare capacity in
+    /// [`read_buf`](Self::read_buf) and returns how many bytes to read into
+    /// it (the spare capacity is at least that):
+    /// - the rest of a pending body of at least [`LARGE_BODY`] bytes plus the
+    ///   next length prefix, so the next body gets an allocation of its own;
+    /// - otherwise `batch` bytes (or the rest of the pending body, if more).
+    ///
+    /// Zero means "call `decode` first": [`READY_MAX`] frames are waiting, or
+    /// the stream is in error, or the next length prefix exceeds the current
+    /// limit (`decode` then reports the error, unless the limit was raised).
+    /// The reservation never exceeds `HEADER_LEN + max_body` or `batch`,
+    /// whichever is larger.
+    pub fn prepare_read(&mut self, batch: usize) -> usize {
+        self.split_ahead();
+        if self.error.is_some() || self.ready.len() >= READY_MAX {
+            return 0;
+        }
+        let want = match self.state {
+            State::Body(len) => {
+                let rest = len.saturating_sub(self.buf.len());
+                if len >= LARGE_BODY {
+                    rest + HEADER_LEN
+                } else {
+                    batch.max(rest + HEADER_LEN)
+                }
+            }
+            // `split_ahead` parses every complete, acceptable prefix.
+            State::Header if self.buf.len() >= HEADER_LEN => return 0,
+            State::Header => batch.max(HEADER_LEN - self.buf.len()),
+        };
+        self.buf.reserve(want);
+        want
+    }
+
+    /// Splits complete frames off into `ready` (bounded by [`READY_MAX`]).
+    /// Never sets an error: a prefix the current limit refuses is left for
+    /// `decode`, which applies the limit in force when it gets there.
+    fn split_ahead(&mut self) {
+        while self.error.is_none() && self.ready.len() < READY_MAX {
+            if self.state == State::Header {
+                match self.peek_len() {
+                    Some(Ok(len)) => self.enter_body(len),
+                    _ => return,
+                }
+            }
+            match self.state {
+                State::Body(len) if self.buf.len() >= len => {
+                    self.ready_bytes += len;
+                    self.ready.push_back(self.buf.split_to(len));
+                    self.state = State::Header;
+                }
+                _ => return,
+            }
+        }
+    }
+
+    /// Consumes a validated length prefix and reserves room for the rest of
+    /// the body and the next prefix, so a driver reading into spare capacity
+    /// gets both in one read without reallocating.
+    fn enter_body(&mut self, len: usize) {
+        self.buf.advance(HEADER_LEN);
+        self.state = State::Body(len);
+        self.buf
+            .reserve((len + HEADER_LEN).saturating_sub(self.buf.len()));
     }
 
     /// Splits off the next complete frame's body (header stripped) as an owned
@@ -166,6 +298,10 @@ impl FrameDecoder {
     /// against `max_body` as soon as its bytes are present, before anything is
     /// reserved. Errors are sticky.
     pub fn decode(&mut self) -> Result<Option<BytesMut>, FrameError> {
+        if let Some(body) = self.ready.pop_front() {
+            self.ready_bytes -= body.len();
+            return Ok(Some(body));
+        }
         if let Some(err) = &self.error {
             return Err(err.clone());
         }
@@ -176,14 +312,8 @@ impl FrameDecoder {
                     self.error = Some(err.clone());
                     return Err(err);
                 }
-                Some(Ok(len)) => {
-                    self.buf.advance(HEADER_LEN);
-                    self.state = State::Body(len);
-                    // `len <= max_body` here: make room for the rest of the
-                    // body so a driver reading into spare capacity gets it in
-                    // one read.
-                    self.buf.reserve(len.saturating_sub(self.buf.len()));
-                }
+                // `len <= max_body` here.
+                Some(Ok(len)) => self.enter_body(len),
             }
         }
         match self.state {
@@ -198,7 +328,7 @@ impl FrameDecoder {
     /// Bytes received but not yet returned as part of a frame (a consumed
     /// length prefix no longer counts).
     pub fn buffered(&self) -> usize {
-        self.buf.len()
+        self.buf.len() + self.ready_bytes
     }
 
     /// Bytes allocated for buffering input.
@@ -209,8 +339,9 @@ impl FrameDecoder {
     /// Releases the accumulation buffer's memory when nothing is buffered
     /// (idle connections must stay small).
     pub fn shrink_if_idle(&mut self) {
-        if self.buf.is_empty() && self.state == State::Header {
+        if self.buf.is_empty() && self.state == State::Header && self.ready.is_empty() {
             self.buf = BytesMut::new();
+            self.ready = VecDeque::new();
         }
     }
 
@@ -373,6 +504,118 @@ mod tests {
         assert_eq!(dec.decode().unwrap().unwrap(), &b"xyz"[..]);
     }
 
+    /// Reads as a driver does: `prepare_read`, then at most that many bytes
+    /// into the spare capacity (which must not reallocate).
+    fn read_like_a_driver(
+        dec: &mut FrameDecoder,
+        src: &mut &[u8],
+        batch: usize,
+        max_read: usize,
+    ) -> usize {
+        let want = dec.prepare_read(batch);
+        let n = want.min(src.len()).min(max_read);
+        let (cap, ptr) = (dec.read_buf().capacity(), dec.read_buf().as_ptr());
+        assert!(dec.read_buf().capacity() - dec.read_buf().len() >= want);
+        dec.read_buf().extend_from_slice(&src[..n]);
+        assert_eq!(
+            (cap, ptr),
+            (dec.read_buf().capacity(), dec.read_buf().as_ptr()),
+            "a read reallocated"
+        );
+        *src = &src[n..];
+        n
+    }
+
+    #[test]
+    fn a_large_body_is_read_in_place_up_to_the_next_prefix() {
+        let mut dec = FrameDecoder::new(DEFAULT_MAX_FRAME_BODY);
+        let stream = [frame(&[1; 40_000]), frame(&[2; 30_000]), frame(b"small")].concat();
+        let mut src = &stream[..];
+        // Nothing buffered: a batch, which here takes the prefix and part of the body.
+        assert_eq!(
+            read_like_a_driver(&mut dec, &mut src, 1000, usize::MAX),
+            1000
+        );
+        // Then exactly the rest of the 40 000-byte body and the next prefix.
+        assert_eq!(dec.prepare_read(1000), 40_000 - 996 + HEADER_LEN);
+        let body_start = dec.read_buf().as_ptr();
+        read_like_a_driver(&mut dec, &mut src, 1000, 25_000);
+        read_like_a_driver(&mut dec, &mut src, 1000, usize::MAX);
+        // The second body: its own allocation, exactly the rest plus a prefix.
+        assert_eq!(dec.prepare_read(1000), 30_000 + HEADER_LEN);
+        let first = dec.decode().unwrap().unwrap();
+        assert_eq!(
+            (first.len(), first.as_ptr()),
+            (40_000, body_start),
+            "the body was moved"
+        );
+        let second_start = dec.read_buf().as_ptr();
+        read_like_a_driver(&mut dec, &mut src, 1000, usize::MAX);
+        let second = dec.decode().unwrap().unwrap();
+        assert_eq!((second.len(), second.as_ptr()), (30_000, second_start));
+        // A small frame after it: back to batches.
+        assert_eq!(dec.prepare_read(1000), 1000);
+        read_like_a_driver(&mut dec, &mut src, 1000, usize::MAX);
+        assert_eq!(dec.decode().unwrap().unwrap(), &b"small"[..]);
+        assert_eq!(dec.decode(), Ok(None));
+    }
+
+    #[test]
+    fn feed_does_not_move_a_large_body_when_a_chunk_spans_two_frames() {
+        let mut dec = FrameDecoder::new(DEFAULT_MAX_FRAME_BODY);
+        let stream = [frame(&[1; 50_000]), frame(&[2; 50_000])].concat();
+        // As after a previous large body: the prefix has arrived on its own.
+        dec.feed(&stream[..HEADER_LEN]);
+        assert_eq!(dec.prepare_read(1), 50_000 + HEADER_LEN);
+        let first_start = dec.read_buf().as_ptr();
+        dec.feed(&stream[HEADER_LEN..30_000]);
+        dec.feed(&stream[30_000..80_000]);
+        dec.feed(&stream[80_000..]);
+        let first = dec.decode().unwrap().unwrap();
+        let second = dec.decode().unwrap().unwrap();
+        assert_eq!(first.as_ptr(), first_start);
+        assert_eq!(
+            (&first[..], &second[..]),
+            (&[1; 50_000][..], &[2; 50_000][..])
+        );
+    }
+
+    #[test]
+    fn frames_split_ahead_are_bounded_and_keep_their_order() {
+        let mut dec = FrameDecoder::new(100);
+        let stream: Vec<u8> = (0..READY_MAX as u8 + 10)
+            .flat_map(|i| frame(&[i; 3]))
+            .collect();
+        dec.feed(&stream);
+        assert_eq!(dec.prepare_read(64), 0, "decode first");
+        assert_eq!(dec.buffered(), stream.len() - READY_MAX * HEADER_LEN);
+        for i in 0..READY_MAX as u8 + 10 {
+            assert_eq!(dec.decode().unwrap().unwrap(), &[i; 3][..]);
+        }
+        assert_eq!(dec.prepare_read(64), 64);
+    }
+
+    #[test]
+    fn a_raised_limit_applies_to_a_prefix_seen_before_it() {
+        // The handshake keeps the limit small; a data frame may already be
+        // buffered behind the last handshake frame when the limit rises.
+        let mut dec = FrameDecoder::new(10);
+        dec.feed(&[frame(b"hello"), frame(&[7; 100])].concat());
+        assert_eq!(dec.prepare_read(64), 0);
+        assert_eq!(dec.decode().unwrap().unwrap(), &b"hello"[..]);
+        dec.set_max_body(200);
+        assert_eq!(dec.decode().unwrap().unwrap(), &[7; 100][..]);
+        // Without the raise the same stream is refused.
+        let mut dec = FrameDecoder::new(10);
+        dec.feed(&[frame(b"hello"), frame(&[7; 100])].concat());
+        assert!(dec.decode().unwrap().is_some());
+        assert_eq!(
+            dec.decode(),
+            Err(FrameError::TooLarge { len: 100, max: 10 })
+        );
+        assert_eq!(dec.prepare_read(64), 0);
+    }
+
     proptest! {
         #[test]
         fn split_anywhere(
@@ -394,6 +637,28 @@ mod tests {
             prop_assert_eq!(got, bodies);
             prop_assert_eq!(dec.buffered(), 0);
             prop_assert_eq!(dec.wanted(), HEADER_LEN);
+        }
+
+        #[test]
+        fn driver_reads_deliver_every_frame_without_reallocating(
+            bodies in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..40_000), 0..6),
+            reads in proptest::collection::vec(1usize..70_000, 1..40),
+            batch in 1usize..70_000,
+        ) {
+            let stream: Vec<u8> = bodies.iter().flat_map(|b| frame(b)).collect();
+            let mut src = &stream[..];
+            let mut dec = FrameDecoder::new(40_000);
+            let mut got = Vec::new();
+            let mut i = 0;
+            while !src.is_empty() {
+                let n = read_like_a_driver(&mut dec, &mut src, batch, reads[i % reads.len()]);
+                i += 1;
+                got.extend(drain(&mut dec).unwrap());
+                prop_assert!(n > 0 || i < 10_000);
+            }
+            got.extend(drain(&mut dec).unwrap());
+            prop_assert_eq!(got, bodies);
+            prop_assert_eq!(dec.buffered(), 0);
         }
     }
 }

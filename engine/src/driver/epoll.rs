@@ -4,13 +4,14 @@
 //! Edge-triggered readiness. Each socket remembers whether it may still have
 //! data (`readable`) or room (`writable`) since the last `WouldBlock`, so a
 //! connection paused by backpressure resumes reading without waiting for a new
-//! edge. Received bytes land in one per-shard scratch buffer and are copied
-//! into the connection's frame decoder; output is the connection's sealed
+//! edge. Each `recv` goes straight into the connection's frame decoder, sized
+//! by it (the rest of a large body, or a batch of small frames), so received
+//! bytes are never copied in user space; output is the connection's sealed
 //! batch, written with one `write` per batch. This is the fallback where
 //! io_uring is unavailable and the A/B baseline of every benchmark.
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,7 @@ use mio::net::TcpStream;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
+use crate::driver::pool;
 use crate::shard::{DriverAction, ShardCore};
 
 const WAKE: Token = Token(usize::MAX);
@@ -43,7 +45,7 @@ pub(crate) fn run(mut core: ShardCore, busy_poll: bool) -> io::Result<()> {
         .register(&mut SourceFd(&wake_fd), WAKE, Interest::READABLE)?;
     let mut socks: HashMap<usize, Sock> = HashMap::new();
     let mut actions = Vec::new();
-    let mut scratch = vec![0u8; core.shared.config.recv_buffer_size];
+    let batch = core.shared.config.recv_buffer_size;
     let mut dirty = Vec::new();
 
     loop {
@@ -89,16 +91,23 @@ pub(crate) fn run(mut core: ShardCore, busy_poll: bool) -> io::Result<()> {
             let mut total = 0;
             let mut failed = None;
             while total < READ_QUANTUM {
-                match sock.stream.read(&mut scratch) {
+                let Some(slot) = core.conns.get_mut(key) else {
+                    break;
+                };
+                // Zero only while unprocessed input waits, and input was just
+                // processed: the connection then no longer wants to read.
+                let want = slot.conn.prepare_read(batch);
+                if want == 0 {
+                    break;
+                }
+                match pool::recv_into_spare(&sock.stream, slot.conn.read_buf(), want) {
                     Ok(0) => {
                         failed = Some("connection closed by peer".to_string());
                         break;
                     }
                     Ok(n) => {
                         total += n;
-                        if let Some(slot) = core.conns.get_mut(key) {
-                            slot.conn.feed(&scratch[..n], Instant::now());
-                        }
+                        slot.conn.mark_received(Instant::now());
                         core.process_input(key, Instant::now());
                         if !core.wants_read(key) {
                             break;

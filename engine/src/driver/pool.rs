@@ -17,8 +17,15 @@
 //! memory is freed only after the ring that knows about it is gone (the
 //! driver unregisters the buffer ring and waits for every in-flight
 //! operation first; see `uring.rs`).
+//!
+//! [`recv_into_spare`] is the other receive path (the epoll driver): a
+//! synchronous `recv(2)` straight into a frame decoder's spare capacity, so
+//! large bodies are never copied in user space. It lives here because it is
+//! the one other place that hands uninitialised buffer memory to the kernel.
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::io;
+use std::os::fd::AsRawFd;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 
@@ -30,7 +37,31 @@ pub fn live_pools() -> usize {
     LIVE_POOLS.load(Ordering::SeqCst)
 }
 
+use bytes::BytesMut;
 use io_uring::types::BufRingEntry;
+
+/// Receives at most `max` bytes from the socket `src` into the spare
+/// capacity of `buf` (not zeroed first) and extends `buf` by what arrived.
+/// `Ok(0)` means the peer closed (or `max` or the spare capacity was zero).
+pub(crate) fn recv_into_spare(
+    src: &impl AsRawFd,
+    buf: &mut BytesMut,
+    max: usize,
+) -> io::Result<usize> {
+    let spare = buf.spare_capacity_mut();
+    let len = max.min(spare.len());
+    // `spare[..len]` is writable memory owned by `buf`; `recv` writes at most
+    // `len` bytes into it and, being synchronous, keeps no reference to it
+    // after it returns.
+    // SAFETY: valid pointer and length; the kernel is done when recv returns.
+    let n = unsafe { libc::recv(src.as_raw_fd(), spare.as_mut_ptr().cast(), len, 0) };
+    let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+    let new_len = buf.len() + n.min(len);
+    // `recv` initialised the first `n <= len` bytes of the spare capacity.
+    // SAFETY: those bytes are initialised and within the capacity.
+    unsafe { buf.set_len(new_len) };
+    Ok(n)
+}
 
 pub(crate) struct BufferPool {
     ring: NonNull<BufRingEntry>,

@@ -8,6 +8,12 @@
 //!   ([`BufferPool`]): one SQE per connection for as long as it keeps
 //!   reading. Backpressure (a full receiver, a quota) cancels the multishot
 //!   receive; it is re-armed when the connection resumes.
+//! - Large frame bodies skip the pool: when a connection has one pending, its
+//!   multishot receive is cancelled and a plain `recv` reads the rest of the
+//!   body (and the next length prefix) straight into the connection's frame
+//!   buffer, which the driver holds until the completion. While frames stay
+//!   large the connection keeps receiving that way, one SQE per frame and no
+//!   copy; the first small frame switches it back to multishot.
 //! - At most one send in flight per connection, carrying every sealed frame
 //!   the connection had ready (up to `max_write_batch`): one SQE, one
 //!   syscall's worth of work for many frames.
@@ -23,8 +29,9 @@
 //! benchmarks the per-op fd lookup did not show in profiles.
 //!
 //! # Safety
-//! Every SQE that points at memory (a send's bytes) keeps that memory alive in
-//! the socket's `send` slot until the matching completion arrives; a socket's
+//! Every SQE that points at memory (a send's bytes, a direct receive's frame
+//! buffer) keeps that memory alive and unmoved in the socket's `send` or
+//! `direct` slot until the matching completion arrives; a socket's
 //! slot (and its connection's slab key) is released only when its in-flight
 //! operation count is zero, so no completion can reach a reused key.
 
@@ -34,7 +41,7 @@ use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
@@ -47,6 +54,7 @@ const OP_SEND: u64 = 2;
 const OP_CONNECT: u64 = 3;
 const OP_WAKE: u64 = 4;
 const OP_CANCEL: u64 = 5;
+const OP_RECV_DIRECT: u64 = 6;
 const KEY_MASK: u64 = (1 << 56) - 1;
 const WAKE_KEY: u64 = KEY_MASK;
 /// How long a shard with a send in flight waits for its completion before it
@@ -94,6 +102,9 @@ struct USock {
     cancel_sent: bool,
     /// The batch the kernel is reading (kept alive until its completion).
     send: Option<Bytes>,
+    /// The connection's frame buffer a direct receive is writing into (kept
+    /// alive, and its heap block unmoved, until its completion).
+    direct: Option<BytesMut>,
     connecting: bool,
     /// Operations in flight that reference this socket.
     ops: u32,
@@ -114,8 +125,8 @@ impl Driver {
     fn push(&mut self, sqe: squeue::Entry) -> io::Result<()> {
         loop {
             // SAFETY: every SQE we build references either no memory or
-            // memory owned by a `USock` (`send`) that stays alive and
-            // unmoved until the operation's completion is reaped.
+            // memory owned by a `USock` (`send`, `direct`) that stays alive
+            // and unmoved until the operation's completion is reaped.
             let pushed = unsafe { self.ring.submission().push(&sqe) };
             if pushed.is_ok() {
                 return Ok(());
@@ -125,12 +136,26 @@ impl Driver {
         }
     }
 
-    fn arm_recv(&mut self, key: usize) -> io::Result<()> {
+    /// Starts receiving: a direct receive into the connection's buffer when
+    /// a large body is pending, a multishot receive into the pool otherwise.
+    fn arm_recv(&mut self, core: &mut ShardCore, key: usize) -> io::Result<()> {
         let Some(s) = self.socks.get_mut(&key) else {
             return Ok(());
         };
-        if s.recv_armed || s.closing || s.connecting {
+        if s.recv_armed || s.direct.is_some() || s.closing || s.connecting {
             return Ok(());
+        }
+        if let Some((mut buf, len)) = core.lend_read_buf(key) {
+            let ptr = buf.spare_capacity_mut().as_mut_ptr().cast::<u8>();
+            let len = len.min(buf.capacity() - buf.len()).min(u32::MAX as usize) as u32;
+            // Moving the BytesMut into the slot does not move its heap block.
+            s.direct = Some(buf);
+            s.ops += 1;
+            let fd = s.sock.as_raw_fd();
+            let sqe = opcode::Recv::new(types::Fd(fd), ptr, len)
+                .build()
+                .user_data(user_data(OP_RECV_DIRECT, key));
+            return self.push(sqe);
         }
         s.recv_armed = true;
         s.cancel_sent = false;
@@ -251,13 +276,14 @@ fn event_loop(core: &mut ShardCore, d: &mut Driver, busy_poll: bool) -> io::Resu
                             recv_armed: false,
                             cancel_sent: false,
                             send: None,
+                            direct: None,
                             connecting: false,
                             ops: 0,
                             closing: false,
                             close_err: None,
                         },
                     );
-                    d.arm_recv(key)?;
+                    d.arm_recv(core, key)?;
                 }
                 DriverAction::Dial(peer, addr) => {
                     core.shared.metrics.dials.inc();
@@ -272,6 +298,7 @@ fn event_loop(core: &mut ShardCore, d: &mut Driver, busy_poll: bool) -> io::Resu
                                     recv_armed: false,
                                     cancel_sent: false,
                                     send: None,
+                                    direct: None,
                                     connecting: true,
                                     ops: 1,
                                     closing: false,
@@ -303,7 +330,7 @@ fn event_loop(core: &mut ShardCore, d: &mut Driver, busy_poll: bool) -> io::Resu
         let rearm = std::mem::take(&mut d.rearm);
         for key in rearm {
             if core.wants_read(key) {
-                d.arm_recv(key)?;
+                d.arm_recv(core, key)?;
             } else if core.conns.contains(key) {
                 d.rearm.push(key);
             }
@@ -326,7 +353,13 @@ fn event_loop(core: &mut ShardCore, d: &mut Driver, busy_poll: bool) -> io::Resu
             let wants = core.wants_read(key);
             match d.socks.get(&key) {
                 Some(s) if s.recv_armed && core.must_stop_reading(key) => d.cancel_recv(key)?,
-                Some(s) if !s.recv_armed && wants && !s.closing && !s.connecting => {
+                Some(s)
+                    if !s.recv_armed
+                        && s.direct.is_none()
+                        && wants
+                        && !s.closing
+                        && !s.connecting =>
+                {
                     d.rearm.push(key)
                 }
                 _ => {}
@@ -495,7 +528,7 @@ fn handle_cqe(
                     s.close_err = Some(e);
                 }
                 None => {
-                    d.arm_recv(key)?;
+                    d.arm_recv(core, key)?;
                     d.flush(core, key)?;
                 }
             }
@@ -526,7 +559,10 @@ fn handle_cqe(
                 d.pool.recycle(bid);
                 core.process_input(key, now);
                 if let Some(s) = d.socks.get(&key) {
-                    if s.recv_armed && core.must_stop_reading(key) {
+                    if s.recv_armed && (core.must_stop_reading(key) || core.large_body_pending(key))
+                    {
+                        // A large body goes straight into the frame buffer
+                        // once this receive has ended (re-armed as direct).
                         d.cancel_recv(key)?;
                     } else if !s.recv_armed && !s.closing {
                         d.rearm.push(key);
@@ -540,6 +576,40 @@ fn handle_cqe(
                     d.rearm.push(key);
                 }
             } else if res == -libc::ECANCELED {
+                if !s.closing && core.wants_read(key) {
+                    d.rearm.push(key);
+                }
+            } else if !s.closing {
+                let e = io::Error::from_raw_os_error(-res).to_string();
+                d.start_close(key, Some(e))?;
+            }
+        }
+        OP_RECV_DIRECT => {
+            let Some(s) = d.socks.get_mut(&key) else {
+                return Ok(());
+            };
+            s.ops -= 1;
+            let Some(mut buf) = s.direct.take() else {
+                return Ok(());
+            };
+            if res > 0 {
+                let n = (res as usize).min(buf.capacity() - buf.len());
+                // The completion says the kernel wrote `n` bytes (at most the
+                // length we gave, which fit the spare capacity) and no longer
+                // touches the buffer.
+                // SAFETY: those bytes are initialised and within capacity.
+                unsafe { buf.set_len(buf.len() + n) };
+            }
+            core.return_read_buf(key, buf, now);
+            if res > 0 {
+                core.process_input(key, now);
+                let closing = d.socks.get(&key).is_none_or(|s| s.closing);
+                if !closing && core.wants_read(key) {
+                    d.arm_recv(core, key)?;
+                }
+            } else if res == 0 {
+                d.start_close(key, Some("connection closed by peer".into()))?;
+            } else if res == -libc::ECANCELED || res == -libc::EINTR {
                 if !s.closing && core.wants_read(key) {
                     d.rearm.push(key);
                 }

@@ -19,7 +19,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use governor::DefaultDirectRateLimiter;
 use shoal_crypto::PublicKey;
 use shoal_wire::{CloseReason, RecordKind, RpcStatus};
@@ -912,6 +912,35 @@ impl ShardCore {
                     && s.conn.wants_read()
             })
             .unwrap_or(false)
+    }
+
+    /// Whether `key` wants input and a large frame body is pending, which a
+    /// driver had better receive straight into the connection's buffer
+    /// ([`ShardCore::lend_read_buf`]) than through its receive pool.
+    pub fn large_body_pending(&self, key: usize) -> bool {
+        self.wants_read(key)
+            && self
+                .conns
+                .get(key)
+                .is_some_and(|s| s.conn.large_body_pending())
+    }
+
+    /// See [`Connection::lend_read_buf`]; `None` unless the connection wants
+    /// input and a large body is pending.
+    pub fn lend_read_buf(&mut self, key: usize) -> Option<(BytesMut, usize)> {
+        if !self.wants_read(key) {
+            return None;
+        }
+        let batch = self.shared.config.recv_buffer_size;
+        self.conns.get_mut(key)?.conn.lend_read_buf(batch)
+    }
+
+    /// Gives back a buffer lent by [`ShardCore::lend_read_buf`] (dropped if
+    /// the connection is gone).
+    pub fn return_read_buf(&mut self, key: usize, buf: BytesMut, now: Instant) {
+        if let Some(s) = self.conns.get_mut(key) {
+            s.conn.return_read_buf(buf, now);
+        }
     }
 
     /// Whether a driver that keeps a receive armed (io_uring's multishot)
