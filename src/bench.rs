@@ -57,6 +57,9 @@ pub enum Scenario {
     Latency,
     /// `--inflight N` requests outstanding on one connection.
     Rpc,
+    /// The request API: one `request` in flight, answered by an in-shard
+    /// handler on the peer (64 B, or `--size`); round trips vs raw TCP.
+    Request,
     /// One node sends each message to `--peers N` nodes (`Recipients::All`).
     Fanout,
     /// noise's BenchmarkSend: 5-byte (or `--size`) messages on one
@@ -72,7 +75,7 @@ impl Scenario {
     fn parse(s: &str) -> Result<Scenario, String> {
         <Scenario as ValueEnum>::from_str(s, true).map_err(|_| {
             format!(
-                "`bench.scenario` must be one of all, throughput, latency, rpc, fanout, send, idle, scale (got {s:?})"
+                "`bench.scenario` must be one of all, throughput, latency, rpc, request, fanout, send, idle, scale (got {s:?})"
             )
         })
     }
@@ -262,7 +265,7 @@ impl RunResult {
     }
 
     fn is_latency(&self) -> bool {
-        matches!(self.scenario, "latency" | "rpc")
+        matches!(self.scenario, "latency" | "rpc" | "request")
     }
 }
 
@@ -386,6 +389,7 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
         Scenario::Throughput,
         Scenario::Latency,
         Scenario::Rpc,
+        Scenario::Request,
         Scenario::Fanout,
         Scenario::Send,
         Scenario::Idle,
@@ -428,7 +432,7 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
         let (seal, stream) = (median(seal), median(stream));
         for runs in per {
             let mut r = summarize(runs, seal);
-            r.sealed_stream = Some(stream);
+            r.sealed_stream = (stream > 0.0).then_some(stream);
             results.push(r);
         }
     }
@@ -468,6 +472,26 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
             for (i, b) in p.backends.iter().enumerate() {
                 step(format!("rpc {}/{rounds}: {}", round + 1, label(*b)));
                 per[i].push(rpc(p, *b, size, messages, p.inflight, "rpc")?);
+                pb.inc(1);
+            }
+        }
+        let tcp = median(tcp);
+        for runs in per {
+            results.push(summarize(runs, tcp));
+        }
+    }
+    if wants(Scenario::Request) {
+        let size = if all { 64 } else { p.size.unwrap_or(64) };
+        let messages = p.messages.unwrap_or(5000).max(1);
+        let mut tcp = Vec::new();
+        let mut per: Vec<Vec<RunResult>> = vec![Vec::new(); p.backends.len()];
+        for round in 0..rounds {
+            step(format!("request {}/{rounds}: raw TCP ping-pong", round + 1));
+            tcp.push(raw_tcp_pingpong_p50_us(size, messages, 1)?);
+            pb.inc(1);
+            for (i, b) in p.backends.iter().enumerate() {
+                step(format!("request {}/{rounds}: {}", round + 1, label(*b)));
+                per[i].push(request_rpc(p, *b, size, messages)?);
                 pb.inc(1);
             }
         }
@@ -710,6 +734,7 @@ fn print_table(results: &[RunResult], rounds: usize) {
                 vs
             }
             "rpc" if r.baseline <= 0.0 => "n/a (too much to pipeline)".to_string(),
+            "request" => format!("{:.2}x raw TCP p50 ({:.1} µs)", r.ratio, r.baseline),
             _ => format!("{:.2}x raw TCP p50 ({:.1} µs)", r.ratio, r.baseline),
         };
         let scenario = match (r.inflight, r.peers) {
@@ -789,7 +814,13 @@ struct Node {
     h: NetworkHandle,
     tx: Sender,
     rx: Receiver,
+    /// Channel [`RPC_CHANNEL`]: requests, answered by an in-shard echo
+    /// handler on every node.
+    rpc: Sender,
 }
+
+/// The request scenario's channel.
+const RPC_CHANNEL: u32 = 2;
 
 /// A hub and `spokes` nodes, every spoke connected to the hub (spokes do
 /// not authorize each other).
@@ -817,13 +848,18 @@ fn cluster(p: &Plan, backend: Backend, spokes: usize, max_size: usize) -> Result
         let (tx, rx) = net
             .register(1, None, max_size.max(1024), 8192, None)
             .map_err(|e| e.to_string())?;
+        let (rpc, _requests) = net
+            .register(RPC_CHANNEL, None, max_size.max(1024), 1024, None)
+            .map_err(|e| e.to_string())?;
+        net.handle(RPC_CHANNEL, Arc::new(|_, request| Ok(Some(request))))
+            .map_err(|e| e.to_string())?;
         if i == 0 {
             oracle.register(0, keys.clone());
         } else {
             oracle.register(0, vec![keys[0].clone()]);
         }
         let h = net.start().map_err(|e| e.to_string())?;
-        nodes.push(Node { h, tx, rx });
+        nodes.push(Node { h, tx, rx, rpc });
         oracles.push(oracle);
     }
     let hub_addr = nodes[0].h.local_addr().ok_or("no listen address")?;
@@ -1084,6 +1120,53 @@ fn rpc(
     if name == "rpc" {
         res.inflight = Some(inflight);
     }
+    res.timeline = tl.rates();
+    Ok(res.with_latency(&hist))
+}
+
+/// One `request` in flight on the request API; the peer answers from an
+/// in-shard handler (no application thread on that side), as a validator
+/// serving RPCs would. Each reply must echo its request.
+fn request_rpc(
+    p: &Plan,
+    backend: Backend,
+    size: usize,
+    messages: usize,
+) -> Result<RunResult, String> {
+    let size = size.max(8);
+    let Cluster { hub: a, spokes } = cluster(p, backend, 1, size)?;
+    let mut res = RunResult::new("request", backend_name(&a.h), p.shards, size);
+    let b = spokes.into_iter().next().ok_or("no spoke")?;
+    let b_key = b.h.public_key();
+    let mut hist =
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
+    let mut tl = Timeline::new(Instant::now());
+    let mut req = vec![0x5Au8; size];
+    let start = Instant::now();
+    let mut delivered = 0;
+    for seq in 0..messages as u64 {
+        req[..8].copy_from_slice(&seq.to_be_bytes());
+        let m = Bytes::copy_from_slice(&req);
+        let t = Instant::now();
+        let reply = a
+            .rpc
+            .request_blocking(&b_key, m.clone(), Duration::from_secs(10))
+            .map_err(|e| format!("request {seq} failed: {e}"))?;
+        let now = Instant::now();
+        if reply != m {
+            return Err(format!(
+                "request {seq}: the reply does not echo the request"
+            ));
+        }
+        hist.record(now.duration_since(t).as_micros().max(1) as u64)
+            .map_err(|e| e.to_string())?;
+        tl.add(now);
+        delivered += 1;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    a.h.shutdown(Duration::from_millis(100));
+    b.h.shutdown(Duration::from_millis(100));
+    res.finish(messages, delivered, seconds, delivered * size * 2);
     res.timeline = tl.rates();
     Ok(res.with_latency(&hist))
 }

@@ -476,4 +476,22 @@ fn bench_json_rpc_and_fanout() {
     assert_eq!(v["peers"], 2);
     assert_eq!(v["messages"], 100, "50 sends to each of 2 peers");
     assert_eq!(v["delivered"], 100);
+
+    // Large messages also get the raw sealed TCP stream baseline.
+    let v = bench_json(&[
+        "--scenario",
+        "throughput",
+        "--messages",
+        "30",
+        "--size",
+        "65536",
+    ]);
+    assert_eq!(v["delivered"], 30);
+    assert!(v["sealed_stream"].as_f64().unwrap() > 0.0, "{v}");
+
+    // The request API against an in-shard echo handler.
+    let v = bench_json(&["--scenario", "request", "--messages", "200"]);
+    assert_eq!(v["scenario"], "request");
+    assert_eq!(v["delivered"], 200);
+    assert!(v["latency_us"]["p50"].as_f64().unwrap() > 0.0, "{v}");
 }
