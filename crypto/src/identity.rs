@@ -85,31 +85,86 @@ const MAX_KEY_FILE_LEN: u64 = 256;
 ///
 /// `Debug` prints the full hex; `Display` prints the first 8 bytes in hex
 /// followed by `…` (`{:#}` prints the full hex).
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PublicKey(Bytes);
+///
+/// Equality, ordering and hashing are those of the encoded bytes.
+#[derive(Clone)]
+pub struct PublicKey(KeyBytes);
+
+/// 32-byte keys (ed25519) are stored inline: a key is cloned with every
+/// message sent or received, and an inline copy touches no memory shared
+/// with other threads, where a reference-counted one bounced its count's
+/// cache line between the application's core and the shard's on each one.
+#[derive(Clone)]
+enum KeyBytes {
+    Inline([u8; 32]),
+    Other(Bytes),
+}
 
 impl PublicKey {
-    /// The encoded key.
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.0
+    fn from_slice(b: &[u8]) -> Self {
+        match <[u8; 32]>::try_from(b) {
+            Ok(a) => Self(KeyBytes::Inline(a)),
+            Err(_) => Self(KeyBytes::Other(Bytes::copy_from_slice(b))),
+        }
     }
 
-    /// The encoded key as a cheaply clonable [`Bytes`].
+    /// The encoded key.
+    pub fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            KeyBytes::Inline(a) => a,
+            KeyBytes::Other(b) => b,
+        }
+    }
+
+    /// The encoded key as [`Bytes`].
     pub fn to_bytes(&self) -> Bytes {
-        self.0.clone()
+        match &self.0 {
+            KeyBytes::Inline(a) => Bytes::copy_from_slice(a),
+            KeyBytes::Other(b) => b.clone(),
+        }
     }
 
     /// Wraps bytes **without any check**: for peer tables, configuration and
     /// tests. Anything received from the network goes through
     /// [`Scheme::parse_public_key`] instead.
     pub fn from_bytes_unchecked(b: impl Into<Bytes>) -> Self {
-        Self(b.into())
+        let b: Bytes = b.into();
+        match <[u8; 32]>::try_from(&b[..]) {
+            Ok(a) => Self(KeyBytes::Inline(a)),
+            Err(_) => Self(KeyBytes::Other(b)),
+        }
+    }
+}
+
+impl PartialEq for PublicKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for PublicKey {}
+
+impl std::hash::Hash for PublicKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state);
+    }
+}
+
+impl PartialOrd for PublicKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for PublicKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_bytes().cmp(other.as_bytes())
     }
 }
 
 impl AsRef<[u8]> for PublicKey {
     fn as_ref(&self) -> &[u8] {
-        &self.0
+        self.as_bytes()
     }
 }
 
@@ -123,7 +178,7 @@ fn write_hex(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
 impl fmt::Debug for PublicKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("PublicKey(")?;
-        write_hex(f, &self.0)?;
+        write_hex(f, self.as_bytes())?;
         f.write_str(")")
     }
 }
@@ -131,10 +186,10 @@ impl fmt::Debug for PublicKey {
 impl fmt::Display for PublicKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         const SHORT: usize = 8;
-        if f.alternate() || self.0.len() <= SHORT {
-            write_hex(f, &self.0)
+        if f.alternate() || self.as_bytes().len() <= SHORT {
+            write_hex(f, self.as_bytes())
         } else {
-            write_hex(f, self.0.get(..SHORT).unwrap_or_default())?;
+            write_hex(f, self.as_bytes().get(..SHORT).unwrap_or_default())?;
             f.write_str("…")
         }
     }
@@ -254,7 +309,7 @@ impl Scheme for Ed25519 {
 
     fn parse_public_key(&self, bytes: &[u8]) -> Result<PublicKey, IdentityError> {
         Self::verifying_key(bytes)?;
-        Ok(PublicKey(Bytes::copy_from_slice(bytes)))
+        Ok(PublicKey::from_slice(bytes))
     }
 
     fn verify(
@@ -289,7 +344,7 @@ impl fmt::Debug for Ed25519Signer {
 
 impl Ed25519Signer {
     fn from_signing_key(key: SigningKey) -> Self {
-        let public = PublicKey(Bytes::copy_from_slice(key.verifying_key().as_bytes()));
+        let public = PublicKey::from_slice(key.verifying_key().as_bytes());
         Self { key, public }
     }
 

@@ -66,7 +66,9 @@ pub struct ChannelSpec {
 /// Every registered channel (immutable once the network runs).
 #[derive(Default)]
 pub struct Channels {
-    pub(crate) map: HashMap<u32, Arc<ChannelSpec>>,
+    /// Looked up for every received message (foldhash: channel ids are the
+    /// application's, a peer only picks which one to look up).
+    pub(crate) map: HashMap<u32, Arc<ChannelSpec>, foldhash::fast::RandomState>,
 }
 
 impl Channels {

@@ -182,7 +182,9 @@ impl Network {
             control_waker,
             control_rx,
         } = self;
-        let _ = shared.channels.set(Arc::new(Channels { map: channels }));
+        let _ = shared.channels.set(Arc::new(Channels {
+            map: channels.into_iter().collect(),
+        }));
         let config = &shared.config;
         let backend = crate::driver::resolve_backend(config.backend)?;
 

@@ -412,11 +412,17 @@ fn decode_body(kind: RecordKind, body: Bytes) -> Result<Record, RecordError> {
     fn de<M: Message + Default>(body: Bytes) -> Result<M, RecordError> {
         M::decode(body).map_err(|e| RecordError::Decode(e.to_string()))
     }
+    fn data(body: Bytes) -> Result<Data, RecordError> {
+        match decode_data_fast(&body) {
+            Some(d) => Ok(d),
+            None => de(body),
+        }
+    }
     Ok(match kind {
         RecordKind::KeyConfirmation => Record::KeyConfirmation(de(body)?),
-        RecordKind::Data => Record::Data(de(body)?),
-        RecordKind::RpcRequest => Record::RpcRequest(de(body)?),
-        RecordKind::RpcResponse => Record::RpcResponse(de(body)?),
+        RecordKind::Data => Record::Data(data(body)?),
+        RecordKind::RpcRequest => Record::RpcRequest(data(body)?),
+        RecordKind::RpcResponse => Record::RpcResponse(data(body)?),
         RecordKind::BitVec => Record::BitVec(de(body)?),
         RecordKind::Peers => Record::Peers(de(body)?),
         RecordKind::Ping => Record::Ping(de(body)?),
@@ -425,6 +431,70 @@ fn decode_body(kind: RecordKind, body: Bytes) -> Result<Record, RecordError> {
         RecordKind::Nodes => Record::Nodes(de(body)?),
         RecordKind::Close => Record::Close(de(body)?),
     })
+}
+
+/// Decodes a `Data` body when it holds only the nine declared fields, each
+/// with its declared wire type (what every shoal sender writes), with the
+/// result prost's derived decoder gives for the same bytes: last value wins,
+/// `uint32` fields truncate, `bool` is "not zero", the payload is a zero-copy
+/// slice. Anything else (an unknown field, a wrong wire type, a group, a bad
+/// or truncated varint, a short payload) returns `None`, and the caller
+/// decodes with prost, so unusual or hostile encodings keep prost's exact
+/// semantics and errors. prost's generic loop cost ~500 instructions per
+/// 64-byte message; this is the receive path's per-message floor.
+fn decode_data_fast(body: &Bytes) -> Option<Data> {
+    let b: &[u8] = body;
+    let mut d = Data::default();
+    let mut payload = None;
+    let mut i = 0;
+    while i < b.len() {
+        let (key, n) = fast_varint(b.get(i..)?)?;
+        i += n;
+        if key == (7 << 3) | 2 {
+            let (len, n) = fast_varint(b.get(i..)?)?;
+            i += n;
+            let len = usize::try_from(len)
+                .ok()
+                .filter(|len| *len <= b.len() - i)?;
+            payload = Some(i..i + len);
+            i += len;
+            continue;
+        }
+        // Every other declared field is a varint (wire type 0).
+        if key & 7 != 0 {
+            return None;
+        }
+        let (v, n) = fast_varint(b.get(i..)?)?;
+        i += n;
+        match key >> 3 {
+            1 => d.channel = v as u32,
+            2 => d.message_id = v,
+            3 => d.part = v as u32,
+            4 => d.total_parts = v as u32,
+            5 => d.total_len = v,
+            6 => d.compressed = v != 0,
+            8 => d.request_id = v,
+            9 => d.status = v as u32,
+            _ => return None,
+        }
+    }
+    if let Some(range) = payload {
+        d.payload = body.slice(range);
+    }
+    Some(d)
+}
+
+/// prost's varint rule: at most 10 bytes, the 10th at most 1.
+#[inline]
+fn fast_varint(b: &[u8]) -> Option<(u64, usize)> {
+    let mut v: u64 = 0;
+    for (i, &byte) in b.iter().take(MAX_VARINT64).enumerate() {
+        v |= u64::from(byte & 0x7f) << (7 * i);
+        if byte < 0x80 {
+            return (i + 1 < MAX_VARINT64 || byte < 2).then_some((v, i + 1));
+        }
+    }
+    None
 }
 
 impl Iterator for RecordReader {
@@ -726,7 +796,86 @@ mod tests {
         ]
     }
 
+    #[test]
+    fn fast_data_decode_fixtures() {
+        // channel 7, message_id 1, total_parts 1, total_len 2, payload "hi".
+        let body = Bytes::from_static(&[0x08, 7, 0x10, 1, 0x20, 1, 0x28, 2, 0x3a, 2, b'h', b'i']);
+        let d = decode_data_fast(&body).unwrap();
+        assert_eq!(
+            (d.channel, d.message_id, d.total_parts, d.total_len),
+            (7, 1, 1, 2)
+        );
+        assert_eq!(&d.payload[..], b"hi");
+        assert_eq!(Data::decode(body.clone()).unwrap(), d);
+        // Last value wins; a uint32 truncates a 64-bit varint (as prost).
+        let body = Bytes::from_static(&[
+            0x08, 1, 0x08, 0xff, 0xff, 0xff, 0xff, 0x1f, 0x3a, 1, b'a', 0x3a, 1, b'b',
+        ]);
+        let d = decode_data_fast(&body).unwrap();
+        assert_eq!((d.channel, &d.payload[..]), (u32::MAX, &b"b"[..]));
+        assert_eq!(Data::decode(body).unwrap(), d);
+        // Left to prost: an unknown field, a wrong wire type, a short payload,
+        // an overlong varint.
+        for odd in [
+            &[0x50, 1][..],
+            &[0x09, 0, 0, 0, 0, 0, 0, 0, 0],
+            &[0x3a, 5, b'a'],
+            &[
+                0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02,
+            ],
+        ] {
+            assert_eq!(
+                decode_data_fast(&Bytes::copy_from_slice(odd)),
+                None,
+                "{odd:?}"
+            );
+        }
+    }
+
     proptest! {
+        #[test]
+        fn fast_data_decode_agrees_with_prost_on_any_bytes(
+            fields in proptest::collection::vec(
+                prop_oneof![
+                    // Well-formed declared fields (any tag 1..=10, varint or bytes).
+                    (1u8..=10, any::<u64>()).prop_map(|(t, v)| {
+                        let mut b = BytesMut::new();
+                        encode_key(u32::from(t), WireType::Varint, &mut b);
+                        encode_varint(v, &mut b);
+                        b.to_vec()
+                    }),
+                    (proptest::collection::vec(any::<u8>(), 0..20)).prop_map(|p| {
+                        let mut b = BytesMut::new();
+                        encode_key(7, WireType::LengthDelimited, &mut b);
+                        encode_varint(p.len() as u64, &mut b);
+                        b.extend_from_slice(&p);
+                        b.to_vec()
+                    }),
+                    // Junk.
+                    proptest::collection::vec(any::<u8>(), 0..12),
+                ],
+                0..8,
+            ),
+        ) {
+            let body = Bytes::from(fields.concat());
+            let by_prost = Data::decode(body.clone());
+            // When the fast path declines, prost decides (only junk or
+            // undeclared fields get there).
+            if let Some(fast) = decode_data_fast(&body) {
+                prop_assert_eq!(Ok(fast), by_prost.map_err(|_| ()));
+            }
+        }
+
+        #[test]
+        fn every_data_record_we_write_takes_the_fast_path(
+            h in arb_sparse_header(),
+            payload in proptest::collection::vec(any::<u8>(), 0..400),
+        ) {
+            let data = h.to_data(Bytes::from(payload));
+            let body = Bytes::from(data.encode_to_vec());
+            prop_assert_eq!(decode_data_fast(&body), Some(data));
+        }
+
         #[test]
         fn push_data_matches_prost(
             kind in arb_kind(),

@@ -84,13 +84,20 @@ impl ShardLink {
     }
 }
 
-/// A message that could not be delivered yet (receiver full or over quota).
 /// Messages waiting for a peer's replacement connection.
 struct Parked {
     since: Instant,
     msgs: std::collections::VecDeque<(Outgoing, bool)>,
 }
 
+/// Messages delivered to one channel since its receiver was last woken.
+struct Delivered {
+    spec: Arc<ChannelSpec>,
+    messages: u64,
+    bytes: u64,
+}
+
+/// A message that could not be delivered yet (receiver full or over quota).
 struct Stashed {
     spec: Arc<ChannelSpec>,
     payload: Bytes,
@@ -148,7 +155,7 @@ pub(crate) struct ShardCore {
     pub closing: Vec<usize>,
     paused: Vec<usize>,
     /// Channels that got messages since receivers were last woken.
-    to_notify: Vec<Arc<ChannelSpec>>,
+    to_notify: Vec<Delivered>,
     /// Accepted messages whose connection closed for a replacement that is
     /// not established yet (the peer rejected our duplicate first): they
     /// wait, in order, for the peer's next connection (see `reroute`).
@@ -846,20 +853,34 @@ impl ShardCore {
             }
         };
         if pushed {
-            spec.metrics.messages_in.inc();
-            spec.metrics.bytes_in.inc_by(len);
-            // One wake-up per channel per batch (see `notify_receivers`).
-            if !self.to_notify.iter().any(|s| Arc::ptr_eq(s, &spec)) {
-                self.to_notify.push(spec);
+            // One wake-up and one metrics update per channel per batch (see
+            // `notify_receivers`).
+            match self
+                .to_notify
+                .iter_mut()
+                .find(|d| Arc::ptr_eq(&d.spec, &spec))
+            {
+                Some(d) => {
+                    d.messages += 1;
+                    d.bytes += len;
+                }
+                None => self.to_notify.push(Delivered {
+                    spec,
+                    messages: 1,
+                    bytes: len,
+                }),
             }
         }
     }
 
     /// Wakes the receivers of every channel that got messages since the last
-    /// call: once per batch of input, not once per message.
+    /// call, and counts those messages: once per batch of input, not once
+    /// per message.
     pub fn notify_receivers(&mut self) {
-        for spec in self.to_notify.drain(..) {
-            spec.inbox.notify();
+        for d in self.to_notify.drain(..) {
+            d.spec.metrics.messages_in.inc_by(d.messages);
+            d.spec.metrics.bytes_in.inc_by(d.bytes);
+            d.spec.inbox.notify();
         }
     }
 
