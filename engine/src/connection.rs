@@ -939,11 +939,9 @@ impl Connection {
         let estimate = self.queued_payload
             + (self.high.len() + self.low.len()) * MAX_DATA_OVERHEAD
             + frames * (HEADER_LEN + TAG_LEN)
-            + if self.control.is_empty() {
-                0
-            } else {
-                max_plain
-            };
+            // Control records are small (a ping, a bit vector); a large one
+            // just grows the buffer.
+            + self.control.len() * 64;
         if self.queued_payload > 0 || !self.control.is_empty() {
             self.out
                 .reserve(estimate.min(self.cfg.max_write_batch + self.cfg.max_frame_body));
@@ -1370,6 +1368,19 @@ mod tests {
         assert!(messages(eb).is_empty());
         // The peer's side learns the reason and reports it too.
         assert!(b.closing_replaced() || b.is_closed());
+    }
+
+    #[test]
+    fn a_new_connection_holds_small_buffers() {
+        // Ten thousand idle peers must not each hold a read or write batch.
+        // (The frame limit here is 4 KiB; a write batch is 256 KiB.)
+        let t0 = Instant::now();
+        let (mut a, mut b) = pair(t0);
+        assert!(a.ping(t0).is_some());
+        let (ea, _) = pump(&mut a, &mut b, t0);
+        assert!(ea.iter().any(|e| matches!(e, Event::Pong { .. })));
+        assert!(a.buffer_capacity() < 1024, "{}", a.buffer_capacity());
+        assert!(b.buffer_capacity() < 1024, "{}", b.buffer_capacity());
     }
 
     #[test]

@@ -68,6 +68,9 @@ pub const DEFAULT_MAX_FRAME_BODY: usize = 64 * 1024;
 /// Bodies at least this long are read into their own allocation (see the
 /// module docs); shorter ones are read in batches.
 pub const LARGE_BODY: usize = 16 * 1024;
+/// The most [`FrameDecoder::prepare_read`] reserves for a connection with
+/// nothing pending (unless the buffer already has more room).
+pub const IDLE_READ: usize = 4096;
 /// Complete frames split off ahead of [`FrameDecoder::decode`], at most.
 pub const READY_MAX: usize = 64;
 
@@ -230,7 +233,9 @@ impl FrameDecoder {
     /// it (the spare capacity is at least that):
     /// - the rest of a pending body of at least [`LARGE_BODY`] bytes plus the
     ///   next length prefix, so the next body gets an allocation of its own;
-    /// - otherwise `batch` bytes (or the rest of the pending body, if more).
+    /// - otherwise `batch` bytes (or the rest of the pending body, if more);
+    ///   with nothing pending at all, at most [`IDLE_READ`] unless the
+    ///   buffer already has more room.
     ///
     /// Zero means "call `decode` first": [`READY_MAX`] frames are waiting, or
     /// the stream is in error, or the next length prefix exceeds the current
@@ -253,6 +258,14 @@ impl FrameDecoder {
             }
             // `split_ahead` parses every complete, acceptable prefix.
             State::Header if self.buf.len() >= HEADER_LEN => return 0,
+            // Nothing pending: use the room there is, but grow an idle
+            // connection's buffer only to IDLE_READ on speculation (ten
+            // thousand idle peers must not each hold a batch); it grows to
+            // `batch` once a frame is actually arriving.
+            State::Header if self.buf.is_empty() => {
+                let spare = self.buf.capacity() - self.buf.len();
+                batch.min(spare.max(IDLE_READ))
+            }
             State::Header => batch.max(HEADER_LEN - self.buf.len()),
         };
         self.buf.reserve(want);
@@ -558,6 +571,16 @@ mod tests {
         read_like_a_driver(&mut dec, &mut src, 1000, usize::MAX);
         assert_eq!(dec.decode().unwrap().unwrap(), &b"small"[..]);
         assert_eq!(dec.decode(), Ok(None));
+    }
+
+    #[test]
+    fn an_idle_decoder_reserves_little_until_a_frame_arrives() {
+        let mut dec = FrameDecoder::new(DEFAULT_MAX_FRAME_BODY);
+        assert_eq!(dec.prepare_read(64 * 1024), IDLE_READ);
+        assert!(dec.capacity() < 2 * IDLE_READ, "{}", dec.capacity());
+        // Part of a small frame arrived: now reads are batches.
+        dec.read_buf().extend_from_slice(&frame(&[1; 100])[..10]);
+        assert_eq!(dec.prepare_read(64 * 1024), 64 * 1024);
     }
 
     #[test]
