@@ -100,7 +100,8 @@ pub struct BenchArgs {
     #[arg(long)]
     size: Option<usize>,
     /// Messages per round (default: 256 MiB worth for throughput, 5000 round
-    /// trips for latency, 30000 requests for rpc, 2000 sends for fanout).
+    /// trips for latency and request, 30000 requests for rpc, 20000 sends for
+    /// fanout, 3000 for scale).
     #[arg(long)]
     messages: Option<usize>,
     /// Backend [default: both, or `backend` from --config].
@@ -506,7 +507,7 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
     }
     if wants(Scenario::Fanout) {
         let size = p.size.unwrap_or(16 * 1024).max(1);
-        let messages = p.messages.unwrap_or(2000).max(1);
+        let messages = p.messages.unwrap_or(20_000).max(1);
         let mut seal = Vec::new();
         let mut per: Vec<Vec<RunResult>> = vec![Vec::new(); p.backends.len()];
         for round in 0..rounds {
@@ -554,7 +555,7 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
         } else {
             p.size.unwrap_or(16 * 1024)
         };
-        let messages = p.messages.unwrap_or(1000).max(1);
+        let messages = p.messages.unwrap_or(3000).max(1);
         let with_shards = |n: usize| {
             let mut q = p.clone();
             q.base.shards = n;

@@ -378,6 +378,18 @@ impl RecordReader {
             Ok(n) if n <= remaining => n,
             _ => return Err(RecordError::TooLong { len, remaining }),
         };
+        if is_data_kind(kind) {
+            // Straight from the frame: the payload is the only slice taken
+            // (one reference count increment per message, not three).
+            if let Some(d) = decode_data_fast_in(&self.buf, header_len..header_len + len) {
+                self.buf.advance(header_len + len);
+                return Ok(match kind {
+                    RecordKind::RpcRequest => Record::RpcRequest(d),
+                    RecordKind::RpcResponse => Record::RpcResponse(d),
+                    _ => Record::Data(d),
+                });
+            }
+        }
         self.buf.advance(header_len);
         let body = self.buf.split_to(len);
         decode_body(kind, body)
@@ -412,17 +424,11 @@ fn decode_body(kind: RecordKind, body: Bytes) -> Result<Record, RecordError> {
     fn de<M: Message + Default>(body: Bytes) -> Result<M, RecordError> {
         M::decode(body).map_err(|e| RecordError::Decode(e.to_string()))
     }
-    fn data(body: Bytes) -> Result<Data, RecordError> {
-        match decode_data_fast(&body) {
-            Some(d) => Ok(d),
-            None => de(body),
-        }
-    }
     Ok(match kind {
         RecordKind::KeyConfirmation => Record::KeyConfirmation(de(body)?),
-        RecordKind::Data => Record::Data(data(body)?),
-        RecordKind::RpcRequest => Record::RpcRequest(data(body)?),
-        RecordKind::RpcResponse => Record::RpcResponse(data(body)?),
+        RecordKind::Data => Record::Data(de(body)?),
+        RecordKind::RpcRequest => Record::RpcRequest(de(body)?),
+        RecordKind::RpcResponse => Record::RpcResponse(de(body)?),
         RecordKind::BitVec => Record::BitVec(de(body)?),
         RecordKind::Peers => Record::Peers(de(body)?),
         RecordKind::Ping => Record::Ping(de(body)?),
@@ -433,8 +439,15 @@ fn decode_body(kind: RecordKind, body: Bytes) -> Result<Record, RecordError> {
     })
 }
 
-/// Decodes a `Data` body when it holds only the nine declared fields, each
-/// with its declared wire type (what every shoal sender writes), with the
+/// [`decode_data_fast_in`] over a whole body.
+#[cfg(test)]
+fn decode_data_fast(body: &Bytes) -> Option<Data> {
+    decode_data_fast_in(body, 0..body.len())
+}
+
+/// Decodes the `Data` body at `range` of `frame` when it holds only the
+/// nine declared fields, each with its declared wire type (what every shoal
+/// sender writes), with the
 /// result prost's derived decoder gives for the same bytes: last value wins,
 /// `uint32` fields truncate, `bool` is "not zero", the payload is a zero-copy
 /// slice. Anything else (an unknown field, a wrong wire type, a group, a bad
@@ -442,8 +455,9 @@ fn decode_body(kind: RecordKind, body: Bytes) -> Result<Record, RecordError> {
 /// decodes with prost, so unusual or hostile encodings keep prost's exact
 /// semantics and errors. prost's generic loop cost ~500 instructions per
 /// 64-byte message; this is the receive path's per-message floor.
-fn decode_data_fast(body: &Bytes) -> Option<Data> {
-    let b: &[u8] = body;
+fn decode_data_fast_in(frame: &Bytes, range: std::ops::Range<usize>) -> Option<Data> {
+    let base = range.start;
+    let b: &[u8] = frame.get(range)?;
     let mut d = Data::default();
     let mut payload = None;
     let mut i = 0;
@@ -479,7 +493,7 @@ fn decode_data_fast(body: &Bytes) -> Option<Data> {
         }
     }
     if let Some(range) = payload {
-        d.payload = body.slice(range);
+        d.payload = frame.slice(base + range.start..base + range.end);
     }
     Some(d)
 }
