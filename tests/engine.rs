@@ -333,7 +333,67 @@ fn quota_pauses_reading_and_drops_nothing(backend: Backend) {
     );
 }
 
+/// A receiver that fills up pauses reading; when the application drains it,
+/// reading must resume at once. (On io_uring a receive that ended during the
+/// pause was re-armed only when a ping or gossip next touched the
+/// connection: with both an hour apart this stalled for an hour.)
+fn a_full_receiver_resumes_reading_without_waiting_for_a_ping(backend: Backend) {
+    let small = ChannelDef {
+        backlog: 2,
+        ..chan(1)
+    };
+    let nodes = mesh(backend, 2, &[small], |c| {
+        // Nothing else may wake the connection up: no pings, no gossip.
+        c.ping_interval = Duration::from_secs(3600);
+        c.idle_timeout = Duration::from_secs(7200);
+        c.gossip_interval = Duration::from_secs(3600);
+    });
+    let (a, b) = (&nodes[0], &nodes[1]);
+    const N: usize = 200;
+    // 64 KiB messages: every frame is a large body (io_uring reads those
+    // straight into the frame buffer). The sender queues them all at once.
+    for i in 0..N {
+        let mut m = vec![i as u8; 64 * 1024];
+        m[0] = 0xAB;
+        a.channels[0]
+            .0
+            .send_to_blocking(&b.key(), Bytes::from(m), false)
+            .unwrap();
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let mut checksum = 0u64;
+    for i in 0..N {
+        let got = rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(30), b.channels[0].1.recv()).await
+        });
+        let (_, m) = got
+            .unwrap_or_else(|_| panic!("message {i} did not arrive: reading never resumed"))
+            .unwrap();
+        assert_eq!(
+            (m.len(), m[0], m[1]),
+            (64 * 1024, 0xAB, i as u8),
+            "in order"
+        );
+        // A consumer slower than the network, so the receiver fills and
+        // drains over and over, at whatever point of a read it happens to be.
+        for _ in 0..8 {
+            checksum = m
+                .iter()
+                .fold(checksum, |h, &x| h.rotate_left(5) ^ u64::from(x));
+        }
+    }
+    std::hint::black_box(checksum);
+    assert!(
+        b.handle().metrics().receiver_full_pauses.get() > 0,
+        "the receiver was full at least once"
+    );
+}
+
 both_backends!(
+    a_full_receiver_resumes_reading_without_waiting_for_a_ping,
     exchange_on_several_channels,
     three_nodes_all_to_all,
     large_message_with_high_priority_interleaved,

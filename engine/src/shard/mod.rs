@@ -912,6 +912,12 @@ impl ShardCore {
                 .unwrap_or(false);
             if !still {
                 self.process_input(key, now);
+                // The driver must look at it even without output: a receive
+                // that ended while it was paused (io_uring's direct receive,
+                // or a cancelled multishot) is re-armed from the dirty list.
+                // Without this it stayed unarmed until a ping or gossip
+                // next gave the connection output.
+                self.dirty.push(key);
             }
         }
         self.notify_receivers();
