@@ -261,6 +261,9 @@ pub struct Connection {
     encoded: usize,
     /// Application-visible queue depth, decremented as messages are encoded.
     queue_depth: Option<Arc<QueueDepth>>,
+    /// Messages encoded into the current frame, released from the depth
+    /// once the frame is sealed.
+    to_release: usize,
     last_rx: Instant,
     last_ping: Instant,
     ping_outstanding: Option<(u64, Instant)>,
@@ -344,6 +347,7 @@ impl Connection {
             next_message_id: 1,
             encoded: 0,
             queue_depth: None,
+            to_release: 0,
             last_rx: now,
             last_ping: now,
             ping_outstanding: None,
@@ -645,7 +649,7 @@ impl Connection {
             .filter(|p| p.counted)
             .count();
         if let Some(d) = &self.queue_depth {
-            d.release(dropped);
+            d.release(dropped + std::mem::take(&mut self.to_release));
             d.close();
         }
         self.dropped_on_close += dropped;
@@ -960,6 +964,11 @@ impl Connection {
                 break;
             };
             sealer.seal_in_place(&mut self.out[start + HEADER_LEN..])?;
+            if self.to_release > 0 {
+                if let Some(d) = &self.queue_depth {
+                    d.release(std::mem::take(&mut self.to_release));
+                }
+            }
             let header = encode_header(written + TAG_LEN);
             self.out[start..start + HEADER_LEN].copy_from_slice(&header);
         }
@@ -1028,11 +1037,9 @@ impl Connection {
             if p.next_part >= p.total_parts {
                 let counted = queue.pop_front().is_some_and(|p| p.counted);
                 self.encoded += 1;
-                if counted {
-                    if let Some(d) = &self.queue_depth {
-                        d.release(1);
-                    }
-                }
+                // Released once per frame (`encode_frames`), not per message:
+                // the counter's cache line is shared with the senders.
+                self.to_release += usize::from(counted);
             } else {
                 // A part fills most of a frame: start a new frame and look at
                 // the high-priority queue again before the next part.

@@ -329,13 +329,14 @@ fn event_loop(core: &mut ShardCore, d: &mut Driver, busy_poll: bool) -> io::Resu
             handle_cqe(core, d, ud, res, flags)?;
         }
 
-        // Re-arm receives that ended (buffer shortage) or resumed.
+        // Re-arm receives that ended (buffer shortage, a cancel). One whose
+        // connection is paused is dropped here, not kept (keeping it made the
+        // loop spin for as long as the pause lasted): resuming puts the
+        // connection on the dirty list, which re-arms it below.
         let rearm = std::mem::take(&mut d.rearm);
         for key in rearm {
             if core.wants_read(key) {
                 d.arm_recv(core, key)?;
-            } else if core.conns.contains(key) {
-                d.rearm.push(key);
             }
         }
 
