@@ -151,6 +151,12 @@ pub(crate) fn run(mut core: ShardCore, busy_poll: bool) -> io::Result<()> {
         let dirty_keys: Vec<usize> = core.dirty.drain(..).collect();
         for key in dirty_keys {
             flush(&mut core, &mut poll, &mut socks, key);
+            // A connection that just resumed may have unread data behind an
+            // edge already consumed: read it now, not after the next event.
+            if socks.get(&key).is_some_and(|s| s.readable && !s.connecting) && core.wants_read(key)
+            {
+                more_to_read = true;
+            }
         }
 
         // Closes: the protocol ended; write what is sealed, then drop.
