@@ -441,69 +441,42 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
             results.push(r);
         }
     }
-    if wants(Scenario::Latency) {
+    // One request in flight, against a raw TCP ping-pong: echoed by the
+    // peer's application (`latency`) or by an in-shard handler (`request`).
+    for (scenario, name) in [
+        (Scenario::Latency, "latency"),
+        (Scenario::Request, "request"),
+    ] {
+        if !wants(scenario) {
+            continue;
+        }
         let size = if all { 64 } else { p.size.unwrap_or(64) };
         let messages = p.messages.unwrap_or(5000).max(1);
-        let mut tcp = Vec::new();
-        let mut per: Vec<Vec<RunResult>> = vec![Vec::new(); p.backends.len()];
-        for round in 0..rounds {
-            step(format!("latency {}/{rounds}: raw TCP ping-pong", round + 1));
-            tcp.push(raw_tcp_pingpong_p50_us(size, messages, 1)?);
-            pb.inc(1);
-            for (i, b) in p.backends.iter().enumerate() {
-                step(format!("latency {}/{rounds}: {}", round + 1, label(*b)));
-                per[i].push(rpc(p, *b, size, messages, 1, "latency")?);
-                pb.inc(1);
-            }
-        }
-        let tcp = median(tcp);
-        for runs in per {
-            results.push(summarize(runs, tcp));
-        }
+        results.extend(interleaved(
+            &pb,
+            rounds,
+            &p.backends,
+            name,
+            "raw TCP ping-pong",
+            || raw_tcp_pingpong_p50_us(size, messages, 1),
+            |b| match scenario {
+                Scenario::Request => request_rpc(p, b, size, messages),
+                _ => rpc(p, b, size, messages, 1, "latency"),
+            },
+        )?);
     }
     if wants(Scenario::Rpc) {
         let size = if all { 64 } else { p.size.unwrap_or(64) };
         let messages = p.messages.unwrap_or(30_000).max(1);
-        let mut tcp = Vec::new();
-        let mut per: Vec<Vec<RunResult>> = vec![Vec::new(); p.backends.len()];
-        for round in 0..rounds {
-            step(format!(
-                "rpc {}/{rounds}: raw TCP, {} pipelined",
-                round + 1,
-                p.inflight
-            ));
-            tcp.push(raw_tcp_pingpong_p50_us(size, messages, p.inflight)?);
-            pb.inc(1);
-            for (i, b) in p.backends.iter().enumerate() {
-                step(format!("rpc {}/{rounds}: {}", round + 1, label(*b)));
-                per[i].push(rpc(p, *b, size, messages, p.inflight, "rpc")?);
-                pb.inc(1);
-            }
-        }
-        let tcp = median(tcp);
-        for runs in per {
-            results.push(summarize(runs, tcp));
-        }
-    }
-    if wants(Scenario::Request) {
-        let size = if all { 64 } else { p.size.unwrap_or(64) };
-        let messages = p.messages.unwrap_or(5000).max(1);
-        let mut tcp = Vec::new();
-        let mut per: Vec<Vec<RunResult>> = vec![Vec::new(); p.backends.len()];
-        for round in 0..rounds {
-            step(format!("request {}/{rounds}: raw TCP ping-pong", round + 1));
-            tcp.push(raw_tcp_pingpong_p50_us(size, messages, 1)?);
-            pb.inc(1);
-            for (i, b) in p.backends.iter().enumerate() {
-                step(format!("request {}/{rounds}: {}", round + 1, label(*b)));
-                per[i].push(request_rpc(p, *b, size, messages)?);
-                pb.inc(1);
-            }
-        }
-        let tcp = median(tcp);
-        for runs in per {
-            results.push(summarize(runs, tcp));
-        }
+        results.extend(interleaved(
+            &pb,
+            rounds,
+            &p.backends,
+            "rpc",
+            &format!("raw TCP, {} pipelined", p.inflight),
+            || raw_tcp_pingpong_p50_us(size, messages, p.inflight),
+            |b| rpc(p, b, size, messages, p.inflight, "rpc"),
+        )?);
     }
     if wants(Scenario::Fanout) {
         let size = p.size.unwrap_or(16 * 1024).max(1);
@@ -654,6 +627,33 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
         print_table(&results, rounds);
     }
     Ok(())
+}
+
+/// `rounds` interleaved rounds of `baseline` then `run` on each backend;
+/// one summarized result per backend against the median baseline.
+fn interleaved(
+    pb: &ProgressBar,
+    rounds: usize,
+    backends: &[Backend],
+    name: &str,
+    baseline_name: &str,
+    mut baseline: impl FnMut() -> Result<f64, String>,
+    mut run: impl FnMut(Backend) -> Result<RunResult, String>,
+) -> Result<Vec<RunResult>, String> {
+    let mut base = Vec::new();
+    let mut per: Vec<Vec<RunResult>> = vec![Vec::new(); backends.len()];
+    for round in 0..rounds {
+        pb.set_message(format!("{name} {}/{rounds}: {baseline_name}", round + 1));
+        base.push(baseline()?);
+        pb.inc(1);
+        for (i, b) in backends.iter().enumerate() {
+            pb.set_message(format!("{name} {}/{rounds}: {}", round + 1, label(*b)));
+            per[i].push(run(*b)?);
+            pb.inc(1);
+        }
+    }
+    let base = median(base);
+    Ok(per.into_iter().map(|runs| summarize(runs, base)).collect())
 }
 
 /// The run with the median headline figure, carrying the median baseline.
