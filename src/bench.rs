@@ -1263,20 +1263,21 @@ fn raw_seal_bytes_per_sec(size: usize, for_at_least: Duration) -> f64 {
     let mut n: u64 = 0;
     while start.elapsed() < for_at_least {
         for _ in 0..16 {
-            let mut nonce = [0u8; 12];
-            nonce[4..].copy_from_slice(&n.to_be_bytes());
             let tag = key
-                .seal_in_place_separate_tag(
-                    Nonce::assume_unique_for_key(nonce),
-                    Aad::empty(),
-                    &mut buf,
-                )
+                .seal_in_place_separate_tag(counter_nonce(n), Aad::empty(), &mut buf)
                 .ok();
             std::hint::black_box(tag);
             n += 1;
         }
     }
     (n as f64 * size as f64) / start.elapsed().as_secs_f64()
+}
+
+/// The nonce of the `n`-th record sealed by the raw baselines.
+fn counter_nonce(n: u64) -> Nonce {
+    let mut nonce = [0u8; 12];
+    nonce[4..].copy_from_slice(&n.to_be_bytes());
+    Nonce::assume_unique_for_key(nonce)
 }
 
 /// The ceiling for one encrypted connection on this machine, engine aside:
@@ -1295,11 +1296,7 @@ fn raw_sealed_stream_bytes_per_sec(size: usize, messages: usize) -> Result<f64, 
             .map(LessSafeKey::new)
             .map_err(|_| "ring key".to_string())
     };
-    let nonce = |i: u64| {
-        let mut n = [0u8; 12];
-        n[4..].copy_from_slice(&i.to_be_bytes());
-        Nonce::assume_unique_for_key(n)
-    };
+    let nonce = counter_nonce;
     let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| e.to_string())?;
     let addr = l.local_addr().map_err(|e| e.to_string())?;
     let opener_key = key()?;

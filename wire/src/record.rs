@@ -397,6 +397,8 @@ impl RecordReader {
 }
 
 /// Decodes a LEB128 varint from the front of `bytes`: `(value, width)`.
+/// prost's rule: at most 10 bytes, the 10th at most 1 (the `Data` fast path
+/// relies on agreeing with prost here).
 fn read_varint(bytes: &[u8]) -> Result<(u64, usize), RecordError> {
     let mut value: u64 = 0;
     for (i, &b) in bytes.iter().enumerate().take(MAX_VARINT64) {
@@ -462,10 +464,10 @@ fn decode_data_fast_in(frame: &Bytes, range: std::ops::Range<usize>) -> Option<D
     let mut payload = None;
     let mut i = 0;
     while i < b.len() {
-        let (key, n) = fast_varint(b.get(i..)?)?;
+        let (key, n) = read_varint(b.get(i..)?).ok()?;
         i += n;
         if key == (7 << 3) | 2 {
-            let (len, n) = fast_varint(b.get(i..)?)?;
+            let (len, n) = read_varint(b.get(i..)?).ok()?;
             i += n;
             let len = usize::try_from(len)
                 .ok()
@@ -478,7 +480,7 @@ fn decode_data_fast_in(frame: &Bytes, range: std::ops::Range<usize>) -> Option<D
         if key & 7 != 0 {
             return None;
         }
-        let (v, n) = fast_varint(b.get(i..)?)?;
+        let (v, n) = read_varint(b.get(i..)?).ok()?;
         i += n;
         match key >> 3 {
             1 => d.channel = v as u32,
@@ -496,19 +498,6 @@ fn decode_data_fast_in(frame: &Bytes, range: std::ops::Range<usize>) -> Option<D
         d.payload = frame.slice(base + range.start..base + range.end);
     }
     Some(d)
-}
-
-/// prost's varint rule: at most 10 bytes, the 10th at most 1.
-#[inline]
-fn fast_varint(b: &[u8]) -> Option<(u64, usize)> {
-    let mut v: u64 = 0;
-    for (i, &byte) in b.iter().take(MAX_VARINT64).enumerate() {
-        v |= u64::from(byte & 0x7f) << (7 * i);
-        if byte < 0x80 {
-            return (i + 1 < MAX_VARINT64 || byte < 2).then_some((v, i + 1));
-        }
-    }
-    None
 }
 
 impl Iterator for RecordReader {

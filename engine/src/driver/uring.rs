@@ -613,10 +613,10 @@ fn handle_cqe(
             };
             if res > 0 {
                 let n = (res as usize).min(buf.capacity() - buf.len());
-                // The completion says the kernel wrote `n` bytes (at most the
+                // SAFETY: those bytes are initialised and within capacity:
+                // the completion says the kernel wrote `n` bytes (at most the
                 // length we gave, which fit the spare capacity) and no longer
                 // touches the buffer.
-                // SAFETY: those bytes are initialised and within capacity.
                 unsafe { buf.set_len(buf.len() + n) };
             }
             core.return_read_buf(key, buf, now);
