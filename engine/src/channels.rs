@@ -343,6 +343,24 @@ impl Receiver {
         Ok(m)
     }
 
+    /// Blocking variant that gives up after `timeout`: `Ok(None)` if nothing
+    /// arrived in time, `Err` once the network closed and the queue drained.
+    /// For plain threads that must notice a stall or a shutdown flag.
+    pub fn recv_timeout(
+        &self,
+        timeout: std::time::Duration,
+    ) -> Result<Option<(PublicKey, Bytes)>, RecvError> {
+        let deadline = std::time::Instant::now() + timeout;
+        match self.spec.inbox.recv_deadline(deadline) {
+            Ok(m) => {
+                self.freed();
+                Ok(Some(m))
+            }
+            Err(false) => Ok(None),
+            Err(true) => Err(RecvError),
+        }
+    }
+
     /// A message if one is ready.
     pub fn try_recv(&self) -> Option<(PublicKey, Bytes)> {
         let m = self.spec.inbox.try_recv().ok()?;

@@ -118,6 +118,27 @@ impl<T> Inbox<T> {
             listener.wait();
         }
     }
+
+    /// [`Inbox::recv_blocking`] that gives up at `deadline`: `Err(true)`
+    /// once closed and drained, `Err(false)` when the deadline passed.
+    pub fn recv_deadline(&self, deadline: std::time::Instant) -> Result<T, bool> {
+        loop {
+            match self.try_recv() {
+                Err(false) => {}
+                settled => return settled,
+            }
+            let listener = self.ready.listen();
+            match self.try_recv() {
+                Err(false) => {}
+                settled => return settled,
+            }
+            if listener.wait_deadline(deadline).is_none() {
+                // Timed out; one last look so a push racing the deadline
+                // is not reported as a timeout.
+                return self.try_recv();
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -163,6 +184,31 @@ mod tests {
         }
         q.close();
         assert_eq!(rx.join().unwrap(), (0..1000).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_deadline_receive_tells_timeout_from_close() {
+        use std::time::{Duration, Instant};
+        let q = Arc::new(Inbox::new(4));
+        // Nothing queued: the deadline passes.
+        let soon = Instant::now() + Duration::from_millis(5);
+        assert_eq!(q.recv_deadline(soon), Err(false));
+        // A push from another thread wakes the waiter before a far deadline.
+        let pusher = {
+            let q = q.clone();
+            std::thread::spawn(move || {
+                q.push(7).unwrap();
+                q.notify();
+            })
+        };
+        let far = Instant::now() + Duration::from_secs(600);
+        assert_eq!(q.recv_deadline(far), Ok(7));
+        pusher.join().unwrap();
+        // Closed with an item queued: the item, then the close.
+        q.push(8).unwrap();
+        q.close();
+        assert_eq!(q.recv_deadline(far), Ok(8));
+        assert_eq!(q.recv_deadline(far), Err(true));
     }
 
     #[test]
