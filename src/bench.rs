@@ -113,6 +113,11 @@ pub struct BenchArgs {
     /// Shards spin instead of sleeping.
     #[arg(long)]
     busy_poll: bool,
+    /// Application threads blocked in a receive or request look for their
+    /// result this many µs (yielding the core) before parking
+    /// [default: the preset's `wait_spin`, or `wait_spin` from --config].
+    #[arg(long, value_name = "US")]
+    wait_spin_us: Option<u64>,
     /// Pin every node's shards to their own cores (node i starts at core
     /// i × shards), so the sending and the receiving shard never share one.
     #[arg(long)]
@@ -215,6 +220,11 @@ struct RunResult {
     /// median over rounds: what this machine allows one encrypted connection.
     #[serde(skip_serializing_if = "Option::is_none")]
     sealed_stream: Option<f64>,
+    /// latency, request, rpc: how long the waiting application threads (and
+    /// the raw TCP baseline's two threads, to match) look for their next
+    /// message before parking, µs (`Config::wait_spin`; 0 under busy-poll).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wait_spin_us: Option<u64>,
     /// Percentile curve for the plot: (quantile, µs).
     #[serde(skip)]
     curve: Vec<(f64, f64)>,
@@ -243,6 +253,7 @@ impl RunResult {
             baseline: 0.0,
             ratio: 0.0,
             sealed_stream: None,
+            wait_spin_us: None,
             curve: Vec::new(),
             timeline: Vec::new(),
         }
@@ -294,6 +305,17 @@ struct Plan {
     base: Config,
 }
 
+impl Plan {
+    /// The spin the engine's blocking waits use with this config.
+    fn wait_spin(&self) -> Duration {
+        if self.base.busy_poll {
+            Duration::ZERO
+        } else {
+            self.base.wait_spin
+        }
+    }
+}
+
 fn plan(args: &BenchArgs) -> Result<Plan, BenchError> {
     let file = match &args.config {
         Some(p) => Some(
@@ -331,6 +353,9 @@ fn plan(args: &BenchArgs) -> Result<Plan, BenchError> {
         base.shards = 1;
     }
     base.busy_poll |= args.busy_poll;
+    if let Some(us) = args.wait_spin_us {
+        base.wait_spin = Duration::from_micros(us);
+    }
     base.pin_cores |= args.pin;
     base.validate().map_err(|e| {
         BenchError::Config(format!(
@@ -458,12 +483,13 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
             &p.backends,
             name,
             "raw TCP ping-pong",
-            || raw_tcp_pingpong_p50_us(size, messages, 1),
+            || raw_tcp_pingpong_p50_us(size, messages, 1, p.wait_spin()),
             |b| match scenario {
                 Scenario::Request => request_rpc(p, b, size, messages),
                 _ => rpc(p, b, size, messages, 1, "latency"),
             },
         )?);
+        spin_matched(&mut results, p);
     }
     if wants(Scenario::Rpc) {
         let size = if all { 64 } else { p.size.unwrap_or(64) };
@@ -474,9 +500,10 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
             &p.backends,
             "rpc",
             &format!("raw TCP, {} pipelined", p.inflight),
-            || raw_tcp_pingpong_p50_us(size, messages, p.inflight),
+            || raw_tcp_pingpong_p50_us(size, messages, p.inflight, p.wait_spin()),
             |b| rpc(p, b, size, messages, p.inflight, "rpc"),
         )?);
+        spin_matched(&mut results, p);
     }
     if wants(Scenario::Fanout) {
         let size = p.size.unwrap_or(16 * 1024).max(1);
@@ -656,6 +683,14 @@ fn interleaved(
     Ok(per.into_iter().map(|runs| summarize(runs, base)).collect())
 }
 
+/// Marks the latency-type results just added with the wait spin both they
+/// and their raw TCP baseline ran with.
+fn spin_matched(results: &mut [RunResult], p: &Plan) {
+    for r in results.iter_mut().rev().take(p.backends.len()) {
+        r.wait_spin_us = Some(p.wait_spin().as_micros() as u64);
+    }
+}
+
 /// The run with the median headline figure, carrying the median baseline.
 fn summarize(mut runs: Vec<RunResult>, baseline: f64) -> RunResult {
     let latency = runs.first().is_some_and(RunResult::is_latency);
@@ -739,8 +774,13 @@ fn print_table(results: &[RunResult], rounds: usize) {
                 vs
             }
             "rpc" if r.baseline <= 0.0 => "n/a (too much to pipeline)".to_string(),
-            "request" => format!("{:.2}x raw TCP p50 ({:.1} µs)", r.ratio, r.baseline),
-            _ => format!("{:.2}x raw TCP p50 ({:.1} µs)", r.ratio, r.baseline),
+            _ => match r.wait_spin_us.filter(|us| *us > 0) {
+                Some(us) => format!(
+                    "{:.2}x raw TCP p50 ({:.1} µs, both spin {us} µs)",
+                    r.ratio, r.baseline
+                ),
+                None => format!("{:.2}x raw TCP p50 ({:.1} µs)", r.ratio, r.baseline),
+            },
         };
         let scenario = match (r.inflight, r.peers) {
             (Some(n), _) if r.scenario == "rpc" => format!("rpc x{n}"),
@@ -1373,12 +1413,19 @@ fn raw_sealed_stream_bytes_per_sec(size: usize, messages: usize) -> Result<f64, 
     Ok((delivered * size) as f64 / start.elapsed().as_secs_f64())
 }
 
-/// p50 of a blocking-socket TCP ping-pong over loopback, in µs, with
-/// `inflight` requests pipelined (1 = strict ping-pong). Each request's time
-/// runs from its write to the read of its echo. Returns 0 (n/a) when the
-/// pipelined bytes could fill both socket buffers and deadlock this
-/// single-threaded client.
-fn raw_tcp_pingpong_p50_us(size: usize, rounds: usize, inflight: usize) -> Result<f64, String> {
+/// p50 of a TCP ping-pong over loopback, in µs, with `inflight` requests
+/// pipelined (1 = strict ping-pong). Each request's time runs from its write
+/// to the read of its echo. Both threads wait the way the engine's blocking
+/// calls do: look again for up to `spin` (yielding the core), then block
+/// (`spin` 0: plain blocking sockets). Returns 0 (n/a) when the pipelined
+/// bytes could fill both socket buffers and deadlock this single-threaded
+/// client.
+fn raw_tcp_pingpong_p50_us(
+    size: usize,
+    rounds: usize,
+    inflight: usize,
+    spin: Duration,
+) -> Result<f64, String> {
     let inflight = inflight.clamp(1, rounds.max(1));
     if inflight > 1 && inflight.saturating_mul(size) > 64 * 1024 {
         return Ok(0.0);
@@ -1388,15 +1435,18 @@ fn raw_tcp_pingpong_p50_us(size: usize, rounds: usize, inflight: usize) -> Resul
     let echo = std::thread::spawn(move || -> std::io::Result<()> {
         let (mut s, _) = l.accept()?;
         s.set_nodelay(true)?;
+        s.set_nonblocking(!spin.is_zero())?;
         let mut buf = vec![0u8; size];
         for _ in 0..rounds {
-            s.read_exact(&mut buf)?;
-            s.write_all(&buf)?;
+            read_spin_then_block(&mut s, &mut buf, spin)?;
+            write_all_any(&mut s, &buf)?;
         }
         Ok(())
     });
     let mut c = TcpStream::connect(addr).map_err(|e| e.to_string())?;
     c.set_nodelay(true).map_err(|e| e.to_string())?;
+    c.set_nonblocking(!spin.is_zero())
+        .map_err(|e| e.to_string())?;
     let mut buf = vec![0u8; size];
     let mut hist =
         Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
@@ -1404,17 +1454,17 @@ fn raw_tcp_pingpong_p50_us(size: usize, rounds: usize, inflight: usize) -> Resul
     let mut sent = 0;
     for _ in 0..inflight {
         sent_at.push_back(Instant::now());
-        c.write_all(&buf).map_err(|e| e.to_string())?;
+        write_all_any(&mut c, &buf).map_err(|e| e.to_string())?;
         sent += 1;
     }
     for _ in 0..rounds {
-        c.read_exact(&mut buf).map_err(|e| e.to_string())?;
+        read_spin_then_block(&mut c, &mut buf, spin).map_err(|e| e.to_string())?;
         if let Some(t) = sent_at.pop_front() {
             let _ = hist.record((t.elapsed().as_nanos() as u64 / 1000).max(1));
         }
         if sent < rounds {
             sent_at.push_back(Instant::now());
-            c.write_all(&buf).map_err(|e| e.to_string())?;
+            write_all_any(&mut c, &buf).map_err(|e| e.to_string())?;
             sent += 1;
         }
     }
@@ -1422,4 +1472,62 @@ fn raw_tcp_pingpong_p50_us(size: usize, rounds: usize, inflight: usize) -> Resul
         .map_err(|_| "echo panicked")?
         .map_err(|e| e.to_string())?;
     Ok(hist.value_at_quantile(0.5) as f64)
+}
+
+/// Fills `buf` from `s`. On a nonblocking socket an empty read is retried,
+/// yielding the core, for up to `spin`; then the socket blocks for the rest
+/// of this read (the engine's `wait_spin`, done with sockets).
+fn read_spin_then_block(s: &mut TcpStream, buf: &mut [u8], spin: Duration) -> std::io::Result<()> {
+    use std::io::ErrorKind;
+    let mut got = 0;
+    let mut until = None;
+    while got < buf.len() {
+        let Some(rest) = buf.get_mut(got..) else {
+            break;
+        };
+        match s.read(rest) {
+            Ok(0) => return Err(ErrorKind::UnexpectedEof.into()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                let until = *until.get_or_insert_with(|| Instant::now() + spin);
+                if Instant::now() < until {
+                    std::thread::yield_now();
+                } else {
+                    s.set_nonblocking(false)?;
+                    let r = s.read(rest);
+                    s.set_nonblocking(true)?;
+                    match r? {
+                        0 => return Err(ErrorKind::UnexpectedEof.into()),
+                        n => got += n,
+                    }
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// `write_all` that also works on a nonblocking socket (blocks on a full
+/// send buffer instead of failing).
+fn write_all_any(s: &mut TcpStream, buf: &[u8]) -> std::io::Result<()> {
+    use std::io::ErrorKind;
+    let mut sent = 0;
+    while sent < buf.len() {
+        let Some(rest) = buf.get(sent..) else { break };
+        match s.write(rest) {
+            Ok(0) => return Err(ErrorKind::WriteZero.into()),
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                s.set_nonblocking(false)?;
+                let r = s.write(rest);
+                s.set_nonblocking(true)?;
+                sent += r?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }

@@ -67,15 +67,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .parse()
         .map_err(|_| format!("invalid duration {s:?}: expected e.g. \"500ms\", \"10s\", \"2m\""))?;
     let d = match unit.trim() {
+        "us" | "µs" => Duration::from_micros(n),
         "ms" => Duration::from_millis(n),
         "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n.saturating_mul(60)),
         "h" => Duration::from_secs(n.saturating_mul(3600)),
-        _ => {
-            return Err(format!(
-                "invalid duration {s:?}: the unit must be ms, s, m or h (e.g. \"500ms\", \"10s\")"
-            ))
-        }
+        _ => return Err(format!(
+            "invalid duration {s:?}: the unit must be us, ms, s, m or h (e.g. \"500ms\", \"10s\")"
+        )),
     };
     Ok(d)
 }
@@ -164,6 +163,7 @@ pub struct FileConfig {
     pub pin_cores: Option<bool>,
     pub core_offset: Option<usize>,
     pub busy_poll: Option<bool>,
+    pub wait_spin: Option<HumanDuration>,
     pub max_frame_body: Option<usize>,
     pub max_message_size: Option<usize>,
     pub handshake_max_age: Option<HumanDuration>,
@@ -251,6 +251,7 @@ impl FileConfig {
             recv_buffer_size
         );
         set_dur!(
+            wait_spin,
             handshake_max_age,
             synchrony_bound,
             handshake_timeout,
@@ -398,6 +399,7 @@ mod tests {
         assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
         assert_eq!(parse_duration(" 2m "), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("100us"), Ok(Duration::from_micros(100)));
         assert!(parse_duration("10").is_err());
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("1.5s").is_err());
@@ -423,6 +425,14 @@ mod tests {
         assert_eq!(c.idle_timeout, Duration::from_secs(1));
         let e = f.node_config(Path::new(".")).err().unwrap();
         assert_eq!(e.field, "idle_timeout");
+        // wait_spin is in µs; over 10 ms is refused by name.
+        let f: FileConfig = toml::from_str("wait_spin = \"250us\"").unwrap();
+        assert_eq!(f.engine_config(None).wait_spin, Duration::from_micros(250));
+        let f: FileConfig = toml::from_str("wait_spin = \"11ms\"").unwrap();
+        assert_eq!(
+            f.node_config(Path::new(".")).err().unwrap().field,
+            "wait_spin"
+        );
     }
 
     #[test]

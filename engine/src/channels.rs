@@ -256,8 +256,16 @@ impl Sender {
         payload: Bytes,
         timeout: std::time::Duration,
     ) -> Result<Bytes, RequestError> {
-        let rx = self.start_request(peer, payload, timeout)?;
-        rx.blocking_recv().map_err(|_| RequestError::Disconnected)?
+        let mut rx = self.start_request(peer, payload, timeout)?;
+        use tokio::sync::oneshot::error::TryRecvError;
+        let spun = crate::wait::spin_then(self.shared.wait_spin(), None, || match rx.try_recv() {
+            Err(TryRecvError::Empty) => None,
+            done => Some(done),
+        });
+        match spun {
+            Some(done) => done.map_err(|_| RequestError::Disconnected)?,
+            None => rx.blocking_recv().map_err(|_| RequestError::Disconnected)?,
+        }
     }
 
     fn start_request(
@@ -338,7 +346,11 @@ impl Receiver {
 
     /// Blocking variant for plain threads.
     pub fn recv_blocking(&self) -> Result<(PublicKey, Bytes), RecvError> {
-        let m = self.spec.inbox.recv_blocking().ok_or(RecvError)?;
+        let m = self
+            .spec
+            .inbox
+            .recv_blocking(self.shared.wait_spin())
+            .ok_or(RecvError)?;
         self.freed();
         Ok(m)
     }
@@ -351,7 +363,11 @@ impl Receiver {
         timeout: std::time::Duration,
     ) -> Result<Option<(PublicKey, Bytes)>, RecvError> {
         let deadline = std::time::Instant::now() + timeout;
-        match self.spec.inbox.recv_deadline(deadline) {
+        match self
+            .spec
+            .inbox
+            .recv_deadline(deadline, self.shared.wait_spin())
+        {
             Ok(m) => {
                 self.freed();
                 Ok(Some(m))

@@ -14,6 +14,9 @@ use std::time::Duration;
 
 use shoal_crypto::{Ed25519Signer, Identity};
 
+/// Default [`Config::wait_spin`], µs.
+const WAIT_SPIN_US: u64 = 100;
+
 /// Which I/O driver the data shards use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -49,6 +52,20 @@ pub struct Config {
     /// Shards spin instead of sleeping in the kernel (dedicated cores only:
     /// it burns a full core per shard but removes wake-up latency).
     pub busy_poll: bool,
+    /// How long an application thread blocked in a `*_blocking` receive or
+    /// request ([`crate::Receiver::recv_blocking`],
+    /// [`crate::Receiver::recv_timeout`], [`crate::Sender::request_blocking`])
+    /// keeps looking for its result, yielding its core between looks, before
+    /// it parks. A parked receiver costs a futex wake on the shard and a
+    /// context switch per wake-up (on a VM also an idle vCPU's wake-up): at
+    /// one response or one 64 KiB message at a time that is most of the
+    /// latency. Spinning costs that thread's CPU only while it would
+    /// otherwise sleep, and it yields to runnable threads. 0 parks at once.
+    /// Async receivers never spin (they must not block their executor), and
+    /// with [`Config::busy_poll`] nobody does: a waiter yielding to a shard
+    /// that never yields loses its core for a whole scheduler slice.
+    /// Default 100 µs (measurements in [`crate::wait`]).
+    pub wait_spin: Duration,
     /// Largest frame body (ciphertext + tag) we send or accept, bytes. The
     /// default carries a 64 KiB message plus its record header and tag in
     /// one frame, so 64 KiB messages are never split in two.
@@ -120,6 +137,7 @@ impl std::fmt::Debug for Config {
             .field("backend", &self.backend)
             .field("shards", &self.shards)
             .field("busy_poll", &self.busy_poll)
+            .field("wait_spin", &self.wait_spin)
             .field("max_frame_body", &self.max_frame_body)
             .field("max_message_size", &self.max_message_size)
             .finish_non_exhaustive()
@@ -138,6 +156,7 @@ impl Config {
             pin_cores: false,
             core_offset: 0,
             busy_poll: false,
+            wait_spin: Duration::from_micros(WAIT_SPIN_US),
             max_frame_body: 64 * 1024 + 256,
             max_message_size: 4 * 1024 * 1024,
             handshake_max_age: Duration::from_secs(10),
@@ -224,6 +243,9 @@ impl Config {
         };
         if self.max_frame_body < 1024 || self.max_frame_body > 16 * 1024 * 1024 {
             return bad("max_frame_body", "must be within 1 KiB ..= 16 MiB");
+        }
+        if self.wait_spin > Duration::from_millis(10) {
+            return bad("wait_spin", "must be <= 10ms (a longer wait should park)");
         }
         if self.max_message_size == 0 {
             return bad("max_message_size", "must be > 0");

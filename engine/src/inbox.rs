@@ -105,10 +105,14 @@ impl<T> Inbox<T> {
         }
     }
 
-    /// Blocking variant of [`Inbox::recv`].
-    pub fn recv_blocking(&self) -> Option<T> {
+    /// Blocking variant of [`Inbox::recv`]; looks for up to `spin` before
+    /// parking (see [`crate::wait`]).
+    pub fn recv_blocking(&self, spin: std::time::Duration) -> Option<T> {
         loop {
             if let Some(next) = self.settled() {
+                return next;
+            }
+            if let Some(next) = crate::wait::spin_then(spin, None, || self.settled()) {
                 return next;
             }
             let listener = self.ready.listen();
@@ -121,16 +125,25 @@ impl<T> Inbox<T> {
 
     /// [`Inbox::recv_blocking`] that gives up at `deadline`: `Err(true)`
     /// once closed and drained, `Err(false)` when the deadline passed.
-    pub fn recv_deadline(&self, deadline: std::time::Instant) -> Result<T, bool> {
+    pub fn recv_deadline(
+        &self,
+        deadline: std::time::Instant,
+        spin: std::time::Duration,
+    ) -> Result<T, bool> {
+        let settled = |q: &Self| match q.try_recv() {
+            Err(false) => None,
+            settled => Some(settled),
+        };
         loop {
-            match self.try_recv() {
-                Err(false) => {}
-                settled => return settled,
+            if let Some(r) = settled(self) {
+                return r;
+            }
+            if let Some(r) = crate::wait::spin_then(spin, Some(deadline), || settled(self)) {
+                return r;
             }
             let listener = self.ready.listen();
-            match self.try_recv() {
-                Err(false) => {}
-                settled => return settled,
+            if let Some(r) = settled(self) {
+                return r;
             }
             if listener.wait_deadline(deadline).is_none() {
                 // Timed out; one last look so a push racing the deadline
@@ -158,9 +171,9 @@ mod tests {
         q.close();
         assert_eq!(q.push(4), Err(Rejected::Closed(4)));
         // Closed: what is queued still comes out, then the end.
-        assert_eq!(q.recv_blocking(), Some(2));
-        assert_eq!(q.recv_blocking(), Some(3));
-        assert_eq!(q.recv_blocking(), None);
+        assert_eq!(q.recv_blocking(std::time::Duration::ZERO), Some(2));
+        assert_eq!(q.recv_blocking(std::time::Duration::ZERO), Some(3));
+        assert_eq!(q.recv_blocking(std::time::Duration::ZERO), None);
     }
 
     #[test]
@@ -170,7 +183,7 @@ mod tests {
             let q = q.clone();
             std::thread::spawn(move || {
                 let mut got = Vec::new();
-                while let Some(v) = q.recv_blocking() {
+                while let Some(v) = q.recv_blocking(std::time::Duration::ZERO) {
                     got.push(v);
                 }
                 got
@@ -192,7 +205,7 @@ mod tests {
         let q = Arc::new(Inbox::new(4));
         // Nothing queued: the deadline passes.
         let soon = Instant::now() + Duration::from_millis(5);
-        assert_eq!(q.recv_deadline(soon), Err(false));
+        assert_eq!(q.recv_deadline(soon, Duration::ZERO), Err(false));
         // A push from another thread wakes the waiter before a far deadline.
         let pusher = {
             let q = q.clone();
@@ -202,13 +215,13 @@ mod tests {
             })
         };
         let far = Instant::now() + Duration::from_secs(600);
-        assert_eq!(q.recv_deadline(far), Ok(7));
+        assert_eq!(q.recv_deadline(far, Duration::from_micros(50)), Ok(7));
         pusher.join().unwrap();
         // Closed with an item queued: the item, then the close.
         q.push(8).unwrap();
         q.close();
-        assert_eq!(q.recv_deadline(far), Ok(8));
-        assert_eq!(q.recv_deadline(far), Err(true));
+        assert_eq!(q.recv_deadline(far, Duration::from_micros(50)), Ok(8));
+        assert_eq!(q.recv_deadline(far, Duration::from_micros(50)), Err(true));
     }
 
     #[test]

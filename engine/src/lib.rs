@@ -43,6 +43,7 @@ pub mod queue_depth;
 pub mod rpc;
 mod shard;
 mod shared;
+pub(crate) mod wait;
 mod waker;
 
 /// io_uring receive-buffer pools alive in this process (0 after every
