@@ -128,6 +128,11 @@ pub struct BenchArgs {
     /// rpc: requests outstanding on the connection [default: 32].
     #[arg(long)]
     inflight: Option<usize>,
+    /// throughput, send: hand messages to the engine N at a time with
+    /// `send_batch_to_blocking` instead of one `send_to_blocking` each
+    /// [default: 1].
+    #[arg(long, value_name = "N")]
+    batch: Option<usize>,
     /// fanout: receiving nodes [default: 3].
     #[arg(long)]
     peers: Option<usize>,
@@ -198,6 +203,10 @@ struct RunResult {
     /// rpc: requests outstanding.
     #[serde(skip_serializing_if = "Option::is_none")]
     inflight: Option<usize>,
+    /// throughput, send: messages per `send_batch_to_blocking` call (absent:
+    /// one `send_to_blocking` per message).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    batch: Option<usize>,
     /// fanout: receiving nodes.
     #[serde(skip_serializing_if = "Option::is_none")]
     peers: Option<usize>,
@@ -247,6 +256,7 @@ impl RunResult {
             bytes_per_sec: 0.0,
             latency_us: None,
             inflight: None,
+            batch: None,
             peers: None,
             enqueue_seconds: None,
             rss_per_connection_kib: None,
@@ -301,6 +311,7 @@ struct Plan {
     rounds: usize,
     inflight: usize,
     peers: usize,
+    batch: usize,
     /// Template for every node (listen and identity replaced per node).
     base: Config,
 }
@@ -370,6 +381,10 @@ fn plan(args: &BenchArgs) -> Result<Plan, BenchError> {
     let pick = |flag: Option<usize>, file: Option<usize>| flag.or(file);
     let inflight = pick(args.inflight, bench.and_then(|b| b.inflight)).unwrap_or(32);
     let peers = pick(args.peers, bench.and_then(|b| b.peers)).unwrap_or(3);
+    let batch = args.batch.unwrap_or(1);
+    if batch == 0 {
+        return Err(BenchError::Config("`batch` must be > 0".into()));
+    }
     if inflight == 0 {
         return Err(BenchError::Config("`inflight` must be > 0".into()));
     }
@@ -387,6 +402,7 @@ fn plan(args: &BenchArgs) -> Result<Plan, BenchError> {
             .max(1),
         inflight,
         peers,
+        batch,
         base,
     })
 }
@@ -782,10 +798,11 @@ fn print_table(results: &[RunResult], rounds: usize) {
                 None => format!("{:.2}x raw TCP p50 ({:.1} µs)", r.ratio, r.baseline),
             },
         };
-        let scenario = match (r.inflight, r.peers) {
-            (Some(n), _) if r.scenario == "rpc" => format!("rpc x{n}"),
-            (_, Some(n)) if r.scenario == "scale" => format!("scale x{n}"),
-            (_, Some(n)) => format!("fanout x{n}"),
+        let scenario = match (r.batch, r.inflight, r.peers) {
+            (Some(b), _, _) => format!("{} b{b}", r.scenario),
+            (_, Some(n), _) if r.scenario == "rpc" => format!("rpc x{n}"),
+            (_, _, Some(n)) if r.scenario == "scale" => format!("scale x{n}"),
+            (_, _, Some(n)) => format!("fanout x{n}"),
             _ => r.scenario.to_string(),
         };
         println!(
@@ -1071,11 +1088,23 @@ fn throughput(
     let rx = b.rx;
     let start = Instant::now();
     let receiver = std::thread::spawn(move || count_messages(rx, messages, size, start));
-    for _ in 0..messages {
-        // Waits (parked, not spinning) while the peer's queue is full.
-        hub.tx
-            .send_to_blocking(&b_key, msg.clone(), false)
-            .map_err(|e| format!("send failed: {e}"))?;
+    if p.batch > 1 {
+        res.batch = Some(p.batch);
+        let mut left = messages;
+        while left > 0 {
+            let n = left.min(p.batch);
+            hub.tx
+                .send_batch_to_blocking(&b_key, std::iter::repeat_n(msg.clone(), n), false)
+                .map_err(|e| format!("send failed: {e}"))?;
+            left -= n;
+        }
+    } else {
+        for _ in 0..messages {
+            // Waits (parked, not spinning) while the peer's queue is full.
+            hub.tx
+                .send_to_blocking(&b_key, msg.clone(), false)
+                .map_err(|e| format!("send failed: {e}"))?;
+        }
     }
     if scenario == "send" {
         res.enqueue_seconds = Some(start.elapsed().as_secs_f64());

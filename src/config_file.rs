@@ -60,6 +60,7 @@ pub enum Preset {
 pub struct HumanDuration(pub Duration);
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    const UNITS: &str = "the unit must be us, ms, s, m or h (e.g. \"500ms\", \"10s\")";
     let t = s.trim();
     let digits = t.bytes().take_while(u8::is_ascii_digit).count();
     let (num, unit) = t.split_at(digits);
@@ -72,9 +73,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n.saturating_mul(60)),
         "h" => Duration::from_secs(n.saturating_mul(3600)),
-        _ => return Err(format!(
-            "invalid duration {s:?}: the unit must be us, ms, s, m or h (e.g. \"500ms\", \"10s\")"
-        )),
+        _ => return Err(format!("invalid duration {s:?}: {UNITS}")),
     };
     Ok(d)
 }

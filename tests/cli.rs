@@ -437,6 +437,22 @@ fn bench_json_throughput_delivers_everything() {
     assert_eq!(v["size"], 4096);
     assert_eq!(v["messages"], 200);
     assert_eq!(v["delivered"], v["messages"]);
+
+    // Handed over in batches of 64 (the last one short).
+    let v = bench_json(&[
+        "--scenario",
+        "throughput",
+        "--messages",
+        "1000",
+        "--size",
+        "64",
+        "--batch",
+        "64",
+    ]);
+    assert_eq!(
+        (v["batch"].as_u64(), v["delivered"].as_u64()),
+        (Some(64), Some(1000))
+    );
 }
 
 #[test]
@@ -494,4 +510,18 @@ fn bench_json_rpc_and_fanout() {
     assert_eq!(v["scenario"], "request");
     assert_eq!(v["delivered"], 200);
     assert!(v["latency_us"]["p50"].as_f64().unwrap() > 0.0, "{v}");
+    // Its raw TCP baseline waited the way the engine's waiters did.
+    assert_eq!(v["wait_spin_us"], 100, "{v}");
+    let v = bench_json(&[
+        "--scenario",
+        "latency",
+        "--messages",
+        "200",
+        "--wait-spin-us",
+        "0",
+    ]);
+    assert_eq!(
+        (v["delivered"].as_u64(), v["wait_spin_us"].as_u64()),
+        (Some(200), Some(0))
+    );
 }

@@ -416,7 +416,45 @@ fn busy_poll_shards_exchange_messages(backend: Backend) {
     }
 }
 
+/// Batches arrive whole and in order with single sends around them; a batch
+/// that cannot be queued whole (over the backlog, or one message too large)
+/// queues nothing.
+fn batches_are_ordered_and_all_or_nothing(backend: Backend) {
+    let nodes = mesh(backend, 2, &[chan(1)], |c| c.peer_send_backlog = 64);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let tx = &a.channels[0].0;
+    let msg = |i: u32| Bytes::from(i.to_be_bytes().to_vec());
+    // Refused whole: 65 slots never fit a backlog of 64, and one oversized
+    // message spoils its batch.
+    assert_eq!(
+        tx.send_batch_to(&b.key(), (0..65).map(|_| msg(u32::MAX)), false),
+        Err(SendError::Full)
+    );
+    let too_large = [msg(u32::MAX), Bytes::from(vec![0u8; (1 << 20) + 1])];
+    assert_eq!(
+        tx.send_batch_to(&b.key(), too_large, false),
+        Err(SendError::TooLarge)
+    );
+    // Then: one batch, a single send, and a blocking batch far over the
+    // backlog (handed over in pieces, waiting for room).
+    const N: u32 = 5000;
+    tx.send_batch_to(&b.key(), (0..3).map(msg), false).unwrap();
+    tx.send_to_blocking(&b.key(), msg(3), false).unwrap();
+    tx.send_batch_to_blocking(&b.key(), (4..N).map(msg), false)
+        .unwrap();
+    for i in 0..N {
+        let (from, m) = b.channels[0].1.recv_blocking().unwrap();
+        assert_eq!(from, a.key());
+        assert_eq!(&m[..], &i.to_be_bytes(), "every message once, in order");
+    }
+    assert_eq!(
+        tx.send_batch_to(&key(99), [msg(0)], false),
+        Err(SendError::NotConnected)
+    );
+}
+
 both_backends!(
+    batches_are_ordered_and_all_or_nothing,
     busy_poll_shards_exchange_messages,
     a_full_receiver_resumes_reading_without_waiting_for_a_ping,
     exchange_on_several_channels,

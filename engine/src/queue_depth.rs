@@ -51,9 +51,14 @@ impl QueueDepth {
 
     /// Takes a slot if fewer than `limit` are taken.
     pub fn try_reserve(&self, limit: usize) -> bool {
-        let prev = self.count.fetch_add(1, Ordering::AcqRel);
-        if prev >= limit {
-            self.count.fetch_sub(1, Ordering::AcqRel);
+        self.try_reserve_n(1, limit)
+    }
+
+    /// Takes `n` slots if that leaves at most `limit` taken (all or none).
+    pub fn try_reserve_n(&self, n: usize, limit: usize) -> bool {
+        let prev = self.count.fetch_add(n, Ordering::AcqRel);
+        if prev.saturating_add(n) > limit {
+            self.count.fetch_sub(n, Ordering::AcqRel);
             false
         } else {
             true
@@ -90,18 +95,22 @@ impl QueueDepth {
     /// One attempt: reserved or closed, or the listener to wait on. The
     /// listener is registered before the second check so a release between
     /// the two checks is not missed.
-    fn poll_reserve(&self, limit: usize) -> Result<Reserve, event_listener::EventListener> {
+    fn poll_reserve(
+        &self,
+        n: usize,
+        limit: usize,
+    ) -> Result<Reserve, event_listener::EventListener> {
         if self.is_closed() {
             return Ok(Reserve::Closed);
         }
-        if self.try_reserve(limit) {
+        if self.try_reserve_n(n, limit) {
             return Ok(Reserve::Reserved);
         }
         let listener = self.space.listen();
         if self.is_closed() {
             return Ok(Reserve::Closed);
         }
-        if self.try_reserve(limit) {
+        if self.try_reserve_n(n, limit) {
             return Ok(Reserve::Reserved);
         }
         Err(listener)
@@ -109,8 +118,15 @@ impl QueueDepth {
 
     /// Waits (async) until a slot is reserved or the connection ends.
     pub async fn reserve(&self, limit: usize) -> Reserve {
+        self.reserve_n(1, limit).await
+    }
+
+    /// Waits (async) until `n` slots (`n` at most half of `limit`, so the
+    /// half-queue wake-up always leaves room) are reserved or the
+    /// connection ends.
+    pub async fn reserve_n(&self, n: usize, limit: usize) -> Reserve {
         loop {
-            match self.poll_reserve(limit) {
+            match self.poll_reserve(n, limit) {
                 Ok(done) => return done,
                 Err(listener) => listener.await,
             }
@@ -119,11 +135,35 @@ impl QueueDepth {
 
     /// Blocking variant of [`QueueDepth::reserve`].
     pub fn reserve_blocking(&self, limit: usize) -> Reserve {
+        self.reserve_blocking_n(1, limit)
+    }
+
+    /// Blocking variant of [`QueueDepth::reserve_n`].
+    pub fn reserve_blocking_n(&self, n: usize, limit: usize) -> Reserve {
         loop {
-            match self.poll_reserve(limit) {
+            match self.poll_reserve(n, limit) {
                 Ok(done) => return done,
                 Err(listener) => listener.wait(),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_reservation_is_all_or_nothing() {
+        let d = QueueDepth::new(4);
+        assert!(d.try_reserve_n(3, 4));
+        assert!(!d.try_reserve_n(2, 4), "3 + 2 > 4: none taken");
+        assert_eq!(d.get(), 3);
+        assert!(d.try_reserve(4));
+        assert!(!d.try_reserve(4));
+        d.release(4);
+        assert!(d.try_reserve_n(4, 4));
+        assert!(!d.try_reserve_n(5, 8 - 4), "never more than the limit");
+        assert_eq!(d.get(), 4);
     }
 }

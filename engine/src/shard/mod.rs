@@ -45,6 +45,14 @@ pub(crate) enum Command {
         msg: Outgoing,
         high: bool,
     },
+    /// [`Command::Send`] for several messages to one connection, in order
+    /// (one hand-off for the lot; see [`crate::Sender::send_batch_to`]).
+    SendBatch {
+        id: ConnId,
+        peer: PublicKey,
+        msgs: Vec<Outgoing>,
+        high: bool,
+    },
     /// Take over an accepted socket.
     Adopt { stream: std::net::TcpStream },
     /// Dial `peer` at `addr`.
@@ -291,32 +299,15 @@ impl ShardCore {
                 peer,
                 msg,
                 high,
+            } => self.send_on(id, &peer, msg, high, now, actions),
+            Command::SendBatch {
+                id,
+                peer,
+                msgs,
+                high,
             } => {
-                let slot = self
-                    .conns
-                    .get_mut(id.key)
-                    .filter(|slot| slot.generation == id.generation);
-                match slot {
-                    Some(slot) if slot.conn.accepts_messages() => {
-                        // The connection enforces its own hard cap and fixes
-                        // the depth counter if it refuses.
-                        if slot.conn.send(msg, high).is_ok() {
-                            self.dirty.push(id.key);
-                        }
-                    }
-                    closing => {
-                        // Accepted for a connection that began closing (or is
-                        // gone) since: give its slot back and move the message
-                        // to the peer's current connection.
-                        let replaced = match closing {
-                            Some(slot) => {
-                                slot.depth.release(1);
-                                slot.conn.closing_replaced()
-                            }
-                            None => self.recently_replaced.iter().any(|(c, _)| *c == id),
-                        };
-                        self.reroute(id, peer, msg, high, replaced, now, actions);
-                    }
+                for msg in msgs {
+                    self.send_on(id, &peer, msg, high, now, actions);
                 }
             }
             Command::Control { id, record } => {
@@ -687,6 +678,45 @@ impl ShardCore {
     /// shard: through its queue. Counted; a message with no connection left
     /// to go to is counted as dropped, never silently lost.
     #[allow(clippy::too_many_arguments)]
+    /// Queues one application message on connection `id` (its depth slot
+    /// already reserved), or moves it to the peer's current connection.
+    fn send_on(
+        &mut self,
+        id: ConnId,
+        peer: &PublicKey,
+        msg: Outgoing,
+        high: bool,
+        now: Instant,
+        actions: &mut Vec<DriverAction>,
+    ) {
+        let slot = self
+            .conns
+            .get_mut(id.key)
+            .filter(|slot| slot.generation == id.generation);
+        match slot {
+            Some(slot) if slot.conn.accepts_messages() => {
+                // The connection enforces its own hard cap and fixes the
+                // depth counter if it refuses.
+                if slot.conn.send(msg, high).is_ok() {
+                    self.dirty.push(id.key);
+                }
+            }
+            closing => {
+                // Accepted for a connection that began closing (or is gone)
+                // since: give its slot back and move the message to the
+                // peer's current connection.
+                let replaced = match closing {
+                    Some(slot) => {
+                        slot.depth.release(1);
+                        slot.conn.closing_replaced()
+                    }
+                    None => self.recently_replaced.iter().any(|(c, _)| *c == id),
+                };
+                self.reroute(id, peer.clone(), msg, high, replaced, now, actions);
+            }
+        }
+    }
+
     fn reroute(
         &mut self,
         old: ConnId,
