@@ -677,7 +677,6 @@ impl ShardCore {
     /// shard: queued right behind what was already routed there; another
     /// shard: through its queue. Counted; a message with no connection left
     /// to go to is counted as dropped, never silently lost.
-    #[allow(clippy::too_many_arguments)]
     /// Queues one application message on connection `id` (its depth slot
     /// already reserved), or moves it to the peer's current connection.
     fn send_on(
@@ -717,6 +716,7 @@ impl ShardCore {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn reroute(
         &mut self,
         old: ConnId,
