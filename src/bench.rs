@@ -118,6 +118,11 @@ pub struct BenchArgs {
     /// [default: the preset's `wait_spin`, or `wait_spin` from --config].
     #[arg(long, value_name = "US")]
     wait_spin_us: Option<u64>,
+    /// Shards keep polling this many µs after a turn with work before they
+    /// sleep [default: the preset's `idle_spin`, or `idle_spin` from
+    /// --config].
+    #[arg(long, value_name = "US")]
+    idle_spin_us: Option<u64>,
     /// Pin every node's shards to their own cores (node i starts at core
     /// i × shards), so the sending and the receiving shard never share one.
     #[arg(long)]
@@ -366,6 +371,9 @@ fn plan(args: &BenchArgs) -> Result<Plan, BenchError> {
     base.busy_poll |= args.busy_poll;
     if let Some(us) = args.wait_spin_us {
         base.wait_spin = Duration::from_micros(us);
+    }
+    if let Some(us) = args.idle_spin_us {
+        base.idle_spin = Duration::from_micros(us);
     }
     base.pin_cores |= args.pin;
     base.validate().map_err(|e| {

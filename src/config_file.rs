@@ -163,6 +163,7 @@ pub struct FileConfig {
     pub core_offset: Option<usize>,
     pub busy_poll: Option<bool>,
     pub wait_spin: Option<HumanDuration>,
+    pub idle_spin: Option<HumanDuration>,
     pub max_frame_body: Option<usize>,
     pub max_message_size: Option<usize>,
     pub handshake_max_age: Option<HumanDuration>,
@@ -251,6 +252,7 @@ impl FileConfig {
         );
         set_dur!(
             wait_spin,
+            idle_spin,
             handshake_max_age,
             synchrony_bound,
             handshake_timeout,
@@ -427,6 +429,11 @@ mod tests {
         // wait_spin is in µs; over 10 ms is refused by name.
         let f: FileConfig = toml::from_str("wait_spin = \"250us\"").unwrap();
         assert_eq!(f.engine_config(None).wait_spin, Duration::from_micros(250));
+        let f: FileConfig = toml::from_str("idle_spin = \"20ms\"").unwrap();
+        assert_eq!(
+            f.node_config(Path::new(".")).err().unwrap().field,
+            "idle_spin"
+        );
         let f: FileConfig = toml::from_str("wait_spin = \"11ms\"").unwrap();
         assert_eq!(
             f.node_config(Path::new(".")).err().unwrap().field,

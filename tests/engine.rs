@@ -395,7 +395,24 @@ fn a_full_receiver_resumes_reading_without_waiting_for_a_ping(backend: Backend) 
 /// Spinning shards (`busy_poll`) never wait in the kernel: sends, receives
 /// and wake-ups must still all complete.
 fn busy_poll_shards_exchange_messages(backend: Backend) {
-    let nodes = mesh(backend, 2, &[chan(1)], |c| c.busy_poll = true);
+    exchange_both_ways(&mesh(backend, 2, &[chan(1)], |c| c.busy_poll = true));
+}
+
+/// Shards that keep polling after work (`idle_spin`), and application
+/// threads that look before parking (`wait_spin`), with neither: every
+/// message still arrives, in order, through both the spinning and the
+/// sleeping paths.
+fn spinning_and_parking_shards_exchange_messages(backend: Backend) {
+    for (idle, wait) in [(200, 0), (0, 0), (200, 100)] {
+        exchange_both_ways(&mesh(backend, 2, &[chan(1)], |c| {
+            c.idle_spin = Duration::from_micros(idle);
+            c.wait_spin = Duration::from_micros(wait);
+        }));
+    }
+}
+
+/// 2000 messages (every 100th one 70 KB) each way, checked in order.
+fn exchange_both_ways(nodes: &[Node]) {
     let (a, b) = (&nodes[0], &nodes[1]);
     const N: u32 = 2000;
     for (from, to) in [(a, b), (b, a)] {
@@ -454,6 +471,7 @@ fn batches_are_ordered_and_all_or_nothing(backend: Backend) {
 }
 
 both_backends!(
+    spinning_and_parking_shards_exchange_messages,
     batches_are_ordered_and_all_or_nothing,
     busy_poll_shards_exchange_messages,
     a_full_receiver_resumes_reading_without_waiting_for_a_ping,

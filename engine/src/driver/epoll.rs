@@ -47,10 +47,12 @@ pub(crate) fn run(mut core: ShardCore, busy_poll: bool) -> io::Result<()> {
     let mut actions = Vec::new();
     let batch = core.shared.config.recv_buffer_size;
     let mut dirty = Vec::new();
+    let mut idle = super::idle_spin::IdleSpin::new(core.shared.config.idle_spin);
+    let mut had_events = false;
 
     loop {
         let now = Instant::now();
-        core.drain_commands(now, &mut actions);
+        let commands = core.drain_commands(now, &mut actions);
         for action in actions.drain(..) {
             match action {
                 DriverAction::Adopt(std_stream) => {
@@ -182,11 +184,15 @@ pub(crate) fn run(mut core: ShardCore, busy_poll: bool) -> io::Result<()> {
 
         // Sleep (or spin).
         let busy = more_to_read || !core.dirty.is_empty() || !core.closing.is_empty();
-        let timeout = if busy_poll || busy {
+        let mut timeout = if busy_poll || busy {
             Duration::ZERO
         } else {
             core.sleep_budget(now)
         };
+        if timeout > Duration::ZERO && idle.keep_polling(commands || had_events, now) {
+            std::thread::yield_now();
+            timeout = Duration::ZERO;
+        }
         if timeout > Duration::ZERO && core.yield_for_commands(&mut actions) {
             continue;
         }
@@ -206,6 +212,7 @@ pub(crate) fn run(mut core: ShardCore, busy_poll: bool) -> io::Result<()> {
         if sleeping {
             core.waker.cancel_sleep();
         }
+        had_events = !events.is_empty();
         for ev in events.iter() {
             if ev.token() == WAKE {
                 core.waker.woke();

@@ -5,6 +5,7 @@
 //! - [`epoll`]: readiness I/O through mio, the fallback and A/B baseline.
 
 pub(crate) mod epoll;
+pub(crate) mod idle_spin;
 pub(crate) mod pool;
 pub(crate) mod uring;
 

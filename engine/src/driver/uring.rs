@@ -266,10 +266,11 @@ fn event_loop(core: &mut ShardCore, d: &mut Driver, busy_poll: bool) -> io::Resu
     let mut actions = Vec::new();
     let mut cqes: Vec<(u64, i32, u32)> = Vec::with_capacity(1024);
     let mut dirty = Vec::new();
+    let mut idle = super::idle_spin::IdleSpin::new(core.shared.config.idle_spin);
     loop {
         arm_wake(core, d)?;
         let now = Instant::now();
-        core.drain_commands(now, &mut actions);
+        let commands = core.drain_commands(now, &mut actions);
         for action in actions.drain(..) {
             match action {
                 DriverAction::Adopt(stream) => {
@@ -420,11 +421,15 @@ fn event_loop(core: &mut ShardCore, d: &mut Driver, busy_poll: bool) -> io::Resu
             || !d.rearm.is_empty()
             || core.shutdown.is_some()
             || !d.ring.completion().is_empty();
-        let timeout = if busy {
+        let mut timeout = if busy {
             Duration::ZERO
         } else {
             core.sleep_budget(now)
         };
+        if timeout > Duration::ZERO && idle.keep_polling(commands || !cqes.is_empty(), now) {
+            std::thread::yield_now();
+            timeout = Duration::ZERO;
+        }
         if timeout > Duration::ZERO {
             // Hand queued operations to the kernel before watching the queue.
             if !d.ring.submission().is_empty() {

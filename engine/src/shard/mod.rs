@@ -263,10 +263,14 @@ impl ShardCore {
     }
 
     /// Drains the command queue; returns actions the driver must perform.
-    pub fn drain_commands(&mut self, now: Instant, actions: &mut Vec<DriverAction>) {
+    /// Returns whether there were any.
+    pub fn drain_commands(&mut self, now: Instant, actions: &mut Vec<DriverAction>) -> bool {
+        let mut any = false;
         while let Ok(cmd) = self.rx.try_recv() {
             self.handle_command(cmd, now, actions);
+            any = true;
         }
+        any
     }
 
     /// Before sleeping, give the CPU away once and look at the queue again.
