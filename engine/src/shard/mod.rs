@@ -1188,3 +1188,25 @@ impl ShardCore {
         self.shutdown.is_some_and(|d| now >= d)
     }
 }
+
+impl Drop for ShardCore {
+    /// Accepted messages that never reached a connection end here: those
+    /// parked for a peer's replacement connection, and sends still in the
+    /// command queue (accepted just before shutdown). Each is counted as
+    /// `send_dropped{reason="shutdown"}`, like every other accepted message
+    /// that is not delivered.
+    fn drop(&mut self) {
+        let parked: usize = self.parked.values().map(|p| p.msgs.len()).sum();
+        let mut queued = 0;
+        while let Ok(cmd) = self.rx.try_recv() {
+            match cmd {
+                Command::Send { .. } => queued += 1,
+                Command::SendBatch { msgs, .. } => queued += msgs.len(),
+                _ => {}
+            }
+        }
+        for _ in 0..parked + queued {
+            self.shared.metrics.send_dropped("shutdown");
+        }
+    }
+}
