@@ -256,6 +256,9 @@ pub struct Connection {
     /// Sealed frames not yet handed to the driver.
     out: BytesMut,
     events: VecDeque<Event>,
+    /// The opened frame being read, one record per [`Connection::poll_event`]
+    /// (see there).
+    records: Option<RecordReader>,
     next_message_id: u64,
     /// Messages fully encoded since the last [`Connection::take_encoded`].
     encoded: usize,
@@ -344,6 +347,7 @@ impl Connection {
             control: VecDeque::new(),
             out: BytesMut::new(),
             events: VecDeque::new(),
+            records: None,
             next_message_id: 1,
             encoded: 0,
             queue_depth: None,
@@ -469,7 +473,7 @@ impl Connection {
     /// True when the driver should read more: nothing is waiting to be turned
     /// into events beyond one partial frame.
     pub fn wants_read(&self) -> bool {
-        !self.is_closed() && self.events.is_empty()
+        !self.is_closed() && self.events.is_empty() && self.records.is_none()
     }
 
     /// Heap bytes held by the connection's input and output buffers.
@@ -660,6 +664,7 @@ impl Connection {
         self.control.clear();
         self.assembler.clear();
         self.events.clear();
+        self.records = None;
         if !self.closed_reported {
             self.closed_reported = true;
             self.events.push_back(Event::Closed(cause));
@@ -684,6 +689,20 @@ impl Connection {
             }
             if self.is_closed() {
                 return None;
+            }
+            // One record at a time: a 64 KiB frame of small messages becomes
+            // each message's event just before the shard delivers it, while
+            // its bytes are in cache, instead of ~1,000 events queued first.
+            if let Some(records) = self.records.as_mut() {
+                match records.next() {
+                    Some(Ok(rec)) => self.handle_record(rec, now),
+                    Some(Err(e)) => {
+                        self.records = None;
+                        self.fail(CloseCause::Record(e));
+                    }
+                    None => self.records = None,
+                }
+                continue;
             }
             match self.decoder.decode() {
                 Ok(Some(body)) => self.handle_frame(body, now),
@@ -716,16 +735,7 @@ impl Connection {
                     }
                 };
                 body.truncate(n);
-                let reader = RecordReader::new(body.freeze());
-                for rec in reader {
-                    match rec {
-                        Ok(rec) => self.handle_record(rec, now),
-                        Err(e) => self.fail(CloseCause::Record(e)),
-                    }
-                    if self.is_closed() {
-                        return;
-                    }
-                }
+                self.records = Some(RecordReader::new(body.freeze()));
             }
         }
     }
