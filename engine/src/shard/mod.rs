@@ -98,11 +98,23 @@ struct Parked {
     msgs: std::collections::VecDeque<(Outgoing, bool)>,
 }
 
+/// A long batch is announced to its receiver every this many messages, so
+/// the first of a 256 KiB read of small messages does not wait for the last
+/// to be decoded (~150 ns each), while the receiver still takes them in
+/// runs rather than one by one as they land (see [`crate::inbox`]). 64 B,
+/// 3 interleaved runs each: every 8: 4.03 M msg/s median, every 32: 4.70 M,
+/// every 128: 4.86 M, at the end of the read only: 4.78–4.86 M; rpc x32
+/// 603–666 k req/s for all of them.
+const PUBLISH_EVERY: u64 = 128;
+
 /// Messages delivered to one channel since its receiver was last woken.
 struct Delivered {
     spec: Arc<ChannelSpec>,
     messages: u64,
     bytes: u64,
+    /// Pushed and not yet announced to the receiver
+    /// ([`crate::inbox::Inbox::publish`]).
+    unpublished: u64,
 }
 
 /// A message that could not be delivered yet (receiver full or over quota).
@@ -870,8 +882,14 @@ impl ShardCore {
                     }
                     Err(Rejected::Full((_, payload))) => {
                         self.shared.metrics.receiver_full_pauses.inc();
-                        // Its earlier messages may be waiting for a wake-up.
-                        spec.inbox.notify();
+                        // Announce its earlier messages now: the receiver
+                        // can only make room by taking them.
+                        let d = self
+                            .to_notify
+                            .iter_mut()
+                            .find(|d| Arc::ptr_eq(&d.spec, &spec));
+                        let n = d.map_or(0, |d| std::mem::take(&mut d.unpublished));
+                        spec.inbox.publish(n);
                         slot.stash = Some(Stashed {
                             spec: spec.clone(),
                             payload,
@@ -896,12 +914,17 @@ impl ShardCore {
             {
                 Some(d) => {
                     d.messages += 1;
+                    d.unpublished += 1;
                     d.bytes += len;
+                    if d.unpublished >= PUBLISH_EVERY {
+                        d.spec.inbox.publish(std::mem::take(&mut d.unpublished));
+                    }
                 }
                 None => self.to_notify.push(Delivered {
                     spec,
                     messages: 1,
                     bytes: len,
+                    unpublished: 1,
                 }),
             }
         }
@@ -914,7 +937,7 @@ impl ShardCore {
         for d in self.to_notify.drain(..) {
             d.spec.metrics.messages_in.inc_by(d.messages);
             d.spec.metrics.bytes_in.inc_by(d.bytes);
-            d.spec.inbox.notify();
+            d.spec.inbox.publish(d.unpublished);
         }
     }
 
