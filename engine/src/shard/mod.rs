@@ -98,15 +98,6 @@ struct Parked {
     msgs: std::collections::VecDeque<(Outgoing, bool)>,
 }
 
-/// A long batch is announced to its receiver every this many messages, so
-/// the first of a 256 KiB read of small messages does not wait for the last
-/// to be decoded (~150 ns each), while the receiver still takes them in
-/// runs rather than one by one as they land (see [`crate::inbox`]). 64 B,
-/// 3 interleaved runs each: every 8: 4.03 M msg/s median, every 32: 4.70 M,
-/// every 128: 4.86 M, at the end of the read only: 4.78–4.86 M; rpc x32
-/// 603–666 k req/s for all of them.
-const PUBLISH_EVERY: u64 = 128;
-
 /// Messages delivered to one channel since its receiver was last woken.
 struct Delivered {
     spec: Arc<ChannelSpec>,
@@ -916,9 +907,6 @@ impl ShardCore {
                     d.messages += 1;
                     d.unpublished += 1;
                     d.bytes += len;
-                    if d.unpublished >= PUBLISH_EVERY {
-                        d.spec.inbox.publish(std::mem::take(&mut d.unpublished));
-                    }
                 }
                 None => self.to_notify.push(Delivered {
                     spec,
