@@ -36,7 +36,7 @@
 //!
 //! Byte 0: bit 0 set = `authorize` refuses. Then steps until the input
 //! runs out (at most [`MAX_STEPS`]), each a control byte `c` and a time
-//! byte (see [`Script::time`]):
+//! byte (see `Script::time`):
 //!
 //! | `c & 7` | step |
 //! |---------|------|

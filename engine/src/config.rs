@@ -66,7 +66,7 @@ pub struct Config {
     /// Async receivers never spin (they must not block their executor), and
     /// with [`Config::busy_poll`] nobody does: a waiter yielding to a shard
     /// that never yields loses its core for a whole scheduler slice.
-    /// Default 100 µs (measurements in [`crate::wait`]).
+    /// Default 100 µs (measured in `engine/src/wait.rs`).
     pub wait_spin: Duration,
     /// After a loop turn that did work (completions, readiness, commands), a
     /// shard keeps polling, yielding its core between polls, this long

@@ -21,7 +21,7 @@
 //! a handshake signature or vice versa.
 //!
 //! An IPv6 address is encoded from its 16 octets only: the flow label and
-//! scope id of a [`SocketAddrV6`] are neither signed nor transmitted (a
+//! scope id of a [`SocketAddrV6`](std::net::SocketAddrV6) are neither signed nor transmitted (a
 //! decoded IPv6 address always has both zero). An IPv4-mapped IPv6 address
 //! (`::ffff:a.b.c.d`) stays a 16-octet IPv6 address on the wire.
 //!
