@@ -32,7 +32,7 @@ use crate::metrics::ChannelMetrics;
 use crate::peers::PeerHandle;
 use crate::queue_depth::Reserve;
 use crate::rpc::RequestError;
-use crate::shard::Command;
+use crate::shard::{Command, NotQueued};
 use crate::shared::Shared;
 
 /// Who a message goes to.
@@ -192,12 +192,13 @@ impl Sender {
             }
             match self.enqueue_after_reserve(&h, msg, priority) {
                 Ok(()) => return Ok(()),
-                Err(back) => msg = back,
+                Err(NotQueued::Full(back)) => msg = back,
+                Err(NotQueued::Gone) => return Err(SendError::Closed),
             }
         }
     }
 
-    /// Queues `msg` for a slot reserved by a waiting send. `Err` hands it
+    /// Queues `msg` for a slot reserved by a waiting send. `Full` hands it
     /// back: the shard's command queue was full (it is draining), reserve
     /// again. The message moves rather than being cloned per attempt: a
     /// clone and a drop per send were two atomic operations on a reference
@@ -207,17 +208,16 @@ impl Sender {
         h: &PeerHandle,
         msg: Outgoing,
         priority: bool,
-    ) -> Result<(), Outgoing> {
-        match self.shared.enqueue_reserved_or_back(h, msg, priority) {
+    ) -> Result<(), NotQueued<Outgoing>> {
+        let r = self.shared.enqueue_reserved_or_back(h, msg, priority);
+        match &r {
             Ok(()) => {
                 self.spec.metrics.messages_out.inc();
-                Ok(())
             }
-            Err(back) => {
-                std::thread::yield_now();
-                Err(back)
-            }
+            Err(NotQueued::Full(_)) => std::thread::yield_now(),
+            Err(NotQueued::Gone) => {}
         }
+        r
     }
 
     /// Blocking variant of [`Sender::send_to_wait`] for plain threads.
@@ -237,7 +237,8 @@ impl Sender {
             }
             match self.enqueue_after_reserve(&h, msg, priority) {
                 Ok(()) => return Ok(()),
-                Err(back) => msg = back,
+                Err(NotQueued::Full(back)) => msg = back,
+                Err(NotQueued::Gone) => return Err(SendError::Closed),
             }
         }
     }
@@ -271,11 +272,14 @@ impl Sender {
             return Err(SendError::Full);
         }
         let n = msgs.len() as u64;
-        self.shared
-            .enqueue_batch_reserved(&h, msgs, priority)
-            .map_err(|_| SendError::Full)?;
-        self.spec.metrics.messages_out.inc_by(n);
-        Ok(())
+        match self.shared.enqueue_batch_reserved(&h, msgs, priority) {
+            Ok(()) => {
+                self.spec.metrics.messages_out.inc_by(n);
+                Ok(())
+            }
+            Err(NotQueued::Full(_)) => Err(SendError::Full),
+            Err(NotQueued::Gone) => Err(SendError::Closed),
+        }
     }
 
     /// [`Sender::send_batch_to`] that waits while the peer's queue is full,
@@ -289,31 +293,33 @@ impl Sender {
         payloads: impl IntoIterator<Item = Bytes>,
         priority: bool,
     ) -> Result<(), SendError> {
-        let mut msgs = self.prepare_batch(payloads)?;
+        let msgs = self.prepare_batch(payloads)?;
         let h = self.shared.peers.get(peer).ok_or(SendError::NotConnected)?;
         let limit = self.shared.config.peer_send_backlog;
-        let piece = (limit / 2).max(1);
-        while !msgs.is_empty() {
-            let rest = msgs.split_off(msgs.len().min(piece));
-            let n = msgs.len();
+        let piece_len = (limit / 2).max(1);
+        let mut rest = msgs.into_iter();
+        loop {
+            let mut piece: Vec<Outgoing> = rest.by_ref().take(piece_len).collect();
+            let n = piece.len();
+            if n == 0 {
+                return Ok(());
+            }
             loop {
                 if h.depth.reserve_blocking_n(n, limit) == Reserve::Closed {
                     return Err(SendError::NotConnected);
                 }
-                match self.shared.enqueue_batch_reserved(&h, msgs, priority) {
+                match self.shared.enqueue_batch_reserved(&h, piece, priority) {
                     Ok(()) => break,
-                    Err(back) if back.is_empty() => return Err(SendError::NotConnected),
                     // The shard's command queue is full: it is draining.
-                    Err(back) => {
-                        msgs = back;
+                    Err(NotQueued::Full(back)) => {
+                        piece = back;
                         std::thread::yield_now();
                     }
+                    Err(NotQueued::Gone) => return Err(SendError::Closed),
                 }
             }
             self.spec.metrics.messages_out.inc_by(n as u64);
-            msgs = rest;
         }
-        Ok(())
     }
 
     fn prepare_batch(
@@ -454,7 +460,10 @@ impl Receiver {
         &self,
         timeout: std::time::Duration,
     ) -> Result<Option<(PublicKey, Bytes)>, RecvError> {
-        let deadline = std::time::Instant::now() + timeout;
+        let Some(deadline) = std::time::Instant::now().checked_add(timeout) else {
+            // Too far to represent: no deadline.
+            return self.recv_blocking().map(Some);
+        };
         match self
             .spec
             .inbox
@@ -476,7 +485,8 @@ impl Receiver {
         Some(m)
     }
 
-    /// Messages waiting.
+    /// Messages waiting that [`Receiver::try_recv`] can take now (a shard
+    /// announces what it delivered at the end of each read).
     pub fn len(&self) -> usize {
         self.spec.inbox.len()
     }
@@ -511,15 +521,36 @@ impl Shared {
         self.enqueue_reserved(h, msg, priority)
     }
 
-    /// Queues `msgs` for slots already reserved in `h.depth`. If the shard's
-    /// command queue is full the slots are released, the miss counted, and
-    /// the messages handed back.
+    /// Hands `cmd`, carrying `n` messages whose slots are reserved in
+    /// `h.depth`, to the connection's shard. If it does not get there the
+    /// slots are released (and a full queue counted).
+    // The command comes back by value only on the rare full-queue path;
+    // boxing it would allocate on every send.
+    #[allow(clippy::result_large_err)]
+    fn hand_over(&self, h: &PeerHandle, cmd: Command, n: usize) -> Result<(), NotQueued<Command>> {
+        let r = match self.shards.get(h.id.shard) {
+            Some(link) => link.send_or_back(cmd),
+            None => Err(NotQueued::Gone),
+        };
+        match &r {
+            Ok(()) => {}
+            Err(NotQueued::Full(_)) => {
+                h.depth.release(n);
+                self.metrics.send_full.inc();
+            }
+            Err(NotQueued::Gone) => h.depth.release(n),
+        }
+        r
+    }
+
+    /// Queues `msgs` for slots already reserved in `h.depth`; a full
+    /// command queue hands them back.
     pub(crate) fn enqueue_batch_reserved(
         &self,
         h: &PeerHandle,
         msgs: Vec<Outgoing>,
         priority: bool,
-    ) -> Result<(), Vec<Outgoing>> {
+    ) -> Result<(), NotQueued<Vec<Outgoing>>> {
         let n = msgs.len();
         let cmd = Command::SendBatch {
             id: h.id,
@@ -527,57 +558,31 @@ impl Shared {
             msgs,
             high: priority,
         };
-        let Some(link) = self.shards.get(h.id.shard) else {
-            h.depth.release(n);
-            self.metrics.send_full.inc();
-            return Err(Vec::new());
-        };
-        match link.send(cmd) {
-            Ok(()) => Ok(()),
-            Err(back) => {
-                h.depth.release(n);
-                self.metrics.send_full.inc();
-                match back {
-                    Command::SendBatch { msgs, .. } => Err(msgs),
-                    _ => Err(Vec::new()),
-                }
-            }
-        }
+        self.hand_over(h, cmd, n).map_err(|e| match e {
+            NotQueued::Full(Command::SendBatch { msgs, .. }) => NotQueued::Full(msgs),
+            _ => NotQueued::Gone,
+        })
     }
 
     /// [`Shared::enqueue_reserved`] that hands the message back when the
-    /// shard's command queue is full (the slot released and the miss
-    /// counted), so the caller can wait and retry without a copy.
+    /// shard's command queue is full, so the caller can wait and retry
+    /// without a copy.
     pub(crate) fn enqueue_reserved_or_back(
         &self,
         h: &PeerHandle,
         msg: Outgoing,
         priority: bool,
-    ) -> Result<(), Outgoing> {
+    ) -> Result<(), NotQueued<Outgoing>> {
         let cmd = Command::Send {
             id: h.id,
             peer: h.peer.clone(),
             msg,
             high: priority,
         };
-        let back = match self.shards.get(h.id.shard) {
-            Some(link) => match link.send(cmd) {
-                Ok(()) => return Ok(()),
-                Err(back) => back,
-            },
-            None => cmd,
-        };
-        h.depth.release(1);
-        self.metrics.send_full.inc();
-        match back {
-            Command::Send { msg, .. } => Err(msg),
-            // The queue hands back the command it was given: a Send.
-            _ => {
-                debug_assert!(false, "a shard queue handed back another command");
-                self.metrics.send_dropped("internal");
-                Ok(())
-            }
-        }
+        self.hand_over(h, cmd, 1).map_err(|e| match e {
+            NotQueued::Full(Command::Send { msg, .. }) => NotQueued::Full(msg),
+            _ => NotQueued::Gone,
+        })
     }
 
     /// Queues `msg` for a slot already reserved in `h.depth`.

@@ -89,12 +89,22 @@ impl<T> Inbox<T> {
         self.ready.notify_additional(usize::MAX);
     }
 
+    /// Items receivers can take now: announced and not taken (everything
+    /// queued once closed).
     pub fn len(&self) -> usize {
-        self.queue.len()
+        let queued = self.queue.len();
+        if self.queue.is_closed() {
+            return queued;
+        }
+        let announced = self
+            .published
+            .load(Ordering::Acquire)
+            .saturating_sub(self.taken.load(Ordering::Relaxed));
+        queued.min(usize::try_from(announced).unwrap_or(usize::MAX))
     }
 
     pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
+        self.len() == 0
     }
 
     /// An announced item if one is queued; `Err(true)` once closed and
@@ -226,8 +236,9 @@ mod tests {
             (Ok(0), Ok(1), Ok(2))
         );
         assert_eq!(q.try_recv(), Err(false), "3 and 4 are not announced yet");
-        assert_eq!(q.len(), 2);
+        assert!(q.is_empty(), "nothing a receiver can take");
         q.close();
+        assert_eq!(q.len(), 2);
         assert_eq!((q.try_recv(), q.try_recv()), (Ok(3), Ok(4)));
         assert_eq!(q.try_recv(), Err(true));
     }

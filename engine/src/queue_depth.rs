@@ -55,13 +55,25 @@ impl QueueDepth {
     }
 
     /// Takes `n` slots if that leaves at most `limit` taken (all or none).
+    /// Never adds and takes back: a refused batch that briefly raised the
+    /// count could hide a release's crossing of the low-water mark (the
+    /// waiters would miss their wake-up) and make concurrent sends see a
+    /// full queue that is not.
     pub fn try_reserve_n(&self, n: usize, limit: usize) -> bool {
-        let prev = self.count.fetch_add(n, Ordering::AcqRel);
-        if prev.saturating_add(n) > limit {
-            self.count.fetch_sub(n, Ordering::AcqRel);
-            false
-        } else {
-            true
+        let mut cur = self.count.load(Ordering::Acquire);
+        loop {
+            if cur.saturating_add(n) > limit {
+                return false;
+            }
+            match self.count.compare_exchange_weak(
+                cur,
+                cur + n,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return true,
+                Err(now) => cur = now,
+            }
         }
     }
 
@@ -165,5 +177,42 @@ mod tests {
         assert!(d.try_reserve_n(4, 4));
         assert!(!d.try_reserve_n(5, 8 - 4), "never more than the limit");
         assert_eq!(d.get(), 4);
+    }
+
+    #[test]
+    fn a_refused_batch_never_shows_in_the_count() {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::Arc;
+        // A release compares the count with the low-water mark to decide
+        // whether to wake waiters, and sends compare it with the limit: a
+        // refused batch must never appear in it, not even for an instant
+        // (adding and taking back made it visible to both).
+        use std::sync::atomic::AtomicU64;
+        let d = Arc::new(QueueDepth::new(4));
+        assert!(d.try_reserve_n(3, 4));
+        let stop = Arc::new(AtomicBool::new(false));
+        let refused = Arc::new(AtomicU64::new(0));
+        let refuser = {
+            let (d, stop, refused) = (d.clone(), stop.clone(), refused.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    assert!(!d.try_reserve_n(1000, 4));
+                    refused.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        };
+        // Watch while the other thread is refused 200k times (bounded: at
+        // most 50M looks).
+        let mut max_seen = 0;
+        for _ in 0..50_000_000u64 {
+            max_seen = max_seen.max(d.get());
+            if refused.load(Ordering::Relaxed) >= 200_000 {
+                break;
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        refuser.join().unwrap();
+        assert!(refused.load(Ordering::Relaxed) > 0);
+        assert_eq!(max_seen, 3);
     }
 }

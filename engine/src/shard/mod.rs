@@ -79,7 +79,33 @@ pub(crate) struct ShardLink {
     pub waker: Arc<ShardWaker>,
 }
 
+/// Why a command did not reach its shard.
+pub(crate) enum NotQueued<T> {
+    /// The shard's command queue is full (it is draining): `T` comes back
+    /// for a retry.
+    Full(T),
+    /// The shard has exited (shutdown, or its driver failed): retrying
+    /// cannot help.
+    Gone,
+}
+
 impl ShardLink {
+    /// [`ShardLink::send`] that tells a full queue (the command comes back)
+    /// from a shard that is gone.
+    // The command comes back by value only when the queue is full; boxing
+    // it would allocate on every send.
+    #[allow(clippy::result_large_err)]
+    pub fn send_or_back(&self, cmd: Command) -> Result<(), NotQueued<Command>> {
+        match self.tx.try_send(cmd) {
+            Ok(()) => {
+                self.waker.wake();
+                Ok(())
+            }
+            Err(TrySendError::Full(c)) => Err(NotQueued::Full(c)),
+            Err(TrySendError::Disconnected(_)) => Err(NotQueued::Gone),
+        }
+    }
+
     /// Enqueues without blocking; wakes the shard only if it sleeps.
     pub fn send(&self, cmd: Command) -> Result<(), Command> {
         match self.tx.try_send(cmd) {
