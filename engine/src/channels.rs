@@ -32,7 +32,7 @@ use crate::metrics::ChannelMetrics;
 use crate::peers::PeerHandle;
 use crate::queue_depth::Reserve;
 use crate::rpc::RequestError;
-use crate::shard::{Command, NotQueued};
+use crate::shard::Command;
 use crate::shared::Shared;
 
 /// Who a message goes to.
@@ -192,13 +192,12 @@ impl Sender {
             }
             match self.enqueue_after_reserve(&h, msg, priority) {
                 Ok(()) => return Ok(()),
-                Err(NotQueued::Full(back)) => msg = back,
-                Err(NotQueued::Gone) => return Err(SendError::Closed),
+                Err(back) => msg = back,
             }
         }
     }
 
-    /// Queues `msg` for a slot reserved by a waiting send. `Full` hands it
+    /// Queues `msg` for a slot reserved by a waiting send. `Err` hands it
     /// back: the shard's command queue was full (it is draining), reserve
     /// again. The message moves rather than being cloned per attempt: a
     /// clone and a drop per send were two atomic operations on a reference
@@ -208,16 +207,17 @@ impl Sender {
         h: &PeerHandle,
         msg: Outgoing,
         priority: bool,
-    ) -> Result<(), NotQueued<Outgoing>> {
-        let r = self.shared.enqueue_reserved_or_back(h, msg, priority);
-        match &r {
+    ) -> Result<(), Outgoing> {
+        match self.shared.enqueue_reserved_or_back(h, msg, priority) {
             Ok(()) => {
                 self.spec.metrics.messages_out.inc();
+                Ok(())
             }
-            Err(NotQueued::Full(_)) => std::thread::yield_now(),
-            Err(NotQueued::Gone) => {}
+            Err(back) => {
+                std::thread::yield_now();
+                Err(back)
+            }
         }
-        r
     }
 
     /// Blocking variant of [`Sender::send_to_wait`] for plain threads.
@@ -237,8 +237,7 @@ impl Sender {
             }
             match self.enqueue_after_reserve(&h, msg, priority) {
                 Ok(()) => return Ok(()),
-                Err(NotQueued::Full(back)) => msg = back,
-                Err(NotQueued::Gone) => return Err(SendError::Closed),
+                Err(back) => msg = back,
             }
         }
     }
@@ -272,14 +271,11 @@ impl Sender {
             return Err(SendError::Full);
         }
         let n = msgs.len() as u64;
-        match self.shared.enqueue_batch_reserved(&h, msgs, priority) {
-            Ok(()) => {
-                self.spec.metrics.messages_out.inc_by(n);
-                Ok(())
-            }
-            Err(NotQueued::Full(_)) => Err(SendError::Full),
-            Err(NotQueued::Gone) => Err(SendError::Closed),
-        }
+        self.shared
+            .enqueue_batch_reserved(&h, msgs, priority)
+            .map_err(|_| SendError::Full)?;
+        self.spec.metrics.messages_out.inc_by(n);
+        Ok(())
     }
 
     /// [`Sender::send_batch_to`] that waits while the peer's queue is full,
@@ -310,12 +306,12 @@ impl Sender {
                 }
                 match self.shared.enqueue_batch_reserved(&h, piece, priority) {
                     Ok(()) => break,
+                    Err(back) if back.is_empty() => return Err(SendError::NotConnected),
                     // The shard's command queue is full: it is draining.
-                    Err(NotQueued::Full(back)) => {
+                    Err(back) => {
                         piece = back;
                         std::thread::yield_now();
                     }
-                    Err(NotQueued::Gone) => return Err(SendError::Closed),
                 }
             }
             self.spec.metrics.messages_out.inc_by(n as u64);
@@ -521,36 +517,15 @@ impl Shared {
         self.enqueue_reserved(h, msg, priority)
     }
 
-    /// Hands `cmd`, carrying `n` messages whose slots are reserved in
-    /// `h.depth`, to the connection's shard. If it does not get there the
-    /// slots are released (and a full queue counted).
-    // The command comes back by value only on the rare full-queue path;
-    // boxing it would allocate on every send.
-    #[allow(clippy::result_large_err)]
-    fn hand_over(&self, h: &PeerHandle, cmd: Command, n: usize) -> Result<(), NotQueued<Command>> {
-        let r = match self.shards.get(h.id.shard) {
-            Some(link) => link.send_or_back(cmd),
-            None => Err(NotQueued::Gone),
-        };
-        match &r {
-            Ok(()) => {}
-            Err(NotQueued::Full(_)) => {
-                h.depth.release(n);
-                self.metrics.send_full.inc();
-            }
-            Err(NotQueued::Gone) => h.depth.release(n),
-        }
-        r
-    }
-
-    /// Queues `msgs` for slots already reserved in `h.depth`; a full
-    /// command queue hands them back.
+    /// Queues `msgs` for slots already reserved in `h.depth`. If the shard's
+    /// command queue is full the slots are released, the miss counted, and
+    /// the messages handed back.
     pub(crate) fn enqueue_batch_reserved(
         &self,
         h: &PeerHandle,
         msgs: Vec<Outgoing>,
         priority: bool,
-    ) -> Result<(), NotQueued<Vec<Outgoing>>> {
+    ) -> Result<(), Vec<Outgoing>> {
         let n = msgs.len();
         let cmd = Command::SendBatch {
             id: h.id,
@@ -558,31 +533,57 @@ impl Shared {
             msgs,
             high: priority,
         };
-        self.hand_over(h, cmd, n).map_err(|e| match e {
-            NotQueued::Full(Command::SendBatch { msgs, .. }) => NotQueued::Full(msgs),
-            _ => NotQueued::Gone,
-        })
+        let Some(link) = self.shards.get(h.id.shard) else {
+            h.depth.release(n);
+            self.metrics.send_full.inc();
+            return Err(Vec::new());
+        };
+        match link.send(cmd) {
+            Ok(()) => Ok(()),
+            Err(back) => {
+                h.depth.release(n);
+                self.metrics.send_full.inc();
+                match back {
+                    Command::SendBatch { msgs, .. } => Err(msgs),
+                    _ => Err(Vec::new()),
+                }
+            }
+        }
     }
 
     /// [`Shared::enqueue_reserved`] that hands the message back when the
-    /// shard's command queue is full, so the caller can wait and retry
-    /// without a copy.
+    /// shard's command queue is full (the slot released and the miss
+    /// counted), so the caller can wait and retry without a copy.
     pub(crate) fn enqueue_reserved_or_back(
         &self,
         h: &PeerHandle,
         msg: Outgoing,
         priority: bool,
-    ) -> Result<(), NotQueued<Outgoing>> {
+    ) -> Result<(), Outgoing> {
         let cmd = Command::Send {
             id: h.id,
             peer: h.peer.clone(),
             msg,
             high: priority,
         };
-        self.hand_over(h, cmd, 1).map_err(|e| match e {
-            NotQueued::Full(Command::Send { msg, .. }) => NotQueued::Full(msg),
-            _ => NotQueued::Gone,
-        })
+        let back = match self.shards.get(h.id.shard) {
+            Some(link) => match link.send(cmd) {
+                Ok(()) => return Ok(()),
+                Err(back) => back,
+            },
+            None => cmd,
+        };
+        h.depth.release(1);
+        self.metrics.send_full.inc();
+        match back {
+            Command::Send { msg, .. } => Err(msg),
+            // The queue hands back the command it was given: a Send.
+            _ => {
+                debug_assert!(false, "a shard queue handed back another command");
+                self.metrics.send_dropped("internal");
+                Ok(())
+            }
+        }
     }
 
     /// Queues `msg` for a slot already reserved in `h.depth`.

@@ -79,33 +79,7 @@ pub(crate) struct ShardLink {
     pub waker: Arc<ShardWaker>,
 }
 
-/// Why a command did not reach its shard.
-pub(crate) enum NotQueued<T> {
-    /// The shard's command queue is full (it is draining): `T` comes back
-    /// for a retry.
-    Full(T),
-    /// The shard has exited (shutdown, or its driver failed): retrying
-    /// cannot help.
-    Gone,
-}
-
 impl ShardLink {
-    /// [`ShardLink::send`] that tells a full queue (the command comes back)
-    /// from a shard that is gone.
-    // The command comes back by value only when the queue is full; boxing
-    // it would allocate on every send.
-    #[allow(clippy::result_large_err)]
-    pub fn send_or_back(&self, cmd: Command) -> Result<(), NotQueued<Command>> {
-        match self.tx.try_send(cmd) {
-            Ok(()) => {
-                self.waker.wake();
-                Ok(())
-            }
-            Err(TrySendError::Full(c)) => Err(NotQueued::Full(c)),
-            Err(TrySendError::Disconnected(_)) => Err(NotQueued::Gone),
-        }
-    }
-
     /// Enqueues without blocking; wakes the shard only if it sleeps.
     pub fn send(&self, cmd: Command) -> Result<(), Command> {
         match self.tx.try_send(cmd) {
@@ -1229,10 +1203,16 @@ impl ShardCore {
 impl Drop for ShardCore {
     /// Accepted messages that never reached a connection end here: those
     /// parked for a peer's replacement connection, and sends still in the
-    /// command queue (accepted just before shutdown). Each is counted as
+    /// command queue (accepted just before shutdown, or before the shard's
+    /// driver failed). Each is counted as
     /// `send_dropped{reason="shutdown"}`, like every other accepted message
     /// that is not delivered.
     fn drop(&mut self) {
+        // Senders waiting for room on this shard's connections must not wait
+        // (or retry a full command queue) forever: the shard is gone.
+        for (_, slot) in self.conns.iter() {
+            slot.depth.close();
+        }
         let parked: usize = self.parked.values().map(|p| p.msgs.len()).sum();
         let mut queued = 0;
         while let Ok(cmd) = self.rx.try_recv() {
