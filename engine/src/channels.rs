@@ -593,19 +593,7 @@ impl Shared {
         msg: Outgoing,
         priority: bool,
     ) -> Result<(), SendError> {
-        let cmd = Command::Send {
-            id: h.id,
-            peer: h.peer.clone(),
-            msg,
-            high: priority,
-        };
-        match self.shards.get(h.id.shard) {
-            Some(link) if link.send(cmd).is_ok() => Ok(()),
-            _ => {
-                h.depth.release(1);
-                self.metrics.send_full.inc();
-                Err(SendError::Full)
-            }
-        }
+        self.enqueue_reserved_or_back(h, msg, priority)
+            .map_err(|_| SendError::Full)
     }
 }
