@@ -321,17 +321,6 @@ struct Plan {
     base: Config,
 }
 
-impl Plan {
-    /// The spin the engine's blocking waits use with this config.
-    fn wait_spin(&self) -> Duration {
-        if self.base.busy_poll {
-            Duration::ZERO
-        } else {
-            self.base.wait_spin
-        }
-    }
-}
-
 fn plan(args: &BenchArgs) -> Result<Plan, BenchError> {
     let file = match &args.config {
         Some(p) => Some(
@@ -507,7 +496,7 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
             &p.backends,
             name,
             "raw TCP ping-pong",
-            || raw_tcp_pingpong_p50_us(size, messages, 1, p.wait_spin()),
+            || raw_tcp_pingpong_p50_us(size, messages, 1, p.base.effective_wait_spin()),
             |b| match scenario {
                 Scenario::Request => request_rpc(p, b, size, messages),
                 _ => rpc(p, b, size, messages, 1, "latency"),
@@ -524,7 +513,7 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
             &p.backends,
             "rpc",
             &format!("raw TCP, {} pipelined", p.inflight),
-            || raw_tcp_pingpong_p50_us(size, messages, p.inflight, p.wait_spin()),
+            || raw_tcp_pingpong_p50_us(size, messages, p.inflight, p.base.effective_wait_spin()),
             |b| rpc(p, b, size, messages, p.inflight, "rpc"),
         )?);
         spin_matched(&mut results, p);
@@ -711,7 +700,7 @@ fn interleaved(
 /// and their raw TCP baseline ran with.
 fn spin_matched(results: &mut [RunResult], p: &Plan) {
     for r in results.iter_mut().rev().take(p.backends.len()) {
-        r.wait_spin_us = Some(p.wait_spin().as_micros() as u64);
+        r.wait_spin_us = Some(p.base.effective_wait_spin().as_micros() as u64);
     }
 }
 

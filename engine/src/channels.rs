@@ -182,10 +182,9 @@ impl Sender {
         payload: Bytes,
         priority: bool,
     ) -> Result<(), SendError> {
-        let msg = self.prepare(payload)?;
+        let mut msg = self.prepare(payload)?;
         let h = self.shared.peers.get(peer).ok_or(SendError::NotConnected)?;
         let limit = self.shared.config.peer_send_backlog;
-        let mut msg = msg;
         loop {
             if h.depth.reserve(limit).await == Reserve::Closed {
                 return Err(SendError::NotConnected);
@@ -227,10 +226,9 @@ impl Sender {
         payload: Bytes,
         priority: bool,
     ) -> Result<(), SendError> {
-        let msg = self.prepare(payload)?;
+        let mut msg = self.prepare(payload)?;
         let h = self.shared.peers.get(peer).ok_or(SendError::NotConnected)?;
         let limit = self.shared.config.peer_send_backlog;
-        let mut msg = msg;
         loop {
             if h.depth.reserve_blocking(limit) == Reserve::Closed {
                 return Err(SendError::NotConnected);
@@ -352,10 +350,13 @@ impl Sender {
     ) -> Result<Bytes, RequestError> {
         let mut rx = self.start_request(peer, payload, timeout)?;
         use tokio::sync::oneshot::error::TryRecvError;
-        let spun = crate::wait::spin_then(self.shared.wait_spin(), None, || match rx.try_recv() {
-            Err(TryRecvError::Empty) => None,
-            done => Some(done),
-        });
+        let spun =
+            crate::wait::spin_then(self.shared.config.effective_wait_spin(), None, || match rx
+                .try_recv()
+            {
+                Err(TryRecvError::Empty) => None,
+                done => Some(done),
+            });
         match spun {
             Some(done) => done.map_err(|_| RequestError::Disconnected)?,
             None => rx.blocking_recv().map_err(|_| RequestError::Disconnected)?,
@@ -443,7 +444,7 @@ impl Receiver {
         let m = self
             .spec
             .inbox
-            .recv_blocking(self.shared.wait_spin())
+            .recv_blocking(self.shared.config.effective_wait_spin())
             .ok_or(RecvError)?;
         self.freed();
         Ok(m)
@@ -463,7 +464,7 @@ impl Receiver {
         match self
             .spec
             .inbox
-            .recv_deadline(deadline, self.shared.wait_spin())
+            .recv_deadline(deadline, self.shared.config.effective_wait_spin())
         {
             Ok(m) => {
                 self.freed();

@@ -243,6 +243,18 @@ impl Config {
         }
     }
 
+    /// How long a blocking application call looks before parking:
+    /// [`Config::wait_spin`], or nothing under [`Config::busy_poll`] (a
+    /// waiter yielding to a shard that never yields loses its core for a
+    /// whole scheduler slice).
+    pub fn effective_wait_spin(&self) -> Duration {
+        if self.busy_poll {
+            Duration::ZERO
+        } else {
+            self.wait_spin
+        }
+    }
+
     /// Chooses the identity.
     pub fn with_identity(mut self, identity: Identity) -> Self {
         self.identity = identity;

@@ -214,11 +214,18 @@ impl Metrics {
 
     /// Counts an accepted message that will not be delivered.
     pub fn send_dropped(&self, reason: &str) {
-        self.send_dropped
-            .get_or_create(&ReasonLabel {
-                reason: reason.to_string(),
-            })
-            .inc();
+        self.send_dropped_n(reason, 1);
+    }
+
+    /// `n` accepted messages dropped for `reason` (one label lookup).
+    pub fn send_dropped_n(&self, reason: &str, n: usize) {
+        if n > 0 {
+            self.send_dropped
+                .get_or_create(&ReasonLabel {
+                    reason: reason.to_string(),
+                })
+                .inc_by(n as u64);
+        }
     }
 
     /// Accepted messages dropped for `reason` so far.

@@ -63,16 +63,6 @@ pub(crate) enum ControlEvent {
 }
 
 impl Shared {
-    /// How long a blocking application call looks before parking: the
-    /// configured spin, or none under busy-poll (see [`crate::wait`]).
-    pub fn wait_spin(&self) -> std::time::Duration {
-        if self.config.busy_poll {
-            std::time::Duration::ZERO
-        } else {
-            self.config.wait_spin
-        }
-    }
-
     /// Hands an event to the control shard; a full queue is counted (the
     /// gossip that produced it repeats on the next interval).
     pub fn to_control(&self, ev: ControlEvent) {

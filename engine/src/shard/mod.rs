@@ -827,9 +827,7 @@ impl ShardCore {
             if now.saturating_duration_since(p.since) >= wait {
                 let n = p.msgs.len();
                 self.parked.remove(peer);
-                for _ in 0..n {
-                    self.shared.metrics.send_dropped("disconnected");
-                }
+                self.shared.metrics.send_dropped_n("disconnected", n);
             }
         }
     }
@@ -1158,9 +1156,9 @@ impl ShardCore {
             .abort(crate::connection::CloseCause::Local(CloseReason::Normal));
         // Accepted messages still queued are gone with the connection: count
         // them (the stash is an inbound message, not counted here).
-        for _ in 0..slot.conn.dropped_on_close() {
-            self.shared.metrics.send_dropped("disconnected");
-        }
+        self.shared
+            .metrics
+            .send_dropped_n("disconnected", slot.conn.dropped_on_close());
         let label = slot.close_label.unwrap_or("io_error");
         self.shared.metrics.close(label);
         if slot.counted_handshaking {
@@ -1222,8 +1220,8 @@ impl Drop for ShardCore {
                 _ => {}
             }
         }
-        for _ in 0..parked + queued {
-            self.shared.metrics.send_dropped("shutdown");
-        }
+        self.shared
+            .metrics
+            .send_dropped_n("shutdown", parked + queued);
     }
 }
