@@ -177,6 +177,9 @@ pub(crate) struct ShardCore {
     recently_replaced: std::collections::VecDeque<(ConnId, Instant)>,
     pub shutdown: Option<Instant>,
     next_timer_sweep: Instant,
+    /// Set when [`ShardCore::poll_transmit`] hands the driver bytes; taken by
+    /// [`ShardCore::yield_for_commands`].
+    wrote: bool,
 }
 
 const TIMER_GRANULARITY: Duration = Duration::from_millis(20);
@@ -214,6 +217,7 @@ impl ShardCore {
             recently_replaced: std::collections::VecDeque::new(),
             shutdown: None,
             next_timer_sweep: Instant::now(),
+            wrote: false,
         }
     }
 
@@ -284,6 +288,15 @@ impl ShardCore {
     /// on the latency path. Returns true if a command arrived (and was
     /// handled).
     pub fn yield_for_commands(&mut self, actions: &mut Vec<DriverAction>) -> bool {
+        // A shard that wrote while requests are outstanding goes straight to
+        // its wait: what comes next is most likely an answer, which wakes it
+        // directly, while a yield on a busy core can leave it runnable
+        // behind the requester's spinning thread for a whole time slice
+        // after that answer arrived. (Without requests outstanding the yield
+        // stays: a producer streaming messages refills the queue during it.)
+        if std::mem::take(&mut self.wrote) && self.shared.rpc.outstanding() > 0 {
+            return self.has_commands(Instant::now(), actions);
+        }
         std::thread::yield_now();
         self.has_commands(Instant::now(), actions)
     }
@@ -1040,6 +1053,7 @@ impl ShardCore {
         }
         if out.is_some() {
             self.shared.metrics.writes.inc();
+            self.wrote = true;
         }
         out
     }
