@@ -54,6 +54,12 @@ use shoal_wire::{
 use crate::clock::Clock;
 use crate::queue_depth::QueueDepth;
 
+/// Average record size from which a frame counts as carrying large records
+/// ([`Connection::large_records`]). Measured on io_uring: 16 KiB messages
+/// fanned out to 16 peers went +2..14 % faster received one buffer at a
+/// time (then straight into frame buffers); 1 KiB messages were even; 64 B
+/// messages lost 12..35 % without the multishot receive.
+pub const LARGE_RECORD: usize = 4096;
 /// How long an orderly close waits for the peer's Close record.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Largest frame accepted before the handshake completes. Handshake frames
@@ -259,6 +265,12 @@ pub struct Connection {
     /// The opened frame being read, one record per [`Connection::poll_event`]
     /// (see there).
     records: Option<RecordReader>,
+    /// Plaintext length of that frame and records read from it so far.
+    frame_len: usize,
+    frame_records: usize,
+    /// The last whole frame averaged at least [`LARGE_RECORD`] bytes per
+    /// record (see [`Connection::large_records`]).
+    large_records: bool,
     next_message_id: u64,
     /// Messages fully encoded since the last [`Connection::take_encoded`].
     encoded: usize,
@@ -348,6 +360,9 @@ impl Connection {
             out: BytesMut::new(),
             events: VecDeque::new(),
             records: None,
+            frame_len: 0,
+            frame_records: 0,
+            large_records: false,
             next_message_id: 1,
             encoded: 0,
             queue_depth: None,
@@ -444,6 +459,17 @@ impl Connection {
     pub fn return_read_buf(&mut self, buf: BytesMut, now: Instant) {
         self.decoder.restore_read_buf(buf);
         self.last_rx = now;
+    }
+
+    /// Whether the peer's last frame carried large records (at least
+    /// [`LARGE_RECORD`] bytes each on average): large messages or chunks of
+    /// them. A driver that can receive straight into the frame buffer should
+    /// then not receive ahead into a shared pool (io_uring: one pooled receive
+    /// at a time instead of a multishot one, so the next large body can be
+    /// lent): copying large records out of a pool costs more than the receive
+    /// ahead saves, while for small records it is the other way round.
+    pub fn large_records(&self) -> bool {
+        self.large_records
     }
 
     /// Whether a large frame body is pending (see
@@ -695,12 +721,19 @@ impl Connection {
             // its bytes are in cache, instead of ~1,000 events queued first.
             if let Some(records) = self.records.as_mut() {
                 match records.next() {
-                    Some(Ok(rec)) => self.handle_record(rec, now),
+                    Some(Ok(rec)) => {
+                        self.frame_records += 1;
+                        self.handle_record(rec, now);
+                    }
                     Some(Err(e)) => {
                         self.records = None;
                         self.fail(CloseCause::Record(e));
                     }
-                    None => self.records = None,
+                    None => {
+                        self.records = None;
+                        self.large_records =
+                            self.frame_len >= LARGE_RECORD * self.frame_records.max(1);
+                    }
                 }
                 continue;
             }
@@ -735,6 +768,8 @@ impl Connection {
                     }
                 };
                 body.truncate(n);
+                self.frame_len = n;
+                self.frame_records = 0;
                 self.records = Some(RecordReader::new(body.freeze()));
             }
         }
@@ -1082,6 +1117,10 @@ mod tests {
     }
 
     fn cfg(seed: u64, t0: Instant) -> Arc<ConnectionConfig> {
+        cfg_framed(seed, t0, 4096)
+    }
+
+    fn cfg_framed(seed: u64, t0: Instant, max_frame_body: usize) -> Arc<ConnectionConfig> {
         Arc::new(ConnectionConfig {
             identity: Arc::new(Ed25519Signer::insecure_from_seed(seed)),
             handshake: Arc::new(HandshakeConfig {
@@ -1090,8 +1129,8 @@ mod tests {
                 synchrony_bound: Duration::from_secs(5),
                 timeout: Duration::from_secs(5),
             }),
-            max_frame_body: 4096,
-            max_write_batch: 16 * 1024,
+            max_frame_body,
+            max_write_batch: 4 * max_frame_body,
             idle_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(3),
             chunk_limits: ChunkLimits {
@@ -1139,8 +1178,16 @@ mod tests {
     }
 
     fn pair(t0: Instant) -> (Connection, Connection) {
-        let mut a = Connection::dialer(cfg(1, t0), Arc::new(Chans), allow_all(), key(2), t0);
-        let mut b = Connection::dialee(cfg(2, t0), Arc::new(Chans), allow_all(), t0);
+        pair_framed(t0, 4096)
+    }
+
+    fn pair_framed(t0: Instant, max_frame_body: usize) -> (Connection, Connection) {
+        let (ca, cb) = (
+            cfg_framed(1, t0, max_frame_body),
+            cfg_framed(2, t0, max_frame_body),
+        );
+        let mut a = Connection::dialer(ca, Arc::new(Chans), allow_all(), key(2), t0);
+        let mut b = Connection::dialee(cb, Arc::new(Chans), allow_all(), t0);
         let (ea, eb) = pump(&mut a, &mut b, t0);
         assert!(
             matches!(&ea[..], [Event::Established { peer }] if *peer == key(2)),
@@ -1196,6 +1243,55 @@ mod tests {
             assert_eq!(&p[..], &(i as u32).to_be_bytes());
         }
         assert_eq!(messages(ea), vec![(2, Bytes::from_static(b"pong"))]);
+    }
+
+    /// The receive-path hint follows the last whole frame: frames of large
+    /// messages set it, a frame of many small ones clears it again, and a
+    /// frame still being read changes nothing.
+    #[test]
+    fn large_records_follows_the_last_frame() {
+        let t0 = Instant::now();
+        // Frames as large as the defaults (`pair`'s 4 KiB frames chunk a
+        // large message into records just under 4 KiB).
+        let (mut a, mut b) = pair_framed(t0, 64 * 1024 + 256);
+        assert!(!b.large_records(), "handshake frames say nothing");
+        for _ in 0..3 {
+            a.send(
+                Outgoing::data(1, Bytes::from(vec![1u8; 16 * 1024]), false),
+                false,
+            )
+            .unwrap();
+        }
+        let (_, eb) = pump(&mut a, &mut b, t0);
+        assert_eq!(messages(eb).len(), 3);
+        assert!(b.large_records(), "16 KiB records");
+        for i in 0..200u32 {
+            a.send(
+                Outgoing::data(1, Bytes::from(i.to_be_bytes().to_vec()), false),
+                false,
+            )
+            .unwrap();
+        }
+        let batch = a.poll_transmit().unwrap();
+        b.feed(&batch, t0);
+        // Half-way through the frame: still the previous frame's verdict.
+        for _ in 0..100 {
+            assert!(matches!(b.poll_event(t0), Some(Event::Message { .. })));
+        }
+        assert!(b.large_records(), "the frame is not finished");
+        while b.poll_event(t0).is_some() {}
+        assert!(!b.large_records(), "4-byte records");
+        a.send(
+            Outgoing::data(1, Bytes::from(vec![2u8; LARGE_RECORD]), false),
+            false,
+        )
+        .unwrap();
+        let (_, eb) = pump(&mut a, &mut b, t0);
+        assert_eq!(messages(eb).len(), 1);
+        assert!(
+            b.large_records(),
+            "one record of {LARGE_RECORD} bytes and a header"
+        );
     }
 
     #[test]

@@ -56,6 +56,12 @@ pub struct Metrics {
     pub control_dropped: Counter,
     pub frames_out: Counter,
     pub writes: Counter,
+    /// Bytes received straight into a connection's frame buffer (every
+    /// epoll read; io_uring's direct receives).
+    pub recv_direct_bytes: Counter,
+    /// Bytes io_uring received into its shared buffer pool and copied into a
+    /// frame buffer (idle connections and the start of a burst).
+    pub recv_pooled_bytes: Counter,
     messages_in: Family<ChannelLabel, Counter>,
     messages_out: Family<ChannelLabel, Counter>,
     bytes_in: Family<ChannelLabel, Counter>,
@@ -142,6 +148,16 @@ impl Metrics {
             self.frames_out.clone(),
         );
         registry.register("writes", "Write operations submitted", self.writes.clone());
+        registry.register(
+            "recv_direct_bytes",
+            "Bytes received straight into frame buffers",
+            self.recv_direct_bytes.clone(),
+        );
+        registry.register(
+            "recv_pooled_bytes",
+            "Bytes received into the shared io_uring buffer pool and copied out",
+            self.recv_pooled_bytes.clone(),
+        );
         registry.register(
             "messages_in",
             "Messages received per channel",

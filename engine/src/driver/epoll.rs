@@ -109,6 +109,7 @@ pub(crate) fn run(mut core: ShardCore, busy_poll: bool) -> io::Result<()> {
                     }
                     Ok(n) => {
                         total += n;
+                        core.shared.metrics.recv_direct_bytes.inc_by(n as u64);
                         slot.conn.mark_received(Instant::now());
                         core.process_input(key, Instant::now());
                         if !core.wants_read(key) {

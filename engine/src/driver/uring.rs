@@ -168,9 +168,21 @@ impl Driver {
         s.cancel_sent = false;
         s.ops += 1;
         let fd = s.sock.as_raw_fd();
-        let sqe = opcode::RecvMulti::new(types::Fd(fd), BGID)
-            .build()
-            .user_data(user_data(OP_RECV, key));
+        // Large records: one pooled receive at a time, so that once a large
+        // body is pending the next receive goes straight into its frame
+        // buffer. A multishot receive keeps filling pool buffers with
+        // everything queued before the shard sees the first completion
+        // (64 x 64 KiB messages in a row: 0 bytes went direct).
+        let sqe = if core.large_records(key) {
+            let len = core.shared.config.recv_buffer_size.min(u32::MAX as usize) as u32;
+            opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), len)
+                .buf_group(BGID)
+                .build()
+                .flags(squeue::Flags::BUFFER_SELECT)
+        } else {
+            opcode::RecvMulti::new(types::Fd(fd), BGID).build()
+        };
+        let sqe = sqe.user_data(user_data(OP_RECV, key));
         self.push(sqe)
     }
 
@@ -575,6 +587,7 @@ fn handle_cqe(
                 let Some(bid) = cqueue::buffer_select(flags) else {
                     return Ok(());
                 };
+                core.shared.metrics.recv_pooled_bytes.inc_by(res as u64);
                 if let Some(data) = d.pool.filled(bid, res as usize) {
                     if let Some(slot) = core.conns.get_mut(key) {
                         slot.conn.feed(data, now);
@@ -617,6 +630,7 @@ fn handle_cqe(
                 return Ok(());
             };
             if res > 0 {
+                core.shared.metrics.recv_direct_bytes.inc_by(res as u64);
                 let n = (res as usize).min(buf.capacity() - buf.len());
                 // SAFETY: those bytes are initialised and within capacity:
                 // the completion says the kernel wrote `n` bytes (at most the

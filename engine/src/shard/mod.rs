@@ -1008,6 +1008,11 @@ impl ShardCore {
                 .is_some_and(|s| s.conn.large_body_pending())
     }
 
+    /// See [`Connection::large_records`].
+    pub fn large_records(&self, key: usize) -> bool {
+        self.conns.get(key).is_some_and(|s| s.conn.large_records())
+    }
+
     /// See [`Connection::lend_read_buf`]; `None` unless the connection wants
     /// input and a large body is pending.
     pub fn lend_read_buf(&mut self, key: usize) -> Option<(BytesMut, usize)> {
