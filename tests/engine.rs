@@ -472,7 +472,12 @@ fn batches_are_ordered_and_all_or_nothing(backend: Backend) {
 
 /// Every received byte is counted on exactly one receive path: straight into
 /// a frame buffer, or (io_uring only) through the shared pool and copied.
-/// Large frame bodies take the direct path on both backends.
+/// Large frame bodies take the direct path on both backends. (How much of
+/// each frame io_uring receives through the pool depends on timing: a
+/// receive that starts at a frame boundary takes a pool buffer, so a
+/// receiver that keeps up with the sender copies more. Every 64 KiB message
+/// here is a frame longer than one pool buffer, so each frame's tail, at
+/// least, is received direct.)
 fn receive_paths_account_for_every_byte(backend: Backend) {
     let nodes = mesh(backend, 2, &[chan(1)], |_| {});
     let (a, b) = (&nodes[0], &nodes[1]);
@@ -508,10 +513,7 @@ fn receive_paths_account_for_every_byte(backend: Backend) {
     );
     match backend {
         Backend::Epoll => assert_eq!(pooled, 0, "epoll has no pool"),
-        _ => assert!(
-            direct > pooled,
-            "large bodies go straight into frame buffers"
-        ),
+        _ => assert!(direct > 0, "large bodies go straight into frame buffers"),
     }
 }
 
