@@ -18,8 +18,10 @@
 //!   before the shard sees its first completion, so a stream of large
 //!   messages went through the pool (and a copy) almost entirely. A
 //!   connection whose last frame carried large records
-//!   ([`crate::connection::Connection::large_records`]) therefore takes one
-//!   pool buffer per receive instead, and its next large body goes direct.
+//!   ([`crate::connection::Connection::large_records`]) therefore receives
+//!   every read straight into its frame buffer, sized like an epoll read (a
+//!   quiet one holds that buffer until its next ping); if the buffer cannot
+//!   be lent it takes one pool buffer per receive, never a multishot one.
 //!   Small records keep the multishot receive: receiving ahead is worth more
 //!   to them than the copy costs (64 B messages lost 12–35 % without it).
 //!   `recv_direct_bytes` / `recv_pooled_bytes` show the split.
@@ -153,7 +155,8 @@ impl Driver {
     }
 
     /// Starts receiving: a direct receive into the connection's buffer when
-    /// a large body is pending, a multishot receive into the pool otherwise.
+    /// a large body is pending or the connection carries large records, a
+    /// multishot receive into the pool otherwise (see the module doc).
     fn arm_recv(&mut self, core: &mut ShardCore, key: usize) -> io::Result<()> {
         let Some(s) = self.socks.get_mut(&key) else {
             return Ok(());
@@ -177,9 +180,9 @@ impl Driver {
         s.cancel_sent = false;
         s.ops += 1;
         let fd = s.sock.as_raw_fd();
-        // Large records: one pooled receive at a time, so that once a large
-        // body is pending the next receive goes straight into its frame
-        // buffer. A multishot receive keeps filling pool buffers with
+        // Large records whose buffer could not be lent (input waits to be
+        // decoded first): one pooled receive at a time, so the next one can
+        // go direct. A multishot receive keeps filling pool buffers with
         // everything queued before the shard sees the first completion
         // (64 x 64 KiB messages in a row: 0 bytes went direct).
         let sqe = if core.large_records(key) {
@@ -605,10 +608,14 @@ fn handle_cqe(
                 d.pool.recycle(bid);
                 core.process_input(key, now);
                 if let Some(s) = d.socks.get(&key) {
-                    if s.recv_armed && (core.must_stop_reading(key) || core.large_body_pending(key))
+                    if s.recv_armed
+                        && (core.must_stop_reading(key)
+                            || core.large_body_pending(key)
+                            || core.large_records(key))
                     {
-                        // A large body goes straight into the frame buffer
-                        // once this receive has ended (re-armed as direct).
+                        // A large body, or a connection now carrying large
+                        // records, goes straight into the frame buffer once
+                        // this receive has ended (re-armed as direct).
                         d.cancel_recv(key)?;
                     } else if !s.recv_armed && !s.closing {
                         d.rearm.push(key);
