@@ -142,9 +142,12 @@ struct Driver {
 impl Driver {
     fn push(&mut self, sqe: squeue::Entry) -> io::Result<()> {
         loop {
-            // SAFETY: every SQE we build references either no memory or
+            // SAFETY: every SQE we build references either no memory, or
             // memory owned by a `USock` (`send`, `direct`) that stays alive
-            // and unmoved until the operation's completion is reaped.
+            // and unmoved until the operation's completion is reaped, or
+            // (receives with buffer selection) the registered buffer pool,
+            // which is unregistered and freed only after every operation
+            // completed (`drain_all`).
             let pushed = unsafe { self.ring.submission().push(&sqe) };
             if pushed.is_ok() {
                 return Ok(());
