@@ -53,6 +53,37 @@ pub struct Network {
     control_rx: StdReceiver<ControlEvent>,
 }
 
+/// What every connection of a node is configured with.
+fn connection_config(config: &Config) -> ConnectionConfig {
+    ConnectionConfig {
+        identity: config.identity.clone(),
+        handshake: Arc::new(config.handshake_config()),
+        max_frame_body: config.max_frame_body,
+        max_write_batch: config.max_write_batch,
+        idle_timeout: config.idle_timeout,
+        ping_interval: config.ping_interval,
+        chunk_limits: ChunkLimits {
+            max_in_progress_bytes: config.max_in_progress_bytes,
+            max_in_progress_messages: config.max_in_progress_messages,
+            ..ChunkLimits::default()
+        },
+        max_queued: config.peer_send_backlog.saturating_mul(2).max(64),
+        clock: Clock::system(),
+    }
+}
+
+#[cfg(test)]
+impl Network {
+    /// Shard 0's core, built as `start` builds it but driven by the test (no
+    /// thread, no sockets), with every key authorized.
+    pub(crate) fn into_shard_core(self) -> ShardCore {
+        let Network { shared, queues, .. } = self;
+        let rx = queues.into_iter().next().expect("at least one shard");
+        let conn_cfg = Arc::new(connection_config(&shared.config));
+        ShardCore::new(0, shared, rx, conn_cfg, Arc::new(|_: &PublicKey| true))
+    }
+}
+
 impl Network {
     /// Validates `config` and builds the network and its oracle.
     pub fn new(config: Config) -> Result<(Network, Oracle), Error> {
@@ -198,22 +229,7 @@ impl Network {
         };
         let local_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
 
-        let clock = Clock::system();
-        let conn_cfg = Arc::new(ConnectionConfig {
-            identity: config.identity.clone(),
-            handshake: Arc::new(config.handshake_config()),
-            max_frame_body: config.max_frame_body,
-            max_write_batch: config.max_write_batch,
-            idle_timeout: config.idle_timeout,
-            ping_interval: config.ping_interval,
-            chunk_limits: ChunkLimits {
-                max_in_progress_bytes: config.max_in_progress_bytes,
-                max_in_progress_messages: config.max_in_progress_messages,
-                ..ChunkLimits::default()
-            },
-            max_queued: config.peer_send_backlog.saturating_mul(2).max(64),
-            clock,
-        });
+        let conn_cfg = Arc::new(connection_config(config));
         let oracle = shared.oracle.clone();
         let me = config.identity.public_key().clone();
         let open = config.open;

@@ -1244,3 +1244,94 @@ impl Drop for ShardCore {
             .send_dropped_n("shutdown", parked + queued);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::metrics::ReasonLabel;
+    use crate::network::Network;
+    use crate::queue_depth::Reserve;
+    use shoal_crypto::{Ed25519Signer, Signer};
+
+    fn key(seed: u64) -> PublicKey {
+        Ed25519Signer::insecure_from_seed(seed).public_key().clone()
+    }
+
+    fn msg() -> Outgoing {
+        Outgoing::data(1, Bytes::from_static(b"m"), false)
+    }
+
+    /// A shard that exits (shutdown, or a failed driver) with accepted
+    /// messages it never handed to a connection counts each one as
+    /// `send_dropped{reason="shutdown"}` (sends still in its command queue,
+    /// messages parked for a peer's next connection), and closes its
+    /// connections' queue depths so a sender blocked on a full one returns
+    /// instead of waiting forever.
+    #[test]
+    fn an_exiting_shard_counts_what_it_drops_and_releases_blocked_senders() {
+        let (net, _oracle) = Network::new(Config::local(None)).unwrap();
+        let mut core = net.into_shard_core();
+        let shared = core.shared.clone();
+        let now = Instant::now();
+        let peer = key(7);
+        let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let slot_key = core.insert(false, Some((peer.clone(), addr)), now);
+        let id = ConnId {
+            shard: 0,
+            key: slot_key,
+            generation: core.conns[slot_key].generation,
+        };
+        // The connection's queue is full, and a sender waits for room.
+        let depth = core.conns[slot_key].depth.clone();
+        let limit = shared.config.peer_send_backlog;
+        while depth.try_reserve(limit) {}
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let blocked = {
+            let depth = depth.clone();
+            std::thread::spawn(move || done_tx.send(depth.reserve_blocking(limit)))
+        };
+        // Accepted but never handled: 3 sends and a batch of 2 in the command
+        // queue, 4 messages parked for another peer's replacement connection.
+        let link = &shared.shards[0];
+        for _ in 0..3 {
+            let send = Command::Send {
+                id,
+                peer: peer.clone(),
+                msg: msg(),
+                high: false,
+            };
+            assert!(link.send(send).is_ok());
+        }
+        let batch = Command::SendBatch {
+            id,
+            peer: peer.clone(),
+            msgs: vec![msg(), msg()],
+            high: false,
+        };
+        assert!(link.send(batch).is_ok());
+        core.parked.insert(
+            key(8),
+            Parked {
+                since: now,
+                msgs: (0..4).map(|_| (msg(), false)).collect(),
+            },
+        );
+
+        drop(core);
+
+        let dropped = shared
+            .metrics
+            .send_dropped
+            .get_or_create(&ReasonLabel {
+                reason: "shutdown".into(),
+            })
+            .get();
+        assert_eq!(dropped, 3 + 2 + 4);
+        let released = done_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the blocked sender was never released");
+        assert_eq!(released, Reserve::Closed);
+        blocked.join().unwrap().unwrap();
+    }
+}
