@@ -1014,7 +1014,7 @@ impl ShardCore {
     }
 
     /// See [`Connection::lend_read_buf`]; `None` unless the connection wants
-    /// input and a large body is pending.
+    /// input and a large body is pending or it carries large records.
     pub fn lend_read_buf(&mut self, key: usize) -> Option<(BytesMut, usize)> {
         if !self.wants_read(key) {
             return None;
