@@ -703,6 +703,10 @@ fn handle_cqe(
                     .user_data(user_data(OP_SEND, key));
                 d.push(sqe)?;
             } else {
+                // Release the written batch before sealing the next one: it
+                // shares its allocation with the connection's output buffer,
+                // which can then reuse it instead of taking fresh pages.
+                drop(batch);
                 d.flush(core, key)?;
             }
         }
