@@ -360,6 +360,15 @@ fn a_full_receiver_resumes_reading_without_waiting_for_a_ping(backend: Backend) 
             .send_to_blocking(&b.key(), Bytes::from(m), false)
             .unwrap();
     }
+    // Nobody has consumed yet, so the receiver (room for 2) fills and the
+    // connection pauses; wait for that rather than count on the consumer
+    // below being slower than the network (on a loaded machine it was not:
+    // the pause never happened and the test proved nothing).
+    let deadline = Instant::now() + WAIT;
+    while b.handle().metrics().receiver_full_pauses.get() == 0 {
+        assert!(Instant::now() < deadline, "the receiver never filled up");
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
@@ -472,12 +481,12 @@ fn batches_are_ordered_and_all_or_nothing(backend: Backend) {
 
 /// Every received byte is counted on exactly one receive path: straight into
 /// a frame buffer, or (io_uring only) through the shared pool and copied.
-/// Large frame bodies take the direct path on both backends. (How much of
-/// each frame io_uring receives through the pool depends on timing: a
-/// receive that starts at a frame boundary takes a pool buffer, so a
-/// receiver that keeps up with the sender copies more. Every 64 KiB message
-/// here is a frame longer than one pool buffer, so each frame's tail, at
-/// least, is received direct.)
+/// Large frame bodies take the direct path on both backends. (How much
+/// io_uring receives through the pool depends on timing: the first frame, and
+/// whatever a multishot receive takes before it is cancelled once records
+/// turn large, go through the pool. Every 64 KiB message here is a frame
+/// longer than one pool buffer, so at least each frame's tail is received
+/// direct.)
 fn receive_paths_account_for_every_byte(backend: Backend) {
     let nodes = mesh(backend, 2, &[chan(1)], |_| {});
     let (a, b) = (&nodes[0], &nodes[1]);

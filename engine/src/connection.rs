@@ -450,8 +450,11 @@ impl Connection {
     /// [`Connection::return_read_buf`] the connection decodes nothing new.
     ///
     /// Memory: a lent buffer stays lent until data arrives. For a connection
-    /// with large records that goes quiet that is at most `batch` bytes until
-    /// the peer's next ping, a small frame, ends the large-records state.
+    /// with large records that goes quiet that is what `prepare_read`
+    /// reserved at the frame boundary (normally [`shoal_wire::frame::IDLE_READ`]-sized, at most
+    /// `batch`) until the next small frame ends the large-records state: at
+    /// the latest the pong to our next ping. The idle shrink at the ping
+    /// after that releases it.
     pub fn lend_read_buf(&mut self, batch: usize) -> Option<(BytesMut, usize)> {
         if self.is_closed() || !(self.large_records || self.decoder.large_body_pending()) {
             return None;

@@ -4,24 +4,25 @@
 //! - The ring is created with `SINGLE_ISSUER | DEFER_TASKRUN | COOP_TASKRUN`
 //!   where the kernel has them (plain otherwise): only the shard thread
 //!   submits, and completions are processed when the shard asks for them.
-//! - Receives are multishot into the shard's provided-buffer ring
-//!   ([`BufferPool`]): one SQE per connection for as long as it keeps
-//!   reading. Backpressure (a full receiver, a quota) cancels the multishot
-//!   receive; it is re-armed when the connection resumes.
+//! - Connections carrying small records receive multishot into the shard's
+//!   provided-buffer ring ([`BufferPool`]): one SQE per connection for as
+//!   long as it keeps reading. Backpressure (a full receiver, a quota)
+//!   cancels the receive; it is re-armed when the connection resumes.
 //! - Large frame bodies skip the pool: when a connection has one pending, its
 //!   multishot receive is cancelled and a plain `recv` reads the rest of the
 //!   body (and the next length prefix) straight into the connection's frame
-//!   buffer, which the driver holds until the completion. While frames stay
-//!   large the connection keeps receiving that way, one SQE per frame and no
-//!   copy; the first small frame switches it back to multishot.
+//!   buffer, which the driver holds until the completion.
 //! - A multishot receive keeps filling pool buffers with whatever is queued
 //!   before the shard sees its first completion, so a stream of large
 //!   messages went through the pool (and a copy) almost entirely. A
 //!   connection whose last frame carried large records
 //!   ([`crate::connection::Connection::large_records`]) therefore receives
 //!   every read straight into its frame buffer, sized like an epoll read (a
-//!   quiet one holds that buffer until its next ping); if the buffer cannot
-//!   be lent it takes one pool buffer per receive, never a multishot one.
+//!   quiet one holds that buffer, normally 4 KiB, until the next small
+//!   frame: at the latest the pong to its next ping); the first frame of
+//!   small records switches it back to multishot. Should the buffer ever not
+//!   be lendable while records are large, it takes one pool buffer per
+//!   receive, never a multishot one.
 //!   Small records keep the multishot receive: receiving ahead is worth more
 //!   to them than the copy costs (64 B messages lost 12–35 % without it).
 //!   `recv_direct_bytes` / `recv_pooled_bytes` show the split.
@@ -183,8 +184,8 @@ impl Driver {
         s.cancel_sent = false;
         s.ops += 1;
         let fd = s.sock.as_raw_fd();
-        // Large records whose buffer could not be lent (input waits to be
-        // decoded first): one pooled receive at a time, so the next one can
+        // Large records whose buffer could not be lent (not expected today:
+        // a safety net): one pooled receive at a time, so the next one can
         // go direct. A multishot receive keeps filling pool buffers with
         // everything queued before the shard sees the first completion
         // (64 x 64 KiB messages in a row: 0 bytes went direct).
@@ -600,6 +601,12 @@ fn handle_cqe(
             }
             if res > 0 {
                 let Some(bid) = cqueue::buffer_select(flags) else {
+                    // The kernel always names the buffer it filled; if it
+                    // ever did not, a receive that ended must still be
+                    // re-armed or the connection would stall.
+                    if !more && !s.closing {
+                        d.rearm.push(key);
+                    }
                     return Ok(());
                 };
                 core.shared.metrics.recv_pooled_bytes.inc_by(res as u64);

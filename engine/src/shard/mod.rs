@@ -285,8 +285,8 @@ impl ShardCore {
     /// a woken shard on its waker's CPU) gets to enqueue the rest of its
     /// burst, so the burst costs one wake-up instead of one per message. A
     /// timed spin was measured worse on shared cores: it starved the threads
-    /// on the latency path. Returns true if a command arrived (and was
-    /// handled).
+    /// on the latency path. Not after a write while requests are outstanding
+    /// (see inside). Returns true if a command arrived (and was handled).
     pub fn yield_for_commands(&mut self, actions: &mut Vec<DriverAction>) -> bool {
         // A shard that wrote while requests are outstanding goes straight to
         // its wait: what comes next is most likely an answer, which wakes it
