@@ -20,9 +20,7 @@
 //!   every read straight into its frame buffer, sized like an epoll read (a
 //!   quiet one holds that buffer, normally 4 KiB, until the next small
 //!   frame: at the latest the pong to its next ping); the first frame of
-//!   small records switches it back to multishot. Should the buffer ever not
-//!   be lendable while records are large, it takes one pool buffer per
-//!   receive, never a multishot one.
+//!   small records switches it back to multishot.
 //!   Small records keep the multishot receive: receiving ahead is worth more
 //!   to them than the copy costs (64 B messages lost 12–35 % without it).
 //!   `recv_direct_bytes` / `recv_pooled_bytes` show the split.
@@ -100,8 +98,7 @@ fn build_ring(entries: u32) -> io::Result<IoUring> {
 pub(crate) fn probe() -> Result<(), String> {
     let ring = build_ring(8).map_err(|e| format!("io_uring_setup: {e}"))?;
     let pool = BufferPool::new(8, 4096).map_err(|e| e.to_string())?;
-    // SAFETY: the pool's ring memory is valid, page aligned and outlives the
-    // registration: we unregister before `pool` drops at the end of scope.
+    // SAFETY: the pool's ring memory is valid, page aligned and outlives the registration: we unregister before `pool` drops at the end of scope.
     unsafe {
         ring.submitter()
             .register_buf_ring_with_flags(pool.ring_addr(), pool.entries(), BGID, 0)
@@ -143,12 +140,7 @@ struct Driver {
 impl Driver {
     fn push(&mut self, sqe: squeue::Entry) -> io::Result<()> {
         loop {
-            // SAFETY: every SQE we build references either no memory, or
-            // memory owned by a `USock` (`send`, `direct`) that stays alive
-            // and unmoved until the operation's completion is reaped, or
-            // (receives with buffer selection) the registered buffer pool,
-            // which is unregistered and freed only after every operation
-            // completed (`drain_all`).
+            // SAFETY: every SQE we build references either no memory, or memory owned by a `USock` (`send`, `direct`) that stays alive and unmoved until the operation's completion is reaped, or (receives with buffer selection) the registered buffer pool, which is unregistered and freed only after every operation completed (`drain_all`).
             let pushed = unsafe { self.ring.submission().push(&sqe) };
             if pushed.is_ok() {
                 return Ok(());
@@ -184,21 +176,9 @@ impl Driver {
         s.cancel_sent = false;
         s.ops += 1;
         let fd = s.sock.as_raw_fd();
-        // Large records whose buffer could not be lent (not expected today:
-        // a safety net): one pooled receive at a time, so the next one can
-        // go direct. A multishot receive keeps filling pool buffers with
-        // everything queued before the shard sees the first completion
-        // (64 x 64 KiB messages in a row: 0 bytes went direct).
-        let sqe = if core.large_records(key) {
-            let len = core.shared.config.recv_buffer_size.min(u32::MAX as usize) as u32;
-            opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), len)
-                .buf_group(BGID)
-                .build()
-                .flags(squeue::Flags::BUFFER_SELECT)
-        } else {
-            opcode::RecvMulti::new(types::Fd(fd), BGID).build()
-        };
-        let sqe = sqe.user_data(user_data(OP_RECV, key));
+        let sqe = opcode::RecvMulti::new(types::Fd(fd), BGID)
+            .build()
+            .user_data(user_data(OP_RECV, key));
         self.push(sqe)
     }
 
@@ -257,8 +237,7 @@ pub(crate) fn run(mut core: ShardCore, busy_poll: bool) -> io::Result<()> {
     let cfg = &core.shared.config;
     let ring = build_ring(4096)?;
     let pool = BufferPool::new(cfg.recv_buffers, cfg.recv_buffer_size)?;
-    // SAFETY: the pool outlives the registration: it is unregistered at the
-    // end of `run` after every receive completed, before the pool drops.
+    // SAFETY: the pool outlives the registration: it is unregistered at the end of `run` after every receive completed, before the pool drops.
     unsafe {
         ring.submitter()
             .register_buf_ring_with_flags(pool.ring_addr(), pool.entries(), BGID, 0)?;
@@ -658,10 +637,7 @@ fn handle_cqe(
             if res > 0 {
                 core.shared.metrics.recv_direct_bytes.inc_by(res as u64);
                 let n = (res as usize).min(buf.capacity() - buf.len());
-                // SAFETY: those bytes are initialised and within capacity:
-                // the completion says the kernel wrote `n` bytes (at most the
-                // length we gave, which fit the spare capacity) and no longer
-                // touches the buffer.
+                // SAFETY: those bytes are initialised and within capacity: the completion says the kernel wrote `n` bytes (at most the length we gave, which fit the spare capacity) and no longer touches the buffer.
                 unsafe { buf.set_len(buf.len() + n) };
             }
             core.return_read_buf(key, buf, now);
