@@ -12,6 +12,9 @@
 //!   allows (baseline: one core's raw ring ChaCha20-Poly1305 seal rate).
 //! - `latency`: one request in flight, 64 B ping-pong (baseline: raw TCP
 //!   ping-pong p50 over loopback).
+//! - `shard-rtt`: 64 B round trips between in-shard handlers on both nodes,
+//!   no application thread (baseline: raw TCP ping-pong whose two threads
+//!   sleep in the kernel as idle shards do, or spin under `--busy-poll`).
 //! - `rpc`: `--inflight N` requests outstanding on one connection, echoed by
 //!   the peer; latency is per completed request (baseline: raw TCP with the
 //!   same N requests pipelined).
@@ -60,6 +63,9 @@ pub enum Scenario {
     /// The request API: one `request` in flight, answered by an in-shard
     /// handler on the peer (64 B, or `--size`); round trips vs raw TCP.
     Request,
+    /// Round trips between in-shard handlers on both nodes (no application
+    /// thread: two threads in all, as in the raw ping-pong); 64 B.
+    ShardRtt,
     /// One node sends each message to `--peers N` nodes (`Recipients::All`).
     Fanout,
     /// noise's BenchmarkSend: 5-byte (or `--size`) messages on one
@@ -75,7 +81,7 @@ impl Scenario {
     fn parse(s: &str) -> Result<Scenario, String> {
         <Scenario as ValueEnum>::from_str(s, true).map_err(|_| {
             format!(
-                "`bench.scenario` must be one of all, throughput, latency, rpc, request, fanout, send, idle, scale (got {s:?})"
+                "`bench.scenario` must be one of all, throughput, latency, rpc, request, shard-rtt, fanout, send, idle, scale (got {s:?})"
             )
         })
     }
@@ -239,6 +245,10 @@ struct RunResult {
     /// message before parking, µs (`Config::wait_spin`; 0 under busy-poll).
     #[serde(skip_serializing_if = "Option::is_none")]
     wait_spin_us: Option<u64>,
+    /// shard-rtt: the shards busy-polled (and the raw baseline's two threads
+    /// spun, to match); otherwise both slept in the kernel when idle.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    busy_poll: bool,
     /// Percentile curve for the plot: (quantile, µs).
     #[serde(skip)]
     curve: Vec<(f64, f64)>,
@@ -269,6 +279,7 @@ impl RunResult {
             ratio: 0.0,
             sealed_stream: None,
             wait_spin_us: None,
+            busy_poll: false,
             curve: Vec::new(),
             timeline: Vec::new(),
         }
@@ -292,7 +303,7 @@ impl RunResult {
     }
 
     fn is_latency(&self) -> bool {
-        matches!(self.scenario, "latency" | "rpc" | "request")
+        matches!(self.scenario, "latency" | "rpc" | "request" | "shard-rtt")
     }
 }
 
@@ -429,6 +440,7 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
         Scenario::Latency,
         Scenario::Rpc,
         Scenario::Request,
+        Scenario::ShardRtt,
         Scenario::Fanout,
         Scenario::Send,
         Scenario::Idle,
@@ -503,6 +515,32 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
             },
         )?);
         spin_matched(&mut results, p);
+    }
+    if wants(Scenario::ShardRtt) {
+        // The baseline's two threads wait as the shards do: they spin for
+        // `idle_spin` then sleep in the kernel, or spin throughout under
+        // busy-poll (bounded by STALL).
+        let size = if all { 64 } else { p.size.unwrap_or(64) };
+        let messages = p.messages.unwrap_or(5000).max(1);
+        let wait = if p.base.busy_poll {
+            Wait::BusyPoll
+        } else {
+            Wait::SpinThenBlock(p.base.idle_spin)
+        };
+        results.extend(interleaved(
+            &pb,
+            rounds,
+            &p.backends,
+            "shard-rtt",
+            "raw TCP ping-pong",
+            || raw_tcp_pingpong(size, messages, 1, wait),
+            |b| shard_rtt(p, b, size, messages),
+        )?);
+        if !p.base.busy_poll {
+            for r in results.iter_mut().rev().take(p.backends.len()) {
+                r.wait_spin_us = Some(p.base.idle_spin.as_micros() as u64);
+            }
+        }
     }
     if wants(Scenario::Rpc) {
         let size = if all { 64 } else { p.size.unwrap_or(64) };
@@ -787,6 +825,10 @@ fn print_table(results: &[RunResult], rounds: usize) {
                 vs
             }
             "rpc" if r.baseline <= 0.0 => "n/a (too much to pipeline)".to_string(),
+            "shard-rtt" if r.busy_poll => format!(
+                "{:.2}x raw TCP p50 ({:.1} µs, both busy-poll)",
+                r.ratio, r.baseline
+            ),
             _ => match r.wait_spin_us.filter(|us| *us > 0) {
                 Some(us) => format!(
                     "{:.2}x raw TCP p50 ({:.1} µs, both spin {us} µs)",
@@ -889,6 +931,18 @@ struct Cluster {
 }
 
 fn cluster(p: &Plan, backend: Backend, spokes: usize, max_size: usize) -> Result<Cluster, String> {
+    cluster_with(p, backend, spokes, max_size, &|_, _| Ok(()))
+}
+
+/// [`cluster`], with `extra(i, network)` run on node `i` (0 is the hub)
+/// before it starts, for scenario-specific channels and handlers.
+fn cluster_with(
+    p: &Plan,
+    backend: Backend,
+    spokes: usize,
+    max_size: usize,
+    extra: &dyn Fn(usize, &mut Network) -> Result<(), String>,
+) -> Result<Cluster, String> {
     let ids: Vec<Arc<Ed25519Signer>> = (0..=spokes)
         .map(|_| Arc::new(Ed25519Signer::generate()))
         .collect();
@@ -912,6 +966,7 @@ fn cluster(p: &Plan, backend: Backend, spokes: usize, max_size: usize) -> Result
             .map_err(|e| e.to_string())?;
         net.handle(RPC_CHANNEL, Arc::new(|_, request| Ok(Some(request))))
             .map_err(|e| e.to_string())?;
+        extra(i, &mut net)?;
         if i == 0 {
             oracle.register(0, keys.clone());
         } else {
@@ -1145,7 +1200,7 @@ fn rpc(
         Ok(())
     });
     let mut hist =
-        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
+        Histogram::<u64>::new_with_bounds(1, LATENCY_MAX_NS, 3).map_err(|e| e.to_string())?;
     let mut tl = Timeline::new(Instant::now());
     let mut outstanding: HashMap<u64, Instant> = HashMap::with_capacity(inflight);
     let request = |seq: u64| {
@@ -1180,7 +1235,7 @@ fn rpc(
         };
         delivered += 1;
         tl.add(now);
-        hist.record((now.duration_since(sent).as_nanos() as u64 / 1000).max(1))
+        hist.record(nanos(now.duration_since(sent)))
             .map_err(|e| e.to_string())?;
         if (next as usize) < messages {
             outstanding.insert(next, Instant::now());
@@ -1217,7 +1272,7 @@ fn request_rpc(
     let b = spokes.into_iter().next().ok_or("no spoke")?;
     let b_key = b.h.public_key();
     let mut hist =
-        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
+        Histogram::<u64>::new_with_bounds(1, LATENCY_MAX_NS, 3).map_err(|e| e.to_string())?;
     let mut tl = Timeline::new(Instant::now());
     let mut req = vec![0x5Au8; size];
     let start = Instant::now();
@@ -1236,7 +1291,7 @@ fn request_rpc(
                 "request {seq}: the reply does not echo the request"
             ));
         }
-        hist.record(now.duration_since(t).as_micros().max(1) as u64)
+        hist.record(nanos(now.duration_since(t)))
             .map_err(|e| e.to_string())?;
         tl.add(now);
         delivered += 1;
@@ -1247,6 +1302,118 @@ fn request_rpc(
     res.finish(messages, delivered, seconds, delivered * size * 2);
     res.timeline = tl.rates();
     Ok(res.with_latency(&hist))
+}
+
+/// The shard-rtt scenario's channel: both nodes answer it from a handler.
+const PING_CHANNEL: u32 = 3;
+
+/// The hub's side of the in-shard ping-pong: times each echo, checks it,
+/// and answers it with the next ping until `want` round trips are done.
+struct PingState {
+    want: usize,
+    done: usize,
+    size: usize,
+    sent_at: Instant,
+    hist: Histogram<u64>,
+    /// The first echo that was not the ping just sent, if any.
+    corrupt: Option<usize>,
+    finished: Option<std::sync::mpsc::SyncSender<()>>,
+}
+
+impl PingState {
+    fn ping(seq: usize, size: usize) -> Bytes {
+        let mut v = vec![0x5Au8; size];
+        v[..8].copy_from_slice(&(seq as u64).to_be_bytes());
+        Bytes::from(v)
+    }
+
+    /// One echo arrived on the hub's shard; `Some` is the next ping.
+    fn on_echo(&mut self, echo: &[u8]) -> Option<Bytes> {
+        let now = Instant::now();
+        if self.done >= self.want || self.corrupt.is_some() {
+            return None;
+        }
+        if echo != Self::ping(self.done, self.size) {
+            self.corrupt = Some(self.done);
+            self.finished.take().map(|f| f.send(()));
+            return None;
+        }
+        let _ = self.hist.record(nanos(now.duration_since(self.sent_at)));
+        self.done += 1;
+        if self.done == self.want {
+            self.finished.take().map(|f| f.send(()));
+            return None;
+        }
+        self.sent_at = Instant::now();
+        Some(Self::ping(self.done, self.size))
+    }
+}
+
+/// Round trips with no application thread: the hub's in-shard handler sends
+/// the next ping when the spoke's in-shard handler has echoed the last one,
+/// so the two nodes' shards are the only threads, as in the raw ping-pong.
+/// What a validator answering from handlers sees of the engine, and the
+/// like-for-like comparison under busy-poll on two cores (an application
+/// thread would be a third spinner).
+fn shard_rtt(
+    p: &Plan,
+    backend: Backend,
+    size: usize,
+    messages: usize,
+) -> Result<RunResult, String> {
+    let size = size.max(8);
+    let (finished, all_done) = std::sync::mpsc::sync_channel(1);
+    let state = Arc::new(std::sync::Mutex::new(PingState {
+        want: messages,
+        done: 0,
+        size,
+        sent_at: Instant::now(),
+        hist: Histogram::new_with_bounds(1, LATENCY_MAX_NS, 3).map_err(|e| e.to_string())?,
+        corrupt: None,
+        finished: Some(finished),
+    }));
+    let hub_state = state.clone();
+    let hub_tx: std::sync::Mutex<Option<Sender>> = std::sync::Mutex::new(None);
+    let Cluster { hub: a, spokes } = cluster_with(p, backend, 1, size, &|i, net| {
+        let handler: shoal::engine::Handler = if i == 0 {
+            let st = hub_state.clone();
+            Arc::new(move |_, echo| {
+                let mut st = st.lock().map_err(|_| "ping state poisoned".to_string())?;
+                Ok(st.on_echo(&echo))
+            })
+        } else {
+            Arc::new(|_, ping| Ok(Some(ping)))
+        };
+        let (tx, _rx) = net
+            .register(PING_CHANNEL, None, size.max(1024), 16, None)
+            .map_err(|e| e.to_string())?;
+        if i == 0 {
+            *hub_tx.lock().map_err(|_| "poisoned")? = Some(tx);
+        }
+        net.handle(PING_CHANNEL, handler).map_err(|e| e.to_string())
+    })?;
+    let mut res = RunResult::new("shard-rtt", backend_name(&a.h), p.shards, size);
+    let b = spokes.into_iter().next().ok_or("no spoke")?;
+    let ping_tx = hub_tx
+        .into_inner()
+        .map_err(|_| "poisoned")?
+        .ok_or("no ping channel")?;
+    let start = Instant::now();
+    state.lock().map_err(|_| "ping state poisoned")?.sent_at = Instant::now();
+    ping_tx
+        .send_to_blocking(&b.h.public_key(), PingState::ping(0, size), true)
+        .map_err(|e| format!("send failed: {e}"))?;
+    let _ = all_done.recv_timeout(STALL.saturating_mul(4));
+    let seconds = start.elapsed().as_secs_f64();
+    a.h.shutdown(Duration::from_millis(100));
+    b.h.shutdown(Duration::from_millis(100));
+    let st = state.lock().map_err(|_| "ping state poisoned")?;
+    if let Some(n) = st.corrupt {
+        return Err(format!("shard-rtt: echo {n} does not match its ping"));
+    }
+    res.finish(messages, st.done, seconds, st.done * size * 2);
+    res.busy_poll = p.base.busy_poll;
+    Ok(res.with_latency(&st.hist))
 }
 
 /// The hub sends every message to all `peers` spokes (`Recipients::All`);
@@ -1315,13 +1482,25 @@ fn fanout(
     Ok(res)
 }
 
+/// Latency histograms count nanoseconds (3 significant figures) and report
+/// µs with a decimal: whole µs hid sub-µs differences at 5–10 µs.
+const LATENCY_MAX_NS: u64 = 60_000_000_000;
+
+fn nanos(d: Duration) -> u64 {
+    (d.as_nanos() as u64).max(1)
+}
+
+fn us(ns: u64) -> f64 {
+    ns as f64 / 1000.0
+}
+
 fn lat(h: &Histogram<u64>) -> Latency {
     Latency {
-        p50: h.value_at_quantile(0.5) as f64,
-        p90: h.value_at_quantile(0.9) as f64,
-        p99: h.value_at_quantile(0.99) as f64,
-        p999: h.value_at_quantile(0.999) as f64,
-        max: h.max() as f64,
+        p50: us(h.value_at_quantile(0.5)),
+        p90: us(h.value_at_quantile(0.9)),
+        p99: us(h.value_at_quantile(0.99)),
+        p999: us(h.value_at_quantile(0.999)),
+        max: us(h.max()),
     }
 }
 
@@ -1452,6 +1631,31 @@ fn raw_tcp_pingpong_p50_us(
     inflight: usize,
     spin: Duration,
 ) -> Result<f64, String> {
+    raw_tcp_pingpong(size, rounds, inflight, Wait::SpinThenBlock(spin))
+}
+
+/// How the raw ping-pong's threads wait for their next read.
+#[derive(Clone, Copy)]
+enum Wait {
+    /// Retry the empty read, yielding the core, for this long, then block
+    /// (the engine's `wait_spin`; zero blocks at once).
+    SpinThenBlock(Duration),
+    /// Retry without yielding, as busy-polling shards do (bounded by
+    /// [`STALL`], then block).
+    BusyPoll,
+}
+
+fn raw_tcp_pingpong(
+    size: usize,
+    rounds: usize,
+    inflight: usize,
+    wait: Wait,
+) -> Result<f64, String> {
+    let spin = match wait {
+        Wait::SpinThenBlock(d) => d,
+        Wait::BusyPoll => STALL,
+    };
+    let busy = matches!(wait, Wait::BusyPoll);
     let inflight = inflight.clamp(1, rounds.max(1));
     if inflight > 1 && inflight.saturating_mul(size) > 64 * 1024 {
         return Ok(0.0);
@@ -1464,7 +1668,7 @@ fn raw_tcp_pingpong_p50_us(
         s.set_nonblocking(!spin.is_zero())?;
         let mut buf = vec![0u8; size];
         for _ in 0..rounds {
-            read_spin_then_block(&mut s, &mut buf, spin)?;
+            read_spin_then_block(&mut s, &mut buf, spin, busy)?;
             write_all_any(&mut s, &buf)?;
         }
         Ok(())
@@ -1475,7 +1679,7 @@ fn raw_tcp_pingpong_p50_us(
         .map_err(|e| e.to_string())?;
     let mut buf = vec![0u8; size];
     let mut hist =
-        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
+        Histogram::<u64>::new_with_bounds(1, LATENCY_MAX_NS, 3).map_err(|e| e.to_string())?;
     let mut sent_at = std::collections::VecDeque::with_capacity(inflight);
     let mut sent = 0;
     for _ in 0..inflight {
@@ -1484,9 +1688,9 @@ fn raw_tcp_pingpong_p50_us(
         sent += 1;
     }
     for _ in 0..rounds {
-        read_spin_then_block(&mut c, &mut buf, spin).map_err(|e| e.to_string())?;
+        read_spin_then_block(&mut c, &mut buf, spin, busy).map_err(|e| e.to_string())?;
         if let Some(t) = sent_at.pop_front() {
-            let _ = hist.record((t.elapsed().as_nanos() as u64 / 1000).max(1));
+            let _ = hist.record(nanos(t.elapsed()));
         }
         if sent < rounds {
             sent_at.push_back(Instant::now());
@@ -1497,13 +1701,19 @@ fn raw_tcp_pingpong_p50_us(
     echo.join()
         .map_err(|_| "echo panicked")?
         .map_err(|e| e.to_string())?;
-    Ok(hist.value_at_quantile(0.5) as f64)
+    Ok(us(hist.value_at_quantile(0.5)))
 }
 
 /// Fills `buf` from `s`. On a nonblocking socket an empty read is retried,
-/// yielding the core, for up to `spin`; then the socket blocks for the rest
-/// of this read (the engine's `wait_spin`, done with sockets).
-fn read_spin_then_block(s: &mut TcpStream, buf: &mut [u8], spin: Duration) -> std::io::Result<()> {
+/// yielding the core (or not, if `busy`), for up to `spin`; then the socket
+/// blocks for the rest of this read (the engine's `wait_spin`, done with
+/// sockets).
+fn read_spin_then_block(
+    s: &mut TcpStream,
+    buf: &mut [u8],
+    spin: Duration,
+    busy: bool,
+) -> std::io::Result<()> {
     use std::io::ErrorKind;
     let mut got = 0;
     let mut until = None;
@@ -1518,7 +1728,9 @@ fn read_spin_then_block(s: &mut TcpStream, buf: &mut [u8], spin: Duration) -> st
             Err(e) if e.kind() == ErrorKind::WouldBlock => {
                 let until = *until.get_or_insert_with(|| Instant::now() + spin);
                 if Instant::now() < until {
-                    std::thread::yield_now();
+                    if !busy {
+                        std::thread::yield_now();
+                    }
                 } else {
                     s.set_nonblocking(false)?;
                     let r = s.read(rest);

@@ -20,13 +20,14 @@ const MAX_NINES: f64 = 4.0;
 const POINTS: usize = 80;
 const MAX_TIMELINE_POINTS: usize = 400;
 
-/// (quantile, µs) at evenly spaced "nines" from p0 to p99.99.
+/// (quantile, µs) at evenly spaced "nines" from p0 to p99.99, from a
+/// histogram of nanoseconds.
 pub fn percentile_curve(h: &Histogram<u64>) -> Vec<(f64, f64)> {
     (0..=POINTS)
         .map(|k| {
             let nines = MAX_NINES * k as f64 / POINTS as f64;
             let q = 1.0 - 10f64.powf(-nines);
-            (q, h.value_at_quantile(q) as f64)
+            (q, h.value_at_quantile(q) as f64 / 1000.0)
         })
         .collect()
 }

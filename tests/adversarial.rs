@@ -451,6 +451,45 @@ fn huge_length_prefix(backend: Backend) {
     assert_exchange(&victim, &honest, 0, "after a 4 GiB length prefix");
 }
 
+/// Part of a frame, then the attacker's FIN in the same breath: the victim
+/// sees the data and the close together (one edge on epoll, where a short
+/// read must not be taken for "drained"), and must drop the connection at
+/// once, not at its handshake timeout (set far beyond `WAIT` here).
+fn partial_frame_then_fin(backend: Backend) {
+    let _g = serial();
+    let (victim, honest) = victim_and_honest(
+        backend,
+        || vec![chan(1)],
+        |c| c.handshake_timeout = Duration::from_secs(120),
+    );
+    let m = victim.handle().metrics();
+    for round in 0..3u64 {
+        let before = closes(m);
+        let received = || m.recv_direct_bytes.get() + m.recv_pooled_bytes.get();
+        let mut s = raw_connect(victim.addr);
+        // The length first, and wait until the victim has read it: its
+        // socket is then drained and registered, so the rest and the FIN
+        // below reach a quiet connection (on epoll: as one new edge).
+        let read0 = received();
+        s.write_all(&200u32.to_be_bytes()).unwrap();
+        wait_until("the length read", || received() >= read0 + 4);
+        s.write_all(&noise(40 + round, 50)).unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let t = wait_dropped(&mut s, "a partial frame then FIN");
+        let mut got = Vec::new();
+        wait_until("the close counted", || {
+            got = moved(m, &before);
+            !got.is_empty()
+        });
+        assert!(
+            got.iter().all(|(l, _)| *l != "handshake_timeout"),
+            "{got:?}"
+        );
+        eprintln!("[partial frame then FIN, round {round}] dropped after {t:?}; closes {got:?}");
+    }
+    assert_exchange(&victim, &honest, 0, "after partial frames then FIN");
+}
+
 fn slow_hello(backend: Backend) {
     let _g = serial();
     let (victim, honest, _p, hello, _) =
@@ -1032,6 +1071,7 @@ both_backends!(
     random_bytes_after_connect,
     huge_length_prefix,
     slow_hello,
+    partial_frame_then_fin,
     many_silent_connections,
     replayed_hello,
     unregistered_channel,

@@ -512,6 +512,13 @@ fn bench_json_rpc_and_fanout() {
     assert!(v["latency_us"]["p50"].as_f64().unwrap() > 0.0, "{v}");
     // Its raw TCP baseline waited the way the engine's waiters did.
     assert_eq!(v["wait_spin_us"], 100, "{v}");
+    // Round trips between in-shard handlers: every echo checked, no
+    // application thread on either side.
+    let v = bench_json(&["--scenario", "shard-rtt", "--messages", "200"]);
+    assert_eq!(v["scenario"], "shard-rtt");
+    assert_eq!(v["delivered"], 200, "{v}");
+    assert!(v["latency_us"]["p50"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(v["baseline"].as_f64().unwrap() > 0.0, "{v}");
     let v = bench_json(&[
         "--scenario",
         "latency",

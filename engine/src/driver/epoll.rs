@@ -33,6 +33,9 @@ struct Sock {
     pending: Option<Bytes>,
     connecting: bool,
     readable: bool,
+    /// The peer shut its side (or the socket failed): a short read no longer
+    /// means "drained until the next edge", read on until `Ok(0)`.
+    read_closed: bool,
     writable: bool,
 }
 
@@ -102,7 +105,9 @@ pub(crate) fn run(mut core: ShardCore, busy_poll: bool) -> io::Result<()> {
                 if want == 0 {
                     break;
                 }
-                match pool::recv_into_spare(&sock.stream, slot.conn.read_buf(), want) {
+                let buf = slot.conn.read_buf();
+                let asked = want.min(buf.capacity() - buf.len());
+                match pool::recv_into_spare(&sock.stream, buf, want) {
                     Ok(0) => {
                         failed = Some("connection closed by peer".to_string());
                         break;
@@ -112,6 +117,15 @@ pub(crate) fn run(mut core: ShardCore, busy_poll: bool) -> io::Result<()> {
                         core.shared.metrics.recv_direct_bytes.inc_by(n as u64);
                         slot.conn.mark_received(Instant::now());
                         core.process_input(key, Instant::now());
+                        // A short read drained the socket: data that arrives
+                        // later raises a new edge, so asking again now would
+                        // only cost a `WouldBlock` (one syscall per message on
+                        // a ping-pong; tokio relies on the same). Not after
+                        // the peer's FIN, which raises no further edge.
+                        if n < asked && !sock.read_closed {
+                            sock.readable = false;
+                            break;
+                        }
                         if !core.wants_read(key) {
                             break;
                         }
@@ -252,6 +266,9 @@ pub(crate) fn run(mut core: ShardCore, busy_poll: bool) -> io::Result<()> {
             if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
                 sock.readable = true;
             }
+            if ev.is_read_closed() || ev.is_error() {
+                sock.read_closed = true;
+            }
             if ev.is_writable() {
                 sock.writable = true;
                 if sock.pending.is_some() {
@@ -287,6 +304,7 @@ fn register(
             pending: None,
             connecting,
             readable: !connecting,
+            read_closed: false,
             writable: !connecting,
         },
     );
