@@ -473,9 +473,30 @@ fn batches_are_ordered_and_all_or_nothing(backend: Backend) {
         assert_eq!(from, a.key());
         assert_eq!(&m[..], &i.to_be_bytes(), "every message once, in order");
     }
+    // Every send variant refuses an unknown peer the same way, and counts it.
+    let m = a.handle().metrics();
+    let refused0 = m.send_not_connected.get();
+    let stranger = key(99);
     assert_eq!(
-        tx.send_batch_to(&key(99), [msg(0)], false),
+        tx.send_batch_to(&stranger, [msg(0)], false),
         Err(SendError::NotConnected)
+    );
+    assert_eq!(
+        tx.send_batch_to_blocking(&stranger, [msg(0)], false),
+        Err(SendError::NotConnected)
+    );
+    assert_eq!(
+        tx.send_to(&stranger, msg(0), false),
+        Err(SendError::NotConnected)
+    );
+    assert_eq!(
+        tx.send_to_blocking(&stranger, msg(0), false),
+        Err(SendError::NotConnected)
+    );
+    assert_eq!(
+        m.send_not_connected.get() - refused0,
+        4,
+        "each refusal counted in send_not_connected"
     );
 }
 

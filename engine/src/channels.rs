@@ -167,11 +167,23 @@ impl Sender {
         priority: bool,
     ) -> Result<(), SendError> {
         let msg = self.prepare(payload)?;
-        let Some(h) = self.shared.peers.get(peer) else {
-            self.shared.metrics.send_not_connected.inc();
-            return Err(SendError::NotConnected);
-        };
+        let h = self.connected(peer)?;
         self.enqueue(&h, msg, priority)
+    }
+
+    /// The peer's connection handle, or `NotConnected` counted in
+    /// `send_not_connected` (every send variant refuses the same way).
+    fn connected(&self, peer: &PublicKey) -> Result<Arc<PeerHandle>, SendError> {
+        self.shared
+            .peers
+            .get(peer)
+            .ok_or_else(|| self.not_connected())
+    }
+
+    /// Counts a send refused because the peer is (no longer) connected.
+    fn not_connected(&self) -> SendError {
+        self.shared.metrics.send_not_connected.inc();
+        SendError::NotConnected
     }
 
     /// Sends to one peer, waiting (async) while its queue is full. Fails if
@@ -183,11 +195,11 @@ impl Sender {
         priority: bool,
     ) -> Result<(), SendError> {
         let mut msg = self.prepare(payload)?;
-        let h = self.shared.peers.get(peer).ok_or(SendError::NotConnected)?;
+        let h = self.connected(peer)?;
         let limit = self.shared.config.peer_send_backlog;
         loop {
             if h.depth.reserve(limit).await == Reserve::Closed {
-                return Err(SendError::NotConnected);
+                return Err(self.not_connected());
             }
             match self.enqueue_after_reserve(&h, msg, priority) {
                 Ok(()) => return Ok(()),
@@ -227,11 +239,11 @@ impl Sender {
         priority: bool,
     ) -> Result<(), SendError> {
         let mut msg = self.prepare(payload)?;
-        let h = self.shared.peers.get(peer).ok_or(SendError::NotConnected)?;
+        let h = self.connected(peer)?;
         let limit = self.shared.config.peer_send_backlog;
         loop {
             if h.depth.reserve_blocking(limit) == Reserve::Closed {
-                return Err(SendError::NotConnected);
+                return Err(self.not_connected());
             }
             match self.enqueue_after_reserve(&h, msg, priority) {
                 Ok(()) => return Ok(()),
@@ -254,10 +266,7 @@ impl Sender {
         priority: bool,
     ) -> Result<(), SendError> {
         let msgs = self.prepare_batch(payloads)?;
-        let Some(h) = self.shared.peers.get(peer) else {
-            self.shared.metrics.send_not_connected.inc();
-            return Err(SendError::NotConnected);
-        };
+        let h = self.connected(peer)?;
         if msgs.is_empty() {
             return Ok(());
         }
@@ -288,7 +297,7 @@ impl Sender {
         priority: bool,
     ) -> Result<(), SendError> {
         let msgs = self.prepare_batch(payloads)?;
-        let h = self.shared.peers.get(peer).ok_or(SendError::NotConnected)?;
+        let h = self.connected(peer)?;
         let limit = self.shared.config.peer_send_backlog;
         let piece_len = (limit / 2).max(1);
         let mut rest = msgs.into_iter();
@@ -300,11 +309,11 @@ impl Sender {
             }
             loop {
                 if h.depth.reserve_blocking_n(n, limit) == Reserve::Closed {
-                    return Err(SendError::NotConnected);
+                    return Err(self.not_connected());
                 }
                 match self.shared.enqueue_batch_reserved(&h, piece, priority) {
                     Ok(()) => break,
-                    Err(back) if back.is_empty() => return Err(SendError::NotConnected),
+                    Err(back) if back.is_empty() => return Err(self.not_connected()),
                     // The shard's command queue is full: it is draining.
                     Err(back) => {
                         piece = back;
@@ -376,10 +385,8 @@ impl Sender {
             SendError::NotConnected => RequestError::NotConnected,
         })?;
         let h = self
-            .shared
-            .peers
-            .get(peer)
-            .ok_or(RequestError::NotConnected)?;
+            .connected(peer)
+            .map_err(|_| RequestError::NotConnected)?;
         let (id, rx) = self.shared.rpc.register(h.id, timeout)?;
         msg.kind = shoal_wire::RecordKind::RpcRequest;
         msg.request_id = id;
