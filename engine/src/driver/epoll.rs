@@ -52,6 +52,7 @@ pub(crate) fn run(mut core: ShardCore, busy_poll: bool) -> io::Result<()> {
     let mut dirty = Vec::new();
     let mut idle = super::idle_spin::IdleSpin::new(core.shared.config.idle_spin);
     let mut had_events = false;
+    let mut may_read: Vec<usize> = Vec::new();
 
     loop {
         let now = Instant::now();
@@ -66,6 +67,7 @@ pub(crate) fn run(mut core: ShardCore, busy_poll: bool) -> io::Result<()> {
                     let key = core.insert(true, None, now);
                     let stream = TcpStream::from_std(std_stream);
                     register(&mut core, &poll, &mut socks, key, stream, false);
+                    may_read.push(key);
                 }
                 DriverAction::Dial(peer, addr) => {
                     core.shared.metrics.dials.inc();
@@ -79,14 +81,21 @@ pub(crate) fn run(mut core: ShardCore, busy_poll: bool) -> io::Result<()> {
             }
         }
 
-        // Reads: every socket that may have data and whose connection wants it.
-        let keys: Vec<usize> = socks
-            .iter()
-            .filter(|(_, s)| s.readable && !s.connecting)
-            .map(|(k, _)| *k)
-            .collect();
+        // Reads: every socket that may have data and whose connection wants
+        // it. `may_read` lists the sockets marked readable (plus, for a turn,
+        // some that stopped being so or closed): a turn looks at those, not
+        // at every socket (a node with thousands of quiet peers paid a scan
+        // of all of them per wake-up).
+        let mut keys = std::mem::take(&mut may_read);
+        keys.sort_unstable();
+        keys.dedup();
         let mut more_to_read = false;
         for key in keys {
+            if !socks.get(&key).is_some_and(|s| s.readable && !s.connecting) {
+                continue;
+            }
+            // Still listed next turn; dropped then if no longer readable.
+            may_read.push(key);
             if !core.wants_read(key) {
                 continue;
             }
@@ -244,6 +253,7 @@ pub(crate) fn run(mut core: ShardCore, busy_poll: bool) -> io::Result<()> {
                             sock.connecting = false;
                             sock.writable = true;
                             sock.readable = true;
+                            may_read.push(key);
                             let _ = sock.stream.set_nodelay(true);
                             core.dirty.push(key);
                         }
@@ -265,6 +275,7 @@ pub(crate) fn run(mut core: ShardCore, busy_poll: bool) -> io::Result<()> {
             }
             if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
                 sock.readable = true;
+                may_read.push(key);
             }
             if ev.is_read_closed() || ev.is_error() {
                 sock.read_closed = true;

@@ -135,6 +135,13 @@ struct Driver {
     socks: HashMap<usize, USock>,
     rearm: Vec<usize>,
     wake_armed: bool,
+    /// Sockets marked `closing`, each once: the loop looks for finished
+    /// closes among these, not across every socket each turn (a node with
+    /// thousands of quiet peers paid a scan of all of them per wake-up).
+    closing: Vec<usize>,
+    /// Sockets with a send in flight (`USock::send` is `Some`), kept so the
+    /// pre-sleep check is O(1).
+    sends_in_flight: usize,
 }
 
 impl Driver {
@@ -210,6 +217,7 @@ impl Driver {
         let (ptr, len) = (batch.as_ptr(), batch.len().min(u32::MAX as usize) as u32);
         s.send = Some(batch);
         s.ops += 1;
+        self.sends_in_flight += 1;
         let sqe = opcode::Send::new(types::Fd(fd), ptr, len)
             .flags(libc::MSG_NOSIGNAL)
             .build()
@@ -226,6 +234,7 @@ impl Driver {
         }
         s.closing = true;
         s.close_err = err;
+        self.closing.push(key);
         // Shutting the socket down completes its pending receive and send.
         let _ = s.sock.shutdown(std::net::Shutdown::Both);
         self.cancel_recv(key)
@@ -248,6 +257,8 @@ pub(crate) fn run(mut core: ShardCore, busy_poll: bool) -> io::Result<()> {
         socks: HashMap::new(),
         rearm: Vec::new(),
         wake_armed: false,
+        closing: Vec::new(),
+        sends_in_flight: 0,
     };
     let result = event_loop(&mut core, &mut d, busy_poll);
     // Reap whatever is still in flight before the pool is freed.
@@ -397,16 +408,19 @@ fn event_loop(core: &mut ShardCore, d: &mut Driver, busy_poll: bool) -> io::Resu
                 Some(_) => {}
             }
         }
-        // Free sockets whose operations all completed.
-        let done: Vec<usize> = d
-            .socks
-            .iter()
-            .filter(|(_, s)| s.closing && s.ops == 0)
-            .map(|(k, _)| *k)
-            .collect();
-        for key in done {
-            if let Some(s) = d.socks.remove(&key) {
-                core.finish_close(key, s.close_err);
+        // Free closing sockets whose operations all completed.
+        if !d.closing.is_empty() {
+            let mut i = 0;
+            while let Some(&key) = d.closing.get(i) {
+                match d.socks.get(&key) {
+                    Some(s) if s.ops > 0 => i += 1,
+                    _ => {
+                        d.closing.swap_remove(i);
+                        if let Some(s) = d.socks.remove(&key) {
+                            core.finish_close(key, s.close_err);
+                        }
+                    }
+                }
             }
         }
 
@@ -449,7 +463,7 @@ fn event_loop(core: &mut ShardCore, d: &mut Driver, busy_poll: bool) -> io::Resu
             // connection: wait for it briefly *without* announcing sleep, so
             // a producer mid-burst does not pay a wake-up for every message
             // only because the shard dozed between a send and its completion.
-            if d.socks.values().any(|s| s.send.is_some()) {
+            if d.sends_in_flight > 0 {
                 submit_and_wait(&d.ring, Duration::from_nanos(INFLIGHT_WAIT_NS))?;
                 if !d.ring.completion().is_empty()
                     || core.has_commands(Instant::now(), &mut actions)
@@ -554,10 +568,12 @@ fn handle_cqe(
                 }
             };
             match err {
-                Some(e) => {
+                Some(e) if !s.closing => {
                     s.closing = true;
                     s.close_err = Some(e);
+                    d.closing.push(key);
                 }
+                Some(_) => {}
                 None => {
                     d.arm_recv(core, key)?;
                     d.flush(core, key)?;
@@ -664,7 +680,9 @@ fn handle_cqe(
             };
             s.ops -= 1;
             if res < 0 {
-                s.send = None;
+                if s.send.take().is_some() {
+                    d.sends_in_flight -= 1;
+                }
                 let e = io::Error::from_raw_os_error(-res).to_string();
                 d.start_close(key, Some(e))?;
                 return Ok(());
@@ -672,6 +690,7 @@ fn handle_cqe(
             let Some(mut batch) = s.send.take() else {
                 return Ok(());
             };
+            d.sends_in_flight -= 1;
             core.shared.metrics.frames_out.inc();
             batch.advance((res as usize).min(batch.len()));
             if !batch.is_empty() && !s.closing {
@@ -680,6 +699,7 @@ fn handle_cqe(
                 let (ptr, len) = (batch.as_ptr(), batch.len().min(u32::MAX as usize) as u32);
                 s.send = Some(batch);
                 s.ops += 1;
+                d.sends_in_flight += 1;
                 let sqe = opcode::Send::new(types::Fd(fd), ptr, len)
                     .flags(libc::MSG_NOSIGNAL)
                     .build()
