@@ -280,7 +280,13 @@ impl Sender {
         let n = msgs.len() as u64;
         self.shared
             .enqueue_batch_reserved(&h, msgs, priority)
-            .map_err(|_| SendError::Full)?;
+            .map_err(|back| {
+                if back.is_empty() {
+                    self.not_connected()
+                } else {
+                    SendError::Full
+                }
+            })?;
         self.spec.metrics.messages_out.inc_by(n);
         Ok(())
     }
@@ -542,8 +548,9 @@ impl Shared {
             high: priority,
         };
         let Some(link) = self.shards.get(h.id.shard) else {
+            // No such shard (cannot happen for a live handle): the caller
+            // reports it as not connected, and counts it there.
             h.depth.release(n);
-            self.metrics.send_full.inc();
             return Err(Vec::new());
         };
         match link.send(cmd) {

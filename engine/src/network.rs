@@ -392,6 +392,7 @@ impl NetworkHandle {
     ) -> Result<(), crate::SendError> {
         if !self.is_connected(id) {
             let Ok(target) = <[u8; 32]>::try_from(id.as_bytes()) else {
+                self.shared.metrics.send_not_connected.inc();
                 return Err(crate::SendError::NotConnected);
             };
             // A lookup can end without the target when its query failed
@@ -411,6 +412,7 @@ impl NetworkHandle {
                 }
             }
             if !connected {
+                self.shared.metrics.send_not_connected.inc();
                 return Err(crate::SendError::NotConnected);
             }
         }

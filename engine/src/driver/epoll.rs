@@ -2,7 +2,9 @@
 //!
 //! # Design
 //! Edge-triggered readiness. Each socket remembers whether it may still have
-//! data (`readable`) or room (`writable`) since the last `WouldBlock`, so a
+//! data (`readable`) or room (`writable`) since the last `WouldBlock` (or,
+//! for data, the last short read: the socket was drained then, and new data
+//! raises a new edge; not after the peer's FIN, which raises none), so a
 //! connection paused by backpressure resumes reading without waiting for a new
 //! edge. Each `recv` goes straight into the connection's frame decoder, sized
 //! by it (the rest of a large body, or a batch of small frames), so received
@@ -246,6 +248,11 @@ pub(crate) fn run(mut core: ShardCore, busy_poll: bool) -> io::Result<()> {
             let Some(sock) = socks.get_mut(&key) else {
                 continue;
             };
+            // Before the connect check: a peer that speaks first and closes
+            // at once can deliver its data and FIN with the connect's event.
+            if ev.is_read_closed() || ev.is_error() {
+                sock.read_closed = true;
+            }
             if sock.connecting {
                 if ev.is_writable() || ev.is_error() || ev.is_write_closed() {
                     match sock.stream.take_error() {
@@ -276,9 +283,6 @@ pub(crate) fn run(mut core: ShardCore, busy_poll: bool) -> io::Result<()> {
             if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
                 sock.readable = true;
                 may_read.push(key);
-            }
-            if ev.is_read_closed() || ev.is_error() {
-                sock.read_closed = true;
             }
             if ev.is_writable() {
                 sock.writable = true;
