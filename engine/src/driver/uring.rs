@@ -455,6 +455,12 @@ fn event_loop(core: &mut ShardCore, d: &mut Driver, busy_poll: bool) -> io::Resu
             // Hand queued operations to the kernel before watching the queue.
             if !d.ring.submission().is_empty() {
                 d.ring.submit()?;
+                // A send usually completes inside that submit: go on with
+                // the next batch now instead of yielding the core first (a
+                // yield on a crowded core costs a sending shard ~0.5 ms).
+                if d.sends_in_flight > 0 && !d.ring.completion().is_empty() {
+                    continue;
+                }
             }
             if core.yield_for_commands(&mut actions) {
                 continue;
