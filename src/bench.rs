@@ -52,7 +52,8 @@ const MAX_BUCKETS: usize = 100_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Scenario {
-    /// Throughput, latency, rpc and fanout.
+    /// Every scenario below (shard-rtt twice: sleeping, then busy-polling
+    /// shards), each beside its baselines.
     All,
     /// One connection, `--size` messages, as fast as delivery allows.
     Throughput,
@@ -449,7 +450,9 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
     .into_iter()
     .filter(|s| wants(*s))
     .count();
-    let steps = scenarios * rounds * (1 + p.backends.len());
+    // `all` runs shard-rtt twice (sleeping and busy-polling shards).
+    let extra = usize::from(all && !p.base.busy_poll);
+    let steps = (scenarios + extra) * rounds * (1 + p.backends.len());
     let pb = progress_bar(steps as u64);
     let step = |what: String| {
         pb.set_message(what);
@@ -519,26 +522,35 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
     if wants(Scenario::ShardRtt) {
         // The baseline's two threads wait as the shards do: they spin for
         // `idle_spin` then sleep in the kernel, or spin throughout under
-        // busy-poll (bounded by STALL).
+        // busy-poll (bounded by STALL). The whole table (`all`) also runs
+        // the busy-poll variant, so one command shows both targets.
         let size = if all { 64 } else { p.size.unwrap_or(64) };
         let messages = p.messages.unwrap_or(5000).max(1);
-        let wait = if p.base.busy_poll {
-            Wait::BusyPoll
-        } else {
-            Wait::SpinThenBlock(p.base.idle_spin)
-        };
-        results.extend(interleaved(
-            &pb,
-            rounds,
-            &p.backends,
-            "shard-rtt",
-            "raw TCP ping-pong",
-            || raw_tcp_pingpong(size, messages, 1, wait),
-            |b| shard_rtt(p, b, size, messages),
-        )?);
-        if !p.base.busy_poll {
-            for r in results.iter_mut().rev().take(p.backends.len()) {
-                r.wait_spin_us = Some(p.base.idle_spin.as_micros() as u64);
+        let mut variants = vec![p.clone()];
+        if all && !p.base.busy_poll {
+            let mut busy = p.clone();
+            busy.base.busy_poll = true;
+            variants.push(busy);
+        }
+        for q in &variants {
+            let wait = if q.base.busy_poll {
+                Wait::BusyPoll
+            } else {
+                Wait::SpinThenBlock(q.base.idle_spin)
+            };
+            results.extend(interleaved(
+                &pb,
+                rounds,
+                &q.backends,
+                "shard-rtt",
+                "raw TCP ping-pong",
+                || raw_tcp_pingpong(size, messages, 1, wait),
+                |b| shard_rtt(q, b, size, messages),
+            )?);
+            if !q.base.busy_poll {
+                for r in results.iter_mut().rev().take(q.backends.len()) {
+                    r.wait_spin_us = Some(q.base.idle_spin.as_micros() as u64);
+                }
             }
         }
     }
@@ -842,6 +854,7 @@ fn print_table(results: &[RunResult], rounds: usize) {
             (_, Some(n), _) if r.scenario == "rpc" => format!("rpc x{n}"),
             (_, _, Some(n)) if r.scenario == "scale" => format!("scale x{n}"),
             (_, _, Some(n)) => format!("fanout x{n}"),
+            _ if r.scenario == "shard-rtt" && r.busy_poll => "rtt busy".to_string(),
             _ => r.scenario.to_string(),
         };
         println!(
