@@ -151,6 +151,11 @@ pub struct BenchArgs {
     /// idle: connections the node holds [default: 2000].
     #[arg(long)]
     connections: Option<usize>,
+    /// shard-rtt: the hub also holds N idle authenticated connections (raw
+    /// clients that never speak) on the same shard, so a loop turn's cost
+    /// with many quiet peers shows in the round trip [default: 0].
+    #[arg(long, value_name = "N")]
+    crowd: Option<usize>,
     /// idle: measure in this process (the default runs each backend in a
     /// fresh child process, so one run's freed memory cannot hide the next
     /// run's growth).
@@ -250,6 +255,9 @@ struct RunResult {
     /// spun, to match); otherwise both slept in the kernel when idle.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     busy_poll: bool,
+    /// shard-rtt: idle connections the hub held beside the measured one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    crowd: Option<usize>,
     /// Percentile curve for the plot: (quantile, µs).
     #[serde(skip)]
     curve: Vec<(f64, f64)>,
@@ -281,6 +289,7 @@ impl RunResult {
             sealed_stream: None,
             wait_spin_us: None,
             busy_poll: false,
+            crowd: None,
             curve: Vec::new(),
             timeline: Vec::new(),
         }
@@ -329,6 +338,8 @@ struct Plan {
     inflight: usize,
     peers: usize,
     batch: usize,
+    /// shard-rtt: idle connections the hub holds beside the measured one.
+    crowd: usize,
     /// Template for every node (listen and identity replaced per node).
     base: Config,
 }
@@ -412,6 +423,7 @@ fn plan(args: &BenchArgs) -> Result<Plan, BenchError> {
         inflight,
         peers,
         batch,
+        crowd: args.crowd.unwrap_or(0),
         base,
     })
 }
@@ -854,6 +866,9 @@ fn print_table(results: &[RunResult], rounds: usize) {
             (_, Some(n), _) if r.scenario == "rpc" => format!("rpc x{n}"),
             (_, _, Some(n)) if r.scenario == "scale" => format!("scale x{n}"),
             (_, _, Some(n)) => format!("fanout x{n}"),
+            _ if r.scenario == "shard-rtt" && r.crowd.is_some() => {
+                format!("rtt +{}", r.crowd.unwrap_or(0))
+            }
             _ if r.scenario == "shard-rtt" && r.busy_poll => "rtt busy".to_string(),
             _ => r.scenario.to_string(),
         };
@@ -944,7 +959,7 @@ struct Cluster {
 }
 
 fn cluster(p: &Plan, backend: Backend, spokes: usize, max_size: usize) -> Result<Cluster, String> {
-    cluster_with(p, backend, spokes, max_size, &|_, _| Ok(()))
+    cluster_with(p, backend, spokes, max_size, &[], &|_, _| Ok(()))
 }
 
 /// [`cluster`], with `extra(i, network)` run on node `i` (0 is the hub)
@@ -954,6 +969,7 @@ fn cluster_with(
     backend: Backend,
     spokes: usize,
     max_size: usize,
+    hub_also_allows: &[PublicKey],
     extra: &dyn Fn(usize, &mut Network) -> Result<(), String>,
 ) -> Result<Cluster, String> {
     let ids: Vec<Arc<Ed25519Signer>> = (0..=spokes)
@@ -970,6 +986,9 @@ fn cluster_with(
         cfg.backend = backend;
         // With pinning, consecutive nodes take consecutive cores.
         cfg.core_offset = i * cfg.shard_count();
+        if i == 0 {
+            cfg.max_inbound = cfg.max_inbound.max(hub_also_allows.len() + spokes + 16);
+        }
         let (mut net, oracle) = Network::new(cfg).map_err(|e| e.to_string())?;
         let (tx, rx) = net
             .register(1, None, max_size.max(1024), 8192, None)
@@ -981,7 +1000,9 @@ fn cluster_with(
             .map_err(|e| e.to_string())?;
         extra(i, &mut net)?;
         if i == 0 {
-            oracle.register(0, keys.clone());
+            let mut allowed = keys.clone();
+            allowed.extend_from_slice(hub_also_allows);
+            oracle.register(0, allowed);
         } else {
             oracle.register(0, vec![keys[0].clone()]);
         }
@@ -1387,7 +1408,14 @@ fn shard_rtt(
     }));
     let hub_state = state.clone();
     let hub_tx: std::sync::Mutex<Option<Sender>> = std::sync::Mutex::new(None);
-    let Cluster { hub: a, spokes } = cluster_with(p, backend, 1, size, &|i, net| {
+    let crowd: Vec<Arc<Ed25519Signer>> = (0..p.crowd)
+        .map(|_| Arc::new(Ed25519Signer::generate()))
+        .collect();
+    let crowd_keys: Vec<PublicKey> = crowd
+        .iter()
+        .map(|c| shoal::crypto::Signer::public_key(&**c).clone())
+        .collect();
+    let Cluster { hub: a, spokes } = cluster_with(p, backend, 1, size, &crowd_keys, &|i, net| {
         let handler: shoal::engine::Handler = if i == 0 {
             let st = hub_state.clone();
             Arc::new(move |_, echo| {
@@ -1407,6 +1435,31 @@ fn shard_rtt(
     })?;
     let mut res = RunResult::new("shard-rtt", backend_name(&a.h), p.shards, size);
     let b = spokes.into_iter().next().ok_or("no spoke")?;
+    // The crowd: authenticated connections that stay silent while measured.
+    let hub_addr = a.h.local_addr().ok_or("no listen address")?;
+    let mut quiet = Vec::with_capacity(crowd.len());
+    for c in &crowd {
+        let identity: shoal::engine::Identity = c.clone();
+        let (socket, _) = shoal::raw_client::dial(
+            hub_addr,
+            &a.h.public_key(),
+            identity,
+            &p.base,
+            Duration::from_secs(10),
+        )
+        .map_err(|e| format!("shard-rtt: crowd handshake: {e}"))?;
+        quiet.push(socket);
+    }
+    if !a
+        .h
+        .wait_peers(Duration::from_secs(30), |x| x.len() == crowd.len() + 1)
+    {
+        return Err(format!(
+            "shard-rtt: the hub holds {} of {} crowd connections",
+            a.h.peers().len().saturating_sub(1),
+            crowd.len()
+        ));
+    }
     let ping_tx = hub_tx
         .into_inner()
         .map_err(|_| "poisoned")?
@@ -1418,6 +1471,7 @@ fn shard_rtt(
         .map_err(|e| format!("send failed: {e}"))?;
     let _ = all_done.recv_timeout(STALL.saturating_mul(4));
     let seconds = start.elapsed().as_secs_f64();
+    drop(quiet);
     a.h.shutdown(Duration::from_millis(100));
     b.h.shutdown(Duration::from_millis(100));
     let st = state.lock().map_err(|_| "ping state poisoned")?;
@@ -1426,6 +1480,7 @@ fn shard_rtt(
     }
     res.finish(messages, st.done, seconds, st.done * size * 2);
     res.busy_poll = p.base.busy_poll;
+    res.crowd = (p.crowd > 0).then_some(p.crowd);
     Ok(res.with_latency(&st.hist))
 }
 

@@ -58,10 +58,10 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Benchmark a local loopback cluster (default: 64 KiB throughput, 64 B
-    /// round trips, 32 pipelined 64 B requests and a 16 KiB fanout to 3
-    /// peers, with same-run baselines).
-    Bench(bench::BenchArgs),
+    /// Benchmark a local loopback cluster: throughput, round trips,
+    /// requests, fan-out, memory and shard scaling, each beside same-run
+    /// baselines (see `--scenario`).
+    Bench(Box<bench::BenchArgs>),
 }
 
 fn keygen(out: &std::path::Path, force: bool) -> ExitCode {
@@ -100,7 +100,7 @@ fn main() -> ExitCode {
     match cli.cmd {
         Command::Keygen { out, force } => keygen(&out, force),
         Command::Node { config } => node::run(&config),
-        Command::Bench(args) => match bench::run(args) {
+        Command::Bench(args) => match bench::run(*args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(bench::BenchError::Config(e)) => {
                 eprintln!("shoal bench: {e}");

@@ -519,6 +519,20 @@ fn bench_json_rpc_and_fanout() {
     assert_eq!(v["delivered"], 200, "{v}");
     assert!(v["latency_us"]["p50"].as_f64().unwrap() > 0.0, "{v}");
     assert!(v["baseline"].as_f64().unwrap() > 0.0, "{v}");
+    // The same with quiet authenticated peers on the hub's shard.
+    let v = bench_json(&[
+        "--scenario",
+        "shard-rtt",
+        "--messages",
+        "100",
+        "--crowd",
+        "20",
+    ]);
+    assert_eq!(
+        (v["delivered"].as_u64(), v["crowd"].as_u64()),
+        (Some(100), Some(20)),
+        "{v}"
+    );
     let v = bench_json(&[
         "--scenario",
         "latency",
