@@ -4,7 +4,7 @@
 //!   pair, as a shard handles it: `send` on one side, `poll_transmit` (record
 //!   framing, sealing, the frame header), `feed` on the other side, then
 //!   `poll_event` until the message comes out (frame split, open, record
-//!   decode). Config as `Config::recommended` builds it.
+//!   decode). Configured by `Config::recommended(..).connection_config()`.
 //! - `hop/ring`: the same payload sealed and opened with raw `ring`
 //!   `LessSafeKey` in one reused buffer: the part of a hop no engine can
 //!   avoid.
@@ -23,13 +23,11 @@ use std::time::Instant;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
-use shoal::engine::clock::Clock;
 use shoal::engine::config::Config;
 use shoal::engine::connection::{
     ChannelLimit, ChannelLookup, Connection, ConnectionConfig, Event, Outgoing,
 };
 use shoal::engine::{Ed25519Signer, Identity};
-use shoal::wire::chunk::ChunkLimits;
 
 const SIZES: [usize; 3] = [64, 1024, 16 * 1024];
 const TAG_LEN: usize = 16;
@@ -42,29 +40,18 @@ impl ChannelLookup for OneChannel {
     }
 }
 
-fn conn_config(seed: u8, t0: Instant) -> Arc<ConnectionConfig> {
-    let identity: Identity = Arc::new(Ed25519Signer::insecure_from_seed(u64::from(seed)));
-    let c = Config::recommended(None).with_identity(identity.clone());
-    Arc::new(ConnectionConfig {
-        identity,
-        handshake: Arc::new(c.handshake_config()),
-        max_frame_body: c.max_frame_body,
-        max_write_batch: c.max_write_batch,
-        idle_timeout: c.idle_timeout,
-        ping_interval: c.ping_interval,
-        chunk_limits: ChunkLimits {
-            max_in_progress_bytes: c.max_in_progress_bytes,
-            max_in_progress_messages: c.max_in_progress_messages,
-            ..ChunkLimits::default()
-        },
-        max_queued: c.peer_send_backlog.saturating_mul(2).max(64),
-        clock: Clock::new(t0, 1_700_000_000_000),
-    })
+fn conn_config(seed: u64) -> Arc<ConnectionConfig> {
+    let identity: Identity = Arc::new(Ed25519Signer::insecure_from_seed(seed));
+    Arc::new(
+        Config::recommended(None)
+            .with_identity(identity)
+            .connection_config(),
+    )
 }
 
 /// An established pair (handshake driven to completion in memory).
 fn established(t0: Instant) -> (Connection, Connection) {
-    let (ca, cb) = (conn_config(1, t0), conn_config(2, t0));
+    let (ca, cb) = (conn_config(1), conn_config(2));
     let peer = cb.identity.public_key().clone();
     let mut a = Connection::dialer(ca, Arc::new(OneChannel), Arc::new(|_| true), peer, t0);
     let mut b = Connection::dialee(cb, Arc::new(OneChannel), Arc::new(|_| true), t0);

@@ -243,6 +243,26 @@ impl Config {
         }
     }
 
+    /// What every connection of a node with this config is configured
+    /// with (the sans-IO [`crate::connection::Connection`]'s settings).
+    pub fn connection_config(&self) -> crate::connection::ConnectionConfig {
+        crate::connection::ConnectionConfig {
+            identity: self.identity.clone(),
+            handshake: Arc::new(self.handshake_config()),
+            max_frame_body: self.max_frame_body,
+            max_write_batch: self.max_write_batch,
+            idle_timeout: self.idle_timeout,
+            ping_interval: self.ping_interval,
+            chunk_limits: shoal_wire::chunk::ChunkLimits {
+                max_in_progress_bytes: self.max_in_progress_bytes,
+                max_in_progress_messages: self.max_in_progress_messages,
+                ..shoal_wire::chunk::ChunkLimits::default()
+            },
+            max_queued: self.peer_send_backlog.saturating_mul(2).max(64),
+            clock: crate::clock::Clock::system(),
+        }
+    }
+
     /// How long a blocking application call looks before parking:
     /// [`Config::wait_spin`], or nothing under [`Config::busy_poll`] (a
     /// waiter yielding to a shard that never yields loses its core for a

@@ -28,12 +28,12 @@ use mio::{Events, Interest, Poll, Token};
 use prometheus_client::metrics::counter::Counter;
 use rand::Rng;
 use shoal_crypto::PublicKey;
-use shoal_wire::{ChunkLimits, CloseReason, Peers, Record};
+use shoal_wire::{CloseReason, Peers, Record};
 
 use crate::channels::{ChannelSpec, Channels, Receiver, Sender};
 use crate::clock::Clock;
 use crate::config::{Backend, Config};
-use crate::connection::{Authorizer, ConnectionConfig, ControlOut};
+use crate::connection::{Authorizer, ControlOut};
 use crate::discovery::{Discovery, DiscoveryConfig};
 use crate::error::Error;
 use crate::metrics::Metrics;
@@ -53,25 +53,6 @@ pub struct Network {
     control_rx: StdReceiver<ControlEvent>,
 }
 
-/// What every connection of a node is configured with.
-fn connection_config(config: &Config) -> ConnectionConfig {
-    ConnectionConfig {
-        identity: config.identity.clone(),
-        handshake: Arc::new(config.handshake_config()),
-        max_frame_body: config.max_frame_body,
-        max_write_batch: config.max_write_batch,
-        idle_timeout: config.idle_timeout,
-        ping_interval: config.ping_interval,
-        chunk_limits: ChunkLimits {
-            max_in_progress_bytes: config.max_in_progress_bytes,
-            max_in_progress_messages: config.max_in_progress_messages,
-            ..ChunkLimits::default()
-        },
-        max_queued: config.peer_send_backlog.saturating_mul(2).max(64),
-        clock: Clock::system(),
-    }
-}
-
 #[cfg(test)]
 impl Network {
     /// Shard 0's core, built as `start` builds it but driven by the test (no
@@ -79,7 +60,7 @@ impl Network {
     pub(crate) fn into_shard_core(self) -> ShardCore {
         let Network { shared, queues, .. } = self;
         let rx = queues.into_iter().next().expect("at least one shard");
-        let conn_cfg = Arc::new(connection_config(&shared.config));
+        let conn_cfg = Arc::new(shared.config.connection_config());
         ShardCore::new(0, shared, rx, conn_cfg, Arc::new(|_: &PublicKey| true))
     }
 }
@@ -229,7 +210,7 @@ impl Network {
         };
         let local_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
 
-        let conn_cfg = Arc::new(connection_config(config));
+        let conn_cfg = Arc::new(config.connection_config());
         let oracle = shared.oracle.clone();
         let me = config.identity.public_key().clone();
         let open = config.open;
