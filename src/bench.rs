@@ -866,9 +866,11 @@ fn print_table(results: &[RunResult], rounds: usize) {
             (_, Some(n), _) if r.scenario == "rpc" => format!("rpc x{n}"),
             (_, _, Some(n)) if r.scenario == "scale" => format!("scale x{n}"),
             (_, _, Some(n)) => format!("fanout x{n}"),
-            _ if r.scenario == "shard-rtt" && r.crowd.is_some() => {
-                format!("rtt +{}", r.crowd.unwrap_or(0))
-            }
+            _ if r.scenario == "shard-rtt" && r.crowd.is_some() => format!(
+                "rtt{} +{}",
+                if r.busy_poll { " busy" } else { "" },
+                r.crowd.unwrap_or(0)
+            ),
             _ if r.scenario == "shard-rtt" && r.busy_poll => "rtt busy".to_string(),
             _ => r.scenario.to_string(),
         };
