@@ -50,11 +50,11 @@ pub(crate) fn recv_into_spare(
 ) -> io::Result<usize> {
     let spare = buf.spare_capacity_mut();
     let len = max.min(spare.len());
-    // SAFETY: `spare[..len]` is writable memory owned by `buf`, `recv` writes at most `len` bytes into it and, being synchronous, the kernel keeps no reference to it once `recv` returns.
+    // SAFETY: the first `len` bytes of `spare` are writable memory owned by `buf`, `recv` writes at most `len` bytes into them and, being synchronous, the kernel keeps no reference to them once `recv` returns.
     let n = unsafe { libc::recv(src.as_raw_fd(), spare.as_mut_ptr().cast(), len, 0) };
     let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
     let new_len = buf.len() + n.min(len);
-    // SAFETY: `recv` initialised the first `n <= len` bytes of the spare capacity, so the new length covers initialised bytes within capacity.
+    // SAFETY: `recv` returned, so the kernel no longer touches the buffer, and it initialised the first `n` bytes of the spare capacity (`n` at most `len`), so the new length covers initialised bytes within capacity.
     unsafe { buf.set_len(new_len) };
     Ok(n)
 }
@@ -85,7 +85,7 @@ impl BufferPool {
                 .map_err(|_| oom())?;
         let bufs_layout =
             Layout::from_size_align(entries as usize * size, 4096).map_err(|_| oom())?;
-        // SAFETY: both layouts have non-zero size (entries >= 1, size >= 1), and the memory is owned by this struct and freed exactly once, in Drop, with these layouts.
+        // SAFETY: both layouts have a non-zero size (at least one entry of at least one byte), and the memory is owned by this struct and freed exactly once, in Drop, with these layouts; the kernel sees it only after registration.
         let (ring, bufs) = unsafe { (alloc_zeroed(ring_layout), alloc_zeroed(bufs_layout)) };
         let (Some(ring), Some(bufs)) =
             (NonNull::new(ring as *mut BufRingEntry), NonNull::new(bufs))
@@ -123,7 +123,7 @@ impl BufferPool {
         if bid >= self.entries || len > self.size {
             return None;
         }
-        // SAFETY: `bid < entries` and `len <= size` keep the range inside the allocation, and the caller got `bid` from a completion, after which the kernel does not touch this buffer until `recycle(bid)` publishes it again (the returned borrow of `self` prevents that meanwhile).
+        // SAFETY: the checks above keep the range inside the allocation (`bid` below `entries`, `len` at most `size`), and the caller got `bid` from a completion, after which the kernel does not touch this buffer until `recycle(bid)` publishes it again (the returned borrow of `self` prevents that meanwhile).
         Some(unsafe {
             std::slice::from_raw_parts(self.bufs.as_ptr().add(bid as usize * self.size), len)
         })
@@ -140,7 +140,7 @@ impl BufferPool {
     fn push(&mut self, bid: u16) {
         let mask = self.entries - 1;
         let idx = (self.tail & mask) as usize;
-        // SAFETY: `idx < entries` is inside the ring allocation, and the kernel only reads descriptors between its head and our published tail, while slot `tail & mask` is past the published tail.
+        // SAFETY: `idx` is masked below `entries`, so inside the ring allocation, and the kernel only reads descriptors between its head and our published tail, while slot `tail & mask` is past the published tail, so the kernel does not touch it yet.
         unsafe {
             let entry = &mut *self.ring.as_ptr().add(idx);
             entry.set_addr(self.bufs.as_ptr().add(bid as usize * self.size) as u64);
