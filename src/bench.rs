@@ -523,7 +523,14 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
             &p.backends,
             name,
             "raw TCP ping-pong",
-            || raw_tcp_pingpong_p50_us(size, messages, 1, p.base.effective_wait_spin()),
+            || {
+                raw_tcp_pingpong(
+                    size,
+                    messages,
+                    1,
+                    Wait::SpinThenBlock(p.base.effective_wait_spin()),
+                )
+            },
             |b| match scenario {
                 Scenario::Request => request_rpc(p, b, size, messages),
                 _ => rpc(p, b, size, messages, 1, "latency"),
@@ -575,7 +582,14 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
             &p.backends,
             "rpc",
             &format!("raw TCP, {} pipelined", p.inflight),
-            || raw_tcp_pingpong_p50_us(size, messages, p.inflight, p.base.effective_wait_spin()),
+            || {
+                raw_tcp_pingpong(
+                    size,
+                    messages,
+                    p.inflight,
+                    Wait::SpinThenBlock(p.base.effective_wait_spin()),
+                )
+            },
             |b| rpc(p, b, size, messages, p.inflight, "rpc"),
         )?);
         spin_matched(&mut results, p);
@@ -1101,6 +1115,14 @@ impl Timeline {
     }
 }
 
+/// A round-trip message: `seq` in its first 8 bytes (big-endian), filler
+/// after; `size` must be at least 8.
+fn numbered(seq: u64, size: usize) -> Bytes {
+    let mut v = vec![0x5Au8; size.max(8)];
+    v[..8].copy_from_slice(&seq.to_be_bytes());
+    Bytes::from(v)
+}
+
 fn payload(size: usize) -> Bytes {
     let mut v = vec![0x5Au8; size];
     if let Some(last) = v.last_mut() {
@@ -1239,11 +1261,7 @@ fn rpc(
         Histogram::<u64>::new_with_bounds(1, LATENCY_MAX_NS, 3).map_err(|e| e.to_string())?;
     let mut tl = Timeline::new(Instant::now());
     let mut outstanding: HashMap<u64, Instant> = HashMap::with_capacity(inflight);
-    let request = |seq: u64| {
-        let mut v = vec![0u8; size.max(8)];
-        v[..8].copy_from_slice(&seq.to_be_bytes());
-        Bytes::from(v)
-    };
+    let request = |seq: u64| numbered(seq, size.max(8));
     let start = Instant::now();
     let mut next: u64 = 0;
     let mut delivered = 0;
@@ -1310,12 +1328,10 @@ fn request_rpc(
     let mut hist =
         Histogram::<u64>::new_with_bounds(1, LATENCY_MAX_NS, 3).map_err(|e| e.to_string())?;
     let mut tl = Timeline::new(Instant::now());
-    let mut req = vec![0x5Au8; size];
     let start = Instant::now();
     let mut delivered = 0;
     for seq in 0..messages as u64 {
-        req[..8].copy_from_slice(&seq.to_be_bytes());
-        let m = Bytes::copy_from_slice(&req);
+        let m = numbered(seq, size);
         let t = Instant::now();
         let reply = a
             .rpc
@@ -1358,9 +1374,7 @@ struct PingState {
 
 impl PingState {
     fn ping(seq: usize, size: usize) -> Bytes {
-        let mut v = vec![0x5Au8; size];
-        v[..8].copy_from_slice(&(seq as u64).to_be_bytes());
-        Bytes::from(v)
+        numbered(seq as u64, size)
     }
 
     /// One echo arrived on the hub's shard; `Some` is the next ping.
@@ -1688,22 +1702,6 @@ fn raw_sealed_stream_bytes_per_sec(size: usize, messages: usize) -> Result<f64, 
     Ok((delivered * size) as f64 / start.elapsed().as_secs_f64())
 }
 
-/// p50 of a TCP ping-pong over loopback, in µs, with `inflight` requests
-/// pipelined (1 = strict ping-pong). Each request's time runs from its write
-/// to the read of its echo. Both threads wait the way the engine's blocking
-/// calls do: look again for up to `spin` (yielding the core), then block
-/// (`spin` 0: plain blocking sockets). Returns 0 (n/a) when the pipelined
-/// bytes could fill both socket buffers and deadlock this single-threaded
-/// client.
-fn raw_tcp_pingpong_p50_us(
-    size: usize,
-    rounds: usize,
-    inflight: usize,
-    spin: Duration,
-) -> Result<f64, String> {
-    raw_tcp_pingpong(size, rounds, inflight, Wait::SpinThenBlock(spin))
-}
-
 /// How the raw ping-pong's threads wait for their next read.
 #[derive(Clone, Copy)]
 enum Wait {
@@ -1715,17 +1713,31 @@ enum Wait {
     BusyPoll,
 }
 
+impl Wait {
+    /// How long an empty read is retried before the socket blocks.
+    fn spin(self) -> Duration {
+        match self {
+            Wait::SpinThenBlock(d) => d,
+            Wait::BusyPoll => STALL,
+        }
+    }
+}
+
+/// p50 of a TCP ping-pong over loopback, in µs, with `inflight` requests
+/// pipelined (1 = strict ping-pong). Each request's time runs from its write
+/// to the read of its echo. Both threads wait as `wait` says: the way the
+/// engine's blocking calls do (look again for up to a spin, yielding the
+/// core, then block; zero: plain blocking sockets), or spinning without
+/// yielding as busy-polling shards do. Returns 0 (n/a) when the pipelined
+/// bytes could fill both socket buffers and deadlock this single-threaded
+/// client.
 fn raw_tcp_pingpong(
     size: usize,
     rounds: usize,
     inflight: usize,
     wait: Wait,
 ) -> Result<f64, String> {
-    let spin = match wait {
-        Wait::SpinThenBlock(d) => d,
-        Wait::BusyPoll => STALL,
-    };
-    let busy = matches!(wait, Wait::BusyPoll);
+    let spin = wait.spin();
     let inflight = inflight.clamp(1, rounds.max(1));
     if inflight > 1 && inflight.saturating_mul(size) > 64 * 1024 {
         return Ok(0.0);
@@ -1738,7 +1750,7 @@ fn raw_tcp_pingpong(
         s.set_nonblocking(!spin.is_zero())?;
         let mut buf = vec![0u8; size];
         for _ in 0..rounds {
-            read_spin_then_block(&mut s, &mut buf, spin, busy)?;
+            read_spin_then_block(&mut s, &mut buf, wait)?;
             write_all_any(&mut s, &buf)?;
         }
         Ok(())
@@ -1758,7 +1770,7 @@ fn raw_tcp_pingpong(
         sent += 1;
     }
     for _ in 0..rounds {
-        read_spin_then_block(&mut c, &mut buf, spin, busy).map_err(|e| e.to_string())?;
+        read_spin_then_block(&mut c, &mut buf, wait).map_err(|e| e.to_string())?;
         if let Some(t) = sent_at.pop_front() {
             let _ = hist.record(nanos(t.elapsed()));
         }
@@ -1774,16 +1786,11 @@ fn raw_tcp_pingpong(
     Ok(us(hist.value_at_quantile(0.5)))
 }
 
-/// Fills `buf` from `s`. On a nonblocking socket an empty read is retried,
-/// yielding the core (or not, if `busy`), for up to `spin`; then the socket
-/// blocks for the rest of this read (the engine's `wait_spin`, done with
-/// sockets).
-fn read_spin_then_block(
-    s: &mut TcpStream,
-    buf: &mut [u8],
-    spin: Duration,
-    busy: bool,
-) -> std::io::Result<()> {
+/// Fills `buf` from `s`. On a nonblocking socket an empty read is retried
+/// as `wait` says (yielding the core, or not under busy-poll); then the
+/// socket blocks for the rest of this read (the engine's `wait_spin`, done
+/// with sockets).
+fn read_spin_then_block(s: &mut TcpStream, buf: &mut [u8], wait: Wait) -> std::io::Result<()> {
     use std::io::ErrorKind;
     let mut got = 0;
     let mut until = None;
@@ -1796,9 +1803,9 @@ fn read_spin_then_block(
             Ok(n) => got += n,
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                let until = *until.get_or_insert_with(|| Instant::now() + spin);
+                let until = *until.get_or_insert_with(|| Instant::now() + wait.spin());
                 if Instant::now() < until {
-                    if !busy {
+                    if !matches!(wait, Wait::BusyPoll) {
                         std::thread::yield_now();
                     }
                 } else {
