@@ -120,6 +120,10 @@ pub struct BenchArgs {
     /// Shards spin instead of sleeping.
     #[arg(long)]
     busy_poll: bool,
+    /// io_uring shards sleep in the ring instead of in their doorbell epoll
+    /// set (`uring_doorbell = false`), for A/B runs.
+    #[arg(long)]
+    no_doorbell: bool,
     /// Application threads blocked in a receive or request look for their
     /// result this many µs (yielding the core) before parking
     /// [default: the preset's `wait_spin`, or `wait_spin` from --config].
@@ -381,6 +385,9 @@ fn plan(args: &BenchArgs) -> Result<Plan, BenchError> {
         base.shards = 1;
     }
     base.busy_poll |= args.busy_poll;
+    if args.no_doorbell {
+        base.uring_doorbell = false;
+    }
     if let Some(us) = args.wait_spin_us {
         base.wait_spin = Duration::from_micros(us);
     }

@@ -420,6 +420,31 @@ fn spinning_and_parking_shards_exchange_messages(backend: Backend) {
     }
 }
 
+/// An io_uring shard sleeps in its doorbell epoll set when only receives are
+/// in flight, and in the ring with the doorbell off; either way every
+/// message arrives, in order.
+#[test]
+fn io_uring_shards_sleep_in_the_doorbell_or_the_ring() {
+    if !backend_available(Backend::IoUring) {
+        return;
+    }
+    for doorbell in [true, false] {
+        let nodes = mesh(Backend::IoUring, 2, &[chan(1)], |c| {
+            c.uring_doorbell = doorbell;
+        });
+        exchange_both_ways(&nodes);
+        let m = nodes[1].handle().metrics();
+        let (bell, ring) = (m.uring_doorbell_sleeps.get(), m.uring_ring_sleeps.get());
+        eprintln!("doorbell {doorbell}: {bell} doorbell sleeps, {ring} ring sleeps");
+        if doorbell {
+            assert!(bell > 0, "an idle receiver sleeps in the doorbell");
+        } else {
+            assert_eq!(bell, 0, "no doorbell when it is off");
+            assert!(ring > 0, "sleeps happen in the ring");
+        }
+    }
+}
+
 /// 2000 messages (every 100th one 70 KB) each way, checked in order.
 fn exchange_both_ways(nodes: &[Node]) {
     let (a, b) = (&nodes[0], &nodes[1]);

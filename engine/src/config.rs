@@ -54,6 +54,14 @@ pub struct Config {
     /// Shards spin instead of sleeping in the kernel (dedicated cores only:
     /// it burns a full core per shard but removes wake-up latency).
     pub busy_poll: bool,
+    /// io_uring shards with nothing in flight but receives sleep in an epoll
+    /// set over their sockets (a doorbell) instead of in the ring, so the
+    /// kernel wakes them the way it wakes a thread blocked on a socket: on
+    /// the sender's core when the sender is about to sleep. Each wake-up then
+    /// costs one extra syscall. Off: every sleep is in `io_uring_enter`,
+    /// whose wake-ups place the shard on an idle core. Default true; see
+    /// `engine/src/driver/doorbell.rs` for the measurements.
+    pub uring_doorbell: bool,
     /// How long an application thread blocked in a `*_blocking` receive or
     /// request ([`crate::Receiver::recv_blocking`],
     /// [`crate::Receiver::recv_timeout`], [`crate::Sender::request_blocking`])
@@ -162,6 +170,7 @@ impl std::fmt::Debug for Config {
             .field("backend", &self.backend)
             .field("shards", &self.shards)
             .field("busy_poll", &self.busy_poll)
+            .field("uring_doorbell", &self.uring_doorbell)
             .field("wait_spin", &self.wait_spin)
             .field("idle_spin", &self.idle_spin)
             .field("max_frame_body", &self.max_frame_body)
@@ -182,6 +191,7 @@ impl Config {
             pin_cores: false,
             core_offset: 0,
             busy_poll: false,
+            uring_doorbell: true,
             wait_spin: Duration::from_micros(WAIT_SPIN_US),
             idle_spin: Duration::from_micros(IDLE_SPIN_US),
             max_frame_body: 64 * 1024 + 256,

@@ -62,6 +62,12 @@ pub struct Metrics {
     /// Bytes io_uring received into its shared buffer pool and copied into a
     /// frame buffer (idle connections and the start of a burst).
     pub recv_pooled_bytes: Counter,
+    /// Times an io_uring shard slept in its doorbell epoll set
+    /// ([`crate::Config::uring_doorbell`]).
+    pub uring_doorbell_sleeps: Counter,
+    /// Times an io_uring shard slept in `io_uring_enter` (a send or connect
+    /// in flight, or the doorbell off).
+    pub uring_ring_sleeps: Counter,
     messages_in: Family<ChannelLabel, Counter>,
     messages_out: Family<ChannelLabel, Counter>,
     bytes_in: Family<ChannelLabel, Counter>,
@@ -126,6 +132,16 @@ impl Metrics {
             "shard_wakeups",
             "Wake-up syscalls sent to sleeping shards",
             self.wakeups.clone(),
+        );
+        registry.register(
+            "uring_doorbell_sleeps",
+            "io_uring shard sleeps in the doorbell epoll set",
+            self.uring_doorbell_sleeps.clone(),
+        );
+        registry.register(
+            "uring_ring_sleeps",
+            "io_uring shard sleeps in io_uring_enter",
+            self.uring_ring_sleeps.clone(),
         );
         registry.register(
             "receiver_full_pauses",

@@ -4,6 +4,7 @@
 //! - [`uring`]: the default, one io_uring per shard.
 //! - [`epoll`]: readiness I/O through mio, the fallback and A/B baseline.
 
+pub(crate) mod doorbell;
 pub(crate) mod epoll;
 pub(crate) mod idle_spin;
 pub(crate) mod pool;

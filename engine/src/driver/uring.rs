@@ -61,6 +61,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
+use super::doorbell::Doorbell;
 use super::pool::BufferPool;
 use crate::shard::{DriverAction, ShardCore};
 
@@ -142,9 +143,24 @@ struct Driver {
     /// Sockets with a send in flight (`USock::send` is `Some`), kept so the
     /// pre-sleep check is O(1).
     sends_in_flight: usize,
+    /// Connects waiting for their POLLOUT completion.
+    connects_in_flight: usize,
+    /// Where the shard sleeps when only socket input can wake it.
+    bell: Option<Doorbell>,
 }
 
 impl Driver {
+    /// Adds a socket to the doorbell; one that cannot be added retires the
+    /// bell (the shard then sleeps in the ring, correct but slower to wake).
+    fn watch(&mut self, fd: std::os::fd::RawFd) {
+        if let Some(bell) = &self.bell {
+            if let Err(e) = bell.watch(fd) {
+                tracing::warn!(error = %e, "io_uring doorbell retired; sleeping in the ring");
+                self.bell = None;
+            }
+        }
+    }
+
     fn push(&mut self, sqe: squeue::Entry) -> io::Result<()> {
         loop {
             // SAFETY: every SQE we build references either no memory, or memory owned by a `USock` (`send`, `direct`) that stays alive and unmoved until the operation's completion is reaped, or (receives with buffer selection) the registered buffer pool, which is unregistered and freed only after every operation completed (`drain_all`).
@@ -259,7 +275,16 @@ pub(crate) fn run(mut core: ShardCore, busy_poll: bool) -> io::Result<()> {
         wake_armed: false,
         closing: Vec::new(),
         sends_in_flight: 0,
+        connects_in_flight: 0,
+        bell: None,
     };
+    if core.shared.config.uring_doorbell && !busy_poll {
+        match Doorbell::new() {
+            Ok(bell) => d.bell = Some(bell),
+            Err(e) => tracing::warn!(error = %e, "no io_uring doorbell; sleeping in the ring"),
+        }
+        d.watch(core.waker.rx().as_raw_fd());
+    }
     let result = event_loop(&mut core, &mut d, busy_poll);
     // Reap whatever is still in flight before the pool is freed.
     drain_all(&mut core, &mut d);
@@ -295,6 +320,7 @@ fn event_loop(core: &mut ShardCore, d: &mut Driver, busy_poll: bool) -> io::Resu
                     let _ = stream.set_nodelay(true);
                     let _ = stream.set_nonblocking(true);
                     let key = core.insert(true, None, now);
+                    d.watch(stream.as_raw_fd());
                     d.socks.insert(
                         key,
                         USock {
@@ -317,6 +343,8 @@ fn event_loop(core: &mut ShardCore, d: &mut Driver, busy_poll: bool) -> io::Resu
                     match start_connect(addr) {
                         Ok(sock) => {
                             let fd = sock.as_raw_fd();
+                            d.watch(fd);
+                            d.connects_in_flight += 1;
                             d.socks.insert(
                                 key,
                                 USock {
@@ -488,7 +516,31 @@ fn event_loop(core: &mut ShardCore, d: &mut Driver, busy_poll: bool) -> io::Resu
                 continue;
             }
         }
-        if timeout.is_zero() {
+        let bell = match &mut d.bell {
+            Some(bell)
+                if sleeping
+                    && d.sends_in_flight == 0
+                    && d.connects_in_flight == 0
+                    && d.closing.is_empty() =>
+            {
+                Some(bell)
+            }
+            _ => None,
+        };
+        if let Some(bell) = bell {
+            // Only socket input can wake us: sleep where its wake-up is a
+            // sync one (see `doorbell`), then run the ring's task work.
+            if !d.ring.submission().is_empty() {
+                d.ring.submit()?;
+            }
+            if d.ring.completion().is_empty() && !d.ring.submission().taskrun() {
+                core.shared.metrics.uring_doorbell_sleeps.inc();
+                bell.wait(timeout)?;
+            }
+            if d.ring.submission().taskrun() {
+                d.ring.submit()?;
+            }
+        } else if timeout.is_zero() {
             // Not waiting: one enter that submits, and runs deferred task
             // work only when the kernel flags some (TASKRUN_FLAG). A zero
             // timeout wait went through an already-expired timer each
@@ -498,6 +550,7 @@ fn event_loop(core: &mut ShardCore, d: &mut Driver, busy_poll: bool) -> io::Resu
             }
             d.ring.submit()?;
         } else {
+            core.shared.metrics.uring_ring_sleeps.inc();
             submit_and_wait(&d.ring, timeout)?;
         }
         if sleeping {
@@ -565,6 +618,7 @@ fn handle_cqe(
             };
             s.ops -= 1;
             s.connecting = false;
+            d.connects_in_flight -= 1;
             let err = if res < 0 {
                 Some(io::Error::from_raw_os_error(-res).to_string())
             } else {
