@@ -278,7 +278,10 @@ pub(crate) fn run(mut core: ShardCore, busy_poll: bool) -> io::Result<()> {
         connects_in_flight: 0,
         bell: None,
     };
-    if core.shared.config.uring_doorbell && !busy_poll {
+    // The bell relies on deferred task work flagged in the SQ ring (see
+    // `doorbell`): only a ring built with our setup flags has it.
+    if core.shared.config.uring_doorbell && !busy_poll && d.ring.params().is_setup_single_issuer()
+    {
         match Doorbell::new() {
             Ok(bell) => d.bell = Some(bell),
             Err(e) => tracing::warn!(error = %e, "no io_uring doorbell; sleeping in the ring"),
@@ -483,10 +486,12 @@ fn event_loop(core: &mut ShardCore, d: &mut Driver, busy_poll: bool) -> io::Resu
             // Hand queued operations to the kernel before watching the queue.
             if !d.ring.submission().is_empty() {
                 d.ring.submit()?;
-                // A send usually completes inside that submit: go on with
-                // the next batch now instead of yielding the core first (a
-                // yield on a crowded core costs a sending shard ~0.5 ms).
-                if d.sends_in_flight > 0 && !d.ring.completion().is_empty() {
+                // A send usually completes inside that submit, and so does
+                // a direct receive on a streaming connection: go on with the
+                // next batch now instead of yielding the core first (a yield
+                // on a crowded core costs ~0.5 ms; a receiver of 16 KiB
+                // messages, one frame per direct receive, yielded per frame).
+                if !d.ring.completion().is_empty() {
                     continue;
                 }
             }
