@@ -428,6 +428,16 @@ fn io_uring_shards_sleep_in_the_doorbell_or_the_ring() {
     if !backend_available(Backend::IoUring) {
         return;
     }
+    // The doorbell needs DEFER_TASKRUN (Linux 6.1); older kernels run
+    // io_uring without it.
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut version = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    if (version.next().unwrap_or(0), version.next().unwrap_or(0)) < (6, 1) {
+        eprintln!("skipped: kernel {} has no DEFER_TASKRUN", release.trim());
+        return;
+    }
     for doorbell in [true, false] {
         let nodes = mesh(Backend::IoUring, 2, &[chan(1)], |c| {
             c.uring_doorbell = doorbell;

@@ -54,12 +54,14 @@ pub struct Config {
     /// Shards spin instead of sleeping in the kernel (dedicated cores only:
     /// it burns a full core per shard but removes wake-up latency).
     pub busy_poll: bool,
-    /// io_uring shards with nothing in flight but receives sleep in an epoll
-    /// set over their sockets (a doorbell) instead of in the ring, so the
-    /// kernel wakes them the way it wakes a thread blocked on a socket: on
-    /// the sender's core when the sender is about to sleep. Each wake-up then
-    /// costs one extra syscall. Off: every sleep is in `io_uring_enter`,
-    /// whose wake-ups place the shard on an idle core. Default true; see
+    /// io_uring shards with nothing in flight but receives (no send, no
+    /// connect, no socket closing) sleep in an epoll set over their sockets
+    /// (a doorbell) instead of in the ring, so the kernel wakes them the way
+    /// it wakes a thread blocked on a socket: on the sender's core when the
+    /// sender is about to sleep. Each wake-up then costs one extra syscall.
+    /// Off: every sleep is in `io_uring_enter`, whose wake-ups place the
+    /// shard on an idle core. Not used under [`Config::busy_poll`] or on
+    /// kernels without `DEFER_TASKRUN`. Default true; see
     /// `engine/src/driver/doorbell.rs` for the measurements.
     pub uring_doorbell: bool,
     /// How long an application thread blocked in a `*_blocking` receive or

@@ -66,7 +66,7 @@ pub struct Metrics {
     /// ([`crate::Config::uring_doorbell`]).
     pub uring_doorbell_sleeps: Counter,
     /// Times an io_uring shard slept in `io_uring_enter` (a send or connect
-    /// in flight, or the doorbell off).
+    /// in flight, a socket closing, or no doorbell).
     pub uring_ring_sleeps: Counter,
     messages_in: Family<ChannelLabel, Counter>,
     messages_out: Family<ChannelLabel, Counter>,

@@ -15,18 +15,29 @@
 //! Every socket of the shard, and its wake socket, is registered here for
 //! edge-triggered input *before* the ring touches it. io_uring keeps doing
 //! all the I/O; this set is only a bell. When the shard sleeps with no send
-//! or connect in flight (so every completion it waits for comes from one of
-//! these sockets), it sleeps in `epoll_wait` here, then runs the ring's
-//! deferred task work with one non-blocking enter.
+//! or connect in flight and no socket closing (so every completion it waits
+//! for comes from input on one of these sockets), it sleeps in `epoll_wait`
+//! here, then runs the ring's deferred task work (and any completions an
+//! overflowing CQ held back) with one non-blocking enter. Otherwise it
+//! sleeps in the ring. There is no bell under `busy_poll` (nothing sleeps),
+//! nor on a ring built without `DEFER_TASKRUN` and `TASKRUN_FLAG` (older
+//! kernels), whose pending task work this shard could not see.
+//!
+//! # Costs
+//! One more syscall per wake-up (`epoll_wait`, then `io_uring_enter`), one
+//! epoll item per socket, and wake-ups for nothing from a connection whose
+//! receive is cancelled (paused by backpressure with a full buffer): its
+//! input still rings until its TCP window closes.
 //!
 //! # Correctness (no lost wake-up)
 //! A socket's waiters are called newest first (the kernel queues
 //! non-exclusive waiters at the head), and this set's waiter is queued before
 //! any of the ring's, so by the time the bell wakes the shard, io_uring has
 //! already queued the task work for the same event (and flagged it with
-//! `IORING_SQ_TASKRUN`). Sleeps here are still capped at [`MAX_SLEEP`], so a
-//! kernel that ordered waiters differently would cost latency, not liveness.
-//! With a send or connect in flight the shard sleeps in the ring as before.
+//! `IORING_SQ_TASKRUN`). Sleeps here are still capped at [`MAX_SLEEP`], and
+//! every wake-up ends with an enter whenever task work or an overflow is
+//! flagged, so a kernel that ordered waiters differently would cost latency,
+//! not liveness.
 //! 100,000 round trips each of `shard-rtt`, `latency` and `request` on
 //! io_uring had no round trip over 3 ms (a missed bell would show as one
 //! near [`MAX_SLEEP`]).

@@ -82,22 +82,24 @@ fn user_data(op: u64, key: usize) -> u64 {
     (op << 56) | (key as u64 & KEY_MASK)
 }
 
-fn build_ring(entries: u32) -> io::Result<IoUring> {
+/// Builds a ring with deferred, flagged task work where the kernel has it;
+/// the flag says whether it did.
+fn build_ring(entries: u32) -> io::Result<(IoUring, bool)> {
     let mut b = IoUring::builder();
     b.setup_single_issuer()
         .setup_defer_taskrun()
         .setup_coop_taskrun()
         .setup_taskrun_flag();
     match b.build(entries) {
-        Ok(r) => Ok(r),
+        Ok(r) => Ok((r, true)),
         // Older kernels lack the flags: a plain ring works the same, slower.
-        Err(_) => IoUring::new(entries),
+        Err(_) => Ok((IoUring::new(entries)?, false)),
     }
 }
 
 /// Checks that io_uring with provided-buffer rings works here.
 pub(crate) fn probe() -> Result<(), String> {
-    let ring = build_ring(8).map_err(|e| format!("io_uring_setup: {e}"))?;
+    let (ring, _) = build_ring(8).map_err(|e| format!("io_uring_setup: {e}"))?;
     let pool = BufferPool::new(8, 4096).map_err(|e| e.to_string())?;
     // SAFETY: the pool's ring memory is valid, page aligned and outlives the registration: we unregister before `pool` drops at the end of scope.
     unsafe {
@@ -260,7 +262,7 @@ impl Driver {
 /// Runs a shard on io_uring until shutdown completes.
 pub(crate) fn run(mut core: ShardCore, busy_poll: bool) -> io::Result<()> {
     let cfg = &core.shared.config;
-    let ring = build_ring(4096)?;
+    let (ring, deferred_taskrun) = build_ring(4096)?;
     let pool = BufferPool::new(cfg.recv_buffers, cfg.recv_buffer_size)?;
     // SAFETY: the pool outlives the registration: it is unregistered at the end of `run` after every receive completed, before the pool drops.
     unsafe {
@@ -280,8 +282,7 @@ pub(crate) fn run(mut core: ShardCore, busy_poll: bool) -> io::Result<()> {
     };
     // The bell relies on deferred task work flagged in the SQ ring (see
     // `doorbell`): only a ring built with our setup flags has it.
-    if core.shared.config.uring_doorbell && !busy_poll && d.ring.params().is_setup_single_issuer()
-    {
+    if core.shared.config.uring_doorbell && !busy_poll && deferred_taskrun {
         match Doorbell::new() {
             Ok(bell) => d.bell = Some(bell),
             Err(e) => tracing::warn!(error = %e, "no io_uring doorbell; sleeping in the ring"),
@@ -472,7 +473,8 @@ fn event_loop(core: &mut ShardCore, d: &mut Driver, busy_poll: bool) -> io::Resu
             || !core.dirty.is_empty()
             || !d.rearm.is_empty()
             || core.shutdown.is_some()
-            || !d.ring.completion().is_empty();
+            || !d.ring.completion().is_empty()
+            || d.ring.submission().cq_overflow();
         let mut timeout = if busy {
             Duration::ZERO
         } else {
@@ -538,11 +540,14 @@ fn event_loop(core: &mut ShardCore, d: &mut Driver, busy_poll: bool) -> io::Resu
             if !d.ring.submission().is_empty() {
                 d.ring.submit()?;
             }
-            if d.ring.completion().is_empty() && !d.ring.submission().taskrun() {
+            if d.ring.completion().is_empty() && !kernel_has_work(&mut d.ring) {
                 core.shared.metrics.uring_doorbell_sleeps.inc();
                 bell.wait(timeout)?;
             }
-            if d.ring.submission().taskrun() {
+            // `submit` adds GETEVENTS for both (task work; CQEs held back
+            // by an overflow, which include multishot receives the kernel
+            // ended and which no socket event would bring back).
+            if kernel_has_work(&mut d.ring) {
                 d.ring.submit()?;
             }
         } else if timeout.is_zero() {
@@ -550,7 +555,7 @@ fn event_loop(core: &mut ShardCore, d: &mut Driver, busy_poll: bool) -> io::Resu
             // work only when the kernel flags some (TASKRUN_FLAG). A zero
             // timeout wait went through an already-expired timer each
             // turn, which cost busy-poll ~8 µs per round trip.
-            if d.ring.submission().is_empty() && !d.ring.submission().taskrun() {
+            if d.ring.submission().is_empty() && !kernel_has_work(&mut d.ring) {
                 continue;
             }
             d.ring.submit()?;
@@ -562,6 +567,14 @@ fn event_loop(core: &mut ShardCore, d: &mut Driver, busy_poll: bool) -> io::Resu
             core.waker.cancel_sleep();
         }
     }
+}
+
+/// Whether the kernel holds work only an enter with GETEVENTS hands over:
+/// deferred task work (flagged with `TASKRUN_FLAG`) or completions that
+/// overflowed the CQ.
+fn kernel_has_work(ring: &mut IoUring) -> bool {
+    let sq = ring.submission();
+    sq.taskrun() || sq.cq_overflow()
 }
 
 /// Submits queued operations and waits up to `timeout` for one completion
