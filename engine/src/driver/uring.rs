@@ -36,6 +36,10 @@
 //! - The shard's wake socket is watched by a multishot poll.
 //! - Shutdown waits for every in-flight operation (cancelling receives and
 //!   the wake poll) before the buffer pool is unregistered and freed.
+//! - A shard with only receives in flight sleeps in its doorbell, an epoll
+//!   set over its sockets ([`super::doorbell`]), so that socket input wakes
+//!   it with the scheduler's sync hint like a blocked read; with a send or
+//!   connect in flight, or a socket closing, it sleeps in `io_uring_enter`.
 //! - Busy-poll mode never blocks in the kernel: a turn that does not wait
 //!   is one plain submit, which runs deferred task work only when the
 //!   kernel flags some (`TASKRUN_FLAG`), and no syscall at all when there is
