@@ -88,15 +88,42 @@ impl Doorbell {
     }
 
     /// Sleeps until a watched socket has new input or `timeout` (capped at
-    /// [`MAX_SLEEP`]) passes.
-    pub(crate) fn wait(&mut self, timeout: Duration) -> io::Result<()> {
+    /// [`MAX_SLEEP`]) passes; true if the bell rang.
+    pub(crate) fn wait(&mut self, timeout: Duration) -> io::Result<bool> {
         match self
             .poll
             .poll(&mut self.events, Some(timeout.min(MAX_SLEEP)))
         {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(()),
+            Ok(()) => Ok(!self.events.is_empty()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(false),
             Err(e) => Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+
+    use super::*;
+
+    #[test]
+    fn rings_once_per_new_input_on_a_watched_socket() {
+        let mut bell = Doorbell::new().unwrap();
+        let (mut tx, rx) = UnixStream::pair().unwrap();
+        let (_other_tx, other_rx) = UnixStream::pair().unwrap();
+        bell.watch(rx.as_raw_fd()).unwrap();
+        bell.watch(other_rx.as_raw_fd()).unwrap();
+        assert!(!bell.wait(Duration::from_millis(1)).unwrap(), "silent");
+        // Input that arrived before the sleep still rings it (the edge is
+        // kept until collected), even with a long timeout.
+        tx.write_all(b"x").unwrap();
+        assert!(bell.wait(Duration::from_secs(60)).unwrap(), "rang");
+        // Edge-triggered: the same unread byte does not ring again.
+        assert!(!bell.wait(Duration::from_millis(1)).unwrap(), "once");
+        tx.write_all(b"y").unwrap();
+        assert!(bell.wait(Duration::from_secs(60)).unwrap(), "new input");
     }
 }
