@@ -607,6 +607,64 @@ fn many_silent_connections(backend: Backend) {
     drop(conns);
 }
 
+/// A connection from `from` (any 127.0.0.0/8 address), so one test can
+/// stand for several hosts.
+fn raw_connect_from(from: std::net::Ipv4Addr, to: SocketAddr) -> TcpStream {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(&SocketAddr::from((from, 0)).into()).unwrap();
+    s.connect_timeout(&to.into(), Duration::from_secs(5))
+        .expect("connect");
+    s.into()
+}
+
+/// One host (127.0.0.2) opening silent connections gets `max_inbound_per_ip`
+/// of them; the rest are refused at accept, honest peers on other addresses
+/// are served throughout, and a slot comes back when one of its connections
+/// closes.
+fn one_address_holding_handshakes(backend: Backend) {
+    let _g = serial();
+    const PER_IP: usize = 2;
+    let attacker = std::net::Ipv4Addr::new(127, 0, 0, 2);
+    let (victim, honest) = victim_and_honest(
+        backend,
+        || vec![chan(1)],
+        |c| {
+            c.max_inbound_per_ip = PER_IP;
+            c.handshake_timeout = Duration::from_secs(120);
+        },
+    );
+    let m = victim.handle().metrics();
+    let refused0 = m.refused_count("max_inbound_per_ip");
+    let handshaking0 = m.handshaking.get();
+    let mut held: Vec<TcpStream> = (0..PER_IP)
+        .map(|_| raw_connect_from(attacker, victim.addr))
+        .collect();
+    wait_until("the attacker's connections handshaking", || {
+        m.handshaking.get() == handshaking0 + PER_IP as i64
+    });
+    for i in 0..3 {
+        let mut extra = raw_connect_from(attacker, victim.addr);
+        wait_dropped(&mut extra, "connection over the per-address limit");
+        assert_eq!(m.refused_count("max_inbound_per_ip") - refused0, i + 1);
+    }
+    assert_eq!(m.handshaking.get(), handshaking0 + PER_IP as i64);
+    // Another address is not affected: the honest peer (127.0.0.1) keeps
+    // exchanging, and a new one connects.
+    assert_exchange(&victim, &honest, 0, "while one address is at its limit");
+    new_honest_node_served(backend, &victim, vec![chan(1)], "new node, other address");
+    // Closing one of the attacker's connections frees its slot.
+    drop(held.pop());
+    wait_until("the closed connection released", || {
+        m.handshaking.get() == handshaking0 + PER_IP as i64 - 1
+    });
+    held.push(raw_connect_from(attacker, victim.addr));
+    wait_until("a new connection from that address handshaking", || {
+        m.handshaking.get() == handshaking0 + PER_IP as i64
+    });
+    assert_eq!(m.refused_count("max_inbound_per_ip") - refused0, 3);
+    drop(held);
+}
+
 fn replayed_hello(backend: Backend) {
     let _g = serial();
     let (victim, honest, _p, hello, confirm) =
@@ -1073,6 +1131,7 @@ both_backends!(
     slow_hello,
     partial_frame_then_fin,
     many_silent_connections,
+    one_address_holding_handshakes,
     replayed_hello,
     unregistered_channel,
     oversized_message,

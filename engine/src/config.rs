@@ -135,6 +135,13 @@ pub struct Config {
     pub dial_backoff_max: Duration,
     /// Max inbound (accepted) connections, established or handshaking.
     pub max_inbound: usize,
+    /// Max inbound connections (established or handshaking) from one IP
+    /// address at a time; more are refused at accept (metric
+    /// `refused{reason="max_inbound_per_ip"}`). Keeps one host from holding
+    /// every inbound slot with handshakes it never finishes. 0: no
+    /// per-address limit (loopback clusters, where every peer is
+    /// 127.0.0.1). Default 8; `local` 0.
+    pub max_inbound_per_ip: usize,
     /// Max outbound (dialed) connections, established or handshaking.
     pub max_outbound: usize,
     /// Messages a single peer's send queue may hold before `send` reports it full.
@@ -215,6 +222,7 @@ impl Config {
             dial_backoff_min: Duration::from_millis(500),
             dial_backoff_max: Duration::from_secs(30),
             max_inbound: 128,
+            max_inbound_per_ip: 8,
             max_outbound: 128,
             peer_send_backlog: 4096,
             max_write_batch: 256 * 1024,
@@ -249,6 +257,7 @@ impl Config {
             dial_backoff_min: Duration::from_millis(50),
             dial_backoff_max: Duration::from_secs(1),
             max_inbound: 1024,
+            max_inbound_per_ip: 0,
             max_outbound: 1024,
             shards: 1,
             ..Self::recommended(listen)

@@ -32,6 +32,7 @@ mod driver;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+mod inbound_limit;
 pub(crate) mod inbox;
 pub mod kademlia;
 pub mod metrics;

@@ -81,6 +81,7 @@ impl Network {
         }
         let oracle = Arc::new(OracleState::new(config.tracked_peer_sets));
         let config_max_pending = config.max_pending_requests;
+        let inbound_ips = crate::inbound_limit::InboundLimit::new(config.max_inbound_per_ip);
         let (control_tx, control_rx) = sync_channel(config.control_queue);
         let control_waker = Arc::new(ShardWaker::new(Counter::default())?);
         let shared = Arc::new(Shared {
@@ -91,6 +92,7 @@ impl Network {
             oracle: oracle.clone(),
             shards: links,
             inbound: AtomicUsize::new(0),
+            inbound_ips,
             outbound: AtomicUsize::new(0),
             running: AtomicBool::new(false),
             rpc: crate::rpc::RpcState::new(shards, config_max_pending),
@@ -988,14 +990,22 @@ fn accept_all(shared: &Shared, l: &TcpListener, next_shard: &mut usize) {
                     drop(stream);
                     continue;
                 }
+                let ip = from.ip();
+                if !shared.inbound_ips.admit(ip) {
+                    shared.metrics.refuse("max_inbound_per_ip");
+                    tracing::debug!(%from, "per-address inbound limit reached; refusing");
+                    drop(stream);
+                    continue;
+                }
                 shared.inbound.fetch_add(1, Ordering::AcqRel);
                 let shard = *next_shard % shared.shards.len();
                 *next_shard = next_shard.wrapping_add(1);
                 if shared.shards[shard]
-                    .send(Command::Adopt { stream })
+                    .send(Command::Adopt { stream, ip })
                     .is_err()
                 {
                     shared.inbound.fetch_sub(1, Ordering::AcqRel);
+                    shared.inbound_ips.release(ip);
                     shared.metrics.refuse("shard_queue_full");
                 }
             }

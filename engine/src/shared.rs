@@ -24,6 +24,8 @@ pub(crate) struct Shared {
     pub shards: Vec<ShardLink>,
     /// Accepted connections alive (handshaking or established).
     pub inbound: AtomicUsize,
+    /// The same per remote address, against `max_inbound_per_ip`.
+    pub inbound_ips: crate::inbound_limit::InboundLimit,
     /// Dialed connections alive (connecting, handshaking or established).
     pub outbound: AtomicUsize,
     pub running: AtomicBool,

@@ -61,19 +61,19 @@ pub(crate) fn run(mut core: ShardCore, busy_poll: bool) -> io::Result<()> {
         let commands = core.drain_commands(now, &mut actions);
         for action in actions.drain(..) {
             match action {
-                DriverAction::Adopt(std_stream) => {
+                DriverAction::Adopt(std_stream, ip) => {
                     if std_stream.set_nonblocking(true).is_err() {
                         continue;
                     }
                     let _ = std_stream.set_nodelay(true);
-                    let key = core.insert(true, None, now);
+                    let key = core.insert(Some(ip), None, now);
                     let stream = TcpStream::from_std(std_stream);
                     register(&mut core, &poll, &mut socks, key, stream, false);
                     may_read.push(key);
                 }
                 DriverAction::Dial(peer, addr) => {
                     core.shared.metrics.dials.inc();
-                    let key = core.insert(false, Some((peer, addr)), now);
+                    let key = core.insert(None, Some((peer, addr)), now);
                     match TcpStream::connect(addr) {
                         Ok(stream) => register(&mut core, &poll, &mut socks, key, stream, true),
                         Err(e) => core.finish_close(key, Some(e.to_string())),

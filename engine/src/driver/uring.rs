@@ -324,10 +324,10 @@ fn event_loop(core: &mut ShardCore, d: &mut Driver, busy_poll: bool) -> io::Resu
         let commands = core.drain_commands(now, &mut actions);
         for action in actions.drain(..) {
             match action {
-                DriverAction::Adopt(stream) => {
+                DriverAction::Adopt(stream, ip) => {
                     let _ = stream.set_nodelay(true);
                     let _ = stream.set_nonblocking(true);
-                    let key = core.insert(true, None, now);
+                    let key = core.insert(Some(ip), None, now);
                     d.watch(stream.as_raw_fd());
                     d.socks.insert(
                         key,
@@ -347,7 +347,7 @@ fn event_loop(core: &mut ShardCore, d: &mut Driver, busy_poll: bool) -> io::Resu
                 }
                 DriverAction::Dial(peer, addr) => {
                     core.shared.metrics.dials.inc();
-                    let key = core.insert(false, Some((peer, addr)), now);
+                    let key = core.insert(None, Some((peer, addr)), now);
                     match start_connect(addr) {
                         Ok(sock) => {
                             let fd = sock.as_raw_fd();

@@ -54,7 +54,11 @@ pub(crate) enum Command {
         high: bool,
     },
     /// Take over an accepted socket.
-    Adopt { stream: std::net::TcpStream },
+    Adopt {
+        stream: std::net::TcpStream,
+        /// The remote address, counted in `Shared::inbound_ips`.
+        ip: std::net::IpAddr,
+    },
     /// Dial `peer` at `addr`.
     Dial { peer: PublicKey, addr: SocketAddr },
     /// Close a connection gracefully.
@@ -118,7 +122,9 @@ struct Stashed {
 pub(crate) struct ConnSlot {
     pub conn: Connection,
     pub generation: u64,
-    pub inbound: bool,
+    /// For accepted connections: the remote address (counted in
+    /// `Shared::inbound_ips` until the close).
+    pub inbound: Option<std::net::IpAddr>,
     /// For dialed connections: who and where.
     pub dial: Option<(PublicKey, SocketAddr)>,
     /// Set once established and admitted to the peer table.
@@ -142,7 +148,7 @@ pub(crate) struct ConnSlot {
 /// What the driver must do after [`ShardCore::handle_command`].
 pub(crate) enum DriverAction {
     /// Register this accepted socket as a new connection.
-    Adopt(std::net::TcpStream),
+    Adopt(std::net::TcpStream, std::net::IpAddr),
     /// Connect to `addr` for `peer`.
     Dial(PublicKey, SocketAddr),
     /// Begin shutdown (the core tracks the deadline).
@@ -221,10 +227,11 @@ impl ShardCore {
         }
     }
 
-    /// Adds a connection; returns its slab key.
+    /// Adds a connection (accepted from `inbound`'s address, or dialed);
+    /// returns its slab key.
     pub fn insert(
         &mut self,
-        inbound: bool,
+        inbound: Option<std::net::IpAddr>,
         dial: Option<(PublicKey, SocketAddr)>,
         now: Instant,
     ) -> usize {
@@ -355,7 +362,7 @@ impl ShardCore {
                     }
                 }
             }
-            Command::Adopt { stream } => actions.push(DriverAction::Adopt(stream)),
+            Command::Adopt { stream, ip } => actions.push(DriverAction::Adopt(stream, ip)),
             Command::Dial { peer, addr } => actions.push(DriverAction::Dial(peer, addr)),
             Command::Close { id, reason } => {
                 if let Some(slot) = self.conns.get_mut(id.key) {
@@ -1190,8 +1197,9 @@ impl ShardCore {
             self.shared.metrics.connections.dec();
             self.shared.peers.remove(&h.peer, h.id, label);
         }
-        if slot.inbound {
+        if let Some(ip) = slot.inbound {
             self.shared.inbound.fetch_sub(1, Ordering::AcqRel);
+            self.shared.inbound_ips.release(ip);
         } else {
             self.shared.outbound.fetch_sub(1, Ordering::AcqRel);
         }
@@ -1276,7 +1284,7 @@ mod tests {
         let now = Instant::now();
         let peer = key(7);
         let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
-        let slot_key = core.insert(false, Some((peer.clone(), addr)), now);
+        let slot_key = core.insert(None, Some((peer.clone(), addr)), now);
         let id = ConnId {
             shard: 0,
             key: slot_key,
