@@ -135,12 +135,13 @@ pub struct Config {
     pub dial_backoff_max: Duration,
     /// Max inbound (accepted) connections, established or handshaking.
     pub max_inbound: usize,
-    /// Max inbound connections (established or handshaking) from one IP
-    /// address at a time; more are refused at accept (metric
+    /// Max inbound connections (established or handshaking) from one IPv4
+    /// address or IPv6 /64 at a time; more are refused at accept (metric
     /// `refused{reason="max_inbound_per_ip"}`). Keeps one host from holding
-    /// every inbound slot with handshakes it never finishes. 0: no
-    /// per-address limit (loopback clusters, where every peer is
-    /// 127.0.0.1). Default 8; `local` 0.
+    /// every inbound slot with handshakes it never finishes. Peers behind
+    /// one NAT, or several nodes on one host, share an address: raise it
+    /// for them. 0: no per-address limit (loopback clusters, where every
+    /// peer is 127.0.0.1). Default 8; `local` 0.
     pub max_inbound_per_ip: usize,
     /// Max outbound (dialed) connections, established or handshaking.
     pub max_outbound: usize,

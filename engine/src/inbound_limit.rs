@@ -8,9 +8,10 @@
 //! owned the connection releases the count when it closes. The map holds
 //! only addresses with a live inbound connection, so it never has more
 //! entries than [`crate::Config::max_inbound`] (admission happens after
-//! that check). IPv4-mapped IPv6 addresses count as their IPv4 address. The
-//! lock is taken once per accept and once per inbound close, never on the
-//! message path.
+//! that check). IPv4-mapped IPv6 addresses count as their IPv4 address, and
+//! IPv6 addresses count per /64 (one host usually holds a whole /64, so
+//! counting single IPv6 addresses would not limit it). The lock is taken once
+//! per accept and once per inbound close, never on the message path.
 //!
 //! # Security
 //! Without it one host could hold every inbound slot with connections that
@@ -21,8 +22,17 @@
 //! dialer bound), and it does not rate-limit reconnects.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Mutex;
+
+/// What one "address" is for the limit: an IPv4 address (also when mapped
+/// into IPv6), or an IPv6 /64.
+fn source(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
+    }
+}
 
 /// Live inbound connections per remote address, against a limit.
 pub(crate) struct InboundLimit {
@@ -49,7 +59,7 @@ impl InboundLimit {
         let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
         // With a limit of at least one, a refused address already has an
         // entry: refusals add none.
-        let n = live.entry(ip.to_canonical()).or_insert(0);
+        let n = live.entry(source(ip)).or_insert(0);
         if *n >= self.limit {
             return false;
         }
@@ -62,7 +72,7 @@ impl InboundLimit {
         if self.limit == 0 {
             return;
         }
-        let ip = ip.to_canonical();
+        let ip = source(ip);
         let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(n) = live.get_mut(&ip) {
             *n = n.saturating_sub(1);
@@ -111,10 +121,26 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_counts_per_64() {
+        let limit = InboundLimit::new(2);
+        let host = |i: u16| IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, i));
+        assert!(limit.admit(host(1)));
+        assert!(limit.admit(host(2)));
+        assert!(!limit.admit(host(3)), "same /64, another address");
+        let next_64 = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 2, 0, 0, 0, 1));
+        assert!(limit.admit(next_64));
+        limit.release(host(9));
+        assert!(
+            limit.admit(host(4)),
+            "a release anywhere in the /64 frees it"
+        );
+    }
+
+    #[test]
     fn addresses_without_connections_are_forgotten() {
         let limit = InboundLimit::new(3);
         for i in 0..100u16 {
-            let ip = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, i));
+            let ip = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, i, 0, 0, 0, 1));
             assert!(limit.admit(ip));
             limit.release(ip);
         }
