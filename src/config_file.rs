@@ -184,7 +184,6 @@ pub struct FileConfig {
     pub dial_backoff_max: Option<HumanDuration>,
     pub max_inbound: Option<usize>,
     pub max_inbound_per_ip: Option<usize>,
-    pub misbehavior_cooldown: Option<HumanDuration>,
     pub max_outbound: Option<usize>,
     pub peer_send_backlog: Option<usize>,
     pub max_write_batch: Option<usize>,
@@ -256,7 +255,6 @@ impl FileConfig {
             recv_buffer_size
         );
         set_dur!(
-            misbehavior_cooldown,
             wait_spin,
             idle_spin,
             handshake_max_age,
@@ -421,23 +419,6 @@ mod tests {
         assert!(e.to_string().contains("idle_timeout"), "{e}");
         let e = toml::from_str::<FileConfig>("backend = \"kqueue\"").unwrap_err();
         assert!(e.to_string().contains("backend"), "{e}");
-    }
-
-    #[test]
-    fn session_7_keys_parse_as_documented() {
-        let f: FileConfig = toml::from_str(
-            "uring_doorbell = false\nmax_inbound_per_ip = 3\nmisbehavior_cooldown = \"0s\"",
-        )
-        .unwrap();
-        let c = f.engine_config(None);
-        assert!(!c.uring_doorbell);
-        assert_eq!(c.max_inbound_per_ip, 3);
-        assert_eq!(c.misbehavior_cooldown, Duration::ZERO);
-        // Defaults (recommended) as docs/operating.md lists them.
-        let c = FileConfig::default().engine_config(None);
-        assert!(c.uring_doorbell);
-        assert_eq!(c.max_inbound_per_ip, 8);
-        assert_eq!(c.misbehavior_cooldown, Duration::from_secs(10));
     }
 
     #[test]

@@ -669,78 +669,6 @@ fn one_address_holding_handshakes(backend: Backend) {
     drop(held);
 }
 
-/// An authorized peer that sends a chunk breaking the reassembly rules is
-/// closed and then refused until its cooldown ends: its next handshake
-/// fails at once, while other peers are served.
-fn misbehaving_peer_is_refused_for_the_cooldown(backend: Backend) {
-    let _g = serial();
-    let def = || ChannelDef {
-        quota: None,
-        id: 1,
-        max_size: 16 << 20,
-        backlog: 16,
-        compression: None,
-    };
-    let victim = start_node(backend, 1, any_addr(), &[1, 2, 3, 4], &[], &[def()], |c| {
-        c.misbehavior_cooldown = Duration::from_secs(600);
-    });
-    let honest = start_node(
-        backend,
-        2,
-        any_addr(),
-        &[1, 2, 3, 4],
-        &[(1, victim.addr)],
-        &[def()],
-        |_| {},
-    );
-    assert_exchange(&victim, &honest, 0, "before the attack");
-    let m = victim.handle().metrics();
-    let cooldowns0 = m.misbehavior_cooldowns.get();
-    let refused0 = m.refused_count("cooldown");
-    let (mut s, mut session) = authenticated_raw(victim.addr, &victim.key(), 4);
-    let header = DataHeader {
-        channel: 1,
-        message_id: 1,
-        part: 0,
-        total_parts: 16 << 20,
-        total_len: 16 << 20,
-        compressed: false,
-        request_id: 0,
-        status: 0,
-    };
-    let frame = sealed_frame(&mut session.sealer, |w| {
-        let _ = w.push_data(RecordKind::Data, &header, &[0x55]);
-    });
-    let _ = s.write_all(&frame);
-    wait_dropped(&mut s, "misbehaving peer");
-    wait_until("the cooldown started", || {
-        m.misbehavior_cooldowns.get() == cooldowns0 + 1
-    });
-    // Its next handshake is refused at once (the victim closes instead of
-    // answering the Hello).
-    let again = raw_client::dial(
-        victim.addr,
-        &victim.key(),
-        signer(4),
-        &Config::local(None),
-        WAIT,
-    );
-    assert!(again.is_err(), "a peer cooling down completes no handshake");
-    assert_eq!(m.refused_count("cooldown") - refused0, 1);
-    // Others are not affected.
-    assert_exchange(&victim, &honest, 0, "during the cooldown");
-    let n3 = start_node(
-        backend,
-        3,
-        any_addr(),
-        &[1, 2, 3, 4],
-        &[(1, victim.addr)],
-        &[def()],
-        |_| {},
-    );
-    assert_exchange(&victim, &n3, 0, "new node during the cooldown");
-}
-
 fn replayed_hello(backend: Backend) {
     let _g = serial();
     let (victim, honest, _p, hello, confirm) =
@@ -1208,7 +1136,6 @@ both_backends!(
     partial_frame_then_fin,
     many_silent_connections,
     one_address_holding_handshakes,
-    misbehaving_peer_is_refused_for_the_cooldown,
     replayed_hello,
     unregistered_channel,
     oversized_message,

@@ -143,15 +143,6 @@ pub struct Config {
     /// for them. 0: no per-address limit (loopback clusters, where every
     /// peer is 127.0.0.1). Default 8; `local` 0.
     pub max_inbound_per_ip: usize,
-    /// How long a peer whose established connection was closed for
-    /// misbehavior only it could commit (a record that authenticated but
-    /// broke the protocol: bad record or chunk, reassembly budget, message
-    /// over the channel's limit, refused decompression, protocol violation)
-    /// is refused, in both directions, before it may handshake again (metric
-    /// `misbehavior_cooldowns`; refusals `refused{reason="cooldown"}`).
-    /// Errors an on-path attacker could inject (bad length, failed
-    /// decryption) never start one. 0: off. Default 10 s; `local` 0.
-    pub misbehavior_cooldown: Duration,
     /// Max outbound (dialed) connections, established or handshaking.
     pub max_outbound: usize,
     /// Messages a single peer's send queue may hold before `send` reports it full.
@@ -233,7 +224,6 @@ impl Config {
             dial_backoff_max: Duration::from_secs(30),
             max_inbound: 128,
             max_inbound_per_ip: 8,
-            misbehavior_cooldown: Duration::from_secs(10),
             max_outbound: 128,
             peer_send_backlog: 4096,
             max_write_batch: 256 * 1024,
@@ -269,7 +259,6 @@ impl Config {
             dial_backoff_max: Duration::from_secs(1),
             max_inbound: 1024,
             max_inbound_per_ip: 0,
-            misbehavior_cooldown: Duration::ZERO,
             max_outbound: 1024,
             shards: 1,
             ..Self::recommended(listen)
