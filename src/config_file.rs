@@ -422,6 +422,19 @@ mod tests {
     }
 
     #[test]
+    fn session_7_keys_parse_as_documented() {
+        let f: FileConfig =
+            toml::from_str("uring_doorbell = false\nmax_inbound_per_ip = 3").unwrap();
+        let c = f.engine_config(None);
+        assert!(!c.uring_doorbell);
+        assert_eq!(c.max_inbound_per_ip, 3);
+        // Defaults (recommended) as docs/operating.md lists them.
+        let c = FileConfig::default().engine_config(None);
+        assert!(c.uring_doorbell);
+        assert_eq!(c.max_inbound_per_ip, 8);
+    }
+
+    #[test]
     fn overrides_apply_and_validate_names_fields() {
         let f: FileConfig =
             toml::from_str("preset = \"local\"\nidle_timeout = \"1s\"\nping_interval = \"2s\"")
