@@ -1,6 +1,8 @@
 //! State shared by the application threads, the control shard and the data
 //! shards. Everything here is either immutable after start, atomic, or an
-//! `ArcSwap` snapshot: the per-message path takes no lock.
+//! `ArcSwap` snapshot, except the per-address inbound counts (a mutex taken
+//! once per accept and once per inbound close): the per-message path takes
+//! no lock.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, OnceLock};
