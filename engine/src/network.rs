@@ -1004,8 +1004,7 @@ fn accept_all(shared: &Shared, l: &TcpListener, next_shard: &mut usize) {
                     .send(Command::Adopt { stream, ip })
                     .is_err()
                 {
-                    shared.inbound_ips.release(ip);
-                    shared.inbound.fetch_sub(1, Ordering::AcqRel);
+                    shared.release_inbound(ip);
                     shared.metrics.refuse("shard_queue_full");
                 }
             }

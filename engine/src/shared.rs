@@ -67,6 +67,16 @@ pub(crate) enum ControlEvent {
 }
 
 impl Shared {
+    /// Gives back what the accept counted for a connection from `ip` (the
+    /// address first, so the per-address map never holds more addresses
+    /// than `max_inbound` admits). For every accepted connection exactly
+    /// once: at its close, or when it is dropped before it became one.
+    pub fn release_inbound(&self, ip: std::net::IpAddr) {
+        self.inbound_ips.release(ip);
+        self.inbound
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
     /// Hands an event to the control shard; a full queue is counted (the
     /// gossip that produced it repeats on the next interval).
     pub fn to_control(&self, ev: ControlEvent) {

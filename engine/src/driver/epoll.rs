@@ -63,7 +63,7 @@ pub(crate) fn run(mut core: ShardCore, busy_poll: bool) -> io::Result<()> {
             match action {
                 DriverAction::Adopt(std_stream, ip) => {
                     if std_stream.set_nonblocking(true).is_err() {
-                        core.release_inbound(ip);
+                        core.shared.release_inbound(ip);
                         continue;
                     }
                     let _ = std_stream.set_nodelay(true);

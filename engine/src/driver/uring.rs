@@ -167,6 +167,13 @@ impl Driver {
         }
     }
 
+    /// Nothing in flight but receives and the wake poll: every completion
+    /// the shard could wait for follows input on a socket the doorbell
+    /// watches.
+    fn only_receives_in_flight(&self) -> bool {
+        self.sends_in_flight == 0 && self.connects_in_flight == 0 && self.closing.is_empty()
+    }
+
     fn push(&mut self, sqe: squeue::Entry) -> io::Result<()> {
         loop {
             // SAFETY: every SQE we build references either no memory, or memory owned by a `USock` (`send`, `direct`) that stays alive and unmoved until the operation's completion is reaped, or (receives with buffer selection) the registered buffer pool, which is unregistered and freed only after every operation completed (`drain_all`).
@@ -527,18 +534,8 @@ fn event_loop(core: &mut ShardCore, d: &mut Driver, busy_poll: bool) -> io::Resu
                 continue;
             }
         }
-        let bell = match &mut d.bell {
-            Some(bell)
-                if sleeping
-                    && d.sends_in_flight == 0
-                    && d.connects_in_flight == 0
-                    && d.closing.is_empty() =>
-            {
-                Some(bell)
-            }
-            _ => None,
-        };
-        if let Some(bell) = bell {
+        let use_bell = sleeping && d.only_receives_in_flight();
+        if let Some(bell) = d.bell.as_mut().filter(|_| use_bell) {
             // Only socket input can wake us: sleep where its wake-up is a
             // sync one (see `doorbell`), then run the ring's task work.
             if !d.ring.submission().is_empty() {

@@ -227,15 +227,6 @@ impl ShardCore {
         }
     }
 
-    /// Gives back what the accept counted for a connection from `ip` (the
-    /// address first, so the per-address map never holds more addresses
-    /// than `max_inbound` admits). For every accepted connection exactly
-    /// once: at its close, or when it is dropped before it became one.
-    pub fn release_inbound(&self, ip: std::net::IpAddr) {
-        self.shared.inbound_ips.release(ip);
-        self.shared.inbound.fetch_sub(1, Ordering::AcqRel);
-    }
-
     /// Adds a connection (accepted from `inbound`'s address, or dialed);
     /// returns its slab key.
     pub fn insert(
@@ -1207,7 +1198,7 @@ impl ShardCore {
             self.shared.peers.remove(&h.peer, h.id, label);
         }
         if let Some(ip) = slot.inbound {
-            self.release_inbound(ip);
+            self.shared.release_inbound(ip);
         } else {
             self.shared.outbound.fetch_sub(1, Ordering::AcqRel);
         }
@@ -1249,7 +1240,7 @@ impl Drop for ShardCore {
             // inbound counts back, or their addresses stay counted for as
             // long as the node runs.
             if let Some(ip) = slot.inbound {
-                self.release_inbound(ip);
+                self.shared.release_inbound(ip);
             }
         }
         let parked: usize = self.parked.values().map(|p| p.msgs.len()).sum();
@@ -1258,7 +1249,7 @@ impl Drop for ShardCore {
             match cmd {
                 Command::Send { .. } => queued += 1,
                 Command::SendBatch { msgs, .. } => queued += msgs.len(),
-                Command::Adopt { ip, .. } => self.release_inbound(ip),
+                Command::Adopt { ip, .. } => self.shared.release_inbound(ip),
                 _ => {}
             }
         }
