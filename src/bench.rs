@@ -388,6 +388,7 @@ fn plan(args: &BenchArgs) -> Result<Plan, BenchError> {
     // Every bench node is on 127.0.0.1: a per-address limit from a
     // `recommended` config file would refuse the cluster's own peers.
     base.max_inbound_per_ip = 0;
+    base.accept_rate_per_ip = 0;
     if args.no_doorbell {
         base.uring_doorbell = false;
     }

@@ -184,6 +184,8 @@ pub struct FileConfig {
     pub dial_backoff_max: Option<HumanDuration>,
     pub max_inbound: Option<usize>,
     pub max_inbound_per_ip: Option<usize>,
+    pub accept_rate_per_ip: Option<u32>,
+    pub accept_burst_per_ip: Option<u32>,
     pub max_outbound: Option<usize>,
     pub peer_send_backlog: Option<usize>,
     pub max_write_batch: Option<usize>,
@@ -240,6 +242,8 @@ impl FileConfig {
             dial_attempts,
             max_inbound,
             max_inbound_per_ip,
+            accept_rate_per_ip,
+            accept_burst_per_ip,
             max_outbound,
             peer_send_backlog,
             max_write_batch,
@@ -432,6 +436,25 @@ mod tests {
         let c = FileConfig::default().engine_config(None);
         assert!(c.uring_doorbell);
         assert_eq!(c.max_inbound_per_ip, 8);
+    }
+
+    #[test]
+    fn session_8_keys_parse_as_documented() {
+        let f: FileConfig =
+            toml::from_str("accept_rate_per_ip = 1\naccept_burst_per_ip = 2").unwrap();
+        let c = f.engine_config(None);
+        assert_eq!((c.accept_rate_per_ip, c.accept_burst_per_ip), (1, 2));
+        // Defaults as docs/operating.md lists them: recommended 4 / 16,
+        // local no rate limit.
+        let c = FileConfig::default().engine_config(None);
+        assert_eq!((c.accept_rate_per_ip, c.accept_burst_per_ip), (4, 16));
+        let f: FileConfig = toml::from_str("preset = \"local\"").unwrap();
+        assert_eq!(f.engine_config(None).accept_rate_per_ip, 0);
+        // A rate without a burst is refused by name.
+        let f: FileConfig =
+            toml::from_str("accept_rate_per_ip = 1\naccept_burst_per_ip = 0").unwrap();
+        let e = f.engine_config(None).validate().unwrap_err();
+        assert!(e.to_string().contains("accept_burst_per_ip"), "{e}");
     }
 
     #[test]

@@ -669,6 +669,76 @@ fn one_address_holding_handshakes(backend: Backend) {
     drop(held);
 }
 
+/// One host (127.0.0.2) opening connections as fast as it can gets
+/// `accept_burst_per_ip` of them and then `accept_rate_per_ip` a second; the
+/// rest are refused at accept before any handshake work, while honest peers
+/// on another address are served; its allowance refills.
+fn one_address_reconnecting_fast(backend: Backend) {
+    let _g = serial();
+    const BURST: u32 = 3;
+    const RATE: u32 = 1;
+    const ATTEMPTS: usize = 30;
+    let attacker = std::net::Ipv4Addr::new(127, 0, 0, 2);
+    let (victim, honest) = victim_and_honest(
+        backend,
+        || vec![chan(1)],
+        |c| {
+            c.accept_rate_per_ip = RATE;
+            c.accept_burst_per_ip = BURST;
+            c.handshake_timeout = Duration::from_secs(120);
+        },
+    );
+    let m = victim.handle().metrics();
+    let refused0 = m.refused_count("accept_rate_per_ip");
+    let handshaking0 = m.handshaking.get();
+    // Each attempt ends as a refusal or as a connection waiting for its
+    // Hello (kept open, so the two are told apart by the victim's metrics).
+    let decided = || {
+        (m.refused_count("accept_rate_per_ip") - refused0) as i64
+            + (m.handshaking.get() - handshaking0)
+    };
+    let start = Instant::now();
+    let mut held = Vec::new();
+    for i in 0..ATTEMPTS {
+        held.push(raw_connect_from(attacker, victim.addr));
+        wait_until("the victim decided on the attempt", || {
+            decided() == i as i64 + 1
+        });
+    }
+    let elapsed = start.elapsed();
+    let admitted = (m.handshaking.get() - handshaking0) as usize;
+    let refused = (m.refused_count("accept_rate_per_ip") - refused0) as usize;
+    // The burst, plus one per second of the attack, plus one for a refill
+    // that landed between two attempts.
+    let bound = BURST as usize + (elapsed.as_secs_f64() * RATE as f64) as usize + 1;
+    eprintln!("[{ATTEMPTS} attempts in {elapsed:?}] admitted {admitted}, refused {refused}");
+    assert_eq!(admitted + refused, ATTEMPTS);
+    assert!(admitted >= BURST as usize, "the burst is admitted");
+    assert!(
+        admitted <= bound,
+        "admitted {admitted} > burst + rate × {elapsed:?}"
+    );
+    assert!(refused >= ATTEMPTS.saturating_sub(bound));
+    // Another address is not affected.
+    assert_exchange(&victim, &honest, 0, "while one address is rate-limited");
+    new_honest_node_served(backend, &victim, vec![chan(1)], "new node, other address");
+    // The allowance refills: an attempt every 100 ms is admitted again
+    // within about a second.
+    let mut last_try = Instant::now();
+    let admitted_before = m.handshaking.get();
+    let mut tries = 0;
+    wait_until("an attempt admitted after the refill", || {
+        if last_try.elapsed() >= Duration::from_millis(100) {
+            last_try = Instant::now();
+            tries += 1;
+            held.push(raw_connect_from(attacker, victim.addr));
+        }
+        m.handshaking.get() > admitted_before
+    });
+    eprintln!("[refill] admitted again after {tries} tries");
+    drop(held);
+}
+
 fn replayed_hello(backend: Backend) {
     let _g = serial();
     let (victim, honest, _p, hello, confirm) =
@@ -1136,6 +1206,7 @@ both_backends!(
     partial_frame_then_fin,
     many_silent_connections,
     one_address_holding_handshakes,
+    one_address_reconnecting_fast,
     replayed_hello,
     unregistered_channel,
     oversized_message,

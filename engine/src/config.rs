@@ -143,6 +143,19 @@ pub struct Config {
     /// for them. 0: no per-address limit (loopback clusters, where every
     /// peer is 127.0.0.1). Default 8; `local` 0.
     pub max_inbound_per_ip: usize,
+    /// New inbound connections per second one IPv4 address or IPv6 /64 may
+    /// open once its [`Config::accept_burst_per_ip`] is spent; more are
+    /// refused at accept (metric `refused{reason="accept_rate_per_ip"}`).
+    /// Bounds how fast one host makes us pay for handshakes (~0.1 ms of CPU
+    /// each), including an authorized peer that reconnects as soon as it is
+    /// closed for misbehaving. A refused attempt uses up nothing, so a host
+    /// that hammers still gets this rate. 0: no rate limit. Default 4;
+    /// `local` 0.
+    pub accept_rate_per_ip: u32,
+    /// Connections one address may open at once before
+    /// [`Config::accept_rate_per_ip`] applies (its bucket refills at that
+    /// rate). Default 16: room for a restarting host's nodes to reconnect.
+    pub accept_burst_per_ip: u32,
     /// Max outbound (dialed) connections, established or handshaking.
     pub max_outbound: usize,
     /// Messages a single peer's send queue may hold before `send` reports it full.
@@ -224,6 +237,8 @@ impl Config {
             dial_backoff_max: Duration::from_secs(30),
             max_inbound: 128,
             max_inbound_per_ip: 8,
+            accept_rate_per_ip: 4,
+            accept_burst_per_ip: 16,
             max_outbound: 128,
             peer_send_backlog: 4096,
             max_write_batch: 256 * 1024,
@@ -259,6 +274,7 @@ impl Config {
             dial_backoff_max: Duration::from_secs(1),
             max_inbound: 1024,
             max_inbound_per_ip: 0,
+            accept_rate_per_ip: 0,
             max_outbound: 1024,
             shards: 1,
             ..Self::recommended(listen)
@@ -336,6 +352,12 @@ impl Config {
         }
         if self.max_message_size == 0 {
             return bad("max_message_size", "must be > 0");
+        }
+        if self.accept_rate_per_ip > 0 && self.accept_burst_per_ip == 0 {
+            return bad(
+                "accept_burst_per_ip",
+                "must be >= 1 when accept_rate_per_ip is set",
+            );
         }
         if self.peer_send_backlog == 0 {
             return bad("peer_send_backlog", "must be > 0");

@@ -27,7 +27,7 @@ use std::sync::Mutex;
 
 /// What one "address" is for the limit: an IPv4 address (also when mapped
 /// into IPv6), or an IPv6 /64.
-fn source(ip: IpAddr) -> IpAddr {
+pub(crate) fn source(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V4(v4) => IpAddr::V4(v4),
         IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),

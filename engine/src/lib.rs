@@ -23,6 +23,7 @@
 //! life: decryption, reassembly, dispatch, encoding and encryption all happen
 //! there, with no locks on the per-message path.
 
+mod accept_rate;
 pub mod channels;
 pub mod clock;
 pub mod config;

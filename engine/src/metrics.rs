@@ -68,6 +68,10 @@ pub struct Metrics {
     /// Times an io_uring shard slept in `io_uring_enter` (a send or connect
     /// in flight, a socket closing, or no doorbell).
     pub uring_ring_sleeps: Counter,
+    /// Connections admitted without a per-address rate check because the
+    /// rate table was full of recently active addresses
+    /// ([`crate::Config::accept_rate_per_ip`]).
+    pub accept_rate_untracked: Counter,
     messages_in: Family<ChannelLabel, Counter>,
     messages_out: Family<ChannelLabel, Counter>,
     bytes_in: Family<ChannelLabel, Counter>,
@@ -142,6 +146,11 @@ impl Metrics {
             "uring_ring_sleeps",
             "io_uring shard sleeps in io_uring_enter",
             self.uring_ring_sleeps.clone(),
+        );
+        registry.register(
+            "accept_rate_untracked",
+            "Connections admitted unchecked because the per-address rate table was full",
+            self.accept_rate_untracked.clone(),
         );
         registry.register(
             "receiver_full_pauses",

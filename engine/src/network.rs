@@ -559,6 +559,8 @@ fn control_loop(
             discovery.refresh_own(addr, clock.unix_ms(Instant::now()));
         }
         let mut next_shard = 0usize;
+        let mut accept_rate =
+            crate::accept_rate::AcceptRate::new(cfg.accept_rate_per_ip, cfg.accept_burst_per_ip);
         let mut dial_states: HashMap<PublicKey, DialState> = HashMap::new();
         let mut next_dial = Instant::now();
         let mut next_gossip = Instant::now() + cfg.gossip_interval;
@@ -612,7 +614,7 @@ fn control_loop(
             let _ = waker.take_resume();
             // Accept everything pending.
             if let Some(l) = &listener {
-                accept_all(&shared, l, &mut next_shard);
+                accept_all(&shared, l, &mut next_shard, &mut accept_rate);
             }
 
             // Peer sets changed: follow them, drop peers that left every set.
@@ -979,7 +981,13 @@ fn set_listener(
     }
 }
 
-fn accept_all(shared: &Shared, l: &TcpListener, next_shard: &mut usize) {
+fn accept_all(
+    shared: &Shared,
+    l: &TcpListener,
+    next_shard: &mut usize,
+    rate: &mut crate::accept_rate::AcceptRate,
+) {
+    use crate::accept_rate::Admission;
     let cfg = &shared.config;
     loop {
         match l.accept() {
@@ -991,6 +999,19 @@ fn accept_all(shared: &Shared, l: &TcpListener, next_shard: &mut usize) {
                     continue;
                 }
                 let ip = from.ip();
+                match rate.admit(ip, Instant::now()) {
+                    Admission::Admit => {}
+                    Admission::Refuse => {
+                        shared.metrics.refuse("accept_rate_per_ip");
+                        tracing::debug!(%from, "per-address accept rate exceeded; refusing");
+                        drop(stream);
+                        continue;
+                    }
+                    Admission::Untracked => {
+                        shared.metrics.accept_rate_untracked.inc();
+                        tracing::debug!(%from, "accept rate table full; admitted unchecked");
+                    }
+                }
                 if !shared.inbound_ips.admit(ip) {
                     shared.metrics.refuse("max_inbound_per_ip");
                     tracing::debug!(%from, "per-address inbound limit reached; refusing");
