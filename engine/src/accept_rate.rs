@@ -6,17 +6,20 @@
 //! with `now` passed in, before the socket costs anything else. Each address
 //! (an IPv4 address, IPv4-mapped IPv6 counted as IPv4, or an IPv6 /64, as in
 //! [`crate::inbound_limit`]) has a GCRA bucket: `burst` connections at once,
-//! then one more every `1 / rate` seconds. A refused connection does not use
-//! up the address's allowance, so a host that hammers gets exactly the rate.
+//! then one more every `1 / rate` seconds. A connection refused at accept
+//! (by this or by an earlier limit: the caller asks last) does not use up
+//! the address's allowance, so a host that hammers gets exactly the rate.
 //!
 //! The table is bounded ([`TABLE_MAX`] addresses). An entry whose bucket has
 //! refilled is indistinguishable from a fresh address, so when the table is
-//! full those are dropped first. If it is still full (that many addresses
-//! all connected within the last `burst / rate` seconds), a new address is
-//! admitted without being tracked and counted in `accept_rate_untracked`:
-//! failing closed would let a many-address attacker lock every new honest
-//! address out, while `max_inbound` and `handshake_timeout` still bound what
-//! untracked addresses can hold. Known addresses stay limited meanwhile.
+//! full those are dropped, in one sweep at most every [`SWEEP_EVERY`] (an
+//! attacker holding the table full must not make every accept scan it). If
+//! it is still full (that many addresses whose buckets have not refilled), a
+//! new address is admitted without being tracked and counted in
+//! `accept_rate_untracked`: failing closed would let a many-address attacker
+//! lock every new honest address out, while `max_inbound` and
+//! `handshake_timeout` still bound what untracked addresses can hold. Known
+//! addresses stay limited meanwhile.
 //!
 //! # Security
 //! The dialee pays for each handshake it answers (one signature check, one
@@ -35,6 +38,8 @@ use crate::inbound_limit::source;
 
 /// Most addresses tracked at once (about 64 B each).
 pub(crate) const TABLE_MAX: usize = 4096;
+/// Least time between two sweeps of a full table.
+pub(crate) const SWEEP_EVERY: Duration = Duration::from_millis(100);
 
 /// What [`AcceptRate::admit`] decided.
 #[derive(Debug, PartialEq, Eq)]
@@ -58,6 +63,8 @@ pub(crate) struct AcceptRate {
     /// arrival time). At or before `now` means "as if never seen".
     tat: HashMap<IpAddr, Instant>,
     max: usize,
+    /// No sweep of a full table before this.
+    next_sweep: Option<Instant>,
 }
 
 impl AcceptRate {
@@ -75,6 +82,7 @@ impl AcceptRate {
             tolerance,
             tat: HashMap::new(),
             max,
+            next_sweep: None,
         }
     }
 
@@ -86,6 +94,10 @@ impl AcceptRate {
         let key = source(ip);
         let known = self.tat.contains_key(&key);
         if !known && self.tat.len() >= self.max {
+            if self.next_sweep.is_some_and(|t| now < t) {
+                return Admission::Untracked;
+            }
+            self.next_sweep = Some(now + SWEEP_EVERY);
             self.tat.retain(|_, tat| *tat > now);
             if self.tat.len() >= self.max {
                 return Admission::Untracked;
@@ -188,11 +200,29 @@ mod tests {
         // A known address is still limited.
         assert_eq!(r.admit(v4(1), t0), Admission::Admit);
         assert_eq!(r.admit(v4(1), t0), Admission::Refuse);
-        // Once addresses 2 and 3 have refilled (1 s), they make room.
+        // Addresses 2 and 3 refill at 1 s; they make room at the first
+        // sweep after that.
         let later = t0 + Duration::from_millis(1500);
         assert_eq!(r.admit(v4(4), later), Admission::Admit);
         assert_eq!(r.admit(v4(5), later), Admission::Admit);
         assert_eq!(r.tracked(), 3, "1 (still draining), 4 and 5");
         assert_eq!(r.admit(v4(6), later), Admission::Untracked);
+    }
+
+    #[test]
+    fn a_full_table_is_swept_at_most_once_per_period() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut r = AcceptRate::with_table_max(1, 1, 2);
+        assert_eq!(r.admit(v4(1), t0), Admission::Admit);
+        assert_eq!(r.admit(v4(2), t0 + ms(900)), Admission::Admit);
+        // Full; the sweep at 950 ms frees nothing (both still draining).
+        assert_eq!(r.admit(v4(3), t0 + ms(950)), Admission::Untracked);
+        // Address 1 has refilled at 1 s, but the next sweep is not due
+        // before 1050 ms.
+        assert_eq!(r.admit(v4(3), t0 + ms(1000)), Admission::Untracked);
+        assert_eq!(r.admit(v4(3), t0 + ms(1049)), Admission::Untracked);
+        assert_eq!(r.admit(v4(3), t0 + ms(1050)), Admission::Admit);
+        assert_eq!(r.tracked(), 2);
     }
 }

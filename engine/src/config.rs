@@ -148,9 +148,10 @@ pub struct Config {
     /// refused at accept (metric `refused{reason="accept_rate_per_ip"}`).
     /// Bounds how fast one host makes us pay for handshakes (~0.1 ms of CPU
     /// each), including an authorized peer that reconnects as soon as it is
-    /// closed for misbehaving. A refused attempt uses up nothing, so a host
-    /// that hammers still gets this rate. 0: no rate limit. Default 4;
-    /// `local` 0.
+    /// closed for misbehaving. An attempt refused at accept (by this or by
+    /// `max_inbound` / `max_inbound_per_ip`) uses up nothing, so a host that
+    /// hammers still gets this rate. 0: no rate limit; at most 1,000,000.
+    /// Default 4; `local` 0.
     pub accept_rate_per_ip: u32,
     /// Connections one address may open at once before
     /// [`Config::accept_rate_per_ip`] applies (its bucket refills at that
@@ -352,6 +353,9 @@ impl Config {
         }
         if self.max_message_size == 0 {
             return bad("max_message_size", "must be > 0");
+        }
+        if self.accept_rate_per_ip > 1_000_000 {
+            return bad("accept_rate_per_ip", "must be <= 1000000 (0 for no limit)");
         }
         if self.accept_rate_per_ip > 0 && self.accept_burst_per_ip == 0 {
             return bad(

@@ -999,11 +999,20 @@ fn accept_all(
                     continue;
                 }
                 let ip = from.ip();
+                if !shared.inbound_ips.admit(ip) {
+                    shared.metrics.refuse("max_inbound_per_ip");
+                    tracing::debug!(%from, "per-address inbound limit reached; refusing");
+                    drop(stream);
+                    continue;
+                }
+                // Last: a connection another limit refuses uses up none of
+                // the address's allowance.
                 match rate.admit(ip, Instant::now()) {
                     Admission::Admit => {}
                     Admission::Refuse => {
                         shared.metrics.refuse("accept_rate_per_ip");
                         tracing::debug!(%from, "per-address accept rate exceeded; refusing");
+                        shared.inbound_ips.release(ip);
                         drop(stream);
                         continue;
                     }
@@ -1011,12 +1020,6 @@ fn accept_all(
                         shared.metrics.accept_rate_untracked.inc();
                         tracing::debug!(%from, "accept rate table full; admitted unchecked");
                     }
-                }
-                if !shared.inbound_ips.admit(ip) {
-                    shared.metrics.refuse("max_inbound_per_ip");
-                    tracing::debug!(%from, "per-address inbound limit reached; refusing");
-                    drop(stream);
-                    continue;
                 }
                 shared.inbound.fetch_add(1, Ordering::AcqRel);
                 let shard = *next_shard % shared.shards.len();
