@@ -195,6 +195,7 @@ pub struct FileConfig {
     pub shard_queue: Option<usize>,
     pub recv_buffers: Option<u16>,
     pub recv_buffer_size: Option<usize>,
+    pub uring_entries: Option<u32>,
     // --- bench ---
     pub bench: Option<BenchSection>,
     // --- delivery probe (`shoal node` only) ---
@@ -256,7 +257,8 @@ impl FileConfig {
             control_queue,
             shard_queue,
             recv_buffers,
-            recv_buffer_size
+            recv_buffer_size,
+            uring_entries
         );
         set_dur!(
             wait_spin,
@@ -444,6 +446,15 @@ mod tests {
             toml::from_str("accept_rate_per_ip = 1\naccept_burst_per_ip = 2").unwrap();
         let c = f.engine_config(None);
         assert_eq!((c.accept_rate_per_ip, c.accept_burst_per_ip), (1, 2));
+        let f: FileConfig = toml::from_str("uring_entries = 64").unwrap();
+        assert_eq!(f.engine_config(None).uring_entries, 64);
+        let f: FileConfig = toml::from_str("uring_entries = 100").unwrap();
+        let e = f.engine_config(None).validate().unwrap_err();
+        assert!(e.to_string().contains("uring_entries"), "{e}");
+        assert_eq!(
+            FileConfig::default().engine_config(None).uring_entries,
+            4096
+        );
         // Defaults as docs/operating.md lists them: recommended 4 / 16,
         // local no rate limit.
         let c = FileConfig::default().engine_config(None);

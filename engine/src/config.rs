@@ -184,6 +184,13 @@ pub struct Config {
     pub recv_buffers: u16,
     /// io_uring / epoll: size of one receive buffer, bytes.
     pub recv_buffer_size: usize,
+    /// io_uring: submission queue entries per shard (power of two, 8 to
+    /// 32768); the completion queue gets twice as many. A full submission
+    /// queue is handed to the kernel early, and completions past a full
+    /// completion queue wait in the kernel's overflow list (metric
+    /// `uring_cq_overflows`) and end multishot receives, which the shard
+    /// re-arms: correct either way, only slower. Default 4096.
+    pub uring_entries: u32,
 }
 
 impl std::fmt::Debug for Config {
@@ -249,6 +256,7 @@ impl Config {
             shard_queue: 65536,
             recv_buffers: 64,
             recv_buffer_size: 64 * 1024,
+            uring_entries: 4096,
         }
     }
 
@@ -371,6 +379,9 @@ impl Config {
         }
         if self.max_write_batch < self.max_frame_body + 4 {
             return bad("max_write_batch", "must hold at least one frame");
+        }
+        if !self.uring_entries.is_power_of_two() || !(8..=32768).contains(&self.uring_entries) {
+            return bad("uring_entries", "must be a power of two within 8 ..= 32768");
         }
         if !self.recv_buffers.is_power_of_two() {
             return bad("recv_buffers", "must be a power of two");

@@ -68,6 +68,9 @@ pub struct Metrics {
     /// Times an io_uring shard slept in `io_uring_enter` (a send or connect
     /// in flight, a socket closing, or no doorbell).
     pub uring_ring_sleeps: Counter,
+    /// Loop turns of an io_uring shard that found completions waiting in the
+    /// kernel's overflow list ([`crate::Config::uring_entries`]).
+    pub uring_cq_overflows: Counter,
     /// Connections admitted without a per-address rate check because the
     /// rate table was full of recently active addresses
     /// ([`crate::Config::accept_rate_per_ip`]).
@@ -146,6 +149,11 @@ impl Metrics {
             "uring_ring_sleeps",
             "io_uring shard sleeps in io_uring_enter",
             self.uring_ring_sleeps.clone(),
+        );
+        registry.register(
+            "uring_cq_overflows",
+            "io_uring shard turns that found completions in the kernel's overflow list",
+            self.uring_cq_overflows.clone(),
         );
         registry.register(
             "accept_rate_untracked",

@@ -273,7 +273,7 @@ impl Driver {
 /// Runs a shard on io_uring until shutdown completes.
 pub(crate) fn run(mut core: ShardCore, busy_poll: bool) -> io::Result<()> {
     let cfg = &core.shared.config;
-    let (ring, deferred_taskrun) = build_ring(4096)?;
+    let (ring, deferred_taskrun) = build_ring(cfg.uring_entries)?;
     let pool = BufferPool::new(cfg.recv_buffers, cfg.recv_buffer_size)?;
     // SAFETY: the pool outlives the registration: it is unregistered at the end of `run` after every receive completed, before the pool drops.
     unsafe {
@@ -393,6 +393,10 @@ fn event_loop(core: &mut ShardCore, d: &mut Driver, busy_poll: bool) -> io::Resu
         }
         for &(ud, res, flags) in &cqes {
             handle_cqe(core, d, ud, res, flags)?;
+        }
+        if d.ring.submission().cq_overflow() {
+            // Flushed by the next enter (this turn does not sleep).
+            core.shared.metrics.uring_cq_overflows.inc();
         }
 
         // Re-arm receives that ended (buffer shortage, a cancel). One whose
