@@ -186,6 +186,7 @@ pub struct FileConfig {
     pub max_inbound_per_ip: Option<usize>,
     pub accept_rate_per_ip: Option<u32>,
     pub accept_burst_per_ip: Option<u32>,
+    pub misbehavior_cooldown: Option<HumanDuration>,
     pub max_outbound: Option<usize>,
     pub peer_send_backlog: Option<usize>,
     pub max_write_batch: Option<usize>,
@@ -261,6 +262,7 @@ impl FileConfig {
             uring_entries
         );
         set_dur!(
+            misbehavior_cooldown,
             wait_spin,
             idle_spin,
             handshake_max_age,
@@ -446,6 +448,16 @@ mod tests {
             toml::from_str("accept_rate_per_ip = 1\naccept_burst_per_ip = 2").unwrap();
         let c = f.engine_config(None);
         assert_eq!((c.accept_rate_per_ip, c.accept_burst_per_ip), (1, 2));
+        let f: FileConfig = toml::from_str("misbehavior_cooldown = \"0s\"").unwrap();
+        assert_eq!(f.engine_config(None).misbehavior_cooldown, Duration::ZERO);
+        assert_eq!(
+            FileConfig::default()
+                .engine_config(None)
+                .misbehavior_cooldown,
+            Duration::from_secs(10)
+        );
+        let f: FileConfig = toml::from_str("preset = \"local\"").unwrap();
+        assert_eq!(f.engine_config(None).misbehavior_cooldown, Duration::ZERO);
         let f: FileConfig = toml::from_str("uring_entries = 64").unwrap();
         assert_eq!(f.engine_config(None).uring_entries, 64);
         let f: FileConfig = toml::from_str("uring_entries = 100").unwrap();

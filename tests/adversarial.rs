@@ -745,6 +745,103 @@ fn one_address_reconnecting_fast(backend: Backend) {
     drop(held);
 }
 
+/// An authorized peer that sends a structurally impossible record (a
+/// one-part message whose payload disagrees with its header's length) is
+/// closed and then refused until its cooldown ends, while other peers are
+/// served. One that only exceeds the victim's own channel limit (an honest
+/// peer with a larger limit does that) is closed but reconnects at once.
+fn misbehaving_peer_is_refused_for_the_cooldown(backend: Backend) {
+    let _g = serial();
+    const MAX: usize = 16 << 20;
+    let def = || ChannelDef {
+        quota: None,
+        id: 1,
+        max_size: MAX,
+        backlog: 16,
+        compression: None,
+    };
+    let victim = start_node(backend, 1, any_addr(), &[1, 2, 3, 4], &[], &[def()], |c| {
+        c.misbehavior_cooldown = Duration::from_secs(600);
+    });
+    let honest = start_node(
+        backend,
+        2,
+        any_addr(),
+        &[1, 2, 3, 4],
+        &[(1, victim.addr)],
+        &[def()],
+        |_| {},
+    );
+    assert_exchange(&victim, &honest, 0, "before the attack");
+    let m = victim.handle().metrics();
+    let cooldowns0 = m.misbehavior_cooldowns.get();
+    let refused0 = m.refused_count("cooldown");
+    let send_data = |s: &mut TcpStream, sealer: &mut _, header: &DataHeader, payload: &[u8]| {
+        let frame = sealed_frame(sealer, |w| {
+            let _ = w.push_data(RecordKind::Data, header, payload);
+        });
+        let _ = s.write_all(&frame);
+    };
+    let mut header = DataHeader {
+        channel: 1,
+        message_id: 1,
+        part: 0,
+        total_parts: 2,
+        total_len: MAX as u64 + 1,
+        compressed: false,
+        request_id: 0,
+        status: 0,
+    };
+
+    // 1: over the victim's limit only: closed, no cooldown.
+    let too_large0 = m.close_count("message_too_large");
+    let (mut s, mut session) = authenticated_raw(victim.addr, &victim.key(), 4);
+    send_data(&mut s, &mut session.sealer, &header, &[0x55; 1024]);
+    wait_dropped(&mut s, "message over the victim's limit");
+    wait_until("closed as message_too_large", || {
+        m.close_count("message_too_large") == too_large0 + 1
+    });
+    assert_eq!(
+        m.misbehavior_cooldowns.get(),
+        cooldowns0,
+        "a limit is not misbehavior"
+    );
+
+    // 2: a record no honest peer sends: closed and cooled down. (The
+    // handshake here is the reconnect right after 1: it is not refused.)
+    let (mut s, mut session) = authenticated_raw(victim.addr, &victim.key(), 4);
+    header.total_parts = 1;
+    header.total_len = 10;
+    send_data(&mut s, &mut session.sealer, &header, &[0x55]);
+    wait_dropped(&mut s, "misbehaving peer");
+    wait_until("the cooldown started", || {
+        m.misbehavior_cooldowns.get() == cooldowns0 + 1
+    });
+    // Its next handshake is refused at once (the victim closes instead of
+    // answering the Hello).
+    let again = raw_client::dial(
+        victim.addr,
+        &victim.key(),
+        signer(4),
+        &Config::local(None),
+        WAIT,
+    );
+    assert!(again.is_err(), "a peer cooling down completes no handshake");
+    assert_eq!(m.refused_count("cooldown") - refused0, 1);
+    // Others are not affected.
+    assert_exchange(&victim, &honest, 0, "during the cooldown");
+    let n3 = start_node(
+        backend,
+        3,
+        any_addr(),
+        &[1, 2, 3, 4],
+        &[(1, victim.addr)],
+        &[def()],
+        |_| {},
+    );
+    assert_exchange(&victim, &n3, 0, "new node during the cooldown");
+}
+
 fn replayed_hello(backend: Backend) {
     let _g = serial();
     let (victim, honest, _p, hello, confirm) =
@@ -1213,6 +1310,7 @@ both_backends!(
     many_silent_connections,
     one_address_holding_handshakes,
     one_address_reconnecting_fast,
+    misbehaving_peer_is_refused_for_the_cooldown,
     replayed_hello,
     unregistered_channel,
     oversized_message,

@@ -157,6 +157,20 @@ pub struct Config {
     /// [`Config::accept_rate_per_ip`] applies (its bucket refills at that
     /// rate). Default 16: room for a restarting host's nodes to reconnect.
     pub accept_burst_per_ip: u32,
+    /// How long a peer whose established connection was closed because it
+    /// provably broke the protocol is refused, in both directions, before it
+    /// may handshake again; the dialer skips it meanwhile (metric
+    /// `misbehavior_cooldowns`; refusals `refused{reason="cooldown"}`).
+    /// "Provably": a record that authenticated under the session keys and
+    /// that no honest peer sends whatever its settings or version (malformed
+    /// records, chunks that break the reassembly rules; see
+    /// [`crate::connection::CloseCause::is_peer_misbehavior`]). Errors an
+    /// on-path attacker could inject (bad length, failed decryption) and
+    /// violations of our own limits (message size, reassembly budget,
+    /// decompression bound, unregistered channel) or of what this version
+    /// knows (unknown record kinds) never start one. 0: off. Default 10 s;
+    /// `local` 0.
+    pub misbehavior_cooldown: Duration,
     /// Max outbound (dialed) connections, established or handshaking.
     pub max_outbound: usize,
     /// Messages a single peer's send queue may hold before `send` reports it full.
@@ -247,6 +261,7 @@ impl Config {
             max_inbound_per_ip: 8,
             accept_rate_per_ip: 4,
             accept_burst_per_ip: 16,
+            misbehavior_cooldown: Duration::from_secs(10),
             max_outbound: 128,
             peer_send_backlog: 4096,
             max_write_batch: 256 * 1024,
@@ -284,6 +299,7 @@ impl Config {
             max_inbound: 1024,
             max_inbound_per_ip: 0,
             accept_rate_per_ip: 0,
+            misbehavior_cooldown: Duration::ZERO,
             max_outbound: 1024,
             shards: 1,
             ..Self::recommended(listen)

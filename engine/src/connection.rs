@@ -94,7 +94,65 @@ pub enum CloseCause {
     Io(String),
 }
 
+/// [`CloseCause::Protocol`]: a second key confirmation.
+const CONFIRMATION_AFTER_HANDSHAKE: &str = "key confirmation after handshake";
+/// [`CloseCause::Protocol`]: a record for a channel we have not registered.
+const UNREGISTERED_CHANNEL: &str = "record for an unregistered channel";
+
 impl CloseCause {
+    /// Whether this close proves that the *peer* broke the protocol: the
+    /// offending input decrypted and authenticated under the session keys
+    /// (so only the peer could have sent it), and no honest peer sends it
+    /// whatever its limits, settings or version. This is what may start a
+    /// [`crate::Config::misbehavior_cooldown`].
+    ///
+    /// Not: anything an on-path attacker can inject without the keys (a bad
+    /// length prefix, a frame that fails to open, a reset), handshake
+    /// failures (the key is not proven), and violations of *our* limits or
+    /// of what *this* version knows (a message over our channel limit, our
+    /// reassembly budget or minimum chunk size, a decompression bound, a
+    /// channel we did not register, a record kind from a newer version).
+    /// The matches are exhaustive on purpose: a new error must be sorted.
+    pub fn is_peer_misbehavior(&self) -> bool {
+        match self {
+            CloseCause::Handshake(_)
+            | CloseCause::Frame(_)
+            | CloseCause::Cipher(_)
+            | CloseCause::Decompress(_)
+            | CloseCause::IdleTimeout
+            | CloseCause::Remote(_)
+            | CloseCause::Local(_)
+            | CloseCause::Io(_) => false,
+            CloseCause::Record(e) => match e {
+                RecordError::UnknownKind(_) => false,
+                RecordError::Truncated
+                | RecordError::TooLong { .. }
+                | RecordError::Decode(_)
+                | RecordError::Empty => true,
+            },
+            CloseCause::Chunk(e) => match e {
+                ChunkError::TooLarge { .. }
+                | ChunkError::BudgetExhausted
+                | ChunkError::ChunkTooSmall
+                | ChunkError::InconsistentTotal
+                // Ours: the connection hands the assembler data records only.
+                | ChunkError::NotData(_) => false,
+                ChunkError::ZeroParts
+                | ChunkError::PartOutOfRange { .. }
+                | ChunkError::Duplicate { .. }
+                | ChunkError::OutOfOrder { .. }
+                | ChunkError::UnknownMessage { .. }
+                | ChunkError::HeaderMismatch
+                | ChunkError::LengthMismatch => true,
+            },
+            CloseCause::Protocol(why) => match *why {
+                CONFIRMATION_AFTER_HANDSHAKE => true,
+                UNREGISTERED_CHANNEL => false,
+                _ => false,
+            },
+        }
+    }
+
     /// A short stable label for metrics and logs.
     pub fn label(&self) -> &'static str {
         match self {
@@ -297,6 +355,8 @@ pub struct Connection {
     /// Once closed: the cause's metric label, and how many application
     /// messages were still queued (accepted, never written).
     closed_label: Option<&'static str>,
+    /// The close cause was [`CloseCause::is_peer_misbehavior`].
+    closed_for_misbehavior: bool,
     dropped_on_close: usize,
     chunk_size: usize,
     handshake_deadline: Instant,
@@ -379,6 +439,7 @@ impl Connection {
             closed_reported: false,
             replaced: false,
             closed_label: None,
+            closed_for_misbehavior: false,
             dropped_on_close: 0,
             chunk_size,
             handshake_deadline: now + cfg_timeout,
@@ -533,6 +594,12 @@ impl Connection {
     /// The metric label of the cause this connection closed with.
     pub fn closed_label(&self) -> Option<&'static str> {
         self.closed_label
+    }
+
+    /// Whether the connection closed because the peer provably broke the
+    /// protocol ([`CloseCause::is_peer_misbehavior`]).
+    pub fn closed_for_misbehavior(&self) -> bool {
+        self.closed_for_misbehavior
     }
 
     /// Application messages that were queued when the connection closed
@@ -693,6 +760,7 @@ impl Connection {
         }
         self.dropped_on_close += dropped;
         self.closed_label = Some(cause.label());
+        self.closed_for_misbehavior = cause.is_peer_misbehavior();
         self.high.clear();
         self.low.clear();
         self.queued_payload = 0;
@@ -859,7 +927,7 @@ impl Connection {
                 }
             }
             Record::KeyConfirmation(_) => {
-                self.fail(CloseCause::Protocol("key confirmation after handshake"))
+                self.fail(CloseCause::Protocol(CONFIRMATION_AFTER_HANDSHAKE))
             }
             rec @ (Record::BitVec(_)
             | Record::Peers(_)
@@ -874,7 +942,7 @@ impl Connection {
         let Some(limit) = self.channels.limit(data.channel) else {
             // Responses route by request id, not channel registration.
             if kind != RecordKind::RpcResponse {
-                self.fail(CloseCause::Protocol("record for an unregistered channel"));
+                self.fail(CloseCause::Protocol(UNREGISTERED_CHANNEL));
                 return;
             }
             return self.assemble(kind, data, self.cfg_default_max());
@@ -1257,6 +1325,64 @@ mod tests {
     /// The receive-path hint follows the last whole frame: frames of large
     /// messages set it, a frame of many small ones clears it again, and a
     /// frame still being read changes nothing.
+    #[test]
+    fn only_authenticated_violations_no_honest_peer_commits_are_misbehavior() {
+        use shoal_crypto::CipherError;
+        let misbehavior = [
+            CloseCause::Record(RecordError::Truncated),
+            CloseCause::Record(RecordError::TooLong {
+                len: 9,
+                remaining: 1,
+            }),
+            CloseCause::Record(RecordError::Decode("bad varint".into())),
+            CloseCause::Record(RecordError::Empty),
+            CloseCause::Chunk(ChunkError::ZeroParts),
+            CloseCause::Chunk(ChunkError::PartOutOfRange {
+                part: 2,
+                total_parts: 2,
+            }),
+            CloseCause::Chunk(ChunkError::Duplicate { message_id: 1 }),
+            CloseCause::Chunk(ChunkError::UnknownMessage {
+                message_id: 1,
+                part: 1,
+            }),
+            CloseCause::Chunk(ChunkError::HeaderMismatch),
+            CloseCause::Chunk(ChunkError::LengthMismatch),
+            CloseCause::Protocol(CONFIRMATION_AFTER_HANDSHAKE),
+        ];
+        for c in &misbehavior {
+            assert!(c.is_peer_misbehavior(), "{c:?}");
+        }
+        let not = [
+            // Injectable without the keys, or not the peer's doing.
+            CloseCause::Frame(FrameError::TooLarge {
+                len: 1 << 30,
+                max: 1,
+            }),
+            CloseCause::Frame(FrameError::Empty),
+            CloseCause::Cipher(CipherError::Open),
+            CloseCause::Handshake(HandshakeError::BadSignature),
+            CloseCause::IdleTimeout,
+            CloseCause::Io("reset".into()),
+            CloseCause::Remote(CloseReason::Shutdown),
+            CloseCause::Local(CloseReason::Replaced),
+            // Our limits, or what this version knows.
+            CloseCause::Chunk(ChunkError::TooLarge {
+                total_len: 2,
+                max: 1,
+            }),
+            CloseCause::Chunk(ChunkError::BudgetExhausted),
+            CloseCause::Chunk(ChunkError::ChunkTooSmall),
+            CloseCause::Chunk(ChunkError::InconsistentTotal),
+            CloseCause::Decompress("over the bound".into()),
+            CloseCause::Protocol(UNREGISTERED_CHANNEL),
+            CloseCause::Record(RecordError::UnknownKind(200)),
+        ];
+        for c in &not {
+            assert!(!c.is_peer_misbehavior(), "{c:?}");
+        }
+    }
+
     #[test]
     fn large_records_follows_the_last_frame() {
         let t0 = Instant::now();

@@ -28,6 +28,7 @@ pub mod channels;
 pub mod clock;
 pub mod config;
 pub mod connection;
+pub(crate) mod cooldown;
 pub mod discovery;
 mod driver;
 pub mod error;

@@ -62,6 +62,9 @@ pub struct Metrics {
     /// Bytes io_uring received into its shared buffer pool and copied into a
     /// frame buffer (idle connections and the start of a burst).
     pub recv_pooled_bytes: Counter,
+    /// Peers put in a cooldown after misbehaving
+    /// ([`crate::Config::misbehavior_cooldown`]).
+    pub misbehavior_cooldowns: Counter,
     /// Times an io_uring shard slept in its doorbell epoll set
     /// ([`crate::Config::uring_doorbell`]).
     pub uring_doorbell_sleeps: Counter,
@@ -139,6 +142,11 @@ impl Metrics {
             "shard_wakeups",
             "Wake-up syscalls sent to sleeping shards",
             self.wakeups.clone(),
+        );
+        registry.register(
+            "misbehavior_cooldowns",
+            "Peers refused for a while after misbehaving",
+            self.misbehavior_cooldowns.clone(),
         );
         registry.register(
             "uring_doorbell_sleeps",

@@ -82,6 +82,7 @@ impl Network {
         let oracle = Arc::new(OracleState::new(config.tracked_peer_sets));
         let config_max_pending = config.max_pending_requests;
         let inbound_ips = crate::inbound_limit::InboundLimit::new(config.max_inbound_per_ip);
+        let cooldown = crate::cooldown::PeerCooldown::new(config.misbehavior_cooldown);
         let (control_tx, control_rx) = sync_channel(config.control_queue);
         let control_waker = Arc::new(ShardWaker::new(Counter::default())?);
         let shared = Arc::new(Shared {
@@ -93,6 +94,7 @@ impl Network {
             shards: links,
             inbound: AtomicUsize::new(0),
             inbound_ips,
+            cooldown,
             outbound: AtomicUsize::new(0),
             running: AtomicBool::new(false),
             rpc: crate::rpc::RpcState::new(shards, config_max_pending),
@@ -216,8 +218,17 @@ impl Network {
         let oracle = shared.oracle.clone();
         let me = config.identity.public_key().clone();
         let open = config.open;
-        let authorizer: Authorizer =
-            Arc::new(move |pk: &PublicKey| *pk != me && (open || oracle.is_authorized(pk)));
+        let judge = shared.clone();
+        let authorizer: Authorizer = Arc::new(move |pk: &PublicKey| {
+            if *pk == me || !(open || oracle.is_authorized(pk)) {
+                return false;
+            }
+            if judge.cooldown.active(pk, Instant::now()) {
+                judge.metrics.refuse("cooldown");
+                return false;
+            }
+            true
+        });
 
         shared.running.store(true, Ordering::Release);
         let mut threads = Vec::new();
@@ -840,6 +851,7 @@ fn control_loop(
                 if peer == me
                     || shared.peers.contains(&peer)
                     || shared.peers.dialing_snapshot().contains(&peer)
+                    || shared.cooldown.active(&peer, now)
                 {
                     continue;
                 }
@@ -900,7 +912,8 @@ fn control_loop(
                     dial_states.remove(&peer);
                     continue;
                 }
-                if dialing.contains(&peer) {
+                // A peer cooling down would be refused on both sides.
+                if dialing.contains(&peer) || shared.cooldown.active(&peer, now) {
                     continue;
                 }
                 let grace = if me > peer {

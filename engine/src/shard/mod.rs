@@ -1196,6 +1196,14 @@ impl ShardCore {
         if let Some(h) = &slot.handle {
             self.shared.metrics.connections.dec();
             self.shared.peers.remove(&h.peer, h.id, label);
+            if self.shared.cooldown.on_close(
+                &h.peer,
+                slot.conn.closed_for_misbehavior(),
+                Instant::now(),
+            ) {
+                self.shared.metrics.misbehavior_cooldowns.inc();
+                tracing::warn!(peer = %h.peer, reason = label, cooldown = ?self.shared.config.misbehavior_cooldown, "peer misbehaved; refusing it for the cooldown");
+            }
         }
         if let Some(ip) = slot.inbound {
             self.shared.release_inbound(ip);
