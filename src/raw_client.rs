@@ -54,6 +54,50 @@ pub fn dial(
     }
 }
 
+/// Like [`dial`], but sends only the dialer's Hello: every later frame
+/// (the key confirmation the dialee waits for) comes back unsent, so the
+/// dialee keeps the connection handshaking until the caller writes them.
+pub fn dial_held(
+    addr: SocketAddr,
+    peer: &PublicKey,
+    identity: Identity,
+    config: &Config,
+    read_timeout: Duration,
+) -> io::Result<(TcpStream, Session, Vec<Vec<u8>>)> {
+    let bad = |e: String| io::Error::new(io::ErrorKind::InvalidData, e);
+    let mut s = TcpStream::connect(addr)?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(read_timeout))?;
+    let hs_config = Arc::new(config.handshake_config());
+    let mut hs = Handshake::dialer(identity, peer.clone(), hs_config, unix_ms());
+    let mut held = Vec::new();
+    let mut hello_sent = false;
+    loop {
+        while let Some(frame) = hs.poll_transmit() {
+            if hello_sent {
+                held.push(frame);
+            } else {
+                s.write_all(&frame)?;
+            }
+        }
+        hello_sent = true;
+        if hs.is_complete() {
+            let session = hs.into_session().map_err(|e| bad(e.to_string()))?;
+            return Ok((s, session, held));
+        }
+        let mut header = [0u8; 4];
+        s.read_exact(&mut header)?;
+        let len = u32::from_be_bytes(header) as usize;
+        if len == 0 || len > config.max_frame_body {
+            return Err(bad(format!("handshake frame of {len} bytes")));
+        }
+        let mut body = vec![0u8; len];
+        s.read_exact(&mut body)?;
+        hs.handle_frame(&mut body, unix_ms(), &mut |k| k == peer)
+            .map_err(|e| bad(e.to_string()))?;
+    }
+}
+
 /// This process's resident set in KiB (Linux `/proc/self/status`).
 pub fn rss_kib() -> io::Result<u64> {
     std::fs::read_to_string("/proc/self/status")?

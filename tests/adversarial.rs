@@ -749,7 +749,9 @@ fn one_address_reconnecting_fast(backend: Backend) {
 /// one-part message whose payload disagrees with its header's length) is
 /// closed and then refused until its cooldown ends, while other peers are
 /// served. One that only exceeds the victim's own channel limit (an honest
-/// peer with a larger limit does that) is closed but reconnects at once.
+/// peer with a larger limit does that) is closed but reconnects at once. A
+/// handshake the peer started before misbehaving, and finishes after, is
+/// closed when it completes.
 fn misbehaving_peer_is_refused_for_the_cooldown(backend: Backend) {
     let _g = serial();
     const MAX: usize = 16 << 20;
@@ -809,6 +811,20 @@ fn misbehaving_peer_is_refused_for_the_cooldown(backend: Backend) {
 
     // 2: a record no honest peer sends: closed and cooled down. (The
     // handshake here is the reconnect right after 1: it is not refused.)
+    // Beforehand the peer starts a second handshake and holds its key
+    // confirmation.
+    let (mut early, _, confirmation) = raw_client::dial_held(
+        victim.addr,
+        &victim.key(),
+        signer(4),
+        &Config::local(None),
+        WAIT,
+    )
+    .expect("a held handshake");
+    assert!(
+        !confirmation.is_empty(),
+        "the dialer's confirmation is held"
+    );
     let (mut s, mut session) = authenticated_raw(victim.addr, &victim.key(), 4);
     header.total_parts = 1;
     header.total_len = 10;
@@ -828,6 +844,13 @@ fn misbehaving_peer_is_refused_for_the_cooldown(backend: Backend) {
     );
     assert!(again.is_err(), "a peer cooling down completes no handshake");
     assert_eq!(m.refused_count("cooldown") - refused0, 1);
+    // The handshake started before the misbehavior is closed as it
+    // completes.
+    for frame in &confirmation {
+        let _ = early.write_all(frame);
+    }
+    wait_dropped(&mut early, "handshake finished during the cooldown");
+    assert_eq!(m.refused_count("cooldown") - refused0, 2);
     // Others are not affected.
     assert_exchange(&victim, &honest, 0, "during the cooldown");
     let n3 = start_node(

@@ -19,6 +19,13 @@ const WAIT_SPIN_US: u64 = 100;
 /// Default [`Config::idle_spin`], µs.
 const IDLE_SPIN_US: u64 = 0;
 
+/// Smallest [`Config::max_frame_body`]: one frame must hold a chunk of the
+/// receivers' minimum chunk size (1 KiB, `ChunkLimits::min_chunk_size`)
+/// plus its record header and the tag. With less, a node chunked every
+/// message over ~1 KiB into parts its peers refuse, even peers with the
+/// same settings.
+pub const MIN_FRAME_BODY: usize = 1024 + shoal_wire::MAX_DATA_OVERHEAD + shoal_wire::TAG_LEN;
+
 /// Which I/O driver the data shards use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -363,8 +370,11 @@ impl Config {
                 reason: why.to_string(),
             })
         };
-        if self.max_frame_body < 1024 || self.max_frame_body > 16 * 1024 * 1024 {
-            return bad("max_frame_body", "must be within 1 KiB ..= 16 MiB");
+        if self.max_frame_body < MIN_FRAME_BODY || self.max_frame_body > 16 * 1024 * 1024 {
+            return bad(
+                "max_frame_body",
+                "must be within 1121 bytes (a 1 KiB chunk, its record header and the tag) ..= 16 MiB",
+            );
         }
         if self.wait_spin > Duration::from_millis(10) {
             return bad("wait_spin", "must be <= 10ms (a longer wait should park)");

@@ -1384,6 +1384,20 @@ mod tests {
     }
 
     #[test]
+    fn the_smallest_valid_frame_chunks_messages_its_peer_accepts() {
+        let t0 = Instant::now();
+        let min = crate::config::MIN_FRAME_BODY;
+        let (mut a, mut b) = pair_framed(t0, min);
+        let big = Bytes::from((0..10_000u32).map(|i| i as u8).collect::<Vec<u8>>());
+        a.send(Outgoing::data(1, big.clone(), false), false)
+            .unwrap();
+        let (_, eb) = pump(&mut a, &mut b, t0);
+        let got = messages(eb);
+        assert_eq!(got.len(), 1, "one message in ~10 parts, none refused");
+        assert_eq!(got[0].1, big);
+    }
+
+    #[test]
     fn large_records_follows_the_last_frame() {
         let t0 = Instant::now();
         // Frames as large as the defaults (`pair`'s 4 KiB frames chunk a

@@ -6,11 +6,18 @@
 //! broke the protocol ([`crate::connection::CloseCause::is_peer_misbehavior`]:
 //! input that authenticated under the session keys, so only the peer could
 //! have sent it, and that no honest peer sends whatever its limits, settings
-//! or version), the peer's key starts a cooldown. Until it ends, handshakes
-//! with that key are refused in both directions (the authorizer says no) and
-//! the dialer does not dial it, so a peer that misbehaves cannot reconnect at
-//! once and make this node pay a handshake per attempt, and this node does
-//! not pay handshakes the peer would refuse either.
+//! or version), the peer's key starts a cooldown, as soon as the connection
+//! closes (before its socket is gone, so no redial slips in between). Until
+//! it ends, handshakes with that key are refused in both directions (the
+//! authorizer says no), a handshake it began earlier is closed when it
+//! completes, and the dialer does not dial it. So a peer that misbehaves
+//! cannot reconnect at once and make this node pay a whole handshake per
+//! attempt, and this node does not pay handshakes the peer would refuse
+//! either. A refused attempt still costs one signature verification: the
+//! handshake authorizes only verified keys (an unverified claim must not
+//! learn whether a key is authorized, nor move the refusal metrics), and
+//! anyone can claim an authorized key with a bad signature anyway; the
+//! per-address `accept_rate_per_ip` bounds that cost.
 //!
 //! # Security
 //! Errors an on-path attacker can cause without the peer's keys (a length
@@ -22,7 +29,10 @@
 //! limit, our reassembly budget, an unregistered channel, a record kind from
 //! a newer version): honest peers with other settings, or mid-upgrade, do
 //! that. The table is bounded ([`MAX_ENTRIES`]): expired entries are dropped
-//! first, then the entry closest to its end.
+//! first, then the entry closest to its end. In open mode keys cost nothing,
+//! so a flood of fresh misbehaving keys can evict a real offender early;
+//! there the per-address limits (`accept_rate_per_ip`,
+//! `max_inbound_per_ip`) are what binds.
 
 use std::collections::HashMap;
 use std::sync::Mutex;

@@ -134,6 +134,9 @@ pub(crate) struct ConnSlot {
     paused_until: Option<Instant>,
     limiters: HashMap<u32, DefaultDirectRateLimiter>,
     close_label: Option<&'static str>,
+    /// The misbehavior cooldown for this connection's peer was looked at
+    /// (started or not) when the connection closed.
+    cooldown_noted: bool,
     /// The unsent queue already moved to the replacing connection.
     moved_unsent: bool,
     /// This connection replaced `hold_for` (same shard): its input waits
@@ -194,6 +197,32 @@ const TIMER_GRANULARITY: Duration = Duration::from_millis(20);
 pub const PAUSED_INPUT_LIMIT: usize = 256 * 1024;
 /// `ping()` callers that may wait on one connection at once.
 const MAX_PING_WAITERS: usize = 64;
+
+/// Starts the peer's misbehavior cooldown if its established connection
+/// closed because it provably broke the protocol
+/// ([`crate::connection::CloseCause::is_peer_misbehavior`]); once per
+/// connection.
+fn note_misbehavior(shared: &Shared, slot: &mut ConnSlot) {
+    if slot.cooldown_noted || !slot.conn.is_closed() {
+        return;
+    }
+    slot.cooldown_noted = true;
+    let Some(h) = &slot.handle else {
+        return;
+    };
+    if shared
+        .cooldown
+        .on_close(&h.peer, slot.conn.closed_for_misbehavior(), Instant::now())
+    {
+        shared.metrics.misbehavior_cooldowns.inc();
+        tracing::warn!(
+            peer = %h.peer,
+            reason = slot.conn.closed_label().unwrap_or("?"),
+            cooldown = ?shared.config.misbehavior_cooldown,
+            "peer misbehaved; refusing it for the cooldown"
+        );
+    }
+}
 
 impl ShardCore {
     pub fn new(
@@ -267,6 +296,7 @@ impl ShardCore {
             paused_until: None,
             limiters: HashMap::new(),
             close_label: None,
+            cooldown_noted: false,
             moved_unsent: false,
             hold_for: None,
             counted_handshaking: true,
@@ -420,6 +450,11 @@ impl ShardCore {
             // Closed without an event we saw (e.g. after graceful close).
             slot.close_label = Some(slot.conn.closed_label().unwrap_or("local_close"));
         }
+        if slot.conn.is_closed() {
+            // As soon as the protocol ended, not when the socket is gone: a
+            // redial (ours or the peer's) must not slip in between.
+            note_misbehavior(&self.shared, slot);
+        }
         if slot.conn.is_closed() && !self.closing.contains(&key) {
             self.closing.push(key);
         }
@@ -568,6 +603,17 @@ impl ShardCore {
         let Some(slot) = self.conns.get_mut(key) else {
             return;
         };
+        // The handshake checked the cooldown at the peer's Hello; a peer
+        // that started this handshake before misbehaving on another
+        // connection must not finish it now.
+        if self.shared.cooldown.active(&peer, Instant::now()) {
+            self.shared.metrics.refuse("cooldown");
+            tracing::debug!(shard = self.id, %peer, "peer cooling down; closing its new connection");
+            slot.conn.abort(crate::connection::CloseCause::Local(
+                CloseReason::Unauthorized,
+            ));
+            return;
+        }
         let me = self.shared.config.identity.public_key().clone();
         let (dialer, addr) = match &slot.dial {
             Some((_, addr)) => (me, Some(*addr)),
@@ -1193,17 +1239,10 @@ impl ShardCore {
                 self.shared.metrics.handshake(label);
             }
         }
+        note_misbehavior(&self.shared, &mut slot);
         if let Some(h) = &slot.handle {
             self.shared.metrics.connections.dec();
             self.shared.peers.remove(&h.peer, h.id, label);
-            if self.shared.cooldown.on_close(
-                &h.peer,
-                slot.conn.closed_for_misbehavior(),
-                Instant::now(),
-            ) {
-                self.shared.metrics.misbehavior_cooldowns.inc();
-                tracing::warn!(peer = %h.peer, reason = label, cooldown = ?self.shared.config.misbehavior_cooldown, "peer misbehaved; refusing it for the cooldown");
-            }
         }
         if let Some(ip) = slot.inbound {
             self.shared.release_inbound(ip);
