@@ -751,7 +751,8 @@ fn one_address_reconnecting_fast(backend: Backend) {
 /// served. One that only exceeds the victim's own channel limit (an honest
 /// peer with a larger limit does that) is closed but reconnects at once. A
 /// handshake the peer started before misbehaving, and finishes after, is
-/// closed when it completes.
+/// closed when it completes, and the victim does not dial the peer while it
+/// cools down.
 fn misbehaving_peer_is_refused_for_the_cooldown(backend: Backend) {
     let _g = serial();
     const MAX: usize = 16 << 20;
@@ -762,9 +763,17 @@ fn misbehaving_peer_is_refused_for_the_cooldown(backend: Backend) {
         backlog: 16,
         compression: None,
     };
-    let victim = start_node(backend, 1, any_addr(), &[1, 2, 3, 4], &[], &[def()], |c| {
-        c.misbehavior_cooldown = Duration::from_secs(600);
-    });
+    let victim = start_node(
+        backend,
+        1,
+        any_addr(),
+        &[1, 2, 3, 4, 5],
+        &[],
+        &[def()],
+        |c| {
+            c.misbehavior_cooldown = Duration::from_secs(600);
+        },
+    );
     let honest = start_node(
         backend,
         2,
@@ -826,6 +835,20 @@ fn misbehaving_peer_is_refused_for_the_cooldown(backend: Backend) {
         "the dialer's confirmation is held"
     );
     let (mut s, mut session) = authenticated_raw(victim.addr, &victim.key(), 4);
+    // While it is connected, the victim learns an address for it (a listener
+    // that counts the victim's dials) and one for peer 5, which refuses
+    // connections: the victim keeps redialing 5, which shows its dial loop
+    // running.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    victim
+        .oracle
+        .add_address(key(4), listener.local_addr().unwrap());
+    victim.oracle.add_address(key(5), dead);
     header.total_parts = 1;
     header.total_len = 10;
     send_data(&mut s, &mut session.sealer, &header, &[0x55]);
@@ -833,6 +856,14 @@ fn misbehaving_peer_is_refused_for_the_cooldown(backend: Backend) {
     wait_until("the cooldown started", || {
         m.misbehavior_cooldowns.get() == cooldowns0 + 1
     });
+    // Three dials (to peer 5) later, none went to the peer cooling down
+    // (without the skip the victim redials it within ~300 ms).
+    let dials0 = m.dials.get();
+    wait_until("three more dials", || m.dials.get() >= dials0 + 3);
+    match listener.accept() {
+        Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+        other => panic!("the victim dialed a peer cooling down: {other:?}"),
+    }
     // Its next handshake is refused at once (the victim closes instead of
     // answering the Hello).
     let again = raw_client::dial(
