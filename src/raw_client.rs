@@ -27,31 +27,8 @@ pub fn dial(
     config: &Config,
     read_timeout: Duration,
 ) -> io::Result<(TcpStream, Session)> {
-    let bad = |e: String| io::Error::new(io::ErrorKind::InvalidData, e);
-    let mut s = TcpStream::connect(addr)?;
-    s.set_nodelay(true)?;
-    s.set_read_timeout(Some(read_timeout))?;
-    let hs_config = Arc::new(config.handshake_config());
-    let mut hs = Handshake::dialer(identity, peer.clone(), hs_config, unix_ms());
-    loop {
-        while let Some(frame) = hs.poll_transmit() {
-            s.write_all(&frame)?;
-        }
-        if hs.is_complete() {
-            let session = hs.into_session().map_err(|e| bad(e.to_string()))?;
-            return Ok((s, session));
-        }
-        let mut header = [0u8; 4];
-        s.read_exact(&mut header)?;
-        let len = u32::from_be_bytes(header) as usize;
-        if len == 0 || len > config.max_frame_body {
-            return Err(bad(format!("handshake frame of {len} bytes")));
-        }
-        let mut body = vec![0u8; len];
-        s.read_exact(&mut body)?;
-        hs.handle_frame(&mut body, unix_ms(), &mut |k| k == peer)
-            .map_err(|e| bad(e.to_string()))?;
-    }
+    let (s, session, _) = handshake(addr, peer, identity, config, read_timeout, false)?;
+    Ok((s, session))
 }
 
 /// Like [`dial`], but sends only the dialer's Hello: every later frame
@@ -64,6 +41,19 @@ pub fn dial_held(
     config: &Config,
     read_timeout: Duration,
 ) -> io::Result<(TcpStream, Session, Vec<Vec<u8>>)> {
+    handshake(addr, peer, identity, config, read_timeout, true)
+}
+
+/// The dialer's side of a handshake; with `hold`, the frames after the
+/// Hello are returned instead of written.
+fn handshake(
+    addr: SocketAddr,
+    peer: &PublicKey,
+    identity: Identity,
+    config: &Config,
+    read_timeout: Duration,
+    hold: bool,
+) -> io::Result<(TcpStream, Session, Vec<Vec<u8>>)> {
     let bad = |e: String| io::Error::new(io::ErrorKind::InvalidData, e);
     let mut s = TcpStream::connect(addr)?;
     s.set_nodelay(true)?;
@@ -74,7 +64,7 @@ pub fn dial_held(
     let mut hello_sent = false;
     loop {
         while let Some(frame) = hs.poll_transmit() {
-            if hello_sent {
+            if hold && hello_sent {
                 held.push(frame);
             } else {
                 s.write_all(&frame)?;

@@ -157,18 +157,40 @@ fn victim_and_honest(
     channels: impl Fn() -> Vec<ChannelDef>,
     tweak: impl FnOnce(&mut Config),
 ) -> (Node, Node) {
-    let victim = start_node(backend, 1, any_addr(), &[1, 2, 3], &[], &channels(), tweak);
+    victim_and_honest_authorizing(backend, &[1, 2, 3], channels, tweak)
+}
+
+/// The same with both nodes authorizing `authorized` (seed 4 is then the
+/// authenticated raw attacker of the tests that need one).
+fn victim_and_honest_authorizing(
+    backend: Backend,
+    authorized: &[u64],
+    channels: impl Fn() -> Vec<ChannelDef>,
+    tweak: impl FnOnce(&mut Config),
+) -> (Node, Node) {
+    let victim = start_node(backend, 1, any_addr(), authorized, &[], &channels(), tweak);
     let honest = start_node(
         backend,
         2,
         any_addr(),
-        &[1, 2, 3],
+        authorized,
         &[(1, victim.addr)],
         &channels(),
         |_| {},
     );
     assert_exchange(&victim, &honest, 0, "before the attack");
     (victim, honest)
+}
+
+/// Channel 1 taking messages up to 16 MiB (many chunks), backlog 16.
+fn big_channel() -> ChannelDef {
+    ChannelDef {
+        quota: None,
+        id: 1,
+        max_size: 16 << 20,
+        backlog: 16,
+        compression: None,
+    }
 }
 
 /// A third, honest node connects to the victim after the attack and
@@ -756,34 +778,13 @@ fn one_address_reconnecting_fast(backend: Backend) {
 fn misbehaving_peer_is_refused_for_the_cooldown(backend: Backend) {
     let _g = serial();
     const MAX: usize = 16 << 20;
-    let def = || ChannelDef {
-        quota: None,
-        id: 1,
-        max_size: MAX,
-        backlog: 16,
-        compression: None,
-    };
-    let victim = start_node(
+    let def = big_channel;
+    let (victim, honest) = victim_and_honest_authorizing(
         backend,
-        1,
-        any_addr(),
         &[1, 2, 3, 4, 5],
-        &[],
-        &[def()],
-        |c| {
-            c.misbehavior_cooldown = Duration::from_secs(600);
-        },
+        || vec![def()],
+        |c| c.misbehavior_cooldown = Duration::from_secs(600),
     );
-    let honest = start_node(
-        backend,
-        2,
-        any_addr(),
-        &[1, 2, 3, 4],
-        &[(1, victim.addr)],
-        &[def()],
-        |_| {},
-    );
-    assert_exchange(&victim, &honest, 0, "before the attack");
     let m = victim.handle().metrics();
     let cooldowns0 = m.misbehavior_cooldowns.get();
     let refused0 = m.refused_count("cooldown");
@@ -1228,24 +1229,8 @@ fn sealed_frame(sealer: &mut RecordSealer, fill: impl FnOnce(&mut RecordWriter))
 /// first offending record, before anything is reassembled.
 fn tiny_chunks_claiming_a_huge_total(backend: Backend) {
     let _g = serial();
-    let def = || ChannelDef {
-        quota: None,
-        id: 1,
-        max_size: 16 << 20,
-        backlog: 16,
-        compression: None,
-    };
-    let victim = start_node(backend, 1, any_addr(), &[1, 2, 3, 4], &[], &[def()], |_| {});
-    let honest = start_node(
-        backend,
-        2,
-        any_addr(),
-        &[1, 2, 3, 4],
-        &[(1, victim.addr)],
-        &[def()],
-        |_| {},
-    );
-    assert_exchange(&victim, &honest, 0, "before the attack");
+    let (victim, honest) =
+        victim_and_honest_authorizing(backend, &[1, 2, 3, 4], || vec![big_channel()], |_| {});
     let m = victim.handle().metrics();
     let rss0 = rss_kib();
 
