@@ -158,6 +158,7 @@ pub struct FileConfig {
     pub preset: Preset,
     pub backend: Option<Backend>,
     pub shards: Option<usize>,
+    pub force_shards: Option<bool>,
     pub namespace: Option<String>,
     pub pin_cores: Option<bool>,
     pub core_offset: Option<usize>,
@@ -189,6 +190,8 @@ pub struct FileConfig {
     pub misbehavior_cooldown: Option<HumanDuration>,
     pub max_outbound: Option<usize>,
     pub peer_send_backlog: Option<usize>,
+    pub peer_send_bytes: Option<usize>,
+    pub write_timeout: Option<HumanDuration>,
     pub max_write_batch: Option<usize>,
     pub max_in_progress_bytes: Option<usize>,
     pub max_in_progress_messages: Option<usize>,
@@ -235,6 +238,7 @@ impl FileConfig {
         set!(
             backend,
             shards,
+            force_shards,
             pin_cores,
             core_offset,
             busy_poll,
@@ -248,6 +252,7 @@ impl FileConfig {
             accept_burst_per_ip,
             max_outbound,
             peer_send_backlog,
+            peer_send_bytes,
             max_write_batch,
             max_in_progress_bytes,
             max_in_progress_messages,
@@ -263,6 +268,7 @@ impl FileConfig {
         );
         set_dur!(
             misbehavior_cooldown,
+            write_timeout,
             wait_spin,
             idle_spin,
             handshake_max_age,

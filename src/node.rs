@@ -96,9 +96,13 @@ pub fn run(config_path: &Path) -> ExitCode {
     };
     let mut registry = Registry::with_prefix("shoal");
     network.metrics().register(&mut registry);
+    let echo_metrics = EchoMetrics::default();
     let echo = match file.echo_channel {
         Some(ch) => match network.register(ch, None, max_message_size, ECHO_BACKLOG, None) {
-            Ok(x) => Some((ch, x)),
+            Ok(x) => {
+                echo_metrics.register(&mut registry);
+                Some((ch, x))
+            }
             Err(e) => return fail(format!("cannot register echo channel {ch}: {e}")),
         },
         None => None,
@@ -164,9 +168,10 @@ pub fn run(config_path: &Path) -> ExitCode {
         Some((ch, (tx, rx))) => {
             eprintln!("shoal node: echoing channel {ch}");
             let stop = stop.clone();
+            let metrics = echo_metrics.clone();
             match std::thread::Builder::new()
                 .name("shoal-echo".into())
-                .spawn(move || echo_loop(tx, rx, stop))
+                .spawn(move || echo_loop(tx, rx, stop, metrics))
             {
                 Ok(t) => Some(t),
                 Err(e) => {
@@ -233,7 +238,7 @@ fn backend_name(b: shoal::engine::Backend) -> &'static str {
 }
 
 /// Echoes every message on the channel back to its sender until `stop`.
-fn echo_loop(tx: Sender, rx: Receiver, stop: Arc<Notify>) {
+fn echo_loop(tx: Sender, rx: Receiver, stop: Arc<Notify>, metrics: EchoMetrics) {
     let rt = match tokio::runtime::Builder::new_current_thread().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -250,15 +255,56 @@ fn echo_loop(tx: Sender, rx: Receiver, stop: Arc<Notify>) {
                     Err(_) => return,
                 },
             };
-            // This thread does nothing else: blocking here while the
-            // sender's queue is full is the backpressure we want.
-            match tx.send_to_blocking(&from, msg, false) {
-                Ok(()) => {}
+            // Never wait on one peer's full queue: every other peer's
+            // echo would wait with it. An echo that does not fit is
+            // counted and dropped (the sender sees it missing).
+            match tx.send_to(&from, msg, false) {
+                Ok(()) => {
+                    metrics.echoed.inc();
+                }
                 Err(SendError::Closed) => return,
-                Err(e) => tracing::debug!(peer = %from, %e, "echo: not sent"),
+                Err(e) => {
+                    metrics.unsent(e).inc();
+                    tracing::debug!(peer = %from, %e, "echo: not sent");
+                }
             }
         }
     });
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+/// The echo service's counters: `shoal_echo_sent_total` and
+/// `shoal_echo_unsent_total{reason}` (`full`: that peer's queue was full;
+/// `not_connected`, `too_large`).
+#[derive(Clone, Default)]
+struct EchoMetrics {
+    echoed: Counter,
+    not_sent: Family<ReasonLabel, Counter>,
+}
+
+impl EchoMetrics {
+    fn unsent(&self, e: SendError) -> Counter {
+        let reason = match e {
+            SendError::Full => "full",
+            SendError::NotConnected => "not_connected",
+            SendError::TooLarge => "too_large",
+            SendError::Closed => "closed",
+        };
+        self.not_sent.get_or_create(&ReasonLabel { reason }).clone()
+    }
+
+    fn register(&self, r: &mut Registry) {
+        r.register("echo_sent", "Echo replies queued", self.echoed.clone());
+        r.register(
+            "echo_unsent",
+            "Echo replies dropped because they could not be queued, by reason",
+            self.not_sent.clone(),
+        );
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -1165,7 +1165,11 @@ fn peer_that_stops_reading(backend: Backend) {
         backlog: 4,
         compression: None,
     };
-    let sender = start_node(backend, 1, any_addr(), &[1, 2, 3], &[], &[def()], |_| {});
+    // The bound under test is the queue's; the write timeout that would
+    // reset the sleeper is tested in tests/slow_peer.rs.
+    let sender = start_node(backend, 1, any_addr(), &[1, 2, 3], &[], &[def()], |c| {
+        c.write_timeout = Duration::from_secs(600)
+    });
     let dial = [(1, sender.addr)];
     let sleeper = start_node(backend, 2, any_addr(), &[1, 2, 3], &dial, &[def()], |_| {});
     let third = start_node(backend, 3, any_addr(), &[1, 2, 3], &dial, &[def()], |_| {});

@@ -83,7 +83,10 @@ fn large_message_with_high_priority_interleaved(backend: Backend) {
         backlog: 4,
         compression: None,
     };
-    let nodes = mesh(backend, 2, &[big, chan(2)], |_| {});
+    // Room for the 16 MiB message and the urgent ones queued behind it.
+    let nodes = mesh(backend, 2, &[big, chan(2)], |c| {
+        c.peer_send_bytes = 32 << 20
+    });
     let (a, b) = (&nodes[0], &nodes[1]);
     let payload: Vec<u8> = (0..16usize << 20).map(|i| (i * 31 % 251) as u8).collect();
     let payload = Bytes::from(payload);
@@ -347,6 +350,8 @@ fn a_full_receiver_resumes_reading_without_waiting_for_a_ping(backend: Backend) 
         c.ping_interval = Duration::from_secs(3600);
         c.idle_timeout = Duration::from_secs(7200);
         c.gossip_interval = Duration::from_secs(3600);
+        // The sender queues all 200 messages (12.5 MiB) before anyone reads.
+        c.peer_send_bytes = 32 << 20;
     });
     let (a, b) = (&nodes[0], &nodes[1]);
     const N: usize = 200;

@@ -196,9 +196,8 @@ impl Sender {
     ) -> Result<(), SendError> {
         let mut msg = self.prepare(payload)?;
         let h = self.connected(peer)?;
-        let limit = self.shared.config.peer_send_backlog;
         loop {
-            if h.depth.reserve(limit).await == Reserve::Closed {
+            if h.depth.reserve(msg.payload.len()).await == Reserve::Closed {
                 return Err(self.not_connected());
             }
             match self.enqueue_after_reserve(&h, msg, priority) {
@@ -240,9 +239,8 @@ impl Sender {
     ) -> Result<(), SendError> {
         let mut msg = self.prepare(payload)?;
         let h = self.connected(peer)?;
-        let limit = self.shared.config.peer_send_backlog;
         loop {
-            if h.depth.reserve_blocking(limit) == Reserve::Closed {
+            if h.depth.reserve_blocking(msg.payload.len()) == Reserve::Closed {
                 return Err(self.not_connected());
             }
             match self.enqueue_after_reserve(&h, msg, priority) {
@@ -270,11 +268,9 @@ impl Sender {
         if msgs.is_empty() {
             return Ok(());
         }
-        if !h
-            .depth
-            .try_reserve_n(msgs.len(), self.shared.config.peer_send_backlog)
-        {
+        if !h.depth.try_reserve_n(msgs.len(), payload_bytes(&msgs)) {
             self.shared.metrics.send_full.inc();
+            self.spec.metrics.send_full.inc();
             return Err(SendError::Full);
         }
         let n = msgs.len() as u64;
@@ -304,8 +300,7 @@ impl Sender {
     ) -> Result<(), SendError> {
         let msgs = self.prepare_batch(payloads)?;
         let h = self.connected(peer)?;
-        let limit = self.shared.config.peer_send_backlog;
-        let piece_len = (limit / 2).max(1);
+        let piece_len = (h.depth.max_messages() / 2).max(1);
         let mut rest = msgs.into_iter();
         loop {
             let mut piece: Vec<Outgoing> = rest.by_ref().take(piece_len).collect();
@@ -314,7 +309,7 @@ impl Sender {
                 return Ok(());
             }
             loop {
-                if h.depth.reserve_blocking_n(n, limit) == Reserve::Closed {
+                if h.depth.reserve_blocking_n(n, payload_bytes(&piece)) == Reserve::Closed {
                     return Err(self.not_connected());
                 }
                 match self.shared.enqueue_batch_reserved(&h, piece, priority) {
@@ -397,6 +392,9 @@ impl Sender {
         msg.kind = shoal_wire::RecordKind::RpcRequest;
         msg.request_id = id;
         if let Err(e) = self.shared.enqueue(&h, msg, true) {
+            if e == SendError::Full {
+                self.spec.metrics.send_full.inc();
+            }
             self.shared.rpc.forget(h.id.shard, id);
             return Err(match e {
                 SendError::Full => RequestError::Full,
@@ -426,7 +424,12 @@ impl Sender {
     }
 
     fn enqueue(&self, h: &PeerHandle, msg: Outgoing, priority: bool) -> Result<(), SendError> {
-        self.shared.enqueue(h, msg, priority)?;
+        if let Err(e) = self.shared.enqueue(h, msg, priority) {
+            if e == SendError::Full {
+                self.spec.metrics.send_full.inc();
+            }
+            return Err(e);
+        }
         self.spec.metrics.messages_out.inc();
         Ok(())
     }
@@ -524,7 +527,7 @@ impl Shared {
         msg: Outgoing,
         priority: bool,
     ) -> Result<(), SendError> {
-        if !h.depth.try_reserve(self.config.peer_send_backlog) {
+        if !h.depth.try_reserve(msg.payload.len()) {
             self.metrics.send_full.inc();
             return Err(SendError::Full);
         }
@@ -541,6 +544,7 @@ impl Shared {
         priority: bool,
     ) -> Result<(), Vec<Outgoing>> {
         let n = msgs.len();
+        let bytes = payload_bytes(&msgs);
         let cmd = Command::SendBatch {
             id: h.id,
             peer: h.peer.clone(),
@@ -550,13 +554,13 @@ impl Shared {
         let Some(link) = self.shards.get(h.id.shard) else {
             // No such shard (cannot happen for a live handle): the caller
             // reports it as not connected, and counts it there.
-            h.depth.release(n);
+            h.depth.release(n, bytes);
             return Err(Vec::new());
         };
         match link.send(cmd) {
             Ok(()) => Ok(()),
             Err(back) => {
-                h.depth.release(n);
+                h.depth.release(n, bytes);
                 self.metrics.send_full.inc();
                 match back {
                     Command::SendBatch { msgs, .. } => Err(msgs),
@@ -575,6 +579,7 @@ impl Shared {
         msg: Outgoing,
         priority: bool,
     ) -> Result<(), Outgoing> {
+        let bytes = msg.payload.len();
         let cmd = Command::Send {
             id: h.id,
             peer: h.peer.clone(),
@@ -588,7 +593,7 @@ impl Shared {
             },
             None => cmd,
         };
-        h.depth.release(1);
+        h.depth.release(1, bytes);
         self.metrics.send_full.inc();
         match back {
             Command::Send { msg, .. } => Err(msg),
@@ -611,4 +616,9 @@ impl Shared {
         self.enqueue_reserved_or_back(h, msg, priority)
             .map_err(|_| SendError::Full)
     }
+}
+
+/// Payload bytes of `msgs`, as their queue depth counts them.
+fn payload_bytes(msgs: &[Outgoing]) -> usize {
+    msgs.iter().map(|m| m.payload.len()).sum()
 }

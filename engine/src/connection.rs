@@ -86,6 +86,8 @@ pub enum CloseCause {
     Protocol(&'static str),
     #[error("no traffic within the idle timeout")]
     IdleTimeout,
+    #[error("output made no progress within the write timeout")]
+    WriteTimeout,
     #[error("closed by peer: {0:?}")]
     Remote(CloseReason),
     #[error("closed locally: {0:?}")]
@@ -120,6 +122,7 @@ impl CloseCause {
             | CloseCause::Cipher(_)
             | CloseCause::Decompress(_)
             | CloseCause::IdleTimeout
+            | CloseCause::WriteTimeout
             | CloseCause::Remote(_)
             | CloseCause::Local(_)
             | CloseCause::Io(_) => false,
@@ -174,6 +177,7 @@ impl CloseCause {
             CloseCause::Decompress(_) => "decompress_refused",
             CloseCause::Protocol(_) => "protocol_violation",
             CloseCause::IdleTimeout => "idle_timeout",
+            CloseCause::WriteTimeout => "write_timeout",
             CloseCause::Remote(_) => "remote_close",
             CloseCause::Local(CloseReason::Replaced) => "replaced",
             CloseCause::Local(CloseReason::Shutdown) => "shutdown",
@@ -212,6 +216,10 @@ pub struct ConnectionConfig {
     /// Hard cap on queued outgoing messages (the application-side backlog is
     /// enforced before a message gets here; this bounds internal senders).
     pub max_queued: usize,
+    /// Hard cap on the payload bytes of queued outgoing messages, internal
+    /// ones included (RPC responses, handler replies); one message is always
+    /// taken into an empty queue.
+    pub max_queued_bytes: usize,
     pub clock: Clock,
 }
 
@@ -337,6 +345,7 @@ pub struct Connection {
     /// Messages encoded into the current frame, released from the depth
     /// once the frame is sealed.
     to_release: usize,
+    to_release_bytes: usize,
     last_rx: Instant,
     last_ping: Instant,
     ping_outstanding: Option<(u64, Instant)>,
@@ -427,6 +436,7 @@ impl Connection {
             encoded: 0,
             queue_depth: None,
             to_release: 0,
+            to_release_bytes: 0,
             last_rx: now,
             last_ping: now,
             ping_outstanding: None,
@@ -621,11 +631,13 @@ impl Connection {
     /// parts with this connection). Internal sends (RPC responses) stay.
     pub fn take_unsent(&mut self) -> Vec<(Outgoing, bool)> {
         let mut out = Vec::new();
+        let mut bytes = 0;
         for (queue, high) in [(&mut self.high, true), (&mut self.low, false)] {
             let mut keep = VecDeque::new();
             for p in queue.drain(..) {
                 if p.counted {
                     self.queued_payload -= p.msg.payload.len() - p.offset;
+                    bytes += p.msg.payload.len();
                     out.push((p.msg, high));
                 } else {
                     keep.push_back(p);
@@ -634,7 +646,7 @@ impl Connection {
             *queue = keep;
         }
         if let Some(d) = &self.queue_depth {
-            d.release(out.len());
+            d.release(out.len(), bytes);
         }
         out
     }
@@ -654,12 +666,17 @@ impl Connection {
     }
 
     fn enqueue(&mut self, msg: Outgoing, high: bool, counted: bool) -> Result<(), QueueFull> {
+        let len = msg.payload.len();
         if self.is_closed()
             || self.closing.is_some()
             || self.high.len() + self.low.len() >= self.cfg.max_queued
+            || (self.queued_payload > 0
+                && self.queued_payload.saturating_add(len) > self.cfg.max_queued_bytes)
         {
             if counted {
-                self.drop_message();
+                if let Some(d) = &self.queue_depth {
+                    d.release(1, len);
+                }
             }
             return Err(QueueFull);
         }
@@ -678,12 +695,6 @@ impl Connection {
             self.low.push_back(pending);
         }
         Ok(())
-    }
-
-    fn drop_message(&mut self) {
-        if let Some(d) = &self.queue_depth {
-            d.release(1);
-        }
     }
 
     /// Queues a control record (ahead of all data). Bounded: beyond
@@ -748,14 +759,17 @@ impl Connection {
         self.state = State::Closed;
         // Release everything the connection holds; queued messages were not
         // written, so the application-visible depth drops by their count.
-        let dropped = self
+        let (dropped, dropped_bytes) = self
             .high
             .iter()
             .chain(self.low.iter())
             .filter(|p| p.counted)
-            .count();
+            .fold((0, 0), |(n, b), p| (n + 1, b + p.msg.payload.len()));
         if let Some(d) = &self.queue_depth {
-            d.release(dropped + std::mem::take(&mut self.to_release));
+            d.release(
+                dropped + std::mem::take(&mut self.to_release),
+                dropped_bytes + std::mem::take(&mut self.to_release_bytes),
+            );
             d.close();
         }
         self.dropped_on_close += dropped;
@@ -1088,7 +1102,10 @@ impl Connection {
             sealer.seal_in_place(&mut self.out[start + HEADER_LEN..])?;
             if self.to_release > 0 {
                 if let Some(d) = &self.queue_depth {
-                    d.release(std::mem::take(&mut self.to_release));
+                    d.release(
+                        std::mem::take(&mut self.to_release),
+                        std::mem::take(&mut self.to_release_bytes),
+                    );
                 }
             }
             let header = encode_header(written + TAG_LEN);
@@ -1157,11 +1174,15 @@ impl Connection {
             p.offset = end;
             p.next_part += 1;
             if p.next_part >= p.total_parts {
+                let len = p.msg.payload.len();
                 let counted = queue.pop_front().is_some_and(|p| p.counted);
                 self.encoded += 1;
                 // Released once per frame (`encode_frames`), not per message:
                 // the counter's cache line is shared with the senders.
-                self.to_release += usize::from(counted);
+                if counted {
+                    self.to_release += 1;
+                    self.to_release_bytes += len;
+                }
             } else {
                 // A part fills most of a frame: start a new frame and look at
                 // the high-priority queue again before the next part.
@@ -1216,6 +1237,7 @@ mod tests {
                 min_chunk_size: 1024,
             },
             max_queued: 1000,
+            max_queued_bytes: 64 << 20,
             clock: Clock::new(t0, 1_700_000_000_000),
         })
     }

@@ -9,6 +9,12 @@ pub enum Error {
     DuplicateChannel(u32),
     #[error("io_uring unavailable: {0}")]
     IoUringUnavailable(String),
+    /// The listener could not be bound: the field, the address and why.
+    #[error("`listen` = {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
     #[error("the network is not running")]

@@ -29,6 +29,8 @@ pub struct ChannelMetrics {
     pub messages_out: Counter,
     pub bytes_in: Counter,
     pub bytes_out: Counter,
+    /// Sends on this channel refused with [`crate::SendError::Full`].
+    pub send_full: Counter,
 }
 
 /// Every metric a node exports.
@@ -78,10 +80,15 @@ pub struct Metrics {
     /// rate table was full of recently active addresses
     /// ([`crate::Config::accept_rate_per_ip`]).
     pub accept_rate_untracked: Counter,
+    /// Connections reset because their output made no progress within
+    /// [`crate::Config::write_timeout`] (or their close could not flush in
+    /// that time).
+    pub write_timeouts: Counter,
     messages_in: Family<ChannelLabel, Counter>,
     messages_out: Family<ChannelLabel, Counter>,
     bytes_in: Family<ChannelLabel, Counter>,
     bytes_out: Family<ChannelLabel, Counter>,
+    channel_send_full: Family<ChannelLabel, Counter>,
 }
 
 impl Metrics {
@@ -169,6 +176,11 @@ impl Metrics {
             self.accept_rate_untracked.clone(),
         );
         registry.register(
+            "write_timeouts",
+            "Connections reset because their output stalled past the write timeout",
+            self.write_timeouts.clone(),
+        );
+        registry.register(
             "receiver_full_pauses",
             "Reads paused because a channel receiver was full",
             self.receiver_full_pauses.clone(),
@@ -219,6 +231,11 @@ impl Metrics {
             "Payload bytes sent per channel",
             self.bytes_out.clone(),
         );
+        registry.register(
+            "channel_send_full",
+            "Sends refused because the peer's queue was full (messages or bytes), per channel",
+            self.channel_send_full.clone(),
+        );
     }
 
     /// Resolves a channel's counters once.
@@ -231,6 +248,7 @@ impl Metrics {
             messages_out: self.messages_out.get_or_create(&l).clone(),
             bytes_in: self.bytes_in.get_or_create(&l).clone(),
             bytes_out: self.bytes_out.get_or_create(&l).clone(),
+            send_full: self.channel_send_full.get_or_create(&l).clone(),
         }
     }
 

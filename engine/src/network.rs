@@ -206,7 +206,7 @@ impl Network {
 
         let listener = match config.listen {
             Some(addr) => {
-                let l = TcpListener::bind(addr)?;
+                let l = TcpListener::bind(addr).map_err(|source| Error::Listen { addr, source })?;
                 l.set_nonblocking(true)?;
                 Some(l)
             }

@@ -254,7 +254,7 @@ mod tests {
                 key,
                 generation: key as u64,
             },
-            depth: Arc::new(crate::queue_depth::QueueDepth::new(16)),
+            depth: Arc::new(crate::queue_depth::QueueDepth::new(16, 1 << 20)),
             dialer: pk(dialer),
             addr: None,
         })

@@ -188,12 +188,21 @@ pub(crate) fn run(mut core: ShardCore, busy_poll: bool) -> io::Result<()> {
             }
         }
 
-        // Closes: the protocol ended; write what is sealed, then drop.
+        // Closes: the protocol ended; write what is sealed, then drop. A
+        // socket whose output stalled past the write timeout (or whose
+        // flush ran out of time) is reset instead.
         let closing: Vec<usize> = core.closing.clone();
         for key in closing {
+            if core.must_abort(key, now) {
+                if let Some(sock) = socks.get(&key) {
+                    reset_on_close(&sock.stream);
+                }
+                close_sock(&mut core, &mut poll, &mut socks, key, None);
+                continue;
+            }
             flush(&mut core, &mut poll, &mut socks, key);
             let drained = socks.get(&key).map(|s| s.pending.is_none()).unwrap_or(true);
-            if drained || core.shutdown_overdue(now) || !socks.contains_key(&key) {
+            if drained || !socks.contains_key(&key) {
                 close_sock(&mut core, &mut poll, &mut socks, key, None);
             }
         }
@@ -209,8 +218,9 @@ pub(crate) fn run(mut core: ShardCore, busy_poll: bool) -> io::Result<()> {
             return Ok(());
         }
 
-        // Sleep (or spin).
-        let busy = more_to_read || !core.dirty.is_empty() || !core.closing.is_empty();
+        // Sleep (or spin). A closing socket still listed waits for
+        // writability (an event) or its deadline (the timer budget).
+        let busy = more_to_read || !core.dirty.is_empty();
         let mut timeout = if busy_poll || busy {
             Duration::ZERO
         } else {
@@ -346,6 +356,9 @@ fn flush(core: &mut ShardCore, poll: &mut Poll, socks: &mut HashMap<usize, Sock>
                 if buf.is_empty() {
                     sock.pending = None;
                 }
+                if n > 0 {
+                    core.handle_sent(key, sock.pending.is_none(), Instant::now());
+                }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 sock.writable = false;
@@ -358,6 +371,13 @@ fn flush(core: &mut ShardCore, poll: &mut Poll, socks: &mut HashMap<usize, Sock>
             }
         }
     }
+}
+
+/// Makes the coming close reset the connection (RST, `SO_LINGER` 0) rather
+/// than queue a FIN behind unsent data the peer will not read: the kernel
+/// frees the socket's buffers at once.
+fn reset_on_close(stream: &TcpStream) {
+    let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
 }
 
 fn close_sock(

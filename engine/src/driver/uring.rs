@@ -268,6 +268,29 @@ impl Driver {
         let _ = s.sock.shutdown(std::net::Shutdown::Both);
         self.cancel_recv(key)
     }
+
+    /// Closes `key` without flushing: the close resets the connection
+    /// (RST, `SO_LINGER` 0, so the kernel frees its buffers at once instead
+    /// of queueing a FIN behind data the peer does not read), and a send
+    /// still in flight is cancelled.
+    fn abort(&mut self, key: usize) -> io::Result<()> {
+        let Some(s) = self.socks.get_mut(&key) else {
+            return Ok(());
+        };
+        if s.closing {
+            return Ok(());
+        }
+        let _ = s.sock.set_linger(Some(Duration::ZERO));
+        let send_in_flight = s.send.is_some();
+        self.start_close(key, None)?;
+        if send_in_flight {
+            let sqe = opcode::AsyncCancel::new(user_data(OP_SEND, key))
+                .build()
+                .user_data(user_data(OP_CANCEL, key));
+            self.push(sqe)?;
+        }
+        Ok(())
+    }
 }
 
 /// Runs a shard on io_uring until shutdown completes.
@@ -440,15 +463,21 @@ fn event_loop(core: &mut ShardCore, d: &mut Driver, busy_poll: bool) -> io::Resu
             }
         }
 
-        // Closing connections: flush what is sealed, then close the socket.
+        // Closing connections: flush what is sealed, then close the socket;
+        // one whose output stalled past the write timeout (or whose flush
+        // ran out of time) is reset instead.
         let closing: Vec<usize> = core.closing.clone();
         for key in closing {
             match d.socks.get(&key) {
                 None => core.finish_close(key, None),
                 Some(s) if !s.closing => {
+                    if core.must_abort(key, now) {
+                        d.abort(key)?;
+                        continue;
+                    }
                     d.flush(core, key)?;
                     let drained = d.socks.get(&key).is_some_and(|s| s.send.is_none());
-                    if drained || core.shutdown_overdue(now) {
+                    if drained {
                         d.start_close(key, None)?;
                     }
                 }
@@ -475,7 +504,7 @@ fn event_loop(core: &mut ShardCore, d: &mut Driver, busy_poll: bool) -> io::Resu
             if core.shutdown_overdue(now) {
                 let keys: Vec<usize> = d.socks.keys().copied().collect();
                 for key in keys {
-                    d.start_close(key, None)?;
+                    d.abort(key)?;
                 }
             }
             if core.conns.is_empty() && d.socks.is_empty() {
@@ -776,6 +805,9 @@ fn handle_cqe(
             d.sends_in_flight -= 1;
             core.shared.metrics.frames_out.inc();
             batch.advance((res as usize).min(batch.len()));
+            if res > 0 {
+                core.handle_sent(key, batch.is_empty(), now);
+            }
             if !batch.is_empty() && !s.closing {
                 // Short write: send the rest of the same batch.
                 let fd = s.sock.as_raw_fd();

@@ -99,6 +99,8 @@ impl ShardLink {
 /// Messages waiting for a peer's replacement connection.
 struct Parked {
     since: Instant,
+    /// Payload bytes of `msgs`, bounded by `Config::peer_send_bytes`.
+    bytes: usize,
     msgs: std::collections::VecDeque<(Outgoing, bool)>,
 }
 
@@ -144,6 +146,16 @@ pub(crate) struct ConnSlot {
     /// the old connection are delivered before anything sent on this one.
     hold_for: Option<ConnId>,
     counted_handshaking: bool,
+    /// A write handed to the driver is outstanding and has made no progress
+    /// since then: past [`Config::write_timeout`] the connection is aborted.
+    ///
+    /// [`Config::write_timeout`]: crate::Config::write_timeout
+    write_since: Option<Instant>,
+    /// When the protocol ended (the key joined `closing`): the driver has
+    /// until `write_timeout` after it to flush, then resets the socket.
+    closed_at: Option<Instant>,
+    /// The socket must be reset now, without flushing.
+    abort: bool,
     /// `ping()` callers waiting for the next pong (bounded).
     ping_waiters: Vec<tokio::sync::oneshot::Sender<Duration>>,
 }
@@ -224,6 +236,16 @@ fn note_misbehavior(shared: &Shared, slot: &mut ConnSlot) {
     }
 }
 
+impl ConnSlot {
+    /// Output handed to the driver made no progress for `timeout`, or the
+    /// connection has been closing (flushing) that long.
+    fn write_overdue(&self, now: Instant, timeout: Duration) -> bool {
+        let past =
+            |t: Option<Instant>| t.is_some_and(|t| now.saturating_duration_since(t) >= timeout);
+        past(self.write_since) || past(self.closed_at)
+    }
+}
+
 impl ShardCore {
     pub fn new(
         id: usize,
@@ -281,7 +303,10 @@ impl ShardCore {
         };
         let generation = self.next_generation;
         self.next_generation += 1;
-        let depth = Arc::new(QueueDepth::new(self.shared.config.peer_send_backlog));
+        let depth = Arc::new(QueueDepth::new(
+            self.shared.config.peer_send_backlog,
+            self.shared.config.peer_send_bytes,
+        ));
         let mut conn = conn;
         conn.set_queue_depth(depth.clone());
         self.shared.metrics.handshaking.inc();
@@ -300,6 +325,9 @@ impl ShardCore {
             moved_unsent: false,
             hold_for: None,
             counted_handshaking: true,
+            write_since: None,
+            closed_at: None,
+            abort: false,
             ping_waiters: Vec::new(),
         });
         self.dirty.push(key);
@@ -456,6 +484,7 @@ impl ShardCore {
             note_misbehavior(&self.shared, slot);
         }
         if slot.conn.is_closed() && !self.closing.contains(&key) {
+            slot.closed_at = Some(now);
             self.closing.push(key);
         }
     }
@@ -500,12 +529,10 @@ impl ShardCore {
                 }
             }
             Event::Closed(cause) => {
-                let label = cause.label();
+                // Counted once, in `finish_close` (closes, and the
+                // handshake's result for one that never established).
                 if let Some(slot) = self.conns.get_mut(key) {
-                    slot.close_label = Some(label);
-                    if slot.handle.is_none() {
-                        self.shared.metrics.handshake(label);
-                    }
+                    slot.close_label = Some(cause.label());
                 }
                 tracing::debug!(shard = self.id, key, %cause, "connection closed");
             }
@@ -779,7 +806,7 @@ impl ShardCore {
                 // peer's current connection.
                 let replaced = match closing {
                     Some(slot) => {
-                        slot.depth.release(1);
+                        slot.depth.release(1, msg.payload.len());
                         slot.conn.closing_replaced()
                     }
                     None => self.recently_replaced.iter().any(|(c, _)| *c == id),
@@ -807,13 +834,19 @@ impl ShardCore {
                 return;
             }
             // Replaced by a connection still handshaking (the peer rejected
-            // our duplicate first): wait for it, bounded in count and time.
-            let limit = self.shared.config.peer_send_backlog;
+            // our duplicate first): wait for it, bounded in count, bytes
+            // and time.
+            let cfg = &self.shared.config;
             let p = self.parked.entry(peer).or_insert_with(|| Parked {
                 since: now,
+                bytes: 0,
                 msgs: std::collections::VecDeque::new(),
             });
-            if p.msgs.len() < limit {
+            let len = msg.payload.len();
+            if p.msgs.len() < cfg.peer_send_backlog
+                && (p.bytes == 0 || p.bytes.saturating_add(len) <= cfg.peer_send_bytes)
+            {
+                p.bytes += len;
                 p.msgs.push_back((msg, high));
             } else {
                 self.shared.metrics.send_dropped("disconnected");
@@ -862,7 +895,8 @@ impl ShardCore {
         now: Instant,
         actions: &mut Vec<DriverAction>,
     ) {
-        h.depth.force_reserve();
+        let bytes = msg.payload.len();
+        h.depth.force_reserve(bytes);
         self.shared.metrics.send_rerouted.inc();
         let cmd = Command::Send {
             id: h.id,
@@ -882,7 +916,7 @@ impl ShardCore {
             .get(h.id.shard)
             .is_some_and(|link| link.send(cmd).is_ok());
         if !sent {
-            h.depth.release(1);
+            h.depth.release(1, bytes);
             self.shared.metrics.send_dropped("shard_queue_full");
         }
     }
@@ -1107,13 +1141,57 @@ impl ShardCore {
             if slot.close_label.is_none() {
                 slot.close_label = Some(slot.conn.closed_label().unwrap_or("local_close"));
             }
+            slot.closed_at = Some(Instant::now());
             self.closing.push(key);
         }
         if out.is_some() {
+            if slot.write_since.is_none() {
+                slot.write_since = Some(Instant::now());
+            }
             self.shared.metrics.writes.inc();
             self.wrote = true;
         }
         out
+    }
+
+    /// The driver wrote some of what [`ShardCore::poll_transmit`] handed it
+    /// (`done`: all of it): the connection's output made progress.
+    pub fn handle_sent(&mut self, key: usize, done: bool, now: Instant) {
+        if let Some(slot) = self.conns.get_mut(key) {
+            slot.write_since = if done { None } else { Some(now) };
+        }
+    }
+
+    /// Whether the driver must reset `key`'s socket now instead of flushing
+    /// it: its output stalled past `write_timeout` (or its close flush ran
+    /// out of time), or shutdown is overdue.
+    pub fn must_abort(&self, key: usize, now: Instant) -> bool {
+        self.shutdown_overdue(now)
+            || self
+                .conns
+                .get(key)
+                .is_some_and(|s| s.abort || s.write_overdue(now, self.shared.config.write_timeout))
+    }
+
+    /// Aborts a connection whose output stalled past `write_timeout`: its
+    /// queues are dropped (counted) and the driver resets the socket.
+    fn abort_stalled(&mut self, key: usize, now: Instant) {
+        let Some(slot) = self.conns.get_mut(key) else {
+            return;
+        };
+        slot.abort = true;
+        self.shared.metrics.write_timeouts.inc();
+        if !slot.conn.is_closed() {
+            slot.conn.abort(crate::connection::CloseCause::WriteTimeout);
+        }
+        let peer = slot.conn.peer().cloned();
+        tracing::warn!(
+            shard = self.id,
+            peer = ?peer,
+            timeout = ?self.shared.config.write_timeout,
+            "connection output stalled; resetting it"
+        );
+        self.process_input(key, now);
     }
 
     /// Runs connection timers at a coarse granularity.
@@ -1122,13 +1200,21 @@ impl ShardCore {
             return;
         }
         self.next_timer_sweep = now + TIMER_GRANULARITY;
-        let keys: Vec<usize> = self
+        let write_timeout = self.shared.config.write_timeout;
+        let keys: Vec<(usize, bool)> = self
             .conns
             .iter()
-            .filter(|(_, s)| s.conn.poll_timeout().is_some_and(|t| t <= now))
-            .map(|(k, _)| k)
+            .filter_map(|(k, s)| {
+                let stalled = !s.abort && s.write_overdue(now, write_timeout);
+                let timer = s.conn.poll_timeout().is_some_and(|t| t <= now);
+                (stalled || timer).then_some((k, stalled))
+            })
             .collect();
-        for key in keys {
+        for (key, stalled) in keys {
+            if stalled {
+                self.abort_stalled(key, now);
+                continue;
+            }
             if let Some(slot) = self.conns.get_mut(key) {
                 slot.conn.handle_timeout(now);
             }
@@ -1345,12 +1431,11 @@ mod tests {
         };
         // The connection's queue is full, and a sender waits for room.
         let depth = core.conns[slot_key].depth.clone();
-        let limit = shared.config.peer_send_backlog;
-        while depth.try_reserve(limit) {}
+        while depth.try_reserve(1) {}
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         let blocked = {
             let depth = depth.clone();
-            std::thread::spawn(move || done_tx.send(depth.reserve_blocking(limit)))
+            std::thread::spawn(move || done_tx.send(depth.reserve_blocking(1)))
         };
         // Accepted but never handled: 3 sends and a batch of 2 in the command
         // queue, 4 messages parked for another peer's replacement connection.
@@ -1375,6 +1460,7 @@ mod tests {
             key(8),
             Parked {
                 since: now,
+                bytes: 4,
                 msgs: (0..4).map(|_| (msg(), false)).collect(),
             },
         );
@@ -1394,5 +1480,84 @@ mod tests {
             .expect("the blocked sender was never released");
         assert_eq!(released, Reserve::Closed);
         blocked.join().unwrap().unwrap();
+    }
+
+    fn dialed(core: &mut ShardCore, seed: u64, now: Instant) -> usize {
+        let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        core.insert(None, Some((key(seed), addr)), now)
+    }
+
+    fn count(
+        f: &prometheus_client::metrics::family::Family<
+            ReasonLabel,
+            prometheus_client::metrics::counter::Counter,
+        >,
+        reason: &str,
+    ) -> u64 {
+        f.get_or_create(&ReasonLabel {
+            reason: reason.into(),
+        })
+        .get()
+    }
+
+    /// A handshake that times out is one handshake outcome and one close,
+    /// each counted once, when its socket is released.
+    #[test]
+    fn a_failed_handshake_is_counted_once() {
+        let (net, _oracle) = Network::new(Config::local(None)).unwrap();
+        let mut core = net.into_shard_core();
+        let shared = core.shared.clone();
+        let now = Instant::now();
+        let k = dialed(&mut core, 7, now);
+        assert_eq!(shared.metrics.handshaking.get(), 1);
+        let later = now + shared.config.handshake_timeout + Duration::from_secs(1);
+        core.handle_timers(later);
+        assert!(core.closing.contains(&k), "the handshake timed out");
+        core.finish_close(k, None);
+        assert_eq!(count(&shared.metrics.handshakes, "handshake_timeout"), 1);
+        assert_eq!(count(&shared.metrics.closes, "handshake_timeout"), 1);
+        assert_eq!(shared.metrics.handshaking.get(), 0);
+        core.finish_close(k, None);
+        assert_eq!(
+            count(&shared.metrics.handshakes, "handshake_timeout"),
+            1,
+            "a second release counts nothing"
+        );
+    }
+
+    /// Output handed to the driver that makes no progress for
+    /// `write_timeout` gets the connection reset (counted once, the slot
+    /// marked for abort); output that progresses never does.
+    #[test]
+    fn stalled_output_is_aborted_after_the_write_timeout() {
+        let mut cfg = Config::local(None);
+        cfg.handshake_timeout = Duration::from_secs(300);
+        cfg.write_timeout = Duration::from_secs(5);
+        let (net, _oracle) = Network::new(cfg).unwrap();
+        let mut core = net.into_shard_core();
+        let shared = core.shared.clone();
+        let now = Instant::now();
+        let (stalled, moving) = (dialed(&mut core, 7, now), dialed(&mut core, 8, now));
+        assert!(
+            core.poll_transmit(stalled).is_some(),
+            "a dialer sends its hello"
+        );
+        assert!(core.poll_transmit(moving).is_some());
+        let t0 = Instant::now();
+        core.handle_sent(moving, true, t0);
+        let before = t0 + Duration::from_secs(4);
+        assert!(!core.must_abort(stalled, before));
+        core.handle_timers(before);
+        assert_eq!(shared.metrics.write_timeouts.get(), 0);
+        let after = t0 + Duration::from_secs(6);
+        assert!(core.must_abort(stalled, after));
+        assert!(!core.must_abort(moving, after), "its output was written");
+        core.handle_timers(after);
+        assert_eq!(shared.metrics.write_timeouts.get(), 1);
+        assert!(core.closing.contains(&stalled));
+        core.handle_timers(after + Duration::from_secs(1));
+        assert_eq!(shared.metrics.write_timeouts.get(), 1, "counted once");
+        core.finish_close(stalled, None);
+        assert_eq!(count(&shared.metrics.closes, "write_timeout"), 1);
     }
 }

@@ -8,6 +8,9 @@
 //! why its default is what it is. Every queue and buffer the engine owns is
 //! bounded by a field here.
 
+mod validate;
+pub use validate::{MAX_SHARDS, SHARDS_PER_CORE};
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,8 +54,12 @@ pub struct Config {
     pub namespace: Vec<u8>,
     /// I/O driver.
     pub backend: Backend,
-    /// Number of data shards (threads). 0 = one per available core.
+    /// Number of data shards (threads). 0 = one per available core;
+    /// otherwise 1 to 4 per available core (1024 at most).
     pub shards: usize,
+    /// Accept up to 1024 [`Config::shards`] whatever the machine's cores
+    /// (tests of many-shard layouts on small machines). Default false.
+    pub force_shards: bool,
     /// Pin shard `i` to core `(core_offset + i) % cores`.
     pub pin_cores: bool,
     /// First core used when pinning (lets several nodes in one process, or
@@ -180,8 +187,25 @@ pub struct Config {
     pub misbehavior_cooldown: Duration,
     /// Max outbound (dialed) connections, established or handshaking.
     pub max_outbound: usize,
-    /// Messages a single peer's send queue may hold before `send` reports it full.
+    /// Messages a single peer's send queue may hold before `send` reports it
+    /// full. 1 to 1,000,000; default 4096.
     pub peer_send_backlog: usize,
+    /// Payload bytes a single peer's send queue may hold before `send`
+    /// reports it full (`SendError::Full`, metric `send_full`): what a peer
+    /// that stops reading can make us hold for it, beside
+    /// [`Config::peer_send_backlog`]. An empty queue always takes one
+    /// message, so the bound is this plus one message. Engine-originated
+    /// messages on the connection (RPC responses, handler replies) are held
+    /// to twice this in all. 64 KiB to 1 GiB; default 8 MiB.
+    pub peer_send_bytes: usize,
+    /// A connection whose output makes no progress for this long (a peer
+    /// that stopped reading, or a dead path) is aborted: reset (RST), its
+    /// buffers freed, its socket closed and counted as
+    /// `closes{reason="write_timeout"}`. A connection that is closing gets
+    /// the same time, counted from the end of its close handshake, to flush
+    /// what it sealed, whatever the peer reads meanwhile. 100 ms to 10 min;
+    /// default 5 s.
+    pub write_timeout: Duration,
     /// Bytes of sealed frames a connection prepares per write (one send in flight).
     pub max_write_batch: usize,
     /// Bytes of partially reassembled messages a connection may hold.
@@ -240,6 +264,7 @@ impl Config {
             namespace: b"shoal/1".to_vec(),
             backend: Backend::Auto,
             shards: 0,
+            force_shards: false,
             pin_cores: false,
             core_offset: 0,
             busy_poll: false,
@@ -271,6 +296,8 @@ impl Config {
             misbehavior_cooldown: Duration::from_secs(10),
             max_outbound: 128,
             peer_send_backlog: 4096,
+            peer_send_bytes: 8 * 1024 * 1024,
+            write_timeout: Duration::from_secs(5),
             max_write_batch: 256 * 1024,
             max_in_progress_bytes: 16 * 1024 * 1024 + 64 * 1024,
             max_in_progress_messages: 8,
@@ -329,6 +356,7 @@ impl Config {
                 ..shoal_wire::chunk::ChunkLimits::default()
             },
             max_queued: self.peer_send_backlog.saturating_mul(2).max(64),
+            max_queued_bytes: self.peer_send_bytes.saturating_mul(2),
             clock: crate::clock::Clock::system(),
         }
     }
@@ -360,74 +388,6 @@ impl Config {
             synchrony_bound: self.synchrony_bound,
             timeout: self.handshake_timeout,
         }
-    }
-
-    /// Checks invariants; the error names the offending field.
-    pub fn validate(&self) -> Result<(), crate::Error> {
-        let bad = |field: &'static str, why: &str| {
-            Err(crate::Error::InvalidConfig {
-                field,
-                reason: why.to_string(),
-            })
-        };
-        if self.max_frame_body < MIN_FRAME_BODY || self.max_frame_body > 16 * 1024 * 1024 {
-            return bad(
-                "max_frame_body",
-                "must be within 1121 bytes (a 1 KiB chunk, its record header and the tag) ..= 16 MiB",
-            );
-        }
-        if self.wait_spin > Duration::from_millis(10) {
-            return bad("wait_spin", "must be <= 10ms (a longer wait should park)");
-        }
-        if self.idle_spin > Duration::from_millis(10) {
-            return bad(
-                "idle_spin",
-                "must be <= 10ms (use busy_poll to never sleep)",
-            );
-        }
-        if self.max_message_size == 0 {
-            return bad("max_message_size", "must be > 0");
-        }
-        if self.accept_rate_per_ip > 1_000_000 {
-            return bad("accept_rate_per_ip", "must be <= 1000000 (0 for no limit)");
-        }
-        if self.accept_rate_per_ip > 0 && self.accept_burst_per_ip == 0 {
-            return bad(
-                "accept_burst_per_ip",
-                "must be >= 1 when accept_rate_per_ip is set",
-            );
-        }
-        if self.peer_send_backlog == 0 {
-            return bad("peer_send_backlog", "must be > 0");
-        }
-        if self.shard_queue == 0 {
-            return bad("shard_queue", "must be > 0");
-        }
-        if self.max_write_batch < self.max_frame_body + 4 {
-            return bad("max_write_batch", "must hold at least one frame");
-        }
-        if !self.uring_entries.is_power_of_two() || !(8..=32768).contains(&self.uring_entries) {
-            return bad("uring_entries", "must be a power of two within 8 ..= 32768");
-        }
-        if !self.recv_buffers.is_power_of_two() {
-            return bad("recv_buffers", "must be a power of two");
-        }
-        if self.recv_buffer_size < 4096 {
-            return bad("recv_buffer_size", "must be >= 4096");
-        }
-        if self.idle_timeout <= self.ping_interval {
-            return bad("idle_timeout", "must be longer than ping_interval");
-        }
-        if self.tracked_peer_sets == 0 {
-            return bad("tracked_peer_sets", "must be > 0");
-        }
-        if self.control_queue == 0 {
-            return bad("control_queue", "must be > 0");
-        }
-        if self.max_in_progress_messages == 0 {
-            return bad("max_in_progress_messages", "must be > 0");
-        }
-        Ok(())
     }
 
     /// Resolved shard count.
