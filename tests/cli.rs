@@ -359,6 +359,13 @@ fn invalid_configs_exit_2_naming_the_field() {
             "idle_timeout",
         ),
         ("max_frame_body = 10\n", "max_frame_body"),
+        // Ranges: values that would exhaust memory or make no sense.
+        ("shards = 100000\n", "shards"),
+        ("shard_queue = 1000000000000\n", "shard_queue"),
+        ("control_queue = 1000000000000\n", "control_queue"),
+        ("peer_send_bytes = 1\n", "peer_send_bytes"),
+        ("write_timeout = \"1ms\"\n", "write_timeout"),
+        ("recv_buffer_size = 1\n", "recv_buffer_size"),
         // Type and value errors from the parser.
         ("recv_buffers = \"many\"\n", "recv_buffers"),
         ("handshake_timeout = 5\n", "handshake_timeout"),
@@ -379,6 +386,10 @@ fn invalid_configs_exit_2_naming_the_field() {
         assert!(
             err.contains(field),
             "{toml:?}: stderr must name {field}: {err}"
+        );
+        assert!(
+            !err.contains("panicked"),
+            "{toml:?}: a config error, not a panic: {err}"
         );
     }
     // A valid key in a peer entry but an unknown field inside it.
@@ -545,4 +556,222 @@ fn bench_json_rpc_and_fanout() {
         (v["delivered"].as_u64(), v["wait_spin_us"].as_u64()),
         (Some(200), Some(0))
     );
+}
+
+/// A listen address already in use is a startup error naming the field
+/// and the address.
+#[test]
+fn a_listen_address_in_use_is_named() {
+    let dir = TempDir::new("inuse");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let p = dir.path("n.toml");
+    fs::write(&p, format!("listen = \"{addr}\"\npreset = \"local\"\n")).unwrap();
+    let out = shoal(&["node", "--config", p.to_str().unwrap()]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("`listen` = {addr}")), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+/// `shoal node`'s echo service with one authorized peer that floods and
+/// never reads: the other peer's echoes keep coming while that peer's queue
+/// is full, the echoes that did not fit are counted
+/// (`shoal_echo_unsent_total{reason="full"}`), and the node resets the
+/// non-reader after its `write_timeout` (`closes{reason="write_timeout"}`).
+#[test]
+fn one_peer_that_never_reads_does_not_stall_the_echo_for_another() {
+    let dir = TempDir::new("slowpeer");
+    let k1 = keygen(&dir.path("n1.key"));
+    let me = Arc::new(Ed25519Signer::generate());
+    let my_key = hex(shoal::crypto::Signer::public_key(&*me));
+    let attacker = Arc::new(Ed25519Signer::generate());
+    let attacker_key = hex(shoal::crypto::Signer::public_key(&*attacker));
+    let (a1, m1, a_me) = (
+        common::free_addr(),
+        common::free_addr(),
+        common::free_addr(),
+    );
+    let mut toml = node_toml("n1.key", a1, m1, &[(&my_key, a_me)]);
+    toml.push_str(&format!("\n[[peers]]\nkey = \"{attacker_key}\"\n"));
+    // Before the tables: top-level keys.
+    let toml = format!("write_timeout = \"2s\"\npeer_send_bytes = 1048576\n{toml}");
+    fs::write(dir.path("n1.toml"), toml).unwrap();
+    let c1 = dir.path("n1.toml");
+    let n1 = Proc::spawn(
+        &["node", "--config", c1.to_str().unwrap()],
+        dir.path("n1.err"),
+    );
+    let pk1 = parse_key(&k1);
+    let mut cfg = Config::local(Some(a_me)).with_identity(me.clone());
+    cfg.backend = Backend::Epoll;
+    let (mut net, oracle) = Network::new(cfg).unwrap();
+    let (tx, rx) = net.register(ECHO, None, 1 << 20, 64, None).unwrap();
+    oracle.register(0, vec![pk1.clone()]);
+    oracle.add_address(pk1.clone(), a1);
+    let handle = net.start().unwrap();
+    assert!(
+        handle.wait_peers(WAIT, |p| p.len() == 1),
+        "the node connects"
+    );
+    let echo = |i: u64| {
+        let payload = Bytes::from(format!("honest {i}"));
+        tx.send_to_blocking(&pk1, payload.clone(), false).unwrap();
+        let (_, got) = rx
+            .recv_timeout(WAIT)
+            .unwrap()
+            .expect("an echo within the deadline");
+        assert_eq!(got, payload);
+    };
+    echo(0);
+
+    let (mut s, mut session) =
+        shoal::raw_client::dial(a1, &pk1, attacker, &Config::local(None), WAIT)
+            .expect("the attacker's handshake");
+    let metric = |name: &str| -> u64 {
+        let (_, body) = http_get(m1, "/metrics");
+        body.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    // Flood, never reading, until the node resets us (a write fails) or
+    // the test is done: bounded in count (1 GiB) and time.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let stop = &stop;
+        scope.spawn(move || {
+            let payload = vec![0x5Au8; 256 << 10];
+            let deadline = Instant::now() + WAIT;
+            s.set_write_timeout(Some(WAIT)).unwrap();
+            for id in 1..=4096 {
+                if stop.load(std::sync::atomic::Ordering::Acquire) || Instant::now() > deadline {
+                    break;
+                }
+                for f in common::message_frames(&mut session.sealer, ECHO, id, &payload) {
+                    if s.write_all(&f).is_err() {
+                        return;
+                    }
+                }
+            }
+            // Done flooding but still never reading: hold the socket open
+            // (closing it with unread data would reset the node's end
+            // before its write timeout could).
+            while !stop.load(std::sync::atomic::Ordering::Acquire) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        let wait_metric = |name: &str, cond: &dyn Fn(u64) -> bool| {
+            let deadline = Instant::now() + WAIT;
+            while !cond(metric(name)) {
+                assert!(
+                    Instant::now() < deadline,
+                    "{name} never moved; metrics:\n{}\nstderr:\n{}",
+                    http_get(m1, "/metrics").1,
+                    n1.stderr()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        };
+        // The node's echoes back to the flooder stop fitting its queue...
+        wait_metric("shoal_echo_unsent_total{reason=\"full\"}", &|v| v > 0);
+        // ...while the honest echoes keep flowing...
+        for i in 1..=20 {
+            echo(i);
+        }
+        // ...and once its output has stalled for write_timeout, it is reset.
+        wait_metric("shoal_closes_total{reason=\"write_timeout\"}", &|v| v == 1);
+        stop.store(true, std::sync::atomic::Ordering::Release);
+    });
+    echo(21);
+    handle.shutdown(Duration::from_millis(100));
+}
+
+/// `shoal node` (default bounds) with one authorized peer that floods
+/// 256 KiB messages on the echo channel and never reads, for 15 s: prints
+/// the longest wait for an honest peer's echo meanwhile. Uses nothing but
+/// the CLI and the public API, so it measures any build.
+#[test]
+#[ignore = "a measurement (15 s): run with --ignored --nocapture"]
+fn measure_the_echo_gap_beside_a_non_reader() {
+    let dir = TempDir::new("echogap");
+    let k1 = keygen(&dir.path("n1.key"));
+    let me = Arc::new(Ed25519Signer::generate());
+    let my_key = hex(shoal::crypto::Signer::public_key(&*me));
+    let attacker = Arc::new(Ed25519Signer::generate());
+    let attacker_key = hex(shoal::crypto::Signer::public_key(&*attacker));
+    let (a1, m1, a_me) = (
+        common::free_addr(),
+        common::free_addr(),
+        common::free_addr(),
+    );
+    let mut toml = node_toml("n1.key", a1, m1, &[(&my_key, a_me)]);
+    toml.push_str(&format!("\n[[peers]]\nkey = \"{attacker_key}\"\n"));
+    fs::write(dir.path("n1.toml"), toml).unwrap();
+    let c1 = dir.path("n1.toml");
+    let _n1 = Proc::spawn(
+        &["node", "--config", c1.to_str().unwrap()],
+        dir.path("n1.err"),
+    );
+    let pk1 = parse_key(&k1);
+    let mut cfg = Config::local(Some(a_me)).with_identity(me.clone());
+    cfg.backend = Backend::Epoll;
+    let (mut net, oracle) = Network::new(cfg).unwrap();
+    let (tx, rx) = net.register(ECHO, None, 1 << 20, 64, None).unwrap();
+    oracle.register(0, vec![pk1.clone()]);
+    oracle.add_address(pk1.clone(), a1);
+    let handle = net.start().unwrap();
+    assert!(
+        handle.wait_peers(WAIT, |p| p.len() == 1),
+        "the node connects"
+    );
+    let (mut s, mut session) =
+        shoal::raw_client::dial(a1, &pk1, attacker, &Config::local(None), WAIT)
+            .expect("the attacker's handshake");
+    let window = Duration::from_secs(15);
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            let payload = vec![0x5Au8; 256 << 10];
+            s.set_write_timeout(Some(window)).unwrap();
+            for id in 1..=8192 {
+                if start.elapsed() > window {
+                    break;
+                }
+                for f in common::message_frames(&mut session.sealer, ECHO, id, &payload) {
+                    if s.write_all(&f).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        let (mut longest, mut n, mut lost) = (Duration::ZERO, 0u64, 0u64);
+        while start.elapsed() < window {
+            let t = Instant::now();
+            let payload = Bytes::from(format!("honest {n}"));
+            if tx.send_to_blocking(&pk1, payload.clone(), false).is_err() {
+                break;
+            }
+            loop {
+                match rx.recv_timeout(window) {
+                    Ok(Some((_, got))) if got == payload => break,
+                    Ok(Some(_)) => continue,
+                    _ => {
+                        lost += 1;
+                        break;
+                    }
+                }
+            }
+            longest = longest.max(t.elapsed());
+            n += 1;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        println!(
+            "echo gap beside a non-reader: {n} honest echoes in {window:?}, longest {} ms, \
+             {lost} lost",
+            longest.as_millis()
+        );
+    });
+    handle.shutdown(Duration::from_millis(100));
 }

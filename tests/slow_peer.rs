@@ -8,7 +8,8 @@
 //! `measure_the_recommended_bounds` (ignored; run with `--ignored
 //! --nocapture`) is the same attack on the default bounds, reporting what
 //! `SECURITY.md`'s slow-peer table lists; it uses only what every version
-//! of the engine has, so it also measures a build without these bounds.
+//! of the engine has (with `message_frames` from `tests/common`), so it
+//! also measures a build without these bounds.
 
 #[macro_use]
 mod common;
@@ -19,12 +20,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use common::*;
-use shoal::crypto::{RecordSealer, TAG_LEN};
 use shoal::engine::{Backend, Config, SendError};
 use shoal::raw_client;
-use shoal::wire::{encode_header, DataHeader, RecordKind, RecordWriter};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -43,39 +42,6 @@ fn rss_kib() -> u64 {
 
 /// The attacker's message size.
 const MESSAGE: usize = 256 << 10;
-/// Largest part in one frame: inside the default `max_frame_body`.
-const PART: usize = 60_000;
-
-/// The sealed frames of one whole message on channel 1, as an honest
-/// sender writes them: parts of at most [`PART`] bytes, one per frame.
-fn message_frames(sealer: &mut RecordSealer, message_id: u64, payload: &[u8]) -> Vec<Vec<u8>> {
-    let parts: Vec<&[u8]> = payload.chunks(PART).collect();
-    let mut frames = Vec::with_capacity(parts.len());
-    for (part, chunk) in parts.iter().enumerate() {
-        let header = DataHeader {
-            channel: 1,
-            message_id,
-            part: part as u32,
-            total_parts: parts.len() as u32,
-            total_len: payload.len() as u64,
-            compressed: false,
-            request_id: 0,
-            status: 0,
-        };
-        let mut buf = BytesMut::with_capacity(chunk.len() + 64);
-        buf.extend_from_slice(&[0u8; 4]);
-        RecordWriter::new(&mut buf, PART + 256)
-            .push_data(RecordKind::Data, &header, chunk)
-            .unwrap();
-        buf.extend_from_slice(&[0u8; TAG_LEN]);
-        sealer.seal_in_place(&mut buf[4..]).unwrap();
-        let len = buf.len() - 4;
-        buf[..4].copy_from_slice(&encode_header(len));
-        frames.push(buf.to_vec());
-    }
-    frames
-}
-
 fn echo_channel() -> ChannelDef {
     ChannelDef {
         quota: None,
@@ -250,7 +216,7 @@ fn attack(backend: Backend, tweak: impl FnOnce(&mut Config), window: Duration) -
                 if stop_flood.load(Ordering::Acquire) || t0.elapsed() > window {
                     break;
                 }
-                let frames = message_frames(&mut session.sealer, id, &payload);
+                let frames = message_frames(&mut session.sealer, 1, id, &payload);
                 if frames.iter().any(|f| writer.write_all(f).is_err()) {
                     break;
                 }

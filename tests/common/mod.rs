@@ -198,3 +198,41 @@ pub fn shoal_threads() -> usize {
         })
         .unwrap_or(0)
 }
+
+/// Largest part in one frame: inside the default `max_frame_body`.
+pub const PART: usize = 60_000;
+
+/// The sealed frames of one whole message on `channel`, as an honest
+/// sender writes them: parts of at most [`PART`] bytes, one per frame.
+pub fn message_frames(
+    sealer: &mut shoal::crypto::RecordSealer,
+    channel: u32,
+    message_id: u64,
+    payload: &[u8],
+) -> Vec<Vec<u8>> {
+    let parts: Vec<&[u8]> = payload.chunks(PART).collect();
+    let mut frames = Vec::with_capacity(parts.len());
+    for (part, chunk) in parts.iter().enumerate() {
+        let header = shoal::wire::DataHeader {
+            channel,
+            message_id,
+            part: part as u32,
+            total_parts: parts.len() as u32,
+            total_len: payload.len() as u64,
+            compressed: false,
+            request_id: 0,
+            status: 0,
+        };
+        let mut buf = bytes::BytesMut::with_capacity(chunk.len() + 64);
+        buf.extend_from_slice(&[0u8; 4]);
+        shoal::wire::RecordWriter::new(&mut buf, PART + 256)
+            .push_data(shoal::wire::RecordKind::Data, &header, chunk)
+            .unwrap();
+        buf.extend_from_slice(&[0u8; shoal::crypto::TAG_LEN]);
+        sealer.seal_in_place(&mut buf[4..]).unwrap();
+        let len = buf.len() - 4;
+        buf[..4].copy_from_slice(&shoal::wire::encode_header(len));
+        frames.push(buf.to_vec());
+    }
+    frames
+}

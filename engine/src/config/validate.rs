@@ -343,10 +343,20 @@ mod tests {
                 c.recv_buffer_size = MIB;
             }),
         ];
+        let doc = include_str!("../../../docs/operating.md");
+        let ranges = doc
+            .split("### Ranges")
+            .nth(1)
+            .and_then(|d| d.split("\n## ").next())
+            .expect("docs/operating.md has a Ranges section");
         for (field, set) in cases {
             let mut c = Config::recommended(None);
             set(&mut c);
             assert_eq!(field_of(&c), Some(*field), "{field}");
+            assert!(
+                ranges.contains(&format!("`{field}`")),
+                "{field} is missing from docs/operating.md's Ranges table"
+            );
         }
     }
 
