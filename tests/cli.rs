@@ -164,9 +164,21 @@ fn node_toml(
     metrics: SocketAddr,
     peers: &[(&str, SocketAddr)],
 ) -> String {
+    node_toml_on(key_file, listen, metrics, peers, "auto", 1)
+}
+
+/// [`node_toml`] on a given backend and shard count.
+fn node_toml_on(
+    key_file: &str,
+    listen: SocketAddr,
+    metrics: SocketAddr,
+    peers: &[(&str, SocketAddr)],
+    backend: &str,
+    shards: usize,
+) -> String {
     let mut t = format!(
-        "identity = \"{key_file}\"\nlisten = \"{listen}\"\npreset = \"local\"\nbackend = \"auto\"\n\
-         shards = 1\nidle_timeout = \"20s\"\necho_channel = {ECHO}\nmetrics = \"{metrics}\"\n"
+        "identity = \"{key_file}\"\nlisten = \"{listen}\"\npreset = \"local\"\nbackend = \"{backend}\"\n\
+         shards = {shards}\nidle_timeout = \"20s\"\necho_channel = {ECHO}\nmetrics = \"{metrics}\"\n"
     );
     for (k, a) in peers {
         t.push_str(&format!("\n[[peers]]\nkey = \"{k}\"\naddress = \"{a}\"\n"));
@@ -174,9 +186,20 @@ fn node_toml(
     t
 }
 
+// The CLI's share of the test matrix: node 1 on epoll, node 2 on `auto`
+// (io_uring where the kernel has it), both on one shard and again on two.
 #[test]
 fn two_nodes_echo_serve_metrics_and_stop_on_sigterm() {
-    let dir = TempDir::new("nodes");
+    two_nodes_echo(1);
+}
+
+#[test]
+fn two_shards_two_nodes_echo_serve_metrics_and_stop_on_sigterm() {
+    two_nodes_echo(2);
+}
+
+fn two_nodes_echo(shards: usize) {
+    let dir = TempDir::new(&format!("nodes{shards}"));
     let k1 = keygen(&dir.path("n1.key"));
     let k2 = keygen(&dir.path("n2.key"));
     assert_ne!(k1, k2);
@@ -192,12 +215,26 @@ fn two_nodes_echo_serve_metrics_and_stop_on_sigterm() {
     let (m1, m2) = (common::free_addr(), common::free_addr());
     fs::write(
         dir.path("n1.toml"),
-        node_toml("n1.key", a1, m1, &[(&k2, a2), (&my_key, a_me)]),
+        node_toml_on(
+            "n1.key",
+            a1,
+            m1,
+            &[(&k2, a2), (&my_key, a_me)],
+            "epoll",
+            shards,
+        ),
     )
     .unwrap();
     fs::write(
         dir.path("n2.toml"),
-        node_toml("n2.key", a2, m2, &[(&k1, a1), (&my_key, a_me)]),
+        node_toml_on(
+            "n2.key",
+            a2,
+            m2,
+            &[(&k1, a1), (&my_key, a_me)],
+            "auto",
+            shards,
+        ),
     )
     .unwrap();
     let c1 = dir.path("n1.toml");

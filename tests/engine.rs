@@ -626,7 +626,79 @@ fn receive_paths_account_for_every_byte(backend: Backend) {
     }
 }
 
+/// A flood over one channel's quota holds back that channel only: the
+/// peer's messages on another channel of the same connection keep flowing
+/// (their round trips all complete while the flooded channel is still
+/// being released at its quota), and nothing is lost or reordered.
+fn quota_isolation_a_flooded_channel_does_not_delay_another(backend: Backend) {
+    use std::num::NonZeroU32;
+    const FLOOD: u32 = 400;
+    const ROUNDS: usize = 100;
+    let limited = ChannelDef {
+        quota: Some(shoal::engine::Quota::per_second(
+            NonZeroU32::new(100).unwrap(),
+        )),
+        id: 1,
+        max_size: 4096,
+        backlog: 1024,
+        compression: None,
+    };
+    let mut nodes = mesh(backend, 2, &[limited, chan(2)], |_| {});
+    let a_key = nodes[0].key();
+    let b_key = nodes[1].key();
+    // b echoes channel 2 on a thread of its own.
+    let (b_tx2, b_rx2) = nodes[1].channels.remove(1);
+    let echo = std::thread::spawn(move || {
+        for _ in 0..2 * ROUNDS {
+            let (from, m) = b_rx2.recv_blocking().unwrap();
+            b_tx2.send_to_blocking(&from, m, false).unwrap();
+        }
+    });
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let rtts = |n: usize| -> Vec<Duration> {
+        (0..n)
+            .map(|i| {
+                let t = Instant::now();
+                let m = Bytes::from(vec![i as u8; 64]);
+                a.channels[1].0.send_to(&b_key, m.clone(), false).unwrap();
+                assert_eq!(a.channels[1].1.recv_blocking().unwrap(), (b_key.clone(), m));
+                t.elapsed()
+            })
+            .collect()
+    };
+    let p99 = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() * 99 / 100 - 1]
+    };
+    let before = p99(rtts(ROUNDS));
+    // 400 messages at 100/s with a burst of 100: ~3 s to release.
+    for i in 0..FLOOD {
+        let mut m = vec![0u8; 1024];
+        m[..4].copy_from_slice(&i.to_be_bytes());
+        a.channels[0]
+            .0
+            .send_to_blocking(&b_key, Bytes::from(m), false)
+            .unwrap();
+    }
+    let during = p99(rtts(ROUNDS));
+    let released = b.handle().metrics().channel(1).messages_in.get();
+    assert!(
+        released < u64::from(FLOOD),
+        "channel 2's round trips completed while channel 1 was held back \
+         ({released} of {FLOOD} released)"
+    );
+    assert!(b.handle().metrics().rate_limit_pauses.get() > 0);
+    println!("channel 2 p99 round trip: {before:?} before, {during:?} beside the flood");
+    for i in 0..FLOOD {
+        let (from, m) = b.channels[0].1.recv_blocking().unwrap();
+        assert_eq!(from, a_key);
+        assert_eq!(&m[..4], &i.to_be_bytes(), "every message, in order");
+    }
+    echo.join().unwrap();
+}
+
 both_backends!(
+    quota_isolation_a_flooded_channel_does_not_delay_another,
     receive_paths_account_for_every_byte,
     spinning_and_parking_shards_exchange_messages,
     batches_are_ordered_and_all_or_nothing,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
-use shoal::engine::{Backend, Config, Network, PeerEvent, RequestError, RpcStatus};
+use shoal::engine::{Backend, Network, PeerEvent, RequestError, RpcStatus};
 
 /// Two nodes where node 2 answers requests on channel 5 with a handler.
 fn rpc_pair(backend: Backend, handler: shoal::engine::Handler) -> (Node, Node) {
@@ -24,8 +24,7 @@ fn rpc_pair(backend: Backend, handler: shoal::engine::Handler) -> (Node, Node) {
         |_| {},
     );
     // Node 2 needs a handler registered before start: build it by hand.
-    let mut cfg = Config::local(Some(any_addr())).with_identity(signer(2));
-    cfg.backend = backend;
+    let cfg = local_config(backend, Some(any_addr())).with_identity(signer(2));
     let (mut net, oracle) = Network::new(cfg).unwrap();
     let c5 = net.register(5, None, 1 << 20, 64, None).unwrap();
     let c6 = net.register(6, None, 1 << 20, 64, None).unwrap();

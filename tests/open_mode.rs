@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use rand::{Rng, SeedableRng};
-use shoal::engine::{Backend, Config, Network, PublicKey};
+use shoal::engine::{Backend, Network, PublicKey};
 
 fn start_open(
     backend: Backend,
@@ -19,8 +19,7 @@ fn start_open(
     addr: SocketAddr,
     boot: Option<(u64, SocketAddr)>,
 ) -> Node {
-    let mut cfg = Config::local(Some(addr)).with_identity(signer(seed));
-    cfg.backend = backend;
+    let mut cfg = local_config(backend, Some(addr)).with_identity(signer(seed));
     cfg.open = true;
     cfg.recv_buffers = 16;
     cfg.shard_queue = 4096;

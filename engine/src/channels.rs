@@ -388,7 +388,7 @@ impl Sender {
         let h = self
             .connected(peer)
             .map_err(|_| RequestError::NotConnected)?;
-        let (id, rx) = self.shared.rpc.register(h.id, timeout)?;
+        let (h, id, rx) = register_request(&self.shared, peer, h, timeout)?;
         msg.kind = shoal_wire::RecordKind::RpcRequest;
         msg.request_id = id;
         if let Err(e) = self.shared.enqueue(&h, msg, true) {
@@ -434,6 +434,35 @@ impl Sender {
         Ok(())
     }
 }
+
+/// Registers a request to `peer` on `h`, the connection it was just looked
+/// up on, so that a close
+/// of that connection cannot be missed: the shard removes a closing
+/// connection from the peer table *before* it fails the connection's pending
+/// requests, so a registration either precedes that sweep (and is failed by
+/// it) or finds the table changed here. Then it is withdrawn and retried on
+/// the peer's newer connection, if any, or fails as `Disconnected`, instead
+/// of waiting out its whole timeout.
+fn register_request(
+    shared: &Shared,
+    peer: &PublicKey,
+    mut h: Arc<PeerHandle>,
+    timeout: std::time::Duration,
+) -> Result<(Arc<PeerHandle>, u64, RequestReceiver), RequestError> {
+    for _ in 0..3 {
+        let (id, rx) = shared.rpc.register(h.id, timeout)?;
+        match shared.peers.get(peer) {
+            Some(now) if now.id == h.id => return Ok((h, id, rx)),
+            now => {
+                shared.rpc.forget(h.id.shard, id);
+                h = now.ok_or(RequestError::Disconnected)?;
+            }
+        }
+    }
+    Err(RequestError::Disconnected)
+}
+
+type RequestReceiver = tokio::sync::oneshot::Receiver<Result<Bytes, RequestError>>;
 
 /// Receives one channel's messages. Usable from async code on any runtime
 /// ([`Receiver::recv`]) or from a plain thread ([`Receiver::recv_blocking`]).
@@ -621,4 +650,77 @@ impl Shared {
 /// Payload bytes of `msgs`, as their queue depth counts them.
 fn payload_bytes(msgs: &[Outgoing]) -> usize {
     msgs.iter().map(|m| m.payload.len()).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::peers::ConnId;
+    use shoal_crypto::Signer;
+    use std::time::Duration;
+
+    fn handle(peer: &PublicKey, key: usize, generation: u64) -> Arc<PeerHandle> {
+        Arc::new(PeerHandle {
+            peer: peer.clone(),
+            id: ConnId {
+                shard: 0,
+                key,
+                generation,
+            },
+            depth: Arc::new(crate::queue_depth::QueueDepth::new(8, 1 << 20)),
+            dialer: peer.clone(),
+            addr: None,
+        })
+    }
+
+    fn shared() -> Arc<Shared> {
+        let cfg = crate::Config::local(None);
+        let (net, _) = crate::Network::new(cfg).unwrap();
+        net.into_shard_core().shared.clone()
+    }
+
+    /// The race of a close between looking the connection up and
+    /// registering on it: the shard's close (peer table, then the sweep of
+    /// pending requests) ran in between. Registering on the stale handle
+    /// must not leave a request the sweep never sees.
+    #[test]
+    fn a_request_registered_after_its_connection_closed_fails_at_once() {
+        let s = shared();
+        let peer = crate::Ed25519Signer::generate().public_key().clone();
+        let old = handle(&peer, 1, 1);
+        s.peers.insert(old.clone());
+        // The close, as `ShardCore::finish_close` orders it.
+        s.peers.remove(&peer, old.id, "test");
+        assert_eq!(s.rpc.expire(0, std::time::Instant::now(), Some(old.id)), 0);
+        // The requester looked `old` up before the close and registers on
+        // it now.
+        assert!(matches!(
+            register_request(&s, &peer, old, Duration::from_secs(60)),
+            Err(RequestError::Disconnected)
+        ));
+        assert_eq!(
+            s.rpc.outstanding(),
+            0,
+            "nothing left to wait out its timeout"
+        );
+    }
+
+    #[test]
+    fn a_request_follows_the_peers_newer_connection() {
+        let s = shared();
+        let peer = crate::Ed25519Signer::generate().public_key().clone();
+        let old = handle(&peer, 1, 1);
+        s.peers.insert(old.clone());
+        let t = Duration::from_secs(60);
+        let (h, id, _rx) = register_request(&s, &peer, old.clone(), t).unwrap();
+        assert_eq!(h.id.key, 1);
+        // Replaced: the request registered on the old one is swept with it.
+        s.peers.insert(handle(&peer, 2, 2));
+        assert_eq!(s.rpc.expire(0, std::time::Instant::now(), Some(h.id)), 1);
+        // A requester still holding the old handle lands on the new one.
+        let (h2, id2, _rx2) = register_request(&s, &peer, old, t).unwrap();
+        assert_eq!(h2.id.key, 2, "registered on the current connection");
+        assert_ne!(id, id2);
+        assert_eq!(s.rpc.outstanding(), 1);
+    }
 }

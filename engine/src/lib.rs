@@ -42,12 +42,33 @@ pub mod network;
 pub mod open;
 pub mod oracle;
 pub mod peers;
+mod placement;
 pub mod queue_depth;
 pub mod rpc;
 mod shard;
 mod shared;
 pub(crate) mod wait;
 mod waker;
+
+/// Fault injection for shoal's own tests (feature `test-hooks`, which only
+/// the workspace's dev-dependencies turn on; never part of a node build).
+#[cfg(feature = "test-hooks")]
+#[doc(hidden)]
+pub mod test_hooks {
+    /// Makes the io_uring probe fail on this thread from now on (`on`), so
+    /// that a `Backend::Auto` network started here falls back to epoll with
+    /// `fallback="forced"`.
+    pub fn force_io_uring_probe_failure(on: bool) {
+        crate::driver::probe::force_failure(on);
+    }
+
+    /// Makes data shard `shard` of `net` fail as if its driver hit an I/O
+    /// error. Returns false if there is no such shard or its queue is full.
+    pub fn fail_shard(net: &crate::NetworkHandle, shard: usize) -> bool {
+        net.shard_link(shard)
+            .is_some_and(|l| l.send(crate::shard::Command::Fail).is_ok())
+    }
+}
 
 /// io_uring receive-buffer pools alive in this process (0 after every
 /// network shut down).

@@ -22,6 +22,19 @@ pub struct ChannelLabel {
     pub channel: String,
 }
 
+/// The backend a node runs on and, when `Auto` fell back to epoll, the probe
+/// step that failed (`none` otherwise).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabel {
+    pub backend: String,
+    pub fallback: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShardLabel {
+    pub shard: String,
+}
+
 /// Per-channel counters, resolved at registration.
 #[derive(Clone, Default)]
 pub struct ChannelMetrics {
@@ -84,6 +97,16 @@ pub struct Metrics {
     /// [`crate::Config::write_timeout`] (or their close could not flush in
     /// that time).
     pub write_timeouts: Counter,
+    /// 1 for the backend in use (see [`BackendLabel`]).
+    pub backend: Family<BackendLabel, Gauge>,
+    /// Data shards running; below the configured count the node is degraded
+    /// (a shard whose driver failed gets no new connections).
+    pub shards_alive: Gauge,
+    /// Data shards whose driver stopped with an error.
+    pub shard_failures: Counter,
+    /// Connections (handshaking or established, and hand-offs not yet
+    /// taken) per data shard: what placement balances.
+    pub shard_connections: Family<ShardLabel, Gauge>,
     messages_in: Family<ChannelLabel, Counter>,
     messages_out: Family<ChannelLabel, Counter>,
     bytes_in: Family<ChannelLabel, Counter>,
@@ -232,6 +255,26 @@ impl Metrics {
             self.bytes_out.clone(),
         );
         registry.register(
+            "backend",
+            "1 for the I/O backend in use; fallback names the io_uring probe step that failed (none if it did not)",
+            self.backend.clone(),
+        );
+        registry.register(
+            "shards_alive",
+            "Data shards running (fewer than configured: degraded)",
+            self.shards_alive.clone(),
+        );
+        registry.register(
+            "shard_failures",
+            "Data shards whose driver stopped with an error",
+            self.shard_failures.clone(),
+        );
+        registry.register(
+            "shard_connections",
+            "Connections per data shard (handshaking, established, or handed over and not yet taken)",
+            self.shard_connections.clone(),
+        );
+        registry.register(
             "channel_send_full",
             "Sends refused because the peer's queue was full (messages or bytes), per channel",
             self.channel_send_full.clone(),
@@ -250,6 +293,15 @@ impl Metrics {
             bytes_out: self.bytes_out.get_or_create(&l).clone(),
             send_full: self.channel_send_full.get_or_create(&l).clone(),
         }
+    }
+
+    /// Connections on data shard `shard` now (see `shard_connections`).
+    pub fn shard_connections(&self, shard: usize) -> i64 {
+        self.shard_connections
+            .get_or_create(&ShardLabel {
+                shard: shard.to_string(),
+            })
+            .get()
     }
 
     /// Closes counted under `reason` so far.

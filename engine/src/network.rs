@@ -4,11 +4,12 @@
 //! [`Network::new`] validates the config and returns the network and its
 //! [`Oracle`]. Channels are registered before [`Network::start`], which spawns
 //! the data shards (one thread each, one driver each) and the control shard.
-//! The control shard accepts connections and hands each to a data shard
-//! (round robin), dials known authorized peers that are not connected (at
-//! most `dial_attempts` quick retries with jittered exponential backoff, then
-//! `dial_backoff_max` between tries: a failed peer is never redialed at once),
-//! and disconnects peers that left every tracked set. [`NetworkHandle::shutdown`]
+//! The control shard accepts connections and hands each to the live data
+//! shard with the fewest connections (a failed shard gets none), dials
+//! known authorized peers that are not connected (at most `dial_attempts`
+//! quick retries with jittered exponential backoff, then `dial_backoff_max`
+//! between tries: a failed peer is never redialed at once), and disconnects
+//! peers that left every tracked set. [`NetworkHandle::shutdown`]
 //! closes every connection gracefully (queued messages are flushed up to the
 //! deadline), joins every thread, and returns only when every socket and
 //! buffer is released.
@@ -73,10 +74,20 @@ impl Network {
         let shards = config.shard_count();
         let mut links = Vec::with_capacity(shards);
         let mut queues = Vec::with_capacity(shards);
-        for _ in 0..shards {
+        for id in 0..shards {
             let (tx, rx) = sync_channel(config.shard_queue);
             let waker = Arc::new(ShardWaker::new(metrics.wakeups.clone())?);
-            links.push(ShardLink { tx, waker });
+            let slots = metrics
+                .shard_connections
+                .get_or_create(&crate::metrics::ShardLabel {
+                    shard: id.to_string(),
+                })
+                .clone();
+            links.push(ShardLink {
+                tx,
+                waker,
+                load: crate::placement::ShardLoad::new(slots),
+            });
             queues.push(rx);
         }
         let oracle = Arc::new(OracleState::new(config.tracked_peer_sets));
@@ -202,7 +213,18 @@ impl Network {
             map: channels.into_iter().collect(),
         }));
         let config = &shared.config;
-        let backend = crate::driver::resolve_backend(config.backend)?;
+        let (backend, fallback) = crate::driver::resolve_backend(config.backend)?;
+        if let Some(why) = &fallback {
+            tracing::warn!(step = why.step, reason = %why.detail, "io_uring cannot run the driver here; using the epoll backend");
+        }
+        shared
+            .metrics
+            .backend
+            .get_or_create(&crate::metrics::BackendLabel {
+                backend: backend.label().to_string(),
+                fallback: fallback.as_ref().map_or("none", |f| f.step).to_string(),
+            })
+            .set(1);
 
         let listener = match config.listen {
             Some(addr) => {
@@ -235,21 +257,26 @@ impl Network {
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
+        shared.metrics.shards_alive.set(queues.len() as i64);
         for (id, rx) in queues.into_iter().enumerate() {
             let core = ShardCore::new(id, shared.clone(), rx, conn_cfg.clone(), authorizer.clone());
             let busy = config.busy_poll;
             let pin = config
                 .pin_cores
                 .then_some((config.core_offset + id) % cores);
+            let shared = shared.clone();
             let t = std::thread::Builder::new()
                 .name(format!("shoal-shard-{id}"))
                 .spawn(move || {
                     if let Some(core_id) = pin {
                         crate::driver::pin_to_core(core_id);
                     }
-                    if let Err(e) = crate::driver::run(core, backend, busy) {
-                        tracing::error!(shard = id, error = %e, "shard driver failed");
-                    }
+                    // The core (and every connection on it) is released
+                    // inside, on success, error and panic alike.
+                    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        crate::driver::run(core, backend, busy)
+                    }));
+                    shard_stopped(&shared, id, run);
                 })?;
             threads.push(t);
         }
@@ -298,6 +325,11 @@ impl NetworkHandle {
     /// The backend actually in use (`Auto` resolved).
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    #[cfg(feature = "test-hooks")]
+    pub(crate) fn shard_link(&self, shard: usize) -> Option<&ShardLink> {
+        self.shared.shards.get(shard)
     }
 
     /// This node's public key.
@@ -1034,13 +1066,17 @@ fn accept_all(
                         tracing::debug!(%from, "accept rate table full; admitted unchecked");
                     }
                 }
+                let Some(shard) = pick_shard(shared, next_shard) else {
+                    shared.metrics.refuse("no_live_shard");
+                    shared.inbound_ips.release(ip);
+                    drop(stream);
+                    continue;
+                };
                 shared.inbound.fetch_add(1, Ordering::AcqRel);
-                let shard = *next_shard % shared.shards.len();
-                *next_shard = next_shard.wrapping_add(1);
-                if shared.shards[shard]
-                    .send(Command::Adopt { stream, ip })
-                    .is_err()
-                {
+                let link = &shared.shards[shard];
+                link.load.assign();
+                if link.send(Command::Adopt { stream, ip }).is_err() {
+                    link.load.release();
                     shared.release_inbound(ip);
                     shared.metrics.refuse("shard_queue_full");
                 }
@@ -1056,20 +1092,56 @@ fn accept_all(
     }
 }
 
-/// Hands a dial to the next shard (round robin), counting it against
+/// Takes a stopped shard out of placement; a shard that failed (error or
+/// panic) leaves the node degraded: counted, gauged and logged.
+fn shard_stopped(shared: &Shared, id: usize, run: std::thread::Result<std::io::Result<()>>) {
+    let link = &shared.shards[id];
+    if link.load.mark_dead() {
+        shared.metrics.shards_alive.dec();
+    }
+    let error = match run {
+        Ok(Ok(())) => return,
+        Ok(Err(e)) => e.to_string(),
+        Err(panic) => panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panic".into()),
+    };
+    shared.metrics.shard_failures.inc();
+    let alive = shared.shards.iter().filter(|l| l.load.is_alive()).count();
+    tracing::error!(
+        shard = id,
+        %error,
+        alive,
+        configured = shared.shards.len(),
+        "shard failed: its connections are closed and it gets no new ones; the node is degraded"
+    );
+}
+
+/// The shard a new connection goes to ([`crate::placement`]).
+fn pick_shard(shared: &Shared, next_shard: &mut usize) -> Option<usize> {
+    crate::placement::pick(shared.shards.iter().map(|l| &l.load), next_shard)
+}
+
+/// Hands a dial to the least loaded live shard, counting it against
 /// `max_outbound` and marking the peer as being dialed until it ends.
 fn start_dial(shared: &Shared, next_shard: &mut usize, peer: PublicKey, addr: SocketAddr) {
-    let shard = *next_shard % shared.shards.len();
-    *next_shard = next_shard.wrapping_add(1);
+    let Some(shard) = pick_shard(shared, next_shard) else {
+        return;
+    };
+    let link = &shared.shards[shard];
     shared.outbound.fetch_add(1, Ordering::AcqRel);
     shared.peers.mark_dialing(&peer, true);
-    if shared.shards[shard]
+    link.load.assign();
+    if link
         .send(Command::Dial {
             peer: peer.clone(),
             addr,
         })
         .is_err()
     {
+        link.load.release();
         shared.outbound.fetch_sub(1, Ordering::AcqRel);
         shared.peers.mark_dialing(&peer, false);
     }

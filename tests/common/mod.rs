@@ -1,6 +1,7 @@
 //! Helpers for integration tests: loopback clusters on either backend.
 #![allow(dead_code)]
 
+use std::cell::Cell;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +11,33 @@ use shoal::engine::{
 };
 
 pub const WAIT: Duration = Duration::from_secs(20);
+
+thread_local! {
+    static SHARDS: Cell<usize> = const { Cell::new(1) };
+}
+
+/// Data shards per node for the nodes this test thread starts: 1, or 2 in
+/// the `*_two_shards` variants [`both_backends!`] generates. Every helper that
+/// builds a node config applies it (before the test's own tweak).
+pub fn shards() -> usize {
+    SHARDS.with(|s| s.get())
+}
+
+/// Runs `f` with [`shards`] set to `n` on this thread.
+pub fn with_shards<R>(n: usize, f: impl FnOnce() -> R) -> R {
+    let before = SHARDS.with(|s| s.replace(n));
+    let r = f();
+    SHARDS.with(|s| s.set(before));
+    r
+}
+
+/// A node config on `backend` with this thread's [`shards`].
+pub fn local_config(backend: Backend, listen: Option<SocketAddr>) -> Config {
+    let mut cfg = Config::local(listen);
+    cfg.backend = backend;
+    cfg.shards = shards();
+    cfg
+}
 
 /// io_uring availability; tests for it skip (with a printed reason) without it.
 pub fn backend_available(backend: Backend) -> bool {
@@ -113,8 +141,7 @@ pub fn start_node(
     channels: &[ChannelDef],
     tweak: impl FnOnce(&mut Config),
 ) -> Node {
-    let mut cfg = Config::local(Some(addr)).with_identity(signer(seed));
-    cfg.backend = backend;
+    let mut cfg = local_config(backend, Some(addr)).with_identity(signer(seed));
     tweak(&mut cfg);
     let (mut net, oracle) = Network::new(cfg).expect("config");
     let mut chans = Vec::new();
@@ -165,9 +192,11 @@ pub fn mesh(
     nodes
 }
 
-/// Defines `epoll::NAME` and `io_uring::NAME` tests for every `fn NAME(Backend)`
-/// given; the io_uring ones skip (with a printed reason) where io_uring is
-/// unavailable.
+/// Defines, for every `fn NAME(Backend)` given, the test matrix: `epoll::NAME`
+/// and `io_uring::NAME` (one shard per node) and `epoll_two_shards::NAME` and
+/// `io_uring_two_shards::NAME` (two: connections, and so sends, RPC and
+/// replacements, spread over shards). The io_uring ones skip (with a printed
+/// reason) where io_uring is unavailable.
 #[allow(unused_macros)]
 macro_rules! both_backends {
     ($($name:ident),* $(,)?) => {
@@ -178,6 +207,18 @@ macro_rules! both_backends {
             $( #[test] fn $name() {
                 if super::backend_available(shoal::engine::Backend::IoUring) {
                     super::$name(shoal::engine::Backend::IoUring)
+                }
+            } )*
+        }
+        mod epoll_two_shards {
+            $( #[test] fn $name() {
+                super::with_shards(2, || super::$name(shoal::engine::Backend::Epoll))
+            } )*
+        }
+        mod io_uring_two_shards {
+            $( #[test] fn $name() {
+                if super::backend_available(shoal::engine::Backend::IoUring) {
+                    super::with_shards(2, || super::$name(shoal::engine::Backend::IoUring))
                 }
             } )*
         }

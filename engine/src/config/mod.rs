@@ -33,13 +33,26 @@ pub const MIN_FRAME_BODY: usize = 1024 + shoal_wire::MAX_DATA_OVERHEAD + shoal_w
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Backend {
-    /// io_uring where the kernel allows it, otherwise epoll (one info log line).
+    /// io_uring where the kernel runs every operation the driver uses
+    /// (probed at start), otherwise epoll: a warning names the probe step
+    /// that failed, as does the `fallback` label of `shoal_backend`.
     #[default]
     Auto,
-    /// io_uring only; starting fails if the ring cannot be set up.
+    /// io_uring only; starting fails if the probe fails.
     IoUring,
     /// epoll (mio) readiness I/O.
     Epoll,
+}
+
+impl Backend {
+    /// The name used in config files and metrics: `auto`, `io_uring`, `epoll`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Backend::Auto => "auto",
+            Backend::IoUring => "io_uring",
+            Backend::Epoll => "epoll",
+        }
+    }
 }
 
 /// Engine configuration. Build one with a preset and override fields.

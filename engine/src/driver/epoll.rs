@@ -59,11 +59,12 @@ pub(crate) fn run(mut core: ShardCore, busy_poll: bool) -> io::Result<()> {
     loop {
         let now = Instant::now();
         let commands = core.drain_commands(now, &mut actions);
+        core.injected_failure()?;
         for action in actions.drain(..) {
             match action {
                 DriverAction::Adopt(std_stream, ip) => {
                     if std_stream.set_nonblocking(true).is_err() {
-                        core.shared.release_inbound(ip);
+                        core.adopt_failed(ip);
                         continue;
                     }
                     let _ = std_stream.set_nodelay(true);

@@ -3,32 +3,34 @@
 //!
 //! - [`uring`]: the default, one io_uring per shard.
 //! - [`epoll`]: readiness I/O through mio, the fallback and A/B baseline.
+//! - [`probe`]: whether io_uring runs everything [`uring`] uses here.
 
 pub(crate) mod doorbell;
 pub(crate) mod epoll;
 pub(crate) mod idle_spin;
 pub(crate) mod pool;
+pub(crate) mod probe;
 pub(crate) mod uring;
 
 use crate::config::Backend;
 use crate::error::Error;
 use crate::shard::ShardCore;
 
-/// Picks the concrete backend: `Auto` probes io_uring and falls back to
-/// epoll with one info line.
-pub(crate) fn resolve_backend(want: Backend) -> Result<Backend, Error> {
+/// Picks the concrete backend: `Auto` probes io_uring ([`probe`]) and falls
+/// back to epoll, returning why (logged by the caller, and exported as the
+/// `fallback` label of `shoal_backend`).
+pub(crate) fn resolve_backend(
+    want: Backend,
+) -> Result<(Backend, Option<probe::ProbeFailure>), Error> {
     match want {
-        Backend::Epoll => Ok(Backend::Epoll),
-        Backend::IoUring => match uring::probe() {
-            Ok(()) => Ok(Backend::IoUring),
-            Err(e) => Err(Error::IoUringUnavailable(e)),
+        Backend::Epoll => Ok((Backend::Epoll, None)),
+        Backend::IoUring => match probe::probe() {
+            Ok(()) => Ok((Backend::IoUring, None)),
+            Err(e) => Err(Error::IoUringUnavailable(e.to_string())),
         },
-        Backend::Auto => match uring::probe() {
-            Ok(()) => Ok(Backend::IoUring),
-            Err(e) => {
-                tracing::info!(reason = %e, "io_uring unavailable; using the epoll backend");
-                Ok(Backend::Epoll)
-            }
+        Backend::Auto => match probe::probe() {
+            Ok(()) => Ok((Backend::IoUring, None)),
+            Err(e) => Ok((Backend::Epoll, Some(e))),
         },
     }
 }

@@ -69,7 +69,7 @@ use super::doorbell::Doorbell;
 use super::pool::BufferPool;
 use crate::shard::{DriverAction, ShardCore};
 
-const BGID: u16 = 0;
+pub(super) const BGID: u16 = 0;
 const OP_RECV: u64 = 1;
 const OP_SEND: u64 = 2;
 const OP_CONNECT: u64 = 3;
@@ -88,7 +88,7 @@ fn user_data(op: u64, key: usize) -> u64 {
 
 /// Builds a ring with deferred, flagged task work where the kernel has it;
 /// the flag says whether it did.
-fn build_ring(entries: u32) -> io::Result<(IoUring, bool)> {
+pub(super) fn build_ring(entries: u32) -> io::Result<(IoUring, bool)> {
     let mut b = IoUring::builder();
     b.setup_single_issuer()
         .setup_defer_taskrun()
@@ -99,24 +99,6 @@ fn build_ring(entries: u32) -> io::Result<(IoUring, bool)> {
         // Older kernels lack the flags: a plain ring works the same, slower.
         Err(_) => Ok((IoUring::new(entries)?, false)),
     }
-}
-
-/// Checks that io_uring with provided-buffer rings works here.
-pub(crate) fn probe() -> Result<(), String> {
-    let (ring, _) = build_ring(8).map_err(|e| format!("io_uring_setup: {e}"))?;
-    let pool = BufferPool::new(8, 4096).map_err(|e| e.to_string())?;
-    // SAFETY: the pool's ring memory is valid, page aligned and outlives the registration: we unregister before `pool` drops at the end of scope.
-    unsafe {
-        ring.submitter()
-            .register_buf_ring_with_flags(pool.ring_addr(), pool.entries(), BGID, 0)
-            .map_err(|e| format!("register provided buffer ring: {e}"))?;
-    }
-    ring.submitter()
-        .unregister_buf_ring(BGID)
-        .map_err(|e| e.to_string())?;
-    drop(ring);
-    drop(pool);
-    Ok(())
 }
 
 struct USock {
@@ -324,6 +306,9 @@ pub(crate) fn run(mut core: ShardCore, busy_poll: bool) -> io::Result<()> {
         d.watch(core.waker.rx().as_raw_fd());
     }
     let result = event_loop(&mut core, &mut d, busy_poll);
+    if result.is_err() {
+        core.driver_failed();
+    }
     // Reap whatever is still in flight before the pool is freed.
     drain_all(&mut core, &mut d);
     let _ = d.ring.submitter().unregister_buf_ring(BGID);
@@ -352,6 +337,7 @@ fn event_loop(core: &mut ShardCore, d: &mut Driver, busy_poll: bool) -> io::Resu
         arm_wake(core, d)?;
         let now = Instant::now();
         let commands = core.drain_commands(now, &mut actions);
+        core.injected_failure()?;
         for action in actions.drain(..) {
             match action {
                 DriverAction::Adopt(stream, ip) => {
@@ -613,7 +599,7 @@ fn kernel_has_work(ring: &mut IoUring) -> bool {
 
 /// Submits queued operations and waits up to `timeout` for one completion
 /// (a timeout or a signal is not an error).
-fn submit_and_wait(ring: &IoUring, timeout: Duration) -> io::Result<()> {
+pub(super) fn submit_and_wait(ring: &IoUring, timeout: Duration) -> io::Result<()> {
     let ts = types::Timespec::new()
         .sec(timeout.as_secs())
         .nsec(timeout.subsec_nanos());

@@ -73,14 +73,35 @@ pub(crate) enum Command {
         id: ConnId,
         reply: tokio::sync::oneshot::Sender<Duration>,
     },
+    /// Connection `id` lost to `by`, on another shard: close it, hand its
+    /// unsent messages over ([`Command::Handover`]) and tell `by` when it is
+    /// gone ([`Command::Released`]).
+    ReplacedBy { id: ConnId, by: ConnId },
+    /// The unsent messages of the connection `to` replaced, in order: they
+    /// go out on `to` ahead of everything sent to `to` meanwhile.
+    Handover {
+        to: ConnId,
+        peer: PublicKey,
+        msgs: Vec<(Outgoing, bool)>,
+    },
+    /// The connection `to` replaced is gone: `to` may read.
+    Released { to: ConnId, gone: ConnId },
     /// Close everything, flushing until `deadline`, then exit.
     Shutdown { deadline: Instant },
+    /// Make the driver fail (feature `test-hooks`: tests of shard failure).
+    #[cfg(feature = "test-hooks")]
+    Fail,
 }
+
+mod handover;
+mod quota;
 
 /// The sending half of a shard's queue plus its waker.
 pub(crate) struct ShardLink {
     pub tx: SyncSender<Command>,
     pub waker: Arc<ShardWaker>,
+    /// Connection slots and liveness, for placement ([`crate::placement`]).
+    pub load: crate::placement::ShardLoad,
 }
 
 impl ShardLink {
@@ -135,6 +156,8 @@ pub(crate) struct ConnSlot {
     stash: Option<Stashed>,
     paused_until: Option<Instant>,
     limiters: HashMap<u32, DefaultDirectRateLimiter>,
+    /// Records held back by their channel's quota ([`quota`]).
+    quota_hold: quota::QuotaHold,
     close_label: Option<&'static str>,
     /// The misbehavior cooldown for this connection's peer was looked at
     /// (started or not) when the connection closed.
@@ -145,6 +168,12 @@ pub(crate) struct ConnSlot {
     /// until that one is gone, so the peer's messages still in flight on
     /// the old connection are delivered before anything sent on this one.
     hold_for: Option<ConnId>,
+    /// This connection replaced one on another shard: its output and input
+    /// wait for that shard's hand-over ([`handover`]).
+    handover: Option<Box<handover::Handover>>,
+    /// This connection was replaced by `notify_on_close` on another shard,
+    /// which waits for its close to read ([`Command::Released`]).
+    notify_on_close: Option<ConnId>,
     counted_handshaking: bool,
     /// A write handed to the driver is outstanding and has made no progress
     /// since then: past [`Config::write_timeout`] the connection is aborted.
@@ -201,6 +230,9 @@ pub(crate) struct ShardCore {
     /// Set when [`ShardCore::poll_transmit`] hands the driver bytes; taken by
     /// [`ShardCore::yield_for_commands`].
     wrote: bool,
+    /// Set by [`Command::Fail`] (feature `test-hooks`).
+    #[cfg(feature = "test-hooks")]
+    injected_failure: bool,
 }
 
 const TIMER_GRANULARITY: Duration = Duration::from_millis(20);
@@ -275,6 +307,8 @@ impl ShardCore {
             shutdown: None,
             next_timer_sweep: Instant::now(),
             wrote: false,
+            #[cfg(feature = "test-hooks")]
+            injected_failure: false,
         }
     }
 
@@ -320,10 +354,13 @@ impl ShardCore {
             stash: None,
             paused_until: None,
             limiters: HashMap::new(),
+            quota_hold: Default::default(),
             close_label: None,
             cooldown_noted: false,
             moved_unsent: false,
             hold_for: None,
+            handover: None,
+            notify_on_close: None,
             counted_handshaking: true,
             write_since: None,
             closed_at: None,
@@ -431,6 +468,11 @@ impl ShardCore {
                     }
                 }
             }
+            Command::ReplacedBy { id, by } => self.replaced_by(id, by, now),
+            Command::Handover { to, peer, msgs } => {
+                self.take_handover(to, peer, msgs, now, actions)
+            }
+            Command::Released { to, gone } => self.released(to, gone, now),
             Command::Shutdown { deadline } => {
                 self.shutdown = Some(deadline);
                 let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
@@ -443,7 +485,35 @@ impl ShardCore {
                 }
                 actions.push(DriverAction::Shutdown);
             }
+            #[cfg(feature = "test-hooks")]
+            Command::Fail => self.injected_failure = true,
         }
+    }
+
+    /// An error the driver must stop with: only ever one a test injected
+    /// (feature `test-hooks`); drivers call it once per turn.
+    #[inline]
+    pub fn injected_failure(&self) -> std::io::Result<()> {
+        #[cfg(feature = "test-hooks")]
+        if self.injected_failure {
+            return Err(std::io::Error::other("failure injected by a test"));
+        }
+        Ok(())
+    }
+
+    /// The driver stops with an error: every connection still here closes
+    /// as `shard_failed` (however the driver then releases it).
+    pub fn driver_failed(&mut self) {
+        for (_, slot) in self.conns.iter_mut() {
+            slot.close_label.get_or_insert("shard_failed");
+        }
+    }
+
+    /// A connection handed to this shard never became one (the driver could
+    /// not take its socket): give back what its hand-off counted.
+    pub fn adopt_failed(&self, ip: std::net::IpAddr) {
+        self.shared.release_inbound(ip);
+        self.shared.shards[self.id].load.release();
     }
 
     /// Turns buffered input into events and handles them, until the input is
@@ -679,7 +749,11 @@ impl ShardCore {
                         slot.hold_for = Some(old.id);
                     }
                 }
-                self.close_elsewhere(&old, CloseReason::Replaced)
+                // On another shard, the old connection hands its unsent
+                // messages and its remaining input over in order.
+                if old.id.shard == self.id || !self.await_handover(key, &old) {
+                    self.close_elsewhere(&old, CloseReason::Replaced)
+                }
             }
             Admit::Rejected => {
                 tracing::debug!(shard = self.id, %peer, "duplicate connection rejected by tie-break");
@@ -794,6 +868,17 @@ impl ShardCore {
             .filter(|slot| slot.generation == id.generation);
         match slot {
             Some(slot) if slot.conn.accepts_messages() => {
+                if slot.handover.is_some() {
+                    let Some((msg, high)) = self.hold_if_waiting(id.key, msg, high) else {
+                        return;
+                    };
+                    if let Some(slot) = self.conns.get_mut(id.key) {
+                        if slot.conn.send(msg, high).is_ok() {
+                            self.dirty.push(id.key);
+                        }
+                    }
+                    return;
+                }
                 // The connection enforces its own hard cap and fixes the
                 // depth counter if it refuses.
                 if slot.conn.send(msg, high).is_ok() {
@@ -934,27 +1019,20 @@ impl ShardCore {
 
     /// Delivers a message to its channel, or stashes it and pauses reading.
     fn deliver(&mut self, key: usize, msg: Stashed, now: Instant) {
+        if let Some(msg) = self.check_quota(key, msg, now) {
+            self.push_to_receiver(key, msg, now);
+        }
+    }
+
+    /// Hands a message that passed its quota to its channel's receiver, or
+    /// stashes it and pauses reading while the receiver is full.
+    fn push_to_receiver(&mut self, key: usize, msg: Stashed, _now: Instant) {
         let Some(slot) = self.conns.get_mut(key) else {
             return;
         };
         let Some(peer) = slot.conn.peer().cloned() else {
             return;
         };
-        if let Some(quota) = msg.spec.quota {
-            let limiter = slot
-                .limiters
-                .entry(msg.spec.id)
-                .or_insert_with(|| governor::RateLimiter::direct(quota));
-            if let Err(not_until) = limiter.check() {
-                let clock = governor::clock::DefaultClock::default();
-                let wait = not_until.wait_time_from(governor::clock::Clock::now(&clock));
-                slot.paused_until = Some(now + wait);
-                slot.stash = Some(msg);
-                self.shared.metrics.rate_limit_pauses.inc();
-                self.paused.push(key);
-                return;
-            }
-        }
         let len = msg.payload.len() as u64;
         let Stashed { spec, payload } = msg;
         let pushed = match spec.inbox.push((peer, payload)) {
@@ -983,7 +1061,9 @@ impl ShardCore {
                             spec: spec.clone(),
                             payload,
                         });
-                        self.paused.push(key);
+                        if !self.paused.contains(&key) {
+                            self.paused.push(key);
+                        }
                         false
                     }
                 }
@@ -1043,16 +1123,22 @@ impl ShardCore {
                     continue;
                 }
                 slot.paused_until = None;
-                // The quota check passed when it paused; recheck on deliver.
             }
+            // The stash passed its quota already: only the receiver was full.
             if let Some(msg) = slot.stash.take() {
-                self.deliver(key, msg, now);
+                self.push_to_receiver(key, msg, now);
             }
-            let still = self
-                .conns
-                .get(key)
-                .map(|s| s.stash.is_some() || s.paused_until.is_some())
-                .unwrap_or(false);
+            self.release_quota_held(key, now);
+            let Some(slot) = self.conns.get_mut(key) else {
+                continue;
+            };
+            if slot.quota_hold.full() {
+                slot.paused_until = Some(now);
+            }
+            let still = slot.stash.is_some() || slot.paused_until.is_some();
+            if (still || !slot.quota_hold.is_empty()) && !self.paused.contains(&key) {
+                self.paused.push(key);
+            }
             if !still {
                 self.process_input(key, now);
                 // The driver must look at it even without output: a receive
@@ -1223,6 +1309,7 @@ impl ShardCore {
         if self.has_paused() {
             self.resume_paused(now);
         }
+        self.expire_handovers(now);
         if !self.parked.is_empty() {
             let peers: Vec<PublicKey> = self.parked.keys().cloned().collect();
             for peer in peers {
@@ -1256,6 +1343,8 @@ impl ShardCore {
             key,
             generation: slot.generation,
         };
+        self.announce_release(gone, slot.notify_on_close.take());
+        self.drop_held(&mut slot);
         let held: Vec<usize> = self
             .conns
             .iter()
@@ -1299,16 +1388,6 @@ impl ShardCore {
                 }
             }
         }
-        // Requests waiting on this connection fail now, not at their timeout.
-        self.shared.rpc.expire(
-            self.id,
-            Instant::now(),
-            Some(ConnId {
-                shard: self.id,
-                key,
-                generation: slot.generation,
-            }),
-        );
         // Nothing queued will be written: release the app-visible depth.
         slot.conn
             .abort(crate::connection::CloseCause::Local(CloseReason::Normal));
@@ -1330,11 +1409,24 @@ impl ShardCore {
             self.shared.metrics.connections.dec();
             self.shared.peers.remove(&h.peer, h.id, label);
         }
+        // Requests waiting on this connection fail now, not at their
+        // timeout. After the peer table forgets the connection: a request
+        // registered later sees it gone (`Sender::register_request`).
+        self.shared.rpc.expire(
+            self.id,
+            Instant::now(),
+            Some(ConnId {
+                shard: self.id,
+                key,
+                generation: slot.generation,
+            }),
+        );
         if let Some(ip) = slot.inbound {
             self.shared.release_inbound(ip);
         } else {
             self.shared.outbound.fetch_sub(1, Ordering::AcqRel);
         }
+        self.shared.shards[self.id].load.release();
         if let Some((peer, _)) = &slot.dial {
             self.shared.peers.mark_dialing(peer, false);
             if slot.handle.is_none() {
@@ -1365,16 +1457,24 @@ impl Drop for ShardCore {
     /// `send_dropped{reason="shutdown"}`, like every other accepted message
     /// that is not delivered.
     fn drop(&mut self) {
-        // Senders waiting for room on this shard's connections must not wait
-        // (or retry a full command queue) forever: the shard is gone.
-        for (_, slot) in self.conns.iter() {
-            slot.depth.close();
-            // A driver that failed leaves its connections here: give their
-            // inbound counts back, or their addresses stay counted for as
-            // long as the node runs.
-            if let Some(ip) = slot.inbound {
-                self.shared.release_inbound(ip);
+        // Connections still here when the driver stopped (it failed, or
+        // shutdown ran out of time) are closed now and counted like any
+        // other close: peer table, gauges, address counts, waiting requests.
+        // Their sockets closed with the driver.
+        let label = if self.shutdown.is_some() {
+            "shutdown"
+        } else {
+            "shard_failed"
+        };
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for k in keys {
+            if let Some(slot) = self.conns.get_mut(k) {
+                slot.close_label.get_or_insert(label);
+                // Senders waiting for room on this connection must not
+                // wait (or retry a full command queue) forever.
+                slot.depth.close();
             }
+            self.finish_close(k, None);
         }
         let parked: usize = self.parked.values().map(|p| p.msgs.len()).sum();
         let mut queued = 0;
@@ -1382,7 +1482,13 @@ impl Drop for ShardCore {
             match cmd {
                 Command::Send { .. } => queued += 1,
                 Command::SendBatch { msgs, .. } => queued += msgs.len(),
-                Command::Adopt { ip, .. } => self.shared.release_inbound(ip),
+                Command::Handover { msgs, .. } => queued += msgs.len(),
+                Command::Adopt { ip, .. } => self.adopt_failed(ip),
+                Command::Dial { peer, .. } => {
+                    self.shared.outbound.fetch_sub(1, Ordering::AcqRel);
+                    self.shared.peers.mark_dialing(&peer, false);
+                    self.shared.shards[self.id].load.release();
+                }
                 _ => {}
             }
         }

@@ -1,0 +1,132 @@
+//! Channel quotas that hold back one channel, not the connection.
+//!
+//! # Design
+//! A record on a channel with a [`governor::Quota`] that finds the peer's
+//! limiter empty is held in its connection's slot, behind any record of the
+//! same channel already held (per channel, order is kept), and the
+//! connection goes on reading: the peer's other channels keep their
+//! latency while one is flooded. Held records are released as the limiter
+//! refills (checked at the shard's timer granularity, 20 ms). Only when a
+//! connection holds [`QUOTA_HOLD_BYTES`] does it stop reading until the
+//! next release: a peer cannot make the node buffer more than that per
+//! connection, and TCP then pushes back on it. Nothing is dropped.
+//!
+//! # Not provided
+//! The limiter lives with the connection: a peer that reconnects starts with
+//! a full quota.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use super::{ShardCore, Stashed};
+
+/// Bytes of held records after which a connection stops reading.
+pub const QUOTA_HOLD_BYTES: usize = 1 << 20;
+
+/// Records held back by their channel's quota on one connection.
+#[derive(Default)]
+pub(super) struct QuotaHold {
+    /// Per channel (few), in arrival order.
+    queues: Vec<(u32, VecDeque<Stashed>)>,
+    bytes: usize,
+}
+
+impl QuotaHold {
+    fn holds(&self, channel: u32) -> bool {
+        self.queues
+            .iter()
+            .any(|(c, q)| *c == channel && !q.is_empty())
+    }
+
+    fn push(&mut self, msg: Stashed) {
+        self.bytes += msg.payload.len();
+        let ch = msg.spec.id;
+        match self.queues.iter_mut().find(|(c, _)| *c == ch) {
+            Some((_, q)) => q.push_back(msg),
+            None => self.queues.push((ch, VecDeque::from([msg]))),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes == 0 && self.queues.iter().all(|(_, q)| q.is_empty())
+    }
+
+    pub fn full(&self) -> bool {
+        self.bytes >= QUOTA_HOLD_BYTES
+    }
+}
+
+impl ShardCore {
+    /// Passes `msg` through its channel's quota on connection `key`: `Some`
+    /// if it may be delivered now, `None` if it was held (behind held ones
+    /// of its channel, or because the limiter is empty).
+    pub(super) fn check_quota(
+        &mut self,
+        key: usize,
+        msg: Stashed,
+        now: Instant,
+    ) -> Option<Stashed> {
+        let Some(quota) = msg.spec.quota else {
+            return Some(msg);
+        };
+        let slot = self.conns.get_mut(key)?;
+        let ch = msg.spec.id;
+        if !slot.quota_hold.holds(ch) {
+            let limiter = slot
+                .limiters
+                .entry(ch)
+                .or_insert_with(|| governor::RateLimiter::direct(quota));
+            if limiter.check().is_ok() {
+                return Some(msg);
+            }
+            self.shared.metrics.rate_limit_pauses.inc();
+        }
+        slot.quota_hold.push(msg);
+        if slot.quota_hold.full() {
+            // Reading resumes at the next release.
+            slot.paused_until = Some(now);
+        }
+        if !self.paused.contains(&key) {
+            self.paused.push(key);
+        }
+        None
+    }
+
+    /// Delivers the held records of connection `key` that their quotas
+    /// admit now, in order per channel; stops at a full receiver (the
+    /// record is stashed, as any other).
+    pub(super) fn release_quota_held(&mut self, key: usize, now: Instant) {
+        loop {
+            let Some(slot) = self.conns.get_mut(key) else {
+                return;
+            };
+            if slot.stash.is_some() || slot.quota_hold.is_empty() {
+                return;
+            }
+            let mut next = None;
+            for (ch, q) in slot.quota_hold.queues.iter_mut() {
+                let Some(front) = q.front() else {
+                    continue;
+                };
+                let Some(quota) = front.spec.quota else {
+                    next = q.pop_front();
+                    break;
+                };
+                let limiter = slot
+                    .limiters
+                    .entry(*ch)
+                    .or_insert_with(|| governor::RateLimiter::direct(quota));
+                if limiter.check().is_ok() {
+                    next = q.pop_front();
+                    break;
+                }
+            }
+            let Some(msg) = next else {
+                return;
+            };
+            slot.quota_hold.bytes -= msg.payload.len();
+            slot.quota_hold.queues.retain(|(_, q)| !q.is_empty());
+            self.push_to_receiver(key, msg, now);
+        }
+    }
+}
