@@ -180,7 +180,9 @@ pub struct FileConfig {
     pub allow_private_ips: Option<bool>,
     pub control_queue: Option<usize>,
     pub dial_frequency: Option<HumanDuration>,
-    pub dial_attempts: Option<u32>,
+    /// Accepted under its former name too.
+    #[serde(alias = "dial_attempts")]
+    pub dial_quick_attempts: Option<u32>,
     pub dial_backoff_min: Option<HumanDuration>,
     pub dial_backoff_max: Option<HumanDuration>,
     pub max_inbound: Option<usize>,
@@ -245,7 +247,7 @@ impl FileConfig {
             uring_doorbell,
             max_frame_body,
             max_message_size,
-            dial_attempts,
+            dial_quick_attempts,
             max_inbound,
             max_inbound_per_ip,
             accept_rate_per_ip,

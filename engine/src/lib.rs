@@ -30,6 +30,7 @@ pub mod config;
 pub mod connection;
 pub(crate) mod cooldown;
 pub mod discovery;
+mod dial_backoff;
 mod driver;
 pub mod error;
 #[doc(hidden)]

@@ -210,7 +210,7 @@ impl Metrics {
         );
         registry.register(
             "rate_limit_pauses",
-            "Reads paused by a channel quota",
+            "Times a channel's records began to be held back by its quota",
             self.rate_limit_pauses.clone(),
         );
         registry.register(

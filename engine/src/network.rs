@@ -6,9 +6,10 @@
 //! the data shards (one thread each, one driver each) and the control shard.
 //! The control shard accepts connections and hands each to the live data
 //! shard with the fewest connections (a failed shard gets none), dials
-//! known authorized peers that are not connected (at most `dial_attempts`
-//! quick retries with jittered exponential backoff, then `dial_backoff_max`
-//! between tries: a failed peer is never redialed at once), and disconnects
+//! known authorized peers that are not connected (`dial_quick_attempts`
+//! tries with jittered exponential backoff, then one per `dial_backoff_max`
+//! for as long as the peer is authorized: a failed peer is never redialed
+//! at once, and never given up on), and disconnects
 //! peers that left every tracked set. [`NetworkHandle::shutdown`]
 //! closes every connection gracefully (queued messages are flushed up to the
 //! deadline), joins every thread, and returns only when every socket and
@@ -721,6 +722,11 @@ fn control_loop(
                         None => drop(reply),
                     },
                     ControlEvent::Dial { peer, addr } => now_dials.push((peer, addr)),
+                    ControlEvent::DialFailed { peer } => {
+                        if let Some(o) = open.as_mut() {
+                            o.on_dial_failed(&peer, now);
+                        }
+                    }
                     ControlEvent::Listen { on, reply } => {
                         let r = set_listener(&poll, &mut listener, local_addr, on);
                         let _ = reply.try_send(r);
@@ -964,17 +970,15 @@ fn control_loop(
                     shared.metrics.refuse("max_outbound");
                     break;
                 }
-                // Backoff for the next try if this one does not connect:
-                // exponential with +-25% jitter; after `dial_attempts` quick
-                // tries, the maximum.
+                // Backoff for the next try if this one does not connect
+                // ([`crate::dial_backoff`]).
                 st.failures = st.failures.saturating_add(1);
-                let base = if st.failures >= cfg.dial_attempts.max(1) {
-                    cfg.dial_backoff_max
-                } else {
-                    cfg.dial_backoff_min
-                        .saturating_mul(1u32 << st.failures.min(16))
-                        .min(cfg.dial_backoff_max)
-                };
+                let base = crate::dial_backoff::backoff(
+                    st.failures,
+                    cfg.dial_quick_attempts,
+                    cfg.dial_backoff_min,
+                    cfg.dial_backoff_max,
+                );
                 let jitter = rng.gen_range(0.75..1.25);
                 st.next_allowed = now + base.mul_f64(jitter);
                 start_dial(&shared, &mut next_shard, peer, addr);

@@ -37,8 +37,14 @@ use crate::peers::ConnId;
 
 /// Concurrent lookups per node.
 pub const MAX_LOOKUPS: usize = 64;
-/// How long a query may wait for its dial to connect.
+/// How long a query may wait for its dial to connect (a dial that fails
+/// fails its queries at once; this bounds one that hangs).
 const CONNECT_WAIT: Duration = Duration::from_secs(3);
+/// A node whose dial failed is not dialed for queries for this long: its
+/// queries fail at once.
+const UNREACHABLE_FOR: Duration = Duration::from_secs(60);
+/// Nodes remembered as unreachable (beyond this, the oldest mark goes).
+const MAX_UNREACHABLE: usize = 1024;
 /// Lookups of our own id when joining (the first ones run on a nearly empty
 /// table, so they are repeated once).
 const JOIN_OWN_ID: u32 = 2;
@@ -89,6 +95,8 @@ pub(crate) struct OpenMode {
     waiting: HashMap<NodeId, Vec<WaitingQuery>>,
     /// Liveness checks in progress: oldest -> deadline.
     checks: HashMap<NodeId, Instant>,
+    /// Nodes whose last dial failed -> until when queries skip them.
+    unreachable: HashMap<NodeId, Instant>,
     /// Position in the join sequence (see [`OpenMode::next_join_target`]).
     join_step: u32,
     next_refresh: Option<Instant>,
@@ -109,6 +117,7 @@ impl OpenMode {
             next_query: 1,
             waiting: HashMap::new(),
             checks: HashMap::new(),
+            unreachable: HashMap::new(),
             join_step: 0,
             next_refresh: None,
         })
@@ -308,6 +317,7 @@ impl OpenMode {
         let Some(id) = NodeId::from_public_key(peer) else {
             return;
         };
+        self.unreachable.remove(&id);
         if self.checks.remove(&id).is_some() {
             self.table.ping_result(id, true, Instant::now());
         }
@@ -342,6 +352,37 @@ impl OpenMode {
                 }
             }
         }
+    }
+
+    /// A dial to `peer` failed: the queries waiting for it fail now (not
+    /// after `CONNECT_WAIT`), a liveness check of it fails, and queries skip
+    /// it for `UNREACHABLE_FOR`.
+    pub fn on_dial_failed(&mut self, peer: &PublicKey, now: Instant) {
+        let Some(id) = NodeId::from_public_key(peer) else {
+            return;
+        };
+        if self.checks.remove(&id).is_some() {
+            self.table.ping_result(id, false, now);
+        }
+        if let Some(waiting) = self.waiting.remove(&id) {
+            for w in waiting {
+                if let Some(l) = self.lookups.get_mut(&w.lookup) {
+                    l.lookup.on_failure(id, now);
+                }
+            }
+        }
+        self.unreachable.retain(|_, until| *until > now);
+        if self.unreachable.len() >= MAX_UNREACHABLE {
+            if let Some(oldest) = self
+                .unreachable
+                .iter()
+                .min_by_key(|(_, until)| **until)
+                .map(|(id, _)| *id)
+            {
+                self.unreachable.remove(&oldest);
+            }
+        }
+        self.unreachable.insert(id, now + UNREACHABLE_FOR);
     }
 
     /// Drives lookups and liveness checks; `connected` maps a key to its
@@ -420,6 +461,9 @@ impl OpenMode {
                                 target: bytes::Bytes::copy_from_slice(l.lookup.target().as_bytes()),
                             },
                         });
+                    }
+                    None if self.unreachable.get(&nid).is_some_and(|t| *t > now) => {
+                        l.lookup.on_failure(nid, now);
                     }
                     None => {
                         let ws = self.waiting.entry(nid).or_default();
@@ -558,6 +602,56 @@ mod tests {
         assert!(open
             .table
             .contains(&NodeId::from_public_key(peer.public_key()).unwrap()));
+    }
+
+    /// Nodes in the table whose addresses are dead: each failed dial fails
+    /// its query at once, so the lookup ends without waiting out
+    /// `CONNECT_WAIT` (3 s) per node (the clock does not move here); a node
+    /// marked unreachable is not dialed again for a query.
+    #[test]
+    fn dead_addresses_fail_their_queries_at_once() {
+        let now = Instant::now();
+        let me = ident(1);
+        let mut open = OpenMode::new(me.public_key(), NS.to_vec(), true).unwrap();
+        let nobody = |_: &PublicKey| None;
+        let mut actions = Vec::new();
+        for seed in 2..=4 {
+            open.on_record(&record(seed), &nobody, now, &mut actions)
+                .unwrap();
+        }
+        let (tx, mut rx) = oneshot::channel();
+        assert!(open.start_lookup(NodeId::from_bytes([0x55; 32]), tx, now));
+        open.poll(&nobody, now, &mut actions);
+        let dials: Vec<PublicKey> = actions
+            .drain(..)
+            .filter_map(|a| match a {
+                OpenAction::Dial { peer, .. } => Some(peer),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(dials.len(), 3, "every known node is dialed for its query");
+        for peer in &dials {
+            open.on_dial_failed(peer, now);
+        }
+        open.poll(&nobody, now, &mut actions);
+        let result = rx.try_recv().expect("the lookup ended at once");
+        assert!(result.is_empty(), "nobody answered: {result:?}");
+
+        // A node marked unreachable fails a new lookup's query without a dial.
+        open.on_record(&record(5), &nobody, now, &mut actions).unwrap();
+        let five = ident(5).public_key().clone();
+        open.on_dial_failed(&five, now);
+        let (tx, mut rx) = oneshot::channel();
+        assert!(open.start_lookup(NodeId::from_bytes([0x66; 32]), tx, now));
+        actions.clear();
+        open.poll(&nobody, now, &mut actions);
+        assert!(
+            !actions
+                .iter()
+                .any(|a| matches!(a, OpenAction::Dial { peer, .. } if *peer == five)),
+            "an unreachable node is not dialed again"
+        );
+        assert!(rx.try_recv().is_ok(), "and its lookup ends at once");
     }
 
     /// The join sequence: our own id twice, then one random id in every

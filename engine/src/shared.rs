@@ -55,6 +55,9 @@ pub(crate) enum ControlEvent {
         target: [u8; 32],
         reply: tokio::sync::oneshot::Sender<crate::open::LookupResult>,
     },
+    /// A dial to `peer` ended without a connection (open mode fails the
+    /// queries that waited for it at once).
+    DialFailed { peer: shoal_crypto::PublicKey },
     /// Dial `peer` at `addr` now (open mode's send-to-id).
     Dial {
         peer: shoal_crypto::PublicKey,

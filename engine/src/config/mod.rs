@@ -154,8 +154,10 @@ pub struct Config {
     pub control_queue: usize,
     /// How often the dialer looks for peers to dial.
     pub dial_frequency: Duration,
-    /// Consecutive failed dials after which a peer waits `dial_backoff_max`.
-    pub dial_attempts: u32,
+    /// Tries to a peer that back off exponentially from `dial_backoff_min`;
+    /// after that many consecutive failures every try waits
+    /// `dial_backoff_max`. The dialer never gives up on an authorized peer.
+    pub dial_quick_attempts: u32,
     /// First backoff after a failed dial; doubles per failure (with jitter).
     pub dial_backoff_min: Duration,
     /// Largest backoff between dials to one peer.
@@ -299,7 +301,7 @@ impl Config {
             allow_private_ips: false,
             control_queue: 4096,
             dial_frequency: Duration::from_secs(1),
-            dial_attempts: 3,
+            dial_quick_attempts: 3,
             dial_backoff_min: Duration::from_millis(500),
             dial_backoff_max: Duration::from_secs(30),
             max_inbound: 128,

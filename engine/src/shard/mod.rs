@@ -1432,6 +1432,10 @@ impl ShardCore {
             if slot.handle.is_none() {
                 self.shared.metrics.dial_failures.inc();
                 tracing::debug!(shard = self.id, %peer, reason = label, "dial failed");
+                if self.shared.config.open {
+                    self.shared
+                        .to_control(crate::shared::ControlEvent::DialFailed { peer: peer.clone() });
+                }
             }
         }
         self.closing.retain(|&k| k != key);
