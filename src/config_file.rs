@@ -415,6 +415,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn dial_quick_attempts_is_also_read_under_its_former_name() {
+        for toml in ["dial_quick_attempts = 5", "dial_attempts = 5"] {
+            let f: FileConfig = toml::from_str(toml).unwrap();
+            assert_eq!(f.engine_config(None).dial_quick_attempts, 5, "{toml}");
+        }
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));

@@ -46,10 +46,7 @@ mod tests {
     fn doubling_is_capped_and_never_overflows() {
         let (min, max) = (500 * MS, 5000 * MS);
         let waits: Vec<Duration> = (1..=6).map(|a| backoff(a, 100, min, max)).collect();
-        assert_eq!(
-            waits,
-            [500 * MS, 1000 * MS, 2000 * MS, 4000 * MS, max, max]
-        );
+        assert_eq!(waits, [500 * MS, 1000 * MS, 2000 * MS, 4000 * MS, max, max]);
         assert_eq!(backoff(90, 1_000_000, Duration::from_secs(3600), max), max);
     }
 

@@ -29,8 +29,8 @@ pub mod clock;
 pub mod config;
 pub mod connection;
 pub(crate) mod cooldown;
-pub mod discovery;
 mod dial_backoff;
+pub mod discovery;
 mod driver;
 pub mod error;
 #[doc(hidden)]

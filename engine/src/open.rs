@@ -638,7 +638,8 @@ mod tests {
         assert!(result.is_empty(), "nobody answered: {result:?}");
 
         // A node marked unreachable fails a new lookup's query without a dial.
-        open.on_record(&record(5), &nobody, now, &mut actions).unwrap();
+        open.on_record(&record(5), &nobody, now, &mut actions)
+            .unwrap();
         let five = ident(5).public_key().clone();
         open.on_dial_failed(&five, now);
         let (tx, mut rx) = oneshot::channel();

@@ -195,7 +195,12 @@ impl Config {
     fn validate_limits(&self) -> Result<(), Error> {
         within("tracked_peer_sets", self.tracked_peer_sets, 1, 1024)?;
         within("peer_gossip_max", self.peer_gossip_max, 1, 4096)?;
-        within("dial_quick_attempts", self.dial_quick_attempts, 1, 1_000_000)?;
+        within(
+            "dial_quick_attempts",
+            self.dial_quick_attempts,
+            1,
+            1_000_000,
+        )?;
         within("max_inbound", self.max_inbound, 0, 1 << 20)?;
         within("max_inbound_per_ip", self.max_inbound_per_ip, 0, 1 << 20)?;
         within("max_outbound", self.max_outbound, 0, 1 << 20)?;
