@@ -1104,6 +1104,99 @@ fn compression_bomb(backend: Backend) {
     );
 }
 
+/// A peer removed from every tracked set while its handshake is in flight
+/// (authorized at its Hello, confirmation held back until after the
+/// control shard's deauthorization sweep) is closed when the handshake
+/// completes, not left connected until the next oracle change.
+fn deauthorized_during_its_handshake_is_closed_when_it_completes(backend: Backend) {
+    let _g = serial();
+    let victim = start_node(backend, 1, any_addr(), &[1, 4], &[], &[chan(2)], |c| {
+        c.tracked_peer_sets = 1
+    });
+    let (mut s, _, confirmation) = raw_client::dial_held(
+        victim.addr,
+        &victim.key(),
+        signer(4),
+        &Config::local(None),
+        WAIT,
+    )
+    .expect("a held handshake");
+    assert!(
+        !confirmation.is_empty(),
+        "the dialer's confirmation is held"
+    );
+    let m = victim.handle().metrics();
+    let closes0 = m.close_count("deauthorized");
+    // Peer 4 leaves every tracked set (one is tracked: set 1 replaces set
+    // 0); the sweep finds no connection of it to close.
+    victim.oracle.register(1, vec![key(1)]);
+    for frame in &confirmation {
+        s.write_all(frame).unwrap();
+    }
+    wait_dropped(&mut s, "deauthorized during its handshake");
+    {
+        let mut reg = prometheus_client::registry::Registry::default();
+        m.register(&mut reg);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &reg).unwrap();
+        for l in out
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.ends_with(" 0"))
+        {
+            eprintln!("DEBUG {l}");
+        }
+    }
+    wait_until("the close counted", || {
+        m.close_count("deauthorized") > closes0
+    });
+    assert!(!victim.handle().is_connected(&key(4)));
+}
+
+/// With `tracked_peer_sets = 2`, a peer in the older of two tracked sets
+/// stays connected across an epoch change and is disconnected when its set
+/// is no longer tracked; a peer of the new set connects meanwhile.
+fn two_tracked_sets_keep_a_peer_until_its_set_ages_out(backend: Backend) {
+    let _g = serial();
+    let victim = start_node(backend, 1, any_addr(), &[1, 2], &[], &[chan(2)], |c| {
+        c.tracked_peer_sets = 2
+    });
+    let two = start_node(
+        backend,
+        2,
+        any_addr(),
+        &[1, 2],
+        &[(1, victim.addr)],
+        &[chan(2)],
+        |_| {},
+    );
+    assert!(victim.handle().wait_peers(WAIT, |p| p.len() == 1));
+    // Epoch 1: {1, 3}. Peer 2 is still in tracked set 0.
+    victim.oracle.register(1, vec![key(1), key(3)]);
+    let three = start_node(
+        backend,
+        3,
+        any_addr(),
+        &[1, 3],
+        &[(1, victim.addr)],
+        &[chan(2)],
+        |_| {},
+    );
+    assert!(
+        victim.handle().wait_peers(WAIT, |p| p.len() == 2),
+        "peer 3 of the new set connects beside peer 2 of the old one"
+    );
+    assert_exchange(&victim, &two, 0, "peer 2 across the epoch change");
+    // Epoch 2: {1, 3}. Set 0 ages out, and peer 2 with it.
+    victim.oracle.register(2, vec![key(1), key(3)]);
+    assert!(
+        victim
+            .handle()
+            .wait_peers(WAIT, |p| p.len() == 1 && p[0] == key(3)),
+        "peer 2 is disconnected once its set is no longer tracked"
+    );
+    assert_exchange(&victim, &three, 0, "peer 3 after");
+}
+
 fn flood_above_quota(backend: Backend) {
     let _g = serial();
     let limited = || ChannelDef {
@@ -1359,5 +1452,7 @@ both_backends!(
     oversized_message,
     compression_bomb,
     flood_above_quota,
+    deauthorized_during_its_handshake_is_closed_when_it_completes,
+    two_tracked_sets_keep_a_peer_until_its_set_ages_out,
     peer_that_stops_reading,
 );

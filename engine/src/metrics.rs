@@ -364,6 +364,17 @@ impl Metrics {
             .get()
     }
 
+    /// `n` refusals under `reason` (one label lookup).
+    pub fn refuse_n(&self, reason: &str, n: usize) {
+        if n > 0 {
+            self.refused
+                .get_or_create(&ReasonLabel {
+                    reason: reason.to_string(),
+                })
+                .inc_by(n as u64);
+        }
+    }
+
     pub fn refuse(&self, reason: &str) {
         self.refused
             .get_or_create(&ReasonLabel {

@@ -58,8 +58,8 @@ pub(crate) fn run(mut core: ShardCore, busy_poll: bool) -> io::Result<()> {
 
     loop {
         let now = Instant::now();
-        let commands = core.drain_commands(now, &mut actions);
         core.injected_failure()?;
+        let commands = core.drain_commands(now, &mut actions);
         for action in actions.drain(..) {
             match action {
                 DriverAction::Adopt(std_stream, ip) => {

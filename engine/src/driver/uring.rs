@@ -305,7 +305,12 @@ pub(crate) fn run(mut core: ShardCore, busy_poll: bool) -> io::Result<()> {
         }
         d.watch(core.waker.rx().as_raw_fd());
     }
-    let result = event_loop(&mut core, &mut d, busy_poll);
+    // A panic must not skip the reaping below: the kernel may still write
+    // into buffers the unwinding would free.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        event_loop(&mut core, &mut d, busy_poll)
+    }))
+    .unwrap_or_else(|_| Err(io::Error::other("io_uring shard panicked")));
     if result.is_err() {
         core.driver_failed();
     }
@@ -336,8 +341,8 @@ fn event_loop(core: &mut ShardCore, d: &mut Driver, busy_poll: bool) -> io::Resu
     loop {
         arm_wake(core, d)?;
         let now = Instant::now();
-        let commands = core.drain_commands(now, &mut actions);
         core.injected_failure()?;
+        let commands = core.drain_commands(now, &mut actions);
         for action in actions.drain(..) {
             match action {
                 DriverAction::Adopt(stream, ip) => {

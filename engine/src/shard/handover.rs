@@ -112,6 +112,9 @@ impl ShardCore {
             slot.notify_on_close = Some(by);
             slot.conn.close(CloseReason::Replaced, now);
             msgs = slot.conn.take_unsent();
+            // Held for this one while it waited for its own hand-over:
+            // newer than its unsent ones.
+            msgs.extend(take_held(slot));
             peer = slot.handle.as_ref().map(|h| h.peer.clone());
             self.dirty.push(id.key);
         }
@@ -156,12 +159,16 @@ impl ShardCore {
             }
             return;
         };
+        let mut refused = 0;
         for (msg, high) in msgs {
             slot.depth.force_reserve(msg.payload.len());
             self.shared.metrics.send_rerouted.inc();
-            let _ = slot.conn.send(msg, high);
+            if slot.conn.send(msg, high).is_err() {
+                refused += 1;
+            }
         }
-        release_held(slot);
+        refused += release_held(slot);
+        self.shared.metrics.send_dropped_n("queue_full", refused);
         self.dirty.push(to.key);
     }
 
@@ -179,8 +186,9 @@ impl ShardCore {
         }
         // A `Released` without a hand-over (the old one was already gone)
         // ends the wait for messages too.
-        release_held(slot);
+        let refused = release_held(slot);
         slot.handover = None;
+        self.shared.metrics.send_dropped_n("queue_full", refused);
         self.process_input(to.key, now);
         self.dirty.push(to.key);
     }
@@ -206,7 +214,8 @@ impl ShardCore {
         for key in late {
             if let Some(slot) = self.conns.get_mut(key) {
                 tracing::debug!(shard = self.id, "hand-over from another shard timed out");
-                release_held(slot);
+                let refused = release_held(slot);
+                self.shared.metrics.send_dropped_n("queue_full", refused);
                 if let Some(h) = slot.handover.take() {
                     if slot.hold_for == Some(h.from) {
                         slot.hold_for = None;
@@ -232,12 +241,29 @@ impl ShardCore {
 }
 
 /// Moves what was held into the connection's queue, in order; the wait for
-/// messages is over (the input may still wait).
-fn release_held(slot: &mut super::ConnSlot) {
+/// messages is over (the input may still wait). Returns how many the
+/// connection refused (its hard cap; it gave their depth back).
+fn release_held(slot: &mut super::ConnSlot) -> usize {
+    let mut refused = 0;
     if let Some(h) = slot.handover.as_mut() {
         h.messages_in = true;
         for (msg, high) in h.held.drain(..) {
-            let _ = slot.conn.send(msg, high);
+            if slot.conn.send(msg, high).is_err() {
+                refused += 1;
+            }
         }
     }
+    refused
+}
+
+/// The messages held for `slot` (which is being replaced itself), with
+/// their queue depth given back: they move on with its unsent ones.
+pub(super) fn take_held(slot: &mut super::ConnSlot) -> Vec<(Outgoing, bool)> {
+    let Some(h) = slot.handover.as_mut() else {
+        return Vec::new();
+    };
+    let held: Vec<(Outgoing, bool)> = h.held.drain(..).collect();
+    let bytes = held.iter().map(|(m, _)| m.payload.len()).sum();
+    slot.depth.release(held.len(), bytes);
+    held
 }

@@ -501,11 +501,20 @@ impl ShardCore {
         Ok(())
     }
 
-    /// The driver stops with an error: every connection still here closes
-    /// as `shard_failed` (however the driver then releases it).
+    /// The driver stops with an error: the shard leaves placement at once
+    /// (not after the driver's teardown), and every connection still here
+    /// closes as `shard_failed` (however the driver then releases it).
     pub fn driver_failed(&mut self) {
+        self.leave_placement();
         for (_, slot) in self.conns.iter_mut() {
             slot.close_label.get_or_insert("shard_failed");
+        }
+    }
+
+    /// No more connections for this shard ([`crate::placement`]).
+    fn leave_placement(&self) {
+        if self.shared.shards[self.id].load.mark_dead() {
+            self.shared.metrics.shards_alive.dec();
         }
     }
 
@@ -797,6 +806,20 @@ impl ShardCore {
                 id,
             });
         tracing::debug!(shard = self.id, %peer, "connection established");
+        // Authorization was checked at the peer's Hello. The control shard's
+        // sweep of peers that left every tracked set may have run since,
+        // before this connection was in the peer table: checked again now
+        // that it is, so either the sweep saw it or this sees the change.
+        if !(self.authorizer)(&peer) {
+            tracing::debug!(shard = self.id, %peer, "deauthorized during its handshake; closing");
+            if let Some(slot) = self.conns.get_mut(key) {
+                slot.conn.abort(crate::connection::CloseCause::Local(
+                    CloseReason::Unauthorized,
+                ));
+            }
+            self.dirty.push(key);
+            self.after_io(key, Instant::now());
+        }
     }
 
     fn close_elsewhere(&mut self, old: &PeerHandle, reason: CloseReason) {
@@ -837,8 +860,10 @@ impl ShardCore {
             key,
             generation: slot.generation,
         };
+        let mut unsent = slot.conn.take_unsent();
+        unsent.extend(handover::take_held(slot));
         let mut no_actions = Vec::new();
-        for (msg, high) in slot.conn.take_unsent() {
+        for (msg, high) in unsent {
             self.reroute(old, peer.clone(), msg, high, true, now, &mut no_actions);
         }
         debug_assert!(no_actions.is_empty(), "sends never produce driver actions");
@@ -1345,6 +1370,9 @@ impl ShardCore {
         };
         self.announce_release(gone, slot.notify_on_close.take());
         self.drop_held(&mut slot);
+        self.shared
+            .metrics
+            .refuse_n("quota_held_at_close", slot.quota_hold.len());
         let held: Vec<usize> = self
             .conns
             .iter()
@@ -1470,6 +1498,8 @@ impl Drop for ShardCore {
         } else {
             "shard_failed"
         };
+        // Before draining the queue: hand-offs stop coming.
+        self.leave_placement();
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for k in keys {
             if let Some(slot) = self.conns.get_mut(k) {
@@ -1487,6 +1517,7 @@ impl Drop for ShardCore {
                 Command::Send { .. } => queued += 1,
                 Command::SendBatch { msgs, .. } => queued += msgs.len(),
                 Command::Handover { msgs, .. } => queued += msgs.len(),
+                Command::ReplacedBy { id, by } => self.announce_release(id, Some(by)),
                 Command::Adopt { ip, .. } => self.adopt_failed(ip),
                 Command::Dial { peer, .. } => {
                     self.shared.outbound.fetch_sub(1, Ordering::AcqRel);

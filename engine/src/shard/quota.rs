@@ -7,9 +7,12 @@
 //! connection goes on reading: the peer's other channels keep their
 //! latency while one is flooded. Held records are released as the limiter
 //! refills (checked at the shard's timer granularity, 20 ms). Only when a
-//! connection holds [`QUOTA_HOLD_BYTES`] does it stop reading until the
-//! next release: a peer cannot make the node buffer more than that per
-//! connection, and TCP then pushes back on it. Nothing is dropped.
+//! connection holds [`QUOTA_HOLD_BYTES`] (payloads plus 64 B a record;
+//! small payloads are copied out of their frame so none pins a frame
+//! buffer) does it stop reading until the next release: a peer cannot make
+//! the node buffer more than that per connection, and TCP then pushes back
+//! on it. Nothing is dropped while the connection lives; records still held
+//! when it closes are counted (`refused{reason="quota_held_at_close"}`).
 //!
 //! # Not provided
 //! The limiter lives with the connection: a peer that reconnects starts with
@@ -22,6 +25,13 @@ use super::{ShardCore, Stashed};
 
 /// Bytes of held records after which a connection stops reading.
 pub const QUOTA_HOLD_BYTES: usize = 1 << 20;
+/// What a held record costs beyond its payload (its queue entry): empty
+/// records are not free.
+const RECORD_OVERHEAD: usize = 64;
+/// Held payloads up to this size are copied out of their frame buffer, so
+/// that a held 1-byte record does not keep a whole frame's buffer alive
+/// beyond what the bound counts.
+const COPY_BELOW: usize = 4096;
 
 /// Records held back by their channel's quota on one connection.
 #[derive(Default)]
@@ -38,8 +48,11 @@ impl QuotaHold {
             .any(|(c, q)| *c == channel && !q.is_empty())
     }
 
-    fn push(&mut self, msg: Stashed) {
-        self.bytes += msg.payload.len();
+    fn push(&mut self, mut msg: Stashed) {
+        if msg.payload.len() < COPY_BELOW {
+            msg.payload = bytes::Bytes::copy_from_slice(&msg.payload);
+        }
+        self.bytes += cost(&msg);
         let ch = msg.spec.id;
         match self.queues.iter_mut().find(|(c, _)| *c == ch) {
             Some((_, q)) => q.push_back(msg),
@@ -48,7 +61,12 @@ impl QuotaHold {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.bytes == 0 && self.queues.iter().all(|(_, q)| q.is_empty())
+        self.queues.iter().all(|(_, q)| q.is_empty())
+    }
+
+    /// Records held (dropped with their connection).
+    pub fn len(&self) -> usize {
+        self.queues.iter().map(|(_, q)| q.len()).sum()
     }
 
     pub fn full(&self) -> bool {
@@ -124,9 +142,14 @@ impl ShardCore {
             let Some(msg) = next else {
                 return;
             };
-            slot.quota_hold.bytes -= msg.payload.len();
+            slot.quota_hold.bytes -= cost(&msg);
             slot.quota_hold.queues.retain(|(_, q)| !q.is_empty());
             self.push_to_receiver(key, msg, now);
         }
     }
+}
+
+/// What a held record counts against [`QUOTA_HOLD_BYTES`].
+fn cost(msg: &Stashed) -> usize {
+    msg.payload.len() + RECORD_OVERHEAD
 }
