@@ -1110,9 +1110,20 @@ fn compression_bomb(backend: Backend) {
 /// completes, not left connected until the next oracle change.
 fn deauthorized_during_its_handshake_is_closed_when_it_completes(backend: Backend) {
     let _g = serial();
-    let victim = start_node(backend, 1, any_addr(), &[1, 4], &[], &[chan(2)], |c| {
+    let victim = start_node(backend, 1, any_addr(), &[1, 4, 5], &[], &[chan(2)], |c| {
         c.tracked_peer_sets = 1
     });
+    // Peer 5 is connected: its disconnection shows that the sweep ran.
+    let five = start_node(
+        backend,
+        5,
+        any_addr(),
+        &[1, 5],
+        &[(1, victim.addr)],
+        &[chan(2)],
+        |_| {},
+    );
+    assert!(victim.handle().wait_peers(WAIT, |p| p.len() == 1));
     let (mut s, _, confirmation) = raw_client::dial_held(
         victim.addr,
         &victim.key(),
@@ -1121,35 +1132,26 @@ fn deauthorized_during_its_handshake_is_closed_when_it_completes(backend: Backen
         WAIT,
     )
     .expect("a held handshake");
-    assert!(
-        !confirmation.is_empty(),
-        "the dialer's confirmation is held"
-    );
+    assert!(!confirmation.is_empty(), "the dialer's confirmation is held");
     let m = victim.handle().metrics();
     let closes0 = m.close_count("deauthorized");
-    // Peer 4 leaves every tracked set (one is tracked: set 1 replaces set
-    // 0); the sweep finds no connection of it to close.
+    // Peers 4 and 5 leave every tracked set (one is tracked: set 1 replaces
+    // set 0). The sweep closes 5; 4 is not in the peer table yet.
     victim.oracle.register(1, vec![key(1)]);
+    assert!(
+        victim.handle().wait_peers(WAIT, |p| p.is_empty()),
+        "the sweep disconnected peer 5"
+    );
+    // Only now does 4's handshake complete.
     for frame in &confirmation {
         s.write_all(frame).unwrap();
     }
     wait_dropped(&mut s, "deauthorized during its handshake");
-    {
-        let mut reg = prometheus_client::registry::Registry::default();
-        m.register(&mut reg);
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &reg).unwrap();
-        for l in out
-            .lines()
-            .filter(|l| !l.starts_with('#') && !l.ends_with(" 0"))
-        {
-            eprintln!("DEBUG {l}");
-        }
-    }
-    wait_until("the close counted", || {
-        m.close_count("deauthorized") > closes0
+    wait_until("both closes counted", || {
+        m.close_count("deauthorized") >= closes0 + 2
     });
     assert!(!victim.handle().is_connected(&key(4)));
+    drop(five);
 }
 
 /// With `tracked_peer_sets = 2`, a peer in the older of two tracked sets
