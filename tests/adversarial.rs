@@ -1132,7 +1132,10 @@ fn deauthorized_during_its_handshake_is_closed_when_it_completes(backend: Backen
         WAIT,
     )
     .expect("a held handshake");
-    assert!(!confirmation.is_empty(), "the dialer's confirmation is held");
+    assert!(
+        !confirmation.is_empty(),
+        "the dialer's confirmation is held"
+    );
     let m = victim.handle().metrics();
     let closes0 = m.close_count("deauthorized");
     // Peers 4 and 5 leave every tracked set (one is tracked: set 1 replaces

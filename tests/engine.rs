@@ -591,6 +591,46 @@ fn batches_are_ordered_and_all_or_nothing(backend: Backend) {
     );
 }
 
+/// A message that fits in one frame reaches the application without a copy
+/// in reassembly, and on epoll without any user-space copy at all (every
+/// read goes straight into the frame buffer). io_uring copies the frames it
+/// received into its pool (a burst that arrives before the shard switches
+/// the connection to direct receives: 0 or all 16 of these messages, by
+/// timing), counted in `recv_pooled_bytes`. A message of several frames is
+/// copied part by part, and counted.
+fn a_single_frame_message_is_received_without_a_copy(backend: Backend) {
+    let nodes = mesh(backend, 2, &[chan(1)], |_| {});
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let m = b.handle().metrics();
+    let send = |size: usize, n: usize| {
+        for i in 0..n {
+            a.channels[0]
+                .0
+                .send_to_blocking(&b.key(), Bytes::from(vec![i as u8; size]), false)
+                .unwrap();
+        }
+        for i in 0..n {
+            let (_, got) = b.channels[0].1.recv_blocking().unwrap();
+            assert_eq!((got.len(), got[0]), (size, i as u8));
+        }
+    };
+    // The local preset's frames hold 64 KiB of body: 60 KiB fits in one.
+    const ONE_FRAME: usize = 60 * 1024;
+    const N: usize = 16;
+    send(ONE_FRAME, 1); // io_uring switches to direct receives for large records
+    let (copied0, pooled0) = (m.reassembly_copied_bytes.get(), m.recv_pooled_bytes.get());
+    send(ONE_FRAME, N);
+    let copied = m.reassembly_copied_bytes.get() - copied0;
+    let pooled = m.recv_pooled_bytes.get() - pooled0;
+    assert_eq!(copied, 0, "single-frame messages are not reassembled");
+    if backend == Backend::Epoll {
+        assert_eq!(pooled, 0, "epoll reads into the frame buffer");
+    }
+    // Three frames' worth: copied part by part (and counted).
+    send(3 * ONE_FRAME, 1);
+    assert!(m.reassembly_copied_bytes.get() - copied0 >= (3 * ONE_FRAME) as u64);
+}
+
 /// Every received byte is counted on exactly one receive path: straight into
 /// a frame buffer, or (io_uring only) through the shared pool and copied.
 /// Large frame bodies take the direct path on both backends. (How much
@@ -635,6 +675,66 @@ fn receive_paths_account_for_every_byte(backend: Backend) {
     match backend {
         Backend::Epoll => assert_eq!(pooled, 0, "epoll has no pool"),
         _ => assert!(direct > 0, "large bodies go straight into frame buffers"),
+    }
+}
+
+/// A peer's quota is not refilled by reconnecting: its limiter is parked
+/// when the connection closes and taken back by the next one.
+fn quota_isolation_survives_a_reconnect(backend: Backend) {
+    use std::num::NonZeroU32;
+    // A burst of 5, then one every 10 s.
+    let quota = shoal::engine::Quota::per_minute(NonZeroU32::new(6).unwrap())
+        .allow_burst(NonZeroU32::new(5).unwrap());
+    let limited = || ChannelDef {
+        quota: Some(quota),
+        id: 1,
+        max_size: 1024,
+        backlog: 64,
+        compression: None,
+    };
+    let mut nodes = mesh(backend, 2, &[limited()], |_| {});
+    let b_key = nodes[1].key();
+    let b_addr = nodes[1].addr;
+    for i in 0..5u8 {
+        nodes[0].channels[0]
+            .0
+            .send_to(&b_key, Bytes::from(vec![i]), false)
+            .unwrap();
+    }
+    for i in 0..5u8 {
+        assert_eq!(nodes[1].channels[0].1.recv_blocking().unwrap().1[..], [i]);
+    }
+    let m = nodes[1].handle().metrics();
+    assert_eq!(m.rate_limit_pauses.get(), 0, "the burst passes");
+    // a reconnects (a new process would look the same to b).
+    let a = nodes.remove(0);
+    let a_addr = a.addr;
+    a.handle.unwrap().shutdown(Duration::from_millis(200));
+    assert!(nodes[0].handle().wait_peers(WAIT, |p| p.is_empty()));
+    let a = start_node(
+        backend,
+        1,
+        a_addr,
+        &[1, 2],
+        &[(2, b_addr)],
+        &[limited()],
+        |_| {},
+    );
+    assert!(a.handle().wait_peers(WAIT, |p| p.len() == 1));
+    for i in 5..7u8 {
+        a.channels[0]
+            .0
+            .send_to(&b_key, Bytes::from(vec![i]), false)
+            .unwrap();
+    }
+    let m = nodes[0].handle().metrics();
+    let deadline = Instant::now() + WAIT;
+    while m.rate_limit_pauses.get() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the new connection started with a full quota"
+        );
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -710,7 +810,9 @@ fn quota_isolation_a_flooded_channel_does_not_delay_another(backend: Backend) {
 }
 
 both_backends!(
+    a_single_frame_message_is_received_without_a_copy,
     quota_isolation_a_flooded_channel_does_not_delay_another,
+    quota_isolation_survives_a_reconnect,
     receive_paths_account_for_every_byte,
     spinning_and_parking_shards_exchange_messages,
     batches_are_ordered_and_all_or_nothing,

@@ -964,6 +964,12 @@ impl Connection {
         self.assemble(kind, data, limit.max_size)
     }
 
+    /// Bytes reassembly copied since the last call (multi-part messages;
+    /// see [`ChunkAssembler::take_copied_bytes`]).
+    pub fn take_reassembly_copied_bytes(&mut self) -> u64 {
+        self.assembler.take_copied_bytes()
+    }
+
     fn cfg_default_max(&self) -> usize {
         self.cfg.chunk_limits.max_in_progress_bytes
     }

@@ -38,6 +38,7 @@ pub mod fuzzing;
 mod inbound_limit;
 pub(crate) mod inbox;
 pub mod kademlia;
+mod limiters;
 pub mod metrics;
 pub mod network;
 pub mod open;

@@ -77,6 +77,10 @@ pub struct Metrics {
     /// Bytes io_uring received into its shared buffer pool and copied into a
     /// frame buffer (idle connections and the start of a burst).
     pub recv_pooled_bytes: Counter,
+    /// Bytes copied while reassembling messages of several parts (each part
+    /// once, plus what a buffer regrowth moved); single-frame messages are
+    /// never copied.
+    pub reassembly_copied_bytes: Counter,
     /// Peers put in a cooldown after misbehaving
     /// ([`crate::Config::misbehavior_cooldown`]).
     pub misbehavior_cooldowns: Counter,
@@ -268,6 +272,11 @@ impl Metrics {
             "shard_failures",
             "Data shards whose driver stopped with an error",
             self.shard_failures.clone(),
+        );
+        registry.register(
+            "reassembly_copied_bytes",
+            "Bytes copied reassembling multi-part messages (parts and buffer regrowth)",
+            self.reassembly_copied_bytes.clone(),
         );
         registry.register(
             "shard_connections",

@@ -93,6 +93,7 @@ impl Network {
         }
         let oracle = Arc::new(OracleState::new(config.tracked_peer_sets));
         let config_max_pending = config.max_pending_requests;
+        let config_max_connections = config.max_inbound.saturating_add(config.max_outbound);
         let inbound_ips = crate::inbound_limit::InboundLimit::new(config.max_inbound_per_ip);
         let cooldown = crate::cooldown::PeerCooldown::new(config.misbehavior_cooldown);
         let (control_tx, control_rx) = sync_channel(config.control_queue);
@@ -106,6 +107,7 @@ impl Network {
             shards: links,
             inbound: AtomicUsize::new(0),
             inbound_ips,
+            limiters: crate::limiters::ParkedLimiters::new(config_max_connections),
             cooldown,
             outbound: AtomicUsize::new(0),
             running: AtomicBool::new(false),

@@ -168,6 +168,9 @@ pub struct ChunkAssembler {
     limits: ChunkLimits,
     in_progress: HashMap<u64, Partial>,
     in_progress_bytes: usize,
+    /// Bytes copied into reassembly buffers (parts, and what a regrowth
+    /// moved), since [`ChunkAssembler::take_copied_bytes`].
+    copied_bytes: u64,
 }
 
 impl ChunkAssembler {
@@ -177,7 +180,14 @@ impl ChunkAssembler {
             limits,
             in_progress: HashMap::new(),
             in_progress_bytes: 0,
+            copied_bytes: 0,
         }
+    }
+
+    /// Bytes copied since the last call: each part of a multi-part message
+    /// once, plus what a buffer regrowth moved. Single-part messages cost 0.
+    pub fn take_copied_bytes(&mut self) -> u64 {
+        std::mem::take(&mut self.copied_bytes)
     }
 
     /// The limits this assembler enforces.
@@ -280,6 +290,7 @@ impl ChunkAssembler {
         let reserve = total_len.min(data.payload.len().saturating_mul(2));
         let mut buf = Vec::with_capacity(reserve);
         buf.extend_from_slice(&data.payload);
+        self.copied_bytes += data.payload.len() as u64;
         self.in_progress_bytes += total_len;
         self.in_progress.insert(
             data.message_id,
@@ -317,9 +328,12 @@ impl ChunkAssembler {
             let target = p
                 .total_len
                 .min(new_len.max(p.buf.capacity().saturating_mul(2)));
+            // A reallocation may move what has arrived.
+            self.copied_bytes += p.buf.len() as u64;
             p.buf.reserve_exact(target - p.buf.len());
         }
         p.buf.extend_from_slice(&data.payload);
+        self.copied_bytes += data.payload.len() as u64;
         p.next_part += 1;
         if p.next_part < p.total_parts {
             return Ok(None);
@@ -474,6 +488,7 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(m.payload.is_empty());
+        assert_eq!(a.take_copied_bytes(), 0, "nothing copied");
     }
 
     #[test]
@@ -493,6 +508,11 @@ mod tests {
                 assert_eq!(r.unwrap().payload, msg);
             }
         }
+        // Each part once (95), plus two regrowths: the first part reserves
+        // 40 (two parts); the third part moves those 40 into 80, the fifth
+        // moves 80 into 95.
+        assert_eq!(a.take_copied_bytes(), 95 + 40 + 80);
+        assert_eq!(a.take_copied_bytes(), 0);
         assert_eq!(a.in_progress_bytes(), 0);
         assert_eq!(a.in_progress_messages(), 0);
     }

@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use governor::DefaultDirectRateLimiter;
 use shoal_crypto::PublicKey;
 use shoal_wire::{CloseReason, RecordKind, RpcStatus};
 use slab::Slab;
@@ -155,7 +154,9 @@ pub(crate) struct ConnSlot {
     depth: Arc<QueueDepth>,
     stash: Option<Stashed>,
     paused_until: Option<Instant>,
-    limiters: HashMap<u32, DefaultDirectRateLimiter>,
+    /// Per-channel quota limiters (parked for the peer's next connection
+    /// when this one closes: [`crate::limiters`]).
+    limiters: crate::limiters::Limiters,
     /// Records held back by their channel's quota ([`quota`]).
     quota_hold: quota::QuotaHold,
     close_label: Option<&'static str>,
@@ -540,6 +541,12 @@ impl ShardCore {
             };
             self.handle_event(key, ev, now);
         }
+        if let Some(slot) = self.conns.get_mut(key) {
+            let copied = slot.conn.take_reassembly_copied_bytes();
+            if copied > 0 {
+                self.shared.metrics.reassembly_copied_bytes.inc_by(copied);
+            }
+        }
         self.notify_receivers();
         self.after_io(key, now);
     }
@@ -794,8 +801,13 @@ impl ShardCore {
         }
         self.shared.metrics.connections.inc();
         let id = handle.id;
+        let parked = self.shared.limiters.take(&peer, Instant::now());
         if let Some(slot) = self.conns.get_mut(key) {
             slot.handle = Some(handle);
+            if let Some(limiters) = parked {
+                // The peer's quotas go on where its last connection left them.
+                slot.limiters = limiters;
+            }
         }
         // Messages parked for this peer go first, ahead of anything sent on
         // the new connection since.
@@ -1436,6 +1448,10 @@ impl ShardCore {
         if let Some(h) = &slot.handle {
             self.shared.metrics.connections.dec();
             self.shared.peers.remove(&h.peer, h.id, label);
+            if !slot.limiters.is_empty() {
+                let limiters = std::mem::take(&mut slot.limiters);
+                self.shared.limiters.park(&h.peer, limiters, Instant::now());
+            }
         }
         // Requests waiting on this connection fail now, not at their
         // timeout. After the peer table forgets the connection: a request

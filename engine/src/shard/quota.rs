@@ -14,9 +14,8 @@
 //! on it. Nothing is dropped while the connection lives; records still held
 //! when it closes are counted (`refused{reason="quota_held_at_close"}`).
 //!
-//! # Not provided
-//! The limiter lives with the connection: a peer that reconnects starts with
-//! a full quota.
+//! The limiters outlive the connection: a peer that reconnects goes on with
+//! the quota its last connection left ([`crate::limiters`]).
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -90,10 +89,10 @@ impl ShardCore {
         let slot = self.conns.get_mut(key)?;
         let ch = msg.spec.id;
         if !slot.quota_hold.holds(ch) {
-            let limiter = slot
+            let (_, limiter) = slot
                 .limiters
                 .entry(ch)
-                .or_insert_with(|| governor::RateLimiter::direct(quota));
+                .or_insert_with(|| (quota, governor::RateLimiter::direct(quota)));
             if limiter.check().is_ok() {
                 return Some(msg);
             }
@@ -130,10 +129,10 @@ impl ShardCore {
                     next = q.pop_front();
                     break;
                 };
-                let limiter = slot
+                let (_, limiter) = slot
                     .limiters
                     .entry(*ch)
-                    .or_insert_with(|| governor::RateLimiter::direct(quota));
+                    .or_insert_with(|| (quota, governor::RateLimiter::direct(quota)));
                 if limiter.check().is_ok() {
                     next = q.pop_front();
                     break;
