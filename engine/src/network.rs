@@ -107,7 +107,7 @@ impl Network {
             shards: links,
             inbound: AtomicUsize::new(0),
             inbound_ips,
-            limiters: crate::limiters::ParkedLimiters::new(config_max_connections),
+            limiters: crate::limiters::LimiterStore::new(config_max_connections),
             cooldown,
             outbound: AtomicUsize::new(0),
             running: AtomicBool::new(false),

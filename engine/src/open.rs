@@ -142,6 +142,10 @@ impl OpenMode {
         if id == self.local {
             return Ok(());
         }
+        if self.table.get(&id).is_none_or(|e| e.addr != addr) {
+            // A node that moved may be reachable at its new address.
+            self.unreachable.remove(&id);
+        }
         match self.table.observe(id, addr, now) {
             Observe::Inserted | Observe::Refreshed => {
                 self.records.insert(id, record.clone());

@@ -26,8 +26,8 @@ pub(crate) struct Shared {
     pub shards: Vec<ShardLink>,
     /// Accepted connections alive (handshaking or established).
     pub inbound: AtomicUsize,
-    /// Quota limiters of closed connections, for the peer's next one.
-    pub limiters: crate::limiters::ParkedLimiters,
+    /// Per-peer quota limiters, shared by a peer's connections.
+    pub limiters: crate::limiters::LimiterStore,
     /// Peers refused for a while after misbehaving (`misbehavior_cooldown`).
     pub cooldown: crate::cooldown::PeerCooldown,
     /// The same per remote address, against `max_inbound_per_ip`.

@@ -309,15 +309,28 @@ pub(crate) fn run(mut core: ShardCore, busy_poll: bool) -> io::Result<()> {
     // into buffers the unwinding would free.
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         event_loop(&mut core, &mut d, busy_poll)
-    }))
-    .unwrap_or_else(|_| Err(io::Error::other("io_uring shard panicked")));
-    if result.is_err() {
+    }));
+    if !matches!(result, Ok(Ok(()))) {
         core.driver_failed();
     }
-    // Reap whatever is still in flight before the pool is freed.
-    drain_all(&mut core, &mut d);
+    // Reap whatever is still in flight before the pool is freed. If that
+    // panics too, the pool is leaked: the kernel may still write into it.
+    let drained = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        drain_all(&mut core, &mut d)
+    }));
+    if drained.is_err() {
+        if let Ok(empty) = BufferPool::new(1, 1) {
+            std::mem::forget(std::mem::replace(&mut d.pool, empty));
+        } else {
+            std::process::abort();
+        }
+    }
     let _ = d.ring.submitter().unregister_buf_ring(BGID);
-    result
+    match result {
+        Ok(r) => r,
+        // The shard's thread reports the original panic.
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
 }
 
 fn arm_wake(core: &ShardCore, d: &mut Driver) -> io::Result<()> {

@@ -154,9 +154,9 @@ pub(crate) struct ConnSlot {
     depth: Arc<QueueDepth>,
     stash: Option<Stashed>,
     paused_until: Option<Instant>,
-    /// Per-channel quota limiters (parked for the peer's next connection
-    /// when this one closes: [`crate::limiters`]).
-    limiters: crate::limiters::Limiters,
+    /// The peer's per-channel quota limiters, shared with its other
+    /// connections ([`crate::limiters`]); set once established.
+    limiters: Option<Arc<crate::limiters::PeerLimiters>>,
     /// Records held back by their channel's quota ([`quota`]).
     quota_hold: quota::QuotaHold,
     close_label: Option<&'static str>,
@@ -231,6 +231,8 @@ pub(crate) struct ShardCore {
     /// Set when [`ShardCore::poll_transmit`] hands the driver bytes; taken by
     /// [`ShardCore::yield_for_commands`].
     wrote: bool,
+    /// Channels with a quota (for the peers' limiters).
+    quota_channels: Vec<(u32, governor::Quota)>,
     /// Set by [`Command::Fail`] (feature `test-hooks`).
     #[cfg(feature = "test-hooks")]
     injected_failure: bool,
@@ -289,6 +291,12 @@ impl ShardCore {
     ) -> Self {
         let channels = shared.channels.get().cloned().unwrap_or_default();
         let waker = shared.shards[id].waker.clone();
+        let mut quota_channels: Vec<(u32, governor::Quota)> = channels
+            .map
+            .values()
+            .filter_map(|c| c.quota.map(|q| (c.id, q)))
+            .collect();
+        quota_channels.sort_by_key(|(c, _)| *c);
         Self {
             id,
             shared,
@@ -308,6 +316,7 @@ impl ShardCore {
             shutdown: None,
             next_timer_sweep: Instant::now(),
             wrote: false,
+            quota_channels,
             #[cfg(feature = "test-hooks")]
             injected_failure: false,
         }
@@ -354,7 +363,7 @@ impl ShardCore {
             depth,
             stash: None,
             paused_until: None,
-            limiters: HashMap::new(),
+            limiters: None,
             quota_hold: Default::default(),
             close_label: None,
             cooldown_noted: false,
@@ -801,13 +810,30 @@ impl ShardCore {
         }
         self.shared.metrics.connections.inc();
         let id = handle.id;
-        let parked = self.shared.limiters.take(&peer, Instant::now());
+        let limiters = self
+            .shared
+            .limiters
+            .acquire(&peer, &self.quota_channels, Instant::now());
         if let Some(slot) = self.conns.get_mut(key) {
             slot.handle = Some(handle);
-            if let Some(limiters) = parked {
-                // The peer's quotas go on where its last connection left them.
-                slot.limiters = limiters;
+            // The peer's quotas, as its other (and last) connections left them.
+            slot.limiters = limiters;
+        }
+        // Authorization was checked at the peer's Hello. The control shard's
+        // sweep of peers that left every tracked set may have run since,
+        // before this connection was in the peer table: checked again now
+        // that it is, so either the sweep saw it or this sees the change.
+        // (Before anything is queued on it or announced.)
+        if !(self.authorizer)(&peer) {
+            tracing::debug!(shard = self.id, %peer, "deauthorized during its handshake; closing");
+            if let Some(slot) = self.conns.get_mut(key) {
+                slot.conn.abort(crate::connection::CloseCause::Local(
+                    CloseReason::Unauthorized,
+                ));
             }
+            self.dirty.push(key);
+            self.after_io(key, Instant::now());
+            return;
         }
         // Messages parked for this peer go first, ahead of anything sent on
         // the new connection since.
@@ -818,20 +844,6 @@ impl ShardCore {
                 id,
             });
         tracing::debug!(shard = self.id, %peer, "connection established");
-        // Authorization was checked at the peer's Hello. The control shard's
-        // sweep of peers that left every tracked set may have run since,
-        // before this connection was in the peer table: checked again now
-        // that it is, so either the sweep saw it or this sees the change.
-        if !(self.authorizer)(&peer) {
-            tracing::debug!(shard = self.id, %peer, "deauthorized during its handshake; closing");
-            if let Some(slot) = self.conns.get_mut(key) {
-                slot.conn.abort(crate::connection::CloseCause::Local(
-                    CloseReason::Unauthorized,
-                ));
-            }
-            self.dirty.push(key);
-            self.after_io(key, Instant::now());
-        }
     }
 
     fn close_elsewhere(&mut self, old: &PeerHandle, reason: CloseReason) {
@@ -912,14 +924,19 @@ impl ShardCore {
                     if let Some(slot) = self.conns.get_mut(id.key) {
                         if slot.conn.send(msg, high).is_ok() {
                             self.dirty.push(id.key);
+                        } else {
+                            self.shared.metrics.send_dropped("queue_full");
                         }
                     }
                     return;
                 }
                 // The connection enforces its own hard cap and fixes the
-                // depth counter if it refuses.
+                // depth counter if it refuses (a rerouted message can find
+                // it full).
                 if slot.conn.send(msg, high).is_ok() {
                     self.dirty.push(id.key);
+                } else {
+                    self.shared.metrics.send_dropped("queue_full");
                 }
             }
             closing => {
@@ -1448,9 +1465,8 @@ impl ShardCore {
         if let Some(h) = &slot.handle {
             self.shared.metrics.connections.dec();
             self.shared.peers.remove(&h.peer, h.id, label);
-            if !slot.limiters.is_empty() {
-                let limiters = std::mem::take(&mut slot.limiters);
-                self.shared.limiters.park(&h.peer, limiters, Instant::now());
+            if slot.limiters.take().is_some() {
+                self.shared.limiters.release(&h.peer, Instant::now());
             }
         }
         // Requests waiting on this connection fail now, not at their
@@ -1476,7 +1492,9 @@ impl ShardCore {
             if slot.handle.is_none() {
                 self.shared.metrics.dial_failures.inc();
                 tracing::debug!(shard = self.id, %peer, reason = label, "dial failed");
-                if self.shared.config.open {
+                // A dial that lost the tie-break to a live connection did
+                // not fail.
+                if self.shared.config.open && !self.shared.peers.contains(peer) {
                     self.shared
                         .to_control(crate::shared::ControlEvent::DialFailed { peer: peer.clone() });
                 }

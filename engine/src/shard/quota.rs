@@ -14,8 +14,9 @@
 //! on it. Nothing is dropped while the connection lives; records still held
 //! when it closes are counted (`refused{reason="quota_held_at_close"}`).
 //!
-//! The limiters outlive the connection: a peer that reconnects goes on with
-//! the quota its last connection left ([`crate::limiters`]).
+//! The limiters are the peer's, shared by its connections and kept after
+//! them ([`crate::limiters`]): neither a replacement connection nor a
+//! reconnect refills a quota.
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -83,16 +84,17 @@ impl ShardCore {
         msg: Stashed,
         now: Instant,
     ) -> Option<Stashed> {
-        let Some(quota) = msg.spec.quota else {
+        if msg.spec.quota.is_none() {
             return Some(msg);
-        };
+        }
         let slot = self.conns.get_mut(key)?;
         let ch = msg.spec.id;
         if !slot.quota_hold.holds(ch) {
-            let (_, limiter) = slot
-                .limiters
-                .entry(ch)
-                .or_insert_with(|| (quota, governor::RateLimiter::direct(quota)));
+            // Established connections carry their peer's limiters; records
+            // arrive only on established ones.
+            let Some(limiter) = slot.limiters.as_ref().and_then(|l| l.get(ch)) else {
+                return Some(msg);
+            };
             if limiter.check().is_ok() {
                 return Some(msg);
             }
@@ -125,15 +127,11 @@ impl ShardCore {
                 let Some(front) = q.front() else {
                     continue;
                 };
-                let Some(quota) = front.spec.quota else {
-                    next = q.pop_front();
-                    break;
-                };
-                let (_, limiter) = slot
-                    .limiters
-                    .entry(*ch)
-                    .or_insert_with(|| (quota, governor::RateLimiter::direct(quota)));
-                if limiter.check().is_ok() {
+                let limiter = front
+                    .spec
+                    .quota
+                    .and_then(|_| slot.limiters.as_ref().and_then(|l| l.get(*ch)));
+                if limiter.is_none_or(|l| l.check().is_ok()) {
                     next = q.pop_front();
                     break;
                 }
