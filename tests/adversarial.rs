@@ -81,18 +81,6 @@ fn assert_rss_bounded(attack: &str, before_kib: u64) {
     );
 }
 
-/// Polls `cond` until it holds; panics past `WAIT`. Returns the time taken.
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    let deadline = start + WAIT;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        std::thread::yield_now();
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    start.elapsed()
-}
-
 fn closes(m: &Metrics) -> Vec<u64> {
     CLOSE_LABELS.iter().map(|l| m.close_count(l)).collect()
 }

@@ -101,11 +101,7 @@ fn large_message_with_high_priority_interleaved(backend: Backend) {
         let m = b.handle().metrics();
         m.recv_direct_bytes.get() + m.recv_pooled_bytes.get()
     };
-    let deadline = Instant::now() + WAIT;
-    while received() < 1 << 20 {
-        assert!(Instant::now() < deadline, "the big message is under way");
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    wait_until("the big message under way", || received() >= 1 << 20);
     const SMALL: usize = 200;
     for i in 0..SMALL {
         a.channels[1]
@@ -728,14 +724,10 @@ fn quota_isolation_survives_a_reconnect(backend: Backend) {
             .unwrap();
     }
     let m = nodes[0].handle().metrics();
-    let deadline = Instant::now() + WAIT;
-    while m.rate_limit_pauses.get() == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the new connection started with a full quota"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_until(
+        "a hold: the new connection must not start with a full quota",
+        || m.rate_limit_pauses.get() > 0,
+    );
 }
 
 /// A flood over one channel's quota holds back that channel only: the

@@ -9,7 +9,7 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
@@ -47,14 +47,6 @@ fn node(
     // The oracle lives as long as the network: dropping it changes nothing.
     let handle = net.start().expect("start");
     (handle, tx, rx, rpc)
-}
-
-fn wait_metric(what: &str, f: impl Fn() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// A message each way and a request each way between `hub` and every spoke.
@@ -116,7 +108,7 @@ fn placement_balances_and_a_failed_shard_is_replaced(backend: Backend) {
     exchange(&hub, &spokes, 0);
 
     assert!(test_hooks::fail_shard(&hub.0, 0));
-    wait_metric("the shard failure", || m.shard_failures.get() == 1);
+    wait_until("the shard failure", || m.shard_failures.get() == 1);
     assert_eq!(m.shards_alive.get(), 1, "the node reports itself degraded");
     assert_eq!(
         m.close_count("shard_failed"),
@@ -136,7 +128,7 @@ fn placement_balances_and_a_failed_shard_is_replaced(backend: Backend) {
 
     // The last live shard failing leaves a node that refuses cleanly.
     assert!(test_hooks::fail_shard(&hub.0, 1));
-    wait_metric("the second shard failure", || m.shard_failures.get() == 2);
+    wait_until("the second shard failure", || m.shard_failures.get() == 2);
     assert_eq!(m.shards_alive.get(), 0);
     assert!(hub.0.wait_peers(WAIT, |p| p.is_empty()));
     assert_eq!(m.connections.get(), 0, "every connection released");

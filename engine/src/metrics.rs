@@ -385,11 +385,7 @@ impl Metrics {
     }
 
     pub fn refuse(&self, reason: &str) {
-        self.refused
-            .get_or_create(&ReasonLabel {
-                reason: reason.to_string(),
-            })
-            .inc();
+        self.refuse_n(reason, 1);
     }
 
     pub fn handshake(&self, result: &str) {

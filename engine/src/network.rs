@@ -1101,10 +1101,7 @@ fn accept_all(
 /// Takes a stopped shard out of placement; a shard that failed (error or
 /// panic) leaves the node degraded: counted, gauged and logged.
 fn shard_stopped(shared: &Shared, id: usize, run: std::thread::Result<std::io::Result<()>>) {
-    let link = &shared.shards[id];
-    if link.load.mark_dead() {
-        shared.metrics.shards_alive.dec();
-    }
+    shared.leave_placement(id);
     let error = match run {
         Ok(Ok(())) => return,
         Ok(Err(e)) => e.to_string(),

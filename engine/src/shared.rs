@@ -84,6 +84,14 @@ impl Shared {
             .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 
+    /// Takes data shard `id` out of placement (once: `shoal_shards_alive`
+    /// counts it down once).
+    pub fn leave_placement(&self, id: usize) {
+        if self.shards.get(id).is_some_and(|l| l.load.mark_dead()) {
+            self.metrics.shards_alive.dec();
+        }
+    }
+
     /// Hands an event to the control shard; a full queue is counted (the
     /// gossip that produced it repeats on the next interval).
     pub fn to_control(&self, ev: ControlEvent) {

@@ -39,6 +39,22 @@ pub fn local_config(backend: Backend, listen: Option<SocketAddr>) -> Config {
     cfg
 }
 
+/// Polls `cond` (a metric, a socket state: what has no event to await)
+/// until it holds; panics past `WAIT`. Returns the time taken.
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) -> Duration {
+    let start = std::time::Instant::now();
+    let deadline = start + WAIT;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        std::thread::yield_now();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    start.elapsed()
+}
+
 /// io_uring availability; tests for it skip (with a printed reason) without it.
 pub fn backend_available(backend: Backend) -> bool {
     if backend != Backend::IoUring {

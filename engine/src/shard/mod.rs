@@ -523,9 +523,7 @@ impl ShardCore {
 
     /// No more connections for this shard ([`crate::placement`]).
     fn leave_placement(&self) {
-        if self.shared.shards[self.id].load.mark_dead() {
-            self.shared.metrics.shards_alive.dec();
-        }
+        self.shared.leave_placement(self.id);
     }
 
     /// A connection handed to this shard never became one (the driver could
