@@ -4,7 +4,7 @@
 //! # Design
 //! A [`Connection`] is an "encrypted pipe" in the rustls sense, driven the
 //! quinn-proto way: the driver feeds received bytes into
-//! [`Connection::read_buf`] / [`Connection::feed`], pulls [`Event`]s with
+//! [`Connection::lend_read_buf`] / [`Connection::feed`], pulls [`Event`]s with
 //! [`Connection::poll_event`], queues messages with [`Connection::send`],
 //! pulls sealed bytes to write with [`Connection::poll_transmit`], and calls
 //! [`Connection::handle_timeout`] at [`Connection::poll_timeout`]. Every input
@@ -47,8 +47,8 @@ use shoal_crypto::{
 };
 use shoal_wire::{
     compress, encode_header, BitVec, ChunkAssembler, ChunkError, ChunkLimits, Close, CloseReason,
-    DataHeader, FindNode, FrameDecoder, FrameError, Nodes, Peers, Ping, Pong, Record, RecordError,
-    RecordKind, RecordReader, RecordWriter, HEADER_LEN, MAX_DATA_OVERHEAD, TAG_LEN,
+    DataHeader, FindNode, FrameDecoder, FrameError, Nodes, Peers, Ping, Pong, ReadBuf, Record,
+    RecordError, RecordKind, RecordReader, RecordWriter, HEADER_LEN, MAX_DATA_OVERHEAD, TAG_LEN,
 };
 
 use crate::clock::Clock;
@@ -498,47 +498,35 @@ impl Connection {
         std::mem::take(&mut self.encoded)
     }
 
-    /// The receive buffer a driver may append to directly.
-    pub fn read_buf(&mut self) -> &mut BytesMut {
-        self.decoder.read_buf()
-    }
-
-    /// Reserves room in [`Connection::read_buf`] for the next read and says
-    /// how many bytes to read (`FrameDecoder::prepare_read`); zero when
-    /// nothing should be read before the buffered input is processed.
-    pub fn prepare_read(&mut self, batch: usize) -> usize {
-        if self.is_closed() {
-            return 0;
-        }
-        self.decoder.prepare_read(batch)
-    }
-
-    /// Lends the receive buffer to a driver whose kernel receives into it
-    /// asynchronously (io_uring), when a large frame body is pending or the
-    /// last frame carried [large records](Connection::large_records): the
-    /// buffer with at least `len` bytes of spare capacity, and `len` (sized
-    /// like an epoll read, [`Connection::prepare_read`]). Until
+    /// Lends the receive buffer for one read straight into it, sized by the
+    /// frame decoder ([`FrameDecoder::lend`]); `None` once closed or while
+    /// the decoder needs a decode first. Until
     /// [`Connection::return_read_buf`] the connection decodes nothing new.
+    /// When to receive this way rather than through a pool is the shard's
+    /// read plan, from [`Connection::large_records`] and
+    /// [`Connection::large_body_pending`].
     ///
     /// Memory: a lent buffer stays lent until data arrives. For a connection
-    /// with large records that goes quiet that is what `prepare_read`
-    /// reserved at the frame boundary (normally [`shoal_wire::frame::IDLE_READ`]-sized, at most
-    /// `batch`) until the next small frame ends the large-records state: at
-    /// the latest the pong to our next ping. The idle shrink at the ping
-    /// after that releases it.
-    pub fn lend_read_buf(&mut self, batch: usize) -> Option<(BytesMut, usize)> {
-        if self.is_closed() || !(self.large_records || self.decoder.large_body_pending()) {
+    /// with large records that goes quiet that is what the decoder reserved
+    /// at the frame boundary (normally [`shoal_wire::frame::IDLE_READ`]-sized,
+    /// at most `batch`) until the next small frame ends the large-records
+    /// state: at the latest the pong to our next ping. The idle shrink at the
+    /// ping after that releases it.
+    pub fn lend_read_buf(&mut self, batch: usize) -> Option<ReadBuf> {
+        if self.is_closed() {
             return None;
         }
-        let len = self.decoder.prepare_read(batch);
-        (len > 0).then(|| (self.decoder.take_read_buf(), len))
+        self.decoder.lend(batch)
     }
 
     /// Gives back a buffer from [`Connection::lend_read_buf`] with what was
-    /// received into it at `now`.
-    pub fn return_read_buf(&mut self, buf: BytesMut, now: Instant) {
-        self.decoder.restore_read_buf(buf);
-        self.last_rx = now;
+    /// received into it at `now`; returns how many bytes that was.
+    pub fn return_read_buf(&mut self, buf: ReadBuf, now: Instant) -> usize {
+        let received = self.decoder.feed_lent(buf);
+        if received > 0 {
+            self.last_rx = now;
+        }
+        received
     }
 
     /// Whether the peer's last frame carried large records (at least
@@ -553,7 +541,7 @@ impl Connection {
     }
 
     /// Whether a large frame body is pending (see
-    /// [`Connection::lend_read_buf`]).
+    /// [`FrameDecoder::large_body_pending`]).
     pub fn large_body_pending(&self) -> bool {
         !self.is_closed() && self.decoder.large_body_pending()
     }
@@ -564,11 +552,6 @@ impl Connection {
             self.decoder.feed(data);
             self.last_rx = now;
         }
-    }
-
-    /// Marks that bytes were appended to [`Connection::read_buf`] at `now`.
-    pub fn mark_received(&mut self, now: Instant) {
-        self.last_rx = now;
     }
 
     /// Bytes buffered and not yet decoded.
@@ -1551,7 +1534,7 @@ mod tests {
             ),
             "{ev:?}"
         );
-        assert!(b.read_buf().capacity() < 1 << 20);
+        assert!(b.buffer_capacity() < 1 << 20);
     }
 
     #[test]

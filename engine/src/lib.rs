@@ -22,6 +22,7 @@
 //! burst, never per message). A connection lives on one shard for its whole
 //! life: decryption, reassembly, dispatch, encoding and encryption all happen
 //! there, with no locks on the per-message path.
+#![deny(unsafe_code)]
 
 mod accept_rate;
 pub mod channels;

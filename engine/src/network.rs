@@ -628,22 +628,25 @@ fn control_loop(
             if let Some(t) = open.as_ref().and_then(|o| o.poll_timeout()) {
                 wake_at = wake_at.min(t);
             }
-            let mut timeout = wake_at.saturating_duration_since(now);
-            // Announce the sleep, then look at the inbox once more: a shard
-            // that queued an event before seeing the flag gets it handled
-            // now; one that queues after sees the flag and wakes us.
-            waker.prepare_sleep();
-            while pending.len() < cfg.control_queue {
-                match inbox.try_recv() {
-                    Ok(ev) => pending.push(ev),
-                    Err(_) => break,
+            // The sleep handshake: look at the inbox once more after
+            // announcing the sleep; a shard that queued an event before
+            // seeing the flag gets it handled now, one that queues after
+            // sees the flag and wakes us.
+            let asleep = waker.try_sleep(|| {
+                while pending.len() < cfg.control_queue {
+                    match inbox.try_recv() {
+                        Ok(ev) => pending.push(ev),
+                        Err(_) => break,
+                    }
                 }
-            }
-            if !pending.is_empty() {
-                timeout = Duration::ZERO;
-            }
+                !pending.is_empty()
+            });
+            let timeout = match asleep {
+                Some(_) => wake_at.saturating_duration_since(now),
+                None => Duration::ZERO,
+            };
             let polled = poll.poll(&mut events, Some(timeout));
-            waker.cancel_sleep();
+            drop(asleep);
             if let Err(e) = polled {
                 if e.kind() != std::io::ErrorKind::Interrupted {
                     return Err(e);

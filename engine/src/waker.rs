@@ -1,13 +1,16 @@
 //! Waking a sleeping shard without one syscall per message.
 //!
 //! # Design
-//! A shard that is about to block sets `sleeping`, then re-checks its queue
-//! (Dekker-style, with a SeqCst fence on both sides). A producer enqueues,
-//! fences, and writes one byte to the shard's wake socket only if it flips
-//! `sleeping` from true to false. So a burst of N messages to a sleeping
-//! shard costs one wake-up syscall, and messages to an awake shard cost none.
-//! The wake pipe is a non-blocking Unix socket pair (safe std API) that both
-//! drivers can wait on: epoll registers it, io_uring reads it.
+//! The sleep handshake, written once ([`ShardWaker::try_sleep`]) and used by
+//! every loop that sleeps on a waker (both shard drivers and the control
+//! shard): a thread about to block sets `sleeping`, then re-checks its queue
+//! (Dekker-style, with a SeqCst fence on both sides) and sleeps only if that
+//! found nothing. A producer enqueues, fences, and writes one byte to the
+//! wake socket only if it flips `sleeping` from true to false. So a burst of
+//! N messages to a sleeping shard costs one wake-up syscall, and messages to
+//! an awake shard cost none. The wake pipe is a non-blocking Unix socket pair
+//! (safe std API) that every driver can wait on: epoll registers it, io_uring
+//! polls it.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -61,9 +64,9 @@ impl ShardWaker {
     }
 
     /// Shard: whether a resume request is waiting (not consumed). Checked
-    /// after [`ShardWaker::prepare_sleep`]: a receiver that freed space
-    /// while the shard was awake did not write a wake-up byte, so without
-    /// this check the shard would sleep on it until its next timer.
+    /// by [`ShardWaker::try_sleep`]: a receiver that freed space while the
+    /// shard was awake did not write a wake-up byte, so without this check
+    /// the shard would sleep on it until its next timer.
     pub fn resume_pending(&self) -> bool {
         self.resume.load(Ordering::SeqCst)
     }
@@ -73,15 +76,26 @@ impl ShardWaker {
         self.resume.swap(false, Ordering::AcqRel)
     }
 
-    /// Shard: announce the intent to sleep. The caller must re-check its
-    /// queue after this and call [`ShardWaker::cancel_sleep`] if non-empty.
-    pub fn prepare_sleep(&self) {
+    /// Shard: the sleep handshake. Announces the intent to sleep, then asks
+    /// `work_arrived` (the caller's re-check of its queue) and looks for a
+    /// resume request: if either found work, it returns `None` and the
+    /// caller must not sleep; otherwise the caller sleeps (in its wait on
+    /// [`ShardWaker::rx`]) while holding the returned [`Asleep`], and drops
+    /// it once awake. A producer that enqueued before the announcement is
+    /// seen by the re-check; one that enqueues after it sees the flag and
+    /// writes the wake-up byte.
+    #[inline]
+    pub fn try_sleep(&self, work_arrived: impl FnOnce() -> bool) -> Option<Asleep<'_>> {
         self.sleeping.store(true, Ordering::SeqCst);
         fence(Ordering::SeqCst);
+        if work_arrived() || self.resume_pending() {
+            self.awake();
+            return None;
+        }
+        Some(Asleep(self))
     }
 
-    /// Shard: back to awake without sleeping.
-    pub fn cancel_sleep(&self) {
+    fn awake(&self) {
         self.sleeping.store(false, Ordering::SeqCst);
     }
 
@@ -92,7 +106,7 @@ impl ShardWaker {
     /// of its burst; giving the CPU back lets the producer enqueue the rest
     /// while the flag says "awake", so the burst costs one wake-up.
     pub fn woke(&self) {
-        self.sleeping.store(false, Ordering::SeqCst);
+        self.awake();
         std::thread::yield_now();
         let mut buf = [0u8; 64];
         while let Ok(n) = (&self.rx).read(&mut buf) {
@@ -100,6 +114,18 @@ impl ShardWaker {
                 break;
             }
         }
+    }
+}
+
+/// A sleep announced by [`ShardWaker::try_sleep`]: producers that see it
+/// write a wake-up byte. Dropping it marks the thread awake.
+#[must_use = "the sleep ends when this is dropped"]
+pub struct Asleep<'a>(&'a ShardWaker);
+
+impl Drop for Asleep<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        self.0.awake();
     }
 }
 
@@ -118,7 +144,7 @@ mod tests {
         assert_eq!(wakeups.get(), 0);
         // Sleeping shard: the first message of a burst wakes it, the rest
         // see the flag already cleared.
-        w.prepare_sleep();
+        let asleep = w.try_sleep(|| false).expect("nothing pending");
         for _ in 0..1000 {
             w.wake();
         }
@@ -126,7 +152,8 @@ mod tests {
         // The shard drains the wake socket and goes back to sleep: the next
         // burst costs one more.
         w.woke();
-        w.prepare_sleep();
+        drop(asleep);
+        let _asleep = w.try_sleep(|| false).expect("nothing pending");
         for _ in 0..1000 {
             w.wake();
         }
@@ -141,9 +168,23 @@ mod tests {
         w.request_resume();
         assert_eq!(wakeups.get(), 0);
         // ...so the shard must see the request when it gets ready to sleep.
-        w.prepare_sleep();
+        assert!(w.try_sleep(|| false).is_none(), "a resume is work");
         assert!(w.resume_pending());
         assert!(w.take_resume());
         assert!(!w.resume_pending());
+    }
+
+    #[test]
+    fn work_found_by_the_re_check_cancels_the_sleep() {
+        let wakeups = Counter::default();
+        let w = ShardWaker::new(wakeups.clone()).unwrap();
+        assert!(w.try_sleep(|| true).is_none());
+        // Not sleeping: producers make no syscall.
+        w.wake();
+        assert_eq!(wakeups.get(), 0);
+        // After a sleep ends, neither.
+        drop(w.try_sleep(|| false));
+        w.wake();
+        assert_eq!(wakeups.get(), 0);
     }
 }

@@ -8,28 +8,36 @@
 //! plain `Hello` as their body. This module only delimits bodies: it never
 //! looks inside them.
 //!
-//! [`FrameDecoder`] is a sans-IO accumulator. A driver either appends received
-//! bytes straight into [`FrameDecoder::read_buf`] (e.g. by reading into its
-//! spare capacity) or copies them in with [`FrameDecoder::feed`], then calls
-//! [`FrameDecoder::decode`] until it returns `Ok(None)`. Each complete body is
-//! split off the accumulation buffer as an owned [`BytesMut`] (no copy: it
-//! shares the allocation), so the caller can open it in place and `freeze` it
-//! into zero-copy `Bytes` for the payloads inside.
+//! [`FrameDecoder`] is a sans-IO accumulator with three verbs:
+//! - **feed**: received bytes go in, either copied with
+//!   [`FrameDecoder::feed`] or received straight into the decoder's own
+//!   buffer, lent for one read with [`FrameDecoder::lend`] and given back
+//!   with [`FrameDecoder::feed_lent`];
+//! - **decode**: [`FrameDecoder::decode`] until it returns `Ok(None)`. Each
+//!   complete body is split off the accumulation buffer as an owned
+//!   [`BytesMut`] (no copy: it shares the allocation), so the caller can open
+//!   it in place and `freeze` it into zero-copy `Bytes` for the payloads
+//!   inside;
+//! - **bytes wanted**: [`FrameDecoder::wanted`] says how many more bytes
+//!   finish the current frame (never more than `HEADER_LEN + max_body`), and
+//!   a lent buffer says how many to read into it ([`ReadBuf::want`]).
+//!   [`FrameDecoder::large_body_pending`] says whether the rest of the
+//!   current frame is a large body, worth receiving straight into the
+//!   decoder rather than copying in.
 //!
-//! [`FrameDecoder::wanted`] tells a driver how many more bytes finish the
-//! current frame, so a driver that wants to can size its reads exactly; it is
-//! never more than `HEADER_LEN + max_body`.
+//! Which of the two ways a connection's bytes arrive is the caller's policy
+//! (the engine's read plan); the decoder only makes both cheap.
 //!
 //! ## Reads that never reallocate
 //! Large bodies are the bulk of the bytes, so the decoder arranges that each
-//! one is received into an allocation of its own and never moved:
-//! [`FrameDecoder::prepare_read`] reserves spare capacity and says how much to
-//! read. While a body of at least [`LARGE_BODY`] bytes is pending it asks for
-//! exactly the rest of that body plus the next length prefix, so the next body
-//! starts in a fresh, exactly sized allocation (the previous one usually still
-//! backs payloads the application holds). Otherwise it asks for a batch, so
-//! many small frames arrive in one read. [`FrameDecoder::feed`] copies along
-//! the same boundaries, and splits complete frames off ahead of
+//! one is received into an allocation of its own and never moved: a lent
+//! buffer has spare capacity reserved for the read it asks for. While a body
+//! of at least [`LARGE_BODY`] bytes is pending that is exactly the rest of
+//! that body plus the next length prefix, so the next body starts in a fresh,
+//! exactly sized allocation (the previous one usually still backs payloads
+//! the application holds). Otherwise it is a batch, so many small frames
+//! arrive in one read. [`FrameDecoder::feed`] copies along the same
+//! boundaries, and splits complete frames off ahead of
 //! [`FrameDecoder::decode`] (at most [`READY_MAX`] of them) so a received chunk
 //! that spans two large frames is not appended to the first frame's buffer.
 //!
@@ -50,10 +58,10 @@
 //! Not provided:
 //! - No authentication or integrity: that is the record cipher's job. A body
 //!   returned here is attacker-controlled until it has been opened.
-//! - The decoder does not limit how much a driver appends between two calls
-//!   to `decode`; a driver that reads at most [`FrameDecoder::wanted`] (or a
-//!   fixed read size) per `decode` keeps the buffer within
-//!   `HEADER_LEN + max_body + one read`.
+//! - The decoder does not limit how much a caller copies in between two calls
+//!   to `decode`; a caller that feeds at most [`FrameDecoder::wanted`] (or a
+//!   fixed read size) per `decode`, or reads at most [`ReadBuf::want`] into a
+//!   lent buffer, keeps the buffer within `HEADER_LEN + max_body + one read`.
 
 use std::collections::VecDeque;
 
@@ -68,8 +76,8 @@ pub const DEFAULT_MAX_FRAME_BODY: usize = 64 * 1024;
 /// Bodies at least this long are read into their own allocation (see the
 /// module docs); shorter ones are read in batches.
 pub const LARGE_BODY: usize = 16 * 1024;
-/// The most [`FrameDecoder::prepare_read`] reserves for a connection with
-/// nothing pending (unless the buffer already has more room).
+/// The most a buffer lent by [`FrameDecoder::lend`] reserves for a
+/// connection with nothing pending (unless the buffer already has more room).
 pub const IDLE_READ: usize = 4096;
 /// Complete frames split off ahead of [`FrameDecoder::decode`], at most.
 pub const READY_MAX: usize = 64;
@@ -113,6 +121,39 @@ pub fn try_encode_header(body_len: usize, max_body: usize) -> Result<[u8; HEADER
     }
 }
 
+/// A [`FrameDecoder`]'s accumulation buffer, lent for one read straight
+/// into its spare capacity ([`FrameDecoder::lend`]). The read appends at
+/// most [`want`](Self::want) bytes to [`buf_mut`](Self::buf_mut) (the spare
+/// capacity is at least that, so the read never reallocates) and changes
+/// nothing else; the buffer then goes back with [`FrameDecoder::feed_lent`]
+/// (dropping it instead loses what the decoder had buffered).
+#[derive(Debug)]
+#[must_use = "a lent buffer goes back with `FrameDecoder::feed_lent`"]
+pub struct ReadBuf {
+    buf: BytesMut,
+    /// Bytes the read may append.
+    want: usize,
+    /// Length when lent: what lies beyond it was received.
+    start: usize,
+}
+
+impl ReadBuf {
+    /// Bytes the read may append, at most.
+    pub fn want(&self) -> usize {
+        self.want
+    }
+
+    /// The buffer to append to.
+    pub fn buf_mut(&mut self) -> &mut BytesMut {
+        &mut self.buf
+    }
+
+    /// Bytes appended since the buffer was lent.
+    pub fn received(&self) -> usize {
+        self.buf.len().saturating_sub(self.start)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// Waiting for (or about to parse) a length prefix.
@@ -125,7 +166,7 @@ enum State {
 #[derive(Debug)]
 pub struct FrameDecoder {
     buf: BytesMut,
-    /// Complete bodies split off by `feed`/`prepare_read`, in stream order,
+    /// Complete bodies split off by `feed`/`lend`, in stream order,
     /// returned by `decode` before anything in `buf`.
     ready: VecDeque<BytesMut>,
     ready_bytes: usize,
@@ -160,12 +201,6 @@ impl FrameDecoder {
         self.max_body = max_body;
     }
 
-    /// The accumulation buffer: a driver may append received bytes directly
-    /// (e.g. read into its spare capacity).
-    pub fn read_buf(&mut self) -> &mut BytesMut {
-        &mut self.buf
-    }
-
     /// How many more bytes the decoder wants before the current frame is
     /// complete ([`HEADER_LEN`] when idle); never more than
     /// `HEADER_LEN + max_body`. Zero when a complete frame (or an error) is
@@ -184,13 +219,13 @@ impl FrameDecoder {
         }
     }
 
-    /// Copies `data` into the accumulation buffer (for drivers that receive
-    /// into their own buffers), cut along the boundaries
-    /// [`prepare_read`](Self::prepare_read) gives, so a large body is copied
-    /// once into its own allocation and never moved again.
+    /// Copies `data` into the accumulation buffer (for callers that receive
+    /// into their own buffers), cut along the boundaries a lent buffer's
+    /// reads would have, so a large body is copied once into its own
+    /// allocation and never moved again.
     pub fn feed(&mut self, mut data: &[u8]) {
         while !data.is_empty() {
-            let take = match self.prepare_read(data.len()) {
+            let take = match self.reserve_read(data.len()) {
                 0 => data.len(),
                 want => want.min(data.len()),
             };
@@ -202,47 +237,55 @@ impl FrameDecoder {
 
     /// True while a body of at least [`LARGE_BODY`] bytes is incomplete and
     /// nothing else waits for [`decode`](Self::decode): the rest of it can be
-    /// received straight into [`read_buf`](Self::read_buf) (after
-    /// [`prepare_read`](Self::prepare_read)) instead of being copied in.
+    /// received straight into a [lent](Self::lend) buffer instead of being
+    /// copied in.
     pub fn large_body_pending(&self) -> bool {
         self.error.is_none()
             && self.ready.is_empty()
             && matches!(self.state, State::Body(len) if len >= LARGE_BODY && self.buf.len() < len)
     }
 
-    /// Takes the accumulation buffer out, for a driver whose kernel writes
-    /// into its spare capacity asynchronously (io_uring): nothing may touch it
-    /// until the write completed. Give it back with
-    /// [`restore_read_buf`](Self::restore_read_buf).
-    pub fn take_read_buf(&mut self) -> BytesMut {
-        std::mem::take(&mut self.buf)
-    }
-
-    /// Puts back a buffer taken with [`take_read_buf`](Self::take_read_buf),
-    /// extended by what was received into it.
-    pub fn restore_read_buf(&mut self, mut buf: BytesMut) {
-        // Nothing is fed while the buffer is out; if something was, it came
-        // later in the stream.
-        buf.extend_from_slice(&self.buf);
-        self.buf = buf;
-    }
-
-    /// Prepares the next read: splits complete frames off ahead of
-    /// [`decode`](Self::decode), reserves spare capacity in
-    /// [`read_buf`](Self::read_buf) and returns how many bytes to read into
-    /// it (the spare capacity is at least that):
+    /// Lends the accumulation buffer for one read straight into its spare
+    /// capacity (a synchronous `recv`, or a kernel that writes into it
+    /// asynchronously, like io_uring): nothing is decoded until it comes back
+    /// through [`feed_lent`](Self::feed_lent). The read may append at most
+    /// [`ReadBuf::want`] bytes, for which capacity is reserved:
     /// - the rest of a pending body of at least [`LARGE_BODY`] bytes plus the
     ///   next length prefix, so the next body gets an allocation of its own;
     /// - otherwise `batch` bytes (or the rest of the pending body, if more);
     ///   with nothing pending at all, at most [`IDLE_READ`] unless the
     ///   buffer already has more room.
     ///
-    /// Zero means "call `decode` first": [`READY_MAX`] frames are waiting, or
-    /// the stream is in error, or the next length prefix exceeds the current
-    /// limit (`decode` then reports the error, unless the limit was raised).
-    /// The reservation never exceeds `HEADER_LEN + max_body` or `batch`,
-    /// whichever is larger.
-    pub fn prepare_read(&mut self, batch: usize) -> usize {
+    /// `None` means "call `decode` first": [`READY_MAX`] frames are waiting,
+    /// or the stream is in error, or the next length prefix exceeds the
+    /// current limit (`decode` then reports the error, unless the limit was
+    /// raised). The reservation never exceeds `HEADER_LEN + max_body` or
+    /// `batch`, whichever is larger.
+    pub fn lend(&mut self, batch: usize) -> Option<ReadBuf> {
+        let want = self.reserve_read(batch);
+        (want > 0).then(|| ReadBuf {
+            start: self.buf.len(),
+            want,
+            buf: std::mem::take(&mut self.buf),
+        })
+    }
+
+    /// Takes back a buffer from [`lend`](Self::lend), extended by what was
+    /// read into it; returns how many bytes that was.
+    pub fn feed_lent(&mut self, lent: ReadBuf) -> usize {
+        let received = lent.received();
+        let mut buf = lent.buf;
+        // Nothing is fed while the buffer is out; if something was, it came
+        // later in the stream.
+        buf.extend_from_slice(&self.buf);
+        self.buf = buf;
+        received
+    }
+
+    /// Splits complete frames off ahead of [`decode`](Self::decode), reserves
+    /// spare capacity for the next read and returns its size (see
+    /// [`lend`](Self::lend); zero: decode first).
+    fn reserve_read(&mut self, batch: usize) -> usize {
         self.split_ahead();
         if self.error.is_some() || self.ready.len() >= READY_MAX {
             return 0;
@@ -439,11 +482,11 @@ mod tests {
                 max: DEFAULT_MAX_FRAME_BODY
             })
         );
-        assert!(dec.read_buf().capacity() < 1024 * 1024);
+        assert!(dec.capacity() < 1024 * 1024);
         // Sticky, and still nothing reserved.
         dec.feed(&[0; 16]);
         assert!(matches!(dec.decode(), Err(FrameError::TooLarge { .. })));
-        assert!(dec.read_buf().capacity() < 1024 * 1024);
+        assert!(dec.capacity() < 1024 * 1024);
     }
 
     #[test]
@@ -491,13 +534,13 @@ mod tests {
         dec.feed(&frame(&vec![1; 60_000]));
         assert!(dec.decode().unwrap().is_some());
         dec.shrink_if_idle();
-        assert_eq!(dec.read_buf().capacity(), 0);
+        assert_eq!(dec.capacity(), 0);
         // Not idle while a frame is half-received.
         dec.feed(&frame(&[1; 100])[..50]);
         assert_eq!(dec.decode(), Ok(None));
-        let cap = dec.read_buf().capacity();
+        let cap = dec.capacity();
         dec.shrink_if_idle();
-        assert_eq!(dec.read_buf().capacity(), cap);
+        assert_eq!(dec.capacity(), cap);
         assert_eq!(dec.buffered(), 46);
     }
 
@@ -506,18 +549,48 @@ mod tests {
         let mut dec = FrameDecoder::new(DEFAULT_MAX_FRAME_BODY);
         dec.feed(&encode_header(DEFAULT_MAX_FRAME_BODY));
         assert_eq!(dec.decode(), Ok(None));
-        assert!(dec.read_buf().capacity() >= DEFAULT_MAX_FRAME_BODY);
+        assert!(dec.capacity() >= DEFAULT_MAX_FRAME_BODY);
         assert_eq!(dec.wanted(), DEFAULT_MAX_FRAME_BODY);
     }
 
     #[test]
     fn read_into_spare_capacity() {
         let mut dec = FrameDecoder::new(100);
-        dec.read_buf().extend_from_slice(&frame(b"xyz"));
+        append(&mut dec, &frame(b"xyz"));
         assert_eq!(dec.decode().unwrap().unwrap(), &b"xyz"[..]);
     }
 
-    /// Reads as a driver does: `prepare_read`, then at most that many bytes
+    /// The buffer [`FrameDecoder::lend`] would lend for `batch`, given
+    /// straight back: how much to read (zero: decode first) and where the
+    /// buffer starts.
+    fn peek_lend(dec: &mut FrameDecoder, batch: usize) -> (usize, *const u8) {
+        match dec.lend(batch) {
+            Some(mut lent) => {
+                let seen = (lent.want(), lent.buf_mut().as_ptr());
+                assert_eq!(dec.feed_lent(lent), 0);
+                seen
+            }
+            None => (0, std::ptr::null()),
+        }
+    }
+
+    fn prepare(dec: &mut FrameDecoder, batch: usize) -> usize {
+        peek_lend(dec, batch).0
+    }
+
+    fn start(dec: &mut FrameDecoder, batch: usize) -> *const u8 {
+        peek_lend(dec, batch).1
+    }
+
+    /// Receives `bytes` straight into a lent buffer.
+    fn append(dec: &mut FrameDecoder, bytes: &[u8]) {
+        let mut lent = dec.lend(bytes.len()).expect("room to read");
+        assert!(lent.want() >= bytes.len());
+        lent.buf_mut().extend_from_slice(bytes);
+        assert_eq!(dec.feed_lent(lent), bytes.len());
+    }
+
+    /// Reads as a driver does: a lent buffer, then at most its `want` bytes
     /// into the spare capacity (which must not reallocate).
     fn read_like_a_driver(
         dec: &mut FrameDecoder,
@@ -525,16 +598,21 @@ mod tests {
         batch: usize,
         max_read: usize,
     ) -> usize {
-        let want = dec.prepare_read(batch);
+        let Some(mut lent) = dec.lend(batch) else {
+            return 0;
+        };
+        let want = lent.want();
         let n = want.min(src.len()).min(max_read);
-        let (cap, ptr) = (dec.read_buf().capacity(), dec.read_buf().as_ptr());
-        assert!(dec.read_buf().capacity() - dec.read_buf().len() >= want);
-        dec.read_buf().extend_from_slice(&src[..n]);
+        let buf = lent.buf_mut();
+        let (cap, ptr) = (buf.capacity(), buf.as_ptr());
+        assert!(buf.capacity() - buf.len() >= want);
+        buf.extend_from_slice(&src[..n]);
         assert_eq!(
             (cap, ptr),
-            (dec.read_buf().capacity(), dec.read_buf().as_ptr()),
+            (buf.capacity(), buf.as_ptr()),
             "a read reallocated"
         );
+        assert_eq!(dec.feed_lent(lent), n);
         *src = &src[n..];
         n
     }
@@ -550,24 +628,24 @@ mod tests {
             1000
         );
         // Then exactly the rest of the 40 000-byte body and the next prefix.
-        assert_eq!(dec.prepare_read(1000), 40_000 - 996 + HEADER_LEN);
-        let body_start = dec.read_buf().as_ptr();
+        assert_eq!(prepare(&mut dec, 1000), 40_000 - 996 + HEADER_LEN);
+        let body_start = start(&mut dec, 1000);
         read_like_a_driver(&mut dec, &mut src, 1000, 25_000);
         read_like_a_driver(&mut dec, &mut src, 1000, usize::MAX);
         // The second body: its own allocation, exactly the rest plus a prefix.
-        assert_eq!(dec.prepare_read(1000), 30_000 + HEADER_LEN);
+        assert_eq!(prepare(&mut dec, 1000), 30_000 + HEADER_LEN);
         let first = dec.decode().unwrap().unwrap();
         assert_eq!(
             (first.len(), first.as_ptr()),
             (40_000, body_start),
             "the body was moved"
         );
-        let second_start = dec.read_buf().as_ptr();
+        let second_start = start(&mut dec, 1000);
         read_like_a_driver(&mut dec, &mut src, 1000, usize::MAX);
         let second = dec.decode().unwrap().unwrap();
         assert_eq!((second.len(), second.as_ptr()), (30_000, second_start));
         // A small frame after it: back to batches.
-        assert_eq!(dec.prepare_read(1000), 1000);
+        assert_eq!(prepare(&mut dec, 1000), 1000);
         read_like_a_driver(&mut dec, &mut src, 1000, usize::MAX);
         assert_eq!(dec.decode().unwrap().unwrap(), &b"small"[..]);
         assert_eq!(dec.decode(), Ok(None));
@@ -576,11 +654,11 @@ mod tests {
     #[test]
     fn an_idle_decoder_reserves_little_until_a_frame_arrives() {
         let mut dec = FrameDecoder::new(DEFAULT_MAX_FRAME_BODY);
-        assert_eq!(dec.prepare_read(64 * 1024), IDLE_READ);
+        assert_eq!(prepare(&mut dec, 64 * 1024), IDLE_READ);
         assert!(dec.capacity() < 2 * IDLE_READ, "{}", dec.capacity());
         // Part of a small frame arrived: now reads are batches.
-        dec.read_buf().extend_from_slice(&frame(&[1; 100])[..10]);
-        assert_eq!(dec.prepare_read(64 * 1024), 64 * 1024);
+        append(&mut dec, &frame(&[1; 100])[..10]);
+        assert_eq!(prepare(&mut dec, 64 * 1024), 64 * 1024);
     }
 
     #[test]
@@ -589,8 +667,8 @@ mod tests {
         let stream = [frame(&[1; 50_000]), frame(&[2; 50_000])].concat();
         // As after a previous large body: the prefix has arrived on its own.
         dec.feed(&stream[..HEADER_LEN]);
-        assert_eq!(dec.prepare_read(1), 50_000 + HEADER_LEN);
-        let first_start = dec.read_buf().as_ptr();
+        assert_eq!(prepare(&mut dec, 1), 50_000 + HEADER_LEN);
+        let first_start = start(&mut dec, 1);
         dec.feed(&stream[HEADER_LEN..30_000]);
         dec.feed(&stream[30_000..80_000]);
         dec.feed(&stream[80_000..]);
@@ -610,12 +688,12 @@ mod tests {
             .flat_map(|i| frame(&[i; 3]))
             .collect();
         dec.feed(&stream);
-        assert_eq!(dec.prepare_read(64), 0, "decode first");
+        assert_eq!(prepare(&mut dec, 64), 0, "decode first");
         assert_eq!(dec.buffered(), stream.len() - READY_MAX * HEADER_LEN);
         for i in 0..READY_MAX as u8 + 10 {
             assert_eq!(dec.decode().unwrap().unwrap(), &[i; 3][..]);
         }
-        assert_eq!(dec.prepare_read(64), 64);
+        assert_eq!(prepare(&mut dec, 64), 64);
     }
 
     #[test]
@@ -624,7 +702,7 @@ mod tests {
         // buffered behind the last handshake frame when the limit rises.
         let mut dec = FrameDecoder::new(10);
         dec.feed(&[frame(b"hello"), frame(&[7; 100])].concat());
-        assert_eq!(dec.prepare_read(64), 0);
+        assert_eq!(prepare(&mut dec, 64), 0);
         assert_eq!(dec.decode().unwrap().unwrap(), &b"hello"[..]);
         dec.set_max_body(200);
         assert_eq!(dec.decode().unwrap().unwrap(), &[7; 100][..]);
@@ -636,7 +714,7 @@ mod tests {
             dec.decode(),
             Err(FrameError::TooLarge { len: 100, max: 10 })
         );
-        assert_eq!(dec.prepare_read(64), 0);
+        assert_eq!(prepare(&mut dec, 64), 0);
     }
 
     proptest! {

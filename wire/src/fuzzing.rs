@@ -74,11 +74,21 @@ pub fn frame_decoder(data: &[u8]) {
             (usize::from(*b) + step) % 16 + 1
         };
         step += 1;
-        let end = (pos + n).min(stream.len());
-        if *b & 0x40 != 0 {
-            dec.read_buf().extend_from_slice(&stream[pos..end]);
+        let mut end = (pos + n).min(stream.len());
+        // Received straight into the decoder's buffer, or copied in (also
+        // when the decoder asks for a decode first).
+        let lent = if *b & 0x40 != 0 {
+            dec.lend(end - pos)
         } else {
-            dec.feed(&stream[pos..end]);
+            None
+        };
+        match lent {
+            Some(mut lent) => {
+                end = end.min(pos + lent.want());
+                lent.buf_mut().extend_from_slice(&stream[pos..end]);
+                assert_eq!(dec.feed_lent(lent), end - pos);
+            }
+            None => dec.feed(&stream[pos..end]),
         }
         pos = end;
         loop {

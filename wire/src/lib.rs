@@ -45,8 +45,8 @@ pub mod record;
 pub use chunk::{parts_for, Assembled, ChunkAssembler, ChunkError, ChunkLimits};
 pub use compress::{compress, decompress, CompressError, DecompressError};
 pub use frame::{
-    encode_header, try_encode_header, FrameDecoder, FrameError, DEFAULT_MAX_FRAME_BODY, HEADER_LEN,
-    TAG_LEN,
+    encode_header, try_encode_header, FrameDecoder, FrameError, ReadBuf, DEFAULT_MAX_FRAME_BODY,
+    HEADER_LEN, TAG_LEN,
 };
 pub use message::*;
 pub use record::{

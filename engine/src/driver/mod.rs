@@ -1,15 +1,30 @@
 //! I/O drivers: they own the sockets and move bytes; the protocol lives in
-//! [`crate::connection`] and [`crate::shard::ShardCore`].
+//! [`crate::connection`] and [`crate::shard::ShardCore`], and every decision
+//! about a connection's bytes comes from the shard's I/O side
+//! ([`crate::shard`]'s `io`: the read plan, output, closes).
 //!
-//! - [`uring`]: the default, one io_uring per shard.
+//! # Design
+//! - [`event_loop`]: the shard loop, written once; a [`event_loop::Backend`]
+//!   holds only what differs between backends (submit, wait, complete).
+//! - [`uring`]: the default backend, one io_uring per shard, with its buffer
+//!   [`pool`] and [`doorbell`].
 //! - [`epoll`]: readiness I/O through mio, the fallback and A/B baseline.
+//! - [`idle_spin`]: how long a shard keeps polling after it did work.
 //! - [`probe`]: whether io_uring runs everything [`uring`] uses here.
+//!
+//! `unsafe` is allowed only in [`uring`], its [`probe`] and [`pool`], where
+//! the kernel reads and writes memory the shard owns; each block states why
+//! it holds.
 
 pub(crate) mod doorbell;
 pub(crate) mod epoll;
+pub(crate) mod event_loop;
 pub(crate) mod idle_spin;
+#[allow(unsafe_code)]
 pub(crate) mod pool;
+#[allow(unsafe_code)]
 pub(crate) mod probe;
+#[allow(unsafe_code)]
 pub(crate) mod uring;
 
 use crate::config::Backend;

@@ -1,28 +1,26 @@
-//! The io_uring driver: one ring per shard, a completion loop we own.
+//! The io_uring backend: one ring per shard, driven by the shard loop
+//! ([`super::event_loop`]).
 //!
 //! # Design
 //! - The ring is created with `SINGLE_ISSUER | DEFER_TASKRUN | COOP_TASKRUN`
 //!   where the kernel has them (plain otherwise): only the shard thread
 //!   submits, and completions are processed when the shard asks for them.
-//! - Connections carrying small records receive multishot into the shard's
-//!   provided-buffer ring ([`BufferPool`]): one SQE per connection for as
-//!   long as it keeps reading. Backpressure (a full receiver, a quota)
-//!   cancels the receive; it is re-armed when the connection resumes.
-//! - Large frame bodies skip the pool: when a connection has one pending, its
-//!   multishot receive is cancelled and a plain `recv` reads the rest of the
-//!   body (and the next length prefix) straight into the connection's frame
-//!   buffer, which the driver holds until the completion.
-//! - A multishot receive keeps filling pool buffers with whatever is queued
-//!   before the shard sees its first completion, so a stream of large
-//!   messages went through the pool (and a copy) almost entirely. A
-//!   connection whose last frame carried large records
-//!   ([`crate::connection::Connection::large_records`]) therefore receives
-//!   every read straight into its frame buffer, sized like an epoll read (a
-//!   quiet one holds that buffer, normally 4 KiB, until the next small
-//!   frame: at the latest the pong to its next ping); the first frame of
-//!   small records switches it back to multishot.
-//!   Small records keep the multishot receive: receiving ahead is worth more
-//!   to them than the copy costs (64 B messages lost 12–35 % without it).
+//! - Receives follow the shard's read plan ([`ShardCore::read_plan`],
+//!   [`ReadAhead::Pool`]). A connection carrying small records receives
+//!   multishot into the shard's provided-buffer ring ([`BufferPool`]): one
+//!   SQE per connection for as long as it keeps reading. A plan that stops
+//!   (backpressure past its limit, a close) cancels the receive; it is
+//!   re-armed when the connection resumes.
+//! - A connection with a large frame body pending, or whose last frame
+//!   carried large records, is planned straight into its frame buffer: its
+//!   multishot receive is cancelled and a plain `recv` reads into the lent
+//!   buffer, which the driver holds until the completion. (A multishot
+//!   receive keeps filling pool buffers with whatever is queued before the
+//!   shard sees its first completion, so a stream of large messages would go
+//!   through the pool, and a copy, almost entirely. A quiet large-records
+//!   connection holds its lent buffer, normally 4 KiB, until the next small
+//!   frame: at the latest the pong to its next ping; the first frame of
+//!   small records switches it back to multishot.)
 //!   `recv_direct_bytes` / `recv_pooled_bytes` show the split.
 //! - At most one send in flight per connection, carrying every sealed frame
 //!   the connection had ready (up to `max_write_batch`): one SQE, one
@@ -40,6 +38,13 @@
 //!   set over its sockets ([`super::doorbell`]), so that socket input wakes
 //!   it with the scheduler's sync hint like a blocked read; with a send or
 //!   connect in flight, or a socket closing, it sleeps in `io_uring_enter`.
+//! - Before sleeping, queued SQEs are submitted first (a send usually
+//!   completes inside that submit, and so does a direct receive on a
+//!   streaming connection: the shard goes on without yielding its core, which
+//!   on a crowded core costs ~0.5 ms), and a shard with a send in flight
+//!   waits for it briefly without announcing sleep ([`INFLIGHT_WAIT_NS`]),
+//!   so a producer mid-burst does not pay a wake-up for every message only
+//!   because the shard dozed between a send and its completion.
 //! - Busy-poll mode never blocks in the kernel: a turn that does not wait
 //!   is one plain submit, which runs deferred task work only when the
 //!   kernel flags some (`TASKRUN_FLAG`), and no syscall at all when there is
@@ -58,16 +63,19 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use shoal_wire::ReadBuf;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use super::doorbell::Doorbell;
+use super::event_loop::{self, Backend};
 use super::pool::BufferPool;
-use crate::shard::{DriverAction, ShardCore};
+use crate::shard::{DriverAction, ReadAhead, ReadPlan, Received, ShardCore};
+use crate::waker::Asleep;
 
 pub(super) const BGID: u16 = 0;
 const OP_RECV: u64 = 1;
@@ -79,8 +87,10 @@ const OP_RECV_DIRECT: u64 = 6;
 const KEY_MASK: u64 = (1 << 56) - 1;
 const WAKE_KEY: u64 = KEY_MASK;
 /// How long a shard with a send in flight waits for its completion before it
-/// announces sleep (see the event loop).
+/// announces sleep (see the module doc).
 const INFLIGHT_WAIT_NS: u64 = 50_000;
+/// This backend receives ahead into its buffer pool.
+const AHEAD: ReadAhead = ReadAhead::Pool;
 
 fn user_data(op: u64, key: usize) -> u64 {
     (op << 56) | (key as u64 & KEY_MASK)
@@ -109,7 +119,7 @@ struct USock {
     send: Option<Bytes>,
     /// The connection's frame buffer a direct receive is writing into (kept
     /// alive, and its heap block unmoved, until its completion).
-    direct: Option<BytesMut>,
+    direct: Option<ReadBuf>,
     connecting: bool,
     /// Operations in flight that reference this socket.
     ops: u32,
@@ -118,11 +128,35 @@ struct USock {
     close_err: Option<String>,
 }
 
-struct Driver {
+impl USock {
+    fn new(sock: Socket, connecting: bool) -> Self {
+        Self {
+            sock,
+            recv_armed: false,
+            cancel_sent: false,
+            send: None,
+            direct: None,
+            connecting,
+            // A connecting socket has its POLLOUT poll in flight.
+            ops: u32::from(connecting),
+            closing: false,
+            close_err: None,
+        }
+    }
+}
+
+/// A shard's io_uring backend.
+struct Uring {
     ring: IoUring,
     pool: BufferPool,
     socks: HashMap<usize, USock>,
+    /// Sockets whose receive ended and should be re-armed next turn.
     rearm: Vec<usize>,
+    /// The list being re-armed this turn (kept to reuse its allocation).
+    rearming: Vec<usize>,
+    /// Completions reaped this turn (kept to reuse its allocation).
+    cqes: Vec<(u64, i32, u32)>,
+    wake_fd: RawFd,
     wake_armed: bool,
     /// Sockets marked `closing`, each once: the loop looks for finished
     /// closes among these, not across every socket each turn (a node with
@@ -137,10 +171,293 @@ struct Driver {
     bell: Option<Doorbell>,
 }
 
-impl Driver {
+/// Runs a shard on io_uring until shutdown completes.
+pub(crate) fn run(mut core: ShardCore, busy_poll: bool) -> io::Result<()> {
+    let cfg = core.config();
+    let (ring, deferred_taskrun) = build_ring(cfg.uring_entries)?;
+    let pool = BufferPool::new(cfg.recv_buffers, cfg.recv_buffer_size)?;
+    let doorbell = cfg.uring_doorbell;
+    // SAFETY: the pool outlives the registration: it is unregistered at the end of `run` after every receive completed, before the pool drops.
+    unsafe {
+        ring.submitter()
+            .register_buf_ring_with_flags(pool.ring_addr(), pool.entries(), BGID, 0)?;
+    }
+    let mut d = Uring {
+        ring,
+        pool,
+        socks: HashMap::new(),
+        rearm: Vec::new(),
+        rearming: Vec::new(),
+        cqes: Vec::with_capacity(1024),
+        wake_fd: core.waker().rx().as_raw_fd(),
+        wake_armed: false,
+        closing: Vec::new(),
+        sends_in_flight: 0,
+        connects_in_flight: 0,
+        bell: None,
+    };
+    // The bell relies on deferred task work flagged in the SQ ring (see
+    // `doorbell`): only a ring built with our setup flags has it.
+    if doorbell && !busy_poll && deferred_taskrun {
+        match Doorbell::new() {
+            Ok(bell) => d.bell = Some(bell),
+            Err(e) => tracing::warn!(error = %e, "no io_uring doorbell; sleeping in the ring"),
+        }
+        d.watch(d.wake_fd);
+    }
+    // A panic must not skip the reaping below: the kernel may still write
+    // into buffers the unwinding would free.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        event_loop::run(&mut core, &mut d, busy_poll)
+    }));
+    if !matches!(result, Ok(Ok(()))) {
+        core.driver_failed();
+    }
+    // Reap whatever is still in flight before the pool is freed. If that
+    // panics too, the pool is leaked: the kernel may still write into it.
+    let drained = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| d.drain_all(&mut core)));
+    if drained.is_err() {
+        d.leak_pool();
+    }
+    let _ = d.ring.submitter().unregister_buf_ring(BGID);
+    match result {
+        Ok(r) => r,
+        // The shard's thread reports the original panic.
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+impl Backend for Uring {
+    fn adopt(
+        &mut self,
+        core: &mut ShardCore,
+        key: usize,
+        stream: std::net::TcpStream,
+    ) -> io::Result<()> {
+        self.watch(stream.as_raw_fd());
+        self.socks
+            .insert(key, USock::new(Socket::from(stream), false));
+        self.arm_recv(core, key)
+    }
+
+    fn dial(&mut self, core: &mut ShardCore, key: usize, addr: SocketAddr) -> io::Result<()> {
+        let sock = match start_connect(addr) {
+            Ok(sock) => sock,
+            Err(e) => {
+                core.finish_close(key, Some(e.to_string()));
+                return Ok(());
+            }
+        };
+        let fd = sock.as_raw_fd();
+        self.watch(fd);
+        self.connects_in_flight += 1;
+        self.socks.insert(key, USock::new(sock, true));
+        let sqe = opcode::PollAdd::new(types::Fd(fd), libc::POLLOUT as u32)
+            .build()
+            .user_data(user_data(OP_CONNECT, key));
+        self.push(sqe)
+    }
+
+    /// Re-arms receives that ended (buffer shortage, a cancel). One whose
+    /// connection is paused is dropped here, not kept (keeping it made the
+    /// loop spin for as long as the pause lasted): resuming puts the
+    /// connection on the dirty list, which re-arms it ([`Backend::replan`]).
+    fn receive(&mut self, core: &mut ShardCore) -> io::Result<()> {
+        let mut keys = std::mem::take(&mut self.rearming);
+        std::mem::swap(&mut keys, &mut self.rearm);
+        for &key in &keys {
+            self.arm_recv(core, key)?;
+        }
+        keys.clear();
+        self.rearming = keys;
+        Ok(())
+    }
+
+    fn flush(&mut self, core: &mut ShardCore, key: usize) -> io::Result<()> {
+        let Some(s) = self.socks.get(&key) else {
+            return Ok(());
+        };
+        if s.send.is_some() || s.connecting || (s.closing && s.close_err.is_some()) {
+            return Ok(());
+        }
+        match core.poll_transmit(key) {
+            Some(batch) => self.send(key, batch),
+            None => Ok(()),
+        }
+    }
+
+    /// A connection whose plan stopped (for long enough) cancels its pool
+    /// receive; one whose receive ended while it was paused is re-armed.
+    fn replan(&mut self, core: &mut ShardCore, key: usize) -> io::Result<()> {
+        let Some(s) = self.socks.get(&key) else {
+            return Ok(());
+        };
+        let intent = core.read_intent(key, AHEAD);
+        if s.recv_armed {
+            if intent.ends_pool_receive() {
+                self.cancel_recv(key)?;
+            }
+        } else if s.direct.is_none() && !s.closing && !s.connecting && intent.starts_read() {
+            self.rearm.push(key);
+        }
+        Ok(())
+    }
+
+    fn socket(&self, key: usize) -> event_loop::Socket {
+        match self.socks.get(&key) {
+            None => event_loop::Socket::Gone,
+            Some(s) if s.closing => event_loop::Socket::Closing,
+            Some(s) if s.send.is_some() => event_loop::Socket::Writing,
+            Some(_) => event_loop::Socket::Open,
+        }
+    }
+
+    fn close(&mut self, _core: &mut ShardCore, key: usize, reset: bool) -> io::Result<()> {
+        if reset {
+            self.abort(key)
+        } else {
+            self.start_close(key, None)
+        }
+    }
+
+    fn close_all(&mut self, _core: &mut ShardCore) -> io::Result<()> {
+        let keys: Vec<usize> = self.socks.keys().copied().collect();
+        for key in keys {
+            self.abort(key)?;
+        }
+        Ok(())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.socks.is_empty()
+    }
+
+    /// Handles every completion in the queue, then re-arms the wake poll if
+    /// it ended.
+    fn complete(&mut self, core: &mut ShardCore) -> io::Result<bool> {
+        let mut cqes = std::mem::take(&mut self.cqes);
+        cqes.clear();
+        cqes.extend(
+            self.ring
+                .completion()
+                .map(|cqe| (cqe.user_data(), cqe.result(), cqe.flags())),
+        );
+        for &(ud, res, flags) in &cqes {
+            self.handle_cqe(core, ud, res, flags)?;
+        }
+        let any = !cqes.is_empty();
+        self.cqes = cqes;
+        if self.ring.submission().cq_overflow() {
+            // Flushed by the next enter (this turn does not sleep).
+            core.metrics().uring_cq_overflows.inc();
+        }
+        self.arm_wake()?;
+        Ok(any)
+    }
+
+    /// Frees closing sockets whose operations all completed.
+    fn reap(&mut self, core: &mut ShardCore) {
+        let mut i = 0;
+        while let Some(&key) = self.closing.get(i) {
+            match self.socks.get(&key) {
+                Some(s) if s.ops > 0 => i += 1,
+                _ => {
+                    self.closing.swap_remove(i);
+                    if let Some(s) = self.socks.remove(&key) {
+                        core.finish_close(key, s.close_err);
+                    }
+                }
+            }
+        }
+    }
+
+    fn busy(&mut self, core: &ShardCore) -> bool {
+        !self.rearm.is_empty()
+            || core.shutting_down()
+            || !self.ring.completion().is_empty()
+            || self.ring.submission().cq_overflow()
+    }
+
+    fn submit(&mut self) -> io::Result<bool> {
+        if self.ring.submission().is_empty() {
+            return Ok(false);
+        }
+        self.ring.submit()?;
+        Ok(!self.ring.completion().is_empty())
+    }
+
+    fn linger(
+        &mut self,
+        core: &mut ShardCore,
+        actions: &mut Vec<DriverAction>,
+    ) -> io::Result<bool> {
+        if self.sends_in_flight == 0 {
+            return Ok(false);
+        }
+        submit_and_wait(&self.ring, Duration::from_nanos(INFLIGHT_WAIT_NS))?;
+        Ok(!self.ring.completion().is_empty() || core.has_commands(Instant::now(), actions))
+    }
+
+    fn wait(
+        &mut self,
+        core: &mut ShardCore,
+        timeout: Duration,
+        asleep: Option<Asleep<'_>>,
+    ) -> io::Result<()> {
+        if timeout.is_zero() {
+            // Not waiting: one enter that submits, and runs deferred task
+            // work only when the kernel flags some (TASKRUN_FLAG). A zero
+            // timeout wait went through an already-expired timer each
+            // turn, which cost busy-poll ~8 µs per round trip.
+            if self.ring.submission().is_empty() && !kernel_has_work(&mut self.ring) {
+                return Ok(());
+            }
+            self.ring.submit()?;
+            return Ok(());
+        }
+        let use_bell = self.only_receives_in_flight();
+        if let Some(bell) = self.bell.as_mut().filter(|_| use_bell) {
+            // Only socket input can wake us: sleep where its wake-up is a
+            // sync one (see `doorbell`), then run the ring's task work.
+            if !self.ring.submission().is_empty() {
+                self.ring.submit()?;
+            }
+            if self.ring.completion().is_empty() && !kernel_has_work(&mut self.ring) {
+                core.metrics().uring_doorbell_sleeps.inc();
+                bell.wait(timeout)?;
+            }
+            // `submit` adds GETEVENTS for both (task work; CQEs held back
+            // by an overflow, which include multishot receives the kernel
+            // ended and which no socket event would bring back).
+            if kernel_has_work(&mut self.ring) {
+                self.ring.submit()?;
+            }
+        } else {
+            core.metrics().uring_ring_sleeps.inc();
+            submit_and_wait(&self.ring, timeout)?;
+        }
+        drop(asleep);
+        Ok(())
+    }
+}
+
+/// Submission: every operation the backend starts.
+impl Uring {
+    fn push(&mut self, sqe: squeue::Entry) -> io::Result<()> {
+        loop {
+            // SAFETY: every SQE we build references either no memory, or memory owned by a `USock` (`send`, `direct`) that stays alive and unmoved until the operation's completion is reaped, or (receives with buffer selection) the registered buffer pool, which is unregistered and freed only after every operation completed (`drain_all`).
+            let pushed = unsafe { self.ring.submission().push(&sqe) };
+            if pushed.is_ok() {
+                return Ok(());
+            }
+            // Submission queue full: hand what we have to the kernel.
+            self.ring.submit()?;
+        }
+    }
+
     /// Adds a socket to the doorbell; one that cannot be added retires the
     /// bell (the shard then sleeps in the ring, correct but slower to wake).
-    fn watch(&mut self, fd: std::os::fd::RawFd) {
+    fn watch(&mut self, fd: RawFd) {
         if let Some(bell) = &self.bell {
             if let Err(e) = bell.watch(fd) {
                 tracing::warn!(error = %e, "io_uring doorbell retired; sleeping in the ring");
@@ -156,21 +473,20 @@ impl Driver {
         self.sends_in_flight == 0 && self.connects_in_flight == 0 && self.closing.is_empty()
     }
 
-    fn push(&mut self, sqe: squeue::Entry) -> io::Result<()> {
-        loop {
-            // SAFETY: every SQE we build references either no memory, or memory owned by a `USock` (`send`, `direct`) that stays alive and unmoved until the operation's completion is reaped, or (receives with buffer selection) the registered buffer pool, which is unregistered and freed only after every operation completed (`drain_all`).
-            let pushed = unsafe { self.ring.submission().push(&sqe) };
-            if pushed.is_ok() {
-                return Ok(());
-            }
-            // Submission queue full: hand what we have to the kernel.
-            self.ring.submit()?;
+    fn arm_wake(&mut self) -> io::Result<()> {
+        if self.wake_armed {
+            return Ok(());
         }
+        self.wake_armed = true;
+        let sqe = opcode::PollAdd::new(types::Fd(self.wake_fd), libc::POLLIN as u32)
+            .multi(true)
+            .build()
+            .user_data(user_data(OP_WAKE, WAKE_KEY as usize));
+        self.push(sqe)
     }
 
-    /// Starts receiving: a direct receive into the connection's buffer when
-    /// a large body is pending or the connection carries large records, a
-    /// multishot receive into the pool otherwise (see the module doc).
+    /// Starts receiving as the read plan says: a direct receive into the
+    /// lent frame buffer, or a multishot receive into the pool.
     fn arm_recv(&mut self, core: &mut ShardCore, key: usize) -> io::Result<()> {
         let Some(s) = self.socks.get_mut(&key) else {
             return Ok(());
@@ -178,25 +494,29 @@ impl Driver {
         if s.recv_armed || s.direct.is_some() || s.closing || s.connecting {
             return Ok(());
         }
-        if let Some((mut buf, len)) = core.lend_read_buf(key) {
-            let ptr = buf.spare_capacity_mut().as_mut_ptr().cast::<u8>();
-            let len = len.min(buf.capacity() - buf.len()).min(u32::MAX as usize) as u32;
-            // Moving the BytesMut into the slot does not move its heap block.
-            s.direct = Some(buf);
-            s.ops += 1;
-            let fd = s.sock.as_raw_fd();
-            let sqe = opcode::Recv::new(types::Fd(fd), ptr, len)
-                .build()
-                .user_data(user_data(OP_RECV_DIRECT, key));
-            return self.push(sqe);
-        }
-        s.recv_armed = true;
-        s.cancel_sent = false;
+        let fd = types::Fd(s.sock.as_raw_fd());
+        let sqe = match core.read_plan(key, AHEAD) {
+            ReadPlan::Into(mut buf) => {
+                let want = buf.want();
+                let spare = buf.buf_mut().spare_capacity_mut();
+                let len = want.min(spare.len()).min(u32::MAX as usize) as u32;
+                let ptr = spare.as_mut_ptr().cast::<u8>();
+                // Moving the buffer into the slot does not move its heap block.
+                s.direct = Some(buf);
+                opcode::Recv::new(fd, ptr, len)
+                    .build()
+                    .user_data(user_data(OP_RECV_DIRECT, key))
+            }
+            ReadPlan::Pool => {
+                s.recv_armed = true;
+                s.cancel_sent = false;
+                opcode::RecvMulti::new(fd, BGID)
+                    .build()
+                    .user_data(user_data(OP_RECV, key))
+            }
+            ReadPlan::Hold | ReadPlan::Stop => return Ok(()),
+        };
         s.ops += 1;
-        let fd = s.sock.as_raw_fd();
-        let sqe = opcode::RecvMulti::new(types::Fd(fd), BGID)
-            .build()
-            .user_data(user_data(OP_RECV, key));
         self.push(sqe)
     }
 
@@ -214,22 +534,18 @@ impl Driver {
         self.push(sqe)
     }
 
-    fn flush(&mut self, core: &mut ShardCore, key: usize) -> io::Result<()> {
+    /// Sends `batch` (or the rest of it) on `key`, holding it until the
+    /// completion.
+    fn send(&mut self, key: usize, batch: Bytes) -> io::Result<()> {
         let Some(s) = self.socks.get_mut(&key) else {
             return Ok(());
         };
-        if s.send.is_some() || s.connecting || (s.closing && s.close_err.is_some()) {
-            return Ok(());
-        }
-        let Some(batch) = core.poll_transmit(key) else {
-            return Ok(());
-        };
-        let fd = s.sock.as_raw_fd();
+        let fd = types::Fd(s.sock.as_raw_fd());
         let (ptr, len) = (batch.as_ptr(), batch.len().min(u32::MAX as usize) as u32);
         s.send = Some(batch);
         s.ops += 1;
         self.sends_in_flight += 1;
-        let sqe = opcode::Send::new(types::Fd(fd), ptr, len)
+        let sqe = opcode::Send::new(fd, ptr, len)
             .flags(libc::MSG_NOSIGNAL)
             .build()
             .user_data(user_data(OP_SEND, key));
@@ -275,336 +591,264 @@ impl Driver {
     }
 }
 
-/// Runs a shard on io_uring until shutdown completes.
-pub(crate) fn run(mut core: ShardCore, busy_poll: bool) -> io::Result<()> {
-    let cfg = &core.shared.config;
-    let (ring, deferred_taskrun) = build_ring(cfg.uring_entries)?;
-    let pool = BufferPool::new(cfg.recv_buffers, cfg.recv_buffer_size)?;
-    // SAFETY: the pool outlives the registration: it is unregistered at the end of `run` after every receive completed, before the pool drops.
-    unsafe {
-        ring.submitter()
-            .register_buf_ring_with_flags(pool.ring_addr(), pool.entries(), BGID, 0)?;
-    }
-    let mut d = Driver {
-        ring,
-        pool,
-        socks: HashMap::new(),
-        rearm: Vec::new(),
-        wake_armed: false,
-        closing: Vec::new(),
-        sends_in_flight: 0,
-        connects_in_flight: 0,
-        bell: None,
-    };
-    // The bell relies on deferred task work flagged in the SQ ring (see
-    // `doorbell`): only a ring built with our setup flags has it.
-    if core.shared.config.uring_doorbell && !busy_poll && deferred_taskrun {
-        match Doorbell::new() {
-            Ok(bell) => d.bell = Some(bell),
-            Err(e) => tracing::warn!(error = %e, "no io_uring doorbell; sleeping in the ring"),
-        }
-        d.watch(core.waker.rx().as_raw_fd());
-    }
-    // A panic must not skip the reaping below: the kernel may still write
-    // into buffers the unwinding would free.
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        event_loop(&mut core, &mut d, busy_poll)
-    }));
-    if !matches!(result, Ok(Ok(()))) {
-        core.driver_failed();
-    }
-    // Reap whatever is still in flight before the pool is freed. If that
-    // panics too, the pool is leaked: the kernel may still write into it.
-    let drained = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        drain_all(&mut core, &mut d)
-    }));
-    if drained.is_err() {
-        if let Ok(empty) = BufferPool::new(1, 1) {
-            std::mem::forget(std::mem::replace(&mut d.pool, empty));
-        } else {
-            std::process::abort();
+/// Completion: one step per operation.
+impl Uring {
+    fn handle_cqe(
+        &mut self,
+        core: &mut ShardCore,
+        ud: u64,
+        res: i32,
+        flags: u32,
+    ) -> io::Result<()> {
+        let key = (ud & KEY_MASK) as usize;
+        match ud >> 56 {
+            OP_WAKE => {
+                core.waker().woke();
+                if !cqueue::more(flags) {
+                    self.wake_armed = false;
+                }
+                Ok(())
+            }
+            OP_CONNECT => self.on_connect(core, key, res),
+            OP_RECV => self.on_pool_recv(core, key, res, flags),
+            OP_RECV_DIRECT => self.on_direct_recv(core, key, res),
+            OP_SEND => self.on_send(core, key, res),
+            // OP_CANCEL: the cancelled operation completes on its own.
+            _ => Ok(()),
         }
     }
-    let _ = d.ring.submitter().unregister_buf_ring(BGID);
-    match result {
-        Ok(r) => r,
-        // The shard's thread reports the original panic.
-        Err(panic) => std::panic::resume_unwind(panic),
-    }
-}
 
-fn arm_wake(core: &ShardCore, d: &mut Driver) -> io::Result<()> {
-    if d.wake_armed {
-        return Ok(());
-    }
-    d.wake_armed = true;
-    let fd = core.waker.rx().as_raw_fd();
-    let sqe = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
-        .multi(true)
-        .build()
-        .user_data(user_data(OP_WAKE, WAKE_KEY as usize));
-    d.push(sqe)
-}
-
-fn event_loop(core: &mut ShardCore, d: &mut Driver, busy_poll: bool) -> io::Result<()> {
-    let mut actions = Vec::new();
-    let mut cqes: Vec<(u64, i32, u32)> = Vec::with_capacity(1024);
-    let mut dirty = Vec::new();
-    let mut idle = super::idle_spin::IdleSpin::new(core.shared.config.idle_spin);
-    loop {
-        arm_wake(core, d)?;
-        let now = Instant::now();
-        core.injected_failure()?;
-        let commands = core.drain_commands(now, &mut actions);
-        for action in actions.drain(..) {
-            match action {
-                DriverAction::Adopt(stream, ip) => {
-                    let _ = stream.set_nodelay(true);
-                    let _ = stream.set_nonblocking(true);
-                    let key = core.insert(Some(ip), None, now);
-                    d.watch(stream.as_raw_fd());
-                    d.socks.insert(
-                        key,
-                        USock {
-                            sock: Socket::from(stream),
-                            recv_armed: false,
-                            cancel_sent: false,
-                            send: None,
-                            direct: None,
-                            connecting: false,
-                            ops: 0,
-                            closing: false,
-                            close_err: None,
-                        },
-                    );
-                    d.arm_recv(core, key)?;
-                }
-                DriverAction::Dial(peer, addr) => {
-                    core.shared.metrics.dials.inc();
-                    let key = core.insert(None, Some((peer, addr)), now);
-                    match start_connect(addr) {
-                        Ok(sock) => {
-                            let fd = sock.as_raw_fd();
-                            d.watch(fd);
-                            d.connects_in_flight += 1;
-                            d.socks.insert(
-                                key,
-                                USock {
-                                    sock,
-                                    recv_armed: false,
-                                    cancel_sent: false,
-                                    send: None,
-                                    direct: None,
-                                    connecting: true,
-                                    ops: 1,
-                                    closing: false,
-                                    close_err: None,
-                                },
-                            );
-                            let sqe = opcode::PollAdd::new(types::Fd(fd), libc::POLLOUT as u32)
-                                .build()
-                                .user_data(user_data(OP_CONNECT, key));
-                            d.push(sqe)?;
-                        }
-                        Err(e) => core.finish_close(key, Some(e.to_string())),
-                    }
-                }
-                DriverAction::Shutdown => {}
-            }
-        }
-
-        // Completions.
-        cqes.clear();
-        for cqe in d.ring.completion() {
-            cqes.push((cqe.user_data(), cqe.result(), cqe.flags()));
-        }
-        for &(ud, res, flags) in &cqes {
-            handle_cqe(core, d, ud, res, flags)?;
-        }
-        if d.ring.submission().cq_overflow() {
-            // Flushed by the next enter (this turn does not sleep).
-            core.shared.metrics.uring_cq_overflows.inc();
-        }
-
-        // Re-arm receives that ended (buffer shortage, a cancel). One whose
-        // connection is paused is dropped here, not kept (keeping it made the
-        // loop spin for as long as the pause lasted): resuming puts the
-        // connection on the dirty list, which re-arms it below.
-        let rearm = std::mem::take(&mut d.rearm);
-        for key in rearm {
-            if core.wants_read(key) {
-                d.arm_recv(core, key)?;
-            }
-        }
-
-        // Timers, resumes, output.
-        let now = Instant::now();
-        core.handle_timers(now);
-        if core.waker.take_resume() {
-            core.resume_paused(now);
-        }
-        dirty.clear();
-        dirty.append(&mut core.dirty);
-        dirty.sort_unstable();
-        dirty.dedup();
-        for &key in &dirty {
-            d.flush(core, key)?;
-            // A connection that stopped wanting input for long enough
-            // cancels its receive.
-            let wants = core.wants_read(key);
-            match d.socks.get(&key) {
-                Some(s) if s.recv_armed && core.must_stop_reading(key) => d.cancel_recv(key)?,
-                Some(s)
-                    if !s.recv_armed
-                        && s.direct.is_none()
-                        && wants
-                        && !s.closing
-                        && !s.connecting =>
-                {
-                    d.rearm.push(key)
-                }
-                _ => {}
-            }
-        }
-
-        // Closing connections: flush what is sealed, then close the socket;
-        // one whose output stalled past the write timeout (or whose flush
-        // ran out of time) is reset instead.
-        let closing: Vec<usize> = core.closing.clone();
-        for key in closing {
-            match d.socks.get(&key) {
-                None => core.finish_close(key, None),
-                Some(s) if !s.closing => {
-                    if core.must_abort(key, now) {
-                        d.abort(key)?;
-                        continue;
-                    }
-                    d.flush(core, key)?;
-                    let drained = d.socks.get(&key).is_some_and(|s| s.send.is_none());
-                    if drained {
-                        d.start_close(key, None)?;
-                    }
-                }
-                Some(_) => {}
-            }
-        }
-        // Free closing sockets whose operations all completed.
-        if !d.closing.is_empty() {
-            let mut i = 0;
-            while let Some(&key) = d.closing.get(i) {
-                match d.socks.get(&key) {
-                    Some(s) if s.ops > 0 => i += 1,
-                    _ => {
-                        d.closing.swap_remove(i);
-                        if let Some(s) = d.socks.remove(&key) {
-                            core.finish_close(key, s.close_err);
-                        }
-                    }
-                }
-            }
-        }
-
-        if core.shutdown.is_some() {
-            if core.shutdown_overdue(now) {
-                let keys: Vec<usize> = d.socks.keys().copied().collect();
-                for key in keys {
-                    d.abort(key)?;
-                }
-            }
-            if core.conns.is_empty() && d.socks.is_empty() {
-                return Ok(());
-            }
-        }
-
-        // Submit and wait (or just reap when busy).
-        let busy = busy_poll
-            || !core.dirty.is_empty()
-            || !d.rearm.is_empty()
-            || core.shutdown.is_some()
-            || !d.ring.completion().is_empty()
-            || d.ring.submission().cq_overflow();
-        let mut timeout = if busy {
-            Duration::ZERO
-        } else {
-            core.sleep_budget(now)
+    fn on_connect(&mut self, core: &mut ShardCore, key: usize, res: i32) -> io::Result<()> {
+        let Some(s) = self.socks.get_mut(&key) else {
+            return Ok(());
         };
-        if timeout > Duration::ZERO && idle.keep_polling(commands || !cqes.is_empty(), now) {
-            std::thread::yield_now();
-            timeout = Duration::ZERO;
-        }
-        if timeout > Duration::ZERO {
-            // Hand queued operations to the kernel before watching the queue.
-            if !d.ring.submission().is_empty() {
-                d.ring.submit()?;
-                // A send usually completes inside that submit, and so does
-                // a direct receive on a streaming connection: go on with the
-                // next batch now instead of yielding the core first (a yield
-                // on a crowded core costs ~0.5 ms; a receiver of 16 KiB
-                // messages, one frame per direct receive, yielded per frame).
-                if !d.ring.completion().is_empty() {
-                    continue;
-                }
-            }
-            if core.yield_for_commands(&mut actions) {
-                continue;
-            }
-            // A send in flight completes within microseconds on a healthy
-            // connection: wait for it briefly *without* announcing sleep, so
-            // a producer mid-burst does not pay a wake-up for every message
-            // only because the shard dozed between a send and its completion.
-            if d.sends_in_flight > 0 {
-                submit_and_wait(&d.ring, Duration::from_nanos(INFLIGHT_WAIT_NS))?;
-                if !d.ring.completion().is_empty()
-                    || core.has_commands(Instant::now(), &mut actions)
-                {
-                    continue;
-                }
-            }
-        }
-        let sleeping = timeout > Duration::ZERO;
-        if sleeping {
-            core.waker.prepare_sleep();
-            if core.has_commands(Instant::now(), &mut actions) || core.waker.resume_pending() {
-                core.waker.cancel_sleep();
-                // Handle the command at the top of the loop without waiting.
-                d.ring.submit()?;
-                continue;
-            }
-        }
-        let use_bell = sleeping && d.only_receives_in_flight();
-        if let Some(bell) = d.bell.as_mut().filter(|_| use_bell) {
-            // Only socket input can wake us: sleep where its wake-up is a
-            // sync one (see `doorbell`), then run the ring's task work.
-            if !d.ring.submission().is_empty() {
-                d.ring.submit()?;
-            }
-            if d.ring.completion().is_empty() && !kernel_has_work(&mut d.ring) {
-                core.shared.metrics.uring_doorbell_sleeps.inc();
-                bell.wait(timeout)?;
-            }
-            // `submit` adds GETEVENTS for both (task work; CQEs held back
-            // by an overflow, which include multishot receives the kernel
-            // ended and which no socket event would bring back).
-            if kernel_has_work(&mut d.ring) {
-                d.ring.submit()?;
-            }
-        } else if timeout.is_zero() {
-            // Not waiting: one enter that submits, and runs deferred task
-            // work only when the kernel flags some (TASKRUN_FLAG). A zero
-            // timeout wait went through an already-expired timer each
-            // turn, which cost busy-poll ~8 µs per round trip.
-            if d.ring.submission().is_empty() && !kernel_has_work(&mut d.ring) {
-                continue;
-            }
-            d.ring.submit()?;
+        s.ops -= 1;
+        s.connecting = false;
+        self.connects_in_flight -= 1;
+        let err = if res < 0 {
+            Some(io::Error::from_raw_os_error(-res).to_string())
         } else {
-            core.shared.metrics.uring_ring_sleeps.inc();
-            submit_and_wait(&d.ring, timeout)?;
+            match s.sock.take_error() {
+                Ok(None) => None,
+                Ok(Some(e)) | Err(e) => Some(e.to_string()),
+            }
+        };
+        match err {
+            Some(e) if !s.closing => {
+                s.closing = true;
+                s.close_err = Some(e);
+                self.closing.push(key);
+            }
+            Some(_) => {}
+            None => {
+                self.arm_recv(core, key)?;
+                self.flush(core, key)?;
+            }
         }
-        if sleeping {
-            core.waker.cancel_sleep();
+        Ok(())
+    }
+
+    /// A multishot receive into the pool delivered a buffer (or ended).
+    fn on_pool_recv(
+        &mut self,
+        core: &mut ShardCore,
+        key: usize,
+        res: i32,
+        flags: u32,
+    ) -> io::Result<()> {
+        let more = cqueue::more(flags);
+        let Some(s) = self.socks.get_mut(&key) else {
+            // Unknown key cannot happen (slots are freed after ops == 0),
+            // but never leak a buffer.
+            if let Some(bid) = cqueue::buffer_select(flags) {
+                self.pool.recycle(bid);
+            }
+            return Ok(());
+        };
+        if !more {
+            s.recv_armed = false;
+            s.ops -= 1;
+        }
+        if res > 0 {
+            let Some(bid) = cqueue::buffer_select(flags) else {
+                // The kernel always names the buffer it filled; if it ever
+                // did not, a receive that ended must still be re-armed or the
+                // connection would stall.
+                if !more && !s.closing {
+                    self.rearm.push(key);
+                }
+                return Ok(());
+            };
+            if let Some(data) = self.pool.filled(bid, res as usize) {
+                core.on_received(key, Received::Copied(data), Instant::now());
+            }
+            self.pool.recycle(bid);
+            return self.after_pool_recv(core, key);
+        }
+        let closing = s.closing;
+        match -res {
+            0 => self.start_close(key, Some("connection closed by peer".into())),
+            // The pool ran dry: retry once buffers come back.
+            libc::ENOBUFS if !closing => {
+                self.rearm.push(key);
+                Ok(())
+            }
+            libc::ECANCELED if !closing && core.read_intent(key, AHEAD).starts_read() => {
+                self.rearm.push(key);
+                Ok(())
+            }
+            libc::ENOBUFS | libc::ECANCELED => Ok(()),
+            e if !closing => self.start_close(key, Some(os_error(e))),
+            _ => Ok(()),
         }
     }
+
+    /// After pool input was handled: a connection whose plan now wants its
+    /// bytes straight in its frame buffer (a large body, large records) or
+    /// stops reading cancels the receive (re-armed as its plan says once it
+    /// has ended); one whose receive ended is re-armed.
+    fn after_pool_recv(&mut self, core: &mut ShardCore, key: usize) -> io::Result<()> {
+        let Some(s) = self.socks.get(&key) else {
+            return Ok(());
+        };
+        if s.recv_armed && core.read_intent(key, AHEAD).ends_pool_receive() {
+            self.cancel_recv(key)
+        } else {
+            if !s.recv_armed && !s.closing {
+                self.rearm.push(key);
+            }
+            Ok(())
+        }
+    }
+
+    /// A direct receive into the lent frame buffer completed.
+    fn on_direct_recv(&mut self, core: &mut ShardCore, key: usize, res: i32) -> io::Result<()> {
+        let Some(s) = self.socks.get_mut(&key) else {
+            return Ok(());
+        };
+        s.ops -= 1;
+        let Some(mut buf) = s.direct.take() else {
+            return Ok(());
+        };
+        let closing = s.closing;
+        if res > 0 {
+            let bytes = buf.buf_mut();
+            let n = (res as usize).min(bytes.capacity() - bytes.len());
+            // SAFETY: those bytes are initialised and within capacity: the completion says the kernel wrote `n` bytes (at most the length we gave, which fit the spare capacity) and no longer touches the buffer.
+            unsafe { bytes.set_len(bytes.len() + n) };
+        }
+        core.on_received(key, Received::Into(buf), Instant::now());
+        match -res {
+            n if n < 0 => {
+                let closing = self.socks.get(&key).is_none_or(|s| s.closing);
+                if closing {
+                    Ok(())
+                } else {
+                    self.arm_recv(core, key)
+                }
+            }
+            0 => self.start_close(key, Some("connection closed by peer".into())),
+            libc::ECANCELED | libc::EINTR => {
+                if !closing && core.read_intent(key, AHEAD).starts_read() {
+                    self.rearm.push(key);
+                }
+                Ok(())
+            }
+            e if !closing => self.start_close(key, Some(os_error(e))),
+            _ => Ok(()),
+        }
+    }
+
+    fn on_send(&mut self, core: &mut ShardCore, key: usize, res: i32) -> io::Result<()> {
+        let Some(s) = self.socks.get_mut(&key) else {
+            return Ok(());
+        };
+        s.ops -= 1;
+        let Some(mut batch) = s.send.take() else {
+            if res < 0 {
+                return self.start_close(key, Some(os_error(-res)));
+            }
+            return Ok(());
+        };
+        self.sends_in_flight -= 1;
+        if res < 0 {
+            return self.start_close(key, Some(os_error(-res)));
+        }
+        core.metrics().frames_out.inc();
+        batch.advance((res as usize).min(batch.len()));
+        if res > 0 {
+            core.handle_sent(key, batch.is_empty(), Instant::now());
+        }
+        if !batch.is_empty() && !s.closing {
+            // Short write: send the rest of the same batch.
+            return self.send(key, batch);
+        }
+        // Release the written batch before sealing the next one: it shares
+        // its allocation with the connection's output buffer, which can then
+        // reuse it instead of taking fresh pages.
+        drop(batch);
+        self.flush(core, key)
+    }
+
+    /// Cancels and reaps every in-flight operation (shutdown and error paths),
+    /// so that no buffer the kernel may still use is freed.
+    fn drain_all(&mut self, core: &mut ShardCore) {
+        let keys: Vec<usize> = self.socks.keys().copied().collect();
+        for key in keys {
+            let _ = self.start_close(key, None);
+        }
+        if self.wake_armed {
+            let sqe = opcode::AsyncCancel::new(user_data(OP_WAKE, WAKE_KEY as usize))
+                .build()
+                .user_data(user_data(OP_CANCEL, 0));
+            let _ = self.push(sqe);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let cqes: Vec<(u64, i32, u32)> = self
+                .ring
+                .completion()
+                .map(|cqe| (cqe.user_data(), cqe.result(), cqe.flags()))
+                .collect();
+            for (ud, res, flags) in cqes {
+                if ud >> 56 == OP_WAKE {
+                    if !cqueue::more(flags) {
+                        self.wake_armed = false;
+                    }
+                    continue;
+                }
+                let _ = self.handle_cqe(core, ud, res, flags);
+            }
+            let pending: u32 = self.socks.values().map(|s| s.ops).sum();
+            if pending == 0 && !self.wake_armed {
+                break;
+            }
+            if Instant::now() >= deadline {
+                tracing::error!(pending, "io_uring operations still in flight at shutdown");
+                self.leak_pool();
+                break;
+            }
+            let _ = submit_and_wait(&self.ring, Duration::from_millis(10));
+        }
+        let keys: Vec<usize> = self.socks.keys().copied().collect();
+        for key in keys {
+            if let Some(s) = self.socks.remove(&key) {
+                core.finish_close(key, s.close_err);
+            }
+        }
+    }
+
+    /// Leaks the pool rather than free memory the kernel may still write.
+    fn leak_pool(&mut self) {
+        match BufferPool::new(1, 1) {
+            Ok(empty) => std::mem::forget(std::mem::replace(&mut self.pool, empty)),
+            Err(_) => std::process::abort(),
+        }
+    }
+}
+
+fn os_error(errno: i32) -> String {
+    io::Error::from_raw_os_error(errno).to_string()
 }
 
 /// Whether the kernel holds work only an enter with GETEVENTS hands over:
@@ -647,244 +891,5 @@ fn start_connect(addr: SocketAddr) -> io::Result<Socket> {
         Ok(()) => Ok(sock),
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok(sock),
         Err(e) => Err(e),
-    }
-}
-
-fn handle_cqe(
-    core: &mut ShardCore,
-    d: &mut Driver,
-    ud: u64,
-    res: i32,
-    flags: u32,
-) -> io::Result<()> {
-    let op = ud >> 56;
-    let key = (ud & KEY_MASK) as usize;
-    let now = Instant::now();
-    match op {
-        OP_WAKE => {
-            core.waker.woke();
-            if !cqueue::more(flags) {
-                d.wake_armed = false;
-            }
-        }
-        OP_CANCEL => {}
-        OP_CONNECT => {
-            let Some(s) = d.socks.get_mut(&key) else {
-                return Ok(());
-            };
-            s.ops -= 1;
-            s.connecting = false;
-            d.connects_in_flight -= 1;
-            let err = if res < 0 {
-                Some(io::Error::from_raw_os_error(-res).to_string())
-            } else {
-                match s.sock.take_error() {
-                    Ok(None) => None,
-                    Ok(Some(e)) | Err(e) => Some(e.to_string()),
-                }
-            };
-            match err {
-                Some(e) if !s.closing => {
-                    s.closing = true;
-                    s.close_err = Some(e);
-                    d.closing.push(key);
-                }
-                Some(_) => {}
-                None => {
-                    d.arm_recv(core, key)?;
-                    d.flush(core, key)?;
-                }
-            }
-        }
-        OP_RECV => {
-            let more = cqueue::more(flags);
-            let Some(s) = d.socks.get_mut(&key) else {
-                // Unknown key cannot happen (slots are freed after ops == 0),
-                // but never leak a buffer.
-                if let Some(bid) = cqueue::buffer_select(flags) {
-                    d.pool.recycle(bid);
-                }
-                return Ok(());
-            };
-            if !more {
-                s.recv_armed = false;
-                s.ops -= 1;
-            }
-            if res > 0 {
-                let Some(bid) = cqueue::buffer_select(flags) else {
-                    // The kernel always names the buffer it filled; if it
-                    // ever did not, a receive that ended must still be
-                    // re-armed or the connection would stall.
-                    if !more && !s.closing {
-                        d.rearm.push(key);
-                    }
-                    return Ok(());
-                };
-                core.shared.metrics.recv_pooled_bytes.inc_by(res as u64);
-                if let Some(data) = d.pool.filled(bid, res as usize) {
-                    if let Some(slot) = core.conns.get_mut(key) {
-                        slot.conn.feed(data, now);
-                    }
-                }
-                d.pool.recycle(bid);
-                core.process_input(key, now);
-                if let Some(s) = d.socks.get(&key) {
-                    if s.recv_armed
-                        && (core.must_stop_reading(key)
-                            || core.large_body_pending(key)
-                            || core.large_records(key))
-                    {
-                        // A large body, or a connection now carrying large
-                        // records, goes straight into the frame buffer once
-                        // this receive has ended (re-armed as direct).
-                        d.cancel_recv(key)?;
-                    } else if !s.recv_armed && !s.closing {
-                        d.rearm.push(key);
-                    }
-                }
-            } else if res == 0 {
-                d.start_close(key, Some("connection closed by peer".into()))?;
-            } else if res == -libc::ENOBUFS {
-                // The pool ran dry: retry once buffers come back.
-                if !s.closing {
-                    d.rearm.push(key);
-                }
-            } else if res == -libc::ECANCELED {
-                if !s.closing && core.wants_read(key) {
-                    d.rearm.push(key);
-                }
-            } else if !s.closing {
-                let e = io::Error::from_raw_os_error(-res).to_string();
-                d.start_close(key, Some(e))?;
-            }
-        }
-        OP_RECV_DIRECT => {
-            let Some(s) = d.socks.get_mut(&key) else {
-                return Ok(());
-            };
-            s.ops -= 1;
-            let Some(mut buf) = s.direct.take() else {
-                return Ok(());
-            };
-            if res > 0 {
-                core.shared.metrics.recv_direct_bytes.inc_by(res as u64);
-                let n = (res as usize).min(buf.capacity() - buf.len());
-                // SAFETY: those bytes are initialised and within capacity: the completion says the kernel wrote `n` bytes (at most the length we gave, which fit the spare capacity) and no longer touches the buffer.
-                unsafe { buf.set_len(buf.len() + n) };
-            }
-            core.return_read_buf(key, buf, now);
-            if res > 0 {
-                core.process_input(key, now);
-                let closing = d.socks.get(&key).is_none_or(|s| s.closing);
-                if !closing && core.wants_read(key) {
-                    d.arm_recv(core, key)?;
-                }
-            } else if res == 0 {
-                d.start_close(key, Some("connection closed by peer".into()))?;
-            } else if res == -libc::ECANCELED || res == -libc::EINTR {
-                if !s.closing && core.wants_read(key) {
-                    d.rearm.push(key);
-                }
-            } else if !s.closing {
-                let e = io::Error::from_raw_os_error(-res).to_string();
-                d.start_close(key, Some(e))?;
-            }
-        }
-        OP_SEND => {
-            let Some(s) = d.socks.get_mut(&key) else {
-                return Ok(());
-            };
-            s.ops -= 1;
-            if res < 0 {
-                if s.send.take().is_some() {
-                    d.sends_in_flight -= 1;
-                }
-                let e = io::Error::from_raw_os_error(-res).to_string();
-                d.start_close(key, Some(e))?;
-                return Ok(());
-            }
-            let Some(mut batch) = s.send.take() else {
-                return Ok(());
-            };
-            d.sends_in_flight -= 1;
-            core.shared.metrics.frames_out.inc();
-            batch.advance((res as usize).min(batch.len()));
-            if res > 0 {
-                core.handle_sent(key, batch.is_empty(), now);
-            }
-            if !batch.is_empty() && !s.closing {
-                // Short write: send the rest of the same batch.
-                let fd = s.sock.as_raw_fd();
-                let (ptr, len) = (batch.as_ptr(), batch.len().min(u32::MAX as usize) as u32);
-                s.send = Some(batch);
-                s.ops += 1;
-                d.sends_in_flight += 1;
-                let sqe = opcode::Send::new(types::Fd(fd), ptr, len)
-                    .flags(libc::MSG_NOSIGNAL)
-                    .build()
-                    .user_data(user_data(OP_SEND, key));
-                d.push(sqe)?;
-            } else {
-                // Release the written batch before sealing the next one: it
-                // shares its allocation with the connection's output buffer,
-                // which can then reuse it instead of taking fresh pages.
-                drop(batch);
-                d.flush(core, key)?;
-            }
-        }
-        _ => {}
-    }
-    Ok(())
-}
-
-/// Cancels and reaps every in-flight operation (shutdown and error paths),
-/// so that no buffer the kernel may still use is freed.
-fn drain_all(core: &mut ShardCore, d: &mut Driver) {
-    let keys: Vec<usize> = d.socks.keys().copied().collect();
-    for key in keys {
-        let _ = d.start_close(key, None);
-    }
-    if d.wake_armed {
-        let sqe = opcode::AsyncCancel::new(user_data(OP_WAKE, WAKE_KEY as usize))
-            .build()
-            .user_data(user_data(OP_CANCEL, 0));
-        let _ = d.push(sqe);
-    }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let mut cqes = Vec::new();
-        for cqe in d.ring.completion() {
-            cqes.push((cqe.user_data(), cqe.result(), cqe.flags()));
-        }
-        for (ud, res, flags) in cqes {
-            let op = ud >> 56;
-            if op == OP_WAKE {
-                if !cqueue::more(flags) {
-                    d.wake_armed = false;
-                }
-                continue;
-            }
-            let _ = handle_cqe(core, d, ud, res, flags);
-        }
-        let pending: u32 = d.socks.values().map(|s| s.ops).sum();
-        if pending == 0 && !d.wake_armed {
-            break;
-        }
-        if Instant::now() >= deadline {
-            tracing::error!(pending, "io_uring operations still in flight at shutdown");
-            // Leak the pool rather than free memory the kernel may write.
-            std::mem::forget(std::mem::replace(
-                &mut d.pool,
-                BufferPool::new(1, 1).unwrap_or_else(|_| std::process::abort()),
-            ));
-            break;
-        }
-        let _ = submit_and_wait(&d.ring, Duration::from_millis(10));
-    }
-    let keys: Vec<usize> = d.socks.keys().copied().collect();
-    for key in keys {
-        if let Some(s) = d.socks.remove(&key) {
-            core.finish_close(key, s.close_err);
-        }
     }
 }

@@ -5,9 +5,10 @@
 //! connections, the command queue from other threads, delivery to channel
 //! receivers with backpressure and quotas, the peer table updates and the
 //! timers. The I/O drivers ([`crate::driver`]) own the sockets and only move
-//! bytes: they call [`ShardCore::process_input`] after receiving,
-//! [`ShardCore::poll_transmit`] to get bytes to write, and
-//! [`ShardCore::finish_close`] once a socket is gone.
+//! bytes, through the methods in [`io`]: [`ShardCore::read_plan`] says how to
+//! receive, [`ShardCore::on_received`] takes what arrived,
+//! [`ShardCore::poll_transmit`] gives bytes to write, and
+//! [`ShardCore::finish_close`] forgets a connection once its socket is gone.
 //!
 //! No locks on the per-message path: a send command carries the slab key and
 //! generation, so the shard finds the connection with one index.
@@ -19,7 +20,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use shoal_crypto::PublicKey;
 use shoal_wire::{CloseReason, RecordKind, RpcStatus};
 use slab::Slab;
@@ -93,7 +94,10 @@ pub(crate) enum Command {
 }
 
 mod handover;
+mod io;
 mod quota;
+
+pub(crate) use io::{ReadAhead, ReadPlan, Received};
 
 /// The sending half of a shard's queue plus its waker.
 pub(crate) struct ShardLink {
@@ -239,9 +243,6 @@ pub(crate) struct ShardCore {
 }
 
 const TIMER_GRANULARITY: Duration = Duration::from_millis(20);
-/// Input a paused connection may buffer before its receive is cancelled
-/// (see [`ShardCore::must_stop_reading`]).
-pub const PAUSED_INPUT_LIMIT: usize = 256 * 1024;
 /// `ping()` callers that may wait on one connection at once.
 const MAX_PING_WAITERS: usize = 64;
 
@@ -531,55 +532,6 @@ impl ShardCore {
     pub fn adopt_failed(&self, ip: std::net::IpAddr) {
         self.shared.release_inbound(ip);
         self.shared.shards[self.id].load.release();
-    }
-
-    /// Turns buffered input into events and handles them, until the input is
-    /// used up or delivery must wait (backpressure).
-    pub fn process_input(&mut self, key: usize, now: Instant) {
-        loop {
-            let Some(slot) = self.conns.get_mut(key) else {
-                return;
-            };
-            if slot.stash.is_some() || slot.paused_until.is_some() || slot.hold_for.is_some() {
-                break;
-            }
-            let Some(ev) = slot.conn.poll_event(now) else {
-                break;
-            };
-            self.handle_event(key, ev, now);
-        }
-        if let Some(slot) = self.conns.get_mut(key) {
-            let copied = slot.conn.take_reassembly_copied_bytes();
-            if copied > 0 {
-                self.shared.metrics.reassembly_copied_bytes.inc_by(copied);
-            }
-        }
-        self.notify_receivers();
-        self.after_io(key, now);
-    }
-
-    /// Bookkeeping after any input or command touched a connection.
-    pub fn after_io(&mut self, key: usize, now: Instant) {
-        self.move_unsent_if_replaced(key, now);
-        let Some(slot) = self.conns.get_mut(key) else {
-            return;
-        };
-        if slot.conn.has_output() {
-            self.dirty.push(key);
-        }
-        if slot.conn.is_closed() && slot.close_label.is_none() {
-            // Closed without an event we saw (e.g. after graceful close).
-            slot.close_label = Some(slot.conn.closed_label().unwrap_or("local_close"));
-        }
-        if slot.conn.is_closed() {
-            // As soon as the protocol ended, not when the socket is gone: a
-            // redial (ours or the peer's) must not slip in between.
-            note_misbehavior(&self.shared, slot);
-        }
-        if slot.conn.is_closed() && !self.closing.contains(&key) {
-            slot.closed_at = Some(now);
-            self.closing.push(key);
-        }
     }
 
     fn handle_event(&mut self, key: usize, ev: Event, now: Instant) {
@@ -1209,108 +1161,6 @@ impl ShardCore {
         !self.paused.is_empty()
     }
 
-    /// Whether the driver should read from this connection now.
-    pub fn wants_read(&self, key: usize) -> bool {
-        self.conns
-            .get(key)
-            .map(|s| {
-                s.stash.is_none()
-                    && s.paused_until.is_none()
-                    && s.hold_for.is_none()
-                    && s.conn.wants_read()
-            })
-            .unwrap_or(false)
-    }
-
-    /// Whether `key` wants input and a large frame body is pending, which a
-    /// driver had better receive straight into the connection's buffer
-    /// ([`ShardCore::lend_read_buf`]) than through its receive pool.
-    pub fn large_body_pending(&self, key: usize) -> bool {
-        self.wants_read(key)
-            && self
-                .conns
-                .get(key)
-                .is_some_and(|s| s.conn.large_body_pending())
-    }
-
-    /// See [`Connection::large_records`].
-    pub fn large_records(&self, key: usize) -> bool {
-        self.conns.get(key).is_some_and(|s| s.conn.large_records())
-    }
-
-    /// See [`Connection::lend_read_buf`]; `None` unless the connection wants
-    /// input and a large body is pending or it carries large records.
-    pub fn lend_read_buf(&mut self, key: usize) -> Option<(BytesMut, usize)> {
-        if !self.wants_read(key) {
-            return None;
-        }
-        let batch = self.shared.config.recv_buffer_size;
-        self.conns.get_mut(key)?.conn.lend_read_buf(batch)
-    }
-
-    /// Gives back a buffer lent by [`ShardCore::lend_read_buf`] (dropped if
-    /// the connection is gone).
-    pub fn return_read_buf(&mut self, key: usize, buf: BytesMut, now: Instant) {
-        if let Some(s) = self.conns.get_mut(key) {
-            s.conn.return_read_buf(buf, now);
-        }
-    }
-
-    /// Whether a driver that keeps a receive armed (io_uring's multishot)
-    /// must cancel it: the connection is closed, or it is paused (receiver
-    /// full, quota, replacement) with more than [`PAUSED_INPUT_LIMIT`] bytes
-    /// already buffered. Short pauses thus cost no cancel and re-arm, while
-    /// a long one still stops reading (TCP backpressure), with the buffered
-    /// input bounded per connection.
-    pub fn must_stop_reading(&self, key: usize) -> bool {
-        if self.wants_read(key) {
-            return false;
-        }
-        self.conns
-            .get(key)
-            .is_none_or(|s| s.conn.is_closed() || s.conn.buffered() > PAUSED_INPUT_LIMIT)
-    }
-
-    /// Bytes to write for `key`, if any.
-    pub fn poll_transmit(&mut self, key: usize) -> Option<Bytes> {
-        let slot = self.conns.get_mut(key)?;
-        let out = slot.conn.poll_transmit();
-        if slot.conn.is_closed() && !self.closing.contains(&key) {
-            if slot.close_label.is_none() {
-                slot.close_label = Some(slot.conn.closed_label().unwrap_or("local_close"));
-            }
-            slot.closed_at = Some(Instant::now());
-            self.closing.push(key);
-        }
-        if out.is_some() {
-            if slot.write_since.is_none() {
-                slot.write_since = Some(Instant::now());
-            }
-            self.shared.metrics.writes.inc();
-            self.wrote = true;
-        }
-        out
-    }
-
-    /// The driver wrote some of what [`ShardCore::poll_transmit`] handed it
-    /// (`done`: all of it): the connection's output made progress.
-    pub fn handle_sent(&mut self, key: usize, done: bool, now: Instant) {
-        if let Some(slot) = self.conns.get_mut(key) {
-            slot.write_since = if done { None } else { Some(now) };
-        }
-    }
-
-    /// Whether the driver must reset `key`'s socket now instead of flushing
-    /// it: its output stalled past `write_timeout` (or its close flush ran
-    /// out of time), or shutdown is overdue.
-    pub fn must_abort(&self, key: usize, now: Instant) -> bool {
-        self.shutdown_overdue(now)
-            || self
-                .conns
-                .get(key)
-                .is_some_and(|s| s.abort || s.write_overdue(now, self.shared.config.write_timeout))
-    }
-
     /// Aborts a connection whose output stalled past `write_timeout`: its
     /// queues are dropped (counted) and the driver resets the socket.
     fn abort_stalled(&mut self, key: usize, now: Instant) {
@@ -1369,18 +1219,6 @@ impl ShardCore {
             }
         }
         self.shared.rpc.expire(self.id, now, None);
-    }
-
-    /// How long the driver may sleep.
-    pub fn sleep_budget(&self, now: Instant) -> Duration {
-        let mut d = self
-            .next_timer_sweep
-            .saturating_duration_since(now)
-            .max(TIMER_GRANULARITY);
-        if self.shutdown.is_some() {
-            d = d.min(Duration::from_millis(5));
-        }
-        d
     }
 
     /// The driver closed (or failed) the socket of `key`: forget it.

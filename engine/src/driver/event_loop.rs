@@ -1,0 +1,235 @@
+//! The shard loop, written once for every backend.
+//!
+//! # Design
+//! One turn of [`run`]:
+//! 1. **commands**: drain the shard's queue; adopt accepted sockets and start
+//!    dials it asks for;
+//! 2. **complete**: handle what the kernel finished (io_uring completions;
+//!    epoll records readiness as soon as its wait returns);
+//! 3. **receive**: start or perform the receives the read plan asks for
+//!    ([`ShardCore::read_plan`]);
+//! 4. **timers** and resumed connections;
+//! 5. **transmit**: every dirty connection's output goes to the kernel and its
+//!    receive is revisited;
+//! 6. **close**: connections whose protocol ended are flushed, then closed
+//!    (reset when [`ShardCore::must_abort`]); shutdown ends the loop once
+//!    every connection and socket is gone;
+//! 7. **wait**: not at all when work is ready; otherwise a short idle spin
+//!    ([`IdleSpin`]), one yield for commands ([`ShardCore::yield_for_commands`]),
+//!    and the sleep handshake ([`ShardWaker::try_sleep`]) before the
+//!    backend's wait.
+//!
+//! [`Backend`] holds only what differs between io_uring and epoll: how
+//! operations are submitted, how the shard waits, and how their completion
+//! is handled. Both implementations are plain structs driven by this loop;
+//! it is generic over them, so every call is static and can be inlined.
+//!
+//! [`ShardWaker::try_sleep`]: crate::waker::ShardWaker::try_sleep
+
+use std::io;
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use super::idle_spin::IdleSpin;
+use crate::shard::{DriverAction, ShardCore};
+use crate::waker::Asleep;
+
+/// A connection's socket as the close step sees it ([`Backend::socket`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Socket {
+    /// No socket (never opened, or closed already).
+    Gone,
+    /// Its close has started; the backend frees it when done.
+    Closing,
+    /// Open, with no write unfinished.
+    Open,
+    /// Open, with a write unfinished.
+    Writing,
+}
+
+/// What differs between I/O backends; see the [module docs](self).
+pub(crate) trait Backend {
+    // Submit.
+
+    /// Takes over an accepted (non-blocking) socket as connection `key`;
+    /// closes the connection if it cannot.
+    fn adopt(&mut self, core: &mut ShardCore, key: usize, stream: TcpStream) -> io::Result<()>;
+
+    /// Starts connecting `key` to `addr`; closes the connection if it cannot.
+    fn dial(&mut self, core: &mut ShardCore, key: usize, addr: SocketAddr) -> io::Result<()>;
+
+    /// Starts or performs the receives connections want.
+    fn receive(&mut self, core: &mut ShardCore) -> io::Result<()>;
+
+    /// Hands `key`'s sealed output to the kernel.
+    fn flush(&mut self, core: &mut ShardCore, key: usize) -> io::Result<()>;
+
+    /// Revisits `key`'s receive: its read plan may have changed.
+    fn replan(&mut self, core: &mut ShardCore, key: usize) -> io::Result<()>;
+
+    /// `key`'s socket, for the close step.
+    fn socket(&self, key: usize) -> Socket;
+
+    /// Closes `key`'s socket (`reset`: without flushing, with an RST); the
+    /// connection is finished once the socket is gone.
+    fn close(&mut self, core: &mut ShardCore, key: usize, reset: bool) -> io::Result<()>;
+
+    /// Shutdown ran out of time: ends every socket.
+    fn close_all(&mut self, core: &mut ShardCore) -> io::Result<()>;
+
+    /// No socket is left.
+    fn is_empty(&self) -> bool;
+
+    // Complete.
+
+    /// Handles what the kernel finished since the last turn; whether there
+    /// was anything (for the idle spin).
+    fn complete(&mut self, core: &mut ShardCore) -> io::Result<bool>;
+
+    /// Frees the sockets whose close finished.
+    fn reap(&mut self, core: &mut ShardCore);
+
+    // Wait.
+
+    /// Work is ready without waiting.
+    fn busy(&mut self, core: &ShardCore) -> bool;
+
+    /// Before sleeping: hands queued operations to the kernel; true if that
+    /// completed something already (do not sleep).
+    fn submit(&mut self) -> io::Result<bool>;
+
+    /// Before sleeping, after the yield for commands: waits briefly for an
+    /// operation about to complete; true if it (or a command) arrived.
+    fn linger(&mut self, core: &mut ShardCore, actions: &mut Vec<DriverAction>)
+        -> io::Result<bool>;
+
+    /// Waits up to `timeout` for the kernel (zero: only submits and polls).
+    /// `asleep` is the announced sleep when `timeout` is not zero; drop it
+    /// as soon as the wait returns.
+    fn wait(
+        &mut self,
+        core: &mut ShardCore,
+        timeout: Duration,
+        asleep: Option<Asleep<'_>>,
+    ) -> io::Result<()>;
+}
+
+/// Runs `core` on `backend` until shutdown completes (or an I/O error).
+pub(crate) fn run<B: Backend>(core: &mut ShardCore, b: &mut B, busy_poll: bool) -> io::Result<()> {
+    let waker = core.waker().clone();
+    let mut actions = Vec::new();
+    let mut keys = Vec::new();
+    let mut idle = IdleSpin::new(core.config().idle_spin);
+    loop {
+        let now = Instant::now();
+        core.injected_failure()?;
+        let commands = core.drain_commands(now, &mut actions);
+        perform(core, b, &mut actions, now)?;
+        let completed = b.complete(core)?;
+        b.receive(core)?;
+
+        let now = Instant::now();
+        core.handle_timers(now);
+        if waker.take_resume() {
+            core.resume_paused(now);
+        }
+        keys.clear();
+        core.take_dirty(&mut keys);
+        for &key in &keys {
+            b.flush(core, key)?;
+            b.replan(core, key)?;
+        }
+        keys.clear();
+        keys.extend_from_slice(core.closing());
+        for &key in &keys {
+            close_ended(core, b, key, now)?;
+        }
+        b.reap(core);
+        if core.shutting_down() {
+            if core.shutdown_overdue(now) {
+                b.close_all(core)?;
+            }
+            if core.shutdown_complete() && b.is_empty() {
+                return Ok(());
+            }
+        }
+
+        let busy = busy_poll || core.has_dirty() || b.busy(core);
+        let mut timeout = if busy {
+            Duration::ZERO
+        } else {
+            core.sleep_budget(now)
+        };
+        if !timeout.is_zero() && idle.keep_polling(commands || completed, now) {
+            std::thread::yield_now();
+            timeout = Duration::ZERO;
+        }
+        if timeout.is_zero() {
+            b.wait(core, timeout, None)?;
+            continue;
+        }
+        if b.submit()? || core.yield_for_commands(&mut actions) || b.linger(core, &mut actions)? {
+            continue;
+        }
+        let Some(asleep) = waker.try_sleep(|| core.has_commands(Instant::now(), &mut actions))
+        else {
+            // Handle the command at the top of the loop without waiting.
+            continue;
+        };
+        b.wait(core, timeout, Some(asleep))?;
+    }
+}
+
+/// Performs what the commands asked of the driver.
+fn perform<B: Backend>(
+    core: &mut ShardCore,
+    b: &mut B,
+    actions: &mut Vec<DriverAction>,
+    now: Instant,
+) -> io::Result<()> {
+    for action in actions.drain(..) {
+        match action {
+            DriverAction::Adopt(stream, ip) => {
+                if stream.set_nonblocking(true).is_err() {
+                    core.adopt_failed(ip);
+                    continue;
+                }
+                let _ = stream.set_nodelay(true);
+                let key = core.insert(Some(ip), None, now);
+                b.adopt(core, key, stream)?;
+            }
+            DriverAction::Dial(peer, addr) => {
+                core.metrics().dials.inc();
+                let key = core.insert(None, Some((peer, addr)), now);
+                b.dial(core, key, addr)?;
+            }
+            DriverAction::Shutdown => {}
+        }
+    }
+    Ok(())
+}
+
+/// The protocol of `key` ended: write what is sealed, then close the
+/// socket; one whose output stalled past the write timeout (or whose flush
+/// ran out of time) is reset instead.
+fn close_ended<B: Backend>(
+    core: &mut ShardCore,
+    b: &mut B,
+    key: usize,
+    now: Instant,
+) -> io::Result<()> {
+    match b.socket(key) {
+        Socket::Gone => core.finish_close(key, None),
+        Socket::Closing => {}
+        Socket::Open | Socket::Writing => {
+            if core.must_abort(key, now) {
+                return b.close(core, key, true);
+            }
+            b.flush(core, key)?;
+            if b.socket(key) != Socket::Writing {
+                b.close(core, key, false)?;
+            }
+        }
+    }
+    Ok(())
+}
