@@ -362,3 +362,102 @@ impl ShardCore {
         &self.shared.metrics
     }
 }
+
+#[cfg(test)]
+impl ShardCore {
+    /// The sending half of this shard's own queue (tests send it commands).
+    pub(crate) fn link(&self) -> &super::ShardLink {
+        &self.shared.shards[self.id]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use shoal_crypto::{Ed25519Signer, Signer};
+    use shoal_wire::frame::IDLE_READ;
+
+    use super::*;
+    use crate::network::Network;
+
+    fn core() -> ShardCore {
+        let (net, _oracle) = Network::new(Config::local(None)).unwrap();
+        net.into_shard_core()
+    }
+
+    fn dialed(core: &mut ShardCore, now: Instant) -> usize {
+        let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let peer = Ed25519Signer::insecure_from_seed(7).public_key().clone();
+        core.insert(None, Some((peer, addr)), now)
+    }
+
+    /// A connection that wants input reads through the pool where there is
+    /// one and straight into its buffer where there is not; paused, it holds
+    /// (an ongoing receive may go on) until it buffered more than
+    /// [`PAUSED_INPUT_LIMIT`], then stops; closed, it stops.
+    #[test]
+    fn the_read_plan_follows_the_connection() {
+        let mut core = core();
+        let now = Instant::now();
+        let k = dialed(&mut core, now);
+        assert_eq!(core.read_intent(k, ReadAhead::Pool), ReadIntent::Pool);
+        assert_eq!(core.read_intent(k, ReadAhead::Never), ReadIntent::Direct);
+        assert!(matches!(core.read_plan(k, ReadAhead::Pool), ReadPlan::Pool));
+
+        core.conns[k].paused_until = Some(now);
+        assert_eq!(core.read_intent(k, ReadAhead::Pool), ReadIntent::Hold);
+        assert!(!ReadIntent::Hold.starts_read() && !ReadIntent::Hold.ends_pool_receive());
+        // A prefix the handshake's frame limit refuses is not decoded (nor
+        // refused) while the connection is paused: it only piles up.
+        core.conns[k]
+            .conn
+            .feed(&vec![0xff; PAUSED_INPUT_LIMIT + 1], now);
+        assert_eq!(core.read_intent(k, ReadAhead::Pool), ReadIntent::Stop);
+        assert_eq!(core.read_intent(k, ReadAhead::Never), ReadIntent::Stop);
+
+        let closed = dialed(&mut core, now);
+        core.conns[closed]
+            .conn
+            .abort(crate::connection::CloseCause::WriteTimeout);
+        assert_eq!(core.read_intent(closed, ReadAhead::Pool), ReadIntent::Stop);
+        assert!(matches!(
+            core.read_plan(closed, ReadAhead::Never),
+            ReadPlan::Stop
+        ));
+        assert_eq!(
+            core.read_intent(usize::MAX, ReadAhead::Pool),
+            ReadIntent::Stop
+        );
+    }
+
+    /// A lent buffer comes back through `on_received` whether or not the
+    /// read brought anything; what arrived is counted and handled (here: a
+    /// frame the handshake refuses, which closes the connection).
+    #[test]
+    fn received_bytes_come_back_counted_and_handled() {
+        let mut core = core();
+        let now = Instant::now();
+        let k = dialed(&mut core, now);
+        let ReadPlan::Into(buf) = core.read_plan(k, ReadAhead::Never) else {
+            panic!("an idle connection reads straight into its buffer");
+        };
+        assert_eq!(buf.want(), IDLE_READ.min(core.config().recv_buffer_size));
+        core.on_received(k, Received::Into(buf), now);
+        assert_eq!(core.metrics().recv_direct_bytes.get(), 0);
+        assert!(core.closing().is_empty());
+
+        let ReadPlan::Into(mut buf) = core.read_plan(k, ReadAhead::Never) else {
+            panic!("the buffer came back");
+        };
+        buf.buf_mut().extend_from_slice(&[0xff; 8]);
+        core.on_received(k, Received::Into(buf), now);
+        assert_eq!(core.metrics().recv_direct_bytes.get(), 8);
+        assert_eq!(core.closing(), &[k], "the refused frame closed it");
+
+        let other = dialed(&mut core, now);
+        core.on_received(other, Received::Copied(&[0, 0, 0, 0]), now);
+        assert_eq!(core.metrics().recv_pooled_bytes.get(), 4);
+        assert!(core.closing().contains(&other), "an empty frame is refused");
+    }
+}
