@@ -33,8 +33,9 @@ use shoal_crypto::PublicKey;
 use shoal_wire::CloseReason;
 
 use super::{Command, DriverAction, ShardCore};
-use crate::connection::Outgoing;
+use crate::connection::{Outgoing, Priority};
 use crate::peers::{ConnId, PeerHandle};
+use crate::queue_depth::DepthPermit;
 
 /// A new connection's wait for the one it replaced on another shard.
 pub(crate) struct Handover {
@@ -43,8 +44,9 @@ pub(crate) struct Handover {
     deadline: Instant,
     /// The hand-over arrived: only the input still waits.
     messages_in: bool,
-    /// Sent to this connection before the hand-over arrived, in order.
-    held: VecDeque<(Outgoing, bool)>,
+    /// Sent to this connection before the hand-over arrived, in order,
+    /// each with its share of this connection's queue depth.
+    held: VecDeque<(Outgoing, Priority, DepthPermit)>,
 }
 
 impl ShardCore {
@@ -82,8 +84,9 @@ impl ShardCore {
         &mut self,
         key: usize,
         msg: Outgoing,
-        high: bool,
-    ) -> Option<(Outgoing, bool)> {
+        priority: Priority,
+        permit: DepthPermit,
+    ) -> Option<(Outgoing, Priority, DepthPermit)> {
         match self
             .conns
             .get_mut(key)
@@ -91,10 +94,10 @@ impl ShardCore {
             .filter(|h| !h.messages_in)
         {
             Some(h) => {
-                h.held.push_back((msg, high));
+                h.held.push_back((msg, priority, permit));
                 None
             }
-            None => Some((msg, high)),
+            None => Some((msg, priority, permit)),
         }
     }
 
@@ -111,7 +114,7 @@ impl ShardCore {
             slot.moved_unsent = true;
             slot.notify_on_close = Some(by);
             slot.conn.close(CloseReason::Replaced, now);
-            msgs = slot.conn.take_unsent();
+            msgs = slot.conn.poll_unsent();
             // Held for this one while it waited for its own hand-over:
             // newer than its unsent ones.
             msgs.extend(take_held(slot));
@@ -144,26 +147,26 @@ impl ShardCore {
         &mut self,
         to: ConnId,
         peer: PublicKey,
-        msgs: Vec<(Outgoing, bool)>,
+        msgs: Vec<(Outgoing, Priority)>,
         now: Instant,
         actions: &mut Vec<DriverAction>,
     ) {
         let slot = self
             .conns
             .get_mut(to.key)
-            .filter(|s| s.generation == to.generation && s.conn.accepts_messages());
+            .filter(|s| s.generation == to.generation && s.conn.is_open());
         let Some(slot) = slot else {
             // The new connection is gone too: each moves on its own.
-            for (msg, high) in msgs {
-                self.reroute(to, peer.clone(), msg, high, true, now, actions);
+            for (msg, priority) in msgs {
+                self.reroute(to, peer.clone(), msg, priority, true, now, actions);
             }
             return;
         };
         let mut refused = 0;
-        for (msg, high) in msgs {
-            slot.depth.force_reserve(msg.payload.len());
+        for (msg, priority) in msgs {
+            let permit = slot.depth.force_reserve(msg.payload.len());
             self.shared.metrics.send_rerouted.inc();
-            if slot.conn.send(msg, high).is_err() {
+            if slot.conn.send(msg, priority, Some(permit)).is_err() {
                 refused += 1;
             }
         }
@@ -232,9 +235,7 @@ impl ShardCore {
     pub(super) fn drop_held(&self, slot: &mut super::ConnSlot) {
         if let Some(h) = slot.handover.as_mut() {
             let n = h.held.len();
-            let bytes: usize = h.held.iter().map(|(m, _)| m.payload.len()).sum();
-            h.held.clear();
-            slot.depth.release(n, bytes);
+            drop(DepthPermit::merge_all(h.held.drain(..).map(|(_, _, p)| p)));
             self.shared.metrics.send_dropped_n("disconnected", n);
         }
     }
@@ -242,13 +243,13 @@ impl ShardCore {
 
 /// Moves what was held into the connection's queue, in order; the wait for
 /// messages is over (the input may still wait). Returns how many the
-/// connection refused (its hard cap; it gave their depth back).
+/// connection refused (its hard cap; it dropped their permits).
 fn release_held(slot: &mut super::ConnSlot) -> usize {
     let mut refused = 0;
     if let Some(h) = slot.handover.as_mut() {
         h.messages_in = true;
-        for (msg, high) in h.held.drain(..) {
-            if slot.conn.send(msg, high).is_err() {
+        for (msg, priority, permit) in h.held.drain(..) {
+            if slot.conn.send(msg, priority, Some(permit)).is_err() {
                 refused += 1;
             }
         }
@@ -258,12 +259,19 @@ fn release_held(slot: &mut super::ConnSlot) -> usize {
 
 /// The messages held for `slot` (which is being replaced itself), with
 /// their queue depth given back: they move on with its unsent ones.
-pub(super) fn take_held(slot: &mut super::ConnSlot) -> Vec<(Outgoing, bool)> {
+pub(super) fn take_held(slot: &mut super::ConnSlot) -> Vec<(Outgoing, Priority)> {
     let Some(h) = slot.handover.as_mut() else {
         return Vec::new();
     };
-    let held: Vec<(Outgoing, bool)> = h.held.drain(..).collect();
-    let bytes = held.iter().map(|(m, _)| m.payload.len()).sum();
-    slot.depth.release(held.len(), bytes);
+    let mut permits = Vec::with_capacity(h.held.len());
+    let held = h
+        .held
+        .drain(..)
+        .map(|(msg, priority, permit)| {
+            permits.push(permit);
+            (msg, priority)
+        })
+        .collect();
+    drop(DepthPermit::merge_all(permits));
     held
 }

@@ -25,10 +25,10 @@ use shoal_wire::{CloseReason, RecordKind, RpcStatus};
 use slab::Slab;
 
 use crate::channels::{ChannelSpec, Channels};
-use crate::connection::{Authorizer, Connection, ConnectionConfig, Event, Outgoing};
+use crate::connection::{Authorizer, Connection, ConnectionConfig, Event, Outgoing, Priority};
 use crate::inbox::Rejected;
 use crate::peers::{Admit, ConnId, PeerHandle};
-use crate::queue_depth::QueueDepth;
+use crate::queue_depth::{DepthPermit, QueueDepth};
 use crate::rpc::RequestError;
 use crate::shared::Shared;
 use crate::waker::ShardWaker;
@@ -42,7 +42,9 @@ pub(crate) enum Command {
         /// connection), the message moves to the peer's current connection.
         peer: PublicKey,
         msg: Outgoing,
-        high: bool,
+        priority: Priority,
+        /// The message's share of the connection's queue depth.
+        permit: DepthPermit,
     },
     /// [`Command::Send`] for several messages to one connection, in order
     /// (one hand-off for the lot; see [`crate::Sender::send_batch_to`]).
@@ -50,7 +52,9 @@ pub(crate) enum Command {
         id: ConnId,
         peer: PublicKey,
         msgs: Vec<Outgoing>,
-        high: bool,
+        priority: Priority,
+        /// The share of all of `msgs`.
+        permit: DepthPermit,
     },
     /// Take over an accepted socket.
     Adopt {
@@ -81,7 +85,7 @@ pub(crate) enum Command {
     Handover {
         to: ConnId,
         peer: PublicKey,
-        msgs: Vec<(Outgoing, bool)>,
+        msgs: Vec<(Outgoing, Priority)>,
     },
     /// The connection `to` replaced is gone: `to` may read.
     Released { to: ConnId, gone: ConnId },
@@ -105,6 +109,9 @@ pub(crate) struct ShardLink {
 
 impl ShardLink {
     /// Enqueues without blocking; wakes the shard only if it sleeps.
+    // A refused command comes back by value (the sender retries without a
+    // copy); boxing it would cost an allocation per send.
+    #[allow(clippy::result_large_err)]
     pub fn send(&self, cmd: Command) -> Result<(), Command> {
         match self.tx.try_send(cmd) {
             Ok(()) => {
@@ -121,7 +128,7 @@ struct Parked {
     since: Instant,
     /// Payload bytes of `msgs`, bounded by `Config::peer_send_bytes`.
     bytes: usize,
-    msgs: std::collections::VecDeque<(Outgoing, bool)>,
+    msgs: std::collections::VecDeque<(Outgoing, Priority)>,
 }
 
 /// Messages delivered to one channel since its receiver was last woken.
@@ -257,14 +264,15 @@ fn note_misbehavior(shared: &Shared, slot: &mut ConnSlot) {
     let Some(h) = &slot.handle else {
         return;
     };
-    if shared
-        .cooldown
-        .on_close(&h.peer, slot.conn.closed_for_misbehavior(), Instant::now())
-    {
+    if shared.cooldown.on_close(
+        &h.peer,
+        slot.conn.is_closed_for_misbehavior(),
+        Instant::now(),
+    ) {
         shared.metrics.misbehavior_cooldowns.inc();
         tracing::warn!(
             peer = %h.peer,
-            reason = slot.conn.closed_label().unwrap_or("?"),
+            reason = slot.conn.close_label().unwrap_or("?"),
             cooldown = ?shared.config.misbehavior_cooldown,
             "peer misbehaved; refusing it for the cooldown"
         );
@@ -430,16 +438,19 @@ impl ShardCore {
                 id,
                 peer,
                 msg,
-                high,
-            } => self.send_on(id, &peer, msg, high, now, actions),
+                priority,
+                permit,
+            } => self.send_on(id, &peer, msg, priority, permit, now, actions),
             Command::SendBatch {
                 id,
                 peer,
                 msgs,
-                high,
+                priority,
+                mut permit,
             } => {
                 for msg in msgs {
-                    self.send_on(id, &peer, msg, high, now, actions);
+                    let one = permit.split(1, msg.payload.len());
+                    self.send_on(id, &peer, msg, priority, one, now, actions);
                 }
             }
             Command::Control { id, record } => {
@@ -549,7 +560,7 @@ impl ShardCore {
             self.handle_event(key, ev, now);
         }
         if let Some(slot) = self.conns.get_mut(key) {
-            let copied = slot.conn.take_reassembly_copied_bytes();
+            let copied = slot.conn.poll_reassembly_copied_bytes();
             if copied > 0 {
                 self.shared.metrics.reassembly_copied_bytes.inc_by(copied);
             }
@@ -569,7 +580,7 @@ impl ShardCore {
         }
         if slot.conn.is_closed() && slot.close_label.is_none() {
             // Closed without an event we saw (e.g. after graceful close).
-            slot.close_label = Some(slot.conn.closed_label().unwrap_or("local_close"));
+            slot.close_label = Some(slot.conn.close_label().unwrap_or("local_close"));
         }
         if slot.conn.is_closed() {
             // As soon as the protocol ended, not when the socket is gone: a
@@ -682,7 +693,7 @@ impl ShardCore {
             compressed: false,
             payload: reply,
         };
-        if slot.conn.send_internal(msg, true).is_err() {
+        if slot.conn.send(msg, Priority::High, None).is_err() {
             self.shared.metrics.refuse("rpc_response_queue_full");
         }
         self.dirty.push(key);
@@ -704,7 +715,7 @@ impl ShardCore {
             Ok(Some(reply)) => {
                 if slot
                     .conn
-                    .send_internal(Outgoing::data(spec.id, reply, false), false)
+                    .send(Outgoing::data(spec.id, reply, false), Priority::Low, None)
                     .is_err()
                 {
                     self.shared.metrics.refuse("handler_reply_queue_full");
@@ -870,7 +881,7 @@ impl ShardCore {
         let Some(slot) = self.conns.get_mut(key) else {
             return;
         };
-        if slot.moved_unsent || !slot.conn.closing_replaced() {
+        if slot.moved_unsent || !slot.conn.is_replaced() {
             return;
         }
         slot.moved_unsent = true;
@@ -882,11 +893,11 @@ impl ShardCore {
             key,
             generation: slot.generation,
         };
-        let mut unsent = slot.conn.take_unsent();
+        let mut unsent = slot.conn.poll_unsent();
         unsent.extend(handover::take_held(slot));
         let mut no_actions = Vec::new();
-        for (msg, high) in unsent {
-            self.reroute(old, peer.clone(), msg, high, true, now, &mut no_actions);
+        for (msg, priority) in unsent {
+            self.reroute(old, peer.clone(), msg, priority, true, now, &mut no_actions);
         }
         debug_assert!(no_actions.is_empty(), "sends never produce driver actions");
     }
@@ -900,12 +911,14 @@ impl ShardCore {
     /// to go to is counted as dropped, never silently lost.
     /// Queues one application message on connection `id` (its depth slot
     /// already reserved), or moves it to the peer's current connection.
+    #[allow(clippy::too_many_arguments)]
     fn send_on(
         &mut self,
         id: ConnId,
         peer: &PublicKey,
         msg: Outgoing,
-        high: bool,
+        priority: Priority,
+        permit: DepthPermit,
         now: Instant,
         actions: &mut Vec<DriverAction>,
     ) {
@@ -914,13 +927,15 @@ impl ShardCore {
             .get_mut(id.key)
             .filter(|slot| slot.generation == id.generation);
         match slot {
-            Some(slot) if slot.conn.accepts_messages() => {
+            Some(slot) if slot.conn.is_open() => {
                 if slot.handover.is_some() {
-                    let Some((msg, high)) = self.hold_if_waiting(id.key, msg, high) else {
+                    let Some((msg, priority, permit)) =
+                        self.hold_if_waiting(id.key, msg, priority, permit)
+                    else {
                         return;
                     };
                     if let Some(slot) = self.conns.get_mut(id.key) {
-                        if slot.conn.send(msg, high).is_ok() {
+                        if slot.conn.send(msg, priority, Some(permit)).is_ok() {
                             self.dirty.push(id.key);
                         } else {
                             self.shared.metrics.send_dropped("queue_full");
@@ -928,10 +943,9 @@ impl ShardCore {
                     }
                     return;
                 }
-                // The connection enforces its own hard cap and fixes the
-                // depth counter if it refuses (a rerouted message can find
-                // it full).
-                if slot.conn.send(msg, high).is_ok() {
+                // The connection enforces its own hard cap and drops the
+                // permit if it refuses (a rerouted message can find it full).
+                if slot.conn.send(msg, priority, Some(permit)).is_ok() {
                     self.dirty.push(id.key);
                 } else {
                     self.shared.metrics.send_dropped("queue_full");
@@ -941,14 +955,12 @@ impl ShardCore {
                 // Accepted for a connection that began closing (or is gone)
                 // since: give its slot back and move the message to the
                 // peer's current connection.
+                drop(permit);
                 let replaced = match closing {
-                    Some(slot) => {
-                        slot.depth.release(1, msg.payload.len());
-                        slot.conn.closing_replaced()
-                    }
+                    Some(slot) => slot.conn.is_replaced(),
                     None => self.recently_replaced.iter().any(|(c, _)| *c == id),
                 };
-                self.reroute(id, peer.clone(), msg, high, replaced, now, actions);
+                self.reroute(id, peer.clone(), msg, priority, replaced, now, actions);
             }
         }
     }
@@ -959,7 +971,7 @@ impl ShardCore {
         old: ConnId,
         peer: PublicKey,
         msg: Outgoing,
-        high: bool,
+        priority: Priority,
         replaced: bool,
         now: Instant,
         actions: &mut Vec<DriverAction>,
@@ -984,7 +996,7 @@ impl ShardCore {
                 && (p.bytes == 0 || p.bytes.saturating_add(len) <= cfg.peer_send_bytes)
             {
                 p.bytes += len;
-                p.msgs.push_back((msg, high));
+                p.msgs.push_back((msg, priority));
             } else {
                 self.shared.metrics.send_dropped("disconnected");
             }
@@ -994,7 +1006,7 @@ impl ShardCore {
             // Older messages waited for this connection: they go first.
             self.flush_parked(&peer, now);
         }
-        self.send_to_current(&h, peer, msg, high, now, actions);
+        self.send_to_current(&h, peer, msg, priority, now, actions);
     }
 
     /// Hands `peer`'s parked messages to its current connection, if it has
@@ -1008,7 +1020,7 @@ impl ShardCore {
             || self
                 .conns
                 .get(h.id.key)
-                .is_some_and(|s| s.generation == h.id.generation && s.conn.accepts_messages());
+                .is_some_and(|s| s.generation == h.id.generation && s.conn.is_open());
         if !usable {
             return self.expire_parked(peer, now);
         }
@@ -1016,8 +1028,8 @@ impl ShardCore {
             return;
         };
         let mut no_actions = Vec::new();
-        for (msg, high) in p.msgs {
-            self.send_to_current(&h, peer.clone(), msg, high, now, &mut no_actions);
+        for (msg, priority) in p.msgs {
+            self.send_to_current(&h, peer.clone(), msg, priority, now, &mut no_actions);
         }
     }
 
@@ -1028,18 +1040,18 @@ impl ShardCore {
         h: &PeerHandle,
         peer: PublicKey,
         msg: Outgoing,
-        high: bool,
+        priority: Priority,
         now: Instant,
         actions: &mut Vec<DriverAction>,
     ) {
-        let bytes = msg.payload.len();
-        h.depth.force_reserve(bytes);
+        let permit = h.depth.force_reserve(msg.payload.len());
         self.shared.metrics.send_rerouted.inc();
         let cmd = Command::Send {
             id: h.id,
             peer,
             msg,
-            high,
+            priority,
+            permit,
         };
         if h.id.shard == self.id {
             // Terminates: the table points at `h.id`, so if that one is
@@ -1053,7 +1065,7 @@ impl ShardCore {
             .get(h.id.shard)
             .is_some_and(|link| link.send(cmd).is_ok());
         if !sent {
-            h.depth.release(1, bytes);
+            // The refused command and its permit are dropped.
             self.shared.metrics.send_dropped("shard_queue_full");
         }
     }
@@ -1230,29 +1242,31 @@ impl ShardCore {
             && self
                 .conns
                 .get(key)
-                .is_some_and(|s| s.conn.large_body_pending())
+                .is_some_and(|s| s.conn.has_large_body_pending())
     }
 
-    /// See [`Connection::large_records`].
+    /// See [`Connection::has_large_records`].
     pub fn large_records(&self, key: usize) -> bool {
-        self.conns.get(key).is_some_and(|s| s.conn.large_records())
+        self.conns
+            .get(key)
+            .is_some_and(|s| s.conn.has_large_records())
     }
 
-    /// See [`Connection::lend_read_buf`]; `None` unless the connection wants
+    /// See [`Connection::poll_lend_buf`]; `None` unless the connection wants
     /// input and a large body is pending or it carries large records.
     pub fn lend_read_buf(&mut self, key: usize) -> Option<(BytesMut, usize)> {
         if !self.wants_read(key) {
             return None;
         }
         let batch = self.shared.config.recv_buffer_size;
-        self.conns.get_mut(key)?.conn.lend_read_buf(batch)
+        self.conns.get_mut(key)?.conn.poll_lend_buf(batch)
     }
 
     /// Gives back a buffer lent by [`ShardCore::lend_read_buf`] (dropped if
     /// the connection is gone).
     pub fn return_read_buf(&mut self, key: usize, buf: BytesMut, now: Instant) {
         if let Some(s) = self.conns.get_mut(key) {
-            s.conn.return_read_buf(buf, now);
+            s.conn.handle_returned_buf(buf, now);
         }
     }
 
@@ -1268,7 +1282,7 @@ impl ShardCore {
         }
         self.conns
             .get(key)
-            .is_none_or(|s| s.conn.is_closed() || s.conn.buffered() > PAUSED_INPUT_LIMIT)
+            .is_none_or(|s| s.conn.is_closed() || s.conn.buffered_len() > PAUSED_INPUT_LIMIT)
     }
 
     /// Bytes to write for `key`, if any.
@@ -1277,7 +1291,7 @@ impl ShardCore {
         let out = slot.conn.poll_transmit();
         if slot.conn.is_closed() && !self.closing.contains(&key) {
             if slot.close_label.is_none() {
-                slot.close_label = Some(slot.conn.closed_label().unwrap_or("local_close"));
+                slot.close_label = Some(slot.conn.close_label().unwrap_or("local_close"));
             }
             slot.closed_at = Some(Instant::now());
             self.closing.push(key);
@@ -1571,7 +1585,7 @@ mod tests {
     use crate::config::Config;
     use crate::metrics::ReasonLabel;
     use crate::network::Network;
-    use crate::queue_depth::Reserve;
+    use crate::queue_depth::QueueClosed;
     use shoal_crypto::{Ed25519Signer, Signer};
 
     fn key(seed: u64) -> PublicKey {
@@ -1604,7 +1618,10 @@ mod tests {
         };
         // The connection's queue is full, and a sender waits for room.
         let depth = core.conns[slot_key].depth.clone();
-        while depth.try_reserve(1) {}
+        let mut full = Vec::new();
+        while let Some(permit) = depth.try_reserve(1) {
+            full.push(permit);
+        }
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         let blocked = {
             let depth = depth.clone();
@@ -1618,7 +1635,8 @@ mod tests {
                 id,
                 peer: peer.clone(),
                 msg: msg(),
-                high: false,
+                priority: Priority::Low,
+                permit: depth.force_reserve(1),
             };
             assert!(link.send(send).is_ok());
         }
@@ -1626,7 +1644,12 @@ mod tests {
             id,
             peer: peer.clone(),
             msgs: vec![msg(), msg()],
-            high: false,
+            priority: Priority::Low,
+            permit: {
+                let mut both = depth.force_reserve(1);
+                both.merge(depth.force_reserve(1));
+                both
+            },
         };
         assert!(link.send(batch).is_ok());
         core.parked.insert(
@@ -1634,7 +1657,7 @@ mod tests {
             Parked {
                 since: now,
                 bytes: 4,
-                msgs: (0..4).map(|_| (msg(), false)).collect(),
+                msgs: (0..4).map(|_| (msg(), Priority::Low)).collect(),
             },
         );
 
@@ -1651,7 +1674,7 @@ mod tests {
         let released = done_rx
             .recv_timeout(Duration::from_secs(30))
             .expect("the blocked sender was never released");
-        assert_eq!(released, Reserve::Closed);
+        assert_eq!(released.err(), Some(QueueClosed));
         blocked.join().unwrap().unwrap();
     }
 
