@@ -179,11 +179,12 @@ impl ShardCore {
         if slot.quota_held.full() {
             slot.paused_until = Some(now);
         }
-        let paused = slot.held.is_some() || slot.paused_until.is_some();
-        if paused || !slot.quota_held.is_empty() {
+        // Still paused by what it holds?
+        let held_pauses = slot.held.is_some() || slot.paused_until.is_some();
+        if held_pauses || !slot.quota_held.is_empty() {
             self.note_holding(key);
         }
-        if !paused {
+        if !held_pauses {
             self.process_input(key, now);
             // The driver must look at it even without output: a receive
             // that ended while it was paused (io_uring's direct receive,

@@ -7,9 +7,9 @@
 //! timers. The I/O drivers ([`crate::driver`]) own the sockets and only move
 //! bytes: they call [`ShardCore::process_input`] after receiving,
 //! [`ShardCore::poll_transmit`] to get bytes to write, and
-//! [`ShardCore::finish_close`] once a socket is gone. The core does no I/O
-//! and makes no syscall; it reads the clock only where a driver does not
-//! pass the time in.
+//! [`ShardCore::finish_close`] once a socket is gone. The core owns no
+//! socket: its only system calls are a yield before the driver sleeps and
+//! the wake-ups of other shards it sends commands to.
 //!
 //! No locks on the per-message path: a send command carries the slab key and
 //! generation, so the shard finds the connection with one index.
@@ -24,7 +24,7 @@
 //! - [`handover`]: establishment and duplicate connections (tie-break,
 //!   hand-over between shards).
 //! - [`reroute`]: accepted output whose connection is no longer there.
-//! - [`rpc`]: requests, responses and in-shard handlers.
+//! - [`rpc`]: requests, responses, in-shard handlers and pings.
 //! - [`close`]: the end of a connection, and of the shard.
 //!
 //! # Glossary
