@@ -4,9 +4,9 @@
 //! A shard is reached only through its [`ShardLink`]: a bounded queue of
 //! [`Command`]s plus the shard's [`ShardWaker`]. [`ShardLink::send`] never
 //! blocks: a full queue hands the command back to the caller, who decides
-//! (a sender reports `Full`, the control shard counts a drop). The waker
-//! costs a syscall only when the shard sleeps, so a burst of commands to a
-//! sleeping shard wakes it once.
+//! what it means (a sender reports `Full`, the control shard refuses the
+//! accepted socket and counts it). The waker costs a syscall only when the
+//! shard sleeps, so a burst of commands to a sleeping shard wakes it once.
 //!
 //! This file depends on no other part of the shard, nor on
 //! [`crate::shared`] or [`crate::channels`]: those hold and use links, and
