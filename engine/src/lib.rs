@@ -22,6 +22,10 @@
 //! burst, never per message). A connection lives on one shard for its whole
 //! life: decryption, reassembly, dispatch, encoding and encryption all happen
 //! there, with no locks on the per-message path.
+//!
+//! The hidden `fuzzing` module (feature `fuzzing`) holds the fuzz target
+//! bodies for discovery and Kademlia; `fuzz/` runs them under libFuzzer and
+//! `tests/corpus_replay.rs` replays the committed corpus.
 
 mod accept_rate;
 pub mod channels;
@@ -33,6 +37,7 @@ mod dial_backoff;
 pub mod discovery;
 mod driver;
 pub mod error;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 mod inbound_limit;
