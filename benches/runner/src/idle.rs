@@ -3,8 +3,8 @@
 //!
 //! # Design
 //! One node (the hub) listens; `conns` lightweight clients in the same
-//! process each complete a real handshake (`shoal::raw_client`: the
-//! sans-IO handshake over a blocking socket) and then hold the socket without
+//! process each complete a real handshake (`shoal_testkit::raw_client`:
+//! the sans-IO handshake over a blocking socket) and then hold the socket without
 //! speaking. A client costs the process a file descriptor and nothing else,
 //! so the growth of the process's resident set between "hub started" and
 //! "hub holds `conns` established connections" is the hub's cost. The hub's
@@ -14,32 +14,36 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use shoal::crypto::{Ed25519Signer, Identity, Signer};
-use shoal::engine::{Backend, Config, Network, NetworkHandle};
-use shoal::raw_client;
+use shoal_crypto::{Ed25519Signer, Identity, Signer};
+use shoal_engine::{Backend, Config, Network, NetworkHandle};
+use shoal_testkit::{process, raw_client};
+
+use crate::args::BenchArgs;
+use crate::cluster::label;
+use crate::result::RunResult;
 
 fn rss_kib() -> Result<u64, String> {
-    raw_client::rss_kib().map_err(|e| format!("cannot read this process's RSS: {e}"))
+    process::rss_kib().map_err(|e| format!("cannot read this process's RSS: {e}"))
 }
 
 /// What the scenario measured.
-pub struct IdleRss {
-    pub backend: String,
+pub(crate) struct IdleRss {
+    pub(crate) backend: String,
     /// Connections the hub held when memory was read.
-    pub established: usize,
-    pub rss_before_kib: u64,
-    pub rss_after_kib: u64,
+    pub(crate) established: usize,
+    pub(crate) rss_before_kib: u64,
+    pub(crate) rss_after_kib: u64,
 }
 
 impl IdleRss {
-    pub fn per_connection_kib(&self) -> f64 {
+    pub(crate) fn per_connection_kib(&self) -> f64 {
         self.rss_after_kib.saturating_sub(self.rss_before_kib) as f64
             / self.established.max(1) as f64
     }
 }
 
 /// Runs the scenario on `backend` with `conns` idle connections.
-pub fn idle_rss(base: &Config, backend: Backend, conns: usize) -> Result<IdleRss, String> {
+pub(crate) fn idle_rss(base: &Config, backend: Backend, conns: usize) -> Result<IdleRss, String> {
     let clients: Vec<Arc<Ed25519Signer>> = (0..conns)
         .map(|_| Arc::new(Ed25519Signer::generate()))
         .collect();
@@ -57,7 +61,7 @@ pub fn idle_rss(base: &Config, backend: Backend, conns: usize) -> Result<IdleRss
     oracle.register(0, clients.iter().map(|c| c.public_key().clone()).collect());
     let hub: NetworkHandle = net.start().map_err(|e| e.to_string())?;
     let addr = hub.local_addr().ok_or("the hub does not listen")?;
-    let backend_name = crate::bench::label(hub.backend()).to_string();
+    let backend_name = label(hub.backend()).to_string();
     let rss_before_kib = rss_kib()?;
     let mut sockets = Vec::with_capacity(conns);
     for c in &clients {
@@ -88,4 +92,58 @@ pub fn idle_rss(base: &Config, backend: Backend, conns: usize) -> Result<IdleRss
         rss_before_kib,
         rss_after_kib,
     })
+}
+
+/// Runs the idle scenario for one backend in a fresh `shoal bench` process
+/// (same config file and shard count) and reads its JSON result.
+pub(crate) fn idle_in_child(
+    args: &BenchArgs,
+    backend: Backend,
+    conns: usize,
+) -> Result<RunResult, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args([
+        "bench",
+        "--scenario",
+        "idle",
+        "--in-process",
+        "--json",
+        "--rounds",
+        "1",
+    ])
+    .args(["--connections", &conns.to_string()])
+    .args([
+        "--backend",
+        match backend {
+            Backend::IoUring => "io-uring",
+            Backend::Epoll => "epoll",
+            Backend::Auto => "auto",
+        },
+    ]);
+    if let Some(c) = &args.config {
+        cmd.arg("--config").arg(c);
+    }
+    if let Some(s) = args.shards {
+        cmd.args(["--shards", &s.to_string()]);
+    }
+    let out = cmd
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("idle: cannot run the child bench: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("idle: the child bench failed ({})", out.status));
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("idle: bad child output: {e}"))?;
+    let mut r = RunResult::new(
+        "idle",
+        v["backend"].as_str().unwrap_or("?").to_string(),
+        v["shards"].as_u64().unwrap_or(0) as usize,
+        0,
+    );
+    r.messages = v["messages"].as_u64().unwrap_or(0) as usize;
+    r.delivered = v["delivered"].as_u64().unwrap_or(0) as usize;
+    r.rss_per_connection_kib = v["rss_per_connection_kib"].as_f64();
+    Ok(r)
 }
