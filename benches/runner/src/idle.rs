@@ -10,6 +10,11 @@
 //! "hub holds `conns` established connections" is the hub's cost. The hub's
 //! idle timeout is raised for the run so that the silent clients stay
 //! connected while they are counted.
+//!
+//! By default each backend is measured in a fresh child process
+//! ([`idle_in_child`]: this executable's `bench --scenario idle
+//! --in-process --json`), so memory one run freed cannot hide the next
+//! run's growth; `--in-process` measures here ([`idle_rss`]).
 
 use std::sync::Arc;
 use std::time::Duration;
