@@ -33,6 +33,7 @@
 #![deny(unsafe_code)]
 
 mod accept_rate;
+mod channel_spec;
 pub mod channels;
 pub mod clock;
 pub mod config;
