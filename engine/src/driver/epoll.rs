@@ -31,7 +31,7 @@ use mio::{Events, Interest, Poll, Token};
 
 use super::event_loop::{self, Backend, Socket};
 use super::pool;
-use crate::shard::{DriverAction, ReadAhead, ReadPlan, Received, ShardCore};
+use crate::shard::{Arrived, DriverAction, ReadAhead, ReadPlan, ShardCore};
 use crate::waker::Asleep;
 
 const WAKE: Token = Token(usize::MAX);
@@ -180,7 +180,9 @@ impl Backend for Epoll {
         for key in keys {
             self.io.close(core, key, None);
         }
-        core.finish_all();
+        for key in core.connection_keys() {
+            core.finish_close(key, None);
+        }
         Ok(())
     }
 
@@ -253,7 +255,7 @@ impl Epoll {
             let spare = buf.buf_mut().capacity() - buf.buf_mut().len();
             let asked = want.min(spare);
             let got = pool::recv_into_spare(&sock.stream, buf.buf_mut(), want);
-            core.on_received(key, Received::Into(buf), Instant::now());
+            core.on_received(key, Arrived::Into(buf), Instant::now());
             match got {
                 Ok(0) => {
                     failed = Some("connection closed by peer".to_string());

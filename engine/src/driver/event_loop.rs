@@ -131,10 +131,12 @@ pub(crate) fn run<B: Backend>(core: &mut ShardCore, b: &mut B, busy_poll: bool) 
         let now = Instant::now();
         core.handle_timers(now);
         if waker.take_resume() {
-            core.resume_paused(now);
+            core.retry_held(now);
         }
         keys.clear();
-        core.take_dirty(&mut keys);
+        core.move_dirty_to(&mut keys);
+        keys.sort_unstable();
+        keys.dedup();
         for &key in &keys {
             b.flush(core, key)?;
             b.replan(core, key)?;

@@ -12,19 +12,20 @@
 //! - [`idle_spin`]: how long a shard keeps polling after it did work.
 //! - [`probe`]: whether io_uring runs everything [`uring`] uses here.
 //!
-//! `unsafe` is allowed only in [`uring`], its [`probe`] and [`pool`], where
-//! the kernel reads and writes memory the shard owns; each block states why
-//! it holds.
+//! `unsafe` lives only in [`uring`], its [`probe`] and [`pool`], where the
+//! kernel reads and writes memory the shard owns; each block states why it
+//! holds. The other modules here deny it, like the rest of the crate.
 
+#[deny(unsafe_code)]
 pub(crate) mod doorbell;
+#[deny(unsafe_code)]
 pub(crate) mod epoll;
+#[deny(unsafe_code)]
 pub(crate) mod event_loop;
+#[deny(unsafe_code)]
 pub(crate) mod idle_spin;
-#[allow(unsafe_code)]
 pub(crate) mod pool;
-#[allow(unsafe_code)]
 pub(crate) mod probe;
-#[allow(unsafe_code)]
 pub(crate) mod uring;
 
 use crate::config::Backend;

@@ -12,9 +12,9 @@
 //!   delivers them. A driver that keeps a receive going between turns asks
 //!   [`ShardCore::read_intent`] (the same decision, without lending a buffer)
 //!   whether to keep or end it.
-//! - **transmit**: [`ShardCore::take_dirty`] lists the connections to look
-//!   at (output to write, or a receive to revisit; a driver adds one with
-//!   [`ShardCore::mark_dirty`]); [`ShardCore::poll_transmit`] hands out
+//! - **transmit**: [`ShardCore::move_dirty_to`] lists the connections to
+//!   look at (output to write, or a receive to revisit; a driver adds one
+//!   with [`ShardCore::mark_dirty`]); [`ShardCore::poll_transmit`] hands out
 //!   sealed bytes and [`ShardCore::handle_sent`] reports progress.
 //! - **close**: [`ShardCore::closing`] lists connections whose protocol
 //!   ended; [`ShardCore::must_abort`] says whether to reset instead of
@@ -51,7 +51,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use shoal_wire::ReadBuf;
 
-use super::{note_misbehavior, ShardCore, TIMER_GRANULARITY};
+use super::close::note_misbehavior;
+use super::{ShardCore, TIMER_GRANULARITY};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::waker::ShardWaker;
@@ -74,10 +75,10 @@ pub(crate) enum ReadAhead {
 #[derive(Debug)]
 pub(crate) enum ReadPlan {
     /// Receive into the driver's buffer pool; hand the bytes to
-    /// [`ShardCore::on_received`] as [`Received::Copied`].
+    /// [`ShardCore::on_received`] as [`Arrived::Copied`].
     Pool,
     /// Receive at most [`ReadBuf::want`] bytes straight into this buffer (the
-    /// connection's frame buffer), then give it back as [`Received::Into`],
+    /// connection's frame buffer), then give it back as [`Arrived::Into`],
     /// whatever the read's outcome: until then the connection decodes nothing.
     Into(ReadBuf),
     /// Start no receive now; one already going on may continue.
@@ -116,7 +117,7 @@ impl ReadIntent {
 }
 
 /// What a receive brought ([`ShardCore::on_received`]).
-pub(crate) enum Received<'a> {
+pub(crate) enum Arrived<'a> {
     /// Bytes the driver received into its own (pool) buffer: copied in.
     Copied(&'a [u8]),
     /// The buffer of a [`ReadPlan::Into`], extended by what the read
@@ -135,7 +136,7 @@ impl ShardCore {
                 match self
                     .conns
                     .get_mut(key)
-                    .and_then(|s| s.conn.lend_read_buf(batch))
+                    .and_then(|s| s.conn.poll_lend_buf(batch))
                 {
                     Some(buf) => ReadPlan::Into(buf),
                     // The decoder wants a decode first: there is nothing to
@@ -156,16 +157,19 @@ impl ShardCore {
             return ReadIntent::Stop;
         };
         let conn = &s.conn;
-        let paused = s.stash.is_some() || s.paused_until.is_some() || s.hold_for.is_some();
-        if !paused && conn.wants_read() {
-            let direct =
-                ahead == ReadAhead::Never || conn.large_records() || conn.large_body_pending();
+        if !s.paused() && conn.wants_read() {
+            let direct = ahead == ReadAhead::Never
+                || conn.has_large_records()
+                || conn.has_large_body_pending();
             if direct {
                 ReadIntent::Direct
             } else {
                 ReadIntent::Pool
             }
-        } else if conn.is_closed() || conn.large_records() || conn.buffered() > PAUSED_INPUT_LIMIT {
+        } else if conn.is_closed()
+            || conn.has_large_records()
+            || conn.buffered_len() > PAUSED_INPUT_LIMIT
+        {
             ReadIntent::Stop
         } else {
             ReadIntent::Hold
@@ -174,23 +178,23 @@ impl ShardCore {
 
     /// Takes what a receive for `key` brought at `now` (a lent buffer always
     /// comes back here), and handles the input: events, delivery, output.
-    pub(crate) fn on_received(&mut self, key: usize, got: Received<'_>, now: Instant) {
+    pub(crate) fn on_received(&mut self, key: usize, got: Arrived<'_>, now: Instant) {
         let metrics = &self.shared.metrics;
         let slot = self.conns.get_mut(key);
         let received = match got {
-            Received::Copied(data) => {
+            Arrived::Copied(data) => {
                 metrics.recv_pooled_bytes.inc_by(data.len() as u64);
                 if let Some(slot) = slot {
-                    slot.conn.feed(data, now);
+                    slot.conn.handle_input(data, now);
                 }
                 data.len()
             }
-            Received::Into(buf) => {
+            Arrived::Into(buf) => {
                 let n = buf.received();
                 metrics.recv_direct_bytes.inc_by(n as u64);
                 // Dropped with the connection if it is gone.
                 if let Some(slot) = slot {
-                    slot.conn.return_read_buf(buf, now);
+                    slot.conn.handle_returned_buf(buf, now);
                 }
                 n
             }
@@ -207,7 +211,7 @@ impl ShardCore {
             let Some(slot) = self.conns.get_mut(key) else {
                 return;
             };
-            if slot.stash.is_some() || slot.paused_until.is_some() || slot.hold_for.is_some() {
+            if slot.paused() {
                 break;
             }
             let Some(ev) = slot.conn.poll_event(now) else {
@@ -216,7 +220,7 @@ impl ShardCore {
             self.handle_event(key, ev, now);
         }
         if let Some(slot) = self.conns.get_mut(key) {
-            let copied = slot.conn.take_reassembly_copied_bytes();
+            let copied = slot.conn.poll_reassembly_copied_bytes();
             if copied > 0 {
                 self.shared.metrics.reassembly_copied_bytes.inc_by(copied);
             }
@@ -236,7 +240,7 @@ impl ShardCore {
         }
         if slot.conn.is_closed() && slot.close_label.is_none() {
             // Closed without an event we saw (e.g. after graceful close).
-            slot.close_label = Some(slot.conn.closed_label().unwrap_or("local_close"));
+            slot.close_label = Some(slot.conn.close_label().unwrap_or("local_close"));
         }
         if slot.conn.is_closed() {
             // As soon as the protocol ended, not when the socket is gone: a
@@ -250,12 +254,10 @@ impl ShardCore {
     }
 
     /// Moves the connections the driver must look at (output to write, or a
-    /// receive to revisit) into `keys`, each once.
+    /// receive to revisit) to the end of `out`, unsorted and maybe repeated.
     #[inline]
-    pub(crate) fn take_dirty(&mut self, keys: &mut Vec<usize>) {
-        keys.append(&mut self.dirty);
-        keys.sort_unstable();
-        keys.dedup();
+    pub(crate) fn move_dirty_to(&mut self, out: &mut Vec<usize>) {
+        out.append(&mut self.dirty);
     }
 
     /// The driver must look at `key` this turn (its socket became writable,
@@ -277,7 +279,7 @@ impl ShardCore {
         let out = slot.conn.poll_transmit();
         if slot.conn.is_closed() && !self.closing.contains(&key) {
             if slot.close_label.is_none() {
-                slot.close_label = Some(slot.conn.closed_label().unwrap_or("local_close"));
+                slot.close_label = Some(slot.conn.close_label().unwrap_or("local_close"));
             }
             slot.closed_at = Some(Instant::now());
             self.closing.push(key);
@@ -318,15 +320,13 @@ impl ShardCore {
                 .is_some_and(|s| s.abort || s.write_overdue(now, self.shared.config.write_timeout))
     }
 
-    /// The driver closed every socket: forget every connection still here.
-    pub(crate) fn finish_all(&mut self) {
-        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
-        for key in keys {
-            self.finish_close(key, None);
-        }
+    /// Every connection still here (the driver forgets them once their
+    /// sockets are gone).
+    pub(crate) fn connection_keys(&self) -> Vec<usize> {
+        self.conns.iter().map(|(k, _)| k).collect()
     }
 
-    /// Whether shutdown was requested.
+    /// Shutdown began ([`super::Command::Shutdown`]).
     #[inline]
     pub(crate) fn shutting_down(&self) -> bool {
         self.shutdown.is_some()
@@ -365,6 +365,10 @@ impl ShardCore {
 
 #[cfg(test)]
 impl ShardCore {
+    pub(crate) fn shared(&self) -> &Arc<super::Shared> {
+        &self.shared
+    }
+
     /// The sending half of this shard's own queue (tests send it commands).
     pub(crate) fn link(&self) -> &super::ShardLink {
         &self.shared.shards[self.id]
@@ -412,7 +416,7 @@ mod tests {
         // refused) while the connection is paused: it only piles up.
         core.conns[k]
             .conn
-            .feed(&vec![0xff; PAUSED_INPUT_LIMIT + 1], now);
+            .handle_input(&vec![0xff; PAUSED_INPUT_LIMIT + 1], now);
         assert_eq!(core.read_intent(k, ReadAhead::Pool), ReadIntent::Stop);
         assert_eq!(core.read_intent(k, ReadAhead::Never), ReadIntent::Stop);
 
@@ -443,7 +447,7 @@ mod tests {
             panic!("an idle connection reads straight into its buffer");
         };
         assert_eq!(buf.want(), IDLE_READ.min(core.config().recv_buffer_size));
-        core.on_received(k, Received::Into(buf), now);
+        core.on_received(k, Arrived::Into(buf), now);
         assert_eq!(core.metrics().recv_direct_bytes.get(), 0);
         assert!(core.closing().is_empty());
 
@@ -451,12 +455,12 @@ mod tests {
             panic!("the buffer came back");
         };
         buf.buf_mut().extend_from_slice(&[0xff; 8]);
-        core.on_received(k, Received::Into(buf), now);
+        core.on_received(k, Arrived::Into(buf), now);
         assert_eq!(core.metrics().recv_direct_bytes.get(), 8);
         assert_eq!(core.closing(), &[k], "the refused frame closed it");
 
         let other = dialed(&mut core, now);
-        core.on_received(other, Received::Copied(&[0, 0, 0, 0]), now);
+        core.on_received(other, Arrived::Copied(&[0, 0, 0, 0]), now);
         assert_eq!(core.metrics().recv_pooled_bytes.get(), 4);
         assert!(core.closing().contains(&other), "an empty frame is refused");
     }

@@ -20,7 +20,7 @@ use super::{
 };
 use crate::driver::event_loop::Backend;
 use crate::driver::pool::BufferPool;
-use crate::shard::{Received, ShardCore};
+use crate::shard::{Arrived, ShardCore};
 
 /// Completion: one step per operation.
 impl Uring {
@@ -111,7 +111,7 @@ impl Uring {
                 return Ok(());
             };
             if let Some(data) = self.pool.filled(bid, res as usize) {
-                core.on_received(key, Received::Copied(data), Instant::now());
+                core.on_received(key, Arrived::Copied(data), Instant::now());
             }
             self.pool.recycle(bid);
             return self.after_pool_recv(core, key);
@@ -168,7 +168,7 @@ impl Uring {
             // SAFETY: those bytes are initialised and within capacity: the completion says the kernel wrote `n` bytes (at most the length we gave, which fit the spare capacity) and no longer touches the buffer.
             unsafe { bytes.set_len(bytes.len() + n) };
         }
-        core.on_received(key, Received::Into(buf), Instant::now());
+        core.on_received(key, Arrived::Into(buf), Instant::now());
         match -res {
             n if n < 0 => {
                 let closing = self.socks.get(&key).is_none_or(|s| s.closing);
