@@ -30,13 +30,15 @@
 //!   receive): receiving ahead is worth more to small records than the copy
 //!   out of the pool costs (64 B messages lost 12–35 % without it).
 //! - A connection with a large frame body pending, or whose last frame
-//!   carried large records ([`crate::connection::Connection::large_records`]),
+//!   carried large records
+//!   ([`crate::connection::Connection::has_large_records`]),
 //!   receives straight into its frame buffer, sized by the frame decoder, so
 //!   the bulk of the bytes is never copied in user space. A driver with no
 //!   pool ([`ReadAhead::Never`], epoll) always receives this way.
-//! - A connection paused by backpressure (full receiver, quota, a
-//!   replacement's hold) starts no receive, but one already going on may
-//!   continue while the input it buffered stays under
+//! - A paused connection (see the glossary in [`super`]: its receiver
+//!   refused a message, it holds too much quota-held input, or it waits
+//!   behind the connection it replaced) starts no receive, but one already
+//!   going on may continue while the input it buffered stays under
 //!   [`PAUSED_INPUT_LIMIT`] ([`ReadPlan::Hold`]): short pauses cost no cancel
 //!   and re-arm, long ones stop reading (TCP backpressure) with the buffered
 //!   input bounded per connection ([`ReadPlan::Stop`]). A closed connection,
@@ -59,7 +61,7 @@ use crate::waker::ShardWaker;
 
 /// Input a paused connection may buffer before its receive is stopped (see
 /// [the read plan](self#the-read-plan)).
-pub const PAUSED_INPUT_LIMIT: usize = 256 * 1024;
+pub(crate) const PAUSED_INPUT_LIMIT: usize = 256 * 1024;
 
 /// What a driver can receive into besides a connection's own frame buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -377,23 +379,15 @@ impl ShardCore {
 
 #[cfg(test)]
 mod tests {
-    use std::net::SocketAddr;
-
-    use shoal_crypto::{Ed25519Signer, Signer};
     use shoal_wire::frame::IDLE_READ;
 
+    use super::super::test_support::dialed;
     use super::*;
     use crate::network::Network;
 
     fn core() -> ShardCore {
         let (net, _oracle) = Network::new(Config::local(None)).unwrap();
         net.into_shard_core()
-    }
-
-    fn dialed(core: &mut ShardCore, now: Instant) -> usize {
-        let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
-        let peer = Ed25519Signer::insecure_from_seed(7).public_key().clone();
-        core.insert(None, Some((peer, addr)), now)
     }
 
     /// A connection that wants input reads through the pool where there is
@@ -404,7 +398,7 @@ mod tests {
     fn the_read_plan_follows_the_connection() {
         let mut core = core();
         let now = Instant::now();
-        let k = dialed(&mut core, now);
+        let k = dialed(&mut core, 7, now);
         assert_eq!(core.read_intent(k, ReadAhead::Pool), ReadIntent::Pool);
         assert_eq!(core.read_intent(k, ReadAhead::Never), ReadIntent::Direct);
         assert!(matches!(core.read_plan(k, ReadAhead::Pool), ReadPlan::Pool));
@@ -420,7 +414,7 @@ mod tests {
         assert_eq!(core.read_intent(k, ReadAhead::Pool), ReadIntent::Stop);
         assert_eq!(core.read_intent(k, ReadAhead::Never), ReadIntent::Stop);
 
-        let closed = dialed(&mut core, now);
+        let closed = dialed(&mut core, 7, now);
         core.conns[closed]
             .conn
             .abort(crate::connection::CloseCause::WriteTimeout);
@@ -442,7 +436,7 @@ mod tests {
     fn received_bytes_come_back_counted_and_handled() {
         let mut core = core();
         let now = Instant::now();
-        let k = dialed(&mut core, now);
+        let k = dialed(&mut core, 7, now);
         let ReadPlan::Into(buf) = core.read_plan(k, ReadAhead::Never) else {
             panic!("an idle connection reads straight into its buffer");
         };
@@ -459,7 +453,7 @@ mod tests {
         assert_eq!(core.metrics().recv_direct_bytes.get(), 8);
         assert_eq!(core.closing(), &[k], "the refused frame closed it");
 
-        let other = dialed(&mut core, now);
+        let other = dialed(&mut core, 7, now);
         core.on_received(other, Arrived::Copied(&[0, 0, 0, 0]), now);
         assert_eq!(core.metrics().recv_pooled_bytes.get(), 4);
         assert!(core.closing().contains(&other), "an empty frame is refused");
