@@ -9,8 +9,10 @@
 //!   records, chunking, priorities, timers). No sockets, no clock.
 //! - `shard`: one thread per core owning its connections; backend-independent.
 //! - `driver`: io_uring and epoll drivers that only move bytes.
-//! - [`network`]: [`Network`] / [`NetworkHandle`], the control shard
-//!   (accept, dial, deauthorize), shutdown.
+//! - [`network`]: [`Network`] / [`NetworkHandle`]: start, the running
+//!   node, shutdown.
+//! - `control`: the control shard (accept, dial, discovery gossip, [`open`]
+//!   mode, peer-set changes) as sans-IO parts and the loop between them.
 //! - [`channels`]: [`Sender`] / [`Receiver`] with explicit backpressure.
 //! - [`oracle`]: authorized peer sets and known addresses.
 //! - [`peers`]: the lock-free table of established connections.
@@ -23,25 +25,22 @@
 //! life: decryption, reassembly, dispatch, encoding and encryption all happen
 //! there, with no locks on the per-message path.
 
-mod accept_rate;
 pub mod channels;
 pub mod clock;
 pub mod config;
 pub mod connection;
-pub(crate) mod cooldown;
-mod dial_backoff;
+mod control;
 pub mod discovery;
 mod driver;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
-mod inbound_limit;
 pub(crate) mod inbox;
 pub mod kademlia;
 mod limiters;
 pub mod metrics;
 pub mod network;
-pub mod open;
+pub use control::open;
 pub mod oracle;
 pub mod peers;
 mod placement;
