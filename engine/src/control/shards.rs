@@ -10,9 +10,8 @@
 //! address already counted by the acceptor), a dial in `outbound` plus the
 //! peer's dialing mark, until the connection ends. When a shard's queue is
 //! full the counts are given back at once and the socket or dial is
-//! dropped. A record or close that does not fit a full queue is counted
-//! (`control_dropped`): gossip repeats, and a close is retried by the
-//! condition that caused it.
+//! dropped. A record or close that does not fit a full queue is dropped
+//! and counted (`control_dropped`).
 
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::atomic::Ordering;
