@@ -25,6 +25,7 @@
 //! life: decryption, reassembly, dispatch, encoding and encryption all happen
 //! there, with no locks on the per-message path.
 
+mod channel_spec;
 pub mod channels;
 pub mod clock;
 pub mod config;
