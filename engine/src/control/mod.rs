@@ -10,7 +10,7 @@
 //! - [`dialer`]: whom to dial when ([`dial_backoff`], the tie-break grace,
 //!   open mode's unreachable marks);
 //! - [`discovery`]: the authorized-mode gossip over [`crate::discovery`];
-//! - [`open`]: open mode's Kademlia driver;
+//! - [`open`]: open mode's Kademlia driver (its join sequence: [`join`]);
 //! - [`oracle`]: following the embedder's peer sets.
 //!
 //! They speak one vocabulary, [`Output`], and see the node's connections
@@ -31,6 +31,7 @@ mod dial_backoff;
 pub(crate) mod dialer;
 pub(crate) mod discovery;
 pub(crate) mod inbound_limit;
+mod join;
 pub(crate) mod listener;
 pub mod open;
 pub(crate) mod oracle;

@@ -49,6 +49,7 @@ use shoal_wire::{CloseReason, FindNode, Nodes, PeerRecord, Record};
 use tokio::sync::oneshot;
 
 use super::dialer::Unreachable;
+use super::join::Join;
 use super::Output;
 use crate::connection::ControlOut;
 use crate::discovery::{verify_record, RecordRejected};
@@ -60,14 +61,7 @@ pub const MAX_LOOKUPS: usize = 64;
 /// How long a query may wait for its dial to connect (a dial that fails
 /// fails its queries at once; this bounds one that hangs).
 const CONNECT_WAIT: Duration = Duration::from_secs(3);
-/// Lookups of our own id when joining (the first ones run on a nearly empty
-/// table, so they are repeated once).
-const JOIN_OWN_ID: u32 = 2;
-/// At most this many bucket-refresh lookups per join or refresh round.
-const MAX_BUCKET_REFRESH: u32 = 24;
-/// The join sequence runs again this often, so buckets that lost their
-/// entries (or never had any) are filled from the live network.
-pub const REFRESH_INTERVAL: Duration = Duration::from_secs(300);
+pub use super::join::REFRESH_INTERVAL;
 
 /// The answer to a lookup: the closest responders (key, address).
 pub type LookupResult = Vec<(PublicKey, SocketAddr)>;
@@ -106,11 +100,8 @@ pub(crate) struct OpenMode {
     checks: HashMap<NodeId, Instant>,
     /// Nodes whose last dial failed: queries skip them for a while.
     unreachable: Unreachable,
-    /// Position in the join sequence (see [`OpenMode::next_join_target`]).
-    join_step: u32,
-    next_refresh: Option<Instant>,
-    /// The join or refresh lookup in progress (one at a time).
-    join: Option<u64>,
+    /// The join and refresh sequence.
+    join: Join,
     out: VecDeque<Output>,
 }
 
@@ -142,9 +133,7 @@ impl OpenMode {
             waiting: HashMap::new(),
             checks: HashMap::new(),
             unreachable: Unreachable::new(),
-            join_step: 0,
-            next_refresh: None,
-            join: None,
+            join: Join::new(),
             out: VecDeque::new(),
         })
     }
@@ -351,47 +340,14 @@ impl OpenMode {
         Some(id)
     }
 
-    /// The next lookup target of the join (and periodic refresh) sequence,
-    /// or `None` when the round is complete or the table is empty.
-    ///
-    /// A node learns table entries only from nodes it connects to, and a
-    /// lookup of its own id only meets nodes near itself: with nothing more,
-    /// a node whose bootstrapper sits in the same half of the id space never
-    /// hears of the other half, and every lookup toward it ends among the
-    /// wrong nodes (measured: 2–4 of 100 lookups on 100 nodes returned none
-    /// of the true closest). So, as in the Kademlia paper, the join looks up
-    /// its own id, then a random id in every bucket farther than its closest
-    /// neighbour, farthest first; the round repeats every
-    /// [`REFRESH_INTERVAL`].
+    /// The next target of the join sequence ([`super::join`]).
+    #[cfg(test)]
     fn next_join_target<R: rand::Rng + ?Sized>(
         &mut self,
         now: Instant,
         rng: &mut R,
     ) -> Option<NodeId> {
-        if self.table.is_empty() {
-            return None;
-        }
-        let next_refresh = *self.next_refresh.get_or_insert(now + REFRESH_INTERVAL);
-        if now >= next_refresh {
-            self.join_step = 0;
-            self.next_refresh = Some(now + REFRESH_INTERVAL);
-        }
-        if self.join_step < JOIN_OWN_ID {
-            self.join_step += 1;
-            return Some(self.local);
-        }
-        let refresh = self.join_step - JOIN_OWN_ID;
-        if refresh >= MAX_BUCKET_REFRESH {
-            return None;
-        }
-        // Bucket 255 holds the farthest half of the id space.
-        let bucket = 255usize.checked_sub(refresh as usize)?;
-        let closest = (0..256).find(|&b| self.table.bucket_len(b) > 0)?;
-        if bucket <= closest {
-            return None;
-        }
-        self.join_step += 1;
-        Some(self.local.random_in_bucket(bucket, rng))
+        self.join.next_target(&self.table, self.local, now, rng)
     }
 
     /// A connection to `peer` came up: send the queries that waited for it.
@@ -453,13 +409,14 @@ impl OpenMode {
         connected: Connected<'_>,
         rng: &mut R,
     ) {
-        if self.join.is_some_and(|id| !self.lookups.contains_key(&id)) {
-            self.join = None;
-        }
-        if self.join.is_none() {
-            if let Some(target) = self.next_join_target(now, rng) {
-                self.join = self.start_lookup(target, None, now);
-            }
+        let lookups = &self.lookups;
+        let running = |id| lookups.contains_key(&id);
+        if let Some(target) = self
+            .join
+            .poll_target(&self.table, self.local, running, now, rng)
+        {
+            let started = self.start_lookup(target, None, now);
+            self.join.handle_started(started);
         }
         self.poll(connected, now);
     }
@@ -787,7 +744,7 @@ mod tests {
             .collect();
         let expected: Vec<usize> = (closest + 1..=255)
             .rev()
-            .take(MAX_BUCKET_REFRESH as usize)
+            .take(crate::control::join::MAX_BUCKET_REFRESH as usize)
             .collect();
         assert_eq!(buckets, expected);
 
