@@ -252,7 +252,7 @@ struct RunResult {
     sealed_stream: Option<f64>,
     /// latency, request, rpc: how long the waiting application threads (and
     /// the raw TCP baseline's two threads, to match) look for their next
-    /// message before parking, µs (`Config::wait_spin`; 0 under busy-poll).
+    /// message before parking, µs (`IoSettings::wait_spin`; 0 under busy-poll).
     #[serde(skip_serializing_if = "Option::is_none")]
     wait_spin_us: Option<u64>,
     /// shard-rtt: the shards busy-polled (and the raw baseline's two threads
@@ -364,15 +364,23 @@ fn plan(args: &BenchArgs) -> Result<Plan, BenchError> {
     };
     let loopback = Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
     let mut base = match &file {
-        Some(f) => f.engine_config(loopback),
+        Some(f) => {
+            let mut c = f.engine_config();
+            c.listen.address = loopback;
+            c
+        }
         None => {
             let mut c = Config::local(loopback);
-            c.peer_send_backlog = 8192;
-            c.shards = 1;
+            c.limits.peer_send_backlog = 8192;
+            c.io.shards = 1;
             c
         }
     };
-    let backends = match (args.backend, file.as_ref().and_then(|f| f.backend)) {
+    let file_backend = file
+        .as_ref()
+        .filter(|f| f.sets("io.backend"))
+        .map(|f| f.io.backend);
+    let backends = match (args.backend, file_backend) {
         (Some(BackendArg::Both), _) | (None, None) => vec![Backend::IoUring, Backend::Epoll],
         (Some(BackendArg::IoUring), _) => vec![Backend::IoUring],
         (Some(BackendArg::Epoll), _) => vec![Backend::Epoll],
@@ -380,25 +388,25 @@ fn plan(args: &BenchArgs) -> Result<Plan, BenchError> {
         (None, Some(b)) => vec![b],
     };
     if let Some(s) = args.shards {
-        base.shards = s;
-    } else if file.as_ref().and_then(|f| f.shards).is_none() {
-        base.shards = 1;
+        base.io.shards = s;
+    } else if !file.as_ref().is_some_and(|f| f.sets("io.shards")) {
+        base.io.shards = 1;
     }
-    base.busy_poll |= args.busy_poll;
+    base.io.busy_poll |= args.busy_poll;
     // Every bench node is on 127.0.0.1: a per-address limit from a
     // `recommended` config file would refuse the cluster's own peers.
-    base.max_inbound_per_ip = 0;
-    base.accept_rate_per_ip = 0;
+    base.admission.max_inbound_per_ip = 0;
+    base.admission.accept_rate_per_ip = 0;
     if args.no_doorbell {
-        base.uring_doorbell = false;
+        base.io.uring.doorbell = false;
     }
     if let Some(us) = args.wait_spin_us {
-        base.wait_spin = Duration::from_micros(us);
+        base.io.wait_spin = Duration::from_micros(us);
     }
     if let Some(us) = args.idle_spin_us {
-        base.idle_spin = Duration::from_micros(us);
+        base.io.idle_spin = Duration::from_micros(us);
     }
-    base.pin_cores |= args.pin;
+    base.io.pin_cores |= args.pin;
     base.validate().map_err(|e| {
         BenchError::Config(format!(
             "invalid config{}: {}",
@@ -474,7 +482,7 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
     .filter(|s| wants(*s))
     .count();
     // `all` runs shard-rtt twice (sleeping and busy-polling shards).
-    let extra = usize::from(all && !p.base.busy_poll);
+    let extra = usize::from(all && !p.base.io.busy_poll);
     let steps = (scenarios + extra) * rounds * (1 + p.backends.len());
     let pb = progress_bar(steps as u64);
     let step = |what: String| {
@@ -557,16 +565,16 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
         let size = if all { 64 } else { p.size.unwrap_or(64) };
         let messages = p.messages.unwrap_or(5000).max(1);
         let mut variants = vec![p.clone()];
-        if all && !p.base.busy_poll {
+        if all && !p.base.io.busy_poll {
             let mut busy = p.clone();
-            busy.base.busy_poll = true;
+            busy.base.io.busy_poll = true;
             variants.push(busy);
         }
         for q in &variants {
-            let wait = if q.base.busy_poll {
+            let wait = if q.base.io.busy_poll {
                 Wait::BusyPoll
             } else {
-                Wait::SpinThenBlock(q.base.idle_spin)
+                Wait::SpinThenBlock(q.base.io.idle_spin)
             };
             results.extend(interleaved(
                 &pb,
@@ -577,9 +585,9 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
                 || raw_tcp_pingpong(size, messages, 1, wait),
                 |b| shard_rtt(q, b, size, messages),
             )?);
-            if !q.base.busy_poll {
+            if !q.base.io.busy_poll {
                 for r in results.iter_mut().rev().take(q.backends.len()) {
-                    r.wait_spin_us = Some(q.base.idle_spin.as_micros() as u64);
+                    r.wait_spin_us = Some(q.base.io.idle_spin.as_micros() as u64);
                 }
             }
         }
@@ -658,7 +666,7 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
         let messages = p.messages.unwrap_or(3000).max(1);
         let with_shards = |n: usize| {
             let mut q = p.clone();
-            q.base.shards = n;
+            q.base.io.shards = n;
             q.shards = n;
             q
         };
@@ -1010,11 +1018,14 @@ fn cluster_with(
     let mut oracles = Vec::new();
     for (i, id) in ids.iter().enumerate() {
         let mut cfg = p.base.clone().with_identity(id.clone());
-        cfg.backend = backend;
+        cfg.io.backend = backend;
         // With pinning, consecutive nodes take consecutive cores.
-        cfg.core_offset = i * cfg.shard_count();
+        cfg.io.core_offset = i * cfg.shard_count();
         if i == 0 {
-            cfg.max_inbound = cfg.max_inbound.max(hub_also_allows.len() + spokes + 16);
+            cfg.limits.max_inbound = cfg
+                .limits
+                .max_inbound
+                .max(hub_also_allows.len() + spokes + 16);
         }
         let (mut net, oracle) = Network::new(cfg).map_err(|e| e.to_string())?;
         let (tx, rx) = net
@@ -1506,7 +1517,7 @@ fn shard_rtt(
         return Err(format!("shard-rtt: echo {n} does not match its ping"));
     }
     res.finish(messages, st.done, seconds, st.done * size * 2);
-    res.busy_poll = p.base.busy_poll;
+    res.busy_poll = p.base.io.busy_poll;
     res.crowd = (p.crowd > 0).then_some(p.crowd);
     Ok(res.with_latency(&st.hist))
 }

@@ -76,7 +76,7 @@ impl Network {
         let mut links = Vec::with_capacity(shards);
         let mut queues = Vec::with_capacity(shards);
         for id in 0..shards {
-            let (tx, rx) = sync_channel(config.shard_queue);
+            let (tx, rx) = sync_channel(config.io.shard_queue);
             let waker = Arc::new(ShardWaker::new(metrics.wakeups.clone())?);
             let slots = metrics
                 .shard_connections
@@ -91,12 +91,16 @@ impl Network {
             });
             queues.push(rx);
         }
-        let oracle = Arc::new(OracleState::new(config.tracked_peer_sets));
-        let config_max_pending = config.max_pending_requests;
-        let config_max_connections = config.max_inbound.saturating_add(config.max_outbound);
-        let inbound_ips = crate::inbound_limit::InboundLimit::new(config.max_inbound_per_ip);
-        let cooldown = crate::cooldown::PeerCooldown::new(config.misbehavior_cooldown);
-        let (control_tx, control_rx) = sync_channel(config.control_queue);
+        let oracle = Arc::new(OracleState::new(config.discovery.tracked_peer_sets));
+        let config_max_pending = config.limits.max_pending_requests;
+        let config_max_connections = config
+            .limits
+            .max_inbound
+            .saturating_add(config.limits.max_outbound);
+        let inbound_ips =
+            crate::inbound_limit::InboundLimit::new(config.admission.max_inbound_per_ip);
+        let cooldown = crate::cooldown::PeerCooldown::new(config.admission.misbehavior_cooldown);
+        let (control_tx, control_rx) = sync_channel(config.discovery.control_queue);
         let control_waker = Arc::new(ShardWaker::new(Counter::default())?);
         let shared = Arc::new(Shared {
             config,
@@ -200,7 +204,7 @@ impl Network {
 
     /// This node's public key.
     pub fn public_key(&self) -> PublicKey {
-        self.shared.config.identity.public_key().clone()
+        self.shared.config.identity.signer.public_key().clone()
     }
 
     /// Binds the listener and starts every thread.
@@ -216,7 +220,7 @@ impl Network {
             map: channels.into_iter().collect(),
         }));
         let config = &shared.config;
-        let (backend, fallback) = crate::driver::resolve_backend(config.backend)?;
+        let (backend, fallback) = crate::driver::resolve_backend(config.io.backend)?;
         if let Some(why) = &fallback {
             tracing::warn!(step = why.step, reason = %why.detail, "io_uring cannot run the driver here; using the epoll backend");
         }
@@ -229,7 +233,7 @@ impl Network {
             })
             .set(1);
 
-        let listener = match config.listen {
+        let listener = match config.listen.address {
             Some(addr) => {
                 let l = TcpListener::bind(addr).map_err(|source| Error::Listen { addr, source })?;
                 l.set_nonblocking(true)?;
@@ -241,8 +245,8 @@ impl Network {
 
         let conn_cfg = Arc::new(config.connection_config());
         let oracle = shared.oracle.clone();
-        let me = config.identity.public_key().clone();
-        let open = config.open;
+        let me = config.identity.signer.public_key().clone();
+        let open = config.discovery.open;
         let judge = shared.clone();
         let authorizer: Authorizer = Arc::new(move |pk: &PublicKey| {
             if *pk == me || !(open || oracle.is_authorized(pk)) {
@@ -263,10 +267,11 @@ impl Network {
         shared.metrics.shards_alive.set(queues.len() as i64);
         for (id, rx) in queues.into_iter().enumerate() {
             let core = ShardCore::new(id, shared.clone(), rx, conn_cfg.clone(), authorizer.clone());
-            let busy = config.busy_poll;
+            let busy = config.io.busy_poll;
             let pin = config
+                .io
                 .pin_cores
-                .then_some((config.core_offset + id) % cores);
+                .then_some((config.io.core_offset + id) % cores);
             let shared = shared.clone();
             let t = std::thread::Builder::new()
                 .name(format!("shoal-shard-{id}"))
@@ -337,7 +342,7 @@ impl NetworkHandle {
 
     /// This node's public key.
     pub fn public_key(&self) -> PublicKey {
-        self.shared.config.identity.public_key().clone()
+        self.shared.config.identity.signer.public_key().clone()
     }
 
     /// Connected peers.
@@ -585,19 +590,20 @@ fn control_loop(
             Interest::READABLE,
         )?;
         let cfg = &shared.config;
-        let me = cfg.identity.public_key().clone();
+        let me = cfg.identity.signer.public_key().clone();
         let clock = Clock::system();
         let mut discovery = Discovery::new(
             DiscoveryConfig {
-                namespace: cfg.namespace.clone(),
-                tracked_peer_sets: cfg.tracked_peer_sets,
-                peer_gossip_max: cfg.peer_gossip_max,
-                synchrony_bound: cfg.synchrony_bound,
-                allow_private_ips: cfg.allow_private_ips,
+                namespace: cfg.identity.namespace.clone(),
+                tracked_peer_sets: cfg.discovery.tracked_peer_sets,
+                peer_gossip_max: cfg.discovery.peer_gossip_max,
+                synchrony_bound: cfg.timeouts.synchrony_bound,
+                allow_private_ips: cfg.discovery.allow_private_ips,
             },
-            cfg.identity.clone(),
+            cfg.identity.signer.clone(),
         );
         let advertise = cfg
+            .listen
             .advertise
             .or(local_addr)
             .filter(|a| !a.ip().is_unspecified());
@@ -605,16 +611,22 @@ fn control_loop(
             discovery.refresh_own(addr, clock.unix_ms(Instant::now()));
         }
         let mut next_shard = 0usize;
-        let mut accept_rate =
-            crate::accept_rate::AcceptRate::new(cfg.accept_rate_per_ip, cfg.accept_burst_per_ip);
+        let mut accept_rate = crate::accept_rate::AcceptRate::new(
+            cfg.admission.accept_rate_per_ip,
+            cfg.admission.accept_burst_per_ip,
+        );
         let mut dial_states: HashMap<PublicKey, DialState> = HashMap::new();
         let mut next_dial = Instant::now();
-        let mut next_gossip = Instant::now() + cfg.gossip_interval;
+        let mut next_gossip = Instant::now() + cfg.discovery.gossip_interval;
         let mut last_answer: HashMap<PublicKey, Instant> = HashMap::new();
         let mut seen_version = u64::MAX;
         let mut rng = rand::thread_rng();
-        let mut open = if cfg.open {
-            OpenMode::new(&me, cfg.namespace.clone(), cfg.allow_private_ips)
+        let mut open = if cfg.discovery.open {
+            OpenMode::new(
+                &me,
+                cfg.identity.namespace.clone(),
+                cfg.discovery.allow_private_ips,
+            )
         } else {
             None
         };
@@ -633,7 +645,7 @@ fn control_loop(
             // that queued an event before seeing the flag gets it handled
             // now; one that queues after sees the flag and wakes us.
             waker.prepare_sleep();
-            while pending.len() < cfg.control_queue {
+            while pending.len() < cfg.discovery.control_queue {
                 match inbox.try_recv() {
                     Ok(ev) => pending.push(ev),
                     Err(_) => break,
@@ -690,7 +702,7 @@ fn control_loop(
             // Discovery records from the data shards.
             let now = Instant::now();
             let now_ms = clock.unix_ms(now);
-            while pending.len() < cfg.control_queue {
+            while pending.len() < cfg.discovery.control_queue {
                 match inbox.try_recv() {
                     Ok(ev) => pending.push(ev),
                     Err(_) => break,
@@ -769,7 +781,7 @@ fn control_loop(
                         Record::BitVec(bv) => {
                             // Answers cost up to `peer_gossip_max` records:
                             // at most one per peer per quarter interval.
-                            let min_gap = cfg.gossip_interval / 4;
+                            let min_gap = cfg.discovery.gossip_interval / 4;
                             if last_answer
                                 .get(&peer)
                                 .is_some_and(|t| now.duration_since(*t) < min_gap)
@@ -895,7 +907,7 @@ fn control_loop(
                 {
                     continue;
                 }
-                if shared.outbound.load(Ordering::Acquire) >= cfg.max_outbound {
+                if shared.outbound.load(Ordering::Acquire) >= cfg.limits.max_outbound {
                     shared.metrics.refuse("max_outbound");
                     continue;
                 }
@@ -904,7 +916,7 @@ fn control_loop(
 
             // Gossip: a bit-vector ping on every connection.
             if now >= next_gossip {
-                next_gossip = now + cfg.gossip_interval;
+                next_gossip = now + cfg.discovery.gossip_interval;
                 if let Some(addr) = advertise {
                     // Refresh our record now and then so a restart on a new
                     // port wins everywhere (newer timestamp).
@@ -931,7 +943,7 @@ fn control_loop(
             if now < next_dial {
                 continue;
             }
-            next_dial = now + cfg.dial_frequency;
+            next_dial = now + cfg.discovery.dial_frequency;
 
             // Dial tracked, unconnected peers: signed records first (newest
             // address), static addresses (bootstrappers) otherwise.
@@ -945,7 +957,7 @@ fn control_loop(
             let candidate_keys: std::collections::HashSet<PublicKey> =
                 candidates.keys().cloned().collect();
             for (peer, addr) in candidates {
-                if peer == me || (!cfg.open && !authorized.contains(&peer)) {
+                if peer == me || (!cfg.discovery.open && !authorized.contains(&peer)) {
                     continue;
                 }
                 if shared.peers.contains(&peer) {
@@ -957,7 +969,7 @@ fn control_loop(
                     continue;
                 }
                 let grace = if me > peer {
-                    cfg.dial_frequency * LARGER_KEY_GRACE_PERIODS
+                    cfg.discovery.dial_frequency * LARGER_KEY_GRACE_PERIODS
                 } else {
                     Duration::ZERO
                 };
@@ -968,7 +980,7 @@ fn control_loop(
                 if now < st.next_allowed {
                     continue;
                 }
-                if shared.outbound.load(Ordering::Acquire) >= cfg.max_outbound {
+                if shared.outbound.load(Ordering::Acquire) >= cfg.limits.max_outbound {
                     shared.metrics.refuse("max_outbound");
                     break;
                 }
@@ -977,9 +989,9 @@ fn control_loop(
                 st.failures = st.failures.saturating_add(1);
                 let base = crate::dial_backoff::backoff(
                     st.failures,
-                    cfg.dial_quick_attempts,
-                    cfg.dial_backoff_min,
-                    cfg.dial_backoff_max,
+                    cfg.discovery.dial_quick_attempts,
+                    cfg.discovery.dial_backoff_min,
+                    cfg.discovery.dial_backoff_max,
                 );
                 let jitter = rng.gen_range(0.75..1.25);
                 st.next_allowed = now + base.mul_f64(jitter);
@@ -1043,7 +1055,7 @@ fn accept_all(
     loop {
         match l.accept() {
             Ok((stream, from)) => {
-                if shared.inbound.load(Ordering::Acquire) >= cfg.max_inbound {
+                if shared.inbound.load(Ordering::Acquire) >= cfg.limits.max_inbound {
                     shared.metrics.refuse("max_inbound");
                     tracing::debug!(%from, "inbound limit reached; refusing");
                     drop(stream);

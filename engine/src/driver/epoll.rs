@@ -50,9 +50,9 @@ pub(crate) fn run(mut core: ShardCore, busy_poll: bool) -> io::Result<()> {
         .register(&mut SourceFd(&wake_fd), WAKE, Interest::READABLE)?;
     let mut socks: HashMap<usize, Sock> = HashMap::new();
     let mut actions = Vec::new();
-    let batch = core.shared.config.recv_buffer_size;
+    let batch = core.shared.config.io.recv_buffer_size;
     let mut dirty = Vec::new();
-    let mut idle = super::idle_spin::IdleSpin::new(core.shared.config.idle_spin);
+    let mut idle = super::idle_spin::IdleSpin::new(core.shared.config.io.idle_spin);
     let mut had_events = false;
     let mut may_read: Vec<usize> = Vec::new();
 

@@ -278,8 +278,8 @@ impl Driver {
 /// Runs a shard on io_uring until shutdown completes.
 pub(crate) fn run(mut core: ShardCore, busy_poll: bool) -> io::Result<()> {
     let cfg = &core.shared.config;
-    let (ring, deferred_taskrun) = build_ring(cfg.uring_entries)?;
-    let pool = BufferPool::new(cfg.recv_buffers, cfg.recv_buffer_size)?;
+    let (ring, deferred_taskrun) = build_ring(cfg.io.uring.entries)?;
+    let pool = BufferPool::new(cfg.io.uring.recv_buffers, cfg.io.recv_buffer_size)?;
     // SAFETY: the pool outlives the registration: it is unregistered at the end of `run` after every receive completed, before the pool drops.
     unsafe {
         ring.submitter()
@@ -298,7 +298,7 @@ pub(crate) fn run(mut core: ShardCore, busy_poll: bool) -> io::Result<()> {
     };
     // The bell relies on deferred task work flagged in the SQ ring (see
     // `doorbell`): only a ring built with our setup flags has it.
-    if core.shared.config.uring_doorbell && !busy_poll && deferred_taskrun {
+    if core.shared.config.io.uring.doorbell && !busy_poll && deferred_taskrun {
         match Doorbell::new() {
             Ok(bell) => d.bell = Some(bell),
             Err(e) => tracing::warn!(error = %e, "no io_uring doorbell; sleeping in the ring"),
@@ -350,7 +350,7 @@ fn event_loop(core: &mut ShardCore, d: &mut Driver, busy_poll: bool) -> io::Resu
     let mut actions = Vec::new();
     let mut cqes: Vec<(u64, i32, u32)> = Vec::with_capacity(1024);
     let mut dirty = Vec::new();
-    let mut idle = super::idle_spin::IdleSpin::new(core.shared.config.idle_spin);
+    let mut idle = super::idle_spin::IdleSpin::new(core.shared.config.io.idle_spin);
     loop {
         arm_wake(core, d)?;
         let now = Instant::now();

@@ -69,7 +69,7 @@ impl ShardCore {
         slot.hold_for = Some(old.id);
         slot.handover = Some(Box::new(Handover {
             from: old.id,
-            deadline: Instant::now() + self.shared.config.handshake_timeout,
+            deadline: Instant::now() + self.shared.config.timeouts.handshake_timeout,
             messages_in: false,
             held: VecDeque::new(),
         }));

@@ -119,7 +119,7 @@ impl ShardLink {
 /// Messages waiting for a peer's replacement connection.
 struct Parked {
     since: Instant,
-    /// Payload bytes of `msgs`, bounded by `Config::peer_send_bytes`.
+    /// Payload bytes of `msgs`, bounded by `LimitSettings::peer_send_bytes`.
     bytes: usize,
     msgs: std::collections::VecDeque<(Outgoing, bool)>,
 }
@@ -177,9 +177,9 @@ pub(crate) struct ConnSlot {
     notify_on_close: Option<ConnId>,
     counted_handshaking: bool,
     /// A write handed to the driver is outstanding and has made no progress
-    /// since then: past [`Config::write_timeout`] the connection is aborted.
+    /// since then: past [`TimeoutSettings::write_timeout`] the connection is aborted.
     ///
-    /// [`Config::write_timeout`]: crate::Config::write_timeout
+    /// [`TimeoutSettings::write_timeout`]: crate::config::TimeoutSettings::write_timeout
     write_since: Option<Instant>,
     /// When the protocol ended (the key joined `closing`): the driver has
     /// until `write_timeout` after it to flush, then resets the socket.
@@ -265,7 +265,7 @@ fn note_misbehavior(shared: &Shared, slot: &mut ConnSlot) {
         tracing::warn!(
             peer = %h.peer,
             reason = slot.conn.closed_label().unwrap_or("?"),
-            cooldown = ?shared.config.misbehavior_cooldown,
+            cooldown = ?shared.config.admission.misbehavior_cooldown,
             "peer misbehaved; refusing it for the cooldown"
         );
     }
@@ -348,8 +348,8 @@ impl ShardCore {
         let generation = self.next_generation;
         self.next_generation += 1;
         let depth = Arc::new(QueueDepth::new(
-            self.shared.config.peer_send_backlog,
-            self.shared.config.peer_send_bytes,
+            self.shared.config.limits.peer_send_backlog,
+            self.shared.config.limits.peer_send_bytes,
         ));
         let mut conn = conn;
         conn.set_queue_depth(depth.clone());
@@ -734,7 +734,7 @@ impl ShardCore {
             ));
             return;
         }
-        let me = self.shared.config.identity.public_key().clone();
+        let me = self.shared.config.identity.signer.public_key().clone();
         let (dialer, addr) = match &slot.dial {
             Some((_, addr)) => (me, Some(*addr)),
             None => (peer.clone(), None),
@@ -980,8 +980,8 @@ impl ShardCore {
                 msgs: std::collections::VecDeque::new(),
             });
             let len = msg.payload.len();
-            if p.msgs.len() < cfg.peer_send_backlog
-                && (p.bytes == 0 || p.bytes.saturating_add(len) <= cfg.peer_send_bytes)
+            if p.msgs.len() < cfg.limits.peer_send_backlog
+                && (p.bytes == 0 || p.bytes.saturating_add(len) <= cfg.limits.peer_send_bytes)
             {
                 p.bytes += len;
                 p.msgs.push_back((msg, high));
@@ -1059,7 +1059,7 @@ impl ShardCore {
     }
 
     fn expire_parked(&mut self, peer: &PublicKey, now: Instant) {
-        let wait = self.shared.config.handshake_timeout;
+        let wait = self.shared.config.timeouts.handshake_timeout;
         if let Some(p) = self.parked.get(peer) {
             if now.saturating_duration_since(p.since) >= wait {
                 let n = p.msgs.len();
@@ -1244,7 +1244,7 @@ impl ShardCore {
         if !self.wants_read(key) {
             return None;
         }
-        let batch = self.shared.config.recv_buffer_size;
+        let batch = self.shared.config.io.recv_buffer_size;
         self.conns.get_mut(key)?.conn.lend_read_buf(batch)
     }
 
@@ -1305,10 +1305,9 @@ impl ShardCore {
     /// out of time), or shutdown is overdue.
     pub fn must_abort(&self, key: usize, now: Instant) -> bool {
         self.shutdown_overdue(now)
-            || self
-                .conns
-                .get(key)
-                .is_some_and(|s| s.abort || s.write_overdue(now, self.shared.config.write_timeout))
+            || self.conns.get(key).is_some_and(|s| {
+                s.abort || s.write_overdue(now, self.shared.config.timeouts.write_timeout)
+            })
     }
 
     /// Aborts a connection whose output stalled past `write_timeout`: its
@@ -1326,7 +1325,7 @@ impl ShardCore {
         tracing::warn!(
             shard = self.id,
             peer = ?peer,
-            timeout = ?self.shared.config.write_timeout,
+            timeout = ?self.shared.config.timeouts.write_timeout,
             "connection output stalled; resetting it"
         );
         self.process_input(key, now);
@@ -1338,7 +1337,7 @@ impl ShardCore {
             return;
         }
         self.next_timer_sweep = now + TIMER_GRANULARITY;
-        let write_timeout = self.shared.config.write_timeout;
+        let write_timeout = self.shared.config.timeouts.write_timeout;
         let keys: Vec<(usize, bool)> = self
             .conns
             .iter()
@@ -1415,7 +1414,7 @@ impl ShardCore {
         }
         if slot.moved_unsent {
             let now = Instant::now();
-            let keep = self.shared.config.handshake_timeout;
+            let keep = self.shared.config.timeouts.handshake_timeout;
             while self
                 .recently_replaced
                 .front()
@@ -1492,7 +1491,7 @@ impl ShardCore {
                 tracing::debug!(shard = self.id, %peer, reason = label, "dial failed");
                 // A dial that lost the tie-break to a live connection did
                 // not fail.
-                if self.shared.config.open && !self.shared.peers.contains(peer) {
+                if self.shared.config.discovery.open && !self.shared.peers.contains(peer) {
                     self.shared
                         .to_control(crate::shared::ControlEvent::DialFailed { peer: peer.clone() });
                 }
@@ -1683,7 +1682,7 @@ mod tests {
         let now = Instant::now();
         let k = dialed(&mut core, 7, now);
         assert_eq!(shared.metrics.handshaking.get(), 1);
-        let later = now + shared.config.handshake_timeout + Duration::from_secs(1);
+        let later = now + shared.config.timeouts.handshake_timeout + Duration::from_secs(1);
         core.handle_timers(later);
         assert!(core.closing.contains(&k), "the handshake timed out");
         core.finish_close(k, None);
@@ -1704,8 +1703,8 @@ mod tests {
     #[test]
     fn stalled_output_is_aborted_after_the_write_timeout() {
         let mut cfg = Config::local(None);
-        cfg.handshake_timeout = Duration::from_secs(300);
-        cfg.write_timeout = Duration::from_secs(5);
+        cfg.timeouts.handshake_timeout = Duration::from_secs(300);
+        cfg.timeouts.write_timeout = Duration::from_secs(5);
         let (net, _oracle) = Network::new(cfg).unwrap();
         let mut core = net.into_shard_core();
         let shared = core.shared.clone();
