@@ -95,9 +95,3 @@ impl Section for DiscoverySettings {
         }
     }
 }
-
-impl Default for DiscoverySettings {
-    fn default() -> Self {
-        Self::preset(Preset::Recommended)
-    }
-}

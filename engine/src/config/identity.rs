@@ -50,12 +50,6 @@ impl Section for IdentitySettings {
     }
 }
 
-impl Default for IdentitySettings {
-    fn default() -> Self {
-        Self::preset(Preset::Recommended)
-    }
-}
-
 impl fmt::Debug for IdentitySettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("IdentitySettings")
@@ -103,12 +97,6 @@ impl Section for ListenSettings {
             address: None,
             advertise: None,
         }
-    }
-}
-
-impl Default for ListenSettings {
-    fn default() -> Self {
-        Self::preset(Preset::Recommended)
     }
 }
 

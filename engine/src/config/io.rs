@@ -120,12 +120,6 @@ impl Section for IoSettings {
     }
 }
 
-impl Default for IoSettings {
-    fn default() -> Self {
-        Self::preset(Preset::Recommended)
-    }
-}
-
 /// `[io.uring]`: what only the io_uring driver uses.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default = "super::preset::loading", deny_unknown_fields)]
@@ -167,11 +161,5 @@ impl Section for UringSettings {
             entries: 4096,
             recv_buffers: 64,
         }
-    }
-}
-
-impl Default for UringSettings {
-    fn default() -> Self {
-        Self::preset(Preset::Recommended)
     }
 }

@@ -65,12 +65,6 @@ impl Section for TimeoutSettings {
     }
 }
 
-impl Default for TimeoutSettings {
-    fn default() -> Self {
-        Self::preset(Preset::Recommended)
-    }
-}
-
 /// `[limits]`: sizes, queue depths and connection counts.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default = "super::preset::loading", deny_unknown_fields)]
@@ -130,12 +124,6 @@ impl Section for LimitSettings {
             peer_send_bytes: 8 * 1024 * 1024,
             max_pending_requests: 65536,
         }
-    }
-}
-
-impl Default for LimitSettings {
-    fn default() -> Self {
-        Self::preset(Preset::Recommended)
     }
 }
 
@@ -201,11 +189,5 @@ impl Section for AdmissionSettings {
                 ..Self::preset(Preset::Recommended)
             },
         }
-    }
-}
-
-impl Default for AdmissionSettings {
-    fn default() -> Self {
-        Self::preset(Preset::Recommended)
     }
 }

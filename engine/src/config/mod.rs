@@ -88,6 +88,28 @@ impl Default for Config {
     }
 }
 
+/// Each section defaults to its [`Preset::Recommended`] values.
+macro_rules! recommended_by_default {
+    ($($section:ty),*) => {$(
+        impl Default for $section {
+            fn default() -> Self {
+                <$section as Section>::preset(Preset::Recommended)
+            }
+        }
+    )*};
+}
+
+recommended_by_default!(
+    IdentitySettings,
+    ListenSettings,
+    TimeoutSettings,
+    LimitSettings,
+    AdmissionSettings,
+    DiscoverySettings,
+    IoSettings,
+    UringSettings
+);
+
 impl Config {
     /// Every section under `preset`, with a fresh random identity and
     /// `listen` as the listen address.
