@@ -13,26 +13,30 @@
 //! the number of recipients, and only when it makes the message smaller.
 //!
 //! Receiving: a bounded queue of `backlog` messages per channel. When it is
-//! full the shard stops reading from the connection that has the next message
-//! (backpressure) and resumes when the receiver frees space. An inbound quota
-//! (`governor`) per peer per channel works the same way: over quota, reading
-//! from that connection pauses until the quota allows the next message.
+//! full the shard holds the next message and stops reading from the
+//! connection that carried it (backpressure), and resumes when the receiver
+//! frees space. An inbound quota (`governor`) per peer per channel holds that
+//! channel's messages back until the quota allows them; only a connection
+//! holding too much of them stops reading.
+//!
+//! The channel table itself ([`ChannelSpec`], [`Channels`]) is defined
+//! below this module (`channel_spec`), and this module reaches the shards
+//! only through their link (`shard::link`), so neither the shards nor the
+//! shared state depend on it.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use governor::Quota;
 use shoal_crypto::PublicKey;
 
-use crate::connection::{ChannelLimit, ChannelLookup, Outgoing};
+pub use crate::channel_spec::{ChannelSpec, Channels};
+use crate::connection::Outgoing;
 use crate::error::SendError;
-use crate::metrics::ChannelMetrics;
 use crate::peers::PeerHandle;
 use crate::queue_depth::Reserve;
 use crate::rpc::RequestError;
-use crate::shard::Command;
+use crate::shard::link::Command;
 use crate::shared::Shared;
 
 /// Who a message goes to.
@@ -44,45 +48,6 @@ pub enum Recipients {
     Some(Vec<PublicKey>),
     /// One peer.
     One(PublicKey),
-}
-
-/// A registered channel.
-pub struct ChannelSpec {
-    pub id: u32,
-    pub max_size: usize,
-    pub compression: Option<i32>,
-    pub quota: Option<Quota>,
-    pub backlog: usize,
-    /// Inbound messages for the [`Receiver`] (shards push, see
-    /// [`crate::inbox`]).
-    pub(crate) inbox: crate::inbox::Inbox<(PublicKey, Bytes)>,
-    /// A shard found the receiver full and paused a connection.
-    pub(crate) blocked: AtomicBool,
-    pub(crate) metrics: ChannelMetrics,
-    /// In-shard handler, set before the network starts.
-    pub(crate) handler: std::sync::OnceLock<crate::rpc::Handler>,
-}
-
-/// Every registered channel (immutable once the network runs).
-#[derive(Default)]
-pub struct Channels {
-    /// Looked up for every received message (foldhash: channel ids are the
-    /// application's, a peer only picks which one to look up).
-    pub(crate) map: HashMap<u32, Arc<ChannelSpec>, foldhash::fast::RandomState>,
-}
-
-impl Channels {
-    pub fn get(&self, id: u32) -> Option<&Arc<ChannelSpec>> {
-        self.map.get(&id)
-    }
-}
-
-impl ChannelLookup for Channels {
-    fn limit(&self, channel: u32) -> Option<ChannelLimit> {
-        self.map.get(&channel).map(|c| ChannelLimit {
-            max_size: c.max_size,
-        })
-    }
 }
 
 /// Which peers took a message.
@@ -538,8 +503,8 @@ impl Receiver {
     }
 
     fn freed(&self) {
-        if self.spec.blocked.load(Ordering::Relaxed)
-            && self.spec.blocked.swap(false, Ordering::AcqRel)
+        if self.spec.input_held.load(Ordering::Relaxed)
+            && self.spec.input_held.swap(false, Ordering::AcqRel)
         {
             for s in &self.shared.shards {
                 s.waker.request_resume();
@@ -676,7 +641,7 @@ mod tests {
     fn shared() -> Arc<Shared> {
         let cfg = crate::Config::local(None);
         let (net, _) = crate::Network::new(cfg).unwrap();
-        net.into_shard_core().shared.clone()
+        net.into_shard_core().shared().clone()
     }
 
     /// The race of a close between looking the connection up and

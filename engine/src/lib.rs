@@ -24,6 +24,7 @@
 //! there, with no locks on the per-message path.
 
 mod accept_rate;
+mod channel_spec;
 pub mod channels;
 pub mod clock;
 pub mod config;

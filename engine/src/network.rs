@@ -164,7 +164,7 @@ impl Network {
             quota,
             backlog,
             inbox: crate::inbox::Inbox::new(backlog),
-            blocked: AtomicBool::new(false),
+            input_held: AtomicBool::new(false),
             handler: OnceLock::new(),
             metrics: self.shared.metrics.channel(channel),
         });

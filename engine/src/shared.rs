@@ -7,13 +7,13 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, OnceLock};
 
-use crate::channels::Channels;
+use crate::channel_spec::Channels;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::oracle::OracleState;
 use crate::peers::PeerTable;
 use crate::rpc::RpcState;
-use crate::shard::ShardLink;
+use crate::shard::link::ShardLink;
 use crate::waker::ShardWaker;
 
 pub(crate) struct Shared {

@@ -45,14 +45,14 @@ struct Sock {
 pub(crate) fn run(mut core: ShardCore, busy_poll: bool) -> io::Result<()> {
     let mut poll = Poll::new()?;
     let mut events = Events::with_capacity(1024);
-    let wake_fd = core.waker.rx().as_raw_fd();
+    let wake_fd = core.waker().rx().as_raw_fd();
     poll.registry()
         .register(&mut SourceFd(&wake_fd), WAKE, Interest::READABLE)?;
     let mut socks: HashMap<usize, Sock> = HashMap::new();
     let mut actions = Vec::new();
-    let batch = core.shared.config.io.recv_buffer_size;
+    let batch = core.config().io.recv_buffer_size;
     let mut dirty = Vec::new();
-    let mut idle = super::idle_spin::IdleSpin::new(core.shared.config.io.idle_spin);
+    let mut idle = super::idle_spin::IdleSpin::new(core.config().io.idle_spin);
     let mut had_events = false;
     let mut may_read: Vec<usize> = Vec::new();
 
@@ -74,7 +74,7 @@ pub(crate) fn run(mut core: ShardCore, busy_poll: bool) -> io::Result<()> {
                     may_read.push(key);
                 }
                 DriverAction::Dial(peer, addr) => {
-                    core.shared.metrics.dials.inc();
+                    core.metrics().dials.inc();
                     let key = core.insert(None, Some((peer, addr)), now);
                     match TcpStream::connect(addr) {
                         Ok(stream) => register(&mut core, &poll, &mut socks, key, stream, true),
@@ -109,16 +109,16 @@ pub(crate) fn run(mut core: ShardCore, busy_poll: bool) -> io::Result<()> {
             let mut total = 0;
             let mut failed = None;
             while total < READ_QUANTUM {
-                let Some(slot) = core.conns.get_mut(key) else {
+                let Some(conn) = core.connection_mut(key) else {
                     break;
                 };
                 // Zero only while unprocessed input waits, and input was just
                 // processed: the connection then no longer wants to read.
-                let want = slot.conn.prepare_read(batch);
+                let want = conn.prepare_read(batch);
                 if want == 0 {
                     break;
                 }
-                let buf = slot.conn.read_buf();
+                let buf = conn.read_buf();
                 let asked = want.min(buf.capacity() - buf.len());
                 match pool::recv_into_spare(&sock.stream, buf, want) {
                     Ok(0) => {
@@ -127,8 +127,8 @@ pub(crate) fn run(mut core: ShardCore, busy_poll: bool) -> io::Result<()> {
                     }
                     Ok(n) => {
                         total += n;
-                        core.shared.metrics.recv_direct_bytes.inc_by(n as u64);
-                        slot.conn.mark_received(Instant::now());
+                        conn.mark_received(Instant::now());
+                        core.metrics().recv_direct_bytes.inc_by(n as u64);
                         core.process_input(key, Instant::now());
                         // A short read drained the socket: data that arrives
                         // later raises a new edge, so asking again now would
@@ -165,7 +165,7 @@ pub(crate) fn run(mut core: ShardCore, busy_poll: bool) -> io::Result<()> {
 
         // Writes.
         dirty.clear();
-        dirty.append(&mut core.dirty);
+        core.move_dirty_to(&mut dirty);
         dirty.sort_unstable();
         dirty.dedup();
         for &key in &dirty {
@@ -175,10 +175,10 @@ pub(crate) fn run(mut core: ShardCore, busy_poll: bool) -> io::Result<()> {
         // Timers and paused connections.
         let now = Instant::now();
         core.handle_timers(now);
-        if core.waker.take_resume() {
-            core.resume_paused(now);
+        if core.waker().take_resume() {
+            core.retry_held(now);
         }
-        let dirty_keys: Vec<usize> = core.dirty.drain(..).collect();
+        let dirty_keys: Vec<usize> = core.take_dirty();
         for key in dirty_keys {
             flush(&mut core, &mut poll, &mut socks, key);
             // A connection that just resumed may have unread data behind an
@@ -192,7 +192,7 @@ pub(crate) fn run(mut core: ShardCore, busy_poll: bool) -> io::Result<()> {
         // Closes: the protocol ended; write what is sealed, then drop. A
         // socket whose output stalled past the write timeout (or whose
         // flush ran out of time) is reset instead.
-        let closing: Vec<usize> = core.closing.clone();
+        let closing: Vec<usize> = core.closing().to_vec();
         for key in closing {
             if core.must_abort(key, now) {
                 if let Some(sock) = socks.get(&key) {
@@ -207,12 +207,12 @@ pub(crate) fn run(mut core: ShardCore, busy_poll: bool) -> io::Result<()> {
                 close_sock(&mut core, &mut poll, &mut socks, key, None);
             }
         }
-        if core.shutdown.is_some() && (core.shutdown_complete() || core.shutdown_overdue(now)) {
+        if core.shutting_down() && (core.shutdown_complete() || core.shutdown_overdue(now)) {
             let keys: Vec<usize> = socks.keys().copied().collect();
             for key in keys {
                 close_sock(&mut core, &mut poll, &mut socks, key, None);
             }
-            let left: Vec<usize> = core.conns.iter().map(|(k, _)| k).collect();
+            let left: Vec<usize> = core.connection_keys();
             for key in left {
                 core.finish_close(key, None);
             }
@@ -221,7 +221,7 @@ pub(crate) fn run(mut core: ShardCore, busy_poll: bool) -> io::Result<()> {
 
         // Sleep (or spin). A closing socket still listed waits for
         // writability (an event) or its deadline (the timer budget).
-        let busy = more_to_read || !core.dirty.is_empty();
+        let busy = more_to_read || core.has_dirty();
         let mut timeout = if busy_poll || busy {
             Duration::ZERO
         } else {
@@ -236,9 +236,9 @@ pub(crate) fn run(mut core: ShardCore, busy_poll: bool) -> io::Result<()> {
         }
         let sleeping = timeout > Duration::ZERO;
         if sleeping {
-            core.waker.prepare_sleep();
-            if core.has_commands(Instant::now(), &mut actions) || core.waker.resume_pending() {
-                core.waker.cancel_sleep();
+            core.waker().prepare_sleep();
+            if core.has_commands(Instant::now(), &mut actions) || core.waker().resume_pending() {
+                core.waker().cancel_sleep();
                 continue;
             }
         }
@@ -248,12 +248,12 @@ pub(crate) fn run(mut core: ShardCore, busy_poll: bool) -> io::Result<()> {
             Err(e) => return Err(e),
         }
         if sleeping {
-            core.waker.cancel_sleep();
+            core.waker().cancel_sleep();
         }
         had_events = !events.is_empty();
         for ev in events.iter() {
             if ev.token() == WAKE {
-                core.waker.woke();
+                core.waker().woke();
                 continue;
             }
             let key = ev.token().0;
@@ -274,7 +274,7 @@ pub(crate) fn run(mut core: ShardCore, busy_poll: bool) -> io::Result<()> {
                             sock.readable = true;
                             may_read.push(key);
                             let _ = sock.stream.set_nodelay(true);
-                            core.dirty.push(key);
+                            core.mark_dirty(key);
                         }
                         Ok(Some(e)) | Err(e) => {
                             close_sock(&mut core, &mut poll, &mut socks, key, Some(e.to_string()));
@@ -299,7 +299,7 @@ pub(crate) fn run(mut core: ShardCore, busy_poll: bool) -> io::Result<()> {
             if ev.is_writable() {
                 sock.writable = true;
                 if sock.pending.is_some() {
-                    core.dirty.push(key);
+                    core.mark_dirty(key);
                 }
             }
         }

@@ -277,7 +277,7 @@ impl Driver {
 
 /// Runs a shard on io_uring until shutdown completes.
 pub(crate) fn run(mut core: ShardCore, busy_poll: bool) -> io::Result<()> {
-    let cfg = &core.shared.config;
+    let cfg = &core.config();
     let (ring, deferred_taskrun) = build_ring(cfg.io.uring.entries)?;
     let pool = BufferPool::new(cfg.io.uring.recv_buffers, cfg.io.recv_buffer_size)?;
     // SAFETY: the pool outlives the registration: it is unregistered at the end of `run` after every receive completed, before the pool drops.
@@ -298,12 +298,12 @@ pub(crate) fn run(mut core: ShardCore, busy_poll: bool) -> io::Result<()> {
     };
     // The bell relies on deferred task work flagged in the SQ ring (see
     // `doorbell`): only a ring built with our setup flags has it.
-    if core.shared.config.io.uring.doorbell && !busy_poll && deferred_taskrun {
+    if core.config().io.uring.doorbell && !busy_poll && deferred_taskrun {
         match Doorbell::new() {
             Ok(bell) => d.bell = Some(bell),
             Err(e) => tracing::warn!(error = %e, "no io_uring doorbell; sleeping in the ring"),
         }
-        d.watch(core.waker.rx().as_raw_fd());
+        d.watch(core.waker().rx().as_raw_fd());
     }
     // A panic must not skip the reaping below: the kernel may still write
     // into buffers the unwinding would free.
@@ -338,7 +338,7 @@ fn arm_wake(core: &ShardCore, d: &mut Driver) -> io::Result<()> {
         return Ok(());
     }
     d.wake_armed = true;
-    let fd = core.waker.rx().as_raw_fd();
+    let fd = core.waker().rx().as_raw_fd();
     let sqe = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
         .multi(true)
         .build()
@@ -350,7 +350,7 @@ fn event_loop(core: &mut ShardCore, d: &mut Driver, busy_poll: bool) -> io::Resu
     let mut actions = Vec::new();
     let mut cqes: Vec<(u64, i32, u32)> = Vec::with_capacity(1024);
     let mut dirty = Vec::new();
-    let mut idle = super::idle_spin::IdleSpin::new(core.shared.config.io.idle_spin);
+    let mut idle = super::idle_spin::IdleSpin::new(core.config().io.idle_spin);
     loop {
         arm_wake(core, d)?;
         let now = Instant::now();
@@ -380,7 +380,7 @@ fn event_loop(core: &mut ShardCore, d: &mut Driver, busy_poll: bool) -> io::Resu
                     d.arm_recv(core, key)?;
                 }
                 DriverAction::Dial(peer, addr) => {
-                    core.shared.metrics.dials.inc();
+                    core.metrics().dials.inc();
                     let key = core.insert(None, Some((peer, addr)), now);
                     match start_connect(addr) {
                         Ok(sock) => {
@@ -423,7 +423,7 @@ fn event_loop(core: &mut ShardCore, d: &mut Driver, busy_poll: bool) -> io::Resu
         }
         if d.ring.submission().cq_overflow() {
             // Flushed by the next enter (this turn does not sleep).
-            core.shared.metrics.uring_cq_overflows.inc();
+            core.metrics().uring_cq_overflows.inc();
         }
 
         // Re-arm receives that ended (buffer shortage, a cancel). One whose
@@ -440,11 +440,11 @@ fn event_loop(core: &mut ShardCore, d: &mut Driver, busy_poll: bool) -> io::Resu
         // Timers, resumes, output.
         let now = Instant::now();
         core.handle_timers(now);
-        if core.waker.take_resume() {
-            core.resume_paused(now);
+        if core.waker().take_resume() {
+            core.retry_held(now);
         }
         dirty.clear();
-        dirty.append(&mut core.dirty);
+        core.move_dirty_to(&mut dirty);
         dirty.sort_unstable();
         dirty.dedup();
         for &key in &dirty {
@@ -470,7 +470,7 @@ fn event_loop(core: &mut ShardCore, d: &mut Driver, busy_poll: bool) -> io::Resu
         // Closing connections: flush what is sealed, then close the socket;
         // one whose output stalled past the write timeout (or whose flush
         // ran out of time) is reset instead.
-        let closing: Vec<usize> = core.closing.clone();
+        let closing: Vec<usize> = core.closing().to_vec();
         for key in closing {
             match d.socks.get(&key) {
                 None => core.finish_close(key, None),
@@ -504,23 +504,23 @@ fn event_loop(core: &mut ShardCore, d: &mut Driver, busy_poll: bool) -> io::Resu
             }
         }
 
-        if core.shutdown.is_some() {
+        if core.shutting_down() {
             if core.shutdown_overdue(now) {
                 let keys: Vec<usize> = d.socks.keys().copied().collect();
                 for key in keys {
                     d.abort(key)?;
                 }
             }
-            if core.conns.is_empty() && d.socks.is_empty() {
+            if !core.has_connections() && d.socks.is_empty() {
                 return Ok(());
             }
         }
 
         // Submit and wait (or just reap when busy).
         let busy = busy_poll
-            || !core.dirty.is_empty()
+            || core.has_dirty()
             || !d.rearm.is_empty()
-            || core.shutdown.is_some()
+            || core.shutting_down()
             || !d.ring.completion().is_empty()
             || d.ring.submission().cq_overflow();
         let mut timeout = if busy {
@@ -563,9 +563,9 @@ fn event_loop(core: &mut ShardCore, d: &mut Driver, busy_poll: bool) -> io::Resu
         }
         let sleeping = timeout > Duration::ZERO;
         if sleeping {
-            core.waker.prepare_sleep();
-            if core.has_commands(Instant::now(), &mut actions) || core.waker.resume_pending() {
-                core.waker.cancel_sleep();
+            core.waker().prepare_sleep();
+            if core.has_commands(Instant::now(), &mut actions) || core.waker().resume_pending() {
+                core.waker().cancel_sleep();
                 // Handle the command at the top of the loop without waiting.
                 d.ring.submit()?;
                 continue;
@@ -579,7 +579,7 @@ fn event_loop(core: &mut ShardCore, d: &mut Driver, busy_poll: bool) -> io::Resu
                 d.ring.submit()?;
             }
             if d.ring.completion().is_empty() && !kernel_has_work(&mut d.ring) {
-                core.shared.metrics.uring_doorbell_sleeps.inc();
+                core.metrics().uring_doorbell_sleeps.inc();
                 bell.wait(timeout)?;
             }
             // `submit` adds GETEVENTS for both (task work; CQEs held back
@@ -598,11 +598,11 @@ fn event_loop(core: &mut ShardCore, d: &mut Driver, busy_poll: bool) -> io::Resu
             }
             d.ring.submit()?;
         } else {
-            core.shared.metrics.uring_ring_sleeps.inc();
+            core.metrics().uring_ring_sleeps.inc();
             submit_and_wait(&d.ring, timeout)?;
         }
         if sleeping {
-            core.waker.cancel_sleep();
+            core.waker().cancel_sleep();
         }
     }
 }
@@ -662,7 +662,7 @@ fn handle_cqe(
     let now = Instant::now();
     match op {
         OP_WAKE => {
-            core.waker.woke();
+            core.waker().woke();
             if !cqueue::more(flags) {
                 d.wake_armed = false;
             }
@@ -720,10 +720,10 @@ fn handle_cqe(
                     }
                     return Ok(());
                 };
-                core.shared.metrics.recv_pooled_bytes.inc_by(res as u64);
+                core.metrics().recv_pooled_bytes.inc_by(res as u64);
                 if let Some(data) = d.pool.filled(bid, res as usize) {
-                    if let Some(slot) = core.conns.get_mut(key) {
-                        slot.conn.feed(data, now);
+                    if let Some(conn) = core.connection_mut(key) {
+                        conn.feed(data, now);
                     }
                 }
                 d.pool.recycle(bid);
@@ -767,7 +767,7 @@ fn handle_cqe(
                 return Ok(());
             };
             if res > 0 {
-                core.shared.metrics.recv_direct_bytes.inc_by(res as u64);
+                core.metrics().recv_direct_bytes.inc_by(res as u64);
                 let n = (res as usize).min(buf.capacity() - buf.len());
                 // SAFETY: those bytes are initialised and within capacity: the completion says the kernel wrote `n` bytes (at most the length we gave, which fit the spare capacity) and no longer touches the buffer.
                 unsafe { buf.set_len(buf.len() + n) };
@@ -807,7 +807,7 @@ fn handle_cqe(
                 return Ok(());
             };
             d.sends_in_flight -= 1;
-            core.shared.metrics.frames_out.inc();
+            core.metrics().frames_out.inc();
             batch.advance((res as usize).min(batch.len()));
             if res > 0 {
                 core.handle_sent(key, batch.is_empty(), now);

@@ -1,57 +1,258 @@
-//! A connection replaced by one on another shard, handed over in order.
+//! Establishment, and a peer's duplicate connections handed over in order.
 //!
 //! # Design
-//! When a peer's new connection wins the tie-break against its old one, the
-//! old connection's unsent messages move to the new one ahead of anything
-//! sent later, and the new connection reads only after the old one has
-//! delivered what it carried (per channel, the peer's messages arrive in the
-//! order they were sent). On one shard both happen at once
-//! (`move_unsent_if_replaced`, `hold_for`). Across shards the new
+//! A connection that finished its handshake is admitted to the peer table
+//! ([`crate::peers::PeerTable::insert`]), whose tie-break decides between
+//! it and the peer's connection already there: the new one is inserted,
+//! replaces the old one, or is rejected (and closed as `Replaced`).
+//!
+//! When the new connection replaces the old one, the old connection's
+//! unsent messages move to the new one ahead of anything sent later, and
+//! the new connection reads only after the old one has delivered what it
+//! carried (per channel, the peer's messages arrive in the order they were
+//! sent). On one shard both happen at once (`move_unsent_if_replaced`, and
+//! the new slot paused behind the old one). Across shards the new
 //! connection's shard (B) cannot touch the old one, so:
 //!
 //! 1. B admits the new connection and, instead of a plain close, sends the
 //!    old connection's shard (A) [`Command::ReplacedBy`]. Until the
-//!    hand-over arrives, messages sent to the new connection are held in
+//!    hand-over arrives, messages sent to the new connection are parked in
 //!    its slot (already counted in its queue depth, so bounded like the
-//!    queue) and its input waits.
+//!    queue) and its input is paused.
 //! 2. A closes the old connection, takes its unsent messages and sends them
-//!    to B in one [`Command::Handover`]; B queues them, then the held ones,
-//!    and sends.
+//!    to B in one [`Command::Handover`]; B queues them, then the parked
+//!    ones, and sends.
 //! 3. When the old connection is gone, A sends [`Command::Released`]; B
-//!    reads.
+//!    resumes reading.
 //!
 //! If A cannot answer (its queue is full, it failed), B stops waiting after
 //! `handshake_timeout`: order is then best effort, delivery is not affected.
 //! A message a sender addressed to the old connection that reaches A after
 //! step 2 (it looked the peer up just before the switch) is rerouted on its
-//! own and may follow newer ones.
+//! own ([`super::reroute`]) and may follow newer ones.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Instant;
 
 use shoal_crypto::PublicKey;
 use shoal_wire::CloseReason;
 
+use super::slot::{ConnSlot, Handover, Live};
 use super::{Command, DriverAction, ShardCore};
-use crate::connection::Outgoing;
-use crate::peers::{ConnId, PeerHandle};
-
-/// A new connection's wait for the one it replaced on another shard.
-pub(crate) struct Handover {
-    from: ConnId,
-    /// Stop waiting (for the messages and for the input) after this.
-    deadline: Instant,
-    /// The hand-over arrived: only the input still waits.
-    messages_in: bool,
-    /// Sent to this connection before the hand-over arrived, in order.
-    held: VecDeque<(Outgoing, bool)>,
-}
+use crate::connection::{CloseCause, Outgoing};
+use crate::peers::{Admit, ConnId, PeerHandle};
 
 impl ShardCore {
+    /// Connection `key` finished its handshake with `peer`: admit it to the
+    /// peer table, then take it up.
+    pub(super) fn on_established(&mut self, key: usize, peer: PublicKey) {
+        if self.refuse_cooling_down(key, &peer) {
+            return;
+        }
+        let Some(handle) = self.peer_handle(key, &peer) else {
+            return;
+        };
+        if self.admit(key, &handle) {
+            self.take_up(key, handle);
+        }
+    }
+
+    /// The handshake checked the cooldown at the peer's Hello; a peer that
+    /// started this handshake before misbehaving on another connection must
+    /// not finish it now. True if the connection was refused (aborted).
+    fn refuse_cooling_down(&mut self, key: usize, peer: &PublicKey) -> bool {
+        let Some(slot) = self.conns.get_mut(key) else {
+            return true;
+        };
+        if !self.shared.cooldown.active(peer, Instant::now()) {
+            return false;
+        }
+        self.shared.metrics.refuse("cooldown");
+        tracing::debug!(shard = self.id, %peer, "peer cooling down; closing its new connection");
+        slot.conn
+            .abort(CloseCause::Local(CloseReason::Unauthorized));
+        true
+    }
+
+    /// The peer table entry for connection `key`, counted as a successful
+    /// handshake.
+    fn peer_handle(&mut self, key: usize, peer: &PublicKey) -> Option<Arc<PeerHandle>> {
+        let slot = self.conns.get_mut(key)?;
+        let me = self.shared.config.identity.signer.public_key().clone();
+        let (dialer, addr) = match &slot.dial {
+            Some((_, addr)) => (me, Some(*addr)),
+            None => (peer.clone(), None),
+        };
+        if let Some((dialed, _)) = &slot.dial {
+            self.shared.peers.mark_dialing(dialed, false);
+        }
+        let handle = Arc::new(PeerHandle {
+            peer: peer.clone(),
+            id: ConnId {
+                shard: self.id,
+                key,
+                generation: slot.generation,
+            },
+            depth: slot.depth.clone(),
+            dialer,
+            addr,
+        });
+        self.shared.metrics.handshake("ok");
+        if slot.counted_handshaking {
+            slot.counted_handshaking = false;
+            self.shared.metrics.handshaking.dec();
+        }
+        Some(handle)
+    }
+
+    /// Inserts `handle` into the peer table; the tie-break may make it
+    /// replace the peer's connection there, or reject it. False if it was
+    /// rejected (and is closing).
+    fn admit(&mut self, key: usize, handle: &Arc<PeerHandle>) -> bool {
+        match self.shared.peers.insert(handle.clone()) {
+            Admit::Inserted => true,
+            Admit::Replaced(old) => {
+                self.replace(key, &old);
+                true
+            }
+            Admit::Rejected => {
+                self.reject_duplicate(key, &handle.peer);
+                false
+            }
+        }
+    }
+
+    /// Connection `key` replaced `old`: pause it behind `old` if `old` is
+    /// here; on another shard, `old` hands its unsent messages and its
+    /// remaining input over in order.
+    fn replace(&mut self, key: usize, old: &PeerHandle) {
+        let old_here = old.id.shard == self.id && self.conns.live(old.id).is_some();
+        if old_here {
+            if let Some(slot) = self.conns.get_mut(key) {
+                slot.paused_behind = Some(old.id);
+            }
+        }
+        if old.id.shard == self.id || !self.await_handover(key, old) {
+            self.close_elsewhere(old, CloseReason::Replaced)
+        }
+    }
+
+    /// Connection `key` lost the tie-break to the peer's connection in the
+    /// table: it closes as `Replaced`.
+    fn reject_duplicate(&mut self, key: usize, peer: &PublicKey) {
+        tracing::debug!(shard = self.id, %peer, "duplicate connection rejected by tie-break");
+        let mut rejected = None;
+        if let Some(slot) = self.conns.get_mut(key) {
+            slot.conn.close(CloseReason::Replaced, Instant::now());
+            rejected = Some(ConnId {
+                shard: self.id,
+                key,
+                generation: slot.generation,
+            });
+        }
+        // The peer may have sent on this connection before it learned that
+        // the other one wins: the winner is paused behind this one until it
+        // has delivered what it carries and closed.
+        if let (Some(rejected), Some(winner)) = (rejected, self.shared.peers.get(peer)) {
+            if winner.id.shard == self.id {
+                if let Some(w) = self.conns.live_mut(winner.id) {
+                    w.paused_behind = Some(rejected);
+                }
+            }
+        }
+    }
+
+    /// An admitted connection: quotas, the authorization re-check, parked
+    /// output, and the control shard told.
+    fn take_up(&mut self, key: usize, handle: Arc<PeerHandle>) {
+        self.shared.metrics.connections.inc();
+        let (id, peer) = (handle.id, handle.peer.clone());
+        let limiters = self
+            .shared
+            .limiters
+            .acquire(&peer, &self.quota_channels, Instant::now());
+        if let Some(slot) = self.conns.get_mut(key) {
+            slot.handle = Some(handle);
+            // The peer's quotas, as its other (and last) connections left them.
+            slot.limiters = limiters;
+        }
+        // Authorization was checked at the peer's Hello. The control shard's
+        // sweep of peers that left every tracked set may have run since,
+        // before this connection was in the peer table: checked again now
+        // that it is, so either the sweep saw it or this sees the change.
+        // (Before anything is queued on it or announced.)
+        if !(self.authorizer)(&peer) {
+            tracing::debug!(shard = self.id, %peer, "deauthorized during its handshake; closing");
+            if let Some(slot) = self.conns.get_mut(key) {
+                slot.conn
+                    .abort(CloseCause::Local(CloseReason::Unauthorized));
+            }
+            self.dirty.push(key);
+            self.after_io(key, Instant::now());
+            return;
+        }
+        // Messages parked for this peer go first, ahead of anything sent on
+        // the new connection since.
+        self.flush_parked(&peer, Instant::now());
+        self.shared
+            .to_control(crate::shared::ControlEvent::Connected {
+                peer: peer.clone(),
+                id,
+            });
+        tracing::debug!(shard = self.id, %peer, "connection established");
+    }
+
+    /// Closes the peer's connection `old`, here or through its shard.
+    pub(super) fn close_elsewhere(&mut self, old: &PeerHandle, reason: CloseReason) {
+        if old.id.shard == self.id {
+            if let Some(slot) = self.conns.live_mut(old.id) {
+                // The handle stays: it was counted as established, and its
+                // release decrements the gauge; the peer table already
+                // points at the new connection, so releasing the old id
+                // there is a no-op.
+                slot.conn.close(reason, Instant::now());
+                self.dirty.push(old.id.key);
+                self.move_unsent_if_replaced(old.id.key, Instant::now());
+            }
+        } else if let Some(link) = self.shared.shards.get(old.id.shard) {
+            let _ = link.send(Command::Close { id: old.id, reason });
+        }
+    }
+
+    /// A connection being closed because another one to the same peer won
+    /// the tie-break hands its unsent messages to the winner at once, ahead
+    /// of anything sent later, instead of flushing them on a connection the
+    /// peer is tearing down.
+    pub(super) fn move_unsent_if_replaced(&mut self, key: usize, now: Instant) {
+        let Some(slot) = self.conns.get_mut(key) else {
+            return;
+        };
+        if slot.moved_unsent || !slot.conn.closing_replaced() {
+            return;
+        }
+        slot.moved_unsent = true;
+        let Some(peer) = slot.conn.peer().cloned() else {
+            return;
+        };
+        let old = ConnId {
+            shard: self.id,
+            key,
+            generation: slot.generation,
+        };
+        let mut unsent = slot.conn.take_unsent();
+        unsent.extend(take_parked(slot));
+        let mut no_actions = Vec::new();
+        for (msg, high) in unsent {
+            self.reroute(old, peer.clone(), msg, high, true, now, &mut no_actions);
+        }
+        debug_assert!(no_actions.is_empty(), "sends never produce driver actions");
+    }
+
     /// Connection `key` replaced `old` on another shard: ask that shard to
     /// hand over. False if it cannot be asked (its queue is full, it
     /// failed); the caller then closes `old` the plain way.
-    pub(super) fn await_handover(&mut self, key: usize, old: &PeerHandle) -> bool {
+    fn await_handover(&mut self, key: usize, old: &PeerHandle) -> bool {
         let Some(slot) = self.conns.get_mut(key) else {
             return false;
         };
@@ -66,36 +267,14 @@ impl ShardCore {
         if !link.load.is_alive() || link.send(Command::ReplacedBy { id: old.id, by }).is_err() {
             return false;
         }
-        slot.hold_for = Some(old.id);
+        slot.paused_behind = Some(old.id);
         slot.handover = Some(Box::new(Handover {
             from: old.id,
             deadline: Instant::now() + self.shared.config.timeouts.handshake_timeout,
             messages_in: false,
-            held: VecDeque::new(),
+            parked: VecDeque::new(),
         }));
         true
-    }
-
-    /// Holds `msg` if connection `key` waits for a hand-over; hands it back
-    /// otherwise.
-    pub(super) fn hold_if_waiting(
-        &mut self,
-        key: usize,
-        msg: Outgoing,
-        high: bool,
-    ) -> Option<(Outgoing, bool)> {
-        match self
-            .conns
-            .get_mut(key)
-            .and_then(|s| s.handover.as_mut())
-            .filter(|h| !h.messages_in)
-        {
-            Some(h) => {
-                h.held.push_back((msg, high));
-                None
-            }
-            None => Some((msg, high)),
-        }
     }
 
     /// [`Command::ReplacedBy`]: close `id`, hand its unsent messages to
@@ -103,18 +282,14 @@ impl ShardCore {
     pub(super) fn replaced_by(&mut self, id: ConnId, by: ConnId, now: Instant) {
         let mut msgs = Vec::new();
         let mut peer = None;
-        let live = self
-            .conns
-            .get_mut(id.key)
-            .filter(|s| s.generation == id.generation);
-        if let Some(slot) = live {
+        if let Some(slot) = self.conns.live_mut(id) {
             slot.moved_unsent = true;
             slot.notify_on_close = Some(by);
             slot.conn.close(CloseReason::Replaced, now);
             msgs = slot.conn.take_unsent();
-            // Held for this one while it waited for its own hand-over:
+            // Parked on this one while it waited for its own hand-over:
             // newer than its unsent ones.
-            msgs.extend(take_held(slot));
+            msgs.extend(take_parked(slot));
             peer = slot.handle.as_ref().map(|h| h.peer.clone());
             self.dirty.push(id.key);
         }
@@ -139,7 +314,7 @@ impl ShardCore {
     }
 
     /// [`Command::Handover`]: `msgs` go out on `to` first, then what was
-    /// held for it.
+    /// parked for it.
     pub(super) fn take_handover(
         &mut self,
         to: ConnId,
@@ -150,8 +325,8 @@ impl ShardCore {
     ) {
         let slot = self
             .conns
-            .get_mut(to.key)
-            .filter(|s| s.generation == to.generation && s.conn.accepts_messages());
+            .live_mut(to)
+            .filter(|s| s.conn.accepts_messages());
         let Some(slot) = slot else {
             // The new connection is gone too: each moves on its own.
             for (msg, high) in msgs {
@@ -167,33 +342,29 @@ impl ShardCore {
                 refused += 1;
             }
         }
-        refused += release_held(slot);
+        refused += unpark(slot);
         self.shared.metrics.send_dropped_n("queue_full", refused);
         self.dirty.push(to.key);
     }
 
     /// [`Command::Released`]: the connection `to` replaced is gone.
     pub(super) fn released(&mut self, to: ConnId, gone: ConnId, now: Instant) {
-        let Some(slot) = self
-            .conns
-            .get_mut(to.key)
-            .filter(|s| s.generation == to.generation)
-        else {
+        let Some(slot) = self.conns.live_mut(to) else {
             return;
         };
-        if slot.hold_for == Some(gone) {
-            slot.hold_for = None;
+        if slot.paused_behind == Some(gone) {
+            slot.paused_behind = None;
         }
         // A `Released` without a hand-over (the old one was already gone)
         // ends the wait for messages too.
-        let refused = release_held(slot);
+        let refused = unpark(slot);
         slot.handover = None;
         self.shared.metrics.send_dropped_n("queue_full", refused);
         self.process_input(to.key, now);
         self.dirty.push(to.key);
     }
 
-    /// Connection `key` closed: tell the connection that replaced it (on
+    /// Connection `gone` closed: tell the connection that replaced it (on
     /// another shard) that it may read.
     pub(super) fn announce_release(&self, gone: ConnId, to: Option<ConnId>) {
         if let Some(to) = to {
@@ -214,11 +385,11 @@ impl ShardCore {
         for key in late {
             if let Some(slot) = self.conns.get_mut(key) {
                 tracing::debug!(shard = self.id, "hand-over from another shard timed out");
-                let refused = release_held(slot);
+                let refused = unpark(slot);
                 self.shared.metrics.send_dropped_n("queue_full", refused);
                 if let Some(h) = slot.handover.take() {
-                    if slot.hold_for == Some(h.from) {
-                        slot.hold_for = None;
+                    if slot.paused_behind == Some(h.from) {
+                        slot.paused_behind = None;
                     }
                 }
             }
@@ -227,27 +398,45 @@ impl ShardCore {
         }
     }
 
-    /// Messages still held when connection `slot` closes: given back to the
-    /// queue depth and counted as dropped (as its queued ones are).
-    pub(super) fn drop_held(&self, slot: &mut super::ConnSlot) {
+    /// Messages still parked when connection `slot` closes: given back to
+    /// the queue depth and counted as dropped (as its queued ones are).
+    pub(super) fn drop_parked(&self, slot: &mut ConnSlot) {
         if let Some(h) = slot.handover.as_mut() {
-            let n = h.held.len();
-            let bytes: usize = h.held.iter().map(|(m, _)| m.payload.len()).sum();
-            h.held.clear();
+            let n = h.parked.len();
+            let bytes: usize = h.parked.iter().map(|(m, _)| m.payload.len()).sum();
+            h.parked.clear();
             slot.depth.release(n, bytes);
             self.shared.metrics.send_dropped_n("disconnected", n);
         }
     }
 }
 
-/// Moves what was held into the connection's queue, in order; the wait for
-/// messages is over (the input may still wait). Returns how many the
-/// connection refused (its hard cap; it gave their depth back).
-fn release_held(slot: &mut super::ConnSlot) -> usize {
+impl ConnSlot {
+    /// Parks `msg` if this connection waits for a hand-over; hands it back
+    /// otherwise.
+    pub(super) fn park_for_handover(
+        &mut self,
+        msg: Outgoing,
+        high: bool,
+    ) -> Option<(Outgoing, bool)> {
+        match self.handover.as_mut().filter(|h| !h.messages_in) {
+            Some(h) => {
+                h.parked.push_back((msg, high));
+                None
+            }
+            None => Some((msg, high)),
+        }
+    }
+}
+
+/// Moves what was parked into the connection's queue, in order; the wait
+/// for messages is over (the input may still be paused). Returns how many
+/// the connection refused (its hard cap; it gave their depth back).
+fn unpark(slot: &mut ConnSlot) -> usize {
     let mut refused = 0;
     if let Some(h) = slot.handover.as_mut() {
         h.messages_in = true;
-        for (msg, high) in h.held.drain(..) {
+        for (msg, high) in h.parked.drain(..) {
             if slot.conn.send(msg, high).is_err() {
                 refused += 1;
             }
@@ -256,14 +445,14 @@ fn release_held(slot: &mut super::ConnSlot) -> usize {
     refused
 }
 
-/// The messages held for `slot` (which is being replaced itself), with
+/// The messages parked on `slot` (which is being replaced itself), with
 /// their queue depth given back: they move on with its unsent ones.
-pub(super) fn take_held(slot: &mut super::ConnSlot) -> Vec<(Outgoing, bool)> {
+fn take_parked(slot: &mut ConnSlot) -> Vec<(Outgoing, bool)> {
     let Some(h) = slot.handover.as_mut() else {
         return Vec::new();
     };
-    let held: Vec<(Outgoing, bool)> = h.held.drain(..).collect();
-    let bytes = held.iter().map(|(m, _)| m.payload.len()).sum();
-    slot.depth.release(held.len(), bytes);
-    held
+    let parked: Vec<(Outgoing, bool)> = h.parked.drain(..).collect();
+    let bytes = parked.iter().map(|(m, _)| m.payload.len()).sum();
+    slot.depth.release(parked.len(), bytes);
+    parked
 }

@@ -2,16 +2,16 @@
 //!
 //! # Design
 //! A record on a channel with a [`governor::Quota`] that finds the peer's
-//! limiter empty is held in its connection's slot, behind any record of the
-//! same channel already held (per channel, order is kept), and the
+//! limiter empty is held in its connection's slot, behind any record of
+//! the same channel already held (per channel, order is kept), and the
 //! connection goes on reading: the peer's other channels keep their
 //! latency while one is flooded. Held records are released as the limiter
 //! refills (checked at the shard's timer granularity, 20 ms). Only when a
-//! connection holds [`QUOTA_HOLD_BYTES`] (payloads plus 64 B a record;
+//! connection holds [`QUOTA_HELD_BYTES`] (payloads plus 64 B a record;
 //! small payloads are copied out of their frame so none pins a frame
-//! buffer) does it stop reading until the next release: a peer cannot make
-//! the node buffer more than that per connection, and TCP then pushes back
-//! on it. Nothing is dropped while the connection lives; records still held
+//! buffer) is it paused until the next release: a peer cannot make the
+//! node buffer more than that per connection, and TCP then pushes back on
+//! it. Nothing is dropped while the connection lives; records still held
 //! when it closes are counted (`refused{reason="quota_held_at_close"}`).
 //!
 //! The limiters are the peer's, shared by its connections and kept after
@@ -21,10 +21,11 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use super::{ShardCore, Stashed};
+use super::delivery::Received;
+use super::ShardCore;
 
 /// Bytes of held records after which a connection stops reading.
-pub const QUOTA_HOLD_BYTES: usize = 1 << 20;
+pub const QUOTA_HELD_BYTES: usize = 1 << 20;
 /// What a held record costs beyond its payload (its queue entry): empty
 /// records are not free.
 const RECORD_OVERHEAD: usize = 64;
@@ -35,20 +36,20 @@ const COPY_BELOW: usize = 4096;
 
 /// Records held back by their channel's quota on one connection.
 #[derive(Default)]
-pub(super) struct QuotaHold {
+pub(super) struct QuotaHeld {
     /// Per channel (few), in arrival order.
-    queues: Vec<(u32, VecDeque<Stashed>)>,
+    queues: Vec<(u32, VecDeque<Received>)>,
     bytes: usize,
 }
 
-impl QuotaHold {
+impl QuotaHeld {
     fn holds(&self, channel: u32) -> bool {
         self.queues
             .iter()
             .any(|(c, q)| *c == channel && !q.is_empty())
     }
 
-    fn push(&mut self, mut msg: Stashed) {
+    fn push(&mut self, mut msg: Received) {
         if msg.payload.len() < COPY_BELOW {
             msg.payload = bytes::Bytes::copy_from_slice(&msg.payload);
         }
@@ -70,7 +71,7 @@ impl QuotaHold {
     }
 
     pub fn full(&self) -> bool {
-        self.bytes >= QUOTA_HOLD_BYTES
+        self.bytes >= QUOTA_HELD_BYTES
     }
 }
 
@@ -81,15 +82,15 @@ impl ShardCore {
     pub(super) fn check_quota(
         &mut self,
         key: usize,
-        msg: Stashed,
+        msg: Received,
         now: Instant,
-    ) -> Option<Stashed> {
+    ) -> Option<Received> {
         if msg.spec.quota.is_none() {
             return Some(msg);
         }
         let slot = self.conns.get_mut(key)?;
         let ch = msg.spec.id;
-        if !slot.quota_hold.holds(ch) {
+        if !slot.quota_held.holds(ch) {
             // Established connections carry their peer's limiters; records
             // arrive only on established ones.
             let Some(limiter) = slot.limiters.as_ref().and_then(|l| l.get(ch)) else {
@@ -100,30 +101,28 @@ impl ShardCore {
             }
             self.shared.metrics.rate_limit_pauses.inc();
         }
-        slot.quota_hold.push(msg);
-        if slot.quota_hold.full() {
-            // Reading resumes at the next release.
+        slot.quota_held.push(msg);
+        if slot.quota_held.full() {
+            // Paused: reading resumes at the next release.
             slot.paused_until = Some(now);
         }
-        if !self.paused.contains(&key) {
-            self.paused.push(key);
-        }
+        self.note_holding(key);
         None
     }
 
     /// Delivers the held records of connection `key` that their quotas
     /// admit now, in order per channel; stops at a full receiver (the
-    /// record is stashed, as any other).
-    pub(super) fn release_quota_held(&mut self, key: usize, now: Instant) {
+    /// record is held, as any other).
+    pub(super) fn release_quota_held(&mut self, key: usize) {
         loop {
             let Some(slot) = self.conns.get_mut(key) else {
                 return;
             };
-            if slot.stash.is_some() || slot.quota_hold.is_empty() {
+            if slot.held.is_some() || slot.quota_held.is_empty() {
                 return;
             }
             let mut next = None;
-            for (ch, q) in slot.quota_hold.queues.iter_mut() {
+            for (ch, q) in slot.quota_held.queues.iter_mut() {
                 let Some(front) = q.front() else {
                     continue;
                 };
@@ -139,14 +138,14 @@ impl ShardCore {
             let Some(msg) = next else {
                 return;
             };
-            slot.quota_hold.bytes -= cost(&msg);
-            slot.quota_hold.queues.retain(|(_, q)| !q.is_empty());
-            self.push_to_receiver(key, msg, now);
+            slot.quota_held.bytes -= cost(&msg);
+            slot.quota_held.queues.retain(|(_, q)| !q.is_empty());
+            self.push_to_receiver(key, msg);
         }
     }
 }
 
-/// What a held record counts against [`QUOTA_HOLD_BYTES`].
-fn cost(msg: &Stashed) -> usize {
+/// What a held record counts against [`QUOTA_HELD_BYTES`].
+fn cost(msg: &Received) -> usize {
     msg.payload.len() + RECORD_OVERHEAD
 }

@@ -1,0 +1,103 @@
+//! The link to a data shard: what other threads may ask of it, and how.
+//!
+//! # Design
+//! A shard is reached only through its [`ShardLink`]: a bounded queue of
+//! [`Command`]s plus the shard's [`ShardWaker`]. [`ShardLink::send`] never
+//! blocks: a full queue hands the command back to the caller, who decides
+//! what it means (a sender reports `Full`, the control shard refuses the
+//! accepted socket and counts it). The waker costs a syscall only when the
+//! shard sleeps, so a burst of commands to a sleeping shard wakes it once.
+//!
+//! This file depends on no other part of the shard, nor on
+//! [`crate::shared`] or [`crate::channels`]: those hold and use links, and
+//! the shard's core depends on them, so the link sits below all three.
+
+use std::net::SocketAddr;
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shoal_crypto::PublicKey;
+use shoal_wire::CloseReason;
+
+use crate::connection::{ControlOut, Outgoing};
+use crate::peers::ConnId;
+use crate::placement::ShardLoad;
+use crate::waker::ShardWaker;
+
+/// Work for a shard from other threads.
+pub(crate) enum Command {
+    /// Queue a message on a connection.
+    Send {
+        id: ConnId,
+        /// Whom it is for: if `id` closed meanwhile (a replaced duplicate
+        /// connection), the message moves to the peer's current connection.
+        peer: PublicKey,
+        msg: Outgoing,
+        high: bool,
+    },
+    /// [`Command::Send`] for several messages to one connection, in order
+    /// (one hand-off for the lot; see [`crate::Sender::send_batch_to`]).
+    SendBatch {
+        id: ConnId,
+        peer: PublicKey,
+        msgs: Vec<Outgoing>,
+        high: bool,
+    },
+    /// Take over an accepted socket.
+    Adopt {
+        stream: std::net::TcpStream,
+        /// The remote address, counted in `Shared::inbound_ips`.
+        ip: std::net::IpAddr,
+    },
+    /// Dial `peer` at `addr`.
+    Dial { peer: PublicKey, addr: SocketAddr },
+    /// Close a connection gracefully.
+    Close { id: ConnId, reason: CloseReason },
+    /// Send a control record (discovery) on a connection.
+    Control { id: ConnId, record: ControlOut },
+    /// Ping a connection; answer with the round trip.
+    Ping {
+        id: ConnId,
+        reply: tokio::sync::oneshot::Sender<Duration>,
+    },
+    /// Connection `id` lost to `by`, on another shard: close it, hand its
+    /// unsent messages over ([`Command::Handover`]) and tell `by` when it is
+    /// gone ([`Command::Released`]).
+    ReplacedBy { id: ConnId, by: ConnId },
+    /// The unsent messages of the connection `to` replaced, in order: they
+    /// go out on `to` ahead of everything sent to `to` meanwhile.
+    Handover {
+        to: ConnId,
+        peer: PublicKey,
+        msgs: Vec<(Outgoing, bool)>,
+    },
+    /// The connection `to` replaced is gone: `to` may read.
+    Released { to: ConnId, gone: ConnId },
+    /// Close everything, flushing until `deadline`, then exit.
+    Shutdown { deadline: Instant },
+    /// Make the driver fail (feature `test-hooks`: tests of shard failure).
+    #[cfg(feature = "test-hooks")]
+    Fail,
+}
+
+/// The sending half of a shard's queue plus its waker.
+pub(crate) struct ShardLink {
+    pub tx: SyncSender<Command>,
+    pub waker: Arc<ShardWaker>,
+    /// Connection slots and liveness, for placement ([`crate::placement`]).
+    pub load: ShardLoad,
+}
+
+impl ShardLink {
+    /// Enqueues without blocking; wakes the shard only if it sleeps.
+    pub fn send(&self, cmd: Command) -> Result<(), Command> {
+        match self.tx.try_send(cmd) {
+            Ok(()) => {
+                self.waker.wake();
+                Ok(())
+            }
+            Err(TrySendError::Full(c)) | Err(TrySendError::Disconnected(c)) => Err(c),
+        }
+    }
+}

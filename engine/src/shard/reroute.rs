@@ -1,0 +1,239 @@
+//! Accepted output whose connection is no longer there.
+//!
+//! # Design
+//! `send` tells the application a message was accepted as soon as it is in
+//! a shard's command queue, addressed to the peer's connection of that
+//! moment. The duplicate-connection tie-break and reconnects replace
+//! connections while senders still hold the old one, so a message can find
+//! its connection closing or gone. It is then rerouted: moved to the peer's
+//! current connection (same shard: queued right behind what was already
+//! routed there; another shard: through its queue), counted in
+//! `send_rerouted`.
+//!
+//! If the old connection was replaced and its replacement is not in the
+//! peer table yet (the peer rejected our duplicate first, its own is still
+//! handshaking), the message is parked per peer, bounded in count, bytes
+//! and time, and flushed, in order and ahead of newer sends, when the
+//! peer's next connection is established. A message with no connection left
+//! to go to is counted as dropped, never silently lost.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Instant;
+
+use shoal_crypto::PublicKey;
+
+use super::slot::Live;
+use super::{Command, DriverAction, ShardCore};
+use crate::connection::Outgoing;
+use crate::peers::{ConnId, PeerHandle};
+
+/// Output parked for each peer's next connection.
+pub(super) type ParkedByPeer = HashMap<PublicKey, Parked>;
+
+/// Messages parked for a peer's next connection.
+pub(super) struct Parked {
+    since: Instant,
+    /// Payload bytes of `msgs`, bounded by `LimitSettings::peer_send_bytes`.
+    bytes: usize,
+    msgs: VecDeque<(Outgoing, bool)>,
+}
+
+impl Parked {
+    /// Messages parked.
+    pub(super) fn len(&self) -> usize {
+        self.msgs.len()
+    }
+}
+
+impl ShardCore {
+    /// [`Command::Send`]: queues one application message on connection `id`
+    /// (its depth slot already reserved), parks it for the connection's
+    /// hand-over, or reroutes it.
+    pub(super) fn send_on(
+        &mut self,
+        id: ConnId,
+        peer: &PublicKey,
+        msg: Outgoing,
+        high: bool,
+        now: Instant,
+        actions: &mut Vec<DriverAction>,
+    ) {
+        match self.conns.live_mut(id) {
+            Some(slot) if slot.conn.accepts_messages() => {
+                let Some((msg, high)) = slot.park_for_handover(msg, high) else {
+                    return;
+                };
+                // The connection enforces its own hard cap and fixes the
+                // depth counter if it refuses (a rerouted message can find
+                // it full).
+                if slot.conn.send(msg, high).is_ok() {
+                    self.dirty.push(id.key);
+                } else {
+                    self.shared.metrics.send_dropped("queue_full");
+                }
+            }
+            closing => {
+                // Accepted for a connection that began closing (or is gone)
+                // since: give its slot back and move the message to the
+                // peer's current connection.
+                let replaced = match closing {
+                    Some(slot) => {
+                        slot.depth.release(1, msg.payload.len());
+                        slot.conn.closing_replaced()
+                    }
+                    None => self.recently_replaced.iter().any(|(c, _)| *c == id),
+                };
+                self.reroute(id, peer.clone(), msg, high, replaced, now, actions);
+            }
+        }
+    }
+
+    /// Moves an accepted message whose connection `old` closed to the peer's
+    /// current connection, or parks it if `old` was `replaced` by one not
+    /// established yet.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn reroute(
+        &mut self,
+        old: ConnId,
+        peer: PublicKey,
+        msg: Outgoing,
+        high: bool,
+        replaced: bool,
+        now: Instant,
+        actions: &mut Vec<DriverAction>,
+    ) {
+        let Some(h) = self.shared.peers.get(&peer).filter(|h| h.id != old) else {
+            if replaced {
+                self.park(peer, msg, high, now);
+            } else {
+                // The peer left (shutdown, error): nothing to wait for.
+                self.shared.metrics.send_dropped("disconnected");
+            }
+            return;
+        };
+        if self.parked.contains_key(&peer) {
+            // Older messages waited for this connection: they go first.
+            self.flush_parked(&peer, now);
+        }
+        self.send_to_current(&h, peer, msg, high, now, actions);
+    }
+
+    /// Replaced by a connection still handshaking (the peer rejected our
+    /// duplicate first): wait for it, bounded in count, bytes and time.
+    fn park(&mut self, peer: PublicKey, msg: Outgoing, high: bool, now: Instant) {
+        let cfg = &self.shared.config;
+        let p = self.parked.entry(peer).or_insert_with(|| Parked {
+            since: now,
+            bytes: 0,
+            msgs: VecDeque::new(),
+        });
+        let len = msg.payload.len();
+        if p.msgs.len() < cfg.limits.peer_send_backlog
+            && (p.bytes == 0 || p.bytes.saturating_add(len) <= cfg.limits.peer_send_bytes)
+        {
+            p.bytes += len;
+            p.msgs.push_back((msg, high));
+        } else {
+            self.shared.metrics.send_dropped("disconnected");
+        }
+    }
+
+    /// Hands `peer`'s parked messages to its current connection, if it has
+    /// one that is not closing; drops them (counted) once they waited longer
+    /// than a handshake may take.
+    pub(super) fn flush_parked(&mut self, peer: &PublicKey, now: Instant) {
+        let Some(h) = self.shared.peers.get(peer) else {
+            return self.expire_parked(peer, now);
+        };
+        let usable = h.id.shard != self.id
+            || self
+                .conns
+                .live(h.id)
+                .is_some_and(|s| s.conn.accepts_messages());
+        if !usable {
+            return self.expire_parked(peer, now);
+        }
+        let Some(p) = self.parked.remove(peer) else {
+            return;
+        };
+        let mut no_actions = Vec::new();
+        for (msg, high) in p.msgs {
+            self.send_to_current(&h, peer.clone(), msg, high, now, &mut no_actions);
+        }
+    }
+
+    /// [`ShardCore::flush_parked`] for every peer with parked output (the
+    /// timer sweep).
+    pub(super) fn flush_all_parked(&mut self, now: Instant) {
+        if self.parked.is_empty() {
+            return;
+        }
+        let peers: Vec<PublicKey> = self.parked.keys().cloned().collect();
+        for peer in peers {
+            self.flush_parked(&peer, now);
+        }
+    }
+
+    /// Queues an already-accepted message on `h`, the peer's current
+    /// connection (here, or through its shard's queue), counted as rerouted.
+    fn send_to_current(
+        &mut self,
+        h: &PeerHandle,
+        peer: PublicKey,
+        msg: Outgoing,
+        high: bool,
+        now: Instant,
+        actions: &mut Vec<DriverAction>,
+    ) {
+        let bytes = msg.payload.len();
+        h.depth.force_reserve(bytes);
+        self.shared.metrics.send_rerouted.inc();
+        let cmd = Command::Send {
+            id: h.id,
+            peer,
+            msg,
+            high,
+        };
+        if h.id.shard == self.id {
+            // Terminates: the table points at `h.id`, so if that one is
+            // closing too, its reroute finds `h.id == old` and parks or drops.
+            self.handle_command(cmd, now, actions);
+            return;
+        }
+        let sent = self
+            .shared
+            .shards
+            .get(h.id.shard)
+            .is_some_and(|link| link.send(cmd).is_ok());
+        if !sent {
+            h.depth.release(1, bytes);
+            self.shared.metrics.send_dropped("shard_queue_full");
+        }
+    }
+
+    /// Drops `peer`'s parked messages (counted) once they waited longer than
+    /// a handshake may take.
+    fn expire_parked(&mut self, peer: &PublicKey, now: Instant) {
+        let wait = self.shared.config.timeouts.handshake_timeout;
+        if let Some(p) = self.parked.get(peer) {
+            if now.saturating_duration_since(p.since) >= wait {
+                let n = p.msgs.len();
+                self.parked.remove(peer);
+                self.shared.metrics.send_dropped_n("disconnected", n);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+impl Parked {
+    /// `n` one-byte messages parked at `since`.
+    pub(super) fn for_test(since: Instant, n: usize) -> Self {
+        let msg = || Outgoing::data(1, bytes::Bytes::from_static(b"m"), false);
+        Self {
+            since,
+            bytes: n,
+            msgs: (0..n).map(|_| (msg(), false)).collect(),
+        }
+    }
+}
