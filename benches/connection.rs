@@ -2,7 +2,7 @@
 //!
 //! - `hop/shoal`: one message through an established sans-IO connection
 //!   pair, as a shard handles it: `send` on one side, `poll_transmit` (record
-//!   framing, sealing, the frame header), `feed` on the other side, then
+//!   framing, sealing, the frame header), `handle_input` on the other side, then
 //!   `poll_event` until the message comes out (frame split, open, record
 //!   decode). Configured by `Config::recommended(..).connection_config()`.
 //! - `hop/ring`: the same payload sealed and opened with raw `ring`
@@ -25,7 +25,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 use shoal::engine::config::Config;
 use shoal::engine::connection::{
-    ChannelLimit, ChannelLookup, Connection, ConnectionConfig, Event, Outgoing,
+    ChannelLimit, ChannelLookup, Connection, ConnectionConfig, Event, Outgoing, Priority,
 };
 use shoal::engine::{Ed25519Signer, Identity};
 
@@ -58,10 +58,10 @@ fn established(t0: Instant) -> (Connection, Connection) {
     let (mut up_a, mut up_b) = (false, false);
     for _ in 0..100 {
         if let Some(bytes) = a.poll_transmit() {
-            b.feed(&bytes, t0);
+            b.handle_input(&bytes, t0);
         }
         if let Some(bytes) = b.poll_transmit() {
-            a.feed(&bytes, t0);
+            a.handle_input(&bytes, t0);
         }
         while let Some(e) = a.poll_event(t0) {
             up_a |= matches!(e, Event::Established { .. });
@@ -85,10 +85,14 @@ fn hop(c: &mut Criterion) {
             let (mut a, mut b) = established(t0);
             let payload = Bytes::from(vec![0xa5u8; size]);
             bch.iter(|| {
-                a.send(Outgoing::data(1, payload.clone(), false), false)
-                    .expect("queue has room");
+                a.send(
+                    Outgoing::data(1, payload.clone(), false),
+                    Priority::Low,
+                    None,
+                )
+                .expect("queue has room");
                 let frame = a.poll_transmit().expect("a frame");
-                b.feed(&frame, t0);
+                b.handle_input(&frame, t0);
                 let mut got = 0;
                 while let Some(e) = b.poll_event(t0) {
                     if let Event::Message { payload, .. } = e {

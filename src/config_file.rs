@@ -73,25 +73,6 @@ pub struct PeerEntry {
     pub address: Option<SocketAddr>,
 }
 
-/// `[bench]`: the benchmark's settings (read by `shoal bench --config`
-/// only; command-line flags override them).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BenchSection {
-    /// Scenario name, as `--scenario` takes it.
-    pub scenario: Option<String>,
-    /// Message size, bytes (per-scenario default).
-    pub size: Option<usize>,
-    /// Messages (or round trips) per round.
-    pub messages: Option<usize>,
-    /// Interleaved rounds; the median is reported.
-    pub rounds: Option<usize>,
-    /// rpc: requests in flight.
-    pub inflight: Option<usize>,
-    /// fanout: receiving nodes.
-    pub peers: Option<usize>,
-}
-
 /// `[probe]` of `shoal node`: a delivery probe for test clusters. The node
 /// registers `channel` and, every `interval`, sends each connected
 /// `[[peers]]` key its next sequence number (per peer, from 1) and the send
@@ -138,7 +119,8 @@ pub struct FileConfig {
     /// The authorized peer set.
     pub peers: Vec<PeerEntry>,
     pub probe: Option<ProbeSection>,
-    pub bench: Option<BenchSection>,
+    /// `shoal bench`'s own settings.
+    pub bench: Option<shoal_bench::BenchSettings>,
     /// The file as written, to tell a key set to its default from a key
     /// left out ([`FileConfig::sets`]).
     #[serde(skip)]

@@ -4,6 +4,3 @@
 pub use shoal_crypto as crypto;
 pub use shoal_engine as engine;
 pub use shoal_wire as wire;
-
-#[doc(hidden)]
-pub mod raw_client;

@@ -20,11 +20,8 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-mod bench;
 mod config_file;
-mod idle;
 mod node;
-mod plot;
 
 #[derive(Parser)]
 #[command(
@@ -61,7 +58,7 @@ enum Command {
     /// Benchmark a local loopback cluster: throughput, round trips,
     /// requests, fan-out, memory and shard scaling, each beside same-run
     /// baselines (see `--scenario`).
-    Bench(Box<bench::BenchArgs>),
+    Bench(Box<shoal_bench::BenchArgs>),
 }
 
 fn keygen(out: &std::path::Path, force: bool) -> ExitCode {
@@ -100,16 +97,53 @@ fn main() -> ExitCode {
     match cli.cmd {
         Command::Keygen { out, force } => keygen(&out, force),
         Command::Node { config } => node::run(&config),
-        Command::Bench(args) => match bench::run(*args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(bench::BenchError::Config(e)) => {
-                eprintln!("shoal bench: {e}");
-                ExitCode::from(node::EXIT_CONFIG)
-            }
-            Err(bench::BenchError::Run(e)) => {
-                eprintln!("shoal bench: {e}");
-                ExitCode::from(1)
+        Command::Bench(args) => bench(*args),
+    }
+}
+
+/// `shoal bench`: reads the `--config` file, if any, and hands its values
+/// to the runner (`shoal-bench`).
+fn bench(args: shoal_bench::BenchArgs) -> ExitCode {
+    let file = match args.config() {
+        Some(p) => match config_file::FileConfig::load(p) {
+            Ok(f) => Some(bench_settings(&f)),
+            Err(e) => {
+                eprintln!("shoal bench: invalid config {}: {e}", p.display());
+                return ExitCode::from(node::EXIT_CONFIG);
             }
         },
+        None => None,
+    };
+    match shoal_bench::run(args, file) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(shoal_bench::BenchError::Config(e)) => {
+            eprintln!("shoal bench: {e}");
+            ExitCode::from(node::EXIT_CONFIG)
+        }
+        Err(shoal_bench::BenchError::InvalidConfig { file, error }) => {
+            let file = file.map(|p| format!(" {}", p.display()));
+            eprintln!(
+                "shoal bench: invalid config{}: {}",
+                file.unwrap_or_default(),
+                config_file::engine_error(error)
+            );
+            ExitCode::from(node::EXIT_CONFIG)
+        }
+        Err(shoal_bench::BenchError::Run(e)) => {
+            eprintln!("shoal bench: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// What the bench takes from a node config file: the engine config it
+/// describes, whether it picks the backend and the shard count, and its
+/// `[bench]` table.
+fn bench_settings(f: &config_file::FileConfig) -> shoal_bench::FileSettings {
+    shoal_bench::FileSettings {
+        engine: f.engine_config(),
+        backend: f.sets("io.backend").then_some(f.io.backend),
+        shards: f.sets("io.shards").then_some(f.io.shards),
+        bench: f.bench.clone().unwrap_or_default(),
     }
 }

@@ -28,8 +28,8 @@ use common::*;
 use shoal::crypto::{RecordSealer, Session, TAG_LEN};
 use shoal::engine::metrics::Metrics;
 use shoal::engine::{Backend, Config, PublicKey, Quota, Receiver, SendError, Sender};
-use shoal::raw_client;
 use shoal::wire::{encode_header, DataHeader, RecordKind, RecordWriter};
+use shoal_testkit::{process, raw_client};
 
 /// Resident-memory growth allowed during one attack.
 const MEM_BOUND_KIB: u64 = 64 * 1024;
@@ -68,7 +68,7 @@ fn serial() -> MutexGuard<'static, ()> {
 
 /// VmRSS of this process, KiB.
 fn rss_kib() -> u64 {
-    raw_client::rss_kib().expect("VmRSS of this process")
+    process::rss_kib().expect("VmRSS of this process")
 }
 
 fn assert_rss_bounded(attack: &str, before_kib: u64) {

@@ -696,7 +696,7 @@ fn one_peer_that_never_reads_does_not_stall_the_echo_for_another() {
     echo(0);
 
     let (mut s, mut session) =
-        shoal::raw_client::dial(a1, &pk1, attacker, &Config::local(None), WAIT)
+        shoal_testkit::raw_client::dial(a1, &pk1, attacker, &Config::local(None), WAIT)
             .expect("the attacker's handshake");
     let metric = |name: &str| -> u64 {
         let (_, body) = http_get(m1, "/metrics");
@@ -797,7 +797,7 @@ fn measure_the_echo_gap_beside_a_non_reader() {
         "the node connects"
     );
     let (mut s, mut session) =
-        shoal::raw_client::dial(a1, &pk1, attacker, &Config::local(None), WAIT)
+        shoal_testkit::raw_client::dial(a1, &pk1, attacker, &Config::local(None), WAIT)
             .expect("the attacker's handshake");
     let window = Duration::from_secs(15);
     let start = Instant::now();

@@ -136,7 +136,7 @@ fn large_message_with_high_priority_interleaved(backend: Backend) {
         })
     };
     // The interleaving itself is also asserted step by step in the sans-IO
-    // test `connection::tests::high_priority_overtakes_a_chunked_message`.
+    // test `connection::queue::tests::high_priority_overtakes_a_chunked_message`.
     assert!(
         small_seen_before_big > 0,
         "{backend:?}: no urgent message overtook the 16 MiB one"

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::*;
 use shoal::engine::{Backend, Config, SendError};
-use shoal::raw_client;
+use shoal_testkit::{process, raw_client};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -37,7 +37,7 @@ fn fds() -> usize {
 }
 
 fn rss_kib() -> u64 {
-    raw_client::rss_kib().expect("VmRSS of this process")
+    process::rss_kib().expect("VmRSS of this process")
 }
 
 /// The attacker's message size.

@@ -41,6 +41,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cipher;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod handshake;

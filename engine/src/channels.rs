@@ -31,10 +31,10 @@ use bytes::Bytes;
 use shoal_crypto::PublicKey;
 
 pub use crate::channel_spec::{ChannelSpec, Channels};
-use crate::connection::Outgoing;
+use crate::connection::{Outgoing, Priority};
 use crate::error::SendError;
 use crate::peers::PeerHandle;
-use crate::queue_depth::Reserve;
+use crate::queue_depth::DepthPermit;
 use crate::rpc::RequestError;
 use crate::shard::link::Command;
 use crate::shared::Shared;
@@ -101,7 +101,7 @@ impl Sender {
                     self.shared.metrics.send_not_connected.inc();
                     report.not_connected.push(peer.clone());
                 }
-                Some(h) => match self.enqueue(h, msg.clone(), priority) {
+                Some(h) => match self.enqueue(h, msg.clone(), Priority::from_high(priority)) {
                     Ok(()) => report.accepted.push(peer.clone()),
                     Err(SendError::Full) => report.full.push(peer.clone()),
                     Err(_) => report.not_connected.push(peer.clone()),
@@ -133,7 +133,7 @@ impl Sender {
     ) -> Result<(), SendError> {
         let msg = self.prepare(payload)?;
         let h = self.connected(peer)?;
-        self.enqueue(&h, msg, priority)
+        self.enqueue(&h, msg, Priority::from_high(priority))
     }
 
     /// The peer's connection handle, or `NotConnected` counted in
@@ -161,29 +161,34 @@ impl Sender {
     ) -> Result<(), SendError> {
         let mut msg = self.prepare(payload)?;
         let h = self.connected(peer)?;
+        let priority = Priority::from_high(priority);
         loop {
-            if h.depth.reserve(msg.payload.len()).await == Reserve::Closed {
+            let Ok(permit) = h.depth.reserve(msg.payload.len()).await else {
                 return Err(self.not_connected());
-            }
-            match self.enqueue_after_reserve(&h, msg, priority) {
+            };
+            match self.enqueue_after_reserve(&h, msg, priority, permit) {
                 Ok(()) => return Ok(()),
                 Err(back) => msg = back,
             }
         }
     }
 
-    /// Queues `msg` for a slot reserved by a waiting send. `Err` hands it
-    /// back: the shard's command queue was full (it is draining), reserve
-    /// again. The message moves rather than being cloned per attempt: a
-    /// clone and a drop per send were two atomic operations on a reference
-    /// count the shard also touches.
+    /// Queues `msg` with the `permit` a waiting send reserved. `Err` hands
+    /// it back: the shard's command queue was full (it is draining; the
+    /// permit was dropped), reserve again. The message moves rather than
+    /// being cloned per attempt: a clone and a drop per send were two atomic
+    /// operations on a reference count the shard also touches.
     fn enqueue_after_reserve(
         &self,
         h: &PeerHandle,
         msg: Outgoing,
-        priority: bool,
+        priority: Priority,
+        permit: DepthPermit,
     ) -> Result<(), Outgoing> {
-        match self.shared.enqueue_reserved_or_back(h, msg, priority) {
+        match self
+            .shared
+            .enqueue_reserved_or_back(h, msg, priority, permit)
+        {
             Ok(()) => {
                 self.spec.metrics.messages_out.inc();
                 Ok(())
@@ -204,11 +209,12 @@ impl Sender {
     ) -> Result<(), SendError> {
         let mut msg = self.prepare(payload)?;
         let h = self.connected(peer)?;
+        let priority = Priority::from_high(priority);
         loop {
-            if h.depth.reserve_blocking(msg.payload.len()) == Reserve::Closed {
+            let Ok(permit) = h.depth.reserve_blocking(msg.payload.len()) else {
                 return Err(self.not_connected());
-            }
-            match self.enqueue_after_reserve(&h, msg, priority) {
+            };
+            match self.enqueue_after_reserve(&h, msg, priority, permit) {
                 Ok(()) => return Ok(()),
                 Err(back) => msg = back,
             }
@@ -233,14 +239,14 @@ impl Sender {
         if msgs.is_empty() {
             return Ok(());
         }
-        if !h.depth.try_reserve_n(msgs.len(), payload_bytes(&msgs)) {
+        let Some(permit) = h.depth.try_reserve_n(msgs.len(), payload_bytes(&msgs)) else {
             self.shared.metrics.send_full.inc();
             self.spec.metrics.send_full.inc();
             return Err(SendError::Full);
-        }
+        };
         let n = msgs.len() as u64;
         self.shared
-            .enqueue_batch_reserved(&h, msgs, priority)
+            .enqueue_batch_reserved(&h, msgs, Priority::from_high(priority), permit)
             .map_err(|back| {
                 if back.is_empty() {
                     self.not_connected()
@@ -266,6 +272,7 @@ impl Sender {
         let msgs = self.prepare_batch(payloads)?;
         let h = self.connected(peer)?;
         let piece_len = (h.depth.max_messages() / 2).max(1);
+        let priority = Priority::from_high(priority);
         let mut rest = msgs.into_iter();
         loop {
             let mut piece: Vec<Outgoing> = rest.by_ref().take(piece_len).collect();
@@ -274,10 +281,13 @@ impl Sender {
                 return Ok(());
             }
             loop {
-                if h.depth.reserve_blocking_n(n, payload_bytes(&piece)) == Reserve::Closed {
+                let Ok(permit) = h.depth.reserve_blocking_n(n, payload_bytes(&piece)) else {
                     return Err(self.not_connected());
-                }
-                match self.shared.enqueue_batch_reserved(&h, piece, priority) {
+                };
+                match self
+                    .shared
+                    .enqueue_batch_reserved(&h, piece, priority, permit)
+                {
                     Ok(()) => break,
                     Err(back) if back.is_empty() => return Err(self.not_connected()),
                     // The shard's command queue is full: it is draining.
@@ -356,7 +366,7 @@ impl Sender {
         let (h, id, rx) = register_request(&self.shared, peer, h, timeout)?;
         msg.kind = shoal_wire::RecordKind::RpcRequest;
         msg.request_id = id;
-        if let Err(e) = self.shared.enqueue(&h, msg, true) {
+        if let Err(e) = self.shared.enqueue(&h, msg, Priority::High) {
             if e == SendError::Full {
                 self.spec.metrics.send_full.inc();
             }
@@ -388,7 +398,7 @@ impl Sender {
         Ok(Outgoing::data(self.spec.id, payload, false))
     }
 
-    fn enqueue(&self, h: &PeerHandle, msg: Outgoing, priority: bool) -> Result<(), SendError> {
+    fn enqueue(&self, h: &PeerHandle, msg: Outgoing, priority: Priority) -> Result<(), SendError> {
         if let Err(e) = self.shared.enqueue(h, msg, priority) {
             if e == SendError::Full {
                 self.spec.metrics.send_full.inc();
@@ -519,42 +529,40 @@ impl Shared {
         &self,
         h: &PeerHandle,
         msg: Outgoing,
-        priority: bool,
+        priority: Priority,
     ) -> Result<(), SendError> {
-        if !h.depth.try_reserve(msg.payload.len()) {
+        let Some(permit) = h.depth.try_reserve(msg.payload.len()) else {
             self.metrics.send_full.inc();
             return Err(SendError::Full);
-        }
-        self.enqueue_reserved(h, msg, priority)
+        };
+        self.enqueue_reserved(h, msg, priority, permit)
     }
 
-    /// Queues `msgs` for slots already reserved in `h.depth`. If the shard's
-    /// command queue is full the slots are released, the miss counted, and
-    /// the messages handed back.
+    /// Queues `msgs` with the `permit` reserved for them in `h.depth`. If
+    /// the shard's command queue is full the permit is dropped (the slots
+    /// given back), the miss counted, and the messages handed back.
     pub(crate) fn enqueue_batch_reserved(
         &self,
         h: &PeerHandle,
         msgs: Vec<Outgoing>,
-        priority: bool,
+        priority: Priority,
+        permit: DepthPermit,
     ) -> Result<(), Vec<Outgoing>> {
-        let n = msgs.len();
-        let bytes = payload_bytes(&msgs);
         let cmd = Command::SendBatch {
             id: h.id,
             peer: h.peer.clone(),
             msgs,
-            high: priority,
+            priority,
+            permit,
         };
         let Some(link) = self.shards.get(h.id.shard) else {
             // No such shard (cannot happen for a live handle): the caller
             // reports it as not connected, and counts it there.
-            h.depth.release(n, bytes);
             return Err(Vec::new());
         };
         match link.send(cmd) {
             Ok(()) => Ok(()),
             Err(back) => {
-                h.depth.release(n, bytes);
                 self.metrics.send_full.inc();
                 match back {
                     Command::SendBatch { msgs, .. } => Err(msgs),
@@ -565,20 +573,21 @@ impl Shared {
     }
 
     /// [`Shared::enqueue_reserved`] that hands the message back when the
-    /// shard's command queue is full (the slot released and the miss
+    /// shard's command queue is full (the permit dropped and the miss
     /// counted), so the caller can wait and retry without a copy.
     pub(crate) fn enqueue_reserved_or_back(
         &self,
         h: &PeerHandle,
         msg: Outgoing,
-        priority: bool,
+        priority: Priority,
+        permit: DepthPermit,
     ) -> Result<(), Outgoing> {
-        let bytes = msg.payload.len();
         let cmd = Command::Send {
             id: h.id,
             peer: h.peer.clone(),
             msg,
-            high: priority,
+            priority,
+            permit,
         };
         let back = match self.shards.get(h.id.shard) {
             Some(link) => match link.send(cmd) {
@@ -587,7 +596,6 @@ impl Shared {
             },
             None => cmd,
         };
-        h.depth.release(1, bytes);
         self.metrics.send_full.inc();
         match back {
             Command::Send { msg, .. } => Err(msg),
@@ -600,14 +608,15 @@ impl Shared {
         }
     }
 
-    /// Queues `msg` for a slot already reserved in `h.depth`.
+    /// Queues `msg` with the `permit` reserved for it in `h.depth`.
     pub(crate) fn enqueue_reserved(
         &self,
         h: &PeerHandle,
         msg: Outgoing,
-        priority: bool,
+        priority: Priority,
+        permit: DepthPermit,
     ) -> Result<(), SendError> {
-        self.enqueue_reserved_or_back(h, msg, priority)
+        self.enqueue_reserved_or_back(h, msg, priority, permit)
             .map_err(|_| SendError::Full)
     }
 }

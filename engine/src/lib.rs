@@ -22,6 +22,15 @@
 //! burst, never per message). A connection lives on one shard for its whole
 //! life: decryption, reassembly, dispatch, encoding and encryption all happen
 //! there, with no locks on the per-message path.
+//!
+//! # Unsafe code
+//! Only `driver` holds `unsafe` (the io_uring submissions, the provided
+//! receive-buffer ring, the probe); the rest of the crate denies it.
+//!
+//! The hidden `fuzzing` module (feature `fuzzing`) holds the fuzz target
+//! bodies for discovery and Kademlia; `fuzz/` runs them under libFuzzer and
+//! `tests/corpus_replay.rs` replays the committed corpus.
+#![deny(unsafe_code)]
 
 mod accept_rate;
 mod channel_spec;
@@ -32,8 +41,10 @@ pub mod connection;
 pub(crate) mod cooldown;
 mod dial_backoff;
 pub mod discovery;
+#[allow(unsafe_code)]
 mod driver;
 pub mod error;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 mod inbound_limit;

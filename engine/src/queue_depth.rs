@@ -1,20 +1,37 @@
-//! The application-visible depth of one connection's send queue.
+//! The application-visible depth of one connection's send queue, and the
+//! permits that hold shares of it.
 //!
 //! # Design
 //! The depth counts two things, messages and payload bytes, packed in one
 //! `AtomicU64` (messages in the top 24 bits, bytes in the low 40), so `send`
 //! reserves both with one atomic add and refuses when either limit is
-//! reached: a full queue is an immediate, explicit result. The shard
-//! releases a message's share as it encodes it into a frame and notifies
-//! waiters (`event-listener`: a notify with no waiter is one atomic load), so
-//! `send_to_wait` / `send_to_blocking` can wait for room without spinning.
-//! When the connection ends, the depth is closed and every waiter returns.
+//! reached: a full queue is an immediate, explicit result. Waiters are
+//! notified as shares come back (`event-listener`: a notify with no waiter
+//! is one atomic load), so `send_to_wait` / `send_to_blocking` can wait for
+//! room without spinning. When the connection ends, the depth is closed and
+//! every waiter returns.
+//!
+//! Every share is a [`DepthPermit`]. Reserving returns one; it travels with
+//! the message it was taken for (in the shard's command, in the connection's
+//! queue, held for a hand-over) and gives its share back when it is dropped.
+//! There is no other way to give a share back, so a message that is
+//! written, dropped, or moved to another connection releases it exactly
+//! once, whichever path it takes. Permits merge (the connection gives back
+//! the messages of one sealed frame with one atomic subtraction, not one per
+//! message: the counter's cache line is shared with the senders) and split
+//! (a batch reserved at once is queued message by message). A permit holds
+//! a reference to its depth, so taking one costs a reference-count increment
+//! and folding it into another a decrement.
 //!
 //! The byte limit admits one message into an empty queue whatever its size
 //! (a message over the limit could never be sent otherwise), so the bytes a
 //! peer's queue holds are at most `max_bytes` plus one message.
+//!
+//! Not provided: a way to give back part of a share without a permit, and
+//! waiting for room without reserving it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use event_listener::{Event, Listener};
 
@@ -51,11 +68,72 @@ pub struct QueueDepth {
     low_bytes: usize,
 }
 
-/// Outcome of waiting for space.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reserve {
-    Reserved,
-    Closed,
+/// A waiting reservation found the connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the connection's send queue is closed")]
+pub struct QueueClosed;
+
+/// A share of a [`QueueDepth`] (messages and their payload bytes), given
+/// back when dropped. See the module docs.
+#[derive(Debug)]
+#[must_use = "dropping a permit gives its share back at once"]
+pub struct DepthPermit {
+    depth: Arc<QueueDepth>,
+    share: u64,
+}
+
+impl DepthPermit {
+    /// Messages this permit holds.
+    pub fn messages(&self) -> usize {
+        unpack(self.share).0
+    }
+
+    /// Payload bytes this permit holds.
+    pub fn bytes(&self) -> usize {
+        unpack(self.share).1
+    }
+
+    /// Moves `messages` messages and `bytes` bytes of this permit's share
+    /// (at most what it holds) into a new permit on the same depth.
+    pub fn split(&mut self, messages: usize, bytes: usize) -> DepthPermit {
+        let (m, b) = unpack(self.share);
+        let taken = packed(messages.min(m), bytes.min(b));
+        self.share -= taken;
+        DepthPermit {
+            depth: self.depth.clone(),
+            share: taken,
+        }
+    }
+
+    /// Takes `other`'s share into this permit, without giving anything
+    /// back. Both must be shares of the same depth; a permit of another
+    /// depth is not merged but dropped (its share given back).
+    pub fn merge(&mut self, mut other: DepthPermit) {
+        if Arc::ptr_eq(&self.depth, &other.depth) {
+            self.share += std::mem::take(&mut other.share);
+        } else {
+            debug_assert!(false, "merged permits of two queue depths");
+        }
+    }
+
+    /// All of `permits` merged into one (`None` if there are none): giving
+    /// them back is then one atomic subtraction.
+    pub fn merge_all(permits: impl IntoIterator<Item = DepthPermit>) -> Option<DepthPermit> {
+        let mut permits = permits.into_iter();
+        let mut all = permits.next()?;
+        for p in permits {
+            all.merge(p);
+        }
+        Some(all)
+    }
+}
+
+impl Drop for DepthPermit {
+    fn drop(&mut self) {
+        if self.share != 0 {
+            self.depth.release_packed(self.share);
+        }
+    }
 }
 
 impl QueueDepth {
@@ -98,19 +176,26 @@ impl QueueDepth {
             && (b == 0 || b.saturating_add(bytes) <= self.max_bytes)
     }
 
+    fn permit(self: &Arc<Self>, share: u64) -> DepthPermit {
+        DepthPermit {
+            depth: self.clone(),
+            share,
+        }
+    }
+
     /// Takes one message's share (`bytes` of payload) if it fits. One atomic
     /// add on the per-message path (a compare-exchange loop measured ~4 %
     /// slower at 64 B); a refused add is taken back, and the take-back wakes
     /// waiters itself if it is what brings the depth to the low-water mark,
     /// so a release that saw the momentary add cannot strand them.
-    pub fn try_reserve(&self, bytes: usize) -> bool {
+    pub fn try_reserve(self: &Arc<Self>, bytes: usize) -> Option<DepthPermit> {
         let share = packed(1, bytes);
         let prev = self.depth.fetch_add(share, Ordering::AcqRel);
         if self.fits(prev, 1, bytes) {
-            return true;
+            return Some(self.permit(share));
         }
         self.release_packed(share);
-        false
+        None
     }
 
     /// Takes `n` messages of `bytes` in all if they fit (all or none). Never
@@ -118,12 +203,12 @@ impl QueueDepth {
     /// could hide a release's crossing of the low-water mark (the waiters
     /// would miss their wake-up) and make concurrent sends see a full queue
     /// that is not.
-    pub fn try_reserve_n(&self, n: usize, bytes: usize) -> bool {
+    pub fn try_reserve_n(self: &Arc<Self>, n: usize, bytes: usize) -> Option<DepthPermit> {
         let share = packed(n, bytes);
         let mut cur = self.depth.load(Ordering::Acquire);
         loop {
             if !self.fits(cur, n, bytes) {
-                return false;
+                return None;
             }
             match self.depth.compare_exchange_weak(
                 cur,
@@ -131,7 +216,7 @@ impl QueueDepth {
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
-                Ok(_) => return true,
+                Ok(_) => return Some(self.permit(share)),
                 Err(now) => cur = now,
             }
         }
@@ -140,18 +225,14 @@ impl QueueDepth {
     /// Takes a message's share regardless of the limits: a message already
     /// accepted on another connection to the same peer moves here (bounded
     /// by that connection's own limits).
-    pub fn force_reserve(&self, bytes: usize) {
-        self.depth.fetch_add(packed(1, bytes), Ordering::AcqRel);
+    pub fn force_reserve(self: &Arc<Self>, bytes: usize) -> DepthPermit {
+        let share = packed(1, bytes);
+        self.depth.fetch_add(share, Ordering::AcqRel);
+        self.permit(share)
     }
 
-    /// Returns `n` messages of `bytes` in all (encoded or dropped) and
-    /// wakes waiters.
-    pub fn release(&self, n: usize, bytes: usize) {
-        if n > 0 || bytes > 0 {
-            self.release_packed(packed(n, bytes));
-        }
-    }
-
+    /// Gives a share back and wakes waiters at the low-water mark: only
+    /// through a permit's drop.
     fn release_packed(&self, share: u64) {
         let prev = self.depth.fetch_sub(share, Ordering::AcqRel);
         let (m, b) = unpack(prev.saturating_sub(share));
@@ -160,7 +241,7 @@ impl QueueDepth {
         }
     }
 
-    /// The connection ended: waiters return [`Reserve::Closed`].
+    /// The connection ended: waiters return [`QueueClosed`].
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.space.notify(usize::MAX);
@@ -174,36 +255,36 @@ impl QueueDepth {
     /// listener is registered before the second check so a release between
     /// the two checks is not missed.
     fn poll_reserve(
-        &self,
+        self: &Arc<Self>,
         n: usize,
         bytes: usize,
-    ) -> Result<Reserve, event_listener::EventListener> {
+    ) -> Result<Result<DepthPermit, QueueClosed>, event_listener::EventListener> {
         if self.is_closed() {
-            return Ok(Reserve::Closed);
+            return Ok(Err(QueueClosed));
         }
-        let reserve = |q: &Self| {
+        let reserve = |q: &Arc<Self>| {
             if n == 1 {
                 q.try_reserve(bytes)
             } else {
                 q.try_reserve_n(n, bytes)
             }
         };
-        if reserve(self) {
-            return Ok(Reserve::Reserved);
+        if let Some(p) = reserve(self) {
+            return Ok(Ok(p));
         }
         let listener = self.space.listen();
         if self.is_closed() {
-            return Ok(Reserve::Closed);
+            return Ok(Err(QueueClosed));
         }
-        if reserve(self) {
-            return Ok(Reserve::Reserved);
+        if let Some(p) = reserve(self) {
+            return Ok(Ok(p));
         }
         Err(listener)
     }
 
     /// Waits (async) until one message of `bytes` is reserved or the
     /// connection ends.
-    pub async fn reserve(&self, bytes: usize) -> Reserve {
+    pub async fn reserve(self: &Arc<Self>, bytes: usize) -> Result<DepthPermit, QueueClosed> {
         self.reserve_n(1, bytes).await
     }
 
@@ -211,7 +292,11 @@ impl QueueDepth {
     /// the message limit, so the half-queue wake-up always leaves room) are
     /// reserved or the connection ends. A batch over half the byte limit
     /// waits for the queue to empty.
-    pub async fn reserve_n(&self, n: usize, bytes: usize) -> Reserve {
+    pub async fn reserve_n(
+        self: &Arc<Self>,
+        n: usize,
+        bytes: usize,
+    ) -> Result<DepthPermit, QueueClosed> {
         loop {
             match self.poll_reserve(n, bytes) {
                 Ok(done) => return done,
@@ -221,12 +306,16 @@ impl QueueDepth {
     }
 
     /// Blocking variant of [`QueueDepth::reserve`].
-    pub fn reserve_blocking(&self, bytes: usize) -> Reserve {
+    pub fn reserve_blocking(self: &Arc<Self>, bytes: usize) -> Result<DepthPermit, QueueClosed> {
         self.reserve_blocking_n(1, bytes)
     }
 
     /// Blocking variant of [`QueueDepth::reserve_n`].
-    pub fn reserve_blocking_n(&self, n: usize, bytes: usize) -> Reserve {
+    pub fn reserve_blocking_n(
+        self: &Arc<Self>,
+        n: usize,
+        bytes: usize,
+    ) -> Result<DepthPermit, QueueClosed> {
         loop {
             match self.poll_reserve(n, bytes) {
                 Ok(done) => return done,
@@ -242,16 +331,16 @@ mod tests {
 
     #[test]
     fn a_batch_reservation_is_all_or_nothing() {
-        let d = QueueDepth::new(4, 1 << 20);
-        assert!(d.try_reserve_n(3, 30));
-        assert!(!d.try_reserve_n(2, 20), "3 + 2 > 4: none taken");
+        let d = Arc::new(QueueDepth::new(4, 1 << 20));
+        let three = d.try_reserve_n(3, 30).expect("3 fit");
+        assert!(d.try_reserve_n(2, 20).is_none(), "3 + 2 > 4: none taken");
         assert_eq!((d.get(), d.bytes()), (3, 30));
-        assert!(d.try_reserve(10));
-        assert!(!d.try_reserve(10));
-        d.release(4, 40);
+        let fourth = d.try_reserve(10).expect("the 4th fits");
+        assert!(d.try_reserve(10).is_none());
+        drop((three, fourth));
         assert_eq!((d.get(), d.bytes()), (0, 0));
-        assert!(d.try_reserve_n(4, 40));
-        assert!(!d.try_reserve_n(5, 0), "never more than the limit");
+        let _all = d.try_reserve_n(4, 40).expect("an empty queue takes 4");
+        assert!(d.try_reserve_n(5, 0).is_none(), "never more than the limit");
         assert_eq!(d.get(), 4);
     }
 
@@ -260,40 +349,81 @@ mod tests {
     /// message of any size, and releases give the bytes back.
     #[test]
     fn bytes_are_bounded_as_well_as_messages() {
-        let d = QueueDepth::new(1000, 100);
-        assert!(d.try_reserve(60));
-        assert!(d.try_reserve(40));
-        assert!(!d.try_reserve(1), "100 bytes queued: one more byte is over");
-        assert!(!d.try_reserve_n(2, 2));
-        assert_eq!((d.get(), d.bytes()), (2, 100));
-        d.release(2, 100);
+        let d = Arc::new(QueueDepth::new(1000, 100));
+        let a = d.try_reserve(60).expect("60 fit");
+        let b = d.try_reserve(40).expect("100 fit");
         assert!(
-            d.try_reserve(5000),
-            "an empty queue takes one message of any size"
+            d.try_reserve(1).is_none(),
+            "100 bytes queued: one more byte is over"
         );
-        assert!(!d.try_reserve(1), "and nothing beside it");
-        d.release(1, 5000);
-        assert!(d.try_reserve_n(3, 300), "an empty queue takes a batch too");
+        assert!(d.try_reserve_n(2, 2).is_none());
+        assert_eq!((d.get(), d.bytes()), (2, 100));
+        drop((a, b));
+        let big = d
+            .try_reserve(5000)
+            .expect("an empty queue takes one message of any size");
+        assert!(d.try_reserve(1).is_none(), "and nothing beside it");
+        drop(big);
+        let _batch = d
+            .try_reserve_n(3, 300)
+            .expect("an empty queue takes a batch too");
         assert_eq!((d.get(), d.bytes()), (3, 300));
+    }
+
+    /// A permit gives its share back exactly once, however it was split and
+    /// merged on the way: the parts of a batch, a batch merged back, a
+    /// permit merged into another.
+    #[test]
+    fn a_permit_gives_back_its_share_once_when_dropped() {
+        let d = Arc::new(QueueDepth::new(100, 1 << 20));
+        let mut batch = d.try_reserve_n(3, 30).unwrap();
+        let one = batch.split(1, 10);
+        assert_eq!((one.messages(), one.bytes()), (1, 10));
+        assert_eq!((batch.messages(), batch.bytes()), (2, 20));
+        assert_eq!((d.get(), d.bytes()), (3, 30), "splitting moves, not frees");
+        drop(one);
+        assert_eq!((d.get(), d.bytes()), (2, 20));
+        let over = batch.split(5, 500);
+        assert_eq!(
+            (over.messages(), over.bytes()),
+            (2, 20),
+            "at most its share"
+        );
+        assert_eq!((batch.messages(), batch.bytes()), (0, 0));
+        drop(batch);
+        assert_eq!(
+            (d.get(), d.bytes()),
+            (2, 20),
+            "an empty permit frees nothing"
+        );
+        let mut all = over;
+        all.merge(d.force_reserve(5));
+        all.merge(d.try_reserve(7).unwrap());
+        assert_eq!((d.get(), d.bytes()), (4, 32));
+        assert_eq!((all.messages(), all.bytes()), (4, 32));
+        let merged = DepthPermit::merge_all([all, d.force_reserve(1)]).unwrap();
+        assert_eq!((merged.messages(), merged.bytes()), (5, 33));
+        drop(merged);
+        assert_eq!((d.get(), d.bytes()), (0, 0));
+        assert!(DepthPermit::merge_all([]).is_none());
     }
 
     /// A sender waiting for bytes is woken once the queue drains below half
     /// its byte limit, and reserves.
     #[test]
     fn a_waiting_sender_wakes_when_bytes_drain() {
-        use std::sync::Arc;
         let d = Arc::new(QueueDepth::new(1000, 100));
-        assert!(d.try_reserve(90));
+        let queued = d.try_reserve(90).unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         let waiter = {
             let d = d.clone();
             std::thread::spawn(move || tx.send(d.reserve_blocking(20)))
         };
-        d.release(1, 90);
+        drop(queued);
         let got = rx
             .recv_timeout(std::time::Duration::from_secs(30))
             .expect("the waiting sender was never woken");
-        assert_eq!(got, Reserve::Reserved);
+        assert!(got.is_ok(), "reserved");
         waiter.join().unwrap().unwrap();
         assert_eq!((d.get(), d.bytes()), (1, 20));
     }
@@ -301,21 +431,20 @@ mod tests {
     #[test]
     fn a_refused_batch_never_shows_in_the_count() {
         use std::sync::atomic::AtomicBool;
-        use std::sync::Arc;
         // A release compares the depth with the low-water mark to decide
         // whether to wake waiters, and sends compare it with the limit: a
         // refused batch must never appear in it, not even for an instant
         // (adding and taking back made it visible to both).
         use std::sync::atomic::AtomicU64;
         let d = Arc::new(QueueDepth::new(4, 1 << 20));
-        assert!(d.try_reserve_n(3, 3));
+        let _three = d.try_reserve_n(3, 3).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let refused = Arc::new(AtomicU64::new(0));
         let refuser = {
             let (d, stop, refused) = (d.clone(), stop.clone(), refused.clone());
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
-                    assert!(!d.try_reserve_n(1000, 1000));
+                    assert!(d.try_reserve_n(1000, 1000).is_none());
                     refused.fetch_add(1, Ordering::Relaxed);
                 }
             })

@@ -29,7 +29,7 @@
 //! never panics, never indexes out of bounds and never allocates beyond a
 //! bound stated in its module's docs. The crate forbids `unsafe`. What each
 //! layer does *not* provide (authentication, semantic checks, timeouts) is
-//! listed in its module docs. The `fuzzing` module (hidden) holds the fuzz
+//! listed in its module docs. The `fuzzing` module (hidden, feature `fuzzing`) holds the fuzz
 //! target bodies; `fuzz/` runs them under libFuzzer and `tests/corpus_replay.rs`
 //! replays the committed corpus.
 #![forbid(unsafe_code)]
@@ -37,6 +37,7 @@
 pub mod chunk;
 pub mod compress;
 pub mod frame;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod message;

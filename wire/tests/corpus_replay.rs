@@ -1,6 +1,8 @@
 //! Replays the committed fuzz corpus (`fuzz/corpus/<target>/*`) through the
 //! same target bodies libFuzzer runs (`shoal_wire::fuzzing`), so every corpus
-//! entry and every regression input is checked by a plain `cargo test`.
+//! entry and every regression input is checked by `cargo test --workspace`.
+//! Needs the crate's `fuzzing` feature (`required-features`), which the
+//! workspace's test run turns on through the root package's dev-dependencies.
 
 use shoal_wire::fuzzing::{corpus_dir, replay_corpus as replay};
 
@@ -26,7 +28,7 @@ fn decompress_corpus() {
 
 /// Writes the hand-made seeds (valid encodings and known edge cases) into
 /// `fuzz/corpus/<target>/seed-*`. Run explicitly:
-/// `cargo test -p shoal-wire --test corpus_replay -- --ignored write_seed_corpus`.
+/// `cargo test -p shoal-wire --features fuzzing --test corpus_replay -- --ignored write_seed_corpus`.
 #[test]
 #[ignore = "writes into fuzz/corpus; run explicitly to regenerate the seeds"]
 fn write_seed_corpus() {

@@ -114,11 +114,11 @@ pub(crate) fn run(mut core: ShardCore, busy_poll: bool) -> io::Result<()> {
                 };
                 // Zero only while unprocessed input waits, and input was just
                 // processed: the connection then no longer wants to read.
-                let want = conn.prepare_read(batch);
+                let want = conn.poll_read_len(batch);
                 if want == 0 {
                     break;
                 }
-                let buf = conn.read_buf();
+                let buf = conn.read_buf_mut();
                 let asked = want.min(buf.capacity() - buf.len());
                 match pool::recv_into_spare(&sock.stream, buf, want) {
                     Ok(0) => {
@@ -127,7 +127,7 @@ pub(crate) fn run(mut core: ShardCore, busy_poll: bool) -> io::Result<()> {
                     }
                     Ok(n) => {
                         total += n;
-                        conn.mark_received(Instant::now());
+                        conn.handle_read(Instant::now());
                         core.metrics().recv_direct_bytes.inc_by(n as u64);
                         core.process_input(key, Instant::now());
                         // A short read drained the socket: data that arrives

@@ -16,7 +16,7 @@
 //!   before the shard sees its first completion, so a stream of large
 //!   messages went through the pool (and a copy) almost entirely. A
 //!   connection whose last frame carried large records
-//!   ([`crate::connection::Connection::large_records`]) therefore receives
+//!   ([`crate::connection::Connection::has_large_records`]) therefore receives
 //!   every read straight into its frame buffer, sized like an epoll read (a
 //!   quiet one holds that buffer, normally 4 KiB, until the next small
 //!   frame: at the latest the pong to its next ping); the first frame of
@@ -723,7 +723,7 @@ fn handle_cqe(
                 core.metrics().recv_pooled_bytes.inc_by(res as u64);
                 if let Some(data) = d.pool.filled(bid, res as usize) {
                     if let Some(conn) = core.connection_mut(key) {
-                        conn.feed(data, now);
+                        conn.handle_input(data, now);
                     }
                 }
                 d.pool.recycle(bid);

@@ -291,14 +291,15 @@ pub(super) fn note_misbehavior(shared: &Shared, slot: &mut ConnSlot) {
     let Some(h) = &slot.handle else {
         return;
     };
-    if shared
-        .cooldown
-        .on_close(&h.peer, slot.conn.closed_for_misbehavior(), Instant::now())
-    {
+    if shared.cooldown.on_close(
+        &h.peer,
+        slot.conn.is_closed_for_misbehavior(),
+        Instant::now(),
+    ) {
         shared.metrics.misbehavior_cooldowns.inc();
         tracing::warn!(
             peer = %h.peer,
-            reason = slot.conn.closed_label().unwrap_or("?"),
+            reason = slot.conn.close_label().unwrap_or("?"),
             cooldown = ?shared.config.admission.misbehavior_cooldown,
             "peer misbehaved; refusing it for the cooldown"
         );
@@ -353,10 +354,10 @@ mod tests {
     use super::super::test_support::{count, dialed, key};
     use super::*;
     use crate::config::Config;
-    use crate::connection::Outgoing;
+    use crate::connection::{Outgoing, Priority};
     use crate::metrics::ReasonLabel;
     use crate::network::Network;
-    use crate::queue_depth::Reserve;
+    use crate::queue_depth::QueueClosed;
 
     fn msg() -> Outgoing {
         Outgoing::data(1, Bytes::from_static(b"m"), false)
@@ -384,7 +385,10 @@ mod tests {
         };
         // The connection's queue is full, and a sender waits for room.
         let depth = core.conns[slot_key].depth.clone();
-        while depth.try_reserve(1) {}
+        let mut full = Vec::new();
+        while let Some(permit) = depth.try_reserve(1) {
+            full.push(permit);
+        }
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         let blocked = {
             let depth = depth.clone();
@@ -398,7 +402,8 @@ mod tests {
                 id,
                 peer: peer.clone(),
                 msg: msg(),
-                high: false,
+                priority: Priority::Low,
+                permit: depth.force_reserve(1),
             };
             assert!(link.send(send).is_ok());
         }
@@ -406,7 +411,12 @@ mod tests {
             id,
             peer: peer.clone(),
             msgs: vec![msg(), msg()],
-            high: false,
+            priority: Priority::Low,
+            permit: {
+                let mut both = depth.force_reserve(1);
+                both.merge(depth.force_reserve(1));
+                both
+            },
         };
         assert!(link.send(batch).is_ok());
         core.parked.insert(key(8), Parked::for_test(now, 4));
@@ -424,7 +434,7 @@ mod tests {
         let released = done_rx
             .recv_timeout(Duration::from_secs(30))
             .expect("the blocked sender was never released");
-        assert_eq!(released, Reserve::Closed);
+        assert_eq!(released.err(), Some(QueueClosed));
         blocked.join().unwrap().unwrap();
     }
 

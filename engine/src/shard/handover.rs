@@ -40,8 +40,9 @@ use shoal_wire::CloseReason;
 
 use super::slot::{ConnSlot, Handover, Live};
 use super::{Command, DriverAction, ShardCore};
-use crate::connection::{CloseCause, Outgoing};
+use crate::connection::{CloseCause, Outgoing, Priority};
 use crate::peers::{Admit, ConnId, PeerHandle};
+use crate::queue_depth::DepthPermit;
 
 impl ShardCore {
     /// Connection `key` finished its handshake with `peer`: admit it to the
@@ -228,7 +229,7 @@ impl ShardCore {
         let Some(slot) = self.conns.get_mut(key) else {
             return;
         };
-        if slot.moved_unsent || !slot.conn.closing_replaced() {
+        if slot.moved_unsent || !slot.conn.is_replaced() {
             return;
         }
         slot.moved_unsent = true;
@@ -240,11 +241,11 @@ impl ShardCore {
             key,
             generation: slot.generation,
         };
-        let mut unsent = slot.conn.take_unsent();
+        let mut unsent = slot.conn.poll_unsent();
         unsent.extend(take_parked(slot));
         let mut no_actions = Vec::new();
-        for (msg, high) in unsent {
-            self.reroute(old, peer.clone(), msg, high, true, now, &mut no_actions);
+        for (msg, priority) in unsent {
+            self.reroute(old, peer.clone(), msg, priority, true, now, &mut no_actions);
         }
         debug_assert!(no_actions.is_empty(), "sends never produce driver actions");
     }
@@ -286,7 +287,7 @@ impl ShardCore {
             slot.moved_unsent = true;
             slot.notify_on_close = Some(by);
             slot.conn.close(CloseReason::Replaced, now);
-            msgs = slot.conn.take_unsent();
+            msgs = slot.conn.poll_unsent();
             // Parked on this one while it waited for its own hand-over:
             // newer than its unsent ones.
             msgs.extend(take_parked(slot));
@@ -319,26 +320,23 @@ impl ShardCore {
         &mut self,
         to: ConnId,
         peer: PublicKey,
-        msgs: Vec<(Outgoing, bool)>,
+        msgs: Vec<(Outgoing, Priority)>,
         now: Instant,
         actions: &mut Vec<DriverAction>,
     ) {
-        let slot = self
-            .conns
-            .live_mut(to)
-            .filter(|s| s.conn.accepts_messages());
+        let slot = self.conns.live_mut(to).filter(|s| s.conn.is_open());
         let Some(slot) = slot else {
             // The new connection is gone too: each moves on its own.
-            for (msg, high) in msgs {
-                self.reroute(to, peer.clone(), msg, high, true, now, actions);
+            for (msg, priority) in msgs {
+                self.reroute(to, peer.clone(), msg, priority, true, now, actions);
             }
             return;
         };
         let mut refused = 0;
-        for (msg, high) in msgs {
-            slot.depth.force_reserve(msg.payload.len());
+        for (msg, priority) in msgs {
+            let permit = slot.depth.force_reserve(msg.payload.len());
             self.shared.metrics.send_rerouted.inc();
-            if slot.conn.send(msg, high).is_err() {
+            if slot.conn.send(msg, priority, Some(permit)).is_err() {
                 refused += 1;
             }
         }
@@ -403,9 +401,9 @@ impl ShardCore {
     pub(super) fn drop_parked(&self, slot: &mut ConnSlot) {
         if let Some(h) = slot.handover.as_mut() {
             let n = h.parked.len();
-            let bytes: usize = h.parked.iter().map(|(m, _)| m.payload.len()).sum();
-            h.parked.clear();
-            slot.depth.release(n, bytes);
+            drop(DepthPermit::merge_all(
+                h.parked.drain(..).map(|(_, _, p)| p),
+            ));
             self.shared.metrics.send_dropped_n("disconnected", n);
         }
     }
@@ -417,27 +415,28 @@ impl ConnSlot {
     pub(super) fn park_for_handover(
         &mut self,
         msg: Outgoing,
-        high: bool,
-    ) -> Option<(Outgoing, bool)> {
+        priority: Priority,
+        permit: DepthPermit,
+    ) -> Option<(Outgoing, Priority, DepthPermit)> {
         match self.handover.as_mut().filter(|h| !h.messages_in) {
             Some(h) => {
-                h.parked.push_back((msg, high));
+                h.parked.push_back((msg, priority, permit));
                 None
             }
-            None => Some((msg, high)),
+            None => Some((msg, priority, permit)),
         }
     }
 }
 
 /// Moves what was parked into the connection's queue, in order; the wait
 /// for messages is over (the input may still be paused). Returns how many
-/// the connection refused (its hard cap; it gave their depth back).
+/// the connection refused (its hard cap; it dropped their permits).
 fn unpark(slot: &mut ConnSlot) -> usize {
     let mut refused = 0;
     if let Some(h) = slot.handover.as_mut() {
         h.messages_in = true;
-        for (msg, high) in h.parked.drain(..) {
-            if slot.conn.send(msg, high).is_err() {
+        for (msg, priority, permit) in h.parked.drain(..) {
+            if slot.conn.send(msg, priority, Some(permit)).is_err() {
                 refused += 1;
             }
         }
@@ -447,12 +446,19 @@ fn unpark(slot: &mut ConnSlot) -> usize {
 
 /// The messages parked on `slot` (which is being replaced itself), with
 /// their queue depth given back: they move on with its unsent ones.
-fn take_parked(slot: &mut ConnSlot) -> Vec<(Outgoing, bool)> {
+fn take_parked(slot: &mut ConnSlot) -> Vec<(Outgoing, Priority)> {
     let Some(h) = slot.handover.as_mut() else {
         return Vec::new();
     };
-    let parked: Vec<(Outgoing, bool)> = h.parked.drain(..).collect();
-    let bytes = parked.iter().map(|(m, _)| m.payload.len()).sum();
-    slot.depth.release(parked.len(), bytes);
+    let mut permits = Vec::with_capacity(h.parked.len());
+    let parked = h
+        .parked
+        .drain(..)
+        .map(|(msg, priority, permit)| {
+            permits.push(permit);
+            (msg, priority)
+        })
+        .collect();
+    drop(DepthPermit::merge_all(permits));
     parked
 }

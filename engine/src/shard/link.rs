@@ -20,9 +20,10 @@ use std::time::{Duration, Instant};
 use shoal_crypto::PublicKey;
 use shoal_wire::CloseReason;
 
-use crate::connection::{ControlOut, Outgoing};
+use crate::connection::{ControlOut, Outgoing, Priority};
 use crate::peers::ConnId;
 use crate::placement::ShardLoad;
+use crate::queue_depth::DepthPermit;
 use crate::waker::ShardWaker;
 
 /// Work for a shard from other threads.
@@ -34,7 +35,9 @@ pub(crate) enum Command {
         /// connection), the message moves to the peer's current connection.
         peer: PublicKey,
         msg: Outgoing,
-        high: bool,
+        priority: Priority,
+        /// The message's share of the connection's queue depth.
+        permit: DepthPermit,
     },
     /// [`Command::Send`] for several messages to one connection, in order
     /// (one hand-off for the lot; see [`crate::Sender::send_batch_to`]).
@@ -42,7 +45,9 @@ pub(crate) enum Command {
         id: ConnId,
         peer: PublicKey,
         msgs: Vec<Outgoing>,
-        high: bool,
+        priority: Priority,
+        /// The share of all of `msgs`.
+        permit: DepthPermit,
     },
     /// Take over an accepted socket.
     Adopt {
@@ -70,7 +75,7 @@ pub(crate) enum Command {
     Handover {
         to: ConnId,
         peer: PublicKey,
-        msgs: Vec<(Outgoing, bool)>,
+        msgs: Vec<(Outgoing, Priority)>,
     },
     /// The connection `to` replaced is gone: `to` may read.
     Released { to: ConnId, gone: ConnId },
@@ -91,6 +96,9 @@ pub(crate) struct ShardLink {
 
 impl ShardLink {
     /// Enqueues without blocking; wakes the shard only if it sleeps.
+    // A refused command comes back by value (the sender retries without a
+    // copy); boxing it would cost an allocation per send.
+    #[allow(clippy::result_large_err)]
     pub fn send(&self, cmd: Command) -> Result<(), Command> {
         match self.tx.try_send(cmd) {
             Ok(()) => {

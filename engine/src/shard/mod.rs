@@ -262,16 +262,19 @@ impl ShardCore {
                 id,
                 peer,
                 msg,
-                high,
-            } => self.send_on(id, &peer, msg, high, now, actions),
+                priority,
+                permit,
+            } => self.send_on(id, &peer, msg, priority, permit, now, actions),
             Command::SendBatch {
                 id,
                 peer,
                 msgs,
-                high,
+                priority,
+                mut permit,
             } => {
                 for msg in msgs {
-                    self.send_on(id, &peer, msg, high, now, actions);
+                    let one = permit.split(1, msg.payload.len());
+                    self.send_on(id, &peer, msg, priority, one, now, actions);
                 }
             }
             Command::Control { id, record } => self.send_control(id, record),
@@ -332,7 +335,7 @@ impl ShardCore {
             self.handle_event(key, ev, now);
         }
         if let Some(slot) = self.conns.get_mut(key) {
-            let copied = slot.conn.take_reassembly_copied_bytes();
+            let copied = slot.conn.poll_reassembly_copied_bytes();
             if copied > 0 {
                 self.shared.metrics.reassembly_copied_bytes.inc_by(copied);
             }
@@ -352,7 +355,7 @@ impl ShardCore {
         }
         if slot.conn.is_closed() && slot.close_label.is_none() {
             // Closed without an event we saw (e.g. after graceful close).
-            slot.close_label = Some(slot.conn.closed_label().unwrap_or("local_close"));
+            slot.close_label = Some(slot.conn.close_label().unwrap_or("local_close"));
         }
         if slot.conn.is_closed() {
             // As soon as the protocol ended, not when the socket is gone: a
@@ -423,29 +426,31 @@ impl ShardCore {
             && self
                 .conns
                 .get(key)
-                .is_some_and(|s| s.conn.large_body_pending())
+                .is_some_and(|s| s.conn.has_large_body_pending())
     }
 
-    /// See [`Connection::large_records`].
+    /// See [`Connection::has_large_records`].
     pub fn large_records(&self, key: usize) -> bool {
-        self.conns.get(key).is_some_and(|s| s.conn.large_records())
+        self.conns
+            .get(key)
+            .is_some_and(|s| s.conn.has_large_records())
     }
 
-    /// See [`Connection::lend_read_buf`]; `None` unless the connection wants
+    /// See [`Connection::poll_lend_buf`]; `None` unless the connection wants
     /// input and a large body is pending or it carries large records.
     pub fn lend_read_buf(&mut self, key: usize) -> Option<(BytesMut, usize)> {
         if !self.wants_read(key) {
             return None;
         }
         let batch = self.shared.config.io.recv_buffer_size;
-        self.conns.get_mut(key)?.conn.lend_read_buf(batch)
+        self.conns.get_mut(key)?.conn.poll_lend_buf(batch)
     }
 
     /// Gives back a buffer lent by [`ShardCore::lend_read_buf`] (dropped if
     /// the connection is gone).
     pub fn return_read_buf(&mut self, key: usize, buf: BytesMut, now: Instant) {
         if let Some(s) = self.conns.get_mut(key) {
-            s.conn.return_read_buf(buf, now);
+            s.conn.handle_returned_buf(buf, now);
         }
     }
 
@@ -461,7 +466,7 @@ impl ShardCore {
         }
         self.conns
             .get(key)
-            .is_none_or(|s| s.conn.is_closed() || s.conn.buffered() > PAUSED_INPUT_LIMIT)
+            .is_none_or(|s| s.conn.is_closed() || s.conn.buffered_len() > PAUSED_INPUT_LIMIT)
     }
 
     /// Bytes to write for `key`, if any.
@@ -470,7 +475,7 @@ impl ShardCore {
         let out = slot.conn.poll_transmit();
         if slot.conn.is_closed() && !self.closing.contains(&key) {
             if slot.close_label.is_none() {
-                slot.close_label = Some(slot.conn.closed_label().unwrap_or("local_close"));
+                slot.close_label = Some(slot.conn.close_label().unwrap_or("local_close"));
             }
             slot.closed_at = Some(Instant::now());
             self.closing.push(key);

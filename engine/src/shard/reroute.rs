@@ -24,8 +24,9 @@ use shoal_crypto::PublicKey;
 
 use super::slot::Live;
 use super::{Command, DriverAction, ShardCore};
-use crate::connection::Outgoing;
+use crate::connection::{Outgoing, Priority};
 use crate::peers::{ConnId, PeerHandle};
+use crate::queue_depth::DepthPermit;
 
 /// Output parked for each peer's next connection.
 pub(super) type ParkedByPeer = HashMap<PublicKey, Parked>;
@@ -35,7 +36,7 @@ pub(super) struct Parked {
     since: Instant,
     /// Payload bytes of `msgs`, bounded by `LimitSettings::peer_send_bytes`.
     bytes: usize,
-    msgs: VecDeque<(Outgoing, bool)>,
+    msgs: VecDeque<(Outgoing, Priority)>,
 }
 
 impl Parked {
@@ -47,26 +48,28 @@ impl Parked {
 
 impl ShardCore {
     /// [`Command::Send`]: queues one application message on connection `id`
-    /// (its depth slot already reserved), parks it for the connection's
+    /// (`permit` is its depth slot), parks it for the connection's
     /// hand-over, or reroutes it.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn send_on(
         &mut self,
         id: ConnId,
         peer: &PublicKey,
         msg: Outgoing,
-        high: bool,
+        priority: Priority,
+        permit: DepthPermit,
         now: Instant,
         actions: &mut Vec<DriverAction>,
     ) {
         match self.conns.live_mut(id) {
-            Some(slot) if slot.conn.accepts_messages() => {
-                let Some((msg, high)) = slot.park_for_handover(msg, high) else {
+            Some(slot) if slot.conn.is_open() => {
+                let Some((msg, priority, permit)) = slot.park_for_handover(msg, priority, permit)
+                else {
                     return;
                 };
-                // The connection enforces its own hard cap and fixes the
-                // depth counter if it refuses (a rerouted message can find
-                // it full).
-                if slot.conn.send(msg, high).is_ok() {
+                // The connection enforces its own hard cap and drops the
+                // permit if it refuses (a rerouted message can find it full).
+                if slot.conn.send(msg, priority, Some(permit)).is_ok() {
                     self.dirty.push(id.key);
                 } else {
                     self.shared.metrics.send_dropped("queue_full");
@@ -76,14 +79,12 @@ impl ShardCore {
                 // Accepted for a connection that began closing (or is gone)
                 // since: give its slot back and move the message to the
                 // peer's current connection.
+                drop(permit);
                 let replaced = match closing {
-                    Some(slot) => {
-                        slot.depth.release(1, msg.payload.len());
-                        slot.conn.closing_replaced()
-                    }
+                    Some(slot) => slot.conn.is_replaced(),
                     None => self.recently_replaced.iter().any(|(c, _)| *c == id),
                 };
-                self.reroute(id, peer.clone(), msg, high, replaced, now, actions);
+                self.reroute(id, peer.clone(), msg, priority, replaced, now, actions);
             }
         }
     }
@@ -97,14 +98,14 @@ impl ShardCore {
         old: ConnId,
         peer: PublicKey,
         msg: Outgoing,
-        high: bool,
+        priority: Priority,
         replaced: bool,
         now: Instant,
         actions: &mut Vec<DriverAction>,
     ) {
         let Some(h) = self.shared.peers.get(&peer).filter(|h| h.id != old) else {
             if replaced {
-                self.park(peer, msg, high, now);
+                self.park(peer, msg, priority, now);
             } else {
                 // The peer left (shutdown, error): nothing to wait for.
                 self.shared.metrics.send_dropped("disconnected");
@@ -115,12 +116,12 @@ impl ShardCore {
             // Older messages waited for this connection: they go first.
             self.flush_parked(&peer, now);
         }
-        self.send_to_current(&h, peer, msg, high, now, actions);
+        self.send_to_current(&h, peer, msg, priority, now, actions);
     }
 
     /// Replaced by a connection still handshaking (the peer rejected our
     /// duplicate first): wait for it, bounded in count, bytes and time.
-    fn park(&mut self, peer: PublicKey, msg: Outgoing, high: bool, now: Instant) {
+    fn park(&mut self, peer: PublicKey, msg: Outgoing, priority: Priority, now: Instant) {
         let cfg = &self.shared.config;
         let p = self.parked.entry(peer).or_insert_with(|| Parked {
             since: now,
@@ -132,7 +133,7 @@ impl ShardCore {
             && (p.bytes == 0 || p.bytes.saturating_add(len) <= cfg.limits.peer_send_bytes)
         {
             p.bytes += len;
-            p.msgs.push_back((msg, high));
+            p.msgs.push_back((msg, priority));
         } else {
             self.shared.metrics.send_dropped("disconnected");
         }
@@ -145,11 +146,8 @@ impl ShardCore {
         let Some(h) = self.shared.peers.get(peer) else {
             return self.expire_parked(peer, now);
         };
-        let usable = h.id.shard != self.id
-            || self
-                .conns
-                .live(h.id)
-                .is_some_and(|s| s.conn.accepts_messages());
+        let usable =
+            h.id.shard != self.id || self.conns.live(h.id).is_some_and(|s| s.conn.is_open());
         if !usable {
             return self.expire_parked(peer, now);
         }
@@ -157,8 +155,8 @@ impl ShardCore {
             return;
         };
         let mut no_actions = Vec::new();
-        for (msg, high) in p.msgs {
-            self.send_to_current(&h, peer.clone(), msg, high, now, &mut no_actions);
+        for (msg, priority) in p.msgs {
+            self.send_to_current(&h, peer.clone(), msg, priority, now, &mut no_actions);
         }
     }
 
@@ -181,18 +179,18 @@ impl ShardCore {
         h: &PeerHandle,
         peer: PublicKey,
         msg: Outgoing,
-        high: bool,
+        priority: Priority,
         now: Instant,
         actions: &mut Vec<DriverAction>,
     ) {
-        let bytes = msg.payload.len();
-        h.depth.force_reserve(bytes);
+        let permit = h.depth.force_reserve(msg.payload.len());
         self.shared.metrics.send_rerouted.inc();
         let cmd = Command::Send {
             id: h.id,
             peer,
             msg,
-            high,
+            priority,
+            permit,
         };
         if h.id.shard == self.id {
             // Terminates: the table points at `h.id`, so if that one is
@@ -206,7 +204,7 @@ impl ShardCore {
             .get(h.id.shard)
             .is_some_and(|link| link.send(cmd).is_ok());
         if !sent {
-            h.depth.release(1, bytes);
+            // The refused command and its permit are dropped.
             self.shared.metrics.send_dropped("shard_queue_full");
         }
     }
@@ -233,7 +231,7 @@ impl Parked {
         Self {
             since,
             bytes: n,
-            msgs: (0..n).map(|_| (msg(), false)).collect(),
+            msgs: (0..n).map(|_| (msg(), Priority::Low)).collect(),
         }
     }
 }

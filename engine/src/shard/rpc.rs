@@ -23,7 +23,7 @@ use shoal_wire::{RecordKind, RpcStatus};
 use super::slot::Live;
 use super::ShardCore;
 use crate::channel_spec::ChannelSpec;
-use crate::connection::Outgoing;
+use crate::connection::{Outgoing, Priority};
 use crate::peers::ConnId;
 use crate::rpc::RequestError;
 
@@ -66,7 +66,7 @@ impl ShardCore {
         let Some(slot) = self.conns.get_mut(key) else {
             return;
         };
-        if slot.conn.send_internal(msg, true).is_err() {
+        if slot.conn.send(msg, Priority::High, None).is_err() {
             self.shared.metrics.refuse("rpc_response_queue_full");
         }
         self.dirty.push(key);
@@ -117,7 +117,7 @@ impl ShardCore {
             Ok(Some(reply)) => {
                 if slot
                     .conn
-                    .send_internal(Outgoing::data(spec.id, reply, false), false)
+                    .send(Outgoing::data(spec.id, reply, false), Priority::Low, None)
                     .is_err()
                 {
                     self.shared.metrics.refuse("handler_reply_queue_full");

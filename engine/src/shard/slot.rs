@@ -21,10 +21,10 @@ use slab::Slab;
 
 use super::delivery::Received;
 use super::quota::QuotaHeld;
-use crate::connection::{Connection, Outgoing};
+use crate::connection::{Connection, Outgoing, Priority};
 use crate::limiters::PeerLimiters;
 use crate::peers::{ConnId, PeerHandle};
-use crate::queue_depth::QueueDepth;
+use crate::queue_depth::{DepthPermit, QueueDepth};
 
 /// One connection slot.
 pub(super) struct ConnSlot {
@@ -92,8 +92,9 @@ pub(super) struct Handover {
     /// The hand-over arrived: only the input still waits.
     pub(super) messages_in: bool,
     /// Output parked: sent to this connection before the hand-over
-    /// arrived, in order.
-    pub(super) parked: VecDeque<(Outgoing, bool)>,
+    /// arrived, in order, each with its share of this connection's queue
+    /// depth.
+    pub(super) parked: VecDeque<(Outgoing, Priority, DepthPermit)>,
 }
 
 impl ConnSlot {

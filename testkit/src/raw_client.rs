@@ -1,8 +1,15 @@
-//! A bare shoal/1 client for benchmarks and tests: it completes a real
-//! handshake over a blocking socket and hands back the socket and the
-//! session keys, so the caller can hold an idle connection (`shoal bench
-//! --scenario idle`) or seal records of any shape (the adversarial tests).
-//! Not an API: no connection state machine, no keep-alives.
+//! A bare shoal/1 dialer: it completes a real handshake over a blocking
+//! socket and hands back the socket and the session keys.
+//!
+//! # Design
+//! The sans-IO [`Handshake`] driven by blocking reads and writes, with the
+//! handshake parameters of an engine [`Config`]. What the caller does with
+//! the socket is up to it: hold it idle (the bench's idle and shard-rtt
+//! crowd), seal records of any shape with the [`Session`] (the adversarial
+//! tests), or stop after the Hello ([`dial_held`]).
+//!
+//! Not provided: a connection state machine, keep-alives, or frame reads
+//! after the handshake.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -86,13 +93,4 @@ fn handshake(
         hs.handle_frame(&mut body, unix_ms(), &mut |k| k == peer)
             .map_err(|e| bad(e.to_string()))?;
     }
-}
-
-/// This process's resident set in KiB (Linux `/proc/self/status`).
-pub fn rss_kib() -> io::Result<u64> {
-    std::fs::read_to_string("/proc/self/status")?
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no VmRSS line"))
 }

@@ -1,0 +1,405 @@
+//! The order of a run: which scenarios, their sizes and counts, and which
+//! baseline is measured beside which engine run.
+//!
+//! # Design
+//! Every scenario runs `rounds` interleaved rounds: its baseline, then the
+//! engine on each backend, then the baseline again, so a machine that
+//! drifts between a fast and a slow regime moves both alike. Each scenario
+//! function here returns one summarized [`RunResult`] per backend (the
+//! median round against the median baseline). The progress bar (stderr, on a
+//! terminal only) counts one step per baseline and per engine run.
+//!
+//! Order under `all`: throughput, latency, request, shard-rtt (sleeping, then
+//! busy-polling shards), rpc, fanout, send, scale, idle.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use shoal_engine::Backend;
+
+use crate::args::{BenchArgs, Scenario};
+use crate::baseline::{
+    raw_seal_bytes_per_sec, raw_sealed_stream_bytes_per_sec, raw_tcp_pingpong, Wait,
+};
+use crate::cluster::label;
+use crate::fanout::fanout;
+use crate::idle::{idle_in_child, idle_rss};
+use crate::plan::Plan;
+use crate::result::{median, summarize, RunResult};
+use crate::round_trip::{request_rpc, rpc};
+use crate::shard_rtt::shard_rtt;
+use crate::throughput::throughput;
+
+/// Runs every scenario the plan asks for, in order.
+pub(crate) fn run_scenarios(p: &Plan, args: &BenchArgs) -> Result<Vec<RunResult>, String> {
+    let pb = progress_bar(steps(p));
+    let wants = |s: Scenario| p.scenario == Scenario::All || p.scenario == s;
+    let mut results = Vec::new();
+    if wants(Scenario::Throughput) {
+        results.extend(throughput_rounds(p, &pb)?);
+    }
+    for scenario in [Scenario::Latency, Scenario::Request] {
+        if wants(scenario) {
+            results.extend(one_in_flight_rounds(p, &pb, scenario)?);
+        }
+    }
+    if wants(Scenario::ShardRtt) {
+        results.extend(shard_rtt_rounds(p, &pb)?);
+    }
+    if wants(Scenario::Rpc) {
+        results.extend(rpc_rounds(p, &pb)?);
+    }
+    if wants(Scenario::Fanout) {
+        results.extend(fanout_rounds(p, &pb)?);
+    }
+    if wants(Scenario::Send) {
+        results.extend(send_rounds(p, &pb)?);
+    }
+    if wants(Scenario::Scale) {
+        results.extend(scale_rounds(p, &pb)?);
+    }
+    if wants(Scenario::Idle) {
+        results.extend(idle_rounds(p, &pb, args)?);
+    }
+    pb.finish_and_clear();
+    Ok(results)
+}
+
+/// Progress steps of the whole run: per scenario and round, one baseline
+/// and one engine run per backend.
+fn steps(p: &Plan) -> u64 {
+    let all = p.scenario == Scenario::All;
+    let scenarios = [
+        Scenario::Throughput,
+        Scenario::Latency,
+        Scenario::Rpc,
+        Scenario::Request,
+        Scenario::ShardRtt,
+        Scenario::Fanout,
+        Scenario::Send,
+        Scenario::Idle,
+        Scenario::Scale,
+    ]
+    .into_iter()
+    .filter(|s| all || p.scenario == *s)
+    .count();
+    // `all` runs shard-rtt twice (sleeping and busy-polling shards).
+    let extra = usize::from(all && !p.base.io.busy_poll);
+    ((scenarios + extra) * p.rounds * (1 + p.backends.len())) as u64
+}
+
+fn progress_bar(total: u64) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    if let Ok(style) =
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
+    {
+        pb.set_style(style);
+    }
+    pb.enable_steady_tick(Duration::from_millis(120));
+    pb
+}
+
+/// Throughput against the raw ring seal rate and, for messages of 16 KiB
+/// and more, the raw sealed TCP stream.
+fn throughput_rounds(p: &Plan, pb: &ProgressBar) -> Result<Vec<RunResult>, String> {
+    let rounds = p.rounds;
+    let size = p.size.unwrap_or(64 * 1024).max(1);
+    let messages = p
+        .messages
+        .unwrap_or(((256usize << 20) / size).clamp(1000, 2_000_000))
+        .max(1);
+    let mut seal = Vec::new();
+    let mut stream = Vec::new();
+    let mut per: Vec<Vec<RunResult>> = vec![Vec::new(); p.backends.len()];
+    for round in 0..rounds {
+        pb.set_message(format!("throughput {}/{rounds}: raw ring seal", round + 1));
+        seal.push(raw_seal_bytes_per_sec(size, Duration::from_millis(500)));
+        // A ceiling for large messages only: the engine packs small ones
+        // many to a frame, which this stream (one frame each) does not.
+        if size >= 16 * 1024 {
+            pb.set_message(format!(
+                "throughput {}/{rounds}: raw sealed TCP stream",
+                round + 1
+            ));
+            stream.push(raw_sealed_stream_bytes_per_sec(size, messages)?);
+        }
+        pb.inc(1);
+        for (i, b) in p.backends.iter().enumerate() {
+            pb.set_message(format!("throughput {}/{rounds}: {}", round + 1, label(*b)));
+            per[i].push(throughput(p, *b, size, messages, "throughput")?);
+            pb.inc(1);
+        }
+    }
+    let (seal, stream) = (median(seal), median(stream));
+    Ok(per
+        .into_iter()
+        .map(|runs| {
+            let mut r = summarize(runs, seal);
+            r.sealed_stream = (stream > 0.0).then_some(stream);
+            r
+        })
+        .collect())
+}
+
+/// One request in flight, against a raw TCP ping-pong: echoed by the
+/// peer's application (`latency`) or by an in-shard handler (`request`).
+fn one_in_flight_rounds(
+    p: &Plan,
+    pb: &ProgressBar,
+    scenario: Scenario,
+) -> Result<Vec<RunResult>, String> {
+    let all = p.scenario == Scenario::All;
+    let name = match scenario {
+        Scenario::Request => "request",
+        _ => "latency",
+    };
+    let size = if all { 64 } else { p.size.unwrap_or(64) };
+    let messages = p.messages.unwrap_or(5000).max(1);
+    let mut out = interleaved(
+        pb,
+        p.rounds,
+        &p.backends,
+        name,
+        "raw TCP ping-pong",
+        || {
+            raw_tcp_pingpong(
+                size,
+                messages,
+                1,
+                Wait::SpinThenBlock(p.base.effective_wait_spin()),
+            )
+        },
+        |b| match scenario {
+            Scenario::Request => request_rpc(p, b, size, messages),
+            _ => rpc(p, b, size, messages, 1, "latency"),
+        },
+    )?;
+    spin_matched(&mut out, p);
+    Ok(out)
+}
+
+/// In-shard round trips. The baseline's two threads wait as the shards do:
+/// they spin for `idle_spin` then sleep in the kernel, or spin throughout
+/// under busy-poll (bounded by the stall bound). The whole table (`all`)
+/// also runs the busy-poll variant, so one command shows both targets.
+fn shard_rtt_rounds(p: &Plan, pb: &ProgressBar) -> Result<Vec<RunResult>, String> {
+    let all = p.scenario == Scenario::All;
+    let size = if all { 64 } else { p.size.unwrap_or(64) };
+    let messages = p.messages.unwrap_or(5000).max(1);
+    let mut variants = vec![p.clone()];
+    if all && !p.base.io.busy_poll {
+        let mut busy = p.clone();
+        busy.base.io.busy_poll = true;
+        variants.push(busy);
+    }
+    let mut results = Vec::new();
+    for q in &variants {
+        let wait = if q.base.io.busy_poll {
+            Wait::BusyPoll
+        } else {
+            Wait::SpinThenBlock(q.base.io.idle_spin)
+        };
+        let mut out = interleaved(
+            pb,
+            q.rounds,
+            &q.backends,
+            "shard-rtt",
+            "raw TCP ping-pong",
+            || raw_tcp_pingpong(size, messages, 1, wait),
+            |b| shard_rtt(q, b, size, messages),
+        )?;
+        if !q.base.io.busy_poll {
+            for r in &mut out {
+                r.wait_spin_us = Some(q.base.io.idle_spin.as_micros() as u64);
+            }
+        }
+        results.extend(out);
+    }
+    Ok(results)
+}
+
+/// `--inflight N` requests outstanding, against raw TCP with the same N
+/// pipelined.
+fn rpc_rounds(p: &Plan, pb: &ProgressBar) -> Result<Vec<RunResult>, String> {
+    let all = p.scenario == Scenario::All;
+    let size = if all { 64 } else { p.size.unwrap_or(64) };
+    let messages = p.messages.unwrap_or(30_000).max(1);
+    let mut out = interleaved(
+        pb,
+        p.rounds,
+        &p.backends,
+        "rpc",
+        &format!("raw TCP, {} pipelined", p.inflight),
+        || {
+            raw_tcp_pingpong(
+                size,
+                messages,
+                p.inflight,
+                Wait::SpinThenBlock(p.base.effective_wait_spin()),
+            )
+        },
+        |b| rpc(p, b, size, messages, p.inflight, "rpc"),
+    )?;
+    spin_matched(&mut out, p);
+    Ok(out)
+}
+
+/// Fan-out to `--peers N` against the raw seal rate (every copy is sealed
+/// under its own connection key).
+fn fanout_rounds(p: &Plan, pb: &ProgressBar) -> Result<Vec<RunResult>, String> {
+    let rounds = p.rounds;
+    let size = p.size.unwrap_or(16 * 1024).max(1);
+    let messages = p.messages.unwrap_or(20_000).max(1);
+    let mut seal = Vec::new();
+    let mut per: Vec<Vec<RunResult>> = vec![Vec::new(); p.backends.len()];
+    for round in 0..rounds {
+        pb.set_message(format!("fanout {}/{rounds}: raw ring seal", round + 1));
+        seal.push(raw_seal_bytes_per_sec(size, Duration::from_millis(300)));
+        pb.inc(1);
+        for (i, b) in p.backends.iter().enumerate() {
+            pb.set_message(format!(
+                "fanout {}/{rounds}: {}, {} peers",
+                round + 1,
+                label(*b),
+                p.peers
+            ));
+            per[i].push(fanout(p, *b, size, messages, p.peers)?);
+            pb.inc(1);
+        }
+    }
+    let seal = median(seal);
+    Ok(per.into_iter().map(|runs| summarize(runs, seal)).collect())
+}
+
+/// noise's BenchmarkSend: no baseline.
+fn send_rounds(p: &Plan, pb: &ProgressBar) -> Result<Vec<RunResult>, String> {
+    let rounds = p.rounds;
+    let all = p.scenario == Scenario::All;
+    let size = if all { 5 } else { p.size.unwrap_or(5) };
+    let messages = p.messages.unwrap_or(1_000_000).max(1);
+    let mut per: Vec<Vec<RunResult>> = vec![Vec::new(); p.backends.len()];
+    for round in 0..rounds {
+        pb.inc(1);
+        for (i, b) in p.backends.iter().enumerate() {
+            pb.set_message(format!("send {}/{rounds}: {}", round + 1, label(*b)));
+            per[i].push(throughput(p, *b, size, messages, "send")?);
+            pb.inc(1);
+        }
+    }
+    Ok(per.into_iter().map(|runs| summarize(runs, 0.0)).collect())
+}
+
+/// Aggregate fan-out throughput over 16 connections, every node with 2
+/// shards, against the same with 1 shard, interleaved.
+fn scale_rounds(p: &Plan, pb: &ProgressBar) -> Result<Vec<RunResult>, String> {
+    const PEERS: usize = 16;
+    let rounds = p.rounds;
+    let all = p.scenario == Scenario::All;
+    let size = if all {
+        16 * 1024
+    } else {
+        p.size.unwrap_or(16 * 1024)
+    };
+    let messages = p.messages.unwrap_or(3000).max(1);
+    let with_shards = |n: usize| {
+        let mut q = p.clone();
+        q.base.io.shards = n;
+        q.shards = n;
+        q
+    };
+    let (one, two) = (with_shards(1), with_shards(2));
+    let mut per1: Vec<Vec<f64>> = vec![Vec::new(); p.backends.len()];
+    let mut per2: Vec<Vec<RunResult>> = vec![Vec::new(); p.backends.len()];
+    for round in 0..rounds {
+        for (i, b) in p.backends.iter().enumerate() {
+            pb.set_message(format!(
+                "scale {}/{rounds}: {}, 1 shard",
+                round + 1,
+                label(*b)
+            ));
+            per1[i].push(fanout(&one, *b, size, messages, PEERS)?.bytes_per_sec);
+            pb.inc(1);
+            pb.set_message(format!(
+                "scale {}/{rounds}: {}, 2 shards",
+                round + 1,
+                label(*b)
+            ));
+            let mut r = fanout(&two, *b, size, messages, PEERS)?;
+            r.scenario = "scale";
+            per2[i].push(r);
+            pb.inc(1);
+        }
+    }
+    Ok(per2
+        .into_iter()
+        .zip(per1)
+        .map(|(runs, base)| summarize(runs, median(base)))
+        .collect())
+}
+
+/// Memory, not speed: one round is enough (the remaining rounds only move
+/// the progress bar). Each backend runs in a fresh child process unless
+/// `--in-process`.
+fn idle_rounds(p: &Plan, pb: &ProgressBar, args: &BenchArgs) -> Result<Vec<RunResult>, String> {
+    let conns = args.connections.unwrap_or(2000).max(1);
+    let mut results = Vec::new();
+    for round in 0..p.rounds {
+        pb.inc(1);
+        for b in &p.backends {
+            if round == 0 {
+                pb.set_message(format!("idle: {conns} connections, {}", label(*b)));
+                results.push(if args.in_process {
+                    let m = idle_rss(&p.base, *b, conns)?;
+                    let mut r = RunResult::new("idle", m.backend.clone(), p.shards, 0);
+                    r.messages = conns;
+                    r.delivered = m.established;
+                    r.rss_per_connection_kib = Some(m.per_connection_kib());
+                    r
+                } else {
+                    idle_in_child(args, *b, conns)?
+                });
+            }
+            pb.inc(1);
+        }
+    }
+    Ok(results)
+}
+
+/// `rounds` interleaved rounds of `baseline` then `run` on each backend;
+/// one summarized result per backend against the median baseline.
+fn interleaved(
+    pb: &ProgressBar,
+    rounds: usize,
+    backends: &[Backend],
+    name: &str,
+    baseline_name: &str,
+    mut baseline: impl FnMut() -> Result<f64, String>,
+    mut run: impl FnMut(Backend) -> Result<RunResult, String>,
+) -> Result<Vec<RunResult>, String> {
+    let mut base = Vec::new();
+    let mut per: Vec<Vec<RunResult>> = vec![Vec::new(); backends.len()];
+    for round in 0..rounds {
+        pb.set_message(format!("{name} {}/{rounds}: {baseline_name}", round + 1));
+        base.push(baseline()?);
+        pb.inc(1);
+        for (i, b) in backends.iter().enumerate() {
+            pb.set_message(format!("{name} {}/{rounds}: {}", round + 1, label(*b)));
+            per[i].push(run(*b)?);
+            pb.inc(1);
+        }
+    }
+    let base = median(base);
+    Ok(per.into_iter().map(|runs| summarize(runs, base)).collect())
+}
+
+/// Marks latency-type results with the wait spin both they and their raw
+/// TCP baseline ran with.
+fn spin_matched(results: &mut [RunResult], p: &Plan) {
+    for r in results {
+        r.wait_spin_us = Some(p.base.effective_wait_spin().as_micros() as u64);
+    }
+}
