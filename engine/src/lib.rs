@@ -9,8 +9,10 @@
 //!   records, chunking, priorities, timers). No sockets, no clock.
 //! - `shard`: one thread per core owning its connections; backend-independent.
 //! - `driver`: io_uring and epoll drivers that only move bytes.
-//! - [`network`]: [`Network`] / [`NetworkHandle`], the control shard
-//!   (accept, dial, deauthorize), shutdown.
+//! - [`network`]: [`Network`] / [`NetworkHandle`]: start, the running
+//!   node, shutdown.
+//! - `control`: the control shard (accept, dial, discovery gossip, [`open`]
+//!   mode, peer-set changes) as sans-IO parts and the loop between them.
 //! - [`channels`]: [`Sender`] / [`Receiver`] with explicit backpressure.
 //! - [`oracle`]: authorized peer sets and known addresses.
 //! - [`peers`]: the lock-free table of established connections.
@@ -32,14 +34,12 @@
 //! `tests/corpus_replay.rs` replays the committed corpus.
 #![deny(unsafe_code)]
 
-mod accept_rate;
 mod channel_spec;
 pub mod channels;
 pub mod clock;
 pub mod config;
 pub mod connection;
-pub(crate) mod cooldown;
-mod dial_backoff;
+mod control;
 pub mod discovery;
 #[allow(unsafe_code)]
 mod driver;
@@ -47,13 +47,12 @@ pub mod error;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
-mod inbound_limit;
 pub(crate) mod inbox;
 pub mod kademlia;
 mod limiters;
 pub mod metrics;
 pub mod network;
-pub mod open;
+pub use control::open;
 pub mod oracle;
 pub mod peers;
 mod placement;

@@ -29,9 +29,9 @@ pub(crate) struct Shared {
     /// Per-peer quota limiters, shared by a peer's connections.
     pub limiters: crate::limiters::LimiterStore,
     /// Peers refused for a while after misbehaving (`misbehavior_cooldown`).
-    pub cooldown: crate::cooldown::PeerCooldown,
+    pub cooldown: crate::control::cooldown::PeerCooldown,
     /// The same per remote address, against `max_inbound_per_ip`.
-    pub inbound_ips: crate::inbound_limit::InboundLimit,
+    pub inbound_ips: crate::control::inbound_limit::InboundLimit,
     /// Dialed connections alive (connecting, handshaking or established).
     pub outbound: AtomicUsize,
     pub running: AtomicBool,

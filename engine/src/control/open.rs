@@ -16,21 +16,42 @@
 //! fails is a failed query. Answers are signed records, verified before they
 //! reach the lookup.
 //!
+//! # Driving it
+//! `OpenMode` is sans-IO: the control loop hands it what happened and sends
+//! what it asks for (its outputs: records to send, dials, closes, refusals
+//! to count). Inputs, in the order a node meets them:
+//! - `handle_timeout` on every loop iteration: the join and refresh
+//!   lookups (one at a time), liveness checks and lookup timers;
+//! - `handle_connected` / `handle_dial_failed` as connections come and
+//!   dials fail;
+//! - `handle_record` for every `PEERS` (one record: the peer's own),
+//!   `FIND_NODE` and `NODES` from a peer;
+//! - `handle_lookup` for the embedder's lookups
+//!   ([`crate::NetworkHandle::lookup`]).
+//!
+//! Outputs come from `poll_output`; `poll_timeout` says when
+//! `handle_timeout` is due next.
+//!
 //! # Security
 //! Addresses in answers are signed by their owners, so a responder cannot
 //! redirect a key to its own address. Sybil and eclipse resistance are not
 //! provided (keys are free; see [`crate::kademlia`]). Everything is bounded:
 //! the table, at most [`MAX_LOOKUPS`] concurrent lookups, the records kept for
-//! answers (one per table entry), the queries waiting for a connection.
+//! answers (one per table entry), the queries waiting for a connection, the
+//! nodes marked unreachable.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use shoal_crypto::{PublicKey, Scheme, ED25519};
-use shoal_wire::{FindNode, Nodes, PeerRecord};
+use shoal_wire::{CloseReason, FindNode, Nodes, PeerRecord, Record};
 use tokio::sync::oneshot;
 
+use super::dialer::Unreachable;
+use super::join::Join;
+use super::Output;
+use crate::connection::ControlOut;
 use crate::discovery::{verify_record, RecordRejected};
 use crate::kademlia::{Lookup, NodeId, Observe, RoutingTable, ALPHA, K};
 use crate::peers::ConnId;
@@ -40,35 +61,17 @@ pub const MAX_LOOKUPS: usize = 64;
 /// How long a query may wait for its dial to connect (a dial that fails
 /// fails its queries at once; this bounds one that hangs).
 const CONNECT_WAIT: Duration = Duration::from_secs(3);
-/// A node whose dial failed is not dialed for queries for this long: its
-/// queries fail at once.
-const UNREACHABLE_FOR: Duration = Duration::from_secs(60);
-/// Nodes remembered as unreachable (beyond this, the oldest mark goes).
-const MAX_UNREACHABLE: usize = 1024;
-/// Lookups of our own id when joining (the first ones run on a nearly empty
-/// table, so they are repeated once).
-const JOIN_OWN_ID: u32 = 2;
-/// At most this many bucket-refresh lookups per join or refresh round.
-const MAX_BUCKET_REFRESH: u32 = 24;
-/// The join sequence runs again this often, so buckets that lost their
-/// entries (or never had any) are filled from the live network.
-pub const REFRESH_INTERVAL: Duration = Duration::from_secs(300);
+pub use super::join::REFRESH_INTERVAL;
 
 /// The answer to a lookup: the closest responders (key, address).
 pub type LookupResult = Vec<(PublicKey, SocketAddr)>;
 
-/// Something the control shard must do for open mode.
-pub(crate) enum OpenAction {
-    /// Send a FIND_NODE on a connection.
-    Query { id: ConnId, msg: FindNode },
-    /// Send NODES on a connection.
-    Answer { id: ConnId, msg: Nodes },
-    /// Dial this peer (a query waits for it, or a liveness check).
-    Dial { peer: PublicKey, addr: SocketAddr },
-}
+/// A key's connection, if established.
+pub(crate) type Connected<'a> = &'a dyn Fn(&PublicKey) -> Option<ConnId>;
 
 struct ActiveLookup {
     lookup: Lookup,
+    /// Where the result goes (none: a join lookup).
     reply: Option<oneshot::Sender<LookupResult>>,
     /// query id -> node asked
     queries: HashMap<u64, NodeId>,
@@ -95,14 +98,26 @@ pub(crate) struct OpenMode {
     waiting: HashMap<NodeId, Vec<WaitingQuery>>,
     /// Liveness checks in progress: oldest -> deadline.
     checks: HashMap<NodeId, Instant>,
-    /// Nodes whose last dial failed -> until when queries skip them.
-    unreachable: HashMap<NodeId, Instant>,
-    /// Position in the join sequence (see [`OpenMode::next_join_target`]).
-    join_step: u32,
-    next_refresh: Option<Instant>,
+    /// Nodes whose last dial failed: queries skip them for a while.
+    unreachable: Unreachable,
+    /// The join and refresh sequence.
+    join: Join,
+    out: VecDeque<Output>,
 }
 
 impl OpenMode {
+    /// The node's open mode: `None` unless `cfg.open`.
+    pub fn from_config(cfg: &crate::Config) -> Option<Self> {
+        if !cfg.discovery.open {
+            return None;
+        }
+        Self::new(
+            cfg.identity.signer.public_key(),
+            cfg.identity.namespace.clone(),
+            cfg.discovery.allow_private_ips,
+        )
+    }
+
     pub fn new(local: &PublicKey, namespace: Vec<u8>, allow_private: bool) -> Option<Self> {
         let local = NodeId::from_public_key(local)?;
         Some(Self {
@@ -117,19 +132,53 @@ impl OpenMode {
             next_query: 1,
             waiting: HashMap::new(),
             checks: HashMap::new(),
-            unreachable: HashMap::new(),
-            join_step: 0,
-            next_refresh: None,
+            unreachable: Unreachable::new(),
+            join: Join::new(),
+            out: VecDeque::new(),
         })
     }
 
+    /// A control record from `peer` on `id`.
+    pub fn handle_record(
+        &mut self,
+        peer: &PublicKey,
+        id: ConnId,
+        record: Record,
+        connected: Connected<'_>,
+        now: Instant,
+    ) {
+        match record {
+            Record::Peers(p) if p.peers.len() <= 1 => {
+                for r in &p.peers {
+                    if let Err(e) = self.on_record(r, connected, now) {
+                        self.out.push_back(Output::Refuse("bad_peer_record"));
+                        if e.is_misbehavior() {
+                            self.out.push_back(Output::Close {
+                                id,
+                                reason: CloseReason::ProtocolViolation,
+                            });
+                        }
+                    }
+                }
+            }
+            Record::FindNode(q) => self.on_find_node(id, &q),
+            Record::Nodes(n) => {
+                if self.on_nodes(peer, &n, now) > 0 {
+                    self.out.push_back(Output::Refuse("bad_peer_record"));
+                }
+            }
+            _ => self
+                .out
+                .push_back(Output::Refuse("unexpected_control_record")),
+        }
+    }
+
     /// A verified record from `from` (its own, after the handshake).
-    pub fn on_record(
+    fn on_record(
         &mut self,
         record: &PeerRecord,
-        connected: &dyn Fn(&PublicKey) -> Option<ConnId>,
+        connected: Connected<'_>,
         now: Instant,
-        actions: &mut Vec<OpenAction>,
     ) -> Result<(), RecordRejected> {
         let scheme = &ED25519;
         let (key, addr, _) = verify_record(scheme, &self.namespace, record)?;
@@ -144,7 +193,7 @@ impl OpenMode {
         }
         if self.table.get(&id).is_none_or(|e| e.addr != addr) {
             // A node that moved may be reachable at its new address.
-            self.unreachable.remove(&id);
+            self.unreachable.handle_reachable(&id);
         }
         match self.table.observe(id, addr, now) {
             Observe::Inserted | Observe::Refreshed => {
@@ -162,7 +211,7 @@ impl OpenMode {
                     None => {
                         if let (Some(k), Some(e)) = (oldest_key, self.table.get(&oldest)) {
                             self.checks.insert(oldest, now + CONNECT_WAIT);
-                            actions.push(OpenAction::Dial {
+                            self.out.push_back(Output::Dial {
                                 peer: k,
                                 addr: e.addr,
                             });
@@ -196,7 +245,7 @@ impl OpenMode {
     }
 
     /// A FIND_NODE from a connected peer: answer with our closest records.
-    pub fn on_find_node(&self, from: ConnId, q: &FindNode, actions: &mut Vec<OpenAction>) {
+    fn on_find_node(&mut self, from: ConnId, q: &FindNode) {
         let Ok(target) = <[u8; 32]>::try_from(&q.target[..]) else {
             return;
         };
@@ -207,17 +256,18 @@ impl OpenMode {
             .into_iter()
             .filter_map(|(id, _)| self.records.get(&id).cloned())
             .collect();
-        actions.push(OpenAction::Answer {
+        self.out.push_back(Output::Send {
             id: from,
-            msg: Nodes {
+            record: ControlOut::Nodes(Nodes {
                 query_id: q.query_id,
                 nodes,
-            },
+            }),
         });
     }
 
-    /// NODES answering one of our queries.
-    pub fn on_nodes(&mut self, from: &PublicKey, msg: &Nodes, now: Instant) -> usize {
+    /// NODES answering one of our queries; returns how many of its records
+    /// were refused.
+    fn on_nodes(&mut self, from: &PublicKey, msg: &Nodes, now: Instant) -> usize {
         let Some(from_id) = NodeId::from_public_key(from) else {
             return 0;
         };
@@ -248,15 +298,32 @@ impl OpenMode {
         rejected
     }
 
-    /// Starts a lookup toward `target`; the result arrives on `reply`.
-    pub fn start_lookup(
+    /// The embedder's lookup toward `target`; the result arrives on `reply`
+    /// (dropped at once, and counted, when [`MAX_LOOKUPS`] are running).
+    pub fn handle_lookup(
         &mut self,
-        target: NodeId,
+        target: [u8; 32],
         reply: oneshot::Sender<LookupResult>,
         now: Instant,
-    ) -> bool {
+    ) {
+        if self
+            .start_lookup(NodeId::from_bytes(target), Some(reply), now)
+            .is_none()
+        {
+            self.out.push_back(Output::Refuse("too_many_lookups"));
+        }
+    }
+
+    /// Starts a lookup toward `target`; its id, or `None` when
+    /// [`MAX_LOOKUPS`] are running.
+    fn start_lookup(
+        &mut self,
+        target: NodeId,
+        reply: Option<oneshot::Sender<LookupResult>>,
+        now: Instant,
+    ) -> Option<u64> {
         if self.lookups.len() >= MAX_LOOKUPS {
-            return false;
+            return None;
         }
         let seeds = self.table.closest(&target, K);
         let lookup = Lookup::new(target, seeds, K, ALPHA, now).with_local_id(self.local);
@@ -266,62 +333,29 @@ impl OpenMode {
             id,
             ActiveLookup {
                 lookup,
-                reply: Some(reply),
+                reply,
                 queries: HashMap::new(),
             },
         );
-        true
+        Some(id)
     }
 
-    /// The next lookup target of the join (and periodic refresh) sequence,
-    /// or `None` when the round is complete or the table is empty.
-    ///
-    /// A node learns table entries only from nodes it connects to, and a
-    /// lookup of its own id only meets nodes near itself: with nothing more,
-    /// a node whose bootstrapper sits in the same half of the id space never
-    /// hears of the other half, and every lookup toward it ends among the
-    /// wrong nodes (measured: 2–4 of 100 lookups on 100 nodes returned none
-    /// of the true closest). So, as in the Kademlia paper, the join looks up
-    /// its own id, then a random id in every bucket farther than its closest
-    /// neighbour, farthest first; the round repeats every
-    /// [`REFRESH_INTERVAL`].
-    pub fn next_join_target<R: rand::Rng + ?Sized>(
+    /// The next target of the join sequence ([`super::join`]).
+    #[cfg(test)]
+    fn next_join_target<R: rand::Rng + ?Sized>(
         &mut self,
         now: Instant,
         rng: &mut R,
     ) -> Option<NodeId> {
-        if self.table.is_empty() {
-            return None;
-        }
-        let next_refresh = *self.next_refresh.get_or_insert(now + REFRESH_INTERVAL);
-        if now >= next_refresh {
-            self.join_step = 0;
-            self.next_refresh = Some(now + REFRESH_INTERVAL);
-        }
-        if self.join_step < JOIN_OWN_ID {
-            self.join_step += 1;
-            return Some(self.local);
-        }
-        let refresh = self.join_step - JOIN_OWN_ID;
-        if refresh >= MAX_BUCKET_REFRESH {
-            return None;
-        }
-        // Bucket 255 holds the farthest half of the id space.
-        let bucket = 255usize.checked_sub(refresh as usize)?;
-        let closest = (0..256).find(|&b| self.table.bucket_len(b) > 0)?;
-        if bucket <= closest {
-            return None;
-        }
-        self.join_step += 1;
-        Some(self.local.random_in_bucket(bucket, rng))
+        self.join.next_target(&self.table, self.local, now, rng)
     }
 
     /// A connection to `peer` came up: send the queries that waited for it.
-    pub fn on_connected(&mut self, peer: &PublicKey, conn: ConnId, actions: &mut Vec<OpenAction>) {
+    pub fn handle_connected(&mut self, peer: &PublicKey, conn: ConnId) {
         let Some(id) = NodeId::from_public_key(peer) else {
             return;
         };
-        self.unreachable.remove(&id);
+        self.unreachable.handle_reachable(&id);
         if self.checks.remove(&id).is_some() {
             self.table.ping_result(id, true, Instant::now());
         }
@@ -331,13 +365,7 @@ impl OpenMode {
         // Ask again under the same id; a second answer is ignored.
         for l in self.lookups.values() {
             for (&qid, _) in l.queries.iter().filter(|(_, n)| **n == id) {
-                actions.push(OpenAction::Query {
-                    id: conn,
-                    msg: FindNode {
-                        query_id: qid,
-                        target: bytes::Bytes::copy_from_slice(l.lookup.target().as_bytes()),
-                    },
-                });
+                self.out.push_back(query(conn, qid, &l.lookup));
             }
         }
         if let Some(waiting) = self.waiting.remove(&id) {
@@ -346,13 +374,7 @@ impl OpenMode {
                     let qid = self.next_query;
                     self.next_query += 1;
                     l.queries.insert(qid, id);
-                    actions.push(OpenAction::Query {
-                        id: conn,
-                        msg: FindNode {
-                            query_id: qid,
-                            target: bytes::Bytes::copy_from_slice(l.lookup.target().as_bytes()),
-                        },
-                    });
+                    self.out.push_back(query(conn, qid, &l.lookup));
                 }
             }
         }
@@ -360,8 +382,8 @@ impl OpenMode {
 
     /// A dial to `peer` failed: the queries waiting for it fail now (not
     /// after `CONNECT_WAIT`), a liveness check of it fails, and queries skip
-    /// it for `UNREACHABLE_FOR`.
-    pub fn on_dial_failed(&mut self, peer: &PublicKey, now: Instant) {
+    /// it for [`super::dialer::UNREACHABLE_FOR`].
+    pub fn handle_dial_failed(&mut self, peer: &PublicKey, now: Instant) {
         let Some(id) = NodeId::from_public_key(peer) else {
             return;
         };
@@ -375,28 +397,32 @@ impl OpenMode {
                 }
             }
         }
-        self.unreachable.retain(|_, until| *until > now);
-        if self.unreachable.len() >= MAX_UNREACHABLE {
-            if let Some(oldest) = self
-                .unreachable
-                .iter()
-                .min_by_key(|(_, until)| **until)
-                .map(|(id, _)| *id)
-            {
-                self.unreachable.remove(&oldest);
-            }
-        }
-        self.unreachable.insert(id, now + UNREACHABLE_FOR);
+        self.unreachable.handle_dial_failed(id, now);
     }
 
-    /// Drives lookups and liveness checks; `connected` maps a key to its
+    /// Drives the join and refresh sequence (one lookup at a time), then
+    /// lookups and liveness checks; `connected` maps a key to its
     /// connection.
-    pub fn poll(
+    pub fn handle_timeout<R: rand::Rng + ?Sized>(
         &mut self,
-        connected: &dyn Fn(&PublicKey) -> Option<ConnId>,
         now: Instant,
-        actions: &mut Vec<OpenAction>,
+        connected: Connected<'_>,
+        rng: &mut R,
     ) {
+        let lookups = &self.lookups;
+        let running = |id| lookups.contains_key(&id);
+        if let Some(target) = self
+            .join
+            .poll_target(&self.table, self.local, running, now, rng)
+        {
+            let started = self.start_lookup(target, None, now);
+            self.join.handle_started(started);
+        }
+        self.poll(connected, now);
+    }
+
+    /// Drives lookups and liveness checks.
+    fn poll(&mut self, connected: Connected<'_>, now: Instant) {
         // Liveness checks whose dial never connected: dead.
         let expired: Vec<NodeId> = self
             .checks
@@ -420,7 +446,7 @@ impl OpenMode {
             })
             .collect();
         for (_, key, conn) in ready {
-            self.on_connected(&key, conn, actions);
+            self.handle_connected(&key, conn);
         }
         // Queries whose dial never connected: failed.
         let mut failed: Vec<(u64, NodeId)> = Vec::new();
@@ -439,6 +465,13 @@ impl OpenMode {
                 l.lookup.on_failure(nid, now);
             }
         }
+        let done = self.send_queries(connected, now);
+        self.finish(done);
+    }
+
+    /// Sends every lookup's next queries (dialing nodes that are not
+    /// connected); returns the lookups that are done.
+    fn send_queries(&mut self, connected: Connected<'_>, now: Instant) -> Vec<u64> {
         let mut done = Vec::new();
         for (lid, l) in self.lookups.iter_mut() {
             l.lookup.handle_timeout(now);
@@ -458,15 +491,9 @@ impl OpenMode {
                         let qid = self.next_query;
                         self.next_query += 1;
                         l.queries.insert(qid, nid);
-                        actions.push(OpenAction::Query {
-                            id: conn,
-                            msg: FindNode {
-                                query_id: qid,
-                                target: bytes::Bytes::copy_from_slice(l.lookup.target().as_bytes()),
-                            },
-                        });
+                        self.out.push_back(query(conn, qid, &l.lookup));
                     }
-                    None if self.unreachable.get(&nid).is_some_and(|t| *t > now) => {
+                    None if self.unreachable.is_marked(&nid, now) => {
                         l.lookup.on_failure(nid, now);
                     }
                     None => {
@@ -477,7 +504,7 @@ impl OpenMode {
                                 since: now,
                             });
                         }
-                        actions.push(OpenAction::Dial { peer: key, addr });
+                        self.out.push_back(Output::Dial { peer: key, addr });
                     }
                 }
             }
@@ -485,6 +512,12 @@ impl OpenMode {
                 done.push(*lid);
             }
         }
+        done
+    }
+
+    /// Ends the `done` lookups: their results to whoever asked, their
+    /// unresponsive nodes out of the table.
+    fn finish(&mut self, done: Vec<u64>) {
         for lid in done {
             if let Some(mut l) = self.lookups.remove(&lid) {
                 let result: LookupResult = l
@@ -503,7 +536,7 @@ impl OpenMode {
         }
     }
 
-    /// When the control shard must call [`OpenMode::poll`] next.
+    /// When [`OpenMode::handle_timeout`] must run next.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let lookups = self
             .lookups
@@ -518,6 +551,22 @@ impl OpenMode {
             .map(|w| w.since + CONNECT_WAIT)
             .min();
         [lookups, checks, waits].into_iter().flatten().min()
+    }
+
+    /// The next thing to do.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+}
+
+/// FIND_NODE `qid` of lookup `l` on `conn`.
+fn query(conn: ConnId, qid: u64, l: &Lookup) -> Output {
+    Output::Send {
+        id: conn,
+        record: ControlOut::FindNode(FindNode {
+            query_id: qid,
+            target: bytes::Bytes::copy_from_slice(l.target().as_bytes()),
+        }),
     }
 }
 
@@ -553,11 +602,28 @@ mod tests {
         }
     }
 
-    fn queries(actions: &[OpenAction]) -> Vec<(ConnId, u64)> {
+    fn drain(open: &mut OpenMode) -> Vec<Output> {
+        std::iter::from_fn(|| open.poll_output()).collect()
+    }
+
+    fn queries(actions: &[Output]) -> Vec<(ConnId, u64)> {
         actions
             .iter()
             .filter_map(|a| match a {
-                OpenAction::Query { id, msg } => Some((*id, msg.query_id)),
+                Output::Send {
+                    id,
+                    record: ControlOut::FindNode(msg),
+                } => Some((*id, msg.query_id)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn dials(actions: &[Output]) -> Vec<PublicKey> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Output::Dial { peer, .. } => Some(peer.clone()),
                 _ => None,
             })
             .collect()
@@ -574,22 +640,19 @@ mod tests {
         let me = ident(1);
         let mut open = OpenMode::new(me.public_key(), NS.to_vec(), false).unwrap();
         let peer = ident(2);
-        let mut actions = Vec::new();
         let connected = |k: &PublicKey| (k == peer.public_key()).then_some(conn(7));
-        open.on_record(&record(2), &connected, now, &mut actions)
-            .unwrap();
+        open.on_record(&record(2), &connected, now).unwrap();
         let (tx, mut rx) = oneshot::channel();
-        assert!(open.start_lookup(NodeId::from_bytes([0x55; 32]), tx, now));
-        open.poll(&connected, now, &mut actions);
-        let first = queries(&actions);
+        let target = NodeId::from_bytes([0x55; 32]);
+        assert!(open.start_lookup(target, Some(tx), now).is_some());
+        open.poll(&connected, now);
+        let first = queries(&drain(&mut open));
         assert_eq!(first.len(), 1, "one known node, one query");
         assert_eq!(first[0].0, conn(7));
-        actions.clear();
 
         // The connection is replaced: the same query goes out on the new one.
-        open.on_connected(peer.public_key(), conn(9), &mut actions);
-        assert_eq!(queries(&actions), vec![(conn(9), first[0].1)]);
-        actions.clear();
+        open.handle_connected(peer.public_key(), conn(9));
+        assert_eq!(queries(&drain(&mut open)), vec![(conn(9), first[0].1)]);
 
         // Its answer completes the lookup with the responder in the result.
         let answer = Nodes {
@@ -598,7 +661,7 @@ mod tests {
         };
         assert_eq!(open.on_nodes(peer.public_key(), &answer, now), 0);
         let connected9 = |k: &PublicKey| (k == peer.public_key()).then_some(conn(9));
-        open.poll(&connected9, now, &mut actions);
+        open.poll(&connected9, now);
         let result = rx.try_recv().expect("lookup finished");
         assert_eq!(result, vec![(peer.public_key().clone(), addr(2))]);
         // A duplicate answer (from the old connection) changes nothing.
@@ -618,42 +681,33 @@ mod tests {
         let me = ident(1);
         let mut open = OpenMode::new(me.public_key(), NS.to_vec(), true).unwrap();
         let nobody = |_: &PublicKey| None;
-        let mut actions = Vec::new();
         for seed in 2..=4 {
-            open.on_record(&record(seed), &nobody, now, &mut actions)
-                .unwrap();
+            open.on_record(&record(seed), &nobody, now).unwrap();
         }
         let (tx, mut rx) = oneshot::channel();
-        assert!(open.start_lookup(NodeId::from_bytes([0x55; 32]), tx, now));
-        open.poll(&nobody, now, &mut actions);
-        let dials: Vec<PublicKey> = actions
-            .drain(..)
-            .filter_map(|a| match a {
-                OpenAction::Dial { peer, .. } => Some(peer),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(dials.len(), 3, "every known node is dialed for its query");
-        for peer in &dials {
-            open.on_dial_failed(peer, now);
+        let target = NodeId::from_bytes([0x55; 32]);
+        assert!(open.start_lookup(target, Some(tx), now).is_some());
+        open.poll(&nobody, now);
+        let dialed = dials(&drain(&mut open));
+        assert_eq!(dialed.len(), 3, "every known node is dialed for its query");
+        for peer in &dialed {
+            open.handle_dial_failed(peer, now);
         }
-        open.poll(&nobody, now, &mut actions);
+        open.poll(&nobody, now);
         let result = rx.try_recv().expect("the lookup ended at once");
         assert!(result.is_empty(), "nobody answered: {result:?}");
 
         // A node marked unreachable fails a new lookup's query without a dial.
-        open.on_record(&record(5), &nobody, now, &mut actions)
-            .unwrap();
+        open.on_record(&record(5), &nobody, now).unwrap();
         let five = ident(5).public_key().clone();
-        open.on_dial_failed(&five, now);
+        open.handle_dial_failed(&five, now);
         let (tx, mut rx) = oneshot::channel();
-        assert!(open.start_lookup(NodeId::from_bytes([0x66; 32]), tx, now));
-        actions.clear();
-        open.poll(&nobody, now, &mut actions);
+        let target = NodeId::from_bytes([0x66; 32]);
+        assert!(open.start_lookup(target, Some(tx), now).is_some());
+        drain(&mut open);
+        open.poll(&nobody, now);
         assert!(
-            !actions
-                .iter()
-                .any(|a| matches!(a, OpenAction::Dial { peer, .. } if *peer == five)),
+            !dials(&drain(&mut open)).contains(&five),
             "an unreachable node is not dialed again"
         );
         assert!(rx.try_recv().is_ok(), "and its lookup ends at once");
@@ -671,10 +725,8 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
         assert_eq!(open.next_join_target(now, &mut rng), None, "empty table");
 
-        let mut actions = Vec::new();
         let none = |_: &PublicKey| None;
-        open.on_record(&record(2), &none, now, &mut actions)
-            .unwrap();
+        open.on_record(&record(2), &none, now).unwrap();
         let closest = local
             .distance(&NodeId::from_public_key(ident(2).public_key()).unwrap())
             .bucket_index()
@@ -692,7 +744,7 @@ mod tests {
             .collect();
         let expected: Vec<usize> = (closest + 1..=255)
             .rev()
-            .take(MAX_BUCKET_REFRESH as usize)
+            .take(crate::control::join::MAX_BUCKET_REFRESH as usize)
             .collect();
         assert_eq!(buckets, expected);
 
@@ -705,5 +757,126 @@ mod tests {
             open.next_join_target(now + REFRESH_INTERVAL, &mut rng),
             Some(local)
         );
+    }
+
+    /// `handle_timeout` runs the join: a lookup of our own id as soon as
+    /// the table has an entry (its query goes to that entry), one lookup at
+    /// a time, the next only once the previous has ended.
+    #[test]
+    fn the_join_runs_one_lookup_at_a_time() {
+        let now = Instant::now();
+        let me = ident(1);
+        let mut open = OpenMode::new(me.public_key(), NS.to_vec(), false).unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let peer = ident(2);
+        let connected = |k: &PublicKey| (k == peer.public_key()).then_some(conn(7));
+        open.handle_timeout(now, &connected, &mut rng);
+        assert!(
+            drain(&mut open).is_empty(),
+            "empty table: nothing to look up"
+        );
+
+        open.on_record(&record(2), &connected, now).unwrap();
+        open.handle_timeout(now, &connected, &mut rng);
+        let first = queries(&drain(&mut open));
+        assert_eq!(first.len(), 1, "the join's first lookup asks node 2");
+        assert_eq!(open.lookups.len(), 1);
+        open.handle_timeout(now, &connected, &mut rng);
+        assert_eq!(open.lookups.len(), 1, "the next waits for it to end");
+        assert!(queries(&drain(&mut open)).is_empty());
+
+        // Node 2 answers: the lookup ends and the next one starts.
+        let answer = Nodes {
+            query_id: first[0].1,
+            nodes: vec![],
+        };
+        assert_eq!(open.on_nodes(peer.public_key(), &answer, now), 0);
+        open.handle_timeout(now, &connected, &mut rng);
+        assert!(open.lookups.is_empty(), "the first join lookup ended");
+        open.handle_timeout(now, &connected, &mut rng);
+        assert_eq!(open.lookups.len(), 1, "the second started");
+        assert_eq!(queries(&drain(&mut open)).len(), 1);
+    }
+
+    /// Records are routed by kind; what does not belong to open mode, or
+    /// does not verify, is counted, and a forged own record closes.
+    #[test]
+    fn records_are_checked_and_counted() {
+        let now = Instant::now();
+        let me = ident(1);
+        let mut open = OpenMode::new(me.public_key(), NS.to_vec(), false).unwrap();
+        let peer = ident(2).public_key().clone();
+        let nobody = |_: &PublicKey| None;
+        let peers = |records| Record::Peers(shoal_wire::Peers { peers: records });
+
+        open.handle_record(&peer, conn(2), peers(vec![record(2)]), &nobody, now);
+        assert!(drain(&mut open).is_empty(), "its own record: taken");
+        assert!(open
+            .table
+            .contains(&NodeId::from_public_key(&peer).unwrap()));
+
+        let two = vec![record(3), record(4)];
+        open.handle_record(&peer, conn(2), peers(two), &nobody, now);
+        assert!(matches!(
+            drain(&mut open)[..],
+            [Output::Refuse("unexpected_control_record")]
+        ));
+
+        let mut forged = record(3);
+        forged.signature = vec![0u8; 64].into();
+        open.handle_record(&peer, conn(2), peers(vec![forged.clone()]), &nobody, now);
+        assert!(matches!(
+            drain(&mut open)[..],
+            [
+                Output::Refuse("bad_peer_record"),
+                Output::Close {
+                    reason: CloseReason::ProtocolViolation,
+                    ..
+                }
+            ]
+        ));
+
+        let nodes = Record::Nodes(Nodes {
+            query_id: 1,
+            nodes: vec![forged, record(4)],
+        });
+        open.handle_record(&peer, conn(2), nodes, &nobody, now);
+        assert!(
+            matches!(drain(&mut open)[..], [Output::Refuse("bad_peer_record")]),
+            "counted once per answer"
+        );
+
+        let find = Record::FindNode(FindNode {
+            query_id: 9,
+            target: bytes::Bytes::copy_from_slice(&[0x55; 32]),
+        });
+        open.handle_record(&peer, conn(2), find, &nobody, now);
+        let answer = drain(&mut open);
+        assert!(
+            matches!(&answer[..], [Output::Send { id, record: ControlOut::Nodes(n) }]
+                if *id == conn(2) && n.query_id == 9 && n.nodes.len() == 1),
+            "answered with the one record held"
+        );
+    }
+
+    #[test]
+    fn lookups_beyond_the_limit_are_refused() {
+        let now = Instant::now();
+        let me = ident(1);
+        let mut open = OpenMode::new(me.public_key(), NS.to_vec(), false).unwrap();
+        let mut replies = Vec::new();
+        for _ in 0..MAX_LOOKUPS {
+            let (tx, rx) = oneshot::channel();
+            open.handle_lookup([0x55; 32], tx, now);
+            replies.push(rx);
+        }
+        assert!(drain(&mut open).is_empty());
+        let (tx, mut rx) = oneshot::channel();
+        open.handle_lookup([0x55; 32], tx, now);
+        assert!(matches!(
+            drain(&mut open)[..],
+            [Output::Refuse("too_many_lookups")]
+        ));
+        assert!(rx.try_recv().is_err(), "its reply was dropped");
     }
 }

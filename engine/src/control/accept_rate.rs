@@ -5,7 +5,7 @@
 //! The control shard asks [`AcceptRate::admit`] for every accepted socket,
 //! with `now` passed in, before the socket costs anything else. Each address
 //! (an IPv4 address, IPv4-mapped IPv6 counted as IPv4, or an IPv6 /64, as in
-//! [`crate::inbound_limit`]) has a GCRA bucket: `burst` connections at once,
+//! [`super::inbound_limit`]) has a GCRA bucket: `burst` connections at once,
 //! then one more every `1 / rate` seconds. A connection refused at accept
 //! (by this or by an earlier limit: the caller asks last) does not use up
 //! the address's allowance, so a host that hammers gets exactly the rate.
@@ -34,7 +34,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use crate::inbound_limit::source;
+use super::inbound_limit::source;
 
 /// Most addresses tracked at once (about 64 B each).
 pub(crate) const TABLE_MAX: usize = 4096;
