@@ -178,11 +178,21 @@ addr() { echo "10.77.0.$(($1 + 1))"; }
 
 for i in $(seq 0 $((NODES - 1))); do
     {
-        echo "identity = \"h$i.key\""
-        echo "listen = \"$(addr "$i"):$PORT\""
-        echo "metrics = \"127.0.0.1:$METRICS_PORT\""
         echo "preset = \"$PRESET\""
+        echo
+        echo "[node]"
+        echo "metrics = \"127.0.0.1:$METRICS_PORT\""
+        echo
+        echo "[identity]"
+        echo "key_file = \"h$i.key\""
+        echo
+        echo "[listen]"
+        echo "address = \"$(addr "$i"):$PORT\""
+        echo
+        echo "[io]"
         echo "shards = $SHARDS"
+        echo
+        echo "[discovery]"
         echo "allow_private_ips = true"
         echo
         echo "[probe]"

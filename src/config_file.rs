@@ -1,26 +1,34 @@
 //! The TOML file read by `shoal node --config` and `shoal bench --config`.
 //!
-//! One flat table: a `preset`, then optional overrides named exactly like
-//! the fields of [`shoal::engine::Config`], then the node's own settings
-//! (`identity`, `peers`, `echo_channel`, `metrics`, an optional `[probe]`
-//! table) and an optional `[bench]` table that only `shoal bench` reads.
-//! Unknown fields are errors.
+//! # Design
 //!
-//! Durations are strings: an integer followed by `ms`, `s`, `m` or `h`
-//! (`"500ms"`, `"10s"`, `"2m"`). Bare integers are rejected so that a unit is
-//! never guessed.
+//! The file is the engine's [`Config`] tree, its sections the engine's own
+//! types (`[identity]`, `[listen]`, `[timeouts]`, `[limits]`,
+//! `[admission]`, `[discovery]`, `[io]`, `[io.uring]`; each field is
+//! documented there, once), beside a top-level `preset` and what only this
+//! binary reads: `[node]`, `[[peers]]` and `[probe]` (`shoal node`) and
+//! `[bench]` (`shoal bench`). Every table refuses unknown keys, and every
+//! engine field the file leaves out takes the preset's value
+//! ([`Preset::load`]). Errors name the key by its dotted path and line.
+//!
+//! Durations are strings: an integer followed by `us`, `ms`, `s`, `m` or
+//! `h` (`"500ms"`, `"10s"`, `"2m"`; [`shoal::engine::config::duration`]).
+//! Bare integers are rejected so that a unit is never guessed.
 //!
 //! See `docs/operating.md` for a complete, commented example.
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
 use shoal::crypto::{Scheme, ED25519};
-use shoal::engine::{Backend, Config, Ed25519Signer, PublicKey};
+use shoal::engine::config::{
+    AdmissionSettings, DiscoverySettings, IdentitySettings, IoSettings, LimitSettings,
+    ListenSettings, Preset, TimeoutSettings,
+};
+use shoal::engine::{Config, PublicKey};
 
 /// A config problem, naming the field it is about.
 #[derive(Debug)]
@@ -42,59 +50,20 @@ fn bad(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     }
 }
 
-/// Which [`Config`] constructor the overrides apply to.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Preset {
-    /// `Config::recommended`: validators on the public internet.
-    #[default]
-    Recommended,
-    /// `Config::aggressive`: faster dialing and pinging.
-    Aggressive,
-    /// `Config::local`: loopback clusters, tests, benchmarks.
-    Local,
+/// `[node]`: what `shoal node` serves beside the engine.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeSection {
+    /// Prometheus endpoint: serves `GET /metrics` (OpenMetrics text).
+    /// Absent: none. It has no authentication: bind it to a private
+    /// interface.
+    pub metrics: Option<SocketAddr>,
+    /// Channel id to register and echo: every message received on it is
+    /// sent back to its sender (smoke tests, latency probes). Absent: none.
+    pub echo_channel: Option<u32>,
 }
 
-/// A duration written as `"<integer><unit>"`, unit one of ms, s, m, h.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct HumanDuration(pub Duration);
-
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    const UNITS: &str = "the unit must be us, ms, s, m or h (e.g. \"500ms\", \"10s\")";
-    let t = s.trim();
-    let digits = t.bytes().take_while(u8::is_ascii_digit).count();
-    let (num, unit) = t.split_at(digits);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}: expected e.g. \"500ms\", \"10s\", \"2m\""))?;
-    let d = match unit.trim() {
-        "us" | "µs" => Duration::from_micros(n),
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n.saturating_mul(60)),
-        "h" => Duration::from_secs(n.saturating_mul(3600)),
-        _ => return Err(format!("invalid duration {s:?}: {UNITS}")),
-    };
-    Ok(d)
-}
-
-impl<'de> Deserialize<'de> for HumanDuration {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl serde::de::Visitor<'_> for V {
-            type Value = HumanDuration;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a duration string such as \"500ms\", \"10s\" or \"2m\"")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<HumanDuration, E> {
-                parse_duration(v).map(HumanDuration).map_err(E::custom)
-            }
-        }
-        d.deserialize_str(V)
-    }
-}
-
-/// One `[[peers]]` entry.
+/// One `[[peers]]` entry: a key of the authorized peer set (set index 0).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PeerEntry {
@@ -104,108 +73,58 @@ pub struct PeerEntry {
     pub address: Option<SocketAddr>,
 }
 
-/// The optional `[bench]` table (read by `shoal bench --config` only;
-/// command-line flags override it).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BenchSection {
-    pub scenario: Option<String>,
-    pub size: Option<usize>,
-    pub messages: Option<usize>,
-    pub rounds: Option<usize>,
-    pub inflight: Option<usize>,
-    pub peers: Option<usize>,
-}
-
-/// The optional `[probe]` table of `shoal node`: a delivery probe for test
-/// clusters. The node registers `channel` and, every `interval`, sends each
-/// connected `[[peers]]` key its next sequence number (per peer, from 1) and
-/// the send time; it counts what it sends and receives per peer in the
+/// `[probe]` of `shoal node`: a delivery probe for test clusters. The node
+/// registers `channel` and, every `interval`, sends each connected
+/// `[[peers]]` key its next sequence number (per peer, from 1) and the send
+/// time; it counts what it sends and receives per peer in the
 /// `shoal_probe_*` metrics. Not meant for production nodes.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProbeSection {
-    /// Channel id the probe registers (must differ from `echo_channel`).
+    /// Channel id the probe registers (must differ from
+    /// `node.echo_channel`).
     pub channel: u32,
-    /// Period between two probes to a peer (default 1s).
-    pub interval: Option<HumanDuration>,
-    /// Probes per peer, then stop sending (default: no limit).
+    /// Period between two probes to a peer. Default 1 s.
+    #[serde(
+        default = "ProbeSection::default_interval",
+        with = "shoal::engine::config::duration"
+    )]
+    pub interval: Duration,
+    /// Probes per peer, then stop sending. Absent: no limit.
     pub count: Option<u64>,
 }
 
 impl ProbeSection {
-    pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
-
-    pub fn interval(&self) -> Duration {
-        self.interval.map_or(Self::DEFAULT_INTERVAL, |d| d.0)
+    fn default_interval() -> Duration {
+        Duration::from_secs(1)
     }
 }
 
-/// The whole file. Field names of the engine overrides match
-/// [`shoal::engine::Config`].
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The whole file: the engine's sections, the preset they default to, and
+/// this binary's own tables.
+#[derive(Debug, Deserialize)]
+#[serde(default = "FileConfig::of_loading_preset", deny_unknown_fields)]
 pub struct FileConfig {
-    // --- node ---
-    pub identity: Option<PathBuf>,
-    pub listen: Option<SocketAddr>,
-    pub echo_channel: Option<u32>,
-    pub metrics: Option<SocketAddr>,
-    #[serde(default)]
-    pub peers: Vec<PeerEntry>,
-    // --- engine ---
-    #[serde(default)]
+    /// `recommended`, `aggressive` or `local`: where every engine field the
+    /// file leaves out takes its value from. Default `recommended`.
     pub preset: Preset,
-    pub backend: Option<Backend>,
-    pub shards: Option<usize>,
-    pub force_shards: Option<bool>,
-    pub namespace: Option<String>,
-    pub pin_cores: Option<bool>,
-    pub core_offset: Option<usize>,
-    pub busy_poll: Option<bool>,
-    pub uring_doorbell: Option<bool>,
-    pub wait_spin: Option<HumanDuration>,
-    pub idle_spin: Option<HumanDuration>,
-    pub max_frame_body: Option<usize>,
-    pub max_message_size: Option<usize>,
-    pub handshake_max_age: Option<HumanDuration>,
-    pub synchrony_bound: Option<HumanDuration>,
-    pub handshake_timeout: Option<HumanDuration>,
-    pub idle_timeout: Option<HumanDuration>,
-    pub ping_interval: Option<HumanDuration>,
-    pub advertise: Option<SocketAddr>,
-    pub tracked_peer_sets: Option<usize>,
-    pub peer_gossip_max: Option<usize>,
-    pub gossip_interval: Option<HumanDuration>,
-    pub allow_private_ips: Option<bool>,
-    pub control_queue: Option<usize>,
-    pub dial_frequency: Option<HumanDuration>,
-    /// Accepted under its former name too.
-    #[serde(alias = "dial_attempts")]
-    pub dial_quick_attempts: Option<u32>,
-    pub dial_backoff_min: Option<HumanDuration>,
-    pub dial_backoff_max: Option<HumanDuration>,
-    pub max_inbound: Option<usize>,
-    pub max_inbound_per_ip: Option<usize>,
-    pub accept_rate_per_ip: Option<u32>,
-    pub accept_burst_per_ip: Option<u32>,
-    pub misbehavior_cooldown: Option<HumanDuration>,
-    pub max_outbound: Option<usize>,
-    pub peer_send_backlog: Option<usize>,
-    pub peer_send_bytes: Option<usize>,
-    pub write_timeout: Option<HumanDuration>,
-    pub max_write_batch: Option<usize>,
-    pub max_in_progress_bytes: Option<usize>,
-    pub max_in_progress_messages: Option<usize>,
-    pub max_pending_requests: Option<usize>,
-    pub shard_queue: Option<usize>,
-    pub recv_buffers: Option<u16>,
-    pub recv_buffer_size: Option<usize>,
-    pub uring_entries: Option<u32>,
-    // --- bench ---
-    pub bench: Option<BenchSection>,
-    // --- delivery probe (`shoal node` only) ---
+    pub identity: IdentitySettings,
+    pub listen: ListenSettings,
+    pub timeouts: TimeoutSettings,
+    pub limits: LimitSettings,
+    pub admission: AdmissionSettings,
+    pub discovery: DiscoverySettings,
+    pub io: IoSettings,
+    pub node: NodeSection,
+    /// The authorized peer set.
+    pub peers: Vec<PeerEntry>,
     pub probe: Option<ProbeSection>,
+    /// `shoal bench`'s own settings.
+    pub bench: Option<shoal_bench::BenchSettings>,
+    /// The file as written, to tell a key set to its default from a key
+    /// left out ([`FileConfig::sets`]).
+    #[serde(skip)]
+    written: toml::Table,
 }
 
 /// A resolved peer.
@@ -215,118 +134,112 @@ pub struct Peer {
 }
 
 impl FileConfig {
-    /// Reads and parses `path`. The error text names the field (toml's
-    /// message quotes the offending line).
+    /// An empty file under the preset being loaded.
+    fn of_loading_preset() -> FileConfig {
+        let preset = Preset::loading();
+        let Config {
+            identity,
+            listen,
+            timeouts,
+            limits,
+            admission,
+            discovery,
+            io,
+        } = preset.config(None);
+        FileConfig {
+            preset,
+            identity,
+            listen,
+            timeouts,
+            limits,
+            admission,
+            discovery,
+            io,
+            node: NodeSection::default(),
+            peers: Vec::new(),
+            probe: None,
+            bench: None,
+            written: toml::Table::new(),
+        }
+    }
+
+    /// Reads and parses `path`.
     pub fn load(path: &Path) -> Result<FileConfig, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        toml::from_str(&text).map_err(|e| describe_toml_error(&text, &e))
+        FileConfig::parse(&text)
     }
 
-    /// The preset with every override applied (identity left random,
-    /// `listen` as given). Does not run [`Config::validate`].
-    pub fn engine_config(&self, listen: Option<SocketAddr>) -> Config {
-        let mut c = match self.preset {
-            Preset::Recommended => Config::recommended(listen),
-            Preset::Aggressive => Config::aggressive(listen),
-            Preset::Local => Config::local(listen),
+    /// Parses a file's text: its `preset` first, then everything with that
+    /// preset's values as the defaults. The error text names the field by
+    /// its dotted path (toml's message quotes the offending line).
+    pub fn parse(text: &str) -> Result<FileConfig, String> {
+        /// The one key read before the rest.
+        #[derive(Deserialize)]
+        struct Head {
+            #[serde(default)]
+            preset: Preset,
+        }
+        let describe = |e: toml::de::Error| describe_toml_error(text, &e);
+        let written: toml::Table = toml::from_str(text).map_err(describe)?;
+        let head: Head = toml::from_str(text).map_err(describe)?;
+        let mut file: FileConfig = head
+            .preset
+            .load(|| toml::from_str(text))
+            .map_err(describe)?;
+        file.written = written;
+        Ok(file)
+    }
+
+    /// Whether the file writes the key at `path` (`"io.shards"`).
+    pub fn sets(&self, path: &str) -> bool {
+        let mut keys = path.split('.');
+        let Some(first) = keys.next() else {
+            return false;
         };
-        macro_rules! set {
-            ($($f:ident),*) => { $( if let Some(v) = self.$f { c.$f = v; } )* };
+        let mut at = self.written.get(first);
+        for k in keys {
+            at = at.and_then(|v| v.get(k));
         }
-        macro_rules! set_dur {
-            ($($f:ident),*) => { $( if let Some(v) = self.$f { c.$f = v.0; } )* };
-        }
-        set!(
-            backend,
-            shards,
-            force_shards,
-            pin_cores,
-            core_offset,
-            busy_poll,
-            uring_doorbell,
-            max_frame_body,
-            max_message_size,
-            dial_quick_attempts,
-            max_inbound,
-            max_inbound_per_ip,
-            accept_rate_per_ip,
-            accept_burst_per_ip,
-            max_outbound,
-            peer_send_backlog,
-            peer_send_bytes,
-            max_write_batch,
-            max_in_progress_bytes,
-            max_in_progress_messages,
-            max_pending_requests,
-            tracked_peer_sets,
-            peer_gossip_max,
-            allow_private_ips,
-            control_queue,
-            shard_queue,
-            recv_buffers,
-            recv_buffer_size,
-            uring_entries
-        );
-        set_dur!(
-            misbehavior_cooldown,
-            write_timeout,
-            wait_spin,
-            idle_spin,
-            handshake_max_age,
-            synchrony_bound,
-            handshake_timeout,
-            idle_timeout,
-            ping_interval,
-            gossip_interval,
-            dial_frequency,
-            dial_backoff_min,
-            dial_backoff_max
-        );
-        if let Some(ns) = &self.namespace {
-            c.namespace = ns.as_bytes().to_vec();
-        }
-        if self.advertise.is_some() {
-            c.advertise = self.advertise;
-        }
-        c
+        at.is_some()
     }
 
-    /// The full node config: identity loaded (relative paths are relative
-    /// to the config file's directory), peers parsed, everything validated.
-    /// Returns whether the identity was generated (no `identity` field).
+    /// The engine config the file describes (identity random until
+    /// [`IdentitySettings::load_key_file`]). Does not run
+    /// [`Config::validate`].
+    pub fn engine_config(&self) -> Config {
+        Config {
+            identity: self.identity.clone(),
+            listen: self.listen.clone(),
+            timeouts: self.timeouts.clone(),
+            limits: self.limits.clone(),
+            admission: self.admission.clone(),
+            discovery: self.discovery.clone(),
+            io: self.io.clone(),
+        }
+    }
+
+    /// The full node config: identity loaded (a relative `key_file` is
+    /// relative to `base_dir`, the config file's directory), peers parsed,
+    /// everything validated. Returns whether the identity was generated
+    /// (no `identity.key_file`).
     pub fn node_config(&self, base_dir: &Path) -> Result<(Config, Vec<Peer>, bool), ConfigError> {
-        let mut c = self.engine_config(self.listen);
-        let random = match &self.identity {
-            None => true,
-            Some(p) => {
-                let path = if p.is_relative() {
-                    base_dir.join(p)
-                } else {
-                    p.clone()
-                };
-                let signer =
-                    Ed25519Signer::load(&path).map_err(|e| bad("identity", e.to_string()))?;
-                c.identity = Arc::new(signer);
-                false
-            }
-        };
-        if let Some(ns) = &self.namespace {
-            if ns.is_empty() {
-                return Err(bad("namespace", "must not be empty"));
-            }
-        }
-        if self.echo_channel.is_some() && self.listen.is_none() && self.peers.is_empty() {
+        let mut c = self.engine_config();
+        let loaded = c
+            .identity
+            .load_key_file(base_dir)
+            .map_err(|e| bad("identity.key_file", e.to_string()))?;
+        if self.node.echo_channel.is_some() && c.listen.address.is_none() && self.peers.is_empty() {
             return Err(bad(
-                "echo_channel",
-                "needs `listen` or `peers`: nobody could reach this node",
+                "node.echo_channel",
+                "needs `listen.address` or `[[peers]]`: nobody could reach this node",
             ));
         }
         if let Some(p) = &self.probe {
-            if self.echo_channel == Some(p.channel) {
-                return Err(bad("probe.channel", "must differ from `echo_channel`"));
+            if self.node.echo_channel == Some(p.channel) {
+                return Err(bad("probe.channel", "must differ from `node.echo_channel`"));
             }
-            if p.interval().is_zero() {
+            if p.interval.is_zero() {
                 return Err(bad("probe.interval", "must be longer than 0"));
             }
             if self.peers.is_empty() {
@@ -339,7 +252,7 @@ impl FileConfig {
         let mut peers = Vec::with_capacity(self.peers.len());
         for (i, p) in self.peers.iter().enumerate() {
             let key = parse_key(&p.key).map_err(|r| bad(format!("peers[{i}].key"), r))?;
-            if &key == c.identity.public_key() {
+            if &key == c.identity.signer.public_key() {
                 return Err(bad(format!("peers[{i}].key"), "is this node's own key"));
             }
             peers.push(Peer {
@@ -348,7 +261,7 @@ impl FileConfig {
             });
         }
         c.validate().map_err(engine_error)?;
-        Ok((c, peers, random))
+        Ok((c, peers, !loaded))
     }
 }
 
@@ -376,11 +289,39 @@ fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
         .find(|l| l.starts_with('['))
         .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
     let at = format!("(line {}, column {column})", line_no + 1);
+    let hint = key
+        .and_then(|k| {
+            msg.starts_with("unknown field")
+                .then(|| where_it_belongs(k))
+        })
+        .flatten()
+        .map(|path| format!("; it is `{path}`"))
+        .unwrap_or_default();
     match (key, table) {
-        (Some(k), Some(t)) => format!("`{t}.{k}`: {msg} {at}"),
-        (Some(k), None) => format!("`{k}`: {msg} {at}"),
+        (Some(k), Some(t)) => format!("`{t}.{k}`: {msg}{hint} {at}"),
+        (Some(k), None) => format!("`{k}`: {msg}{hint} {at}"),
         (None, _) => format!("{msg} {at}"),
     }
+}
+
+/// The dotted path of the engine field named `key` (its last part), if
+/// there is one: where a key written in the wrong place belongs.
+fn where_it_belongs(key: &str) -> Option<String> {
+    fn find(prefix: &str, v: &serde_json::Value, name: &str) -> Option<String> {
+        let serde_json::Value::Object(map) = v else {
+            return None;
+        };
+        map.iter().find_map(|(k, v)| {
+            let path = format!("{prefix}{k}");
+            match v {
+                serde_json::Value::Object(_) => find(&format!("{path}."), v, name),
+                _ => (k == name).then_some(path),
+            }
+        })
+    }
+    let name = key.rsplit('.').next()?;
+    let tree = serde_json::to_value(Config::recommended(None)).ok()?;
+    find("", &tree, name)
 }
 
 /// Maps an engine config error to a [`ConfigError`].
@@ -413,133 +354,175 @@ pub fn parse_key(hex: &str) -> Result<PublicKey, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shoal::engine::Ed25519Signer;
+
+    fn parse(text: &str) -> FileConfig {
+        FileConfig::parse(text).unwrap()
+    }
+
+    fn node_error(text: &str) -> String {
+        parse(text).node_config(Path::new(".")).err().unwrap().field
+    }
 
     #[test]
     fn dial_quick_attempts_is_also_read_under_its_former_name() {
-        for toml in ["dial_quick_attempts = 5", "dial_attempts = 5"] {
-            let f: FileConfig = toml::from_str(toml).unwrap();
-            assert_eq!(f.engine_config(None).dial_quick_attempts, 5, "{toml}");
+        for key in ["dial_quick_attempts", "dial_attempts"] {
+            let toml = format!("[discovery]\n{key} = 5");
+            let c = parse(&toml).engine_config();
+            assert_eq!(c.discovery.dial_quick_attempts, 5, "{toml}");
         }
     }
 
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration(" 2m "), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert_eq!(parse_duration("100us"), Ok(Duration::from_micros(100)));
-        assert!(parse_duration("10").is_err());
-        assert!(parse_duration("s").is_err());
-        assert!(parse_duration("1.5s").is_err());
-        assert!(parse_duration("-1s").is_err());
-    }
-
-    #[test]
     fn unknown_fields_and_bad_values_name_the_field() {
-        let e = toml::from_str::<FileConfig>("idle_timeot = \"1s\"").unwrap_err();
-        assert!(e.to_string().contains("idle_timeot"), "{e}");
-        let e = toml::from_str::<FileConfig>("idle_timeout = 10").unwrap_err();
-        assert!(e.to_string().contains("idle_timeout"), "{e}");
-        let e = toml::from_str::<FileConfig>("backend = \"kqueue\"").unwrap_err();
-        assert!(e.to_string().contains("backend"), "{e}");
+        for (toml, named) in [
+            ("[timeouts]\nidle_timeot = \"1s\"", "`timeouts.idle_timeot`"),
+            ("[timeouts]\nidle_timeout = 10", "`timeouts.idle_timeout`"),
+            ("[io]\nbackend = \"kqueue\"", "`io.backend`"),
+            ("[io.uring]\nentrys = 8", "`io.uring.entrys`"),
+            ("idle_timeout = \"1s\"", "it is `timeouts.idle_timeout`"),
+            (
+                "[limits]\nmax_inbound_per_ip = 1",
+                "it is `admission.max_inbound_per_ip`",
+            ),
+            ("[limit]\nmax_inbound = 1", "limit"),
+            ("preset = \"fast\"", "`preset`"),
+            ("[identity]\nnamespace = \"\"", "`identity.namespace`"),
+            ("[identity]\nsigner = \"x\"", "`identity.signer`"),
+            ("[discovery]\nopen = true", "`discovery.open`"),
+        ] {
+            let e = FileConfig::parse(toml).unwrap_err();
+            assert!(e.contains(named), "{toml}: {e}");
+        }
     }
 
     #[test]
-    fn session_7_keys_parse_as_documented() {
-        let f: FileConfig =
-            toml::from_str("uring_doorbell = false\nmax_inbound_per_ip = 3").unwrap();
-        let c = f.engine_config(None);
-        assert!(!c.uring_doorbell);
-        assert_eq!(c.max_inbound_per_ip, 3);
+    fn admission_keys_and_doorbell_parse_as_documented() {
+        let c = parse("[io.uring]\ndoorbell = false\n[admission]\nmax_inbound_per_ip = 3")
+            .engine_config();
+        assert!(!c.io.uring.doorbell);
+        assert_eq!(c.admission.max_inbound_per_ip, 3);
         // Defaults (recommended) as docs/operating.md lists them.
-        let c = FileConfig::default().engine_config(None);
-        assert!(c.uring_doorbell);
-        assert_eq!(c.max_inbound_per_ip, 8);
+        let c = parse("").engine_config();
+        assert!(c.io.uring.doorbell);
+        assert_eq!(c.admission.max_inbound_per_ip, 8);
     }
 
     #[test]
-    fn session_8_keys_parse_as_documented() {
-        let f: FileConfig =
-            toml::from_str("accept_rate_per_ip = 1\naccept_burst_per_ip = 2").unwrap();
-        let c = f.engine_config(None);
-        assert_eq!((c.accept_rate_per_ip, c.accept_burst_per_ip), (1, 2));
-        let f: FileConfig = toml::from_str("misbehavior_cooldown = \"0s\"").unwrap();
-        assert_eq!(f.engine_config(None).misbehavior_cooldown, Duration::ZERO);
+    fn accept_rate_cooldown_and_uring_entries_parse_as_documented() {
+        let c =
+            parse("[admission]\naccept_rate_per_ip = 1\naccept_burst_per_ip = 2").engine_config();
+        let a = &c.admission;
+        assert_eq!((a.accept_rate_per_ip, a.accept_burst_per_ip), (1, 2));
+        let c = parse("[admission]\nmisbehavior_cooldown = \"0s\"").engine_config();
+        assert_eq!(c.admission.misbehavior_cooldown, Duration::ZERO);
         assert_eq!(
-            FileConfig::default()
-                .engine_config(None)
-                .misbehavior_cooldown,
+            parse("").engine_config().admission.misbehavior_cooldown,
             Duration::from_secs(10)
         );
-        let f: FileConfig = toml::from_str("preset = \"local\"").unwrap();
-        assert_eq!(f.engine_config(None).misbehavior_cooldown, Duration::ZERO);
-        let f: FileConfig = toml::from_str("uring_entries = 64").unwrap();
-        assert_eq!(f.engine_config(None).uring_entries, 64);
-        let f: FileConfig = toml::from_str("uring_entries = 100").unwrap();
-        let e = f.engine_config(None).validate().unwrap_err();
-        assert!(e.to_string().contains("uring_entries"), "{e}");
-        assert_eq!(
-            FileConfig::default().engine_config(None).uring_entries,
-            4096
-        );
+        let c = parse("preset = \"local\"").engine_config();
+        assert_eq!(c.admission.misbehavior_cooldown, Duration::ZERO);
+        let c = parse("[io.uring]\nentries = 64").engine_config();
+        assert_eq!(c.io.uring.entries, 64);
+        let e = parse("[io.uring]\nentries = 100")
+            .engine_config()
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("io.uring.entries"), "{e}");
+        assert_eq!(parse("").engine_config().io.uring.entries, 4096);
         // Defaults as docs/operating.md lists them: recommended 4 / 16,
         // local no rate limit.
-        let c = FileConfig::default().engine_config(None);
-        assert_eq!((c.accept_rate_per_ip, c.accept_burst_per_ip), (4, 16));
-        let f: FileConfig = toml::from_str("preset = \"local\"").unwrap();
-        assert_eq!(f.engine_config(None).accept_rate_per_ip, 0);
+        let a = parse("").engine_config().admission;
+        assert_eq!((a.accept_rate_per_ip, a.accept_burst_per_ip), (4, 16));
+        let c = parse("preset = \"local\"").engine_config();
+        assert_eq!(c.admission.accept_rate_per_ip, 0);
         // A rate without a burst is refused by name.
-        let f: FileConfig =
-            toml::from_str("accept_rate_per_ip = 1\naccept_burst_per_ip = 0").unwrap();
-        let e = f.engine_config(None).validate().unwrap_err();
-        assert!(e.to_string().contains("accept_burst_per_ip"), "{e}");
+        let e = parse("[admission]\naccept_rate_per_ip = 1\naccept_burst_per_ip = 0")
+            .engine_config()
+            .validate()
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("admission.accept_burst_per_ip"),
+            "{e}"
+        );
     }
 
     #[test]
     fn overrides_apply_and_validate_names_fields() {
-        let f: FileConfig =
-            toml::from_str("preset = \"local\"\nidle_timeout = \"1s\"\nping_interval = \"2s\"")
-                .unwrap();
-        let c = f.engine_config(None);
-        assert_eq!(c.idle_timeout, Duration::from_secs(1));
-        let e = f.node_config(Path::new(".")).err().unwrap();
-        assert_eq!(e.field, "idle_timeout");
+        let toml = "preset = \"local\"\n[timeouts]\nidle_timeout = \"1s\"\nping_interval = \"2s\"";
+        let c = parse(toml).engine_config();
+        assert_eq!(c.timeouts.idle_timeout, Duration::from_secs(1));
+        assert_eq!(node_error(toml), "timeouts.idle_timeout");
         // wait_spin is in µs; over 10 ms is refused by name.
-        let f: FileConfig = toml::from_str("wait_spin = \"250us\"").unwrap();
-        assert_eq!(f.engine_config(None).wait_spin, Duration::from_micros(250));
-        let f: FileConfig = toml::from_str("idle_spin = \"20ms\"").unwrap();
+        let c = parse("[io]\nwait_spin = \"250us\"").engine_config();
+        assert_eq!(c.io.wait_spin, Duration::from_micros(250));
+        assert_eq!(node_error("[io]\nidle_spin = \"20ms\""), "io.idle_spin");
+        assert_eq!(node_error("[io]\nwait_spin = \"11ms\""), "io.wait_spin");
+    }
+
+    /// A field left out takes the file's preset, whichever key comes first;
+    /// a field written takes the file's value, even if it is the
+    /// recommended default.
+    #[test]
+    fn missing_fields_take_the_files_preset() {
+        for preset in [Preset::Recommended, Preset::Aggressive, Preset::Local] {
+            let name = serde_json::to_value(preset).unwrap();
+            let name = name.as_str().unwrap();
+            let expect = serde_json::to_value(preset.config(None)).unwrap();
+            let got = serde_json::to_value(parse(&format!("preset = \"{name}\"")).engine_config());
+            assert_eq!(got.unwrap(), expect, "{name}");
+        }
+        let c = parse("limits.max_inbound = 128\npreset = \"local\"\n[io]\nbusy_poll = true")
+            .engine_config();
+        assert_eq!(c.limits.max_inbound, 128);
+        assert_eq!(c.limits.max_outbound, 1024);
+        assert_eq!(c.io.shards, 1);
+        assert!(c.io.busy_poll);
+        assert!(c.discovery.allow_private_ips);
+    }
+
+    /// Every field of the engine's config is a key of this file: a whole
+    /// config written as TOML reads back as the same config.
+    #[test]
+    fn every_engine_field_is_a_file_key() {
+        let mut c = Config::local("127.0.0.1:7000".parse().ok());
+        c.listen.advertise = "10.0.0.1:7000".parse().ok();
+        c.identity.key_file = Some("node.key".into());
+        c.identity.namespace = b"other/2".to_vec();
+        c.io.backend = shoal::engine::Backend::Epoll;
+        c.io.uring.entries = 64;
+        c.discovery.dial_backoff_max = Duration::from_millis(1500);
+        let text = toml::to_string(&c).unwrap();
+        let back = parse(&text).engine_config();
         assert_eq!(
-            f.node_config(Path::new(".")).err().unwrap().field,
-            "idle_spin"
+            serde_json::to_value(&back).unwrap(),
+            serde_json::to_value(&c).unwrap(),
+            "{text}"
         );
-        let f: FileConfig = toml::from_str("wait_spin = \"11ms\"").unwrap();
-        assert_eq!(
-            f.node_config(Path::new(".")).err().unwrap().field,
-            "wait_spin"
-        );
+        let f = parse(&text);
+        assert!(f.sets("io.uring.entries") && f.sets("listen.address"));
+        assert!(!parse("").sets("io.shards"));
     }
 
     #[test]
     fn probe_section() {
-        let f: FileConfig =
-            toml::from_str("[probe]\nchannel = 9\ninterval = \"250ms\"\ncount = 20").unwrap();
+        let f = parse("[probe]\nchannel = 9\ninterval = \"250ms\"\ncount = 20");
         let p = f.probe.as_ref().unwrap();
         assert_eq!((p.channel, p.count), (9, Some(20)));
-        assert_eq!(p.interval(), Duration::from_millis(250));
-        let f: FileConfig = toml::from_str("[probe]\nchannel = 9").unwrap();
+        assert_eq!(p.interval, Duration::from_millis(250));
+        let f = parse("[probe]\nchannel = 9");
         let p = f.probe.as_ref().unwrap();
-        assert_eq!((p.interval(), p.count), (Duration::from_secs(1), None));
-        let e = toml::from_str::<FileConfig>("[probe]\nchanel = 9").unwrap_err();
-        assert!(e.to_string().contains("chanel"), "{e}");
-        let e = toml::from_str::<FileConfig>("[probe]\nchannel = 9\ninterval = 5").unwrap_err();
-        assert!(e.to_string().contains("interval"), "{e}");
+        assert_eq!((p.interval, p.count), (Duration::from_secs(1), None));
+        let e = FileConfig::parse("[probe]\nchanel = 9").unwrap_err();
+        assert!(e.contains("chanel"), "{e}");
+        let e = FileConfig::parse("[probe]\nchannel = 9\ninterval = 5").unwrap_err();
+        assert!(e.contains("interval"), "{e}");
 
         let peer = shoal::crypto::Signer::public_key(&Ed25519Signer::generate()).clone();
         let with_peer = |extra: &str| -> FileConfig {
-            toml::from_str(&format!("{extra}\n[[peers]]\nkey = \"{peer:#}\"")).unwrap()
+            parse(&format!("{extra}\n[[peers]]\nkey = \"{peer:#}\""))
         };
-        let e = with_peer("echo_channel = 9\n[probe]\nchannel = 9")
+        let e = with_peer("[node]\necho_channel = 9\n[probe]\nchannel = 9")
             .node_config(Path::new("."))
             .err()
             .unwrap();
@@ -549,12 +532,13 @@ mod tests {
             .err()
             .unwrap();
         assert_eq!(e.field, "probe.interval");
-        assert!(with_peer("echo_channel = 7\n[probe]\nchannel = 9")
+        assert!(with_peer("[node]\necho_channel = 7\n[probe]\nchannel = 9")
             .node_config(Path::new("."))
             .is_ok());
-        let f: FileConfig =
-            toml::from_str("listen = \"127.0.0.1:0\"\n[probe]\nchannel = 9").unwrap();
-        assert_eq!(f.node_config(Path::new(".")).err().unwrap().field, "probe");
+        assert_eq!(
+            node_error("[listen]\naddress = \"127.0.0.1:0\"\n[probe]\nchannel = 9"),
+            "probe"
+        );
     }
 
     #[test]

@@ -140,18 +140,10 @@ fn bench(args: shoal_bench::BenchArgs) -> ExitCode {
 /// describes, whether it picks the backend and the shard count, and its
 /// `[bench]` table.
 fn bench_settings(f: &config_file::FileConfig) -> shoal_bench::FileSettings {
-    let b = f.bench.as_ref();
     shoal_bench::FileSettings {
-        engine: f.engine_config(None),
-        backend: f.backend,
-        shards: f.shards,
-        bench: shoal_bench::BenchSettings {
-            scenario: b.and_then(|b| b.scenario.clone()),
-            size: b.and_then(|b| b.size),
-            messages: b.and_then(|b| b.messages),
-            rounds: b.and_then(|b| b.rounds),
-            inflight: b.and_then(|b| b.inflight),
-            peers: b.and_then(|b| b.peers),
-        },
+        engine: f.engine_config(),
+        backend: f.sets("io.backend").then_some(f.io.backend),
+        shards: f.sets("io.shards").then_some(f.io.shards),
+        bench: f.bench.clone().unwrap_or_default(),
     }
 }

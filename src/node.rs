@@ -64,7 +64,7 @@ pub fn run(config_path: &Path) -> ExitCode {
              (peers cannot authorize it across restarts; create one with `shoal keygen`)"
         );
     }
-    let max_message_size = cfg.max_message_size;
+    let max_message_size = cfg.limits.max_message_size;
 
     // Signal handlers first, so a signal arriving right after startup is a
     // graceful shutdown and not a kill.
@@ -97,7 +97,7 @@ pub fn run(config_path: &Path) -> ExitCode {
     let mut registry = Registry::with_prefix("shoal");
     network.metrics().register(&mut registry);
     let echo_metrics = EchoMetrics::default();
-    let echo = match file.echo_channel {
+    let echo = match file.node.echo_channel {
         Some(ch) => match network.register(ch, None, max_message_size, ECHO_BACKLOG, None) {
             Ok(x) => {
                 echo_metrics.register(&mut registry);
@@ -112,7 +112,7 @@ pub fn run(config_path: &Path) -> ExitCode {
             Ok(x) => {
                 let m = ProbeMetrics::new(&peers);
                 m.register(&mut registry);
-                Some((p.channel, p.interval(), p.count, m, x))
+                Some((p.channel, p.interval, p.count, m, x))
             }
             Err(e) => return fail(format!("cannot register probe channel {}: {e}", p.channel)),
         },
@@ -124,7 +124,7 @@ pub fn run(config_path: &Path) -> ExitCode {
             oracle.add_address(p.key.clone(), a);
         }
     }
-    let metrics_listener = match file.metrics {
+    let metrics_listener = match file.node.metrics {
         Some(addr) => match TcpListener::bind(addr) {
             Ok(l) => Some(l),
             Err(e) => return fail(format!("cannot bind the metrics endpoint {addr}: {e}")),

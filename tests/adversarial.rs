@@ -370,7 +370,7 @@ fn victim_behind_proxy(
     let victim = start_node(backend, 1, any_addr(), &[1, 2, 3], &[], &[chan(1)], |c| {
         // Do not learn node 2's direct address from gossip: the only way in
         // is through the proxy.
-        c.allow_private_ips = false;
+        c.discovery.allow_private_ips = false;
         tweak(c);
     });
     let p = proxy(victim.addr);
@@ -470,7 +470,7 @@ fn partial_frame_then_fin(backend: Backend) {
     let (victim, honest) = victim_and_honest(
         backend,
         || vec![chan(1)],
-        |c| c.handshake_timeout = Duration::from_secs(120),
+        |c| c.timeouts.handshake_timeout = Duration::from_secs(120),
     );
     let m = victim.handle().metrics();
     for round in 0..3u64 {
@@ -502,8 +502,9 @@ fn partial_frame_then_fin(backend: Backend) {
 
 fn slow_hello(backend: Backend) {
     let _g = serial();
-    let (victim, honest, _p, hello, _) =
-        victim_behind_proxy(backend, |c| c.handshake_timeout = Duration::from_secs(1));
+    let (victim, honest, _p, hello, _) = victim_behind_proxy(backend, |c| {
+        c.timeouts.handshake_timeout = Duration::from_secs(1)
+    });
     let m = victim.handle().metrics();
     let timeouts = m.close_count("handshake_timeout");
     let hs_timeouts = m.handshake_count("handshake_timeout");
@@ -562,8 +563,8 @@ fn many_silent_connections(backend: Backend) {
         backend,
         || vec![chan(1)],
         |c| {
-            c.max_inbound = MAX_INBOUND;
-            c.handshake_timeout = Duration::from_secs(1);
+            c.limits.max_inbound = MAX_INBOUND;
+            c.timeouts.handshake_timeout = Duration::from_secs(1);
         },
     );
     let m = victim.handle().metrics();
@@ -641,8 +642,8 @@ fn one_address_holding_handshakes(backend: Backend) {
         backend,
         || vec![chan(1)],
         |c| {
-            c.max_inbound_per_ip = PER_IP;
-            c.handshake_timeout = Duration::from_secs(120);
+            c.admission.max_inbound_per_ip = PER_IP;
+            c.timeouts.handshake_timeout = Duration::from_secs(120);
         },
     );
     let m = victim.handle().metrics();
@@ -695,9 +696,9 @@ fn one_address_reconnecting_fast(backend: Backend) {
         backend,
         || vec![chan(1)],
         |c| {
-            c.accept_rate_per_ip = RATE;
-            c.accept_burst_per_ip = BURST;
-            c.handshake_timeout = Duration::from_secs(120);
+            c.admission.accept_rate_per_ip = RATE;
+            c.admission.accept_burst_per_ip = BURST;
+            c.timeouts.handshake_timeout = Duration::from_secs(120);
         },
     );
     let m = victim.handle().metrics();
@@ -771,7 +772,7 @@ fn misbehaving_peer_is_refused_for_the_cooldown(backend: Backend) {
         backend,
         &[1, 2, 3, 4, 5],
         || vec![def()],
-        |c| c.misbehavior_cooldown = Duration::from_secs(600),
+        |c| c.admission.misbehavior_cooldown = Duration::from_secs(600),
     );
     let m = victim.handle().metrics();
     let cooldowns0 = m.misbehavior_cooldowns.get();
@@ -887,8 +888,9 @@ fn misbehaving_peer_is_refused_for_the_cooldown(backend: Backend) {
 
 fn replayed_hello(backend: Backend) {
     let _g = serial();
-    let (victim, honest, _p, hello, confirm) =
-        victim_behind_proxy(backend, |c| c.handshake_timeout = Duration::from_secs(1));
+    let (victim, honest, _p, hello, confirm) = victim_behind_proxy(backend, |c| {
+        c.timeouts.handshake_timeout = Duration::from_secs(1)
+    });
     let m = victim.handle().metrics();
     let ok0 = m.handshake_count("ok");
     let replaced0 = m.close_count("replaced");
@@ -1099,7 +1101,7 @@ fn compression_bomb(backend: Backend) {
 fn deauthorized_during_its_handshake_is_closed_when_it_completes(backend: Backend) {
     let _g = serial();
     let victim = start_node(backend, 1, any_addr(), &[1, 4, 5], &[], &[chan(2)], |c| {
-        c.tracked_peer_sets = 1
+        c.discovery.tracked_peer_sets = 1
     });
     // Peer 5 is connected: its disconnection shows that the sweep ran.
     let five = start_node(
@@ -1151,7 +1153,7 @@ fn deauthorized_during_its_handshake_is_closed_when_it_completes(backend: Backen
 fn two_tracked_sets_keep_a_peer_until_its_set_ages_out(backend: Backend) {
     let _g = serial();
     let victim = start_node(backend, 1, any_addr(), &[1, 2], &[], &[chan(2)], |c| {
-        c.tracked_peer_sets = 2
+        c.discovery.tracked_peer_sets = 2
     });
     let two = start_node(
         backend,
@@ -1254,7 +1256,7 @@ fn peer_that_stops_reading(backend: Backend) {
     // The bound under test is the queue's; the write timeout that would
     // reset the sleeper is tested in tests/slow_peer.rs.
     let sender = start_node(backend, 1, any_addr(), &[1, 2, 3], &[], &[def()], |c| {
-        c.write_timeout = Duration::from_secs(600)
+        c.timeouts.write_timeout = Duration::from_secs(600)
     });
     let dial = [(1, sender.addr)];
     let sleeper = start_node(backend, 2, any_addr(), &[1, 2, 3], &dial, &[def()], |_| {});
@@ -1263,7 +1265,7 @@ fn peer_that_stops_reading(backend: Backend) {
         assert!(sender.handle().wait_peers(WAIT, |p| p.contains(&n.key())));
         assert!(n.handle().wait_peers(WAIT, |p| p.contains(&sender.key())));
     }
-    let sender_backlog = Config::local(None).peer_send_backlog;
+    let sender_backlog = Config::local(None).limits.peer_send_backlog;
     let rss0 = rss_kib();
     let chunk = Bytes::from(noise(21, 64 << 10));
     let (accepted, full, t) =

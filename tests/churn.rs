@@ -248,13 +248,13 @@ struct Ctx {
 
 fn config(ctx: &Ctx, seed: u64, addr: SocketAddr) -> Config {
     let mut cfg = Config::local(Some(addr)).with_identity(signer(seed));
-    cfg.backend = ctx.backend;
+    cfg.io.backend = ctx.backend;
     // Half the nodes run two shards: connections, replacements and
     // reroutes spread over shards within the one run (rather than a second
     // 60 s run per layout).
-    cfg.shards = 1 + (seed % 2) as usize;
-    cfg.recv_buffers = 32;
-    cfg.shard_queue = 4096;
+    cfg.io.shards = 1 + (seed % 2) as usize;
+    cfg.io.uring.recv_buffers = 32;
+    cfg.io.shard_queue = 4096;
     cfg
 }
 

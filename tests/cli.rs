@@ -176,9 +176,11 @@ fn node_toml_on(
     backend: &str,
     shards: usize,
 ) -> String {
+    // Dotted keys, so that a test can add top-level `section.key` lines.
     let mut t = format!(
-        "identity = \"{key_file}\"\nlisten = \"{listen}\"\npreset = \"local\"\nbackend = \"{backend}\"\n\
-         shards = {shards}\nidle_timeout = \"20s\"\necho_channel = {ECHO}\nmetrics = \"{metrics}\"\n"
+        "preset = \"local\"\nidentity.key_file = \"{key_file}\"\nlisten.address = \"{listen}\"\n\
+         io.backend = \"{backend}\"\nio.shards = {shards}\ntimeouts.idle_timeout = \"20s\"\n\
+         node.echo_channel = {ECHO}\nnode.metrics = \"{metrics}\"\n"
     );
     for (k, a) in peers {
         t.push_str(&format!("\n[[peers]]\nkey = \"{k}\"\naddress = \"{a}\"\n"));
@@ -249,7 +251,7 @@ fn two_nodes_echo(shards: usize) {
     );
 
     let mut cfg = Config::local(Some(a_me)).with_identity(me.clone());
-    cfg.backend = Backend::Epoll;
+    cfg.io.backend = Backend::Epoll;
     let (mut net, oracle) = Network::new(cfg).unwrap();
     let (tx, rx) = net.register(ECHO, None, 1 << 20, 64, None).unwrap();
     let (pk1, pk2) = (parse_key(&k1), parse_key(&k2));
@@ -333,7 +335,10 @@ fn sigint_stops_a_node_without_identity() {
     let cfg = dir.path("n.toml");
     fs::write(
         &cfg,
-        format!("listen = \"{}\"\npreset = \"local\"\n", common::free_addr()),
+        format!(
+            "preset = \"local\"\n[listen]\naddress = \"{}\"\n",
+            common::free_addr()
+        ),
     )
     .unwrap();
     let mut n = Proc::spawn(
@@ -392,27 +397,51 @@ fn invalid_configs_exit_2_naming_the_field() {
     let cases: &[(&str, &str)] = &[
         // Config::validate
         (
-            "preset = \"local\"\nidle_timeout = \"1s\"\nping_interval = \"2s\"\n",
-            "idle_timeout",
+            "preset = \"local\"\n[timeouts]\nidle_timeout = \"1s\"\nping_interval = \"2s\"\n",
+            "`timeouts.idle_timeout`",
         ),
-        ("max_frame_body = 10\n", "max_frame_body"),
+        ("[limits]\nmax_frame_body = 10\n", "`limits.max_frame_body`"),
         // Ranges: values that would exhaust memory or make no sense.
-        ("shards = 100000\n", "shards"),
-        ("shard_queue = 1000000000000\n", "shard_queue"),
-        ("control_queue = 1000000000000\n", "control_queue"),
-        ("peer_send_bytes = 1\n", "peer_send_bytes"),
-        ("write_timeout = \"1ms\"\n", "write_timeout"),
-        ("recv_buffer_size = 1\n", "recv_buffer_size"),
+        ("[io]\nshards = 100000\n", "`io.shards`"),
+        ("[io]\nshard_queue = 1000000000000\n", "`io.shard_queue`"),
+        (
+            "[discovery]\ncontrol_queue = 1000000000000\n",
+            "`discovery.control_queue`",
+        ),
+        (
+            "[limits]\npeer_send_bytes = 1\n",
+            "`limits.peer_send_bytes`",
+        ),
+        (
+            "[timeouts]\nwrite_timeout = \"1ms\"\n",
+            "`timeouts.write_timeout`",
+        ),
+        ("[io]\nrecv_buffer_size = 1\n", "`io.recv_buffer_size`"),
+        ("io.uring.entries = 100\n", "`io.uring.entries`"),
         // Type and value errors from the parser.
-        ("recv_buffers = \"many\"\n", "recv_buffers"),
-        ("handshake_timeout = 5\n", "handshake_timeout"),
-        ("backend = \"kqueue\"\n", "backend"),
-        ("listen = \"nowhere\"\n", "listen"),
-        // Unknown field.
-        ("idle_timout = \"30s\"\n", "idle_timout"),
+        (
+            "[io.uring]\nrecv_buffers = \"many\"\n",
+            "`io.uring.recv_buffers`",
+        ),
+        (
+            "[timeouts]\nhandshake_timeout = 5\n",
+            "`timeouts.handshake_timeout`",
+        ),
+        ("[io]\nbackend = \"kqueue\"\n", "`io.backend`"),
+        ("[listen]\naddress = \"nowhere\"\n", "`listen.address`"),
+        // Unknown fields and sections, and flat keys of no section.
+        (
+            "[timeouts]\nidle_timout = \"30s\"\n",
+            "`timeouts.idle_timout`",
+        ),
+        ("[limit]\nmax_inbound = 1\n", "limit"),
+        ("idle_timeout = \"30s\"\n", "`idle_timeout`"),
         // Peers.
         ("[[peers]]\nkey = \"abcd\"\n", "peers[0].key"),
-        ("identity = \"missing.key\"\n", "identity"),
+        (
+            "[identity]\nkey_file = \"missing.key\"\n",
+            "`identity.key_file`",
+        ),
     ];
     for (i, (toml, field)) in cases.iter().enumerate() {
         let p = dir.path(&format!("bad{i}.toml"));
@@ -443,7 +472,7 @@ fn invalid_configs_exit_2_naming_the_field() {
     let p = dir.path("bad0.toml");
     let out = shoal(&["bench", "--config", p.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("idle_timeout"));
+    assert!(text(&out.stderr).contains("`timeouts.idle_timeout`"));
 }
 
 fn bench_json(args: &[&str]) -> serde_json::Value {
@@ -603,11 +632,15 @@ fn a_listen_address_in_use_is_named() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
     let p = dir.path("n.toml");
-    fs::write(&p, format!("listen = \"{addr}\"\npreset = \"local\"\n")).unwrap();
+    fs::write(
+        &p,
+        format!("preset = \"local\"\n[listen]\naddress = \"{addr}\"\n"),
+    )
+    .unwrap();
     let out = shoal(&["node", "--config", p.to_str().unwrap()]);
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains(&format!("`listen` = {addr}")), "{err}");
+    assert!(err.contains(&format!("`listen.address` = {addr}")), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
 
@@ -631,8 +664,8 @@ fn one_peer_that_never_reads_does_not_stall_the_echo_for_another() {
     );
     let mut toml = node_toml("n1.key", a1, m1, &[(&my_key, a_me)]);
     toml.push_str(&format!("\n[[peers]]\nkey = \"{attacker_key}\"\n"));
-    // Before the tables: top-level keys.
-    let toml = format!("write_timeout = \"2s\"\npeer_send_bytes = 1048576\n{toml}");
+    // Before the tables: top-level dotted keys.
+    let toml = format!("timeouts.write_timeout = \"2s\"\nlimits.peer_send_bytes = 1048576\n{toml}");
     fs::write(dir.path("n1.toml"), toml).unwrap();
     let c1 = dir.path("n1.toml");
     let n1 = Proc::spawn(
@@ -641,7 +674,7 @@ fn one_peer_that_never_reads_does_not_stall_the_echo_for_another() {
     );
     let pk1 = parse_key(&k1);
     let mut cfg = Config::local(Some(a_me)).with_identity(me.clone());
-    cfg.backend = Backend::Epoll;
+    cfg.io.backend = Backend::Epoll;
     let (mut net, oracle) = Network::new(cfg).unwrap();
     let (tx, rx) = net.register(ECHO, None, 1 << 20, 64, None).unwrap();
     oracle.register(0, vec![pk1.clone()]);
@@ -753,7 +786,7 @@ fn measure_the_echo_gap_beside_a_non_reader() {
     );
     let pk1 = parse_key(&k1);
     let mut cfg = Config::local(Some(a_me)).with_identity(me.clone());
-    cfg.backend = Backend::Epoll;
+    cfg.io.backend = Backend::Epoll;
     let (mut net, oracle) = Network::new(cfg).unwrap();
     let (tx, rx) = net.register(ECHO, None, 1 << 20, 64, None).unwrap();
     oracle.register(0, vec![pk1.clone()]);

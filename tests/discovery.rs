@@ -12,8 +12,8 @@ use common::*;
 use shoal::engine::{Backend, Config};
 
 fn small(c: &mut Config) {
-    c.recv_buffers = 32;
-    c.shard_queue = 4096;
+    c.io.uring.recv_buffers = 32;
+    c.io.shard_queue = 4096;
 }
 
 fn fifty_nodes_reach_a_full_mesh_from_one_bootstrapper(backend: Backend) {
@@ -69,7 +69,7 @@ fn restart_on_a_new_port_is_found_through_the_newer_record(backend: Backend) {
     // it through its signed record.
     let only_bootstrap = |c: &mut Config| {
         small(c);
-        c.max_outbound = 1;
+        c.limits.max_outbound = 1;
     };
     let c = start_node(
         backend,
@@ -110,7 +110,7 @@ fn restart_on_a_new_port_is_found_through_the_newer_record(backend: Backend) {
 fn a_new_peer_set_disconnects_the_old_and_connects_the_new(backend: Backend) {
     let one_set = |c: &mut Config| {
         small(c);
-        c.tracked_peer_sets = 1;
+        c.discovery.tracked_peer_sets = 1;
     };
     // Set 0 = {1, 2, 3}; node 4 only tracks set 1 = {1, 3, 4} from the start.
     let nodes: Vec<Node> = (1..=3u64)

@@ -85,7 +85,7 @@ fn large_message_with_high_priority_interleaved(backend: Backend) {
     };
     // Room for the 16 MiB message and the urgent ones queued behind it.
     let nodes = mesh(backend, 2, &[big, chan(2)], |c| {
-        c.peer_send_bytes = 32 << 20
+        c.limits.peer_send_bytes = 32 << 20
     });
     let (a, b) = (&nodes[0], &nodes[1]);
     let payload: Vec<u8> = (0..16usize << 20).map(|i| (i * 31 % 251) as u8).collect();
@@ -355,11 +355,11 @@ fn a_full_receiver_resumes_reading_without_waiting_for_a_ping(backend: Backend) 
     };
     let nodes = mesh(backend, 2, &[small], |c| {
         // Nothing else may wake the connection up: no pings, no gossip.
-        c.ping_interval = Duration::from_secs(3600);
-        c.idle_timeout = Duration::from_secs(7200);
-        c.gossip_interval = Duration::from_secs(3600);
+        c.timeouts.ping_interval = Duration::from_secs(3600);
+        c.timeouts.idle_timeout = Duration::from_secs(7200);
+        c.discovery.gossip_interval = Duration::from_secs(3600);
         // The sender queues all 200 messages (12.5 MiB) before anyone reads.
-        c.peer_send_bytes = 32 << 20;
+        c.limits.peer_send_bytes = 32 << 20;
     });
     let (a, b) = (&nodes[0], &nodes[1]);
     const N: usize = 200;
@@ -417,7 +417,7 @@ fn a_full_receiver_resumes_reading_without_waiting_for_a_ping(backend: Backend) 
 /// Spinning shards (`busy_poll`) never wait in the kernel: sends, receives
 /// and wake-ups must still all complete.
 fn busy_poll_shards_exchange_messages(backend: Backend) {
-    exchange_both_ways(&mesh(backend, 2, &[chan(1)], |c| c.busy_poll = true));
+    exchange_both_ways(&mesh(backend, 2, &[chan(1)], |c| c.io.busy_poll = true));
 }
 
 /// Shards that keep polling after work (`idle_spin`), and application
@@ -427,8 +427,8 @@ fn busy_poll_shards_exchange_messages(backend: Backend) {
 fn spinning_and_parking_shards_exchange_messages(backend: Backend) {
     for (idle, wait) in [(200, 0), (0, 0), (200, 100)] {
         exchange_both_ways(&mesh(backend, 2, &[chan(1)], |c| {
-            c.idle_spin = Duration::from_micros(idle);
-            c.wait_spin = Duration::from_micros(wait);
+            c.io.idle_spin = Duration::from_micros(idle);
+            c.io.wait_spin = Duration::from_micros(wait);
         }));
     }
 }
@@ -453,7 +453,7 @@ fn io_uring_shards_sleep_in_the_doorbell_or_the_ring() {
     }
     for doorbell in [true, false] {
         let nodes = mesh(Backend::IoUring, 2, &[chan(1)], |c| {
-            c.uring_doorbell = doorbell;
+            c.io.uring.doorbell = doorbell;
         });
         exchange_both_ways(&nodes);
         let m = nodes[1].handle().metrics();
@@ -482,8 +482,8 @@ fn io_uring_completion_queue_overflow_loses_nothing() {
         return;
     }
     let nodes = mesh(Backend::IoUring, 2, &[chan(1)], |c| {
-        c.uring_entries = 8;
-        c.recv_buffer_size = 4096;
+        c.io.uring.entries = 8;
+        c.io.recv_buffer_size = 4096;
     });
     let overflows = || {
         nodes
@@ -533,7 +533,7 @@ fn exchange_both_ways(nodes: &[Node]) {
 /// that cannot be queued whole (over the backlog, or one message too large)
 /// queues nothing.
 fn batches_are_ordered_and_all_or_nothing(backend: Backend) {
-    let nodes = mesh(backend, 2, &[chan(1)], |c| c.peer_send_backlog = 64);
+    let nodes = mesh(backend, 2, &[chan(1)], |c| c.limits.peer_send_backlog = 64);
     let (a, b) = (&nodes[0], &nodes[1]);
     let tx = &a.channels[0].0;
     let msg = |i: u32| Bytes::from(i.to_be_bytes().to_vec());

@@ -199,7 +199,7 @@ fn outbound_limit_is_enforced(backend: Backend) {
         .collect();
     let dial: Vec<(u64, std::net::SocketAddr)> = others.iter().map(|n| (n.seed, n.addr)).collect();
     let n1 = start_node(backend, 1, any_addr(), &all, &dial, &[chan(1)], |c| {
-        c.max_outbound = 2
+        c.limits.max_outbound = 2
     });
     assert!(n1.handle().wait_peers(WAIT, |p| p.len() == 2));
     let deadline = Instant::now() + WAIT;

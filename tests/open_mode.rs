@@ -20,9 +20,9 @@ fn start_open(
     boot: Option<(u64, SocketAddr)>,
 ) -> Node {
     let mut cfg = local_config(backend, Some(addr)).with_identity(signer(seed));
-    cfg.open = true;
-    cfg.recv_buffers = 16;
-    cfg.shard_queue = 4096;
+    cfg.discovery.open = true;
+    cfg.io.uring.recv_buffers = 16;
+    cfg.io.shard_queue = 4096;
     let (mut net, oracle) = Network::new(cfg).unwrap();
     let ch = net.register(1, None, 1 << 16, 64, None).unwrap();
     if let Some((s, a)) = boot {

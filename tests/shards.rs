@@ -35,7 +35,7 @@ fn node(
     dial: &[(u64, std::net::SocketAddr)],
 ) -> (NetworkHandle, Sender, shoal::engine::Receiver, Sender) {
     let mut cfg = local_config(backend, listen.then(any_addr)).with_identity(signer(seed));
-    cfg.shards = shards;
+    cfg.io.shards = shards;
     let (mut net, oracle) = Network::new(cfg).expect("config");
     let (tx, rx) = net.register(MSG, None, 1 << 21, 256, None).unwrap();
     let (rpc, _) = net.register(RPC, None, 1 << 16, 64, None).unwrap();
@@ -217,7 +217,7 @@ fn forced_fallback_auto_runs_on_epoll() {
     assert_eq!(a.2.recv_blocking().unwrap().1, big);
 
     let mut cfg = local_config(Backend::IoUring, None);
-    cfg.shards = 1;
+    cfg.io.shards = 1;
     let (net, _) = Network::new(cfg).unwrap();
     assert!(
         matches!(net.start(), Err(Error::IoUringUnavailable(_))),

@@ -15,7 +15,7 @@ fn shutdown_joins_threads_and_frees_buffers_on_both_backends() {
         if !backend_available(backend) {
             continue;
         }
-        let mut nodes = mesh(backend, 2, &[chan(1)], |c| c.shards = 2);
+        let mut nodes = mesh(backend, 2, &[chan(1)], |c| c.io.shards = 2);
         assert!(shoal_threads() >= 6, "2 nodes x (2 shards + control)");
         // Leave traffic in flight when shutting down.
         for i in 0..1000u32 {

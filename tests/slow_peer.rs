@@ -284,8 +284,8 @@ fn a_peer_that_never_reads_is_reset_and_released(backend: Backend) {
     let o = attack(
         backend,
         |c| {
-            c.write_timeout = write_timeout;
-            c.peer_send_bytes = PEER_SEND_BYTES;
+            c.timeouts.write_timeout = write_timeout;
+            c.limits.peer_send_bytes = PEER_SEND_BYTES;
         },
         WAIT,
     );

@@ -10,7 +10,7 @@ pub enum Error {
     #[error("io_uring unavailable: {0}")]
     IoUringUnavailable(String),
     /// The listener could not be bound: the field, the address and why.
-    #[error("`listen` = {addr}: {source}")]
+    #[error("`listen.address` = {addr}: {source}")]
     Listen {
         addr: std::net::SocketAddr,
         source: std::io::Error,

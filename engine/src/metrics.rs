@@ -82,23 +82,23 @@ pub struct Metrics {
     /// never copied.
     pub reassembly_copied_bytes: Counter,
     /// Peers put in a cooldown after misbehaving
-    /// ([`crate::Config::misbehavior_cooldown`]).
+    /// ([`crate::config::AdmissionSettings::misbehavior_cooldown`]).
     pub misbehavior_cooldowns: Counter,
     /// Times an io_uring shard slept in its doorbell epoll set
-    /// ([`crate::Config::uring_doorbell`]).
+    /// ([`crate::config::UringSettings::doorbell`]).
     pub uring_doorbell_sleeps: Counter,
     /// Times an io_uring shard slept in `io_uring_enter` (a send or connect
     /// in flight, a socket closing, or no doorbell).
     pub uring_ring_sleeps: Counter,
     /// Loop turns of an io_uring shard that found completions waiting in the
-    /// kernel's overflow list ([`crate::Config::uring_entries`]).
+    /// kernel's overflow list ([`crate::config::UringSettings::entries`]).
     pub uring_cq_overflows: Counter,
     /// Connections admitted without a per-address rate check because the
     /// rate table was full of recently active addresses
-    /// ([`crate::Config::accept_rate_per_ip`]).
+    /// ([`crate::config::AdmissionSettings::accept_rate_per_ip`]).
     pub accept_rate_untracked: Counter,
     /// Connections reset because their output made no progress within
-    /// [`crate::Config::write_timeout`] (or their close could not flush in
+    /// [`crate::config::TimeoutSettings::write_timeout`] (or their close could not flush in
     /// that time).
     pub write_timeouts: Counter,
     /// 1 for the backend in use (see [`BackendLabel`]).

@@ -65,7 +65,7 @@ impl Network {
         let mut links = Vec::with_capacity(shards);
         let mut queues = Vec::with_capacity(shards);
         for id in 0..shards {
-            let (tx, rx) = sync_channel(config.shard_queue);
+            let (tx, rx) = sync_channel(config.io.shard_queue);
             let waker = Arc::new(ShardWaker::new(metrics.wakeups.clone())?);
             let slots = metrics
                 .shard_connections
@@ -80,13 +80,17 @@ impl Network {
             });
             queues.push(rx);
         }
-        let oracle = Arc::new(OracleState::new(config.tracked_peer_sets));
-        let config_max_pending = config.max_pending_requests;
-        let config_max_connections = config.max_inbound.saturating_add(config.max_outbound);
+        let oracle = Arc::new(OracleState::new(config.discovery.tracked_peer_sets));
+        let config_max_pending = config.limits.max_pending_requests;
+        let config_max_connections = config
+            .limits
+            .max_inbound
+            .saturating_add(config.limits.max_outbound);
         let inbound_ips =
-            crate::control::inbound_limit::InboundLimit::new(config.max_inbound_per_ip);
-        let cooldown = crate::control::cooldown::PeerCooldown::new(config.misbehavior_cooldown);
-        let (control_tx, control_rx) = sync_channel(config.control_queue);
+            crate::control::inbound_limit::InboundLimit::new(config.admission.max_inbound_per_ip);
+        let cooldown =
+            crate::control::cooldown::PeerCooldown::new(config.admission.misbehavior_cooldown);
+        let (control_tx, control_rx) = sync_channel(config.discovery.control_queue);
         let control_waker = Arc::new(ShardWaker::new(Counter::default())?);
         let shared = Arc::new(Shared {
             config,
@@ -190,7 +194,7 @@ impl Network {
 
     /// This node's public key.
     pub fn public_key(&self) -> PublicKey {
-        self.shared.config.identity.public_key().clone()
+        self.shared.config.identity.signer.public_key().clone()
     }
 
     /// Binds the listener and starts every thread.
@@ -206,7 +210,7 @@ impl Network {
             map: channels.into_iter().collect(),
         }));
         let config = &shared.config;
-        let (backend, fallback) = crate::driver::resolve_backend(config.backend)?;
+        let (backend, fallback) = crate::driver::resolve_backend(config.io.backend)?;
         if let Some(why) = &fallback {
             tracing::warn!(step = why.step, reason = %why.detail, "io_uring cannot run the driver here; using the epoll backend");
         }
@@ -219,7 +223,7 @@ impl Network {
             })
             .set(1);
 
-        let listener = crate::control::listener::bind(config.listen)?;
+        let listener = crate::control::listener::bind(config.listen.address)?;
         let local_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
 
         let conn_cfg = Arc::new(config.connection_config());
@@ -233,10 +237,11 @@ impl Network {
         shared.metrics.shards_alive.set(queues.len() as i64);
         for (id, rx) in queues.into_iter().enumerate() {
             let core = ShardCore::new(id, shared.clone(), rx, conn_cfg.clone(), authorizer.clone());
-            let busy = config.busy_poll;
+            let busy = config.io.busy_poll;
             let pin = config
+                .io
                 .pin_cores
-                .then_some((config.core_offset + id) % cores);
+                .then_some((config.io.core_offset + id) % cores);
             let shared = shared.clone();
             let t = std::thread::Builder::new()
                 .name(format!("shoal-shard-{id}"))
@@ -305,7 +310,7 @@ impl NetworkHandle {
 
     /// This node's public key.
     pub fn public_key(&self) -> PublicKey {
-        self.shared.config.identity.public_key().clone()
+        self.shared.config.identity.signer.public_key().clone()
     }
 
     /// Connected peers.

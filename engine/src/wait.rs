@@ -7,7 +7,7 @@
 //! one response at a time this dominates: a 64 B round trip between two
 //! parked application threads took 36 µs p50 on the bench machine, 11–16 µs
 //! when the waiters looked again for up to 200 µs first. So a waiter first
-//! looks for up to [`crate::Config::wait_spin`], yielding its core between
+//! looks for up to [`crate::config::IoSettings::wait_spin`], yielding its core between
 //! looks (never a bare spin: with more threads than cores a bare spin would
 //! hold the core the shard needs), and only then parks.
 //!

@@ -85,7 +85,7 @@ fn handshake(
         let mut header = [0u8; 4];
         s.read_exact(&mut header)?;
         let len = u32::from_be_bytes(header) as usize;
-        if len == 0 || len > config.max_frame_body {
+        if len == 0 || len > config.limits.max_frame_body {
             return Err(bad(format!("handshake frame of {len} bytes")));
         }
         let mut body = vec![0u8; len];

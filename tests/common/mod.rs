@@ -34,8 +34,8 @@ pub fn with_shards<R>(n: usize, f: impl FnOnce() -> R) -> R {
 /// A node config on `backend` with this thread's [`shards`].
 pub fn local_config(backend: Backend, listen: Option<SocketAddr>) -> Config {
     let mut cfg = Config::local(listen);
-    cfg.backend = backend;
-    cfg.shards = shards();
+    cfg.io.backend = backend;
+    cfg.io.shards = shards();
     cfg
 }
 
@@ -72,7 +72,7 @@ pub fn backend_available(backend: Backend) -> bool {
 fn io_uring_probe() -> Result<(), String> {
     // Start a throwaway network on io_uring; failure means unavailable.
     let mut cfg = Config::local(None);
-    cfg.backend = Backend::IoUring;
+    cfg.io.backend = Backend::IoUring;
     let (net, _o) = Network::new(cfg).map_err(|e| e.to_string())?;
     let h = net.start().map_err(|e| e.to_string())?;
     h.shutdown(Duration::from_millis(10));

@@ -72,10 +72,10 @@ pub struct BenchArgs {
     /// fanout, 3000 for scale).
     #[arg(long)]
     pub(crate) messages: Option<usize>,
-    /// Backend [default: both, or `backend` from --config].
+    /// Backend [default: both, or `io.backend` from --config].
     #[arg(long, value_enum)]
     pub(crate) backend: Option<BackendArg>,
-    /// Data shards per node [default: 1, or `shards` from --config].
+    /// Data shards per node [default: 1, or `io.shards` from --config].
     #[arg(long)]
     pub(crate) shards: Option<usize>,
     /// Shards spin instead of sleeping.
@@ -87,11 +87,11 @@ pub struct BenchArgs {
     pub(crate) no_doorbell: bool,
     /// Application threads blocked in a receive or request look for their
     /// result this many µs (yielding the core) before parking
-    /// [default: the preset's `wait_spin`, or `wait_spin` from --config].
+    /// [default: the preset's `io.wait_spin`, or `io.wait_spin` from --config].
     #[arg(long, value_name = "US")]
     pub(crate) wait_spin_us: Option<u64>,
     /// Shards keep polling this many µs after a turn with work before they
-    /// sleep [default: the preset's `idle_spin`, or `idle_spin` from
+    /// sleep [default: the preset's `io.idle_spin`, or `io.idle_spin` from
     /// --config].
     #[arg(long, value_name = "US")]
     pub(crate) idle_spin_us: Option<u64>,

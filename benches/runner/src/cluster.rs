@@ -67,11 +67,14 @@ pub(crate) fn cluster_with(
     let mut oracles = Vec::new();
     for (i, id) in ids.iter().enumerate() {
         let mut cfg = p.base.clone().with_identity(id.clone());
-        cfg.backend = backend;
+        cfg.io.backend = backend;
         // With pinning, consecutive nodes take consecutive cores.
-        cfg.core_offset = i * cfg.shard_count();
+        cfg.io.core_offset = i * cfg.shard_count();
         if i == 0 {
-            cfg.max_inbound = cfg.max_inbound.max(hub_also_allows.len() + spokes + 16);
+            cfg.limits.max_inbound = cfg
+                .limits
+                .max_inbound
+                .max(hub_also_allows.len() + spokes + 16);
         }
         let (mut net, oracle) = Network::new(cfg).map_err(|e| e.to_string())?;
         let (tx, rx) = net

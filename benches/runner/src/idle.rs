@@ -55,9 +55,9 @@ pub(crate) fn idle_rss(base: &Config, backend: Backend, conns: usize) -> Result<
     let hub_id = Arc::new(Ed25519Signer::generate());
     let hub_key = hub_id.public_key().clone();
     let mut cfg = base.clone().with_identity(hub_id);
-    cfg.backend = backend;
-    cfg.max_inbound = conns + 16;
-    cfg.idle_timeout = Duration::from_secs(600);
+    cfg.io.backend = backend;
+    cfg.limits.max_inbound = conns + 16;
+    cfg.timeouts.idle_timeout = Duration::from_secs(600);
     let client_cfg = cfg.clone();
     let (mut net, oracle) = Network::new(cfg).map_err(|e| e.to_string())?;
     let _channel = net

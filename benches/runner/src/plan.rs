@@ -24,23 +24,30 @@ pub struct FileSettings {
     /// applied, not validated). The bench replaces the listen address with
     /// a loopback one and the identity per node.
     pub engine: Config,
-    /// The file's `backend`, if it sets one (otherwise both backends run).
+    /// The file's `io.backend`, if it sets one (otherwise both backends run).
     pub backend: Option<Backend>,
-    /// The file's `shards`, if it sets it (otherwise 1 shard per node).
+    /// The file's `io.shards`, if it sets it (otherwise 1 shard per node).
     pub shards: Option<usize>,
     /// The file's `[bench]` table (all unset when the file has none).
     pub bench: BenchSettings,
 }
 
-/// The `[bench]` table: defaults for the flags of the same names.
-#[derive(Clone, Debug, Default)]
+/// The `[bench]` table of the config file: defaults for the flags of the
+/// same names (read by `shoal bench --config` only).
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BenchSettings {
     /// A scenario name as `--scenario` spells it (checked here).
     pub scenario: Option<String>,
+    /// Message size, bytes (per-scenario default).
     pub size: Option<usize>,
+    /// Messages (or round trips) per round.
     pub messages: Option<usize>,
+    /// Interleaved rounds; the median is reported.
     pub rounds: Option<usize>,
+    /// rpc: requests in flight.
     pub inflight: Option<usize>,
+    /// fanout: receiving nodes.
     pub peers: Option<usize>,
 }
 
@@ -74,13 +81,13 @@ pub(crate) fn plan(args: &BenchArgs, file: Option<FileSettings>) -> Result<Plan,
     let mut base = match &file {
         Some(f) => {
             let mut c = f.engine.clone();
-            c.listen = loopback;
+            c.listen.address = loopback;
             c
         }
         None => {
             let mut c = Config::local(loopback);
-            c.peer_send_backlog = 8192;
-            c.shards = 1;
+            c.limits.peer_send_backlog = 8192;
+            c.io.shards = 1;
             c
         }
     };
@@ -92,25 +99,25 @@ pub(crate) fn plan(args: &BenchArgs, file: Option<FileSettings>) -> Result<Plan,
         (None, Some(b)) => vec![b],
     };
     if let Some(s) = args.shards {
-        base.shards = s;
+        base.io.shards = s;
     } else if file.as_ref().and_then(|f| f.shards).is_none() {
-        base.shards = 1;
+        base.io.shards = 1;
     }
-    base.busy_poll |= args.busy_poll;
+    base.io.busy_poll |= args.busy_poll;
     // Every bench node is on 127.0.0.1: a per-address limit from a
     // `recommended` config file would refuse the cluster's own peers.
-    base.max_inbound_per_ip = 0;
-    base.accept_rate_per_ip = 0;
+    base.admission.max_inbound_per_ip = 0;
+    base.admission.accept_rate_per_ip = 0;
     if args.no_doorbell {
-        base.uring_doorbell = false;
+        base.io.uring.doorbell = false;
     }
     if let Some(us) = args.wait_spin_us {
-        base.wait_spin = Duration::from_micros(us);
+        base.io.wait_spin = Duration::from_micros(us);
     }
     if let Some(us) = args.idle_spin_us {
-        base.idle_spin = Duration::from_micros(us);
+        base.io.idle_spin = Duration::from_micros(us);
     }
-    base.pin_cores |= args.pin;
+    base.io.pin_cores |= args.pin;
     base.validate().map_err(|error| BenchError::InvalidConfig {
         file: args.config.clone(),
         error,
@@ -165,7 +172,7 @@ mod tests {
 
     fn file(bench: BenchSettings) -> FileSettings {
         let mut engine = Config::recommended(None);
-        engine.shards = 4;
+        engine.io.shards = 4;
         FileSettings {
             engine,
             backend: Some(Backend::Epoll),
@@ -184,7 +191,7 @@ mod tests {
             (1, 3, 32, 3, 1)
         );
         assert_eq!(
-            p.base.listen.map(|a| a.ip()),
+            p.base.listen.address.map(|a| a.ip()),
             Some(Ipv4Addr::LOCALHOST.into())
         );
     }
@@ -204,9 +211,9 @@ mod tests {
         assert_eq!((p.shards, p.rounds, p.inflight), (1, 5, 8));
         // A recommended preset's per-address limits would refuse the
         // loopback cluster's own peers.
-        assert_eq!(p.base.max_inbound_per_ip, 0);
-        assert_eq!(p.base.accept_rate_per_ip, 0);
-        assert!(p.base.listen.is_some_and(|a| a.ip().is_loopback()));
+        assert_eq!(p.base.admission.max_inbound_per_ip, 0);
+        assert_eq!(p.base.admission.accept_rate_per_ip, 0);
+        assert!(p.base.listen.address.is_some_and(|a| a.ip().is_loopback()));
 
         let flags = [
             "--scenario",

@@ -71,7 +71,7 @@ pub(crate) struct RunResult {
     pub(crate) sealed_stream: Option<f64>,
     /// latency, request, rpc: how long the waiting application threads (and
     /// the raw TCP baseline's two threads, to match) look for their next
-    /// message before parking, µs (`Config::wait_spin`; 0 under busy-poll).
+    /// message before parking, µs (`IoSettings::wait_spin`; 0 under busy-poll).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) wait_spin_us: Option<u64>,
     /// shard-rtt: the shards busy-polled (and the raw baseline's two threads

@@ -85,7 +85,7 @@ fn steps(p: &Plan) -> u64 {
     .filter(|s| all || p.scenario == *s)
     .count();
     // `all` runs shard-rtt twice (sleeping and busy-polling shards).
-    let extra = usize::from(all && !p.base.busy_poll);
+    let extra = usize::from(all && !p.base.io.busy_poll);
     ((scenarios + extra) * p.rounds * (1 + p.backends.len())) as u64
 }
 
@@ -191,17 +191,17 @@ fn shard_rtt_rounds(p: &Plan, pb: &ProgressBar) -> Result<Vec<RunResult>, String
     let size = if all { 64 } else { p.size.unwrap_or(64) };
     let messages = p.messages.unwrap_or(5000).max(1);
     let mut variants = vec![p.clone()];
-    if all && !p.base.busy_poll {
+    if all && !p.base.io.busy_poll {
         let mut busy = p.clone();
-        busy.base.busy_poll = true;
+        busy.base.io.busy_poll = true;
         variants.push(busy);
     }
     let mut results = Vec::new();
     for q in &variants {
-        let wait = if q.base.busy_poll {
+        let wait = if q.base.io.busy_poll {
             Wait::BusyPoll
         } else {
-            Wait::SpinThenBlock(q.base.idle_spin)
+            Wait::SpinThenBlock(q.base.io.idle_spin)
         };
         let mut out = interleaved(
             pb,
@@ -212,9 +212,9 @@ fn shard_rtt_rounds(p: &Plan, pb: &ProgressBar) -> Result<Vec<RunResult>, String
             || raw_tcp_pingpong(size, messages, 1, wait),
             |b| shard_rtt(q, b, size, messages),
         )?;
-        if !q.base.busy_poll {
+        if !q.base.io.busy_poll {
             for r in &mut out {
-                r.wait_spin_us = Some(q.base.idle_spin.as_micros() as u64);
+                r.wait_spin_us = Some(q.base.io.idle_spin.as_micros() as u64);
             }
         }
         results.extend(out);
@@ -307,7 +307,7 @@ fn scale_rounds(p: &Plan, pb: &ProgressBar) -> Result<Vec<RunResult>, String> {
     let messages = p.messages.unwrap_or(3000).max(1);
     let with_shards = |n: usize| {
         let mut q = p.clone();
-        q.base.shards = n;
+        q.base.io.shards = n;
         q.shards = n;
         q
     };

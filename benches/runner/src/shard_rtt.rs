@@ -162,7 +162,7 @@ pub(crate) fn shard_rtt(
         return Err(format!("shard-rtt: echo {n} does not match its ping"));
     }
     res.finish(messages, st.done, seconds, st.done * size * 2);
-    res.busy_poll = p.base.busy_poll;
+    res.busy_poll = p.base.io.busy_poll;
     res.crowd = (p.crowd > 0).then_some(p.crowd);
     Ok(res.with_latency(&st.hist))
 }

@@ -7,11 +7,12 @@
 //! meaningless (a zero-length queue, a ping slower than the idle timeout),
 //! or it would let the config preallocate or hold more memory than a node
 //! should ever need. The preallocated ceiling per shard is
-//! `shard_queue × 136 B + recv_buffers × recv_buffer_size + uring_entries ×
-//! 96 B` (at most 34 MiB + 256 MiB + 3 MiB), plus `control_queue × 136 B`
-//! (at most 9 MiB) once per node; `docs/operating.md` gives the per-peer
-//! bound these limits imply. The error names the field, the value and the
-//! range, so `shoal node` can print it and exit 2.
+//! `io.shard_queue × 136 B + io.uring.recv_buffers × io.recv_buffer_size +
+//! io.uring.entries × 96 B` (at most 34 MiB + 256 MiB + 3 MiB), plus
+//! `discovery.control_queue × 136 B` (at most 9 MiB) once per node;
+//! `docs/operating.md` gives the per-peer bound these limits imply. The
+//! error names the field by its dotted path, the value and the range, so
+//! `shoal node` can print it and exit 2.
 
 use std::fmt::Debug;
 use std::time::Duration;
@@ -22,7 +23,7 @@ use crate::Error;
 /// Most shards a node may run, whatever the machine.
 pub const MAX_SHARDS: usize = 1024;
 /// Shards per available core a node may run unless
-/// [`Config::force_shards`] is set.
+/// [`super::IoSettings::force_shards`] is set.
 pub const SHARDS_PER_CORE: usize = 4;
 
 const KIB: usize = 1024;
@@ -81,7 +82,8 @@ fn cores() -> usize {
 
 impl Config {
     /// Checks every field's range and the invariants between fields. The
-    /// error names the offending field, its value and what it must be.
+    /// error names the offending field by its dotted path, its value and
+    /// what it must be.
     pub fn validate(&self) -> Result<(), Error> {
         self.validate_threads()?;
         self.validate_frames()?;
@@ -91,174 +93,224 @@ impl Config {
     }
 
     fn validate_threads(&self) -> Result<(), Error> {
-        let cap = if self.force_shards {
+        let io = &self.io;
+        let cap = if io.force_shards {
             MAX_SHARDS
         } else {
             MAX_SHARDS.min(SHARDS_PER_CORE * cores())
         };
-        if self.shards > cap {
-            let why = if self.force_shards || cap == MAX_SHARDS {
+        if io.shards > cap {
+            let why = if io.force_shards || cap == MAX_SHARDS {
                 format!("must be 0 (one per core) or 1 ..= {MAX_SHARDS}")
             } else {
                 format!(
                     "must be 0 (one per core) or 1 ..= {cap} ({SHARDS_PER_CORE} per core on this \
-                     machine's {} cores; set force_shards = true for up to {MAX_SHARDS})",
+                     machine's {} cores; set io.force_shards = true for up to {MAX_SHARDS})",
                     cores()
                 )
             };
             return fail(
-                "shards",
-                format!("= {} is out of range: {why}", self.shards),
+                "io.shards",
+                format!("= {} is out of range: {why}", io.shards),
             );
         }
-        within("core_offset", self.core_offset, 0, MAX_SHARDS)?;
-        within("wait_spin", self.wait_spin, Duration::ZERO, ms(10))?;
-        within("idle_spin", self.idle_spin, Duration::ZERO, ms(10))
+        within("io.core_offset", io.core_offset, 0, MAX_SHARDS)?;
+        within("io.wait_spin", io.wait_spin, Duration::ZERO, ms(10))?;
+        within("io.idle_spin", io.idle_spin, Duration::ZERO, ms(10))
     }
 
     fn validate_frames(&self) -> Result<(), Error> {
+        let l = &self.limits;
         within_bytes(
-            "max_frame_body",
-            self.max_frame_body,
+            "limits.max_frame_body",
+            l.max_frame_body,
             super::MIN_FRAME_BODY,
             16 * MIB,
         )?;
-        within_bytes("max_message_size", self.max_message_size, 1, GIB)?;
+        within_bytes("limits.max_message_size", l.max_message_size, 1, GIB)?;
         within_bytes(
-            "max_write_batch",
-            self.max_write_batch,
-            self.max_frame_body + 4,
+            "limits.max_write_batch",
+            l.max_write_batch,
+            l.max_frame_body + 4,
             64 * MIB,
         )?;
         within_bytes(
-            "max_in_progress_bytes",
-            self.max_in_progress_bytes,
+            "limits.max_in_progress_bytes",
+            l.max_in_progress_bytes,
             KIB,
             4 * GIB,
         )?;
         within(
-            "max_in_progress_messages",
-            self.max_in_progress_messages,
+            "limits.max_in_progress_messages",
+            l.max_in_progress_messages,
             1,
             4096,
         )
     }
 
     fn validate_times(&self) -> Result<(), Error> {
+        let t = &self.timeouts;
         within(
-            "handshake_max_age",
-            self.handshake_max_age,
+            "timeouts.handshake_max_age",
+            t.handshake_max_age,
             secs(1),
             secs(3600),
         )?;
         within(
-            "synchrony_bound",
-            self.synchrony_bound,
+            "timeouts.synchrony_bound",
+            t.synchrony_bound,
             Duration::ZERO,
             secs(3600),
         )?;
         within(
-            "handshake_timeout",
-            self.handshake_timeout,
+            "timeouts.handshake_timeout",
+            t.handshake_timeout,
             ms(100),
             secs(300),
         )?;
-        within("ping_interval", self.ping_interval, ms(100), secs(3600))?;
-        within("idle_timeout", self.idle_timeout, ms(200), secs(86_400))?;
-        if self.idle_timeout <= self.ping_interval {
+        within(
+            "timeouts.ping_interval",
+            t.ping_interval,
+            ms(100),
+            secs(3600),
+        )?;
+        within(
+            "timeouts.idle_timeout",
+            t.idle_timeout,
+            ms(200),
+            secs(86_400),
+        )?;
+        if t.idle_timeout <= t.ping_interval {
             return fail(
-                "idle_timeout",
+                "timeouts.idle_timeout",
                 format!(
-                    "= {:?} must be longer than ping_interval ({:?})",
-                    self.idle_timeout, self.ping_interval
+                    "= {:?} must be longer than timeouts.ping_interval ({:?})",
+                    t.idle_timeout, t.ping_interval
                 ),
             );
         }
-        within("write_timeout", self.write_timeout, ms(100), secs(600))?;
-        within("gossip_interval", self.gossip_interval, ms(10), secs(3600))?;
-        within("dial_frequency", self.dial_frequency, ms(10), secs(3600))?;
-        within("dial_backoff_min", self.dial_backoff_min, ms(1), secs(3600))?;
         within(
-            "dial_backoff_max",
-            self.dial_backoff_max,
-            self.dial_backoff_min,
+            "timeouts.write_timeout",
+            t.write_timeout,
+            ms(100),
+            secs(600),
+        )?;
+        let d = &self.discovery;
+        within(
+            "discovery.gossip_interval",
+            d.gossip_interval,
+            ms(10),
+            secs(3600),
+        )?;
+        within(
+            "discovery.dial_frequency",
+            d.dial_frequency,
+            ms(10),
+            secs(3600),
+        )?;
+        within(
+            "discovery.dial_backoff_min",
+            d.dial_backoff_min,
+            ms(1),
+            secs(3600),
+        )?;
+        within(
+            "discovery.dial_backoff_max",
+            d.dial_backoff_max,
+            d.dial_backoff_min,
             secs(86_400),
         )?;
         within(
-            "misbehavior_cooldown",
-            self.misbehavior_cooldown,
+            "admission.misbehavior_cooldown",
+            self.admission.misbehavior_cooldown,
             Duration::ZERO,
             secs(86_400),
         )
     }
 
     fn validate_limits(&self) -> Result<(), Error> {
-        within("tracked_peer_sets", self.tracked_peer_sets, 1, 1024)?;
-        within("peer_gossip_max", self.peer_gossip_max, 1, 4096)?;
+        let d = &self.discovery;
+        within("discovery.tracked_peer_sets", d.tracked_peer_sets, 1, 1024)?;
+        within("discovery.peer_gossip_max", d.peer_gossip_max, 1, 4096)?;
         within(
-            "dial_quick_attempts",
-            self.dial_quick_attempts,
+            "discovery.dial_quick_attempts",
+            d.dial_quick_attempts,
             1,
             1_000_000,
         )?;
-        within("max_inbound", self.max_inbound, 0, 1 << 20)?;
-        within("max_inbound_per_ip", self.max_inbound_per_ip, 0, 1 << 20)?;
-        within("max_outbound", self.max_outbound, 0, 1 << 20)?;
-        within("accept_rate_per_ip", self.accept_rate_per_ip, 0, 1_000_000)?;
-        if self.accept_rate_per_ip > 0 {
-            within(
-                "accept_burst_per_ip",
-                self.accept_burst_per_ip,
-                1,
-                1_000_000,
-            )?;
-        } else {
-            within(
-                "accept_burst_per_ip",
-                self.accept_burst_per_ip,
-                0,
-                1_000_000,
-            )?;
-        }
-        within("peer_send_backlog", self.peer_send_backlog, 1, 1_000_000)?;
-        within_bytes("peer_send_bytes", self.peer_send_bytes, 64 * KIB, GIB)?;
+        let (l, a) = (&self.limits, &self.admission);
+        within("limits.max_inbound", l.max_inbound, 0, 1 << 20)?;
         within(
-            "max_pending_requests",
-            self.max_pending_requests,
+            "admission.max_inbound_per_ip",
+            a.max_inbound_per_ip,
+            0,
+            1 << 20,
+        )?;
+        within("limits.max_outbound", l.max_outbound, 0, 1 << 20)?;
+        within(
+            "admission.accept_rate_per_ip",
+            a.accept_rate_per_ip,
+            0,
+            1_000_000,
+        )?;
+        // A rate needs a burst of at least one; with no rate it is unused.
+        let burst_min = u32::from(a.accept_rate_per_ip > 0);
+        within(
+            "admission.accept_burst_per_ip",
+            a.accept_burst_per_ip,
+            burst_min,
+            1_000_000,
+        )?;
+        within(
+            "limits.peer_send_backlog",
+            l.peer_send_backlog,
+            1,
+            1_000_000,
+        )?;
+        within_bytes("limits.peer_send_bytes", l.peer_send_bytes, 64 * KIB, GIB)?;
+        within(
+            "limits.max_pending_requests",
+            l.max_pending_requests,
             1,
             1 << 20,
         )?;
         // Preallocated: a slot is ~136 bytes.
-        within("shard_queue", self.shard_queue, 1, 1 << 18)?;
-        within("control_queue", self.control_queue, 1, 1 << 16)
+        within("io.shard_queue", self.io.shard_queue, 1, 1 << 18)?;
+        within("discovery.control_queue", d.control_queue, 1, 1 << 16)
     }
 
     fn validate_buffers(&self) -> Result<(), Error> {
-        if !self.uring_entries.is_power_of_two() || !(8..=32768).contains(&self.uring_entries) {
+        let (io, uring) = (&self.io, &self.io.uring);
+        if !uring.entries.is_power_of_two() || !(8..=32768).contains(&uring.entries) {
             return fail(
-                "uring_entries",
+                "io.uring.entries",
                 format!(
                     "= {} must be a power of two within 8 ..= 32768",
-                    self.uring_entries
+                    uring.entries
                 ),
             );
         }
-        if !self.recv_buffers.is_power_of_two() || self.recv_buffers > 32768 {
+        if !uring.recv_buffers.is_power_of_two() || uring.recv_buffers > 32768 {
             return fail(
-                "recv_buffers",
+                "io.uring.recv_buffers",
                 format!(
                     "= {} must be a power of two within 1 ..= 32768",
-                    self.recv_buffers
+                    uring.recv_buffers
                 ),
             );
         }
-        within_bytes("recv_buffer_size", self.recv_buffer_size, 4 * KIB, 16 * MIB)?;
-        let pool = usize::from(self.recv_buffers) * self.recv_buffer_size;
+        within_bytes(
+            "io.recv_buffer_size",
+            io.recv_buffer_size,
+            4 * KIB,
+            16 * MIB,
+        )?;
+        let pool = usize::from(uring.recv_buffers) * io.recv_buffer_size;
         if pool > 256 * MIB {
             return fail(
-                "recv_buffers",
+                "io.uring.recv_buffers",
                 format!(
-                    "× recv_buffer_size = {} is out of range: a shard's receive pool must be \
+                    "× io.recv_buffer_size = {} is out of range: a shard's receive pool must be \
                      at most 256 MiB",
                     human(pool)
                 ),
@@ -296,71 +348,123 @@ mod tests {
     fn every_bound_names_its_field() {
         type Set = fn(&mut Config);
         let cases: &[(&str, Set)] = &[
-            ("shards", |c| c.shards = MAX_SHARDS + 1),
-            ("core_offset", |c| c.core_offset = MAX_SHARDS + 1),
-            ("wait_spin", |c| c.wait_spin = ms(11)),
-            ("idle_spin", |c| c.idle_spin = ms(11)),
-            ("max_frame_body", |c| c.max_frame_body = 16 * MIB + 1),
-            ("max_message_size", |c| c.max_message_size = 0),
-            ("max_message_size", |c| c.max_message_size = GIB + 1),
-            ("max_write_batch", |c| c.max_write_batch = 64 * MIB + 1),
-            ("max_in_progress_bytes", |c| c.max_in_progress_bytes = 1),
-            ("max_in_progress_messages", |c| {
-                c.max_in_progress_messages = 0
+            ("io.shards", |c| c.io.shards = MAX_SHARDS + 1),
+            ("io.core_offset", |c| c.io.core_offset = MAX_SHARDS + 1),
+            ("io.wait_spin", |c| c.io.wait_spin = ms(11)),
+            ("io.idle_spin", |c| c.io.idle_spin = ms(11)),
+            ("limits.max_frame_body", |c| {
+                c.limits.max_frame_body = 16 * MIB + 1
             }),
-            ("handshake_max_age", |c| c.handshake_max_age = secs(3601)),
-            ("synchrony_bound", |c| c.synchrony_bound = secs(3601)),
-            ("handshake_timeout", |c| c.handshake_timeout = ms(99)),
-            ("ping_interval", |c| c.ping_interval = ms(99)),
-            ("idle_timeout", |c| c.idle_timeout = secs(86_401)),
-            ("idle_timeout", |c| c.idle_timeout = c.ping_interval),
-            ("write_timeout", |c| c.write_timeout = ms(99)),
-            ("write_timeout", |c| c.write_timeout = secs(601)),
-            ("gossip_interval", |c| c.gossip_interval = ms(9)),
-            ("dial_frequency", |c| c.dial_frequency = ms(9)),
-            ("dial_backoff_min", |c| c.dial_backoff_min = Duration::ZERO),
-            ("dial_backoff_max", |c| c.dial_backoff_max = ms(1)),
-            ("misbehavior_cooldown", |c| {
-                c.misbehavior_cooldown = secs(86_401)
+            ("limits.max_message_size", |c| c.limits.max_message_size = 0),
+            ("limits.max_message_size", |c| {
+                c.limits.max_message_size = GIB + 1
             }),
-            ("tracked_peer_sets", |c| c.tracked_peer_sets = 0),
-            ("peer_gossip_max", |c| c.peer_gossip_max = 4097),
-            ("dial_quick_attempts", |c| c.dial_quick_attempts = 0),
-            ("max_inbound", |c| c.max_inbound = (1 << 20) + 1),
-            ("max_inbound_per_ip", |c| {
-                c.max_inbound_per_ip = (1 << 20) + 1
+            ("limits.max_write_batch", |c| {
+                c.limits.max_write_batch = 64 * MIB + 1
             }),
-            ("max_outbound", |c| c.max_outbound = (1 << 20) + 1),
-            ("accept_rate_per_ip", |c| c.accept_rate_per_ip = 1_000_001),
-            ("accept_burst_per_ip", |c| c.accept_burst_per_ip = 0),
-            ("peer_send_backlog", |c| c.peer_send_backlog = 0),
-            ("peer_send_bytes", |c| c.peer_send_bytes = 64 * KIB - 1),
-            ("peer_send_bytes", |c| c.peer_send_bytes = GIB + 1),
-            ("max_pending_requests", |c| c.max_pending_requests = 0),
-            ("shard_queue", |c| c.shard_queue = 1_000_000_000_000),
-            ("shard_queue", |c| c.shard_queue = 0),
-            ("control_queue", |c| c.control_queue = 1_000_000_000_000),
-            ("uring_entries", |c| c.uring_entries = 3),
-            ("recv_buffers", |c| c.recv_buffers = 3),
-            ("recv_buffer_size", |c| c.recv_buffer_size = 4095),
-            ("recv_buffers", |c| {
-                c.recv_buffers = 8192;
-                c.recv_buffer_size = MIB;
+            ("limits.max_in_progress_bytes", |c| {
+                c.limits.max_in_progress_bytes = 1
+            }),
+            ("limits.max_in_progress_messages", |c| {
+                c.limits.max_in_progress_messages = 0
+            }),
+            ("timeouts.handshake_max_age", |c| {
+                c.timeouts.handshake_max_age = secs(3601)
+            }),
+            ("timeouts.synchrony_bound", |c| {
+                c.timeouts.synchrony_bound = secs(3601)
+            }),
+            ("timeouts.handshake_timeout", |c| {
+                c.timeouts.handshake_timeout = ms(99)
+            }),
+            ("timeouts.ping_interval", |c| {
+                c.timeouts.ping_interval = ms(99)
+            }),
+            ("timeouts.idle_timeout", |c| {
+                c.timeouts.idle_timeout = secs(86_401)
+            }),
+            ("timeouts.idle_timeout", |c| {
+                c.timeouts.idle_timeout = c.timeouts.ping_interval
+            }),
+            ("timeouts.write_timeout", |c| {
+                c.timeouts.write_timeout = ms(99)
+            }),
+            ("timeouts.write_timeout", |c| {
+                c.timeouts.write_timeout = secs(601)
+            }),
+            ("discovery.gossip_interval", |c| {
+                c.discovery.gossip_interval = ms(9)
+            }),
+            ("discovery.dial_frequency", |c| {
+                c.discovery.dial_frequency = ms(9)
+            }),
+            ("discovery.dial_backoff_min", |c| {
+                c.discovery.dial_backoff_min = Duration::ZERO
+            }),
+            ("discovery.dial_backoff_max", |c| {
+                c.discovery.dial_backoff_max = ms(1)
+            }),
+            ("admission.misbehavior_cooldown", |c| {
+                c.admission.misbehavior_cooldown = secs(86_401)
+            }),
+            ("discovery.tracked_peer_sets", |c| {
+                c.discovery.tracked_peer_sets = 0
+            }),
+            ("discovery.peer_gossip_max", |c| {
+                c.discovery.peer_gossip_max = 4097
+            }),
+            ("discovery.dial_quick_attempts", |c| {
+                c.discovery.dial_quick_attempts = 0
+            }),
+            ("limits.max_inbound", |c| {
+                c.limits.max_inbound = (1 << 20) + 1
+            }),
+            ("admission.max_inbound_per_ip", |c| {
+                c.admission.max_inbound_per_ip = (1 << 20) + 1
+            }),
+            ("limits.max_outbound", |c| {
+                c.limits.max_outbound = (1 << 20) + 1
+            }),
+            ("admission.accept_rate_per_ip", |c| {
+                c.admission.accept_rate_per_ip = 1_000_001
+            }),
+            ("admission.accept_burst_per_ip", |c| {
+                c.admission.accept_burst_per_ip = 0
+            }),
+            ("limits.peer_send_backlog", |c| {
+                c.limits.peer_send_backlog = 0
+            }),
+            ("limits.peer_send_bytes", |c| {
+                c.limits.peer_send_bytes = 64 * KIB - 1
+            }),
+            ("limits.peer_send_bytes", |c| {
+                c.limits.peer_send_bytes = GIB + 1
+            }),
+            ("limits.max_pending_requests", |c| {
+                c.limits.max_pending_requests = 0
+            }),
+            ("io.shard_queue", |c| c.io.shard_queue = 1_000_000_000_000),
+            ("io.shard_queue", |c| c.io.shard_queue = 0),
+            ("discovery.control_queue", |c| {
+                c.discovery.control_queue = 1_000_000_000_000
+            }),
+            ("io.uring.entries", |c| c.io.uring.entries = 3),
+            ("io.uring.recv_buffers", |c| c.io.uring.recv_buffers = 3),
+            ("io.recv_buffer_size", |c| c.io.recv_buffer_size = 4095),
+            ("io.uring.recv_buffers", |c| {
+                c.io.uring.recv_buffers = 8192;
+                c.io.recv_buffer_size = MIB;
             }),
         ];
-        let doc = include_str!("../../../docs/operating.md");
-        let ranges = doc
-            .split("### Ranges")
-            .nth(1)
-            .and_then(|d| d.split("\n## ").next())
-            .expect("docs/operating.md has a Ranges section");
+        let table = super::super::docs::field_table();
         for (field, set) in cases {
             let mut c = Config::recommended(None);
             set(&mut c);
             assert_eq!(field_of(&c), Some(*field), "{field}");
+            let row = table.iter().find(|r| r.fields.iter().any(|f| f == field));
             assert!(
-                ranges.contains(&format!("`{field}`")),
-                "{field} is missing from docs/operating.md's Ranges table"
+                row.is_some_and(|r| !r.range.is_empty()),
+                "{field} has no range in docs/operating.md's field table"
             );
         }
     }
@@ -368,22 +472,22 @@ mod tests {
     #[test]
     fn shards_beyond_four_per_core_need_forcing() {
         let mut c = Config::recommended(None);
-        c.shards = SHARDS_PER_CORE * cores() + 1;
-        if c.shards <= MAX_SHARDS {
-            assert_eq!(field_of(&c), Some("shards"));
-            c.force_shards = true;
+        c.io.shards = SHARDS_PER_CORE * cores() + 1;
+        if c.io.shards <= MAX_SHARDS {
+            assert_eq!(field_of(&c), Some("io.shards"));
+            c.io.force_shards = true;
             c.validate().unwrap();
         }
-        c.shards = 100_000;
-        assert_eq!(field_of(&c), Some("shards"), "never past {MAX_SHARDS}");
+        c.io.shards = 100_000;
+        assert_eq!(field_of(&c), Some("io.shards"), "never past {MAX_SHARDS}");
     }
 
     #[test]
     fn the_message_names_value_and_range() {
         let mut c = Config::recommended(None);
-        c.shard_queue = 1_000_000_000_000;
+        c.io.shard_queue = 1_000_000_000_000;
         let msg = c.validate().unwrap_err().to_string();
-        assert!(msg.contains("shard_queue"), "{msg}");
+        assert!(msg.contains("io.shard_queue"), "{msg}");
         assert!(msg.contains("1000000000000"), "{msg}");
         assert!(msg.contains("1 ..= 262144"), "{msg}");
     }

@@ -68,7 +68,7 @@ impl CloseCause {
     /// offending input decrypted and authenticated under the session keys
     /// (so only the peer could have sent it), and no honest peer sends it
     /// whatever its limits, settings or version. This is what may start a
-    /// [`crate::Config::misbehavior_cooldown`].
+    /// [`crate::config::AdmissionSettings::misbehavior_cooldown`].
     ///
     /// Not: anything an on-path attacker can inject without the keys (a bad
     /// length prefix, a frame that fails to open, a reset), handshake

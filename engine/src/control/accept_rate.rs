@@ -1,5 +1,5 @@
 //! Per-address rate limit on accepted connections
-//! ([`crate::Config::accept_rate_per_ip`], [`crate::Config::accept_burst_per_ip`]).
+//! ([`crate::config::AdmissionSettings::accept_rate_per_ip`], [`crate::config::AdmissionSettings::accept_burst_per_ip`]).
 //!
 //! # Design
 //! The control shard asks [`AcceptRate::admit`] for every accepted socket,

@@ -58,9 +58,9 @@ impl Acceptor {
     /// `accept_burst_per_ip`).
     pub(crate) fn from_config(cfg: &Config) -> Self {
         Self::new(
-            cfg.max_inbound,
-            cfg.accept_rate_per_ip,
-            cfg.accept_burst_per_ip,
+            cfg.limits.max_inbound,
+            cfg.admission.accept_rate_per_ip,
+            cfg.admission.accept_burst_per_ip,
         )
     }
 
@@ -152,8 +152,8 @@ impl KeyAdmission {
 /// against the oracle and the cooldown table, counting cooldown refusals.
 pub(crate) fn authorizer(shared: &Arc<Shared>) -> Authorizer {
     let keys = KeyAdmission::new(
-        shared.config.identity.public_key().clone(),
-        shared.config.open,
+        shared.config.identity.signer.public_key().clone(),
+        shared.config.discovery.open,
     );
     let judge = shared.clone();
     Arc::new(move |pk: &PublicKey| {

@@ -1,5 +1,5 @@
 //! Refusing a misbehaving peer for a while
-//! ([`crate::Config::misbehavior_cooldown`]).
+//! ([`crate::config::AdmissionSettings::misbehavior_cooldown`]).
 //!
 //! # Design
 //! When an *established* connection is closed because its peer provably

@@ -1,7 +1,7 @@
 //! How long a peer that did not connect waits before its next dial.
 //!
 //! # Design
-//! The first [`crate::Config::dial_quick_attempts`] tries to a peer back off
+//! The first [`crate::config::DiscoverySettings::dial_quick_attempts`] tries to a peer back off
 //! exponentially from `dial_backoff_min` (doubling, capped at
 //! `dial_backoff_max`); every later try waits `dial_backoff_max`. An
 //! authorized peer is never given up on: a validator that is down now may be

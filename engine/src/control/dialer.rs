@@ -71,13 +71,13 @@ pub(crate) struct DialPolicy {
 impl DialPolicy {
     pub(crate) fn from_config(cfg: &Config) -> Self {
         Self {
-            me: cfg.identity.public_key().clone(),
-            open: cfg.open,
-            frequency: cfg.dial_frequency,
-            quick_attempts: cfg.dial_quick_attempts,
-            backoff_min: cfg.dial_backoff_min,
-            backoff_max: cfg.dial_backoff_max,
-            max_outbound: cfg.max_outbound,
+            me: cfg.identity.signer.public_key().clone(),
+            open: cfg.discovery.open,
+            frequency: cfg.discovery.dial_frequency,
+            quick_attempts: cfg.discovery.dial_quick_attempts,
+            backoff_min: cfg.discovery.dial_backoff_min,
+            backoff_max: cfg.discovery.dial_backoff_max,
+            max_outbound: cfg.limits.max_outbound,
         }
     }
 }

@@ -99,19 +99,27 @@ impl Gossip {
     ) -> Self {
         let discovery = Discovery::new(
             DiscoveryConfig {
-                namespace: cfg.namespace.clone(),
-                tracked_peer_sets: cfg.tracked_peer_sets,
-                peer_gossip_max: cfg.peer_gossip_max,
-                synchrony_bound: cfg.synchrony_bound,
-                allow_private_ips: cfg.allow_private_ips,
+                namespace: cfg.identity.namespace.clone(),
+                tracked_peer_sets: cfg.discovery.tracked_peer_sets,
+                peer_gossip_max: cfg.discovery.peer_gossip_max,
+                synchrony_bound: cfg.timeouts.synchrony_bound,
+                allow_private_ips: cfg.discovery.allow_private_ips,
             },
-            cfg.identity.clone(),
+            cfg.identity.signer.clone(),
         );
         let advertise = cfg
+            .listen
             .advertise
             .or(local_addr)
             .filter(|a| !a.ip().is_unspecified());
-        Self::new(discovery, advertise, cfg.gossip_interval, pings, clock, now)
+        Self::new(
+            discovery,
+            advertise,
+            cfg.discovery.gossip_interval,
+            pings,
+            clock,
+            now,
+        )
     }
 
     /// The oracle's tracked peer sets (index, keys), after any change.

@@ -1,5 +1,5 @@
 //! Per-address admission of inbound connections
-//! ([`crate::Config::max_inbound_per_ip`]).
+//! ([`crate::config::AdmissionSettings::max_inbound_per_ip`]).
 //!
 //! # Design
 //! The control shard admits each accepted socket against the number of live
@@ -7,7 +7,7 @@
 //! address, before the socket reaches a data shard; the data shard that
 //! owned the connection releases the count when it closes. The map holds
 //! only addresses with a live inbound connection, so it never has more
-//! entries than [`crate::Config::max_inbound`] (admission happens after
+//! entries than [`crate::config::LimitSettings::max_inbound`] (admission happens after
 //! that check). IPv4-mapped IPv6 addresses count as their IPv4 address, and
 //! IPv6 addresses count per /64 (one host usually holds a whole /64, so
 //! counting single IPv6 addresses would not limit it). The lock is taken once

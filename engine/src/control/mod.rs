@@ -122,7 +122,7 @@ impl Control {
     ) -> std::io::Result<()> {
         sleep::register(&self.poll, waker)?;
         let mut events = Events::with_capacity(64);
-        let cap = self.shared.config.control_queue;
+        let cap = self.shared.config.discovery.control_queue;
         while !stop.load(Ordering::Acquire) {
             let mut wake_at = self.dialer.poll_timeout().min(self.gossip.poll_timeout());
             if let Some(t) = self.open.as_ref().and_then(|o| o.poll_timeout()) {

@@ -108,13 +108,13 @@ pub(crate) struct OpenMode {
 impl OpenMode {
     /// The node's open mode: `None` unless `cfg.open`.
     pub fn from_config(cfg: &crate::Config) -> Option<Self> {
-        if !cfg.open {
+        if !cfg.discovery.open {
             return None;
         }
         Self::new(
-            cfg.identity.public_key(),
-            cfg.namespace.clone(),
-            cfg.allow_private_ips,
+            cfg.identity.signer.public_key(),
+            cfg.identity.namespace.clone(),
+            cfg.discovery.allow_private_ips,
         )
     }
 

@@ -119,7 +119,7 @@ pub(crate) fn run<B: Backend>(core: &mut ShardCore, b: &mut B, busy_poll: bool) 
     let waker = core.waker().clone();
     let mut actions = Vec::new();
     let mut keys = Vec::new();
-    let mut idle = IdleSpin::new(core.config().idle_spin);
+    let mut idle = IdleSpin::new(core.config().io.idle_spin);
     loop {
         let now = Instant::now();
         core.injected_failure()?;
@@ -373,7 +373,7 @@ mod tests {
     #[test]
     fn an_idle_shard_sleeps_in_the_backend() {
         let mut cfg = Config::local(None);
-        cfg.idle_spin = Duration::ZERO;
+        cfg.io.idle_spin = Duration::ZERO;
         let (net, _oracle) = Network::new(cfg).unwrap();
         let mut core = net.into_shard_core();
         let link = core.link().tx.clone();

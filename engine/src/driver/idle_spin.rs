@@ -1,5 +1,5 @@
 //! Keeps a shard polling for a moment after it did work
-//! ([`crate::Config::idle_spin`]).
+//! ([`crate::config::IoSettings::idle_spin`]).
 //!
 //! # Design
 //! A shard that sleeps in the kernel as soon as it runs out of work pays a

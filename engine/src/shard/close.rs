@@ -73,7 +73,7 @@ impl ShardCore {
         tracing::warn!(
             shard = self.id,
             peer = ?peer,
-            timeout = ?self.shared.config.write_timeout,
+            timeout = ?self.shared.config.timeouts.write_timeout,
             "connection output stalled; resetting it"
         );
         self.process_input(key, now);
@@ -162,7 +162,7 @@ impl ShardCore {
     /// Remembers the replaced connection `gone` for a while, so that a late
     /// send addressed to it is rerouted as for a replaced one.
     fn remember_replaced(&mut self, gone: ConnId, now: Instant) {
-        let keep = self.shared.config.handshake_timeout;
+        let keep = self.shared.config.timeouts.handshake_timeout;
         while self
             .recently_replaced
             .front()
@@ -226,7 +226,7 @@ impl ShardCore {
         self.shared.metrics.dial_failures.inc();
         tracing::debug!(shard = self.id, %peer, reason = label, "dial failed");
         // A dial that lost the tie-break to a live connection did not fail.
-        if self.shared.config.open && !self.shared.peers.contains(peer) {
+        if self.shared.config.discovery.open && !self.shared.peers.contains(peer) {
             self.shared
                 .to_control(crate::shared::ControlEvent::DialFailed { peer: peer.clone() });
         }
@@ -300,7 +300,7 @@ pub(super) fn note_misbehavior(shared: &Shared, slot: &mut ConnSlot) {
         tracing::warn!(
             peer = %h.peer,
             reason = slot.conn.close_label().unwrap_or("?"),
-            cooldown = ?shared.config.misbehavior_cooldown,
+            cooldown = ?shared.config.admission.misbehavior_cooldown,
             "peer misbehaved; refusing it for the cooldown"
         );
     }
@@ -448,7 +448,7 @@ mod tests {
         let now = Instant::now();
         let k = dialed(&mut core, 7, now);
         assert_eq!(shared.metrics.handshaking.get(), 1);
-        let later = now + shared.config.handshake_timeout + Duration::from_secs(1);
+        let later = now + shared.config.timeouts.handshake_timeout + Duration::from_secs(1);
         core.handle_timers(later);
         assert!(core.closing.contains(&k), "the handshake timed out");
         core.finish_close(k, None);
@@ -469,8 +469,8 @@ mod tests {
     #[test]
     fn stalled_output_is_aborted_after_the_write_timeout() {
         let mut cfg = Config::local(None);
-        cfg.handshake_timeout = Duration::from_secs(300);
-        cfg.write_timeout = Duration::from_secs(5);
+        cfg.timeouts.handshake_timeout = Duration::from_secs(300);
+        cfg.timeouts.write_timeout = Duration::from_secs(5);
         let (net, _oracle) = Network::new(cfg).unwrap();
         let mut core = net.into_shard_core();
         let shared = core.shared.clone();

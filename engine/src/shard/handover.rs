@@ -80,7 +80,7 @@ impl ShardCore {
     /// handshake.
     fn peer_handle(&mut self, key: usize, peer: &PublicKey) -> Option<Arc<PeerHandle>> {
         let slot = self.conns.get_mut(key)?;
-        let me = self.shared.config.identity.public_key().clone();
+        let me = self.shared.config.identity.signer.public_key().clone();
         let (dialer, addr) = match &slot.dial {
             Some((_, addr)) => (me, Some(*addr)),
             None => (peer.clone(), None),
@@ -271,7 +271,7 @@ impl ShardCore {
         slot.paused_behind = Some(old.id);
         slot.handover = Some(Box::new(Handover {
             from: old.id,
-            deadline: Instant::now() + self.shared.config.handshake_timeout,
+            deadline: Instant::now() + self.shared.config.timeouts.handshake_timeout,
             messages_in: false,
             parked: VecDeque::new(),
         }));

@@ -134,7 +134,7 @@ impl ShardCore {
     pub(crate) fn read_plan(&mut self, key: usize, ahead: ReadAhead) -> ReadPlan {
         match self.read_intent(key, ahead) {
             ReadIntent::Direct => {
-                let batch = self.shared.config.recv_buffer_size;
+                let batch = self.shared.config.io.recv_buffer_size;
                 match self
                     .conns
                     .get_mut(key)
@@ -316,10 +316,9 @@ impl ShardCore {
     /// out of time), or shutdown is overdue.
     pub(crate) fn must_abort(&self, key: usize, now: Instant) -> bool {
         self.shutdown_overdue(now)
-            || self
-                .conns
-                .get(key)
-                .is_some_and(|s| s.abort || s.write_overdue(now, self.shared.config.write_timeout))
+            || self.conns.get(key).is_some_and(|s| {
+                s.abort || s.write_overdue(now, self.shared.config.timeouts.write_timeout)
+            })
     }
 
     /// Every connection still here (the driver forgets them once their
@@ -440,7 +439,7 @@ mod tests {
         let ReadPlan::Into(buf) = core.read_plan(k, ReadAhead::Never) else {
             panic!("an idle connection reads straight into its buffer");
         };
-        assert_eq!(buf.want(), IDLE_READ.min(core.config().recv_buffer_size));
+        assert_eq!(buf.want(), IDLE_READ.min(core.config().io.recv_buffer_size));
         core.on_received(k, Arrived::Into(buf), now);
         assert_eq!(core.metrics().recv_direct_bytes.get(), 0);
         assert!(core.closing().is_empty());

@@ -200,8 +200,8 @@ impl ShardCore {
         let generation = self.next_generation;
         self.next_generation += 1;
         let depth = Arc::new(QueueDepth::new(
-            self.shared.config.peer_send_backlog,
-            self.shared.config.peer_send_bytes,
+            self.shared.config.limits.peer_send_backlog,
+            self.shared.config.limits.peer_send_bytes,
         ));
         conn.set_queue_depth(depth.clone());
         self.shared.metrics.handshaking.inc();
@@ -365,7 +365,7 @@ impl ShardCore {
             return;
         }
         self.next_timer_sweep = now + TIMER_GRANULARITY;
-        let write_timeout = self.shared.config.write_timeout;
+        let write_timeout = self.shared.config.timeouts.write_timeout;
         let keys: Vec<(usize, bool)> = self
             .conns
             .iter()

@@ -34,7 +34,7 @@ pub(super) type ParkedByPeer = HashMap<PublicKey, Parked>;
 /// Messages parked for a peer's next connection.
 pub(super) struct Parked {
     since: Instant,
-    /// Payload bytes of `msgs`, bounded by `Config::peer_send_bytes`.
+    /// Payload bytes of `msgs`, bounded by `LimitSettings::peer_send_bytes`.
     bytes: usize,
     msgs: VecDeque<(Outgoing, Priority)>,
 }
@@ -129,8 +129,8 @@ impl ShardCore {
             msgs: VecDeque::new(),
         });
         let len = msg.payload.len();
-        if p.msgs.len() < cfg.peer_send_backlog
-            && (p.bytes == 0 || p.bytes.saturating_add(len) <= cfg.peer_send_bytes)
+        if p.msgs.len() < cfg.limits.peer_send_backlog
+            && (p.bytes == 0 || p.bytes.saturating_add(len) <= cfg.limits.peer_send_bytes)
         {
             p.bytes += len;
             p.msgs.push_back((msg, priority));
@@ -212,7 +212,7 @@ impl ShardCore {
     /// Drops `peer`'s parked messages (counted) once they waited longer than
     /// a handshake may take.
     fn expire_parked(&mut self, peer: &PublicKey, now: Instant) {
-        let wait = self.shared.config.handshake_timeout;
+        let wait = self.shared.config.timeouts.handshake_timeout;
         if let Some(p) = self.parked.get(peer) {
             if now.saturating_duration_since(p.since) >= wait {
                 let n = p.msgs.len();

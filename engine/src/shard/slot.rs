@@ -70,9 +70,9 @@ pub(super) struct ConnSlot {
     pub(super) notify_on_close: Option<ConnId>,
     pub(super) counted_handshaking: bool,
     /// A write handed to the driver is outstanding and has made no progress
-    /// since then: past [`Config::write_timeout`] the connection is aborted.
+    /// since then: past [`TimeoutSettings::write_timeout`] the connection is aborted.
     ///
-    /// [`Config::write_timeout`]: crate::Config::write_timeout
+    /// [`TimeoutSettings::write_timeout`]: crate::config::TimeoutSettings::write_timeout
     pub(super) write_since: Option<Instant>,
     /// When the protocol ended (the key joined `closing`): the driver has
     /// until `write_timeout` after it to flush, then resets the socket.

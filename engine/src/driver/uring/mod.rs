@@ -167,9 +167,9 @@ struct Uring {
 /// Runs a shard on io_uring until shutdown completes.
 pub(crate) fn run(mut core: ShardCore, busy_poll: bool) -> io::Result<()> {
     let cfg = core.config();
-    let (ring, deferred_taskrun) = build_ring(cfg.uring_entries)?;
-    let pool = BufferPool::new(cfg.recv_buffers, cfg.recv_buffer_size)?;
-    let doorbell = cfg.uring_doorbell;
+    let (ring, deferred_taskrun) = build_ring(cfg.io.uring.entries)?;
+    let pool = BufferPool::new(cfg.io.uring.recv_buffers, cfg.io.recv_buffer_size)?;
+    let doorbell = cfg.io.uring.doorbell;
     // SAFETY: the pool outlives the registration: it is unregistered at the end of `run` after every receive completed, before the pool drops.
     unsafe {
         ring.submitter()
