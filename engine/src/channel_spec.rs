@@ -31,7 +31,6 @@ pub struct ChannelSpec {
     pub max_size: usize,
     pub compression: Option<i32>,
     pub quota: Option<Quota>,
-    pub backlog: usize,
     /// Inbound messages for the [`crate::Receiver`] (shards push, see
     /// [`crate::inbox`]).
     pub(crate) inbox: Inbox<(PublicKey, Bytes)>,

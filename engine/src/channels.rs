@@ -1,31 +1,40 @@
-//! Channels: how the application sends and receives.
+//! The sending half of a channel, and how a message reaches a peer's
+//! shard.
 //!
 //! # Design
-//! `Network::register(channel, quota, max_size, backlog, compression)` gives a
-//! [`Sender`] and a [`Receiver`]. Channels are fixed before the network starts,
-//! so the table every shard reads is immutable and lock-free.
+//! `Network::register(ChannelConfig)` gives a [`Sender`] and a
+//! [`crate::Receiver`]. Channels are fixed before the network starts, so the
+//! table every shard reads is immutable and lock-free.
 //!
-//! Sending never blocks on a slow peer. Each established connection has an
-//! application-visible queue depth counter; `send` bumps it and refuses with
-//! [`SendError::Full`] when the peer's backlog is reached, so a full queue is
-//! an explicit result (and a metric), never a silent drop. Compression
-//! (zstd, per channel) runs on the sending thread, once per message whatever
-//! the number of recipients, and only when it makes the message smaller.
+//! There is one way to send: [`Sender::send`] queues a message for its
+//! recipients and never waits; the [`SendReport`] says, per recipient,
+//! whether it was queued, whether the peer's queue was full, or whether the
+//! peer is not connected. Each established connection has an
+//! application-visible queue depth (messages and bytes, see `queue_depth`);
+//! a send reserves a share of it and is refused with [`SendError::Full`]
+//! when the peer's backlog is reached, so a full queue is an explicit
+//! result (and a metric), never a silent drop. Waiting for room is the
+//! separate [`Sender::send_wait`], which reserves the same share, waiting
+//! while it does not fit: one future, `.await`ed on any executor or driven
+//! by [`crate::Wait::blocking`] on a plain thread. A batch to one peer
+//! ([`Sender::send_batch`], [`Sender::send_batch_wait`]) reserves its whole
+//! share at once and crosses to the shard as one command. A request
+//! ([`Sender::request`]) is a message with a correlation id whose response
+//! completes the future.
 //!
-//! Receiving: a bounded queue of `backlog` messages per channel. When it is
-//! full the shard holds the next message and stops reading from the
-//! connection that carried it (backpressure), and resumes when the receiver
-//! frees space. An inbound quota (`governor`) per peer per channel holds that
-//! channel's messages back until the quota allows them; only a connection
-//! holding too much of them stops reading.
+//! Compression (zstd, per channel) runs on the sending thread, once per
+//! message whatever the number of recipients, and only when it makes the
+//! message smaller.
 //!
-//! The channel table itself ([`ChannelSpec`], [`Channels`]) is defined
-//! below this module (`channel_spec`), and this module reaches the shards
-//! only through their link (`shard::link`), so neither the shards nor the
-//! shared state depend on it.
+//! Receiving is `receiver`; the channel table itself ([`ChannelSpec`],
+//! [`Channels`]) is defined below this module (`channel_spec`), and this
+//! module reaches the shards only through their link (`shard::link`), so
+//! neither the shards nor the shared state depend on it.
 
+use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use shoal_crypto::PublicKey;
@@ -36,32 +45,30 @@ use crate::error::SendError;
 use crate::peers::PeerHandle;
 use crate::queue_depth::DepthPermit;
 use crate::rpc::RequestError;
+use crate::send_report::{Recipients, SendReport};
 use crate::shard::link::Command;
 use crate::shared::Shared;
-
-/// Who a message goes to.
-#[derive(Clone, Debug)]
-pub enum Recipients {
-    /// Every connected peer.
-    All,
-    /// These peers.
-    Some(Vec<PublicKey>),
-    /// One peer.
-    One(PublicKey),
-}
-
-/// Which peers took a message.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct SendReport {
-    /// Queued for these peers.
-    pub accepted: Vec<PublicKey>,
-    /// Not queued: the peer's send queue was full.
-    pub full: Vec<PublicKey>,
-    /// Not queued: no established connection (explicit recipients only).
-    pub not_connected: Vec<PublicKey>,
-}
+use crate::wait::Wait;
 
 /// Sends on one channel. Cheap to clone; usable from any thread.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use bytes::Bytes;
+/// use shoal_engine::{ChannelConfig, Priority};
+/// let [(a, mut a_ch), (b, mut b_ch)] = shoal_engine::__private::connected_pair(&[ChannelConfig::new(1)]);
+/// let (tx, _) = a_ch.remove(0);
+/// let (_, rx) = b_ch.remove(0);
+///
+/// // Never waits: queued for b, or why not.
+/// tx.send(&b.public_key(), Bytes::from_static(b"vote"), Priority::High).result()?;
+/// // Waits while b's queue is full (here it is not).
+/// tx.send_wait(&b.public_key(), Bytes::from_static(b"block"), Priority::Low).blocking().result()?;
+///
+/// assert_eq!(rx.recv_blocking()?, (a.public_key(), Bytes::from_static(b"vote")));
+/// assert_eq!(rx.recv_blocking()?.1, Bytes::from_static(b"block"));
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct Sender {
     pub(crate) spec: Arc<ChannelSpec>,
@@ -74,70 +81,120 @@ impl Sender {
         self.spec.id
     }
 
-    /// Sends to `recipients`; returns the peers that accepted the message.
-    /// Peers whose queue is full are left out (see [`Sender::send_report`]
-    /// to tell full from not connected).
-    pub fn send(
+    /// Queues `msg` for `to` (a `&PublicKey`, a slice of keys, or
+    /// [`Recipients::All`]) and returns at once: it never waits. The report
+    /// says, for each recipient, whether the message was queued, whether its
+    /// send queue was full ([`SendError::Full`]: nothing queued for it) or
+    /// whether it is not connected; or, if nobody was tried, why the message
+    /// was refused ([`SendError::TooLarge`], [`SendError::Closed`] after
+    /// shutdown). `priority` [`Priority::High`] messages are written before
+    /// any queued `Low` one and are never stuck behind a large one (messages
+    /// are chunked and interleaved).
+    ///
+    /// Cost: one lock-free peer lookup, one atomic reservation and one
+    /// bounded hand-off to the peer's shard per recipient; no allocation
+    /// for one recipient. Queued is not delivered: a message queued for a
+    /// peer whose connection then closes is lost with the connection.
+    pub fn send<'r>(
         &self,
-        recipients: Recipients,
-        payload: Bytes,
-        priority: bool,
-    ) -> Result<Vec<PublicKey>, SendError> {
-        Ok(self.send_report(recipients, payload, priority)?.accepted)
-    }
-
-    /// Sends to `recipients` and says what happened for each.
-    pub fn send_report(
-        &self,
-        recipients: Recipients,
-        payload: Bytes,
-        priority: bool,
-    ) -> Result<SendReport, SendError> {
-        let msg = self.prepare(payload)?;
-        let mut report = SendReport::default();
-        let one = |peer: &PublicKey, handle: Option<&Arc<PeerHandle>>, report: &mut SendReport| {
-            match handle {
-                None => {
-                    self.shared.metrics.send_not_connected.inc();
-                    report.not_connected.push(peer.clone());
-                }
-                Some(h) => match self.enqueue(h, msg.clone(), Priority::from_high(priority)) {
-                    Ok(()) => report.accepted.push(peer.clone()),
-                    Err(SendError::Full) => report.full.push(peer.clone()),
-                    Err(_) => report.not_connected.push(peer.clone()),
-                },
-            }
+        to: impl Into<Recipients<'r>>,
+        msg: Bytes,
+        priority: Priority,
+    ) -> SendReport {
+        let msg = match self.prepare(msg) {
+            Ok(msg) => msg,
+            Err(e) => return SendReport::refused_with(e),
         };
-        self.shared.peers.with(|map| match &recipients {
-            Recipients::All => {
-                for (peer, h) in map.iter() {
-                    one(peer, Some(h), &mut report);
-                }
-            }
-            Recipients::Some(list) => {
-                for peer in list {
-                    one(peer, map.get(peer), &mut report);
-                }
-            }
-            Recipients::One(peer) => one(peer, map.get(peer), &mut report),
-        });
-        Ok(report)
+        // Three outcomes per peer: queued, full, or not connected.
+        let one = |handle: Option<&PeerHandle>, msg: Outgoing| match handle {
+            None => Err(self.not_connected()),
+            Some(h) => match self.enqueue(h, msg, priority) {
+                Err(SendError::Full) => Err(SendError::Full),
+                Err(_) => Err(SendError::NotConnected),
+                Ok(()) => Ok(()),
+            },
+        };
+        match to.into() {
+            // Looked up in the snapshot: no handle reference count touched.
+            Recipients::One(peer) => self
+                .shared
+                .peers
+                .with(|map| SendReport::one(peer, one(map.get(peer).map(|h| &**h), msg))),
+            Recipients::Peers(list) => self.shared.peers.with(|map| {
+                let each = |p: &PublicKey| (p.clone(), one(map.get(p).map(|h| &**h), msg.clone()));
+                SendReport::many(list.iter().map(each).collect())
+            }),
+            Recipients::All => self.shared.peers.with(|map| {
+                let each =
+                    |(p, h): (&PublicKey, &Arc<PeerHandle>)| (p.clone(), one(Some(h), msg.clone()));
+                SendReport::many(map.iter().map(each).collect())
+            }),
+        }
     }
 
-    /// Sends to one peer: `Ok` if queued, else why not.
-    pub fn send_to(
+    /// [`Sender::send`] that waits while a recipient's queue is full, until
+    /// it has room or the recipient disconnects: the report then names no
+    /// peer as full. Recipients are served in turn, each waited for before
+    /// the next is tried. Not connected is reported as with `send`, without
+    /// waiting. `.await` it on any executor, or `.blocking()` on a plain
+    /// thread (parks until room comes back; no spinning).
+    ///
+    /// When room is there it completes at its first poll and costs what
+    /// `send` does. Dropping it while it waits sends nothing more (messages
+    /// already queued for earlier recipients stay queued).
+    pub fn send_wait<'a>(
+        &'a self,
+        to: impl Into<Recipients<'a>>,
+        msg: Bytes,
+        priority: Priority,
+    ) -> Wait<impl Future<Output = SendReport> + 'a> {
+        let to = to.into();
+        Wait::new(
+            async move {
+                let msg = match self.prepare(msg) {
+                    Ok(msg) => msg,
+                    Err(e) => return SendReport::refused_with(e),
+                };
+                let list = match to {
+                    Recipients::One(peer) => {
+                        return SendReport::one(peer, self.wait_one(peer, msg, priority).await)
+                    }
+                    Recipients::Peers(list) => list.to_vec(),
+                    Recipients::All => self.shared.peers.peers(),
+                };
+                let mut outcomes = Vec::with_capacity(list.len());
+                for peer in list {
+                    let outcome = self.wait_one(&peer, msg.clone(), priority).await;
+                    outcomes.push((peer, outcome));
+                }
+                SendReport::many(outcomes)
+            },
+            Duration::ZERO,
+        )
+    }
+
+    /// Queues `msg` for `peer`, waiting while its queue is full; fails if
+    /// the peer is not connected or disconnects while waiting.
+    async fn wait_one(
         &self,
         peer: &PublicKey,
-        payload: Bytes,
-        priority: bool,
+        mut msg: Outgoing,
+        priority: Priority,
     ) -> Result<(), SendError> {
-        let msg = self.prepare(payload)?;
         let h = self.connected(peer)?;
-        self.enqueue(&h, msg, Priority::from_high(priority))
+        loop {
+            let Ok(permit) = h.depth.reserve(msg.payload.len()).await else {
+                return Err(self.not_connected());
+            };
+            match self.enqueue_after_reserve(&h, msg, priority, permit) {
+                Ok(()) => return Ok(()),
+                Err(back) => msg = back,
+            }
+        }
     }
 
     /// The peer's connection handle, or `NotConnected` counted in
-    /// `send_not_connected` (every send variant refuses the same way).
+    /// `send_not_connected` (every send refuses the same way).
     fn connected(&self, peer: &PublicKey) -> Result<Arc<PeerHandle>, SendError> {
         self.shared
             .peers
@@ -149,28 +206,6 @@ impl Sender {
     fn not_connected(&self) -> SendError {
         self.shared.metrics.send_not_connected.inc();
         SendError::NotConnected
-    }
-
-    /// Sends to one peer, waiting (async) while its queue is full. Fails if
-    /// the peer is not connected or disconnects while waiting.
-    pub async fn send_to_wait(
-        &self,
-        peer: &PublicKey,
-        payload: Bytes,
-        priority: bool,
-    ) -> Result<(), SendError> {
-        let mut msg = self.prepare(payload)?;
-        let h = self.connected(peer)?;
-        let priority = Priority::from_high(priority);
-        loop {
-            let Ok(permit) = h.depth.reserve(msg.payload.len()).await else {
-                return Err(self.not_connected());
-            };
-            match self.enqueue_after_reserve(&h, msg, priority, permit) {
-                Ok(()) => return Ok(()),
-                Err(back) => msg = back,
-            }
-        }
     }
 
     /// Queues `msg` with the `permit` a waiting send reserved. `Err` hands
@@ -200,41 +235,21 @@ impl Sender {
         }
     }
 
-    /// Blocking variant of [`Sender::send_to_wait`] for plain threads.
-    pub fn send_to_blocking(
-        &self,
-        peer: &PublicKey,
-        payload: Bytes,
-        priority: bool,
-    ) -> Result<(), SendError> {
-        let mut msg = self.prepare(payload)?;
-        let h = self.connected(peer)?;
-        let priority = Priority::from_high(priority);
-        loop {
-            let Ok(permit) = h.depth.reserve_blocking(msg.payload.len()) else {
-                return Err(self.not_connected());
-            };
-            match self.enqueue_after_reserve(&h, msg, priority, permit) {
-                Ok(()) => return Ok(()),
-                Err(back) => msg = back,
-            }
-        }
-    }
-
-    /// Sends `payloads` to one peer, in order, as one hand-off to its shard:
+    /// Queues `msgs` for one peer, in order, as one hand-off to its shard:
     /// one peer lookup, one queue reservation and one cross-thread command
     /// for the batch instead of one of each per message. The cheap way to
     /// send many small messages that exist together (a burst of votes or
-    /// transactions). All or nothing: `Full` if the peer's queue lacks room
-    /// for the whole batch now, `TooLarge` if any message is over the
-    /// channel's limit; nothing is queued then.
-    pub fn send_batch_to(
+    /// transactions). Never waits. All or nothing: `Full` if the peer's
+    /// queue lacks room for the whole batch now, `TooLarge` if any message
+    /// is over the channel's limit, `NotConnected`, `Closed`; nothing is
+    /// queued then.
+    pub fn send_batch(
         &self,
         peer: &PublicKey,
-        payloads: impl IntoIterator<Item = Bytes>,
-        priority: bool,
+        msgs: impl IntoIterator<Item = Bytes>,
+        priority: Priority,
     ) -> Result<(), SendError> {
-        let msgs = self.prepare_batch(payloads)?;
+        let msgs = self.prepare_batch(msgs)?;
         let h = self.connected(peer)?;
         if msgs.is_empty() {
             return Ok(());
@@ -246,7 +261,7 @@ impl Sender {
         };
         let n = msgs.len() as u64;
         self.shared
-            .enqueue_batch_reserved(&h, msgs, Priority::from_high(priority), permit)
+            .enqueue_batch_reserved(&h, msgs, priority, permit)
             .map_err(|back| {
                 if back.is_empty() {
                     self.not_connected()
@@ -258,46 +273,63 @@ impl Sender {
         Ok(())
     }
 
-    /// [`Sender::send_batch_to`] that waits while the peer's queue is full,
+    /// [`Sender::send_batch`] that waits while the peer's queue is full,
     /// handing the batch over in pieces of at most half the peer backlog
-    /// (so a piece always fits once the queue drains). Fails if the peer is
-    /// not connected or disconnects while waiting; pieces already handed
-    /// over stay queued.
-    pub fn send_batch_to_blocking(
-        &self,
-        peer: &PublicKey,
-        payloads: impl IntoIterator<Item = Bytes>,
-        priority: bool,
-    ) -> Result<(), SendError> {
-        let msgs = self.prepare_batch(payloads)?;
-        let h = self.connected(peer)?;
-        let piece_len = (h.depth.max_messages() / 2).max(1);
-        let priority = Priority::from_high(priority);
-        let mut rest = msgs.into_iter();
-        loop {
-            let mut piece: Vec<Outgoing> = rest.by_ref().take(piece_len).collect();
-            let n = piece.len();
-            if n == 0 {
-                return Ok(());
-            }
-            loop {
-                let Ok(permit) = h.depth.reserve_blocking_n(n, payload_bytes(&piece)) else {
-                    return Err(self.not_connected());
-                };
-                match self
-                    .shared
-                    .enqueue_batch_reserved(&h, piece, priority, permit)
-                {
-                    Ok(()) => break,
-                    Err(back) if back.is_empty() => return Err(self.not_connected()),
-                    // The shard's command queue is full: it is draining.
-                    Err(back) => {
-                        piece = back;
-                        std::thread::yield_now();
+    /// (so a piece always fits once the queue drains). Fails if a message
+    /// is too large (nothing queued), or if the peer is not connected or
+    /// disconnects while waiting (pieces already handed over stay queued).
+    /// `.await` it, or `.blocking()` on a plain thread.
+    pub fn send_batch_wait<'a>(
+        &'a self,
+        peer: &'a PublicKey,
+        msgs: impl IntoIterator<Item = Bytes>,
+        priority: Priority,
+    ) -> Wait<impl Future<Output = Result<(), SendError>> + 'a> {
+        let msgs = self.prepare_batch(msgs);
+        Wait::new(
+            async move {
+                let msgs = msgs?;
+                let h = self.connected(peer)?;
+                let piece_len = (h.depth.max_messages() / 2).max(1);
+                let mut rest = msgs.into_iter();
+                loop {
+                    let piece: Vec<Outgoing> = rest.by_ref().take(piece_len).collect();
+                    let n = piece.len();
+                    if n == 0 {
+                        return Ok(());
                     }
+                    self.wait_piece(&h, piece, priority).await?;
+                    self.spec.metrics.messages_out.inc_by(n as u64);
+                }
+            },
+            Duration::ZERO,
+        )
+    }
+
+    /// Queues one piece of a batch (at most half the peer backlog), waiting
+    /// for room for all of it.
+    async fn wait_piece(
+        &self,
+        h: &PeerHandle,
+        mut piece: Vec<Outgoing>,
+        priority: Priority,
+    ) -> Result<(), SendError> {
+        loop {
+            let Ok(permit) = h.depth.reserve_n(piece.len(), payload_bytes(&piece)).await else {
+                return Err(self.not_connected());
+            };
+            match self
+                .shared
+                .enqueue_batch_reserved(h, piece, priority, permit)
+            {
+                Ok(()) => return Ok(()),
+                Err(back) if back.is_empty() => return Err(self.not_connected()),
+                // The shard's command queue is full: it is draining.
+                Err(back) => {
+                    piece = back;
+                    std::thread::yield_now();
                 }
             }
-            self.spec.metrics.messages_out.inc_by(n as u64);
         }
     }
 
@@ -313,39 +345,33 @@ impl Sender {
         Ok(msgs)
     }
 
-    /// Sends a request to `peer` and waits for its response (any runtime).
-    /// Dropping the future cancels it; a late response is then dropped and
-    /// counted. Fails promptly if the peer disconnects.
-    pub async fn request(
-        &self,
-        peer: &PublicKey,
-        payload: Bytes,
-        timeout: std::time::Duration,
-    ) -> Result<Bytes, RequestError> {
-        let rx = self.start_request(peer, payload, timeout)?;
-        rx.await.map_err(|_| RequestError::Disconnected)?
-    }
-
-    /// Blocking variant of [`Sender::request`] for plain threads.
-    pub fn request_blocking(
-        &self,
-        peer: &PublicKey,
-        payload: Bytes,
-        timeout: std::time::Duration,
-    ) -> Result<Bytes, RequestError> {
-        let mut rx = self.start_request(peer, payload, timeout)?;
-        use tokio::sync::oneshot::error::TryRecvError;
-        let spun =
-            crate::wait::spin_then(self.shared.config.effective_wait_spin(), None, || match rx
-                .try_recv()
-            {
-                Err(TryRecvError::Empty) => None,
-                done => Some(done),
-            });
-        match spun {
-            Some(done) => done.map_err(|_| RequestError::Disconnected)?,
-            None => rx.blocking_recv().map_err(|_| RequestError::Disconnected)?,
-        }
+    /// Sends `msg` as a request to `peer` and waits for its response (the
+    /// peer's [`crate::Network::serve`] handler's reply), for up to
+    /// `timeout`. `.await` it on any executor (the timeout is enforced by
+    /// the shard, not by a runtime timer), or `.blocking()` on a plain
+    /// thread (looks for up to `io.wait_spin`, then parks).
+    ///
+    /// Never waits for room: a full queue fails at once with
+    /// [`RequestError::Full`]. Fails promptly with
+    /// [`RequestError::Disconnected`] if the connection closes before the
+    /// response, [`RequestError::Timeout`] after `timeout`,
+    /// [`RequestError::Remote`] if the peer had no handler or its handler
+    /// failed, [`RequestError::TooManyPending`] beyond
+    /// `limits.max_pending_requests`. Dropping the future cancels it; a
+    /// late response is then dropped and counted.
+    pub fn request<'a>(
+        &'a self,
+        peer: &'a PublicKey,
+        msg: Bytes,
+        timeout: Duration,
+    ) -> Wait<impl Future<Output = Result<Bytes, RequestError>> + 'a> {
+        Wait::new(
+            async move {
+                let rx = self.start_request(peer, msg, timeout)?;
+                rx.await.map_err(|_| RequestError::Disconnected)?
+            },
+            self.shared.config.effective_wait_spin(),
+        )
     }
 
     fn start_request(
@@ -438,90 +464,6 @@ fn register_request(
 }
 
 type RequestReceiver = tokio::sync::oneshot::Receiver<Result<Bytes, RequestError>>;
-
-/// Receives one channel's messages. Usable from async code on any runtime
-/// ([`Receiver::recv`]) or from a plain thread ([`Receiver::recv_blocking`]).
-pub struct Receiver {
-    pub(crate) spec: Arc<ChannelSpec>,
-    pub(crate) shared: Arc<Shared>,
-}
-
-/// The network shut down; no more messages will arrive.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("network closed")]
-pub struct RecvError;
-
-impl Receiver {
-    /// The next message and its sender.
-    pub async fn recv(&self) -> Result<(PublicKey, Bytes), RecvError> {
-        let m = self.spec.inbox.recv().await.ok_or(RecvError)?;
-        self.freed();
-        Ok(m)
-    }
-
-    /// Blocking variant for plain threads.
-    pub fn recv_blocking(&self) -> Result<(PublicKey, Bytes), RecvError> {
-        let m = self
-            .spec
-            .inbox
-            .recv_blocking(self.shared.config.effective_wait_spin())
-            .ok_or(RecvError)?;
-        self.freed();
-        Ok(m)
-    }
-
-    /// Blocking variant that gives up after `timeout`: `Ok(None)` if nothing
-    /// arrived in time, `Err` once the network closed and the queue drained.
-    /// For plain threads that must notice a stall or a shutdown flag.
-    pub fn recv_timeout(
-        &self,
-        timeout: std::time::Duration,
-    ) -> Result<Option<(PublicKey, Bytes)>, RecvError> {
-        let Some(deadline) = std::time::Instant::now().checked_add(timeout) else {
-            // Too far to represent: no deadline.
-            return self.recv_blocking().map(Some);
-        };
-        match self
-            .spec
-            .inbox
-            .recv_deadline(deadline, self.shared.config.effective_wait_spin())
-        {
-            Ok(m) => {
-                self.freed();
-                Ok(Some(m))
-            }
-            Err(false) => Ok(None),
-            Err(true) => Err(RecvError),
-        }
-    }
-
-    /// A message if one is ready.
-    pub fn try_recv(&self) -> Option<(PublicKey, Bytes)> {
-        let m = self.spec.inbox.try_recv().ok()?;
-        self.freed();
-        Some(m)
-    }
-
-    /// Messages waiting that [`Receiver::try_recv`] can take now (a shard
-    /// announces what it delivered at the end of each read).
-    pub fn len(&self) -> usize {
-        self.spec.inbox.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.spec.inbox.is_empty()
-    }
-
-    fn freed(&self) {
-        if self.spec.input_held.load(Ordering::Relaxed)
-            && self.spec.input_held.swap(false, Ordering::AcqRel)
-        {
-            for s in &self.shared.shards {
-                s.waker.request_resume();
-            }
-        }
-    }
-}
 
 impl Shared {
     /// Queues `msg` on the connection behind `h`, bounded by the peer backlog.

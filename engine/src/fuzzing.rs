@@ -1169,7 +1169,7 @@ pub fn kademlia_messages(data: &[u8]) {
                 if p & 0x20 != 0 {
                     seeds.push((LOCAL, kad_addr(0)));
                 }
-                let mut lookup = Lookup::new(target, seeds, k, alpha, kh.now)
+                let mut lookup = Lookup::new(target, seeds, k, alpha)
                     .with_query_timeout(Duration::from_millis(100 * (1 + u64::from(q & 0xf))));
                 let local_excluded = p & 0x40 == 0;
                 if local_excluded {

@@ -36,7 +36,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use concurrent_queue::{ConcurrentQueue, PopError, PushError};
-use event_listener::{Event, Listener};
+use std::future::Future;
+
+use event_listener::{Event, EventListener, Listener};
 
 /// Why a push failed; the item comes back.
 #[derive(Debug, PartialEq, Eq)]
@@ -136,17 +138,33 @@ impl<T> Inbox<T> {
 
     /// The next item, or `None` once closed and drained.
     pub async fn recv(&self) -> Option<T> {
+        let mut listener = None;
+        std::future::poll_fn(|cx| self.poll_recv(cx, &mut listener)).await
+    }
+
+    /// One poll of a receive that keeps its registration in `listener`
+    /// between polls (a [`futures_core::Stream`] keeps it in itself):
+    /// `Ready(None)` once closed and drained. Registers, then looks again: a
+    /// push between the two is seen now, one after the registration notifies
+    /// the listener.
+    pub fn poll_recv(
+        &self,
+        cx: &mut std::task::Context<'_>,
+        listener: &mut Option<EventListener>,
+    ) -> std::task::Poll<Option<T>> {
+        use std::task::Poll;
         loop {
             if let Some(next) = self.settled() {
-                return next;
+                *listener = None;
+                return Poll::Ready(next);
             }
-            // Register, then look again: a push between the two is seen now,
-            // one after the registration notifies the listener.
-            let listener = self.ready.listen();
-            if let Some(next) = self.settled() {
-                return next;
+            match listener {
+                None => *listener = Some(self.ready.listen()),
+                Some(l) => match std::pin::Pin::new(l).poll(cx) {
+                    Poll::Ready(()) => *listener = None,
+                    Poll::Pending => return Poll::Pending,
+                },
             }
-            listener.await;
         }
     }
 

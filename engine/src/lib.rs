@@ -2,21 +2,32 @@
 //!
 //! Per-core data shards that move authenticated, encrypted traffic between
 //! peers, on io_uring (default) or epoll, behind the channel API that
-//! validators embed.
+//! validators embed. The facade crate `shoal` re-exports this API at its
+//! root; its crate doc and `docs/api.md` describe it call by call.
+//!
+//! # The API
+//! - [`Network`]: built from a [`Config`] with its [`Oracle`]; channels are
+//!   registered ([`ChannelConfig`]) and served by in-shard handlers
+//!   ([`Network::serve`]) before [`Network::start`] returns the running
+//!   [`NetworkHandle`] (peers, [`Events`], ping, lookups, shutdown).
+//! - [`Sender`] / [`Receiver`]: one send that never waits and reports per
+//!   recipient ([`SendReport`]), an explicit wait for room
+//!   ([`Sender::send_wait`]), requests; every wait is a [`Wait`]: `.await`
+//!   on any executor, `.blocking()` on a plain thread.
+//! - [`Config`] and its sections ([`config`]), [`Metrics`] ([`metrics`]).
 //!
 //! # Architecture
-//! - [`connection`]: the sans-IO connection state machine (handshake,
+//! - `connection`: the sans-IO connection state machine (handshake,
 //!   records, chunking, priorities, timers). No sockets, no clock.
 //! - `shard`: one thread per core owning its connections; backend-independent.
 //! - `driver`: io_uring and epoll drivers that only move bytes.
-//! - [`network`]: [`Network`] / [`NetworkHandle`]: start, the running
-//!   node, shutdown.
-//! - `control`: the control shard (accept, dial, discovery gossip, [`open`]
+//! - `network`: start, the running node, shutdown.
+//! - `control`: the control shard (accept, dial, discovery gossip, open
 //!   mode, peer-set changes) as sans-IO parts and the loop between them.
-//! - [`channels`]: [`Sender`] / [`Receiver`] with explicit backpressure.
-//! - [`oracle`]: authorized peer sets and known addresses.
-//! - [`peers`]: the lock-free table of established connections.
-//! - [`config`], [`metrics`], [`clock`].
+//! - `channels` / `receiver`: sending and receiving with explicit
+//!   backpressure; `wait`: the one future every wait is.
+//! - `oracle`: authorized peer sets and known addresses.
+//! - `peers`: the lock-free table of established connections.
 //!
 //! # Threads
 //! Application threads talk to shards through bounded queues; a shard
@@ -31,37 +42,61 @@
 //!
 //! The hidden `fuzzing` module (feature `fuzzing`) holds the fuzz target
 //! bodies for discovery and Kademlia; `fuzz/` runs them under libFuzzer and
-//! `tests/corpus_replay.rs` replays the committed corpus.
+//! `tests/corpus_replay.rs` replays the committed corpus. The hidden
+//! `__private` module holds what shoal's own benches and doc examples need
+//! of the internals; it is not part of the API.
 #![deny(unsafe_code)]
 
+mod channel_config;
 mod channel_spec;
-pub mod channels;
-pub mod clock;
+mod channels;
+mod clock;
 pub mod config;
-pub mod connection;
+mod connection;
 mod control;
-pub mod discovery;
+mod discovery;
 #[allow(unsafe_code)]
 mod driver;
-pub mod error;
+mod error;
+mod events;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
-pub(crate) mod inbox;
-pub mod kademlia;
+mod inbox;
+mod kademlia;
 mod limiters;
 pub mod metrics;
-pub mod network;
-pub use control::open;
-pub mod oracle;
-pub mod peers;
+mod network;
+use control::open;
+mod oracle;
+mod peers;
 mod placement;
-pub mod queue_depth;
-pub mod rpc;
+mod queue_depth;
+mod receiver;
+mod rpc;
+mod send_report;
 mod shard;
 mod shared;
-pub(crate) mod wait;
+mod wait;
 mod waker;
+
+pub use channel_config::{ChannelConfig, DEFAULT_CAPACITY};
+pub use channels::Sender;
+pub use config::{Backend, Config, Preset};
+pub use connection::Priority;
+pub use error::{Error, SendError};
+pub use events::{Event, Events, EVENT_CAPACITY};
+pub use governor::Quota;
+pub use metrics::Metrics;
+pub use network::{Network, NetworkHandle};
+pub use open::LookupResult;
+pub use oracle::Oracle;
+pub use receiver::{Receiver, RecvError};
+pub use rpc::{HandlerResult, RequestError};
+pub use send_report::{Recipients, SendReport};
+pub use shoal_crypto::{Ed25519Signer, Identity, PublicKey, Signer};
+pub use shoal_wire::RpcStatus;
+pub use wait::Wait;
 
 /// Fault injection for shoal's own tests (feature `test-hooks`, which only
 /// the workspace's dev-dependencies turn on; never part of a node build).
@@ -81,21 +116,13 @@ pub mod test_hooks {
         net.shard_link(shard)
             .is_some_and(|l| l.send(crate::shard::Command::Fail).is_ok())
     }
+
+    /// io_uring receive-buffer pools alive in this process (0 after every
+    /// network shut down).
+    pub fn live_buffer_pools() -> usize {
+        crate::driver::pool::live_pools()
+    }
 }
 
-/// io_uring receive-buffer pools alive in this process (0 after every
-/// network shut down).
-pub fn live_buffer_pools() -> usize {
-    driver::pool::live_pools()
-}
-
-pub use channels::{Receiver, Recipients, RecvError, SendReport, Sender};
-pub use config::{Backend, Config};
-pub use error::{Error, SendError};
-pub use governor::Quota;
-pub use network::{Network, NetworkHandle};
-pub use oracle::Oracle;
-pub use peers::PeerEvent;
-pub use rpc::{Handler, HandlerResult, RequestError};
-pub use shoal_crypto::{Ed25519Signer, Identity, PublicKey};
-pub use shoal_wire::RpcStatus;
+#[doc(hidden)]
+pub mod __private;

@@ -13,6 +13,7 @@
 //! that fails leaves placement and the node runs degraded on the others.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver as StdReceiver};
@@ -20,19 +21,24 @@ use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use governor::Quota;
 use prometheus_client::metrics::counter::Counter;
 use shoal_crypto::PublicKey;
 use shoal_wire::CloseReason;
 
-use crate::channels::{ChannelSpec, Channels, Receiver, Sender};
+use crate::channel_config::ChannelConfig;
+use crate::channels::{ChannelSpec, Channels, Sender};
 use crate::config::{Backend, Config};
 use crate::error::Error;
+use crate::events::Events;
 use crate::metrics::Metrics;
+use crate::open::LookupResult;
 use crate::oracle::{Oracle, OracleState};
 use crate::peers::PeerTable;
+use crate::receiver::Receiver;
+use crate::rpc::RequestError;
 use crate::shard::{Command, ShardCore, ShardLink};
 use crate::shared::{ControlEvent, Shared};
+use crate::wait::Wait;
 use crate::waker::ShardWaker;
 
 /// A configured, not yet started network.
@@ -121,23 +127,35 @@ impl Network {
         ))
     }
 
-    /// Registers a channel: inbound `quota` per peer (None = unlimited),
-    /// `max_size` bytes per message, `backlog` messages waiting for the
-    /// receiver, optional zstd `compression` level.
-    pub fn register(
-        &mut self,
-        channel: u32,
-        quota: Option<Quota>,
-        max_size: usize,
-        backlog: usize,
-        compression: Option<i32>,
-    ) -> Result<(Sender, Receiver), Error> {
-        if self.channels.contains_key(&channel) {
-            return Err(Error::DuplicateChannel(channel));
+    /// Registers a channel (before [`Network::start`]): returns its
+    /// [`Sender`] and [`Receiver`]. Fails with [`Error::DuplicateChannel`]
+    /// for an id registered twice and [`Error::InvalidConfig`] for a zero
+    /// `max_size` or `capacity`.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), shoal_engine::Error> {
+    /// use shoal_engine::{ChannelConfig, Config, Network};
+    /// let (mut net, _oracle) = Network::new(Config::local(None))?;
+    /// let (tx, rx) = net.register(ChannelConfig::new(1).max_size(1 << 16))?;
+    /// assert_eq!((tx.channel(), rx.channel()), (1, 1));
+    /// assert!(net.register(ChannelConfig::new(2).capacity(0)).is_err());
+    /// # Ok(()) }
+    /// ```
+    pub fn register(&mut self, channel: ChannelConfig) -> Result<(Sender, Receiver), Error> {
+        let ChannelConfig {
+            id,
+            max_size,
+            capacity,
+            quota,
+            compression,
+        } = channel;
+        let max_size = max_size.unwrap_or(self.shared.config.limits.max_message_size);
+        if self.channels.contains_key(&id) {
+            return Err(Error::DuplicateChannel(id));
         }
-        if backlog == 0 {
+        if capacity == 0 {
             return Err(Error::InvalidConfig {
-                field: "backlog",
+                field: "capacity",
                 reason: "must be > 0".into(),
             });
         }
@@ -148,39 +166,54 @@ impl Network {
             });
         }
         let spec = Arc::new(ChannelSpec {
-            id: channel,
+            id,
             max_size,
             compression,
             quota,
-            backlog,
-            inbox: crate::inbox::Inbox::new(backlog),
+            inbox: crate::inbox::Inbox::new(capacity),
             input_held: AtomicBool::new(false),
             handler: OnceLock::new(),
-            metrics: self.shared.metrics.channel(channel),
+            metrics: self.shared.metrics.channel(id),
         });
-        self.channels.insert(channel, spec.clone());
+        self.channels.insert(id, spec.clone());
         Ok((
             Sender {
                 spec: spec.clone(),
                 shared: self.shared.clone(),
             },
-            Receiver {
-                spec,
-                shared: self.shared.clone(),
-            },
+            Receiver::new(spec, self.shared.clone()),
         ))
     }
 
-    /// Runs `handler` on the receiving shard for every message and request
-    /// on `channel` (registered first). Its reply answers a request, or is
-    /// sent back on the channel for a plain message; an error or panic
-    /// affects only that message. Requests on a channel without a handler
-    /// are answered with [`crate::RpcStatus::NoHandler`].
-    pub fn handle(&mut self, channel: u32, handler: crate::rpc::Handler) -> Result<(), Error> {
+    /// Serves `channel` (registered first) with `handler`, run on the
+    /// receiving shard (no thread hop) for every message and request that
+    /// arrives on it: `handler(sender, payload)`. `Ok(Some(reply))` answers
+    /// a request, or is sent back on the channel for a plain message;
+    /// `Ok(None)` answers nothing; an `Err` or a panic affects only that
+    /// message (a request gets [`crate::RpcStatus::HandlerFailed`]).
+    /// Requests on a channel without a handler are answered with
+    /// [`crate::RpcStatus::NoHandler`]. The handler runs on a shard thread:
+    /// it must not block.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), shoal_engine::Error> {
+    /// use shoal_engine::{ChannelConfig, Config, Network};
+    /// let (mut net, _oracle) = Network::new(Config::local(None))?;
+    /// let _ = net.register(ChannelConfig::new(5))?;
+    /// net.serve(5, |_peer, request| Ok(Some(request)))?; // echo
+    /// assert!(net.serve(5, |_, _| Ok(None)).is_err(), "one handler per channel");
+    /// assert!(net.serve(6, |_, _| Ok(None)).is_err(), "6 is not registered");
+    /// # Ok(()) }
+    /// ```
+    pub fn serve<H>(&mut self, channel: u32, handler: H) -> Result<(), Error>
+    where
+        H: Fn(&PublicKey, bytes::Bytes) -> crate::rpc::HandlerResult + Send + Sync + 'static,
+    {
         let spec = self.channels.get(&channel).ok_or(Error::InvalidConfig {
             field: "channel",
             reason: format!("{channel} is not registered"),
         })?;
+        let handler: crate::rpc::Handler = Arc::new(handler);
         spec.handler.set(handler).map_err(|_| Error::InvalidConfig {
             field: "channel",
             reason: format!("{channel} already has a handler"),
@@ -318,6 +351,13 @@ impl NetworkHandle {
         self.shared.peers.peers()
     }
 
+    /// The address of `peer`'s connection: where this node dialed it, or
+    /// the listening address it announced; `None` if not connected or not
+    /// known.
+    pub fn peer_addr(&self, peer: &PublicKey) -> Option<SocketAddr> {
+        self.shared.peers.get(peer).and_then(|h| h.addr)
+    }
+
     /// True if an established connection to `peer` exists.
     pub fn is_connected(&self, peer: &PublicKey) -> bool {
         self.shared.peers.contains(peer)
@@ -334,99 +374,98 @@ impl NetworkHandle {
         &self.shared.metrics
     }
 
-    /// Measures the round trip to `peer` with a ping record.
-    pub async fn ping(&self, peer: &PublicKey) -> Result<Duration, crate::rpc::RequestError> {
-        use crate::rpc::RequestError;
-        let h = self
-            .shared
-            .peers
-            .get(peer)
-            .ok_or(RequestError::NotConnected)?;
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let link = self
-            .shared
-            .shards
-            .get(h.id.shard)
-            .ok_or(RequestError::NotConnected)?;
-        link.send(Command::Ping {
-            id: h.id,
-            reply: tx,
-        })
-        .map_err(|_| RequestError::Full)?;
-        rx.await.map_err(|_| RequestError::Disconnected)
+    /// Measures the round trip to `peer` with a ping record (answered by
+    /// its shard, not by the application). `.await` it, or `.blocking()`.
+    /// Fails with [`RequestError::NotConnected`], [`RequestError::Full`]
+    /// (the shard's command queue) or [`RequestError::Disconnected`].
+    pub fn ping<'a>(
+        &'a self,
+        peer: &'a PublicKey,
+    ) -> Wait<impl Future<Output = Result<Duration, RequestError>> + 'a> {
+        Wait::new(
+            async move {
+                let h = self
+                    .shared
+                    .peers
+                    .get(peer)
+                    .ok_or(RequestError::NotConnected)?;
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let link = self
+                    .shared
+                    .shards
+                    .get(h.id.shard)
+                    .ok_or(RequestError::NotConnected)?;
+                link.send(Command::Ping {
+                    id: h.id,
+                    reply: tx,
+                })
+                .map_err(|_| RequestError::Full)?;
+                rx.await.map_err(|_| RequestError::Disconnected)
+            },
+            self.shared.config.effective_wait_spin(),
+        )
     }
 
     /// Open mode: the nodes closest to `target` (a 32-byte node id, i.e. an
-    /// ed25519 public key), found with an iterative Kademlia lookup.
-    pub async fn lookup(&self, target: [u8; 32]) -> crate::open::LookupResult {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.shared
-            .to_control(ControlEvent::Lookup { target, reply: tx });
-        rx.await.unwrap_or_default()
+    /// ed25519 public key), found with an iterative Kademlia lookup run by
+    /// the control shard. `.await` it, or `.blocking()`. Empty when open
+    /// mode is off, or the control shard is stopped or too busy to take it.
+    pub fn lookup(&self, target: [u8; 32]) -> Wait<impl Future<Output = LookupResult> + '_> {
+        Wait::new(
+            async move {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                self.shared
+                    .to_control(ControlEvent::Lookup { target, reply: tx });
+                rx.await.unwrap_or_default()
+            },
+            Duration::ZERO,
+        )
     }
 
-    /// Blocking variant of [`NetworkHandle::lookup`].
-    pub fn lookup_blocking(&self, target: [u8; 32]) -> crate::open::LookupResult {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.shared
-            .to_control(ControlEvent::Lookup { target, reply: tx });
-        rx.blocking_recv().unwrap_or_default()
-    }
-
-    /// Open mode: refresh the neighbourhood (a lookup of our own id).
-    pub async fn discover(&self) -> crate::open::LookupResult {
+    /// Open mode: refreshes the neighbourhood (a lookup of our own id).
+    pub fn discover(&self) -> Wait<impl Future<Output = LookupResult> + '_> {
         let mut me = [0u8; 32];
-        me.copy_from_slice(
-            &self.public_key().as_bytes()[..32.min(self.public_key().as_bytes().len())],
-        );
-        self.lookup(me).await
+        let key = self.public_key();
+        let n = 32.min(key.as_bytes().len());
+        me[..n].copy_from_slice(&key.as_bytes()[..n]);
+        self.lookup(me)
     }
 
-    /// Open mode: sends to the node with this id, looking it up and dialing
-    /// it first when not connected (waits up to `timeout` for that).
-    pub fn send_to_id_blocking(
-        &self,
-        sender: &Sender,
-        id: &PublicKey,
-        payload: bytes::Bytes,
-        priority: bool,
-        timeout: Duration,
-    ) -> Result<(), crate::SendError> {
-        if !self.is_connected(id) {
-            let Ok(target) = <[u8; 32]>::try_from(id.as_bytes()) else {
-                self.shared.metrics.send_not_connected.inc();
-                return Err(crate::SendError::NotConnected);
-            };
-            // A lookup can end without the target when its query failed
-            // (busy or briefly unreachable node): retry while time is left.
-            let deadline = Instant::now() + timeout;
-            let mut connected = false;
-            while !connected && Instant::now() < deadline {
-                let found = self.lookup_blocking(target);
-                if let Some((_, addr)) = found.into_iter().find(|(k, _)| k == id) {
-                    self.shared.to_control(ControlEvent::Dial {
-                        peer: id.clone(),
-                        addr,
-                    });
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    connected =
-                        self.wait_peers(left.min(Duration::from_secs(5)), |p| p.contains(id));
+    /// Open mode: connects to the node with this id if it is not connected
+    /// yet, looking it up (Kademlia) and dialing it; then send to it as to
+    /// any peer. Blocks this thread for up to `timeout`; returns whether the
+    /// node is connected. A lookup that ends without the node (a queried
+    /// node was busy or briefly unreachable) is retried while time is left.
+    pub fn connect_id(&self, id: &PublicKey, timeout: Duration) -> bool {
+        if self.is_connected(id) {
+            return true;
+        }
+        let Ok(target) = <[u8; 32]>::try_from(id.as_bytes()) else {
+            return false;
+        };
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let found = self.lookup(target).blocking();
+            if let Some((_, addr)) = found.into_iter().find(|(k, _)| k == id) {
+                self.shared.to_control(ControlEvent::Dial {
+                    peer: id.clone(),
+                    addr,
+                });
+                let left = deadline.saturating_duration_since(Instant::now());
+                if self.wait_peers(left.min(Duration::from_secs(5)), |p| p.contains(id)) {
+                    return true;
                 }
             }
-            if !connected {
-                self.shared.metrics.send_not_connected.inc();
-                return Err(crate::SendError::NotConnected);
-            }
         }
-        sender.send_to(id, payload, priority)
+        false
     }
 
-    /// Peer connected / disconnected events from now on (bounded: a
-    /// subscriber that falls [`crate::peers::EVENT_CAPACITY`] events behind
-    /// gets `Lagged(missed)`). Usable from any async runtime
-    /// (`recv().await`) or a plain thread (`blocking_recv()`).
-    pub fn events(&self) -> tokio::sync::broadcast::Receiver<crate::PeerEvent> {
-        self.shared.peers.subscribe()
+    /// Peer [`crate::Event`]s from now on: connected, disconnected (with the
+    /// cause), and [`crate::Event::Lagged`] for a subscriber that fell more
+    /// than [`crate::EVENT_CAPACITY`] events behind. Ends once the network
+    /// shut down.
+    pub fn events(&self) -> Events {
+        Events::new(self.shared.peers.subscribe())
     }
 
     /// Stops accepting connections: the listening socket is closed, so new
@@ -508,6 +547,7 @@ impl NetworkHandle {
                 spec.inbox.close();
             }
         }
+        self.shared.peers.close_events();
     }
 }
 

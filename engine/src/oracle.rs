@@ -61,15 +61,6 @@ impl OracleState {
             .collect()
     }
 
-    /// Known address of `key`.
-    pub fn address(&self, key: &PublicKey) -> Option<SocketAddr> {
-        self.addresses
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(key)
-            .copied()
-    }
-
     /// Every known (key, address).
     pub fn addresses(&self) -> Vec<(PublicKey, SocketAddr)> {
         self.addresses

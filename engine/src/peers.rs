@@ -13,12 +13,10 @@
 //! otherwise (both sides dialed at once) the connection dialed by the smaller
 //! public key wins.
 //!
-//! Every change an application can see is also published as a
-//! [`PeerEvent`] on a bounded broadcast channel
-//! ([`crate::NetworkHandle::events`]): a subscriber that falls more than
-//! [`EVENT_CAPACITY`] events behind is told how many it missed (`Lagged`)
-//! instead of slowing the shards down. A tie-break replacement is not an
-//! event: the peer stays connected throughout.
+//! Every change an application can see is also published as an [`Event`]
+//! on a bounded broadcast channel (see [`crate::events`]), closed when the
+//! network shuts down. A tie-break replacement is not an event: the peer
+//! stays connected throughout.
 //!
 //! # Security
 //! Only connections whose handshake completed, both key confirmations
@@ -31,6 +29,9 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use shoal_crypto::PublicKey;
+use tokio::sync::broadcast;
+
+use crate::events::{Event, EVENT_CAPACITY};
 
 /// Where a connection lives: shard, slab key, and a generation that makes a
 /// reused slab slot distinguishable.
@@ -52,22 +53,6 @@ pub struct PeerHandle {
     pub dialer: PublicKey,
     /// The peer's listening address when we dialed it (or learned it).
     pub addr: Option<std::net::SocketAddr>,
-}
-
-/// Events kept for slow subscribers before they see `Lagged`.
-pub const EVENT_CAPACITY: usize = 1024;
-
-/// A peer came or went (see [`crate::NetworkHandle::events`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PeerEvent {
-    /// An authenticated connection to this peer is established.
-    Connected(PublicKey),
-    /// The peer's connection closed; `reason` is the metric label of the
-    /// cause (`local_close`, `remote_close`, `idle_timeout`, `io_error`, ...).
-    Disconnected {
-        peer: PublicKey,
-        reason: &'static str,
-    },
 }
 
 /// The outcome of [`PeerTable::insert`].
@@ -95,7 +80,8 @@ pub struct PeerTable {
     changed: Condvar,
     /// Peers with a dial in progress (connecting or handshaking).
     dialing: Mutex<HashSet<PublicKey>>,
-    events: tokio::sync::broadcast::Sender<PeerEvent>,
+    /// `None` once the network shut down (subscribers then see the end).
+    events: Mutex<Option<broadcast::Sender<Event>>>,
 }
 
 impl Default for PeerTable {
@@ -105,15 +91,31 @@ impl Default for PeerTable {
             write: Mutex::new(0),
             changed: Condvar::new(),
             dialing: Mutex::default(),
-            events: tokio::sync::broadcast::channel(EVENT_CAPACITY).0,
+            events: Mutex::new(Some(broadcast::channel(EVENT_CAPACITY).0)),
         }
     }
 }
 
 impl PeerTable {
-    /// A new subscription to [`PeerEvent`]s (from now on).
-    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<PeerEvent> {
-        self.events.subscribe()
+    /// A new subscription to [`Event`]s (from now on); an ended one after
+    /// [`PeerTable::close_events`].
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        match &*lock(&self.events) {
+            Some(tx) => tx.subscribe(),
+            None => broadcast::channel(1).1,
+        }
+    }
+
+    /// No more events: subscribers take what they hold, then see the end.
+    pub fn close_events(&self) {
+        lock(&self.events).take();
+    }
+
+    /// Publishes `e` (no subscriber is not an error).
+    fn publish(&self, e: Event) {
+        if let Some(tx) = &*lock(&self.events) {
+            let _ = tx.send(e);
+        }
     }
 
     /// The handle of the peer's connection, if established.
@@ -129,14 +131,6 @@ impl PeerTable {
     /// Connected peers.
     pub fn peers(&self) -> Vec<PublicKey> {
         self.snapshot.load().keys().cloned().collect()
-    }
-
-    pub fn len(&self) -> usize {
-        self.snapshot.load().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     pub fn contains(&self, peer: &PublicKey) -> bool {
@@ -169,14 +163,13 @@ impl PeerTable {
         *g += 1;
         self.changed.notify_all();
         if matches!(admit, Admit::Inserted) {
-            // No subscriber is not an error.
-            let _ = self.events.send(PeerEvent::Connected(peer));
+            self.publish(Event::Connected(peer));
         }
         admit
     }
 
     /// Removes the peer's entry if it still points at `id`; `reason` is
-    /// the close cause's metric label, for the [`PeerEvent`].
+    /// the close cause's metric label, for the [`Event`].
     pub fn remove(&self, peer: &PublicKey, id: ConnId, reason: &'static str) -> bool {
         let mut g = self.write.lock().unwrap_or_else(|e| e.into_inner());
         let cur = self.snapshot.load_full();
@@ -187,7 +180,7 @@ impl PeerTable {
                 self.snapshot.store(Arc::new(next));
                 *g += 1;
                 self.changed.notify_all();
-                let _ = self.events.send(PeerEvent::Disconnected {
+                self.publish(Event::Disconnected {
                     peer: peer.clone(),
                     reason,
                 });
@@ -196,6 +189,10 @@ impl PeerTable {
             _ => false,
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl PeerTable {
@@ -288,13 +285,13 @@ mod tests {
         assert_eq!(t.get(&pk(2)).map(|h| h.id.key), Some(7));
         // One Connected: the replacement is not an event, nor the stale
         // remove. Then the real close is.
-        assert_eq!(events.try_recv(), Ok(PeerEvent::Connected(pk(2))));
+        assert_eq!(events.try_recv(), Ok(Event::Connected(pk(2))));
         assert!(events.try_recv().is_err());
         let new_id = t.get(&pk(2)).unwrap().id;
         assert!(t.remove(&pk(2), new_id, "idle_timeout"));
         assert_eq!(
             events.try_recv(),
-            Ok(PeerEvent::Disconnected {
+            Ok(Event::Disconnected {
                 peer: pk(2),
                 reason: "idle_timeout"
             })

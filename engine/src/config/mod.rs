@@ -145,7 +145,7 @@ impl Config {
 
     /// What every connection of a node with this config is configured
     /// with (the sans-IO [`crate::connection::Connection`]'s settings).
-    pub fn connection_config(&self) -> crate::connection::ConnectionConfig {
+    pub(crate) fn connection_config(&self) -> crate::connection::ConnectionConfig {
         let limits = &self.limits;
         crate::connection::ConnectionConfig {
             identity: self.identity.signer.clone(),

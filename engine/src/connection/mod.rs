@@ -94,11 +94,12 @@ mod recv_buf;
 mod testing;
 mod timers;
 
-pub use close::{CloseCause, CLOSE_TIMEOUT};
+pub use close::CloseCause;
 pub use config::{Authorizer, ChannelLimit, ChannelLookup, ConnectionConfig};
-pub use decode::{Event, HANDSHAKE_MAX_FRAME};
-pub use queue::{ControlOut, Outgoing, Priority, QueueFull};
-pub use recv_buf::LARGE_RECORD;
+pub use decode::Event;
+#[cfg(test)]
+pub use queue::QueueFull;
+pub use queue::{ControlOut, Outgoing, Priority};
 
 // Established is the hot, long-lived state; boxing its ciphers would add a
 // pointer chase per frame, so the size difference is deliberate.

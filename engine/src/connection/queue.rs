@@ -26,22 +26,20 @@ use super::Connection;
 use crate::queue_depth::DepthPermit;
 
 /// Which queue a message goes into: high priority is written first, between
-/// the parts of a large low-priority message too.
+/// the parts of a large low-priority message too (messages are chunked, so
+/// a vote never waits behind a block).
+///
+/// ```
+/// use shoal_engine::Priority;
+/// let urgent = Priority::High;
+/// assert_ne!(urgent, Priority::Low);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Priority {
+    /// Written before every queued `Low` message.
     High,
+    /// Written when no `High` message waits.
     Low,
-}
-
-impl Priority {
-    /// `High` if `high`, else `Low` (the application API's `priority: bool`).
-    pub fn from_high(high: bool) -> Self {
-        if high {
-            Priority::High
-        } else {
-            Priority::Low
-        }
-    }
 }
 
 /// A message queued for sending.

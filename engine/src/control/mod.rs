@@ -193,9 +193,7 @@ impl Control {
                 let rng = &mut self.rng;
                 self.gossip.handle_record(peer, id, record, peers, now, rng)
             }
-            (ControlEvent::Lookup { target, reply }, Some(o)) => {
-                o.handle_lookup(target, reply, now)
-            }
+            (ControlEvent::Lookup { target, reply }, Some(o)) => o.handle_lookup(target, reply),
             (ControlEvent::Lookup { .. }, None) => {}
             (ControlEvent::DialFailed { peer }, Some(o)) => o.handle_dial_failed(&peer, now),
             (ControlEvent::DialFailed { .. }, None) => {}

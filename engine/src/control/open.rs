@@ -61,7 +61,9 @@ pub const MAX_LOOKUPS: usize = 64;
 /// How long a query may wait for its dial to connect (a dial that fails
 /// fails its queries at once; this bounds one that hangs).
 const CONNECT_WAIT: Duration = Duration::from_secs(3);
-pub use super::join::REFRESH_INTERVAL;
+
+#[cfg(test)]
+use super::join::REFRESH_INTERVAL;
 
 /// The answer to a lookup: the closest responders (key, address).
 pub type LookupResult = Vec<(PublicKey, SocketAddr)>;
@@ -300,14 +302,9 @@ impl OpenMode {
 
     /// The embedder's lookup toward `target`; the result arrives on `reply`
     /// (dropped at once, and counted, when [`MAX_LOOKUPS`] are running).
-    pub fn handle_lookup(
-        &mut self,
-        target: [u8; 32],
-        reply: oneshot::Sender<LookupResult>,
-        now: Instant,
-    ) {
+    pub fn handle_lookup(&mut self, target: [u8; 32], reply: oneshot::Sender<LookupResult>) {
         if self
-            .start_lookup(NodeId::from_bytes(target), Some(reply), now)
+            .start_lookup(NodeId::from_bytes(target), Some(reply))
             .is_none()
         {
             self.out.push_back(Output::Refuse("too_many_lookups"));
@@ -320,13 +317,12 @@ impl OpenMode {
         &mut self,
         target: NodeId,
         reply: Option<oneshot::Sender<LookupResult>>,
-        now: Instant,
     ) -> Option<u64> {
         if self.lookups.len() >= MAX_LOOKUPS {
             return None;
         }
         let seeds = self.table.closest(&target, K);
-        let lookup = Lookup::new(target, seeds, K, ALPHA, now).with_local_id(self.local);
+        let lookup = Lookup::new(target, seeds, K, ALPHA).with_local_id(self.local);
         let id = self.next_lookup;
         self.next_lookup += 1;
         self.lookups.insert(
@@ -415,7 +411,7 @@ impl OpenMode {
             .join
             .poll_target(&self.table, self.local, running, now, rng)
         {
-            let started = self.start_lookup(target, None, now);
+            let started = self.start_lookup(target, None);
             self.join.handle_started(started);
         }
         self.poll(connected, now);
@@ -644,7 +640,7 @@ mod tests {
         open.on_record(&record(2), &connected, now).unwrap();
         let (tx, mut rx) = oneshot::channel();
         let target = NodeId::from_bytes([0x55; 32]);
-        assert!(open.start_lookup(target, Some(tx), now).is_some());
+        assert!(open.start_lookup(target, Some(tx)).is_some());
         open.poll(&connected, now);
         let first = queries(&drain(&mut open));
         assert_eq!(first.len(), 1, "one known node, one query");
@@ -686,7 +682,7 @@ mod tests {
         }
         let (tx, mut rx) = oneshot::channel();
         let target = NodeId::from_bytes([0x55; 32]);
-        assert!(open.start_lookup(target, Some(tx), now).is_some());
+        assert!(open.start_lookup(target, Some(tx)).is_some());
         open.poll(&nobody, now);
         let dialed = dials(&drain(&mut open));
         assert_eq!(dialed.len(), 3, "every known node is dialed for its query");
@@ -703,7 +699,7 @@ mod tests {
         open.handle_dial_failed(&five, now);
         let (tx, mut rx) = oneshot::channel();
         let target = NodeId::from_bytes([0x66; 32]);
-        assert!(open.start_lookup(target, Some(tx), now).is_some());
+        assert!(open.start_lookup(target, Some(tx)).is_some());
         drain(&mut open);
         open.poll(&nobody, now);
         assert!(
@@ -861,18 +857,17 @@ mod tests {
 
     #[test]
     fn lookups_beyond_the_limit_are_refused() {
-        let now = Instant::now();
         let me = ident(1);
         let mut open = OpenMode::new(me.public_key(), NS.to_vec(), false).unwrap();
         let mut replies = Vec::new();
         for _ in 0..MAX_LOOKUPS {
             let (tx, rx) = oneshot::channel();
-            open.handle_lookup([0x55; 32], tx, now);
+            open.handle_lookup([0x55; 32], tx);
             replies.push(rx);
         }
         assert!(drain(&mut open).is_empty());
         let (tx, mut rx) = oneshot::channel();
-        open.handle_lookup([0x55; 32], tx, now);
+        open.handle_lookup([0x55; 32], tx);
         assert!(matches!(
             drain(&mut open)[..],
             [Output::Refuse("too_many_lookups")]

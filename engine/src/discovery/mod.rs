@@ -101,7 +101,9 @@ pub use record::{
     decode_socket, encode_socket, is_publicly_routable, record_namespace, sign_record,
     signing_payload, verify_record, RecordRejected,
 };
-pub use sets::{bit_vec_len, check_bits, encode_bits, get_bit, BitVecRejected, Registered};
+#[cfg(test)]
+pub use sets::bit_vec_len;
+pub use sets::{check_bits, encode_bits, get_bit, BitVecRejected, Registered};
 
 use book::AddressBook;
 use sets::PeerSets;
@@ -210,12 +212,8 @@ impl Discovery {
         }
     }
 
-    /// The configuration.
-    pub fn config(&self) -> &DiscoveryConfig {
-        &self.config
-    }
-
     /// This node's key.
+    #[cfg(test)]
     pub fn public_key(&self) -> &PublicKey {
         self.identity.public_key()
     }

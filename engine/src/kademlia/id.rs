@@ -59,7 +59,8 @@ impl NodeId {
         Distance(d)
     }
 
-    /// A uniformly random id (lookup targets for table refresh).
+    /// A uniformly random id.
+    #[cfg(test)]
     pub fn random<R: Rng + ?Sized>(rng: &mut R) -> Self {
         let mut b = [0u8; ID_LEN];
         rng.fill(&mut b[..]);
@@ -123,6 +124,7 @@ pub struct Distance(pub [u8; ID_LEN]);
 
 impl Distance {
     /// Distance zero (an id to itself).
+    #[cfg(test)]
     pub const ZERO: Distance = Distance([0u8; ID_LEN]);
 
     /// Number of leading zero bits (256 for [`Distance::ZERO`]).
@@ -142,11 +144,6 @@ impl Distance {
     pub fn bucket_index(&self) -> Option<usize> {
         let lz = self.leading_zeros() as usize;
         (lz < ID_BITS).then(|| ID_BITS - 1 - lz)
-    }
-
-    /// The raw distance bytes (big-endian).
-    pub const fn as_bytes(&self) -> &[u8; ID_LEN] {
-        &self.0
     }
 }
 

@@ -97,7 +97,6 @@ pub struct Lookup {
     candidates: BTreeMap<Distance, Candidate>,
     in_flight: usize,
     done: bool,
-    started: Instant,
     stats: LookupStats,
 }
 
@@ -106,13 +105,7 @@ impl Lookup {
     /// table's `closest(target, k)`), keeping `k` results and at most `alpha`
     /// queries in flight (both at least 1). Defaults: 5 s per-query timeout,
     /// `8k` candidates, `10k` queries.
-    pub fn new(
-        target: NodeId,
-        seeds: Vec<(NodeId, SocketAddr)>,
-        k: usize,
-        alpha: usize,
-        now: Instant,
-    ) -> Self {
+    pub fn new(target: NodeId, seeds: Vec<(NodeId, SocketAddr)>, k: usize, alpha: usize) -> Self {
         let k = k.max(1);
         let mut lookup = Self {
             target,
@@ -125,7 +118,6 @@ impl Lookup {
             candidates: BTreeMap::new(),
             in_flight: 0,
             done: false,
-            started: now,
             stats: LookupStats::default(),
         };
         lookup.add_candidates(seeds);
@@ -161,11 +153,6 @@ impl Lookup {
     /// The target id.
     pub fn target(&self) -> NodeId {
         self.target
-    }
-
-    /// When the lookup was created.
-    pub fn started(&self) -> Instant {
-        self.started
     }
 
     /// Queries currently in flight.
@@ -403,7 +390,7 @@ mod tests {
     #[test]
     fn no_seeds_is_done_immediately() {
         let now = Instant::now();
-        let mut l = Lookup::new(TARGET, vec![], 16, 3, now);
+        let mut l = Lookup::new(TARGET, vec![], 16, 3);
         assert!(l.is_done());
         assert!(l.poll_queries(now).is_empty());
         assert!(l.result().is_empty());
@@ -412,7 +399,7 @@ mod tests {
     #[test]
     fn queries_closest_first_never_more_than_alpha() {
         let now = Instant::now();
-        let mut l = Lookup::new(TARGET, (100..110).map(n).collect(), 4, 3, now);
+        let mut l = Lookup::new(TARGET, (100..110).map(n).collect(), 4, 3);
         let q = l.poll_queries(now);
         assert_eq!(q, vec![n(100), n(101), n(102)]);
         assert!(l.poll_queries(now).is_empty(), "alpha in flight");
@@ -429,7 +416,7 @@ mod tests {
     fn converges_and_returns_k_closest_responders() {
         let now = Instant::now();
         // Every node answers with nodes 1..=4 (the true closest).
-        let mut l = Lookup::new(TARGET, (50..60).map(n).collect(), 4, 2, now);
+        let mut l = Lookup::new(TARGET, (50..60).map(n).collect(), 4, 2);
         let mut asked = Vec::new();
         while !l.is_done() {
             let q = l.poll_queries(now);
@@ -448,7 +435,7 @@ mod tests {
     #[test]
     fn failure_is_replaced_by_next_closest() {
         let now = Instant::now();
-        let mut l = Lookup::new(TARGET, (1..=5).map(n).collect(), 3, 3, now);
+        let mut l = Lookup::new(TARGET, (1..=5).map(n).collect(), 3, 3);
         assert_eq!(l.poll_queries(now), vec![n(1), n(2), n(3)]);
         l.on_failure(id(2), now);
         assert_eq!(l.poll_queries(now), vec![n(4)]);
@@ -464,7 +451,7 @@ mod tests {
     #[test]
     fn silent_node_times_out_and_late_answer_is_accepted() {
         let t0 = Instant::now();
-        let mut l = Lookup::new(TARGET, (1..=3).map(n).collect(), 2, 2, t0)
+        let mut l = Lookup::new(TARGET, (1..=3).map(n).collect(), 2, 2)
             .with_query_timeout(Duration::from_secs(1));
         assert_eq!(l.poll_queries(t0), vec![n(1), n(2)]);
         l.on_response(id(2), vec![], t0);
@@ -488,7 +475,7 @@ mod tests {
     #[test]
     fn all_silent_finishes_with_empty_result() {
         let t0 = Instant::now();
-        let mut l = Lookup::new(TARGET, (1..=10).map(n).collect(), 4, 3, t0);
+        let mut l = Lookup::new(TARGET, (1..=10).map(n).collect(), 4, 3);
         let mut now = t0;
         let mut steps = 0;
         while !l.is_done() {
@@ -505,7 +492,7 @@ mod tests {
     #[test]
     fn candidates_and_queries_are_bounded() {
         let now = Instant::now();
-        let mut l = Lookup::new(TARGET, vec![n(60000)], 2, 1, now);
+        let mut l = Lookup::new(TARGET, vec![n(60000)], 2, 1);
         // A hostile responder chain that always returns ever-closer fakes.
         let mut next = 59999u16;
         let mut rounds = 0;
@@ -530,7 +517,7 @@ mod tests {
     #[test]
     fn local_id_is_never_queried() {
         let now = Instant::now();
-        let mut l = Lookup::new(TARGET, vec![n(1), n(2)], 16, 3, now).with_local_id(id(1));
+        let mut l = Lookup::new(TARGET, vec![n(1), n(2)], 16, 3).with_local_id(id(1));
         assert_eq!(l.poll_queries(now), vec![n(2)]);
         l.on_response(id(2), vec![n(1), n(3)], now);
         assert_eq!(l.poll_queries(now), vec![n(3)]);

@@ -22,7 +22,7 @@
 //! - **`FIND_NODE(target)` received** from an authenticated peer: observe
 //!   the sender, answer `table.closest(&target, K)`.
 //! - **Lookup** (join, refresh, send-to-id): `Lookup::new(target,
-//!   table.closest(&target, K), K, ALPHA, now).with_local_id(local)`; then
+//!   table.closest(&target, K), K, ALPHA).with_local_id(local)`; then
 //!   send `FIND_NODE(target)` to every node from `poll_queries(now)`; feed
 //!   answers to `on_response` (and `observe` the responder), errors and
 //!   disconnects to `on_failure`; arm a timer at `poll_timeout()` and call
@@ -51,6 +51,6 @@ pub mod table;
 #[cfg(test)]
 mod sim;
 
-pub use id::{Distance, NodeId, ID_BITS, ID_LEN};
-pub use lookup::{Lookup, LookupStats, ALPHA, QUERY_TIMEOUT};
-pub use table::{Entry, Observe, PingOutcome, RoutingTable, TableConfig, K};
+pub use id::{NodeId, ID_BITS, ID_LEN};
+pub use lookup::{Lookup, ALPHA};
+pub use table::{Observe, PingOutcome, RoutingTable, TableConfig, K};

@@ -86,7 +86,7 @@ impl Net {
     /// Drives one lookup from node `from` to completion.
     fn lookup(&mut self, from: usize, target: NodeId) -> Outcome {
         let seeds = self.tables[from].closest(&target, K);
-        let mut l = Lookup::new(target, seeds, K, ALPHA, self.now).with_local_id(self.ids[from]);
+        let mut l = Lookup::new(target, seeds, K, ALPHA).with_local_id(self.ids[from]);
         let mut out = Outcome::default();
         let mut guard = 0;
         while !l.is_done() {

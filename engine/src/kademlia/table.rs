@@ -185,11 +185,6 @@ impl RoutingTable {
         self.local
     }
 
-    /// The parameters in use.
-    pub fn config(&self) -> TableConfig {
-        self.config
-    }
-
     /// Number of entries (replacement caches not counted).
     pub fn len(&self) -> usize {
         self.len
