@@ -23,11 +23,11 @@ use std::time::Instant;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
-use shoal::engine::config::Config;
-use shoal::engine::connection::{
-    ChannelLimit, ChannelLookup, Connection, ConnectionConfig, Event, Outgoing, Priority,
+use shoal::engine::__private::connection::{
+    self as conn, ChannelLimit, ChannelLookup, Connection, ConnectionConfig, Event, Outgoing,
+    Priority,
 };
-use shoal::engine::{Ed25519Signer, Identity};
+use shoal::{Config, Ed25519Signer, Identity};
 
 const SIZES: [usize; 3] = [64, 1024, 16 * 1024];
 const TAG_LEN: usize = 16;
@@ -42,11 +42,9 @@ impl ChannelLookup for OneChannel {
 
 fn conn_config(seed: u64) -> Arc<ConnectionConfig> {
     let identity: Identity = Arc::new(Ed25519Signer::insecure_from_seed(seed));
-    Arc::new(
-        Config::recommended(None)
-            .with_identity(identity)
-            .connection_config(),
-    )
+    Arc::new(conn::config(
+        &Config::recommended(None).with_identity(identity),
+    ))
 }
 
 /// An established pair (handshake driven to completion in memory).

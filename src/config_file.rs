@@ -12,7 +12,7 @@
 //! ([`Preset::load`]). Errors name the key by its dotted path and line.
 //!
 //! Durations are strings: an integer followed by `us`, `ms`, `s`, `m` or
-//! `h` (`"500ms"`, `"10s"`, `"2m"`; [`shoal::engine::config::duration`]).
+//! `h` (`"500ms"`, `"10s"`, `"2m"`; [`shoal::config::duration`]).
 //! Bare integers are rejected so that a unit is never guessed.
 //!
 //! See `docs/operating.md` for a complete, commented example.
@@ -23,12 +23,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
-use shoal::crypto::{Scheme, ED25519};
-use shoal::engine::config::{
+use shoal::config::{
     AdmissionSettings, DiscoverySettings, IdentitySettings, IoSettings, LimitSettings,
     ListenSettings, Preset, TimeoutSettings,
 };
-use shoal::engine::{Config, PublicKey};
+use shoal::crypto::{Scheme, ED25519};
+use shoal::{Config, PublicKey};
 
 /// A config problem, naming the field it is about.
 #[derive(Debug)]
@@ -87,7 +87,7 @@ pub struct ProbeSection {
     /// Period between two probes to a peer. Default 1 s.
     #[serde(
         default = "ProbeSection::default_interval",
-        with = "shoal::engine::config::duration"
+        with = "shoal::config::duration"
     )]
     pub interval: Duration,
     /// Probes per peer, then stop sending. Absent: no limit.
@@ -325,9 +325,9 @@ fn where_it_belongs(key: &str) -> Option<String> {
 }
 
 /// Maps an engine config error to a [`ConfigError`].
-pub fn engine_error(e: shoal::engine::Error) -> ConfigError {
+pub fn engine_error(e: shoal::Error) -> ConfigError {
     match e {
-        shoal::engine::Error::InvalidConfig { field, reason } => bad(field, reason),
+        shoal::Error::InvalidConfig { field, reason } => bad(field, reason),
         other => bad("config", other.to_string()),
     }
 }
@@ -354,7 +354,7 @@ pub fn parse_key(hex: &str) -> Result<PublicKey, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shoal::engine::Ed25519Signer;
+    use shoal::Ed25519Signer;
 
     fn parse(text: &str) -> FileConfig {
         FileConfig::parse(text).unwrap()
@@ -489,7 +489,7 @@ mod tests {
         c.listen.advertise = "10.0.0.1:7000".parse().ok();
         c.identity.key_file = Some("node.key".into());
         c.identity.namespace = b"other/2".to_vec();
-        c.io.backend = shoal::engine::Backend::Epoll;
+        c.io.backend = shoal::Backend::Epoll;
         c.io.uring.entries = 64;
         c.discovery.dial_backoff_max = Duration::from_millis(1500);
         let text = toml::to_string(&c).unwrap();

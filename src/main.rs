@@ -62,7 +62,7 @@ enum Command {
 }
 
 fn keygen(out: &std::path::Path, force: bool) -> ExitCode {
-    let signer = shoal::engine::Ed25519Signer::generate();
+    let signer = shoal::Ed25519Signer::generate();
     match signer.save(out, force) {
         Ok(()) => {
             println!("{:#}", shoal::crypto::Signer::public_key(&signer));

@@ -20,7 +20,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
-use shoal::engine::{Network, PublicKey, Receiver, SendError, Sender};
+use shoal::{ChannelConfig, Network, Priority, PublicKey, Receiver, SendError, Sender};
 use tokio::sync::Notify;
 
 use crate::config_file::{engine_error, FileConfig};
@@ -89,7 +89,7 @@ pub fn run(config_path: &Path) -> ExitCode {
 
     let (mut network, oracle) = match Network::new(cfg) {
         Ok(x) => x,
-        Err(e @ shoal::engine::Error::InvalidConfig { .. }) => {
+        Err(e @ shoal::Error::InvalidConfig { .. }) => {
             return config_error(config_path, engine_error(e))
         }
         Err(e) => return fail(e),
@@ -97,8 +97,13 @@ pub fn run(config_path: &Path) -> ExitCode {
     let mut registry = Registry::with_prefix("shoal");
     network.metrics().register(&mut registry);
     let echo_metrics = EchoMetrics::default();
+    let channel = |id| {
+        ChannelConfig::new(id)
+            .max_size(max_message_size)
+            .capacity(ECHO_BACKLOG)
+    };
     let echo = match file.node.echo_channel {
-        Some(ch) => match network.register(ch, None, max_message_size, ECHO_BACKLOG, None) {
+        Some(ch) => match network.register(channel(ch)) {
             Ok(x) => {
                 echo_metrics.register(&mut registry);
                 Some((ch, x))
@@ -108,7 +113,7 @@ pub fn run(config_path: &Path) -> ExitCode {
         None => None,
     };
     let probe = match &file.probe {
-        Some(p) => match network.register(p.channel, None, max_message_size, ECHO_BACKLOG, None) {
+        Some(p) => match network.register(channel(p.channel)) {
             Ok(x) => {
                 let m = ProbeMetrics::new(&peers);
                 m.register(&mut registry);
@@ -229,11 +234,11 @@ pub fn run(config_path: &Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn backend_name(b: shoal::engine::Backend) -> &'static str {
+fn backend_name(b: shoal::Backend) -> &'static str {
     match b {
-        shoal::engine::Backend::IoUring => "io_uring",
-        shoal::engine::Backend::Epoll => "epoll",
-        shoal::engine::Backend::Auto => "auto",
+        shoal::Backend::IoUring => "io_uring",
+        shoal::Backend::Epoll => "epoll",
+        shoal::Backend::Auto => "auto",
     }
 }
 
@@ -258,7 +263,7 @@ fn echo_loop(tx: Sender, rx: Receiver, stop: Arc<Notify>, metrics: EchoMetrics) 
             // Never wait on one peer's full queue: every other peer's
             // echo would wait with it. An echo that does not fit is
             // counted and dropped (the sender sees it missing).
-            match tx.send_to(&from, msg, false) {
+            match tx.send(&from, msg, Priority::Low).result() {
                 Ok(()) => {
                     metrics.echoed.inc();
                 }
@@ -414,7 +419,7 @@ fn probe_loop(
                         let mut b = [0u8; 16];
                         b[..8].copy_from_slice(&seq.to_be_bytes());
                         b[8..].copy_from_slice(&unix_micros().to_be_bytes());
-                        if tx.send_to(peer, Bytes::copy_from_slice(&b), false).is_ok() {
+                        if tx.send(peer, Bytes::copy_from_slice(&b), Priority::Low).result().is_ok() {
                             m.sent.get_or_create(&peer_label(peer)).inc();
                             *seq += 1;
                             sent += 1;

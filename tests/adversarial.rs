@@ -26,9 +26,9 @@ use bytes::Bytes;
 use bytes::BytesMut;
 use common::*;
 use shoal::crypto::{RecordSealer, Session, TAG_LEN};
-use shoal::engine::metrics::Metrics;
-use shoal::engine::{Backend, Config, PublicKey, Quota, Receiver, SendError, Sender};
+use shoal::metrics::Metrics;
 use shoal::wire::{encode_header, DataHeader, RecordKind, RecordWriter};
+use shoal::{Backend, Config, Priority, PublicKey, Quota, Receiver, SendError, Sender};
 use shoal_testkit::{process, raw_client};
 
 /// Resident-memory growth allowed during one attack.
@@ -128,7 +128,10 @@ fn assert_exchange(a: &Node, b: &Node, ch: usize, tag: &str) {
         // retry NotConnected until the deadline.
         let mut res = Err(SendError::NotConnected);
         wait_until("send to an honest peer", || {
-            res = from.channels[ch].0.send_to(&to.key(), msg.clone(), false);
+            res = from.channels[ch]
+                .0
+                .send(&to.key(), msg.clone(), Priority::Low)
+                .result();
             res != Err(SendError::NotConnected)
         });
         res.unwrap();
@@ -235,7 +238,7 @@ fn send_until_full(
     let start = Instant::now();
     let mut accepted = 0u64;
     for _ in 0..max {
-        match tx.send_to(to, payload.clone(), false) {
+        match tx.send(to, payload.clone(), Priority::Low).result() {
             Ok(()) => accepted += 1,
             Err(SendError::Full) => return (accepted, true, start.elapsed()),
             Err(e) => panic!("unexpected send error: {e:?}"),
@@ -962,7 +965,12 @@ fn unregistered_channel(backend: Backend) {
     let before = m.close_count("protocol_violation");
     attacker.channels[1]
         .0
-        .send_to(&victim.key(), Bytes::from_static(b"channel 9"), false)
+        .send(
+            &victim.key(),
+            Bytes::from_static(b"channel 9"),
+            Priority::Low,
+        )
+        .result()
         .unwrap();
     let t = wait_until("protocol_violation counted", || {
         m.close_count("protocol_violation") > before
@@ -1013,7 +1021,8 @@ fn oversized_message(backend: Backend) {
     // hide the victim's growth.
     attacker.channels[0]
         .0
-        .send_to(&victim.key(), payload.clone(), false)
+        .send(&victim.key(), payload.clone(), Priority::Low)
+        .result()
         .unwrap();
     let mut got = Vec::new();
     let t = wait_until("the oversized message refused", || {
@@ -1074,7 +1083,8 @@ fn compression_bomb(backend: Backend) {
     // hide the victim's growth.
     attacker.channels[0]
         .0
-        .send_to(&victim.key(), zeros.clone(), false)
+        .send(&victim.key(), zeros.clone(), Priority::Low)
+        .result()
         .unwrap();
     let mut got = Vec::new();
     let t = wait_until("the compression bomb refused", || {
@@ -1286,7 +1296,9 @@ fn peer_that_stops_reading(backend: Backend) {
         let msg = Bytes::from(format!("third #{i}"));
         sender.channels[0]
             .0
-            .send_to_blocking(&third.key(), msg, false)
+            .send_wait(&third.key(), msg, Priority::Low)
+            .blocking()
+            .result()
             .unwrap();
         let (_, got) = recv_within(&third.channels[0].1);
         assert_eq!(got, Bytes::from(format!("third #{i}")));

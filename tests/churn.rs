@@ -44,8 +44,9 @@ use bytes::Bytes;
 use common::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use shoal::engine::{
-    Backend, Config, Network, NetworkHandle, PublicKey, Receiver, Recipients, Sender,
+use shoal::{
+    Backend, ChannelConfig, Config, Network, NetworkHandle, Priority, PublicKey, Receiver,
+    Recipients, Sender,
 };
 
 const N: u64 = 30;
@@ -265,7 +266,7 @@ fn start(ctx: &Ctx, seed: u64, addr: SocketAddr, inc: u32, rng_seed: u64) -> Liv
     let (handle, sender, receiver) = loop {
         let (mut net, oracle) = Network::new(config(ctx, seed, addr)).expect("config");
         let (tx, rx) = net
-            .register(CHANNEL, None, 1 << 20, 1024, None)
+            .register(ChannelConfig::new(CHANNEL).max_size(1 << 20))
             .expect("register");
         oracle.register(0, ctx.keys.clone());
         for (s, a) in &ctx.boot {
@@ -402,25 +403,24 @@ fn send_one(
         rng.gen_range(16..1024)
     };
     let payload = encode(log.seed, log.inc, high, &entries, len);
+    let listed: Vec<PublicKey> = targets
+        .iter()
+        .map(|t| keys[seed_index(*t)].clone())
+        .collect();
     let recipients = if targets.len() == 1 {
-        Recipients::One(keys[seed_index(targets[0])].clone())
+        Recipients::One(&listed[0])
     } else {
-        Recipients::Some(
-            targets
-                .iter()
-                .map(|t| keys[seed_index(*t)].clone())
-                .collect(),
-        )
+        Recipients::Peers(&listed)
     };
+    let priority = if high { Priority::High } else { Priority::Low };
     let t0 = now_us();
-    let report = sender
-        .send_report(recipients, payload, high)
-        .expect("send on a running network");
+    let report = sender.send(recipients, payload, priority);
+    assert_eq!(report.refused(), None, "send on a running network");
     log.sends += 1;
-    log.full += report.full.len() as u64;
-    log.not_connected += report.not_connected.len() as u64;
+    log.full += report.full().count() as u64;
+    log.not_connected += report.not_connected().count() as u64;
     for (t, s) in entries {
-        let accepted = report.accepted.contains(&keys[seed_index(t)]);
+        let accepted = report.accepted().any(|k| *k == keys[seed_index(t)]);
         log.recs[lane(t, high)].push(SentRec {
             seq: s,
             t0,
@@ -769,7 +769,9 @@ fn churn_keeps_order_and_reconverges() {
             }
             if let Err(e) = live
                 .sender
-                .send_to_blocking(&key(r), fin(s.seed, live.inc), false)
+                .send_wait(&key(r), fin(s.seed, live.inc), Priority::Low)
+                .blocking()
+                .result()
             {
                 fin_not_accepted.push((s.seed, r, e));
             }
@@ -990,7 +992,7 @@ fn churn_keeps_order_and_reconverges() {
     // Leaks: every socket, thread and buffer pool released.
     let fds_after = open_fds();
     let threads_after = shoal_threads();
-    let pools_after = shoal::engine::live_buffer_pools();
+    let pools_after = shoal::engine::test_hooks::live_buffer_pools();
     eprintln!(
         "churn: fds before {fds_before}, after {fds_after}; shoal threads after {threads_after}; \
          live buffer pools after {pools_after}; total {:.1?}",

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use shoal::engine::{Backend, Config, Ed25519Signer, Network, PublicKey};
+use shoal::{Backend, ChannelConfig, Config, Ed25519Signer, Network, Priority, PublicKey};
 
 const BIN: &str = env!("CARGO_BIN_EXE_shoal");
 /// Liveness bound for anything we wait on.
@@ -253,7 +253,9 @@ fn two_nodes_echo(shards: usize) {
     let mut cfg = Config::local(Some(a_me)).with_identity(me.clone());
     cfg.io.backend = Backend::Epoll;
     let (mut net, oracle) = Network::new(cfg).unwrap();
-    let (tx, rx) = net.register(ECHO, None, 1 << 20, 64, None).unwrap();
+    let (tx, rx) = net
+        .register(ChannelConfig::new(ECHO).max_size(1 << 20).capacity(64))
+        .unwrap();
     let (pk1, pk2) = (parse_key(&k1), parse_key(&k2));
     oracle.register(0, vec![pk1.clone(), pk2.clone()]);
     oracle.add_address(pk1.clone(), a1);
@@ -273,7 +275,9 @@ fn two_nodes_echo(shards: usize) {
         .unwrap();
     for (i, pk) in [&pk1, &pk2].into_iter().enumerate() {
         let payload = Bytes::from(format!("hello node {}", i + 1));
-        tx.send_to(pk, payload.clone(), false).unwrap();
+        tx.send(pk, payload.clone(), Priority::Low)
+            .result()
+            .unwrap();
         let (from, got) = rt
             .block_on(async { tokio::time::timeout(WAIT, rx.recv()).await })
             .expect("an echo within the deadline")
@@ -676,7 +680,9 @@ fn one_peer_that_never_reads_does_not_stall_the_echo_for_another() {
     let mut cfg = Config::local(Some(a_me)).with_identity(me.clone());
     cfg.io.backend = Backend::Epoll;
     let (mut net, oracle) = Network::new(cfg).unwrap();
-    let (tx, rx) = net.register(ECHO, None, 1 << 20, 64, None).unwrap();
+    let (tx, rx) = net
+        .register(ChannelConfig::new(ECHO).max_size(1 << 20).capacity(64))
+        .unwrap();
     oracle.register(0, vec![pk1.clone()]);
     oracle.add_address(pk1.clone(), a1);
     let handle = net.start().unwrap();
@@ -686,7 +692,10 @@ fn one_peer_that_never_reads_does_not_stall_the_echo_for_another() {
     );
     let echo = |i: u64| {
         let payload = Bytes::from(format!("honest {i}"));
-        tx.send_to_blocking(&pk1, payload.clone(), false).unwrap();
+        tx.send_wait(&pk1, payload.clone(), Priority::Low)
+            .blocking()
+            .result()
+            .unwrap();
         let (_, got) = rx
             .recv_timeout(WAIT)
             .unwrap()
@@ -788,7 +797,9 @@ fn measure_the_echo_gap_beside_a_non_reader() {
     let mut cfg = Config::local(Some(a_me)).with_identity(me.clone());
     cfg.io.backend = Backend::Epoll;
     let (mut net, oracle) = Network::new(cfg).unwrap();
-    let (tx, rx) = net.register(ECHO, None, 1 << 20, 64, None).unwrap();
+    let (tx, rx) = net
+        .register(ChannelConfig::new(ECHO).max_size(1 << 20).capacity(64))
+        .unwrap();
     oracle.register(0, vec![pk1.clone()]);
     oracle.add_address(pk1.clone(), a1);
     let handle = net.start().unwrap();
@@ -820,7 +831,12 @@ fn measure_the_echo_gap_beside_a_non_reader() {
         while start.elapsed() < window {
             let t = Instant::now();
             let payload = Bytes::from(format!("honest {n}"));
-            if tx.send_to_blocking(&pk1, payload.clone(), false).is_err() {
+            if tx
+                .send_wait(&pk1, payload.clone(), Priority::Low)
+                .blocking()
+                .result()
+                .is_err()
+            {
                 break;
             }
             loop {

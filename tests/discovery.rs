@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
-use shoal::engine::{Backend, Config};
+use shoal::{Backend, Config};
 
 fn small(c: &mut Config) {
     c.io.uring.recv_buffers = 32;
@@ -136,7 +136,7 @@ fn a_new_peer_set_disconnects_the_old_and_connects_the_new(backend: Backend) {
     for n in [&nodes[0], &nodes[2]] {
         n.oracle.register(1, vec![key(1), key(3), key(4)]);
     }
-    let want = |me: u64| -> Vec<shoal::engine::PublicKey> {
+    let want = |me: u64| -> Vec<shoal::PublicKey> {
         [1u64, 3, 4]
             .iter()
             .filter(|&&s| s != me)

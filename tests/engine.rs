@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
-use shoal::engine::{Backend, Recipients, SendError};
+use shoal::{Backend, Priority, Recipients, SendError};
 
 fn exchange_on_several_channels(backend: Backend) {
     let nodes = mesh(backend, 2, &[chan(1), chan(2), chan(3)], |_| {});
@@ -20,13 +20,16 @@ fn exchange_on_several_channels(backend: Backend) {
     for ch in 0..3 {
         for i in 0..N {
             let msg = Bytes::from(format!("a->b ch{ch} #{i}"));
-            let sent = a.channels[ch]
+            let report = a.channels[ch]
                 .0
-                .send(Recipients::One(b.key()), msg, false)
-                .unwrap();
-            assert_eq!(sent, vec![b.key()]);
+                .send(Recipients::One(&b.key()), msg, Priority::Low);
+            assert_eq!(report.accepted().collect::<Vec<_>>(), vec![&b.key()]);
             let msg = Bytes::from(format!("b->a ch{ch} #{i}"));
-            b.channels[ch].0.send_to(&a.key(), msg, false).unwrap();
+            b.channels[ch]
+                .0
+                .send(&a.key(), msg, Priority::Low)
+                .result()
+                .unwrap();
         }
     }
     for ch in 0..3 {
@@ -48,15 +51,17 @@ fn exchange_on_several_channels(backend: Backend) {
 fn three_nodes_all_to_all(backend: Backend) {
     let nodes = mesh(backend, 3, &[chan(7)], |_| {});
     for n in &nodes {
-        let sent = n.channels[0]
-            .0
-            .send(
-                Recipients::All,
-                Bytes::from(format!("from {}", n.seed)),
-                false,
-            )
-            .unwrap();
-        assert_eq!(sent.len(), 2, "node {} reaches both others", n.seed);
+        let report = n.channels[0].0.send(
+            Recipients::All,
+            Bytes::from(format!("from {}", n.seed)),
+            Priority::Low,
+        );
+        assert_eq!(
+            report.accepted().count(),
+            2,
+            "node {} reaches both others",
+            n.seed
+        );
     }
     for n in &nodes {
         let mut got: Vec<String> = (0..2)
@@ -92,7 +97,8 @@ fn large_message_with_high_priority_interleaved(backend: Backend) {
     let payload = Bytes::from(payload);
     a.channels[0]
         .0
-        .send_to(&b.key(), payload.clone(), false)
+        .send(&b.key(), payload.clone(), Priority::Low)
+        .result()
         .unwrap();
     // The urgent messages are sent once b has received 1 MiB of the big
     // one: at most the kernel's socket buffers (a few MiB) of the rest can
@@ -106,7 +112,8 @@ fn large_message_with_high_priority_interleaved(backend: Backend) {
     for i in 0..SMALL {
         a.channels[1]
             .0
-            .send_to(&b.key(), Bytes::from(format!("urgent {i}")), true)
+            .send(&b.key(), Bytes::from(format!("urgent {i}")), Priority::High)
+            .result()
             .unwrap();
     }
     // Receive the big one on another thread; note when each finished.
@@ -156,14 +163,16 @@ fn compressed_channel(backend: Backend) {
     let text = Bytes::from("validator vote ".repeat(20_000));
     a.channels[0]
         .0
-        .send_to(&b.key(), text.clone(), false)
+        .send(&b.key(), text.clone(), Priority::Low)
+        .result()
         .unwrap();
     let incompressible: Bytes = (0..4096u32)
         .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
         .collect();
     a.channels[0]
         .0
-        .send_to(&b.key(), incompressible.clone(), false)
+        .send(&b.key(), incompressible.clone(), Priority::Low)
+        .result()
         .unwrap();
     assert_eq!(b.channels[0].1.recv_blocking().unwrap().1, text);
     assert_eq!(b.channels[0].1.recv_blocking().unwrap().1, incompressible);
@@ -192,7 +201,8 @@ fn unauthorized_key_refused(backend: Backend) {
     assert_eq!(
         c.channels[0]
             .0
-            .send_to(&a.key(), Bytes::from_static(b"x"), false),
+            .send(&a.key(), Bytes::from_static(b"x"), Priority::Low)
+            .result(),
         Err(SendError::NotConnected)
     );
     assert!(
@@ -233,13 +243,15 @@ fn max_message_size_both_ends(backend: Backend) {
     assert_eq!(
         b.channels[0]
             .0
-            .send_to(&a.key(), Bytes::from(vec![0u8; 1025]), false),
+            .send(&a.key(), Bytes::from(vec![0u8; 1025]), Priority::Low)
+            .result(),
         Err(SendError::TooLarge)
     );
     // Receiver side: a sends 8 KiB (fine for a), b closes the connection.
     a.channels[0]
         .0
-        .send_to(&b.key(), Bytes::from(vec![7u8; 8192]), false)
+        .send(&b.key(), Bytes::from(vec![7u8; 8192]), Priority::Low)
+        .result()
         .unwrap();
     let deadline = Instant::now() + WAIT;
     while b.handle().metrics().close_count("message_too_large") == 0 {
@@ -274,7 +286,8 @@ fn restarted_node_reconnects(backend: Backend) {
     assert!(b.handle().wait_peers(WAIT, |p| p.len() == 1));
     b.channels[0]
         .0
-        .send_to(&a_key, Bytes::from_static(b"back"), false)
+        .send(&a_key, Bytes::from_static(b"back"), Priority::Low)
+        .result()
         .unwrap();
     assert_eq!(
         nodes[0].channels[0].1.recv_blocking().unwrap().1,
@@ -291,11 +304,12 @@ fn burst_does_not_wake_per_message(backend: Backend) {
     for i in 0..N {
         if a.channels[0]
             .0
-            .send_to(
+            .send(
                 &b.key(),
                 Bytes::from((i as u32).to_be_bytes().to_vec()),
-                false,
+                Priority::Low,
             )
+            .result()
             .is_ok()
         {
             accepted += 1;
@@ -317,9 +331,7 @@ fn burst_does_not_wake_per_message(backend: Backend) {
 fn quota_pauses_reading_and_drops_nothing(backend: Backend) {
     use std::num::NonZeroU32;
     let limited = ChannelDef {
-        quota: Some(shoal::engine::Quota::per_second(
-            NonZeroU32::new(500).unwrap(),
-        )),
+        quota: Some(shoal::Quota::per_second(NonZeroU32::new(500).unwrap())),
         id: 1,
         max_size: 1024,
         backlog: 4096,
@@ -331,7 +343,13 @@ fn quota_pauses_reading_and_drops_nothing(backend: Backend) {
     for i in 0..N {
         a.channels[0]
             .0
-            .send_to_blocking(&b.key(), Bytes::from(i.to_be_bytes().to_vec()), false)
+            .send_wait(
+                &b.key(),
+                Bytes::from(i.to_be_bytes().to_vec()),
+                Priority::Low,
+            )
+            .blocking()
+            .result()
             .unwrap();
     }
     for i in 0..N {
@@ -370,7 +388,9 @@ fn a_full_receiver_resumes_reading_without_waiting_for_a_ping(backend: Backend) 
         m[0] = 0xAB;
         a.channels[0]
             .0
-            .send_to_blocking(&b.key(), Bytes::from(m), false)
+            .send_wait(&b.key(), Bytes::from(m), Priority::Low)
+            .blocking()
+            .result()
             .unwrap();
     }
     // Nobody has consumed yet, so the receiver (room for 2) fills and the
@@ -518,7 +538,9 @@ fn exchange_both_ways(nodes: &[Node]) {
             m[..4].copy_from_slice(&i.to_be_bytes());
             from.channels[0]
                 .0
-                .send_to_blocking(&to.key(), Bytes::from(m), false)
+                .send_wait(&to.key(), Bytes::from(m), Priority::Low)
+                .blocking()
+                .result()
                 .unwrap();
         }
         for i in 0..N {
@@ -540,20 +562,25 @@ fn batches_are_ordered_and_all_or_nothing(backend: Backend) {
     // Refused whole: 65 slots never fit a backlog of 64, and one oversized
     // message spoils its batch.
     assert_eq!(
-        tx.send_batch_to(&b.key(), (0..65).map(|_| msg(u32::MAX)), false),
+        tx.send_batch(&b.key(), (0..65).map(|_| msg(u32::MAX)), Priority::Low),
         Err(SendError::Full)
     );
     let too_large = [msg(u32::MAX), Bytes::from(vec![0u8; (1 << 20) + 1])];
     assert_eq!(
-        tx.send_batch_to(&b.key(), too_large, false),
+        tx.send_batch(&b.key(), too_large, Priority::Low),
         Err(SendError::TooLarge)
     );
     // Then: one batch, a single send, and a blocking batch far over the
     // backlog (handed over in pieces, waiting for room).
     const N: u32 = 5000;
-    tx.send_batch_to(&b.key(), (0..3).map(msg), false).unwrap();
-    tx.send_to_blocking(&b.key(), msg(3), false).unwrap();
-    tx.send_batch_to_blocking(&b.key(), (4..N).map(msg), false)
+    tx.send_batch(&b.key(), (0..3).map(msg), Priority::Low)
+        .unwrap();
+    tx.send_wait(&b.key(), msg(3), Priority::Low)
+        .blocking()
+        .result()
+        .unwrap();
+    tx.send_batch_wait(&b.key(), (4..N).map(msg), Priority::Low)
+        .blocking()
         .unwrap();
     for i in 0..N {
         let (from, m) = b.channels[0].1.recv_blocking().unwrap();
@@ -565,19 +592,22 @@ fn batches_are_ordered_and_all_or_nothing(backend: Backend) {
     let refused0 = m.send_not_connected.get();
     let stranger = key(99);
     assert_eq!(
-        tx.send_batch_to(&stranger, [msg(0)], false),
+        tx.send_batch(&stranger, [msg(0)], Priority::Low),
         Err(SendError::NotConnected)
     );
     assert_eq!(
-        tx.send_batch_to_blocking(&stranger, [msg(0)], false),
+        tx.send_batch_wait(&stranger, [msg(0)], Priority::Low)
+            .blocking(),
         Err(SendError::NotConnected)
     );
     assert_eq!(
-        tx.send_to(&stranger, msg(0), false),
+        tx.send(&stranger, msg(0), Priority::Low).result(),
         Err(SendError::NotConnected)
     );
     assert_eq!(
-        tx.send_to_blocking(&stranger, msg(0), false),
+        tx.send_wait(&stranger, msg(0), Priority::Low)
+            .blocking()
+            .result(),
         Err(SendError::NotConnected)
     );
     assert_eq!(
@@ -602,7 +632,9 @@ fn a_single_frame_message_is_received_without_a_copy(backend: Backend) {
         for i in 0..n {
             a.channels[0]
                 .0
-                .send_to_blocking(&b.key(), Bytes::from(vec![i as u8; size]), false)
+                .send_wait(&b.key(), Bytes::from(vec![i as u8; size]), Priority::Low)
+                .blocking()
+                .result()
                 .unwrap();
         }
         for i in 0..n {
@@ -640,14 +672,15 @@ fn receive_paths_account_for_every_byte(backend: Backend) {
     let (a, b) = (&nodes[0], &nodes[1]);
     const N: usize = 64;
     const SIZE: usize = 64 * 1024;
-    let counts = |m: &shoal::engine::metrics::Metrics| {
-        (m.recv_direct_bytes.get(), m.recv_pooled_bytes.get())
-    };
+    let counts =
+        |m: &shoal::metrics::Metrics| (m.recv_direct_bytes.get(), m.recv_pooled_bytes.get());
     let (direct0, pooled0) = counts(b.handle().metrics());
     for i in 0..N {
         a.channels[0]
             .0
-            .send_to_blocking(&b.key(), Bytes::from(vec![i as u8; SIZE]), false)
+            .send_wait(&b.key(), Bytes::from(vec![i as u8; SIZE]), Priority::Low)
+            .blocking()
+            .result()
             .unwrap();
     }
     for i in 0..N {
@@ -679,7 +712,7 @@ fn receive_paths_account_for_every_byte(backend: Backend) {
 fn quota_isolation_survives_a_reconnect(backend: Backend) {
     use std::num::NonZeroU32;
     // A burst of 5, then one every 10 s.
-    let quota = shoal::engine::Quota::per_minute(NonZeroU32::new(6).unwrap())
+    let quota = shoal::Quota::per_minute(NonZeroU32::new(6).unwrap())
         .allow_burst(NonZeroU32::new(5).unwrap());
     let limited = || ChannelDef {
         quota: Some(quota),
@@ -694,7 +727,8 @@ fn quota_isolation_survives_a_reconnect(backend: Backend) {
     for i in 0..5u8 {
         nodes[0].channels[0]
             .0
-            .send_to(&b_key, Bytes::from(vec![i]), false)
+            .send(&b_key, Bytes::from(vec![i]), Priority::Low)
+            .result()
             .unwrap();
     }
     for i in 0..5u8 {
@@ -720,7 +754,8 @@ fn quota_isolation_survives_a_reconnect(backend: Backend) {
     for i in 5..7u8 {
         a.channels[0]
             .0
-            .send_to(&b_key, Bytes::from(vec![i]), false)
+            .send(&b_key, Bytes::from(vec![i]), Priority::Low)
+            .result()
             .unwrap();
     }
     let m = nodes[0].handle().metrics();
@@ -739,9 +774,7 @@ fn quota_isolation_a_flooded_channel_does_not_delay_another(backend: Backend) {
     const FLOOD: u32 = 400;
     const ROUNDS: usize = 100;
     let limited = ChannelDef {
-        quota: Some(shoal::engine::Quota::per_second(
-            NonZeroU32::new(100).unwrap(),
-        )),
+        quota: Some(shoal::Quota::per_second(NonZeroU32::new(100).unwrap())),
         id: 1,
         max_size: 4096,
         backlog: 1024,
@@ -755,7 +788,11 @@ fn quota_isolation_a_flooded_channel_does_not_delay_another(backend: Backend) {
     let echo = std::thread::spawn(move || {
         for _ in 0..2 * ROUNDS {
             let (from, m) = b_rx2.recv_blocking().unwrap();
-            b_tx2.send_to_blocking(&from, m, false).unwrap();
+            b_tx2
+                .send_wait(&from, m, Priority::Low)
+                .blocking()
+                .result()
+                .unwrap();
         }
     });
     let (a, b) = (&nodes[0], &nodes[1]);
@@ -764,7 +801,11 @@ fn quota_isolation_a_flooded_channel_does_not_delay_another(backend: Backend) {
             .map(|i| {
                 let t = Instant::now();
                 let m = Bytes::from(vec![i as u8; 64]);
-                a.channels[1].0.send_to(&b_key, m.clone(), false).unwrap();
+                a.channels[1]
+                    .0
+                    .send(&b_key, m.clone(), Priority::Low)
+                    .result()
+                    .unwrap();
                 assert_eq!(a.channels[1].1.recv_blocking().unwrap(), (b_key.clone(), m));
                 t.elapsed()
             })
@@ -781,7 +822,9 @@ fn quota_isolation_a_flooded_channel_does_not_delay_another(backend: Backend) {
         m[..4].copy_from_slice(&i.to_be_bytes());
         a.channels[0]
             .0
-            .send_to_blocking(&b_key, Bytes::from(m), false)
+            .send_wait(&b_key, Bytes::from(m), Priority::Low)
+            .blocking()
+            .result()
             .unwrap();
     }
     let during = p99(rtts(ROUNDS));

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
-use shoal::engine::{Backend, Network, PeerEvent, RequestError, RpcStatus};
+use shoal::{Backend, ChannelConfig, Event, Network, Priority, RequestError, RpcStatus};
 
 /// Two nodes where node 2 answers requests on channel 5 with a handler.
-fn rpc_pair(backend: Backend, handler: shoal::engine::Handler) -> (Node, Node) {
+fn rpc_pair(backend: Backend, handler: Handler) -> (Node, Node) {
     let a = start_node(
         backend,
         1,
@@ -26,9 +26,9 @@ fn rpc_pair(backend: Backend, handler: shoal::engine::Handler) -> (Node, Node) {
     // Node 2 needs a handler registered before start: build it by hand.
     let cfg = local_config(backend, Some(any_addr())).with_identity(signer(2));
     let (mut net, oracle) = Network::new(cfg).unwrap();
-    let c5 = net.register(5, None, 1 << 20, 64, None).unwrap();
-    let c6 = net.register(6, None, 1 << 20, 64, None).unwrap();
-    net.handle(5, handler).unwrap();
+    let c5 = net.register(chan_of(5)).unwrap();
+    let c6 = net.register(chan_of(6)).unwrap();
+    net.serve(5, move |p, m| handler(p, m)).unwrap();
     oracle.register(0, vec![key(1), key(2)]);
     oracle.add_address(key(1), a.addr);
     let handle = net.start().unwrap();
@@ -45,7 +45,11 @@ fn rpc_pair(backend: Backend, handler: shoal::engine::Handler) -> (Node, Node) {
     (a, b)
 }
 
-fn echo_upper() -> shoal::engine::Handler {
+fn chan_of(id: u32) -> ChannelConfig {
+    ChannelConfig::new(id).max_size(1 << 20).capacity(64)
+}
+
+fn echo_upper() -> Handler {
     Arc::new(|_, p: Bytes| {
         if &p[..] == b"boom" {
             panic!("handler bug on purpose");
@@ -62,27 +66,32 @@ fn request_response_and_handler_failures(backend: Backend) {
     let tx = &a.channels[0].0;
     let t = Duration::from_secs(10);
     assert_eq!(
-        tx.request_blocking(&b.key(), Bytes::from_static(b"hello"), t),
+        tx.request(&b.key(), Bytes::from_static(b"hello"), t)
+            .blocking(),
         Ok(Bytes::from_static(b"HELLO"))
     );
     // A panic affects only that request; the shard keeps serving.
     assert_eq!(
-        tx.request_blocking(&b.key(), Bytes::from_static(b"boom"), t),
+        tx.request(&b.key(), Bytes::from_static(b"boom"), t)
+            .blocking(),
         Err(RequestError::Remote(RpcStatus::HandlerFailed))
     );
     assert_eq!(
-        tx.request_blocking(&b.key(), Bytes::from_static(b"err"), t),
+        tx.request(&b.key(), Bytes::from_static(b"err"), t)
+            .blocking(),
         Err(RequestError::Remote(RpcStatus::HandlerFailed))
     );
     assert_eq!(
-        tx.request_blocking(&b.key(), Bytes::from_static(b"again"), t),
+        tx.request(&b.key(), Bytes::from_static(b"again"), t)
+            .blocking(),
         Ok(Bytes::from_static(b"AGAIN"))
     );
     // A channel without a handler answers NoHandler (never a hang).
     assert_eq!(
         a.channels[1]
             .0
-            .request_blocking(&b.key(), Bytes::from_static(b"x"), t),
+            .request(&b.key(), Bytes::from_static(b"x"), t)
+            .blocking(),
         Err(RequestError::Remote(RpcStatus::NoHandler))
     );
     // Many requests in flight from several threads all complete.
@@ -94,7 +103,8 @@ fn request_response_and_handler_failures(backend: Backend) {
                 for i in 0..200 {
                     let msg = format!("t{t_id} r{i}");
                     let r = tx
-                        .request_blocking(&peer, Bytes::from(msg.clone()), t)
+                        .request(&peer, Bytes::from(msg.clone()), t)
+                        .blocking()
                         .unwrap();
                     assert_eq!(r, Bytes::from(msg.to_ascii_uppercase()));
                 }
@@ -102,7 +112,8 @@ fn request_response_and_handler_failures(backend: Backend) {
         }
     });
     // A plain message to a handled channel: the handler's reply comes back.
-    tx.send_to(&b.key(), Bytes::from_static(b"plain"), false)
+    tx.send(&b.key(), Bytes::from_static(b"plain"), Priority::Low)
+        .result()
         .unwrap();
     assert_eq!(
         a.channels[0].1.recv_blocking().unwrap().1,
@@ -116,7 +127,7 @@ fn request_fails_promptly_when_peer_disconnects(backend: Backend) {
     let release_rx = std::sync::Mutex::new(release_rx);
     let (arrived_tx, arrived_rx) = std::sync::mpsc::channel::<()>();
     let arrived_tx = std::sync::Mutex::new(arrived_tx);
-    let holding: shoal::engine::Handler = Arc::new(move |_, _| {
+    let holding: Handler = Arc::new(move |_, _| {
         let _ = arrived_tx.lock().unwrap().send(());
         let _ = release_rx
             .lock()
@@ -130,7 +141,8 @@ fn request_fails_promptly_when_peer_disconnects(backend: Backend) {
     let result = std::thread::scope(|s| {
         let tx = a.channels[0].0.clone();
         let h = s.spawn(move || {
-            tx.request_blocking(&peer, Bytes::from_static(b"q"), Duration::from_secs(60))
+            tx.request(&peer, Bytes::from_static(b"q"), Duration::from_secs(60))
+                .blocking()
         });
         // Once the responder holds the request, drop the connection from the
         // requester's side.
@@ -152,7 +164,7 @@ fn request_fails_promptly_when_peer_disconnects(backend: Backend) {
 fn request_times_out(backend: Backend) {
     let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
     let release_rx = std::sync::Mutex::new(release_rx);
-    let holding: shoal::engine::Handler = Arc::new(move |_, _| {
+    let holding: Handler = Arc::new(move |_, _| {
         let _ = release_rx
             .lock()
             .unwrap()
@@ -160,11 +172,14 @@ fn request_times_out(backend: Backend) {
         Ok(Some(Bytes::from_static(b"too late")))
     });
     let (a, b) = rpc_pair(backend, holding);
-    let r = a.channels[0].0.request_blocking(
-        &b.key(),
-        Bytes::from_static(b"q"),
-        Duration::from_millis(200),
-    );
+    let r = a.channels[0]
+        .0
+        .request(
+            &b.key(),
+            Bytes::from_static(b"q"),
+            Duration::from_millis(200),
+        )
+        .blocking();
     assert_eq!(r, Err(RequestError::Timeout));
     let _ = release_tx.send(());
     // The late response arrives and is dropped and counted, not delivered.
@@ -219,10 +234,13 @@ fn lifecycle_events_and_listening(backend: Backend) {
         .unwrap();
     let a = start_node(backend, 1, any_addr(), &[1, 2], &[], &[chan(1)], |_| {});
     let mut events = a.handle().events();
-    let next = |events: &mut tokio::sync::broadcast::Receiver<PeerEvent>| {
-        rt.block_on(async { tokio::time::timeout(WAIT, events.recv()).await })
+    let next = |events: &mut shoal::Events| {
+        let e = rt
+            .block_on(async { tokio::time::timeout(WAIT, events.recv()).await })
             .expect("an event within the wait")
-            .expect("no event missed")
+            .expect("the network runs");
+        assert!(!matches!(e, Event::Lagged(_)), "no event missed");
+        e
     };
     let b = start_node(
         backend,
@@ -233,18 +251,18 @@ fn lifecycle_events_and_listening(backend: Backend) {
         &[chan(1)],
         |_| {},
     );
-    assert_eq!(next(&mut events), PeerEvent::Connected(key(2)));
+    assert_eq!(next(&mut events), Event::Connected(key(2)));
 
     // Disconnect: an event with the cause, then the dialer reconnects.
     a.handle().disconnect(&key(2));
     match next(&mut events) {
-        PeerEvent::Disconnected { peer, reason } => {
+        Event::Disconnected { peer, reason } => {
             assert_eq!(peer, key(2));
             assert_eq!(reason, "local_close");
         }
         other => panic!("expected a disconnection, got {other:?}"),
     }
-    assert_eq!(next(&mut events), PeerEvent::Connected(key(2)));
+    assert_eq!(next(&mut events), Event::Connected(key(2)));
 
     // Stop listening: the kernel refuses new connections; existing ones stay.
     a.handle().stop_listening().unwrap();

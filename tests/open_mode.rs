@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use rand::{Rng, SeedableRng};
-use shoal::engine::{Backend, Network, PublicKey};
+use shoal::{Backend, ChannelConfig, Network, Priority, PublicKey};
 
 fn start_open(
     backend: Backend,
@@ -24,7 +24,9 @@ fn start_open(
     cfg.io.uring.recv_buffers = 16;
     cfg.io.shard_queue = 4096;
     let (mut net, oracle) = Network::new(cfg).unwrap();
-    let ch = net.register(1, None, 1 << 16, 64, None).unwrap();
+    let ch = net
+        .register(ChannelConfig::new(1).max_size(1 << 16).capacity(64))
+        .unwrap();
     if let Some((s, a)) = boot {
         oracle.add_address(key(s), a);
     }
@@ -81,7 +83,7 @@ fn lookup_accuracy(backend: Backend, default_nodes: u64) {
     // (a lookup of its own id), as a joining Kademlia node does.
     for _ in 0..3 {
         for n in &nodes {
-            let _ = n.handle().lookup_blocking(id(&n.key()));
+            let _ = n.handle().lookup(id(&n.key())).blocking();
         }
     }
     let all: Vec<[u8; 32]> = nodes.iter().map(|n| id(&n.key())).collect();
@@ -101,7 +103,8 @@ fn lookup_accuracy(backend: Backend, default_nodes: u64) {
         truth.truncate(16);
         let got: Vec<[u8; 32]> = from
             .handle()
-            .lookup_blocking(target)
+            .lookup(target)
+            .blocking()
             .iter()
             .map(|(k, _)| id(k))
             .collect();
@@ -129,18 +132,18 @@ fn send_to_id_dials_a_node_found_by_lookup(backend: Backend) {
     let _one_at_a_time = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
     let nodes = open_cluster(backend, 6);
     for n in &nodes {
-        let _ = n.handle().lookup_blocking(id(&n.key()));
+        let _ = n.handle().lookup(id(&n.key())).blocking();
     }
     // Node 6 sends to node 5 by id, whether or not they are connected yet.
     let (from, to) = (&nodes[5], &nodes[4]);
-    from.handle()
-        .send_to_id_blocking(
-            &from.channels[0].0,
-            &to.key(),
-            Bytes::from_static(b"by id"),
-            false,
-            WAIT,
-        )
+    assert!(
+        from.handle().connect_id(&to.key(), WAIT),
+        "found and dialed"
+    );
+    from.channels[0]
+        .0
+        .send(&to.key(), Bytes::from_static(b"by id"), Priority::Low)
+        .result()
         .unwrap();
     let (sender, m) = to.channels[0].1.recv_blocking().unwrap();
     assert_eq!(sender, from.key());

@@ -13,13 +13,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use shoal::engine::metrics::BackendLabel;
-use shoal::engine::{test_hooks, Backend, Error, Network, NetworkHandle, Sender};
+use shoal::engine::test_hooks;
+use shoal::metrics::BackendLabel;
+use shoal::{Backend, ChannelConfig, Error, Network, NetworkHandle, Priority, Sender};
 
 const MSG: u32 = 1;
 const RPC: u32 = 5;
 
-fn upper() -> shoal::engine::Handler {
+fn upper() -> Handler {
     Arc::new(|_, p: Bytes| Ok(Some(Bytes::from(p.to_ascii_uppercase()))))
 }
 
@@ -33,13 +34,18 @@ fn node(
     listen: bool,
     peers: &[u64],
     dial: &[(u64, std::net::SocketAddr)],
-) -> (NetworkHandle, Sender, shoal::engine::Receiver, Sender) {
+) -> (NetworkHandle, Sender, shoal::Receiver, Sender) {
     let mut cfg = local_config(backend, listen.then(any_addr)).with_identity(signer(seed));
     cfg.io.shards = shards;
     let (mut net, oracle) = Network::new(cfg).expect("config");
-    let (tx, rx) = net.register(MSG, None, 1 << 21, 256, None).unwrap();
-    let (rpc, _) = net.register(RPC, None, 1 << 16, 64, None).unwrap();
-    net.handle(RPC, upper()).unwrap();
+    let (tx, rx) = net
+        .register(ChannelConfig::new(MSG).max_size(1 << 21).capacity(256))
+        .unwrap();
+    let (rpc, _) = net
+        .register(ChannelConfig::new(RPC).max_size(1 << 16).capacity(64))
+        .unwrap();
+    let upper = upper();
+    net.serve(RPC, move |p, m| upper(p, m)).unwrap();
     oracle.register(0, peers.iter().map(|s| key(*s)).collect());
     for (s, a) in dial {
         oracle.add_address(key(*s), *a);
@@ -51,28 +57,33 @@ fn node(
 
 /// A message each way and a request each way between `hub` and every spoke.
 fn exchange(
-    hub: &(NetworkHandle, Sender, shoal::engine::Receiver, Sender),
-    spokes: &[(NetworkHandle, Sender, shoal::engine::Receiver, Sender)],
+    hub: &(NetworkHandle, Sender, shoal::Receiver, Sender),
+    spokes: &[(NetworkHandle, Sender, shoal::Receiver, Sender)],
     round: u32,
 ) {
     let hub_key = hub.0.public_key();
     for (i, s) in spokes.iter().enumerate() {
         let payload = Bytes::from(format!("round {round} to spoke {i}"));
         hub.1
-            .send_to(&s.0.public_key(), payload.clone(), false)
+            .send(&s.0.public_key(), payload.clone(), Priority::Low)
+            .result()
             .unwrap();
         assert_eq!(s.2.recv_blocking().unwrap(), (hub_key.clone(), payload));
         let payload = Bytes::from(format!("round {round} from spoke {i}"));
-        s.1.send_to(&hub_key, payload.clone(), false).unwrap();
+        s.1.send(&hub_key, payload.clone(), Priority::Low)
+            .result()
+            .unwrap();
         assert_eq!(hub.2.recv_blocking().unwrap(), (s.0.public_key(), payload));
         let t = Duration::from_secs(10);
         assert_eq!(
             hub.3
-                .request_blocking(&s.0.public_key(), Bytes::from_static(b"ab"), t),
+                .request(&s.0.public_key(), Bytes::from_static(b"ab"), t)
+                .blocking(),
             Ok(Bytes::from_static(b"AB"))
         );
         assert_eq!(
-            s.3.request_blocking(&hub_key, Bytes::from_static(b"cd"), t),
+            s.3.request(&hub_key, Bytes::from_static(b"cd"), t)
+                .blocking(),
             Ok(Bytes::from_static(b"CD"))
         );
     }
@@ -141,17 +152,15 @@ fn placement_balances_and_a_failed_shard_is_replaced(backend: Backend) {
 mod epoll {
     #[test]
     fn two_shards_placement_balances_and_a_failed_shard_is_replaced() {
-        super::placement_balances_and_a_failed_shard_is_replaced(shoal::engine::Backend::Epoll);
+        super::placement_balances_and_a_failed_shard_is_replaced(shoal::Backend::Epoll);
     }
 }
 
 mod io_uring {
     #[test]
     fn two_shards_placement_balances_and_a_failed_shard_is_replaced() {
-        if super::backend_available(shoal::engine::Backend::IoUring) {
-            super::placement_balances_and_a_failed_shard_is_replaced(
-                shoal::engine::Backend::IoUring,
-            );
+        if super::backend_available(shoal::Backend::IoUring) {
+            super::placement_balances_and_a_failed_shard_is_replaced(shoal::Backend::IoUring);
         }
     }
 }
@@ -211,9 +220,13 @@ fn forced_fallback_auto_runs_on_epoll() {
     );
     assert!(a.0.wait_peers(WAIT, |p| p.len() == 1));
     let big = Bytes::from((0..1_500_000u32).map(|i| i as u8).collect::<Vec<_>>());
-    a.1.send_to(&b.0.public_key(), big.clone(), false).unwrap();
+    a.1.send(&b.0.public_key(), big.clone(), Priority::Low)
+        .result()
+        .unwrap();
     assert_eq!(b.2.recv_blocking().unwrap().1, big);
-    b.1.send_to(&a.0.public_key(), big.clone(), true).unwrap();
+    b.1.send(&a.0.public_key(), big.clone(), Priority::High)
+        .result()
+        .unwrap();
     assert_eq!(a.2.recv_blocking().unwrap().1, big);
 
     let mut cfg = local_config(Backend::IoUring, None);

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use shoal::engine::Backend;
+use shoal::{Backend, Priority};
 
 #[test]
 fn shutdown_joins_threads_and_frees_buffers_on_both_backends() {
@@ -19,11 +19,14 @@ fn shutdown_joins_threads_and_frees_buffers_on_both_backends() {
         assert!(shoal_threads() >= 6, "2 nodes x (2 shards + control)");
         // Leave traffic in flight when shutting down.
         for i in 0..1000u32 {
-            let _ = nodes[0].channels[0].0.send_to(
-                &nodes[1].key(),
-                Bytes::from(i.to_be_bytes().to_vec()),
-                false,
-            );
+            let _ = nodes[0].channels[0]
+                .0
+                .send(
+                    &nodes[1].key(),
+                    Bytes::from(i.to_be_bytes().to_vec()),
+                    Priority::Low,
+                )
+                .result();
         }
         for n in nodes.iter_mut() {
             n.handle
@@ -33,7 +36,7 @@ fn shutdown_joins_threads_and_frees_buffers_on_both_backends() {
         }
         assert_eq!(shoal_threads(), 0, "{backend:?}: no shoal thread left");
         assert_eq!(
-            shoal::engine::live_buffer_pools(),
+            shoal::engine::test_hooks::live_buffer_pools(),
             0,
             "{backend:?}: every pool freed"
         );

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
-use shoal::engine::{Backend, Config, SendError};
+use shoal::{Backend, Config, Priority, SendError};
 use shoal_testkit::{process, raw_client};
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -61,7 +61,7 @@ fn echo(node: &Node, stop: &AtomicBool) -> u64 {
         let Ok(Some((from, msg))) = rx.recv_timeout(Duration::from_millis(20)) else {
             continue;
         };
-        match tx.send_to(&from, msg, false) {
+        match tx.send(&from, msg, Priority::Low).result() {
             Err(SendError::Full) => full += 1,
             Err(SendError::Closed) => break,
             _ => {}
@@ -74,7 +74,7 @@ fn echo(node: &Node, stop: &AtomicBool) -> u64 {
 /// echo. Returns the longest time between two echoes.
 fn honest_pings(
     node: &Node,
-    to: &shoal::engine::PublicKey,
+    to: &shoal::PublicKey,
     exchanges: &AtomicU64,
     stop: &AtomicBool,
 ) -> Duration {
@@ -86,7 +86,12 @@ fn honest_pings(
             break;
         }
         let msg = Bytes::from(i.to_be_bytes().to_vec());
-        if tx.send_to_blocking(to, msg.clone(), false).is_err() {
+        if tx
+            .send_wait(to, msg.clone(), Priority::Low)
+            .blocking()
+            .result()
+            .is_err()
+        {
             break;
         }
         let got = loop {

@@ -6,11 +6,15 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
 
-use shoal::engine::{
+use shoal::{
     Backend, Config, Ed25519Signer, Network, NetworkHandle, Oracle, PublicKey, Receiver, Sender,
 };
 
 pub const WAIT: Duration = Duration::from_secs(20);
+
+/// A handler the tests pass around before serving a channel with it.
+pub type Handler =
+    Arc<dyn Fn(&PublicKey, bytes::Bytes) -> shoal::HandlerResult + Send + Sync + 'static>;
 
 thread_local! {
     static SHARDS: Cell<usize> = const { Cell::new(1) };
@@ -129,11 +133,26 @@ impl Node {
 }
 
 pub struct ChannelDef {
-    pub quota: Option<shoal::engine::Quota>,
+    pub quota: Option<shoal::Quota>,
     pub id: u32,
     pub max_size: usize,
     pub backlog: usize,
     pub compression: Option<i32>,
+}
+
+impl ChannelDef {
+    pub fn config(&self) -> shoal::ChannelConfig {
+        let mut c = shoal::ChannelConfig::new(self.id)
+            .max_size(self.max_size)
+            .capacity(self.backlog);
+        if let Some(q) = self.quota {
+            c = c.quota(q);
+        }
+        if let Some(level) = self.compression {
+            c = c.compression(level);
+        }
+        c
+    }
 }
 
 pub fn chan(id: u32) -> ChannelDef {
@@ -162,10 +181,7 @@ pub fn start_node(
     let (mut net, oracle) = Network::new(cfg).expect("config");
     let mut chans = Vec::new();
     for c in channels {
-        chans.push(
-            net.register(c.id, c.quota, c.max_size, c.backlog, c.compression)
-                .expect("register"),
-        );
+        chans.push(net.register(c.config()).expect("register"));
     }
     oracle.register(0, peers.iter().map(|s| key(*s)).collect());
     for (s, a) in dial {
@@ -217,24 +233,24 @@ pub fn mesh(
 macro_rules! both_backends {
     ($($name:ident),* $(,)?) => {
         mod epoll {
-            $( #[test] fn $name() { super::$name(shoal::engine::Backend::Epoll) } )*
+            $( #[test] fn $name() { super::$name(shoal::Backend::Epoll) } )*
         }
         mod io_uring {
             $( #[test] fn $name() {
-                if super::backend_available(shoal::engine::Backend::IoUring) {
-                    super::$name(shoal::engine::Backend::IoUring)
+                if super::backend_available(shoal::Backend::IoUring) {
+                    super::$name(shoal::Backend::IoUring)
                 }
             } )*
         }
         mod epoll_two_shards {
             $( #[test] fn $name() {
-                super::with_shards(2, || super::$name(shoal::engine::Backend::Epoll))
+                super::with_shards(2, || super::$name(shoal::Backend::Epoll))
             } )*
         }
         mod io_uring_two_shards {
             $( #[test] fn $name() {
-                if super::backend_available(shoal::engine::Backend::IoUring) {
-                    super::with_shards(2, || super::$name(shoal::engine::Backend::IoUring))
+                if super::backend_available(shoal::Backend::IoUring) {
+                    super::with_shards(2, || super::$name(shoal::Backend::IoUring))
                 }
             } )*
         }

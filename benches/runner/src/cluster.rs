@@ -13,7 +13,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use shoal_engine::{Backend, Ed25519Signer, Network, NetworkHandle, PublicKey, Receiver, Sender};
+use shoal_engine::{
+    Backend, ChannelConfig, Ed25519Signer, Network, NetworkHandle, PublicKey, Receiver, Sender,
+};
 
 use crate::plan::Plan;
 
@@ -78,12 +80,16 @@ pub(crate) fn cluster_with(
         }
         let (mut net, oracle) = Network::new(cfg).map_err(|e| e.to_string())?;
         let (tx, rx) = net
-            .register(1, None, max_size.max(1024), 8192, None)
+            .register(
+                ChannelConfig::new(1)
+                    .max_size(max_size.max(1024))
+                    .capacity(8192),
+            )
             .map_err(|e| e.to_string())?;
         let (rpc, _requests) = net
-            .register(RPC_CHANNEL, None, max_size.max(1024), 1024, None)
+            .register(ChannelConfig::new(RPC_CHANNEL).max_size(max_size.max(1024)))
             .map_err(|e| e.to_string())?;
-        net.handle(RPC_CHANNEL, Arc::new(|_, request| Ok(Some(request))))
+        net.serve(RPC_CHANNEL, |_, request| Ok(Some(request)))
             .map_err(|e| e.to_string())?;
         extra(i, &mut net)?;
         if i == 0 {

@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use shoal_engine::{Backend, Recipients};
+use shoal_engine::{Backend, Priority, Recipients};
 
 use crate::cluster::{backend_name, cluster, Cluster};
 use crate::plan::Plan;
@@ -41,21 +41,22 @@ pub(crate) fn fanout(
         handles.push(s.h);
     }
     for i in 0..messages {
-        let report = hub
-            .tx
-            .send_report(Recipients::All, msg.clone(), false)
-            .map_err(|e| format!("send failed: {e}"))?;
-        if !report.not_connected.is_empty() || report.accepted.len() + report.full.len() != peers {
+        let report = hub.tx.send(Recipients::All, msg.clone(), Priority::Low);
+        if let Some(e) = report.refused() {
+            return Err(format!("send failed: {e}"));
+        }
+        let (accepted, full) = (report.accepted().count(), report.full().count());
+        let not_connected = report.not_connected().count();
+        if not_connected != 0 || accepted + full != peers {
             return Err(format!(
-                "send {i}: {} accepted, {} full, {} not connected of {peers} peers",
-                report.accepted.len(),
-                report.full.len(),
-                report.not_connected.len()
+                "send {i}: {accepted} accepted, {full} full, {not_connected} not connected of {peers} peers",
             ));
         }
-        for peer in &report.full {
+        for peer in report.full() {
             hub.tx
-                .send_to_blocking(peer, msg.clone(), false)
+                .send_wait(peer, msg.clone(), Priority::Low)
+                .blocking()
+                .result()
                 .map_err(|e| format!("send failed: {e}"))?;
         }
     }

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shoal_crypto::{Ed25519Signer, Identity, Signer};
-use shoal_engine::{Backend, Config, Network, NetworkHandle};
+use shoal_engine::{Backend, ChannelConfig, Config, Network, NetworkHandle};
 use shoal_testkit::{process, raw_client};
 
 use crate::args::BenchArgs;
@@ -61,7 +61,7 @@ pub(crate) fn idle_rss(base: &Config, backend: Backend, conns: usize) -> Result<
     let client_cfg = cfg.clone();
     let (mut net, oracle) = Network::new(cfg).map_err(|e| e.to_string())?;
     let _channel = net
-        .register(1, None, 1 << 16, 1024, None)
+        .register(ChannelConfig::new(1).max_size(1 << 16))
         .map_err(|e| e.to_string())?;
     oracle.register(0, clients.iter().map(|c| c.public_key().clone()).collect());
     let hub: NetworkHandle = net.start().map_err(|e| e.to_string())?;

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use shoal_engine::Backend;
+use shoal_engine::{Backend, Priority};
 
 use crate::cluster::{backend_name, cluster, Cluster};
 use crate::plan::Plan;
@@ -40,7 +40,9 @@ pub(crate) fn rpc(
             let Some((_, m)) = stall_recv(&b_rx) else {
                 break;
             };
-            b_tx.send_to_blocking(&a_key, m, true)
+            b_tx.send_wait(&a_key, m, Priority::High)
+                .blocking()
+                .result()
                 .map_err(|e| e.to_string())?;
         }
         Ok(())
@@ -56,7 +58,9 @@ pub(crate) fn rpc(
     while (next as usize) < messages.min(inflight) {
         let m = request(next);
         outstanding.insert(next, Instant::now());
-        a.tx.send_to_blocking(&b_key, m, true)
+        a.tx.send_wait(&b_key, m, Priority::High)
+            .blocking()
+            .result()
             .map_err(|e| format!("send failed: {e}"))?;
         next += 1;
     }
@@ -81,7 +85,9 @@ pub(crate) fn rpc(
             .map_err(|e| e.to_string())?;
         if (next as usize) < messages {
             outstanding.insert(next, Instant::now());
-            a.tx.send_to_blocking(&b_key, request(next), true)
+            a.tx.send_wait(&b_key, request(next), Priority::High)
+                .blocking()
+                .result()
                 .map_err(|e| format!("send failed: {e}"))?;
             next += 1;
         }
@@ -123,7 +129,8 @@ pub(crate) fn request_rpc(
         let t = Instant::now();
         let reply = a
             .rpc
-            .request_blocking(&b_key, m.clone(), Duration::from_secs(10))
+            .request(&b_key, m.clone(), Duration::from_secs(10))
+            .blocking()
             .map_err(|e| format!("request {seq} failed: {e}"))?;
         let now = Instant::now();
         if reply != m {

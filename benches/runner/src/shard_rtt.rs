@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use shoal_engine::{Backend, Ed25519Signer, PublicKey, Sender};
+use shoal_engine::{Backend, ChannelConfig, Ed25519Signer, Priority, PublicKey, Sender};
 use shoal_testkit::raw_client;
 
 use crate::cluster::{backend_name, cluster_with, Cluster};
@@ -99,7 +99,8 @@ pub(crate) fn shard_rtt(
         .map(|c| shoal_crypto::Signer::public_key(&**c).clone())
         .collect();
     let Cluster { hub: a, spokes } = cluster_with(p, backend, 1, size, &crowd_keys, &|i, net| {
-        let handler: shoal_engine::Handler = if i == 0 {
+        type Handler = Arc<dyn Fn(&PublicKey, Bytes) -> shoal_engine::HandlerResult + Send + Sync>;
+        let handler: Handler = if i == 0 {
             let st = hub_state.clone();
             Arc::new(move |_, echo| {
                 let mut st = st.lock().map_err(|_| "ping state poisoned".to_string())?;
@@ -109,12 +110,17 @@ pub(crate) fn shard_rtt(
             Arc::new(|_, ping| Ok(Some(ping)))
         };
         let (tx, _rx) = net
-            .register(PING_CHANNEL, None, size.max(1024), 16, None)
+            .register(
+                ChannelConfig::new(PING_CHANNEL)
+                    .max_size(size.max(1024))
+                    .capacity(16),
+            )
             .map_err(|e| e.to_string())?;
         if i == 0 {
             *hub_tx.lock().map_err(|_| "poisoned")? = Some(tx);
         }
-        net.handle(PING_CHANNEL, handler).map_err(|e| e.to_string())
+        net.serve(PING_CHANNEL, move |from, msg| handler(from, msg))
+            .map_err(|e| e.to_string())
     })?;
     let mut res = RunResult::new("shard-rtt", backend_name(&a.h), p.shards, size);
     let b = spokes.into_iter().next().ok_or("no spoke")?;
@@ -150,7 +156,9 @@ pub(crate) fn shard_rtt(
     let start = Instant::now();
     state.lock().map_err(|_| "ping state poisoned")?.sent_at = Instant::now();
     ping_tx
-        .send_to_blocking(&b.h.public_key(), PingState::ping(0, size), true)
+        .send_wait(&b.h.public_key(), PingState::ping(0, size), Priority::High)
+        .blocking()
+        .result()
         .map_err(|e| format!("send failed: {e}"))?;
     let _ = all_done.recv_timeout(STALL.saturating_mul(4));
     let seconds = start.elapsed().as_secs_f64();

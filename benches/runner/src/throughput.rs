@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use shoal_engine::Backend;
+use shoal_engine::{Backend, Priority};
 
 use crate::cluster::{backend_name, cluster, Cluster};
 use crate::plan::Plan;
@@ -42,7 +42,8 @@ pub(crate) fn throughput(
         while left > 0 {
             let n = left.min(p.batch);
             hub.tx
-                .send_batch_to_blocking(&b_key, std::iter::repeat_n(msg.clone(), n), false)
+                .send_batch_wait(&b_key, std::iter::repeat_n(msg.clone(), n), Priority::Low)
+                .blocking()
                 .map_err(|e| format!("send failed: {e}"))?;
             left -= n;
         }
@@ -50,7 +51,9 @@ pub(crate) fn throughput(
         for _ in 0..messages {
             // Waits (parked, not spinning) while the peer's queue is full.
             hub.tx
-                .send_to_blocking(&b_key, msg.clone(), false)
+                .send_wait(&b_key, msg.clone(), Priority::Low)
+                .blocking()
+                .result()
                 .map_err(|e| format!("send failed: {e}"))?;
         }
     }
