@@ -1,6 +1,13 @@
 //! Engine errors seen by embedders.
 
 /// Errors from building or running a network.
+///
+/// ```
+/// use shoal_engine::{ChannelConfig, Config, Error, Network};
+/// let (mut net, _oracle) = Network::new(Config::local(None)).unwrap();
+/// net.register(ChannelConfig::new(3)).unwrap();
+/// assert!(matches!(net.register(ChannelConfig::new(3)), Err(Error::DuplicateChannel(3))));
+/// ```
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("invalid config: `{field}` {reason}")]
@@ -21,7 +28,24 @@ pub enum Error {
     NotRunning,
 }
 
-/// Why a message was not accepted for a peer.
+/// Why a message was not accepted for a peer (see [`crate::SendReport`]).
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use bytes::Bytes;
+/// use shoal_engine::{ChannelConfig, Priority, SendError};
+/// let [(a, mut ch), (b, _)] = shoal_engine::__private::connected_pair(&[ChannelConfig::new(1).max_size(8)]);
+/// let (tx, _rx) = ch.remove(0);
+/// let peer = b.public_key();
+/// assert_eq!(tx.send(&peer, Bytes::from_static(b"fits"), Priority::Low).result(), Ok(()));
+/// let big = Bytes::from(vec![0u8; 9]);
+/// assert_eq!(tx.send(&peer, big.clone(), Priority::Low).result(), Err(SendError::TooLarge));
+/// assert_eq!(tx.send_batch(&peer, [big], Priority::Low), Err(SendError::TooLarge));
+/// a.shutdown(std::time::Duration::ZERO);
+/// let late = tx.send(&peer, Bytes::from_static(b"late"), Priority::Low);
+/// assert_eq!(late.refused(), Some(SendError::Closed));
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SendError {
     /// The message exceeds the channel's max size.

@@ -54,6 +54,9 @@ mod clock;
 pub mod config;
 mod connection;
 mod control;
+// The fuzz target bodies (feature `fuzzing`) drive discovery and Kademlia
+// through more of their sans-IO API than the control shard uses.
+#[cfg_attr(not(feature = "fuzzing"), allow(dead_code, unused_imports))]
 mod discovery;
 #[allow(unsafe_code)]
 mod driver;
@@ -63,6 +66,7 @@ mod events;
 #[doc(hidden)]
 pub mod fuzzing;
 mod inbox;
+#[cfg_attr(not(feature = "fuzzing"), allow(dead_code, unused_imports))]
 mod kademlia;
 mod limiters;
 pub mod metrics;

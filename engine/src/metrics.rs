@@ -46,7 +46,21 @@ pub struct ChannelMetrics {
     pub send_full: Counter,
 }
 
-/// Every metric a node exports.
+/// Every metric a node exports; [`Metrics::register`] adds them to a
+/// `prometheus_client` registry.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use bytes::Bytes;
+/// use shoal_engine::{ChannelConfig, Ed25519Signer, Priority, Signer};
+/// let [(a, mut ch), _b] = shoal_engine::__private::connected_pair(&[ChannelConfig::new(1)]);
+/// let (tx, _rx) = ch.remove(0);
+/// let stranger = Ed25519Signer::insecure_from_seed(9).public_key().clone();
+/// let _ = tx.send(&stranger, Bytes::from_static(b"x"), Priority::Low);
+/// assert_eq!(a.metrics().send_not_connected.get(), 1);
+/// assert_eq!(a.metrics().connections.get(), 1);
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Default)]
 pub struct Metrics {
     pub connections: Gauge,

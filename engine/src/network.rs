@@ -41,7 +41,22 @@ use crate::shared::{ControlEvent, Shared};
 use crate::wait::Wait;
 use crate::waker::ShardWaker;
 
-/// A configured, not yet started network.
+/// A configured, not yet started network: register channels and handlers,
+/// then [`Network::start`].
+///
+/// ```
+/// # fn main() -> Result<(), shoal_engine::Error> {
+/// use std::time::Duration;
+/// use shoal_engine::{ChannelConfig, Config, Network};
+/// let (mut net, oracle) = Network::new(Config::local(Some("127.0.0.1:0".parse().unwrap())))?;
+/// let (_tx, _rx) = net.register(ChannelConfig::new(1))?;
+/// oracle.register(0, vec![net.public_key()]);
+/// let node = net.start()?;
+/// assert!(node.local_addr().is_some_and(|a| a.port() != 0), "the kernel's port");
+/// assert!(node.peers().is_empty());
+/// node.shutdown(Duration::from_secs(1));
+/// # Ok(()) }
+/// ```
 pub struct Network {
     shared: Arc<Shared>,
     queues: Vec<StdReceiver<Command>>,
@@ -314,7 +329,29 @@ impl Network {
     }
 }
 
-/// A running network.
+/// A running network: its peers and events, pings and lookups, and
+/// [`NetworkHandle::shutdown`].
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// use shoal_engine::{ChannelConfig, Event};
+/// let [(a, _), (b, _)] = shoal_engine::__private::connected_pair(&[ChannelConfig::new(1)]);
+/// assert_eq!(a.peers(), vec![b.public_key()]);
+/// let rtt = a.ping(&b.public_key()).blocking()?;
+/// assert!(rtt > Duration::ZERO);
+///
+/// let mut events = a.events();
+/// a.disconnect(&b.public_key());
+/// match events.recv().blocking()? {
+///     Event::Disconnected { peer, reason } => {
+///         assert_eq!(peer, b.public_key());
+///         assert_eq!(reason, "local_close");
+///     }
+///     other => panic!("{other:?}"),
+/// }
+/// # Ok(()) }
+/// ```
 pub struct NetworkHandle {
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,

@@ -96,7 +96,20 @@ impl OracleState {
     }
 }
 
-/// The embedder's handle on peer sets and addresses.
+/// The embedder's handle on peer sets and addresses. Cheap to clone; usable
+/// before and after the network starts.
+///
+/// ```
+/// # fn main() -> Result<(), shoal_engine::Error> {
+/// use shoal_engine::{Config, Ed25519Signer, Network, Signer};
+/// let (_net, oracle) = Network::new(Config::local(None))?;
+/// let [v1, v2, v3] = [1, 2, 3].map(|s| Ed25519Signer::insecure_from_seed(s).public_key().clone());
+/// oracle.register(0, vec![v1.clone(), v2.clone()]); // epoch 0's validators
+/// oracle.register(1, vec![v2.clone(), v3.clone()]); // epoch 1's
+/// assert!(oracle.is_authorized(&v1) && oracle.is_authorized(&v3), "both sets tracked");
+/// oracle.add_address(v3, "127.0.0.1:9000".parse().unwrap()); // where to dial it
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct Oracle {
     pub(crate) state: Arc<OracleState>,

@@ -166,7 +166,29 @@ impl Receiver {
 
 /// The channel's messages as a stream: the same as [`Receiver::recv`] in a
 /// loop, ending (`None`) once the network shut down and every queued
-/// message was taken.
+/// message was taken. `futures::StreamExt` adds `next`, `map`, `take`...
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::pin::Pin;
+/// use bytes::Bytes;
+/// use futures_core::Stream;
+/// use shoal_engine::{ChannelConfig, Priority, Receiver};
+/// // What `StreamExt::next` does, without the futures crate.
+/// async fn next(rx: &mut Receiver) -> Option<(shoal_engine::PublicKey, Bytes)> {
+///     std::future::poll_fn(|cx| Pin::new(&mut *rx).poll_next(cx)).await
+/// }
+/// let [(a, mut a_ch), (b, mut b_ch)] = shoal_engine::__private::connected_pair(&[ChannelConfig::new(1)]);
+/// let (tx, _) = a_ch.remove(0);
+/// let (_, mut rx) = b_ch.remove(0);
+/// tx.send_batch(&b.public_key(), [Bytes::from_static(b"1"), Bytes::from_static(b"2")], Priority::Low)?;
+/// let rt = tokio::runtime::Builder::new_current_thread().build()?;
+/// assert_eq!(rt.block_on(next(&mut rx)), Some((a.public_key(), Bytes::from_static(b"1"))));
+/// assert_eq!(rt.block_on(next(&mut rx)).map(|m| m.1), Some(Bytes::from_static(b"2")));
+/// b.shutdown(std::time::Duration::ZERO);
+/// assert_eq!(rt.block_on(next(&mut rx)), None, "ends at shutdown");
+/// # Ok(()) }
+/// ```
 impl Stream for Receiver {
     type Item = (PublicKey, Bytes);
 

@@ -42,6 +42,33 @@ pub type HandlerResult = Result<Option<Bytes>, String>;
 pub type Handler = Arc<dyn Fn(&PublicKey, Bytes) -> HandlerResult + Send + Sync>;
 
 /// Why a request failed.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// use bytes::Bytes;
+/// use shoal_engine::{ChannelConfig, RequestError, RpcStatus};
+/// let channels = [ChannelConfig::new(5), ChannelConfig::new(6)];
+/// let [(_a, a_ch), (b, _)] = shoal_engine::__private::connected_pair_with(&channels, |net| {
+///     net.serve(5, |_peer, req| match &req[..] {
+///         b"fail" => Err("refused".into()),
+///         _ => Ok(Some(Bytes::from(req.to_ascii_uppercase()))),
+///     })
+/// });
+/// let (peer, t) = (b.public_key(), Duration::from_secs(10));
+/// let served = &a_ch[0].0;
+/// assert_eq!(served.request(&peer, Bytes::from_static(b"hi"), t).blocking()?, "HI");
+/// assert_eq!(
+///     served.request(&peer, Bytes::from_static(b"fail"), t).blocking(),
+///     Err(RequestError::Remote(RpcStatus::HandlerFailed))
+/// );
+/// let unserved = &a_ch[1].0;
+/// assert_eq!(
+///     unserved.request(&peer, Bytes::from_static(b"hi"), t).blocking(),
+///     Err(RequestError::Remote(RpcStatus::NoHandler))
+/// );
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {
     #[error("peer not connected")]

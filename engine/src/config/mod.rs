@@ -55,7 +55,21 @@ use preset::Section;
 /// refuse, even peers with the same settings.
 pub const MIN_FRAME_BODY: usize = 1024 + shoal_wire::MAX_DATA_OVERHEAD + shoal_wire::TAG_LEN;
 
-/// Engine configuration. Build one with a preset and override fields.
+/// Engine configuration. Build one with a preset and override fields;
+/// [`Network::new`](crate::Network::new) validates it.
+///
+/// ```
+/// use std::time::Duration;
+/// use shoal_engine::{Backend, Config, Network};
+/// let mut config = Config::recommended(Some("127.0.0.1:0".parse().unwrap()));
+/// config.io.backend = Backend::Epoll;
+/// config.timeouts.idle_timeout = Duration::from_secs(30);
+/// assert!(Network::new(config.clone()).is_ok());
+///
+/// config.limits.peer_send_backlog = 0;
+/// let err = Network::new(config).err().unwrap();
+/// assert!(err.to_string().contains("limits.peer_send_backlog"), "{err}");
+/// ```
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default = "preset::loading", deny_unknown_fields)]
 pub struct Config {

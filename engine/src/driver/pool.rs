@@ -33,6 +33,7 @@ static LIVE_POOLS: AtomicUsize = AtomicUsize::new(0);
 
 /// Buffer pools allocated and not yet freed in this process (tests use it
 /// to prove shutdown returns every buffer).
+#[cfg(any(test, feature = "test-hooks"))]
 pub fn live_pools() -> usize {
     LIVE_POOLS.load(Ordering::SeqCst)
 }
