@@ -60,9 +60,9 @@ pub struct IoSettings {
     /// it burns a full core per shard but removes wake-up latency).
     /// Default false.
     pub busy_poll: bool,
-    /// How long an application thread blocked in a `*_blocking` receive or
-    /// request ([`crate::Receiver::recv_blocking`],
-    /// [`crate::Receiver::recv_timeout`], [`crate::Sender::request_blocking`])
+    /// How long an application thread blocked in a receive, request or ping
+    /// ([`crate::Receiver::recv_blocking`], [`crate::Receiver::recv_timeout`],
+    /// [`crate::Wait::blocking`] of [`crate::Sender::request`])
     /// keeps looking for its result, yielding its core between looks, before
     /// it parks. A parked receiver costs a futex wake on the shard and a
     /// context switch per wake-up (on a VM also an idle vCPU's wake-up): at

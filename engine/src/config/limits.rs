@@ -163,7 +163,7 @@ pub struct AdmissionSettings {
     /// "Provably": a record that authenticated under the session keys and
     /// that no honest peer sends whatever its settings or version (malformed
     /// records, chunks that break the reassembly rules; see
-    /// [`crate::connection::CloseCause::is_peer_misbehavior`]). Errors an
+    /// `CloseCause::is_peer_misbehavior` in the engine). Errors an
     /// on-path attacker could inject (bad length, failed decryption) and
     /// violations of our own limits (message size, reassembly budget,
     /// decompression bound, unregistered channel) or of what this version
