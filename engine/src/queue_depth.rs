@@ -7,7 +7,7 @@
 //! reserves both with one atomic add and refuses when either limit is
 //! reached: a full queue is an immediate, explicit result. Waiters are
 //! notified as shares come back (`event-listener`: a notify with no waiter
-//! is one atomic load), so `send_to_wait` / `send_to_blocking` can wait for
+//! is one atomic load), so `Sender::send_wait` (and its blocking drive) can wait for
 //! room without spinning. When the connection ends, the depth is closed and
 //! every waiter returns.
 //!

@@ -106,7 +106,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub(crate) inflight: Option<usize>,
     /// throughput, send: hand messages to the engine N at a time with
-    /// `send_batch_to_blocking` instead of one `send_to_blocking` each
+    /// `send_batch_wait(..).blocking()` instead of one `send_wait(..).blocking()` each
     /// [default: 1].
     #[arg(long, value_name = "N")]
     pub(crate) batch: Option<usize>,

@@ -43,8 +43,8 @@ pub(crate) struct RunResult {
     /// rpc: requests outstanding.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) inflight: Option<usize>,
-    /// throughput, send: messages per `send_batch_to_blocking` call (absent:
-    /// one `send_to_blocking` per message).
+    /// throughput, send: messages per `send_batch_wait` call (absent:
+    /// one `send_wait` per message).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) batch: Option<usize>,
     /// fanout: receiving nodes.

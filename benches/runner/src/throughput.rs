@@ -3,7 +3,7 @@
 //!
 //! # Design
 //! The hub sends `messages` copies of one payload to its only spoke, one
-//! `send_to_blocking` each (or `--batch N` per `send_batch_to_blocking`),
+//! `send_wait(..).blocking()` each (or `--batch N` per `send_batch_wait`),
 //! waiting only while the peer's queue is full; a thread on the spoke counts
 //! and checks what arrives. The figure is delivered bytes/s from the first
 //! send to the last delivery. As `send` (noise's BenchmarkSend) it also

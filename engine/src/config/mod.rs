@@ -198,7 +198,9 @@ impl Config {
     }
 
     /// The handshake parameters this config implies (namespace, timestamp
-    /// window, deadline).
+    /// window, deadline): for shoal's raw test client (`testkit`), not part
+    /// of the API.
+    #[doc(hidden)]
     pub fn handshake_config(&self) -> shoal_crypto::HandshakeConfig {
         shoal_crypto::HandshakeConfig {
             namespace: self.identity.namespace.clone(),

@@ -40,7 +40,7 @@ pub(crate) enum Command {
         permit: DepthPermit,
     },
     /// [`Command::Send`] for several messages to one connection, in order
-    /// (one hand-off for the lot; see [`crate::Sender::send_batch_to`]).
+    /// (one hand-off for the lot; see [`crate::Sender::send_batch`]).
     SendBatch {
         id: ConnId,
         peer: PublicKey,
