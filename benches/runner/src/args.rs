@@ -136,6 +136,11 @@ pub struct BenchArgs {
     /// One JSON object on stdout instead of the table.
     #[arg(long)]
     pub(crate) json: bool,
+    /// The table as Markdown, headed by the machine (CPU model, cores,
+    /// kernel), the date (UTC) and this command line: the form the README
+    /// and benches/README.md tables are pasted from.
+    #[arg(long, conflicts_with = "json")]
+    pub(crate) markdown: bool,
 }
 
 impl BenchArgs {
