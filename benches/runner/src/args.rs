@@ -82,7 +82,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub(crate) busy_poll: bool,
     /// io_uring shards sleep in the ring instead of in their doorbell epoll
-    /// set (`uring_doorbell = false`), for A/B runs.
+    /// set (`io.uring.doorbell = false`), for A/B runs.
     #[arg(long)]
     pub(crate) no_doorbell: bool,
     /// Application threads blocked in a receive or request look for their
