@@ -4,7 +4,7 @@
 //! ([`Receiver::recv_timeout`], [`Sender::send_to_blocking`]), and a slow
 //! consumer slows its producer down instead of making anything grow without
 //! bound. The chain, end to end:
-//! - Bob's channel holds at most [`INBOX`] received messages. While it is
+//! - Bob's channel holds at most `INBOX` (4) received messages. While it is
 //!   full, Bob's shard stops reading Alice's connection (nothing is dropped).
 //! - TCP then stops Alice's shard from writing, so Alice's per-peer send
 //!   queue (`limits.peer_send_bytes`) fills up.
