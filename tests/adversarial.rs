@@ -227,7 +227,7 @@ fn wait_dropped(s: &mut TcpStream, what: &str) -> Duration {
     }
 }
 
-/// Sends `payload` to `to` until `send_to` reports `Full`, at most `max`
+/// Sends `payload` to `to` until `send` reports `Full`, at most `max`
 /// times and for at most `WAIT`. Returns (accepted sends, saw Full, time).
 fn send_until_full(
     tx: &Sender,
@@ -1402,8 +1402,8 @@ fn tiny_chunks_claiming_a_huge_total(backend: Backend) {
 
 /// An authorized peer that reconnects again and again with the same key:
 /// each new connection replaces the previous one (same dialer, newer wins),
-/// the old one is closed, and the node's connection gauge stays exact (it
-/// used to count every replaced connection on the same shard forever).
+/// the old one is closed, and the node's connection gauge stays exact (a
+/// replaced connection on the same shard stops counting when it closes).
 fn reconnecting_peer_replaces_its_connection(backend: Backend) {
     let _g = serial();
     let victim = start_node(

@@ -767,12 +767,25 @@ fn churn_keeps_order_and_reconverges() {
             if r == s.seed {
                 continue;
             }
-            if let Err(e) = live
-                .sender
-                .send_wait(&key(r), fin(s.seed, live.inc), Priority::Low)
-                .blocking()
-                .result()
-            {
+            let send = || {
+                live.sender
+                    .send_wait(&key(r), fin(s.seed, live.inc), Priority::Low)
+                    .blocking()
+                    .result()
+            };
+            let mut sent = send();
+            if matches!(sent, Err(shoal::SendError::NotConnected)) {
+                // A duplicate-connection tie-break that ends after the mesh
+                // check can close the connection it saw (the peer kept the
+                // other one, still handshaking here): wait for that one.
+                let back = live
+                    .handle
+                    .wait_peers(CONVERGE_WAIT, |p| p.contains(&key(r)));
+                if back {
+                    sent = send();
+                }
+            }
+            if let Err(e) = sent {
                 fin_not_accepted.push((s.seed, r, e));
             }
         }

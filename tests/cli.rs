@@ -1,5 +1,5 @@
 //! The `shoal` binary end to end: keygen, node (echo, metrics, signals),
-//! bench --json, invalid configs.
+//! bench --json and --markdown, invalid configs.
 //!
 //! No assertion depends on speed: every wait is a liveness deadline, and a
 //! child process is killed if the test fails (see [`Proc`]).
@@ -487,6 +487,51 @@ fn bench_json(args: &[&str]) -> serde_json::Value {
     let stdout = text(&out.stdout);
     assert_eq!(stdout.trim().lines().count(), 1, "one JSON line: {stdout}");
     serde_json::from_str(stdout.trim()).expect("stdout is one JSON object")
+}
+
+/// `bench --markdown`: the machine, the date and the exact command line,
+/// then one Markdown table row per result.
+#[test]
+fn bench_markdown_is_headed_by_machine_date_and_command() {
+    let args = [
+        "bench",
+        "--markdown",
+        "--backend",
+        "epoll",
+        "--rounds",
+        "1",
+        "--scenario",
+        "throughput",
+        "--messages",
+        "200",
+        "--size",
+        "4096",
+    ];
+    let out = shoal(&args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 8, "{stdout}");
+    assert!(
+        lines[0].starts_with("- machine: ") && lines[0].contains(" cores, "),
+        "{stdout}"
+    );
+    assert!(
+        lines[1].starts_with("- date: ") && lines[1].ends_with(" UTC"),
+        "{stdout}"
+    );
+    assert_eq!(lines[2], format!("- command: `shoal {}`", args.join(" ")));
+    assert!(lines[3].starts_with("- method: loopback, 1 round, "));
+    assert_eq!(lines[4], "");
+    assert!(lines[5].starts_with("| scenario | backend | shards | size |"));
+    assert_eq!(lines[6], "|:--|:--|--:|--:|--:|--:|--:|--:|--:|:--|");
+    assert!(
+        lines[7].starts_with("| throughput | epoll | 1 | 4096 | "),
+        "{stdout}"
+    );
+    // One output format at a time.
+    let out = shoal(&["bench", "--markdown", "--json"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
 }
 
 #[test]

@@ -210,7 +210,7 @@ impl Sender {
 
     /// Queues `msg` with the `permit` a waiting send reserved. `Err` hands
     /// it back: the shard's command queue was full (it is draining; the
-    /// permit was dropped), reserve again. The message moves rather than
+    /// share was given back), reserve again. The message moves rather than
     /// being cloned per attempt: a clone and a drop per send were two atomic
     /// operations on a reference count the shard also touches.
     fn enqueue_after_reserve(
@@ -218,7 +218,7 @@ impl Sender {
         h: &PeerHandle,
         msg: Outgoing,
         priority: Priority,
-        permit: DepthPermit,
+        permit: DepthPermit<'_>,
     ) -> Result<(), Outgoing> {
         match self
             .shared
@@ -480,34 +480,37 @@ impl Shared {
         self.enqueue_reserved(h, msg, priority, permit)
     }
 
-    /// Queues `msgs` with the `permit` reserved for them in `h.depth`. If
-    /// the shard's command queue is full the permit is dropped (the slots
-    /// given back), the miss counted, and the messages handed back.
+    /// Queues `msgs` with the `permit` reserved for them in `h.depth` (it
+    /// travels on as a share). If the shard's command queue is full the
+    /// share goes back, the miss is counted, and the messages handed back.
     pub(crate) fn enqueue_batch_reserved(
         &self,
         h: &PeerHandle,
         msgs: Vec<Outgoing>,
         priority: Priority,
-        permit: DepthPermit,
+        permit: DepthPermit<'_>,
     ) -> Result<(), Vec<Outgoing>> {
+        let Some(link) = self.shards.get(h.id.shard) else {
+            // No such shard (cannot happen for a live handle): the caller
+            // reports it as not connected, and counts it there.
+            return Err(Vec::new());
+        };
         let cmd = Command::SendBatch {
             id: h.id,
             peer: h.peer.clone(),
             msgs,
             priority,
-            permit,
-        };
-        let Some(link) = self.shards.get(h.id.shard) else {
-            // No such shard (cannot happen for a live handle): the caller
-            // reports it as not connected, and counts it there.
-            return Err(Vec::new());
+            share: permit.into_share(),
         };
         match link.send(cmd) {
             Ok(()) => Ok(()),
             Err(back) => {
                 self.metrics.send_full.inc();
                 match back {
-                    Command::SendBatch { msgs, .. } => Err(msgs),
+                    Command::SendBatch { msgs, share, .. } => {
+                        h.depth.release(share);
+                        Err(msgs)
+                    }
                     _ => Err(Vec::new()),
                 }
             }
@@ -515,21 +518,21 @@ impl Shared {
     }
 
     /// [`Shared::enqueue_reserved`] that hands the message back when the
-    /// shard's command queue is full (the permit dropped and the miss
+    /// shard's command queue is full (the share given back and the miss
     /// counted), so the caller can wait and retry without a copy.
     pub(crate) fn enqueue_reserved_or_back(
         &self,
         h: &PeerHandle,
         msg: Outgoing,
         priority: Priority,
-        permit: DepthPermit,
+        permit: DepthPermit<'_>,
     ) -> Result<(), Outgoing> {
         let cmd = Command::Send {
             id: h.id,
             peer: h.peer.clone(),
             msg,
             priority,
-            permit,
+            share: permit.into_share(),
         };
         let back = match self.shards.get(h.id.shard) {
             Some(link) => match link.send(cmd) {
@@ -540,7 +543,10 @@ impl Shared {
         };
         self.metrics.send_full.inc();
         match back {
-            Command::Send { msg, .. } => Err(msg),
+            Command::Send { msg, share, .. } => {
+                h.depth.release(share);
+                Err(msg)
+            }
             // The queue hands back the command it was given: a Send.
             _ => {
                 debug_assert!(false, "a shard queue handed back another command");
@@ -556,7 +562,7 @@ impl Shared {
         h: &PeerHandle,
         msg: Outgoing,
         priority: Priority,
-        permit: DepthPermit,
+        permit: DepthPermit<'_>,
     ) -> Result<(), SendError> {
         self.enqueue_reserved_or_back(h, msg, priority, permit)
             .map_err(|_| SendError::Full)

@@ -204,7 +204,8 @@ impl Network {
     /// receiving shard (no thread hop) for every message and request that
     /// arrives on it: `handler(sender, payload)`. `Ok(Some(reply))` answers
     /// a request, or is sent back on the channel for a plain message;
-    /// `Ok(None)` answers nothing; an `Err` or a panic affects only that
+    /// `Ok(None)` answers a request with an empty payload and a plain
+    /// message with nothing; an `Err` or a panic affects only that
     /// message (a request gets [`crate::RpcStatus::HandlerFailed`]).
     /// Requests on a channel without a handler are answered with
     /// [`crate::RpcStatus::NoHandler`]. The handler runs on a shard thread:

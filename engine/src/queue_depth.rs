@@ -11,17 +11,27 @@
 //! room without spinning. When the connection ends, the depth is closed and
 //! every waiter returns.
 //!
-//! Every share is a [`DepthPermit`]. Reserving returns one; it travels with
-//! the message it was taken for (in the shard's command, in the connection's
-//! queue, held for a hand-over) and gives its share back when it is dropped.
-//! There is no other way to give a share back, so a message that is
-//! written, dropped, or moved to another connection releases it exactly
-//! once, whichever path it takes. Permits merge (the connection gives back
-//! the messages of one sealed frame with one atomic subtraction, not one per
-//! message: the counter's cache line is shared with the senders) and split
-//! (a batch reserved at once is queued message by message). A permit holds
-//! a reference to its depth, so taking one costs a reference-count increment
-//! and folding it into another a decrement.
+//! A reservation returns a [`DepthPermit`], which borrows the depth and
+//! gives its share back when dropped, so a send that fails before its
+//! message is handed on cannot leak it. Handing the message to the shard
+//! turns the permit into a [`Share`]: the plain (messages, bytes) count, with
+//! no reference to the depth, that travels in the shard's command. On the
+//! shard the connection that owns the depth takes the share into its queue
+//! ([`crate::connection::Connection::send`]), and from there the queue gives
+//! it back: the shares of one sealed frame's messages in one atomic
+//! subtraction, the rest when messages are taken for another connection,
+//! dropped, or the queue itself is dropped.
+//!
+//! Neither form touches a reference count: the depth's counter shares its
+//! cache line with the `Arc` that holds it, and a count taken per message by
+//! the sender and dropped by the shard made that line move between the two
+//! threads on every message.
+//! The price is one rule: a [`Share`] is given back by the code that holds
+//! it, with [`QueueDepth::release`]. One that is dropped instead belongs to
+//! a connection that ended before the shard saw it; that connection's depth
+//! is closed and never reserved from again, so nothing waits for it. In
+//! debug builds a share remembers its depth and [`QueueDepth::release`]
+//! checks it.
 //!
 //! The byte limit admits one message into an empty queue whatever its size
 //! (a message over the limit could never be sent otherwise), so the bytes a
@@ -31,7 +41,6 @@
 //! waiting for room without reserving it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 
 use event_listener::{Event, Listener};
 
@@ -73,16 +82,17 @@ pub struct QueueDepth {
 #[error("the connection's send queue is closed")]
 pub struct QueueClosed;
 
-/// A share of a [`QueueDepth`] (messages and their payload bytes), given
-/// back when dropped. See the module docs.
+/// A share of a [`QueueDepth`] (messages and their payload bytes) held by
+/// the code that reserved it, given back when dropped unless handed on with
+/// [`DepthPermit::into_share`]. See the module docs.
 #[derive(Debug)]
 #[must_use = "dropping a permit gives its share back at once"]
-pub struct DepthPermit {
-    depth: Arc<QueueDepth>,
+pub struct DepthPermit<'a> {
+    depth: &'a QueueDepth,
     share: u64,
 }
 
-impl DepthPermit {
+impl DepthPermit<'_> {
     /// Messages this permit holds.
     pub fn messages(&self) -> usize {
         unpack(self.share).0
@@ -93,46 +103,91 @@ impl DepthPermit {
         unpack(self.share).1
     }
 
-    /// Moves `messages` messages and `bytes` bytes of this permit's share
-    /// (at most what it holds) into a new permit on the same depth.
-    pub fn split(&mut self, messages: usize, bytes: usize) -> DepthPermit {
-        let (m, b) = unpack(self.share);
-        let taken = packed(messages.min(m), bytes.min(b));
-        self.share -= taken;
-        DepthPermit {
-            depth: self.depth.clone(),
-            share: taken,
-        }
-    }
-
-    /// Takes `other`'s share into this permit, without giving anything
-    /// back. Both must be shares of the same depth; a permit of another
-    /// depth is not merged but dropped (its share given back).
-    pub fn merge(&mut self, mut other: DepthPermit) {
-        if Arc::ptr_eq(&self.depth, &other.depth) {
-            self.share += std::mem::take(&mut other.share);
-        } else {
-            debug_assert!(false, "merged permits of two queue depths");
-        }
-    }
-
-    /// All of `permits` merged into one (`None` if there are none): giving
-    /// them back is then one atomic subtraction.
-    pub fn merge_all(permits: impl IntoIterator<Item = DepthPermit>) -> Option<DepthPermit> {
-        let mut permits = permits.into_iter();
-        let mut all = permits.next()?;
-        for p in permits {
-            all.merge(p);
-        }
-        Some(all)
+    /// The share, to travel with its message: from here on whoever holds it
+    /// gives it back ([`QueueDepth::release`]).
+    pub fn into_share(self) -> Share {
+        let share = Share::new(self.depth, self.share);
+        std::mem::forget(self);
+        share
     }
 }
 
-impl Drop for DepthPermit {
+impl Drop for DepthPermit<'_> {
     fn drop(&mut self) {
         if self.share != 0 {
             self.depth.release_packed(self.share);
         }
+    }
+}
+
+/// A share of a [`QueueDepth`] on its way with its message(s): a plain
+/// count, given back with [`QueueDepth::release`] (see the module docs for
+/// the one case where dropping it is right).
+#[derive(Debug, PartialEq, Eq)]
+#[must_use = "a share goes back with `QueueDepth::release`"]
+pub struct Share {
+    packed: u64,
+    /// The depth it was taken from, checked on release.
+    #[cfg(debug_assertions)]
+    origin: usize,
+}
+
+impl Share {
+    fn new(depth: &QueueDepth, packed: u64) -> Self {
+        let _ = depth;
+        Self {
+            packed,
+            #[cfg(debug_assertions)]
+            origin: depth as *const QueueDepth as usize,
+        }
+    }
+
+    /// Messages this share counts.
+    pub fn messages(&self) -> usize {
+        unpack(self.packed).0
+    }
+
+    /// Payload bytes this share counts.
+    pub fn bytes(&self) -> usize {
+        unpack(self.packed).1
+    }
+
+    /// Moves `messages` messages and `bytes` bytes of this share (at most
+    /// what it counts) into a new share of the same depth.
+    pub fn split(&mut self, messages: usize, bytes: usize) -> Share {
+        let (m, b) = unpack(self.packed);
+        let taken = packed(messages.min(m), bytes.min(b));
+        self.packed -= taken;
+        Share {
+            packed: taken,
+            #[cfg(debug_assertions)]
+            origin: self.origin,
+        }
+    }
+
+    /// Takes `other`'s count into this share. Both must be shares of the
+    /// same depth (checked in debug builds).
+    pub fn merge(&mut self, other: Share) {
+        #[cfg(debug_assertions)]
+        debug_assert!(
+            self.packed == 0 || other.packed == 0 || self.origin == other.origin,
+            "merged shares of two queue depths"
+        );
+        #[cfg(debug_assertions)]
+        if self.packed == 0 {
+            self.origin = other.origin;
+        }
+        self.packed += other.packed;
+    }
+
+    /// An empty share of `depth`, to merge others into.
+    pub fn empty(depth: &QueueDepth) -> Share {
+        Share::new(depth, 0)
+    }
+
+    /// Counts nothing.
+    pub fn is_empty(&self) -> bool {
+        self.packed == 0
     }
 }
 
@@ -176,11 +231,8 @@ impl QueueDepth {
             && (b == 0 || b.saturating_add(bytes) <= self.max_bytes)
     }
 
-    fn permit(self: &Arc<Self>, share: u64) -> DepthPermit {
-        DepthPermit {
-            depth: self.clone(),
-            share,
-        }
+    fn permit(&self, share: u64) -> DepthPermit<'_> {
+        DepthPermit { depth: self, share }
     }
 
     /// Takes one message's share (`bytes` of payload) if it fits. One atomic
@@ -188,7 +240,7 @@ impl QueueDepth {
     /// slower at 64 B); a refused add is taken back, and the take-back wakes
     /// waiters itself if it is what brings the depth to the low-water mark,
     /// so a release that saw the momentary add cannot strand them.
-    pub fn try_reserve(self: &Arc<Self>, bytes: usize) -> Option<DepthPermit> {
+    pub fn try_reserve(&self, bytes: usize) -> Option<DepthPermit<'_>> {
         let share = packed(1, bytes);
         let prev = self.depth.fetch_add(share, Ordering::AcqRel);
         if self.fits(prev, 1, bytes) {
@@ -203,7 +255,7 @@ impl QueueDepth {
     /// could hide a release's crossing of the low-water mark (the waiters
     /// would miss their wake-up) and make concurrent sends see a full queue
     /// that is not.
-    pub fn try_reserve_n(self: &Arc<Self>, n: usize, bytes: usize) -> Option<DepthPermit> {
+    pub fn try_reserve_n(&self, n: usize, bytes: usize) -> Option<DepthPermit<'_>> {
         let share = packed(n, bytes);
         let mut cur = self.depth.load(Ordering::Acquire);
         loop {
@@ -225,14 +277,25 @@ impl QueueDepth {
     /// Takes a message's share regardless of the limits: a message already
     /// accepted on another connection to the same peer moves here (bounded
     /// by that connection's own limits).
-    pub fn force_reserve(self: &Arc<Self>, bytes: usize) -> DepthPermit {
+    pub fn force_reserve(&self, bytes: usize) -> Share {
         let share = packed(1, bytes);
         self.depth.fetch_add(share, Ordering::AcqRel);
-        self.permit(share)
+        Share::new(self, share)
     }
 
-    /// Gives a share back and wakes waiters at the low-water mark: only
-    /// through a permit's drop.
+    /// Gives a share taken from this depth back (see the module docs).
+    pub fn release(&self, share: Share) {
+        #[cfg(debug_assertions)]
+        debug_assert!(
+            share.packed == 0 || share.origin == self as *const QueueDepth as usize,
+            "a share given back to another queue depth"
+        );
+        if share.packed != 0 {
+            self.release_packed(share.packed);
+        }
+    }
+
+    /// Gives a share back and wakes waiters at the low-water mark.
     fn release_packed(&self, share: u64) {
         let prev = self.depth.fetch_sub(share, Ordering::AcqRel);
         let (m, b) = unpack(prev.saturating_sub(share));
@@ -255,28 +318,28 @@ impl QueueDepth {
     /// listener is registered before the second check so a release between
     /// the two checks is not missed.
     fn poll_reserve(
-        self: &Arc<Self>,
+        &self,
         n: usize,
         bytes: usize,
-    ) -> Result<Result<DepthPermit, QueueClosed>, event_listener::EventListener> {
+    ) -> Result<Result<DepthPermit<'_>, QueueClosed>, event_listener::EventListener> {
         if self.is_closed() {
             return Ok(Err(QueueClosed));
         }
-        let reserve = |q: &Arc<Self>| {
+        let reserve = || {
             if n == 1 {
-                q.try_reserve(bytes)
+                self.try_reserve(bytes)
             } else {
-                q.try_reserve_n(n, bytes)
+                self.try_reserve_n(n, bytes)
             }
         };
-        if let Some(p) = reserve(self) {
+        if let Some(p) = reserve() {
             return Ok(Ok(p));
         }
         let listener = self.space.listen();
         if self.is_closed() {
             return Ok(Err(QueueClosed));
         }
-        if let Some(p) = reserve(self) {
+        if let Some(p) = reserve() {
             return Ok(Ok(p));
         }
         Err(listener)
@@ -284,7 +347,7 @@ impl QueueDepth {
 
     /// Waits (async) until one message of `bytes` is reserved or the
     /// connection ends.
-    pub async fn reserve(self: &Arc<Self>, bytes: usize) -> Result<DepthPermit, QueueClosed> {
+    pub async fn reserve(&self, bytes: usize) -> Result<DepthPermit<'_>, QueueClosed> {
         self.reserve_n(1, bytes).await
     }
 
@@ -292,11 +355,7 @@ impl QueueDepth {
     /// the message limit, so the half-queue wake-up always leaves room) are
     /// reserved or the connection ends. A batch over half the byte limit
     /// waits for the queue to empty.
-    pub async fn reserve_n(
-        self: &Arc<Self>,
-        n: usize,
-        bytes: usize,
-    ) -> Result<DepthPermit, QueueClosed> {
+    pub async fn reserve_n(&self, n: usize, bytes: usize) -> Result<DepthPermit<'_>, QueueClosed> {
         loop {
             match self.poll_reserve(n, bytes) {
                 Ok(done) => return done,
@@ -306,16 +365,16 @@ impl QueueDepth {
     }
 
     /// Blocking variant of [`QueueDepth::reserve`].
-    pub fn reserve_blocking(self: &Arc<Self>, bytes: usize) -> Result<DepthPermit, QueueClosed> {
+    pub fn reserve_blocking(&self, bytes: usize) -> Result<DepthPermit<'_>, QueueClosed> {
         self.reserve_blocking_n(1, bytes)
     }
 
     /// Blocking variant of [`QueueDepth::reserve_n`].
     pub fn reserve_blocking_n(
-        self: &Arc<Self>,
+        &self,
         n: usize,
         bytes: usize,
-    ) -> Result<DepthPermit, QueueClosed> {
+    ) -> Result<DepthPermit<'_>, QueueClosed> {
         loop {
             match self.poll_reserve(n, bytes) {
                 Ok(done) => return done,
@@ -327,6 +386,8 @@ impl QueueDepth {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     #[test]
@@ -370,18 +431,22 @@ mod tests {
         assert_eq!((d.get(), d.bytes()), (3, 300));
     }
 
-    /// A permit gives its share back exactly once, however it was split and
-    /// merged on the way: the parts of a batch, a batch merged back, a
-    /// permit merged into another.
+    /// A permit gives its share back when dropped, and not when handed on
+    /// as a share; a share goes back once however it was split and merged
+    /// on the way: the parts of a batch, a batch merged back, a share merged
+    /// into another.
     #[test]
-    fn a_permit_gives_back_its_share_once_when_dropped() {
-        let d = Arc::new(QueueDepth::new(100, 1 << 20));
-        let mut batch = d.try_reserve_n(3, 30).unwrap();
+    fn shares_go_back_once_however_split_and_merged() {
+        let d = QueueDepth::new(100, 1 << 20);
+        drop(d.try_reserve(5).unwrap());
+        assert_eq!((d.get(), d.bytes()), (0, 0), "a dropped permit");
+        let mut batch = d.try_reserve_n(3, 30).unwrap().into_share();
+        assert_eq!((d.get(), d.bytes()), (3, 30), "handed on, not given back");
         let one = batch.split(1, 10);
         assert_eq!((one.messages(), one.bytes()), (1, 10));
         assert_eq!((batch.messages(), batch.bytes()), (2, 20));
         assert_eq!((d.get(), d.bytes()), (3, 30), "splitting moves, not frees");
-        drop(one);
+        d.release(one);
         assert_eq!((d.get(), d.bytes()), (2, 20));
         let over = batch.split(5, 500);
         assert_eq!(
@@ -389,23 +454,32 @@ mod tests {
             (2, 20),
             "at most its share"
         );
-        assert_eq!((batch.messages(), batch.bytes()), (0, 0));
-        drop(batch);
+        assert!(batch.is_empty());
+        d.release(batch);
         assert_eq!(
             (d.get(), d.bytes()),
             (2, 20),
-            "an empty permit frees nothing"
+            "an empty share frees nothing"
         );
-        let mut all = over;
+        let mut all = Share::empty(&d);
+        all.merge(over);
         all.merge(d.force_reserve(5));
-        all.merge(d.try_reserve(7).unwrap());
+        all.merge(d.try_reserve(7).unwrap().into_share());
         assert_eq!((d.get(), d.bytes()), (4, 32));
         assert_eq!((all.messages(), all.bytes()), (4, 32));
-        let merged = DepthPermit::merge_all([all, d.force_reserve(1)]).unwrap();
-        assert_eq!((merged.messages(), merged.bytes()), (5, 33));
-        drop(merged);
+        d.release(all);
         assert_eq!((d.get(), d.bytes()), (0, 0));
-        assert!(DepthPermit::merge_all([]).is_none());
+    }
+
+    /// Giving a share back to a depth it was not taken from is a bug,
+    /// caught in debug builds.
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "another queue depth")]
+    fn a_share_goes_back_only_to_its_own_depth() {
+        let (a, b) = (QueueDepth::new(4, 100), QueueDepth::new(4, 100));
+        let share = a.force_reserve(1);
+        b.release(share);
     }
 
     /// A sender waiting for bytes is woken once the queue drains below half
@@ -417,7 +491,7 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         let waiter = {
             let d = d.clone();
-            std::thread::spawn(move || tx.send(d.reserve_blocking(20)))
+            std::thread::spawn(move || tx.send(d.reserve_blocking(20).map(|p| p.into_share())))
         };
         drop(queued);
         let got = rx

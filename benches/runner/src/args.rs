@@ -82,7 +82,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub(crate) busy_poll: bool,
     /// io_uring shards sleep in the ring instead of in their doorbell epoll
-    /// set (`uring_doorbell = false`), for A/B runs.
+    /// set (`io.uring.doorbell = false`), for A/B runs.
     #[arg(long)]
     pub(crate) no_doorbell: bool,
     /// Application threads blocked in a receive or request look for their
@@ -136,6 +136,11 @@ pub struct BenchArgs {
     /// One JSON object on stdout instead of the table.
     #[arg(long)]
     pub(crate) json: bool,
+    /// The table as Markdown, headed by the machine (CPU model, cores,
+    /// kernel), the date (UTC) and this command line: the form the README
+    /// and benches/README.md tables are pasted from.
+    #[arg(long, conflicts_with = "json")]
+    pub(crate) markdown: bool,
 }
 
 impl BenchArgs {

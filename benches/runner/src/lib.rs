@@ -44,7 +44,9 @@
 //! - `throughput`, `round_trip`, `shard_rtt`, `fanout`, `idle`: one
 //!   scenario (or a family of them) each.
 //! - `baseline`: the raw, engine-less ceilings.
-//! - `result`, `report`, `plot`: figures, medians, the table, JSON and SVG.
+//! - `result`, `report`, `markdown`, `plot`: figures, medians, the table,
+//!   its Markdown form with the machine and command that produced it, JSON
+//!   and SVG.
 //!
 //! Not provided: a library API for embedders (everything but the entry
 //! point is private), or any measurement across processes other than the
@@ -59,6 +61,7 @@ mod baseline;
 mod cluster;
 mod fanout;
 mod idle;
+mod markdown;
 mod plan;
 mod plot;
 mod report;
@@ -94,7 +97,8 @@ impl From<String> for BenchError {
 }
 
 /// Runs the scenarios `args` asks for over `file` (the `--config` file's
-/// values, if one was given) and prints the table or JSON on stdout.
+/// values, if one was given) and prints the table, Markdown or JSON on
+/// stdout.
 ///
 /// The idle scenario runs each backend in a child process: this executable
 /// again, as `bench --scenario idle --in-process --json`, so it must be one

@@ -1,5 +1,5 @@
-//! What a run prints: the table (or one JSON object), the shortfall
-//! warnings and the optional SVG plot.
+//! What a run prints: the table (as text, as Markdown or as one JSON
+//! object), the shortfall warnings and the optional SVG plot.
 //!
 //! # Design
 //! Reporting reads finished [`RunResult`]s only; nothing here measures. The
@@ -10,12 +10,14 @@
 //! is, with a warning on stderr.
 
 use crate::args::BenchArgs;
+use crate::markdown;
 use crate::plot;
 use crate::result::RunResult;
 use crate::traffic::{BUCKET, STALL};
 
 /// Writes the plot (`--plot`), warns of shortfalls and prints `results` as
-/// JSON (`--json`) or as the table.
+/// JSON (`--json`), as a Markdown table headed by its provenance
+/// (`--markdown`) or as the text table.
 pub(crate) fn report(results: &[RunResult], args: &BenchArgs, rounds: usize) -> Result<(), String> {
     if let Some(path) = &args.plot {
         let series: Vec<plot::Series> = results
@@ -53,53 +55,74 @@ pub(crate) fn report(results: &[RunResult], args: &BenchArgs, rounds: usize) -> 
         }
         .map_err(|e| e.to_string())?;
         println!("{out}");
+    } else if args.markdown {
+        print!(
+            "{}",
+            markdown::render(results, rounds, &markdown::Provenance::current())
+        );
     } else {
         print_table(results, rounds);
     }
     Ok(())
 }
 
+/// The line above the table: where and how the figures were taken.
+pub(crate) fn title(rounds: usize) -> String {
+    format!("shoal bench — loopback, medians of {rounds} interleaved rounds")
+}
+
+/// The table's column headings, in order.
+pub(crate) const COLUMNS: [&str; 10] = [
+    "scenario",
+    "backend",
+    "shards",
+    "size",
+    "msgs/s",
+    "MiB/s",
+    "p50 µs",
+    "p99 µs",
+    "max µs",
+    "vs same-run baseline",
+];
+
+/// One row's cells, in [`COLUMNS`] order, formatted once for both the text
+/// and the Markdown table.
+pub(crate) fn cells(r: &RunResult) -> [String; 10] {
+    let (p50, p99, max) = r
+        .latency_us
+        .as_ref()
+        .map_or(("-".into(), "-".into(), "-".into()), |l| {
+            (
+                format!("{:.1}", l.p50),
+                format!("{:.1}", l.p99),
+                format!("{:.1}", l.max),
+            )
+        });
+    [
+        row_label(r),
+        r.backend.clone(),
+        r.shards.to_string(),
+        r.size.to_string(),
+        format!("{:.0}", r.msgs_per_sec),
+        format!("{:.1}", r.bytes_per_sec / (1 << 20) as f64),
+        p50,
+        p99,
+        max,
+        versus_baseline(r),
+    ]
+}
+
 fn print_table(results: &[RunResult], rounds: usize) {
-    println!("shoal bench — loopback, medians of {rounds} interleaved rounds");
-    println!(
-        "{:<11} {:<8} {:>6} {:>8} {:>12} {:>11} {:>9} {:>9} {:>9} {:>22}",
-        "scenario",
-        "backend",
-        "shards",
-        "size",
-        "msgs/s",
-        "MiB/s",
-        "p50 µs",
-        "p99 µs",
-        "max µs",
-        "vs same-run baseline"
-    );
+    println!("{}", title(rounds));
+    let line = |c: &[String; 10]| {
+        format!(
+            "{:<11} {:<8} {:>6} {:>8} {:>12} {:>11} {:>9} {:>9} {:>9} {:>22}",
+            c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9]
+        )
+    };
+    println!("{}", line(&COLUMNS.map(String::from)));
     for r in results {
-        let (p50, p99, max) =
-            r.latency_us
-                .as_ref()
-                .map_or(("-".into(), "-".into(), "-".into()), |l| {
-                    (
-                        format!("{:.1}", l.p50),
-                        format!("{:.1}", l.p99),
-                        format!("{:.1}", l.max),
-                    )
-                });
-        let vs = versus_baseline(r);
-        let scenario = row_label(r);
-        println!(
-            "{:<11} {:<8} {:>6} {:>8} {:>12.0} {:>11.1} {:>9} {:>9} {:>9} {:>22}",
-            scenario,
-            r.backend,
-            r.shards,
-            r.size,
-            r.msgs_per_sec,
-            r.bytes_per_sec / (1 << 20) as f64,
-            p50,
-            p99,
-            max,
-            vs
-        );
+        println!("{}", line(&cells(r)));
     }
 }
 

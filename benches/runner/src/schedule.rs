@@ -341,32 +341,41 @@ fn scale_rounds(p: &Plan, pb: &ProgressBar) -> Result<Vec<RunResult>, String> {
         .collect())
 }
 
-/// Memory, not speed: one round is enough (the remaining rounds only move
-/// the progress bar). Each backend runs in a fresh child process unless
-/// `--in-process`.
+/// Memory per idle connection, each round and backend in a fresh child
+/// process unless `--in-process`; the median round per backend. One round
+/// is not enough: the allocator returns freed pages to the system on its
+/// own schedule, and one run's figure moved by ±25 % from the next's.
 fn idle_rounds(p: &Plan, pb: &ProgressBar, args: &BenchArgs) -> Result<Vec<RunResult>, String> {
     let conns = args.connections.unwrap_or(2000).max(1);
-    let mut results = Vec::new();
-    for round in 0..p.rounds {
+    let mut per_backend: Vec<Vec<RunResult>> = p.backends.iter().map(|_| Vec::new()).collect();
+    for _ in 0..p.rounds {
         pb.inc(1);
-        for b in &p.backends {
-            if round == 0 {
-                pb.set_message(format!("idle: {conns} connections, {}", label(*b)));
-                results.push(if args.in_process {
-                    let m = idle_rss(&p.base, *b, conns)?;
-                    let mut r = RunResult::new("idle", m.backend.clone(), p.shards, 0);
-                    r.messages = conns;
-                    r.delivered = m.established;
-                    r.rss_per_connection_kib = Some(m.per_connection_kib());
-                    r
-                } else {
-                    idle_in_child(args, *b, conns)?
-                });
-            }
+        for (b, runs) in p.backends.iter().zip(per_backend.iter_mut()) {
+            pb.set_message(format!("idle: {conns} connections, {}", label(*b)));
+            runs.push(if args.in_process {
+                let m = idle_rss(&p.base, *b, conns)?;
+                let mut r = RunResult::new("idle", m.backend.clone(), p.shards, 0);
+                r.messages = conns;
+                r.delivered = m.established;
+                r.rss_per_connection_kib = Some(m.per_connection_kib());
+                r
+            } else {
+                idle_in_child(args, *b, conns)?
+            });
             pb.inc(1);
         }
     }
-    Ok(results)
+    Ok(per_backend.into_iter().filter_map(median_rss).collect())
+}
+
+/// The run with the median resident memory per connection.
+fn median_rss(mut runs: Vec<RunResult>) -> Option<RunResult> {
+    runs.sort_by(|a, b| {
+        let (a, b) = (a.rss_per_connection_kib, b.rss_per_connection_kib);
+        a.unwrap_or(0.0).total_cmp(&b.unwrap_or(0.0))
+    });
+    let mid = runs.len() / 2;
+    runs.into_iter().nth(mid)
 }
 
 /// `rounds` interleaved rounds of `baseline` then `run` on each backend;

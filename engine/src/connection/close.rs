@@ -186,7 +186,7 @@ impl Connection {
     }
 
     /// Application messages that were queued when the connection closed
-    /// (accepted by `send` with a permit, never written).
+    /// (accepted by `send` with a share, never written).
     pub fn dropped_on_close(&self) -> usize {
         self.close.dropped
     }
@@ -278,7 +278,7 @@ impl Connection {
         }
         self.state = State::Closed;
         let dropped = self.tx.clear();
-        if let Some(d) = &self.queue_depth {
+        if let Some(d) = self.tx.depth() {
             d.close();
         }
         self.close.dropped += dropped;

@@ -45,7 +45,7 @@
 //!
 //! **Mutators**, the shard's and the application's commands:
 //! [`send`](Connection::send) (a data message with its priority and its
-//! queue-depth permit), [`send_control`](Connection::send_control),
+//! queue-depth share), [`send_control`](Connection::send_control),
 //! [`ping`](Connection::ping), [`close`](Connection::close) (orderly),
 //! [`abort`](Connection::abort) (at once).
 //!
@@ -66,7 +66,7 @@
 //! - `recv_buf`: the receive buffer and the two ways bytes get in.
 //! - `decode`: frames → handshake or records → [`Event`]s.
 //! - `queue`: [`Priority`], [`Outgoing`], the outgoing queues and the
-//!   queue-depth permits of the messages in them.
+//!   queue-depth shares of the messages in them.
 //! - `encode`: queued records → sealed frames.
 //! - `timers`: handshake deadline, keep-alive pings, idle timeout.
 //! - `close`: [`CloseCause`] and the close lifecycle.
@@ -131,8 +131,6 @@ pub struct Connection {
     chunk_size: usize,
     timers: timers::Timers,
     close: close::Closing,
-    /// Application-visible queue depth, closed when the connection ends.
-    queue_depth: Option<Arc<QueueDepth>>,
 }
 
 impl Connection {
@@ -184,7 +182,6 @@ impl Connection {
             chunk_size: cfg.max_frame_body - TAG_LEN - MAX_DATA_OVERHEAD,
             timers: timers::Timers::new(now, cfg.handshake.timeout),
             close: close::Closing::default(),
-            queue_depth: None,
             cfg,
             channels,
             authorize,
@@ -193,11 +190,12 @@ impl Connection {
         conn
     }
 
-    /// Links the application-visible queue depth: the connection closes it
-    /// when it ends, so that senders waiting for room return. (The shares
-    /// of queued messages are their permits, see [`Connection::send`].)
+    /// Links the application-visible queue depth: the shares of queued
+    /// messages are taken from it ([`Connection::send`]) and go back to it,
+    /// and the connection closes it when it ends, so that senders waiting
+    /// for room return.
     pub fn set_queue_depth(&mut self, depth: Arc<QueueDepth>) {
-        self.queue_depth = Some(depth);
+        self.tx.set_depth(depth);
     }
 
     /// The authenticated peer, once established.

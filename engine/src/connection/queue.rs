@@ -7,12 +7,15 @@
 //! part by part, and the high-priority queue is looked at again *between
 //! every part*, so a small urgent message never waits behind a large one.
 //!
-//! An application message carries the [`DepthPermit`] its sender reserved;
-//! the queue keeps it beside the message until the message leaves: written
-//! (the permits of one frame's messages are merged and given back once that
+//! An application message carries the [`Share`] of the connection's queue
+//! depth its sender reserved; the queue owns the depth
+//! ([`Connection::set_queue_depth`]) and keeps each share beside its
+//! message until the message leaves: written (the shares of one frame's
+//! messages are summed and given back in one atomic subtraction once that
 //! frame is sealed, see `encode`), taken for a replacement connection
-//! ([`Connection::poll_unsent`]), or dropped on close. A message the engine
-//! originates itself (an RPC response, a handler's reply) has no permit and
+//! ([`Connection::poll_unsent`]), or dropped on close; whatever is still
+//! held when the queue is dropped goes back then. A message the engine
+//! originates itself (an RPC response, a handler's reply) has no share and
 //! is not counted in the application's depth. Both kinds are bounded by the
 //! connection's hard caps ([`super::ConnectionConfig::max_queued`],
 //! [`super::ConnectionConfig::max_queued_bytes`]).
@@ -23,7 +26,9 @@ use bytes::Bytes;
 use shoal_wire::{BitVec, DataHeader, FindNode, Nodes, Peers, Ping, Pong, RecordKind};
 
 use super::Connection;
-use crate::queue_depth::DepthPermit;
+use std::sync::Arc;
+
+use crate::queue_depth::{QueueDepth, Share};
 
 /// Which queue a message goes into: high priority is written first, between
 /// the parts of a large low-priority message too (messages are chunked, so
@@ -84,17 +89,12 @@ pub enum ControlOut {
 #[error("connection send queue full")]
 pub struct QueueFull;
 
-/// Permits of written messages collected before they are merged: merging
-/// drops a reference to the depth, which the senders also touch, so those
-/// decrements happen in bursts rather than one per message in between.
-const MERGE_EVERY: usize = 32;
-
 /// A queued message and how far it is written.
 struct Pending {
     msg: Outgoing,
     /// Its share of the application-visible queue depth (internal sends such
     /// as RPC responses have none).
-    permit: Option<DepthPermit>,
+    share: Option<Share>,
     /// Set once the first part is written.
     message_id: u64,
     total_parts: u32,
@@ -118,11 +118,12 @@ pub(super) struct Outbox {
     queued_payload: usize,
     pub(super) control: VecDeque<ControlOut>,
     next_message_id: u64,
-    /// Permits of the messages written into the frame being filled, given
-    /// back once it is sealed ([`Outbox::release_written`]); merged into
-    /// `written` every [`MERGE_EVERY`].
-    unmerged: Vec<DepthPermit>,
-    written: Option<DepthPermit>,
+    /// The application-visible depth the shares are taken from (none for a
+    /// connection nobody sends to through the API: tests).
+    depth: Option<Arc<QueueDepth>>,
+    /// Shares of the messages written into the frame being filled, given
+    /// back once it is sealed ([`Outbox::release_written`]).
+    written: Option<Share>,
 }
 
 impl Outbox {
@@ -133,8 +134,39 @@ impl Outbox {
             queued_payload: 0,
             control: VecDeque::new(),
             next_message_id: 1,
-            unmerged: Vec::new(),
+            depth: None,
             written: None,
+        }
+    }
+
+    /// The depth the shares of queued messages are taken from.
+    pub(super) fn set_depth(&mut self, depth: Arc<QueueDepth>) {
+        self.depth = Some(depth);
+    }
+
+    pub(super) fn depth(&self) -> Option<&Arc<QueueDepth>> {
+        self.depth.as_ref()
+    }
+
+    /// Gives `share` back to the depth (dropped if there is none: see
+    /// `queue_depth` on shares of ended connections).
+    fn release(&self, share: Share) {
+        if let Some(d) = &self.depth {
+            d.release(share);
+        }
+    }
+
+    /// Gives back the shares of all of `shares`, at once.
+    fn release_all(&self, shares: impl IntoIterator<Item = Share>) {
+        let mut all: Option<Share> = None;
+        for s in shares {
+            match all.as_mut() {
+                Some(a) => a.merge(s),
+                None => all = Some(s),
+            }
+        }
+        if let Some(all) = all {
+            self.release(all);
         }
     }
 
@@ -153,11 +185,11 @@ impl Outbox {
         self.queued_payload
     }
 
-    fn push(&mut self, msg: Outgoing, priority: Priority, permit: Option<DepthPermit>) {
+    fn push(&mut self, msg: Outgoing, priority: Priority, share: Option<Share>) {
         self.queued_payload += msg.payload.len();
         let pending = Pending {
             msg,
-            permit,
+            share,
             message_id: 0,
             total_parts: 0,
             next_part: 0,
@@ -203,7 +235,7 @@ impl Outbox {
 
     /// The part [`Outbox::next_part`] handed out was written: advances its
     /// message. True if that was its last part: the message leaves the
-    /// queue and its permit waits for the frame's seal.
+    /// queue and its share waits for the frame's seal.
     pub(super) fn part_written(&mut self, chunk_size: usize) -> bool {
         let queue = if self.high.is_empty() {
             &mut self.low
@@ -222,49 +254,38 @@ impl Outbox {
             // frame, after another look at the high-priority queue.
             return false;
         }
-        if let Some(permit) = queue.pop_front().and_then(|p| p.permit) {
-            self.unmerged.push(permit);
-            if self.unmerged.len() >= MERGE_EVERY {
-                self.merge_written();
+        if let Some(share) = queue.pop_front().and_then(|p| p.share) {
+            match self.written.as_mut() {
+                Some(w) => w.merge(share),
+                None => self.written = Some(share),
             }
         }
         true
     }
 
-    fn merge_written(&mut self) {
-        self.written = DepthPermit::merge_all(
-            self.written
-                .take()
-                .into_iter()
-                .chain(self.unmerged.drain(..)),
-        );
-    }
-
     /// The frame holding the written messages is sealed: their shares of the
     /// queue depth go back, at once.
     pub(super) fn release_written(&mut self) {
-        if self.unmerged.is_empty() && self.written.is_none() {
-            return;
+        if let Some(written) = self.written.take() {
+            self.release(written);
         }
-        self.merge_written();
-        self.written = None;
     }
 
     /// Takes the application's messages (high priority first), giving their
     /// queue-depth shares back; internal ones stay.
     fn take_unsent(&mut self) -> Vec<(Outgoing, Priority)> {
         let mut out = Vec::new();
-        let mut permits = Vec::new();
+        let mut shares = Vec::new();
         for (queue, priority) in [
             (&mut self.high, Priority::High),
             (&mut self.low, Priority::Low),
         ] {
             let mut keep = VecDeque::new();
             for p in queue.drain(..) {
-                match p.permit {
-                    Some(permit) => {
+                match p.share {
+                    Some(share) => {
                         self.queued_payload -= p.msg.payload.len() - p.offset;
-                        permits.push(permit);
+                        shares.push(share);
                         out.push((p.msg, priority));
                     }
                     None => keep.push_back(p),
@@ -272,7 +293,7 @@ impl Outbox {
             }
             *queue = keep;
         }
-        drop(DepthPermit::merge_all(permits));
+        self.release_all(shares);
         out
     }
 
@@ -281,41 +302,41 @@ impl Outbox {
     /// how many application messages were dropped unwritten.
     pub(super) fn clear(&mut self) -> usize {
         let mut dropped = 0;
-        let queued = self
+        let queued: Vec<Share> = self
             .high
             .drain(..)
             .chain(self.low.drain(..))
-            .filter_map(|p| p.permit)
-            .inspect(|_| dropped += 1);
-        let all = queued
-            .chain(self.unmerged.drain(..))
-            .chain(self.written.take());
-        drop(DepthPermit::merge_all(all));
+            .filter_map(|p| p.share)
+            .inspect(|_| dropped += 1)
+            .collect();
+        let written = self.written.take();
+        self.release_all(queued.into_iter().chain(written));
         self.queued_payload = 0;
         self.control.clear();
         dropped
     }
+}
 
-    /// Releases idle buffers.
-    pub(super) fn shrink(&mut self) {
-        if self.unmerged.is_empty() && self.unmerged.capacity() > 0 {
-            self.unmerged = Vec::new();
-        }
+impl Drop for Outbox {
+    /// Whatever is still queued or written-but-unsealed gives its share
+    /// back with the queue.
+    fn drop(&mut self) {
+        self.clear();
     }
 }
 
 impl Connection {
-    /// Queues a data message. `permit` is its share of the
+    /// Queues a data message. `share` is its share of the connection's
     /// application-visible queue depth (`None` for a message the engine
-    /// itself originates: an RPC response, a handler's reply); it is given
-    /// back when the message is written, dropped or taken
-    /// ([`Connection::poll_unsent`]). Refused (and the permit given back at
+    /// itself originates: an RPC response, a handler's reply); the queue
+    /// gives it back when the message is written, dropped or taken
+    /// ([`Connection::poll_unsent`]). Refused (and the share given back at
     /// once) past the hard caps or once a close began.
     pub fn send(
         &mut self,
         msg: Outgoing,
         priority: Priority,
-        permit: Option<DepthPermit>,
+        share: Option<Share>,
     ) -> Result<(), QueueFull> {
         let len = msg.payload.len();
         let queued = self.tx.queued_payload;
@@ -323,9 +344,12 @@ impl Connection {
             || self.tx.len() >= self.cfg.max_queued
             || (queued > 0 && queued.saturating_add(len) > self.cfg.max_queued_bytes)
         {
+            if let Some(share) = share {
+                self.tx.release(share);
+            }
             return Err(QueueFull);
         }
-        self.tx.push(msg, priority, permit);
+        self.tx.push(msg, priority, share);
         Ok(())
     }
 
@@ -403,13 +427,9 @@ mod tests {
             ("high 1", Priority::High),
             ("low 2", Priority::Low),
         ] {
-            let permit = depth.try_reserve(text.len());
-            a.send(
-                Outgoing::data(1, Bytes::from(text), false),
-                priority,
-                permit,
-            )
-            .unwrap();
+            let share = depth.try_reserve(text.len()).map(|p| p.into_share());
+            a.send(Outgoing::data(1, Bytes::from(text), false), priority, share)
+                .unwrap();
         }
         // An internal reply stays with the connection.
         a.send(
@@ -451,20 +471,21 @@ mod tests {
     /// on close (counted); a message without a permit changes nothing.
     #[test]
     fn each_message_gives_its_depth_back_once_however_it_leaves() {
+        const MANY: usize = 32;
         let t0 = Instant::now();
         let (mut a, mut b) = pair(t0);
         let depth = Arc::new(QueueDepth::new(2000, 1 << 20));
         a.set_queue_depth(depth.clone());
         let send = |a: &mut Connection, len: usize, priority| {
-            let permit = depth.try_reserve(len).expect("room");
+            let share = depth.try_reserve(len).expect("room").into_share();
             a.send(
                 Outgoing::data(1, Bytes::from(vec![1u8; len]), false),
                 priority,
-                Some(permit),
+                Some(share),
             )
         };
-        // Written: more than MERGE_EVERY small ones, and one in parts.
-        for _ in 0..(MERGE_EVERY * 2 + 5) {
+        // Written: many small ones (several frames), and one in parts.
+        for _ in 0..(MANY * 2 + 5) {
             send(&mut a, 10, Priority::Low).unwrap();
         }
         send(&mut a, 20_000, Priority::High).unwrap();
@@ -474,9 +495,9 @@ mod tests {
             None,
         )
         .unwrap();
-        assert_eq!(depth.get(), MERGE_EVERY * 2 + 6);
+        assert_eq!(depth.get(), MANY * 2 + 6);
         let (_, eb) = pump(&mut a, &mut b, t0);
-        assert_eq!(messages(eb).len(), MERGE_EVERY * 2 + 7);
+        assert_eq!(messages(eb).len(), MANY * 2 + 7);
         assert_eq!((depth.get(), depth.bytes()), (0, 0), "all written");
         // Refused: over the hard cap of 1000 queued messages.
         for _ in 0..1000 {
@@ -493,5 +514,27 @@ mod tests {
         assert_eq!(a.dropped_on_close(), 1000);
         assert_eq!((depth.get(), depth.bytes()), (0, 0));
         assert!(depth.is_closed());
+    }
+
+    /// A connection dropped with messages still queued (a shard that exits)
+    /// gives their shares back with its queue.
+    #[test]
+    fn a_dropped_queue_gives_its_shares_back() {
+        let t0 = Instant::now();
+        let (mut a, _b) = pair(t0);
+        let depth = Arc::new(QueueDepth::new(100, 1 << 20));
+        a.set_queue_depth(depth.clone());
+        for len in [3, 4, 5] {
+            let share = depth.try_reserve(len).expect("room").into_share();
+            a.send(
+                Outgoing::data(1, Bytes::from(vec![0u8; len]), false),
+                Priority::Low,
+                Some(share),
+            )
+            .unwrap();
+        }
+        assert_eq!((depth.get(), depth.bytes()), (3, 12));
+        drop(a);
+        assert_eq!((depth.get(), depth.bytes()), (0, 0));
     }
 }

@@ -129,7 +129,6 @@ impl Connection {
         if self.out.is_empty() && self.out.capacity() > 0 {
             self.out = BytesMut::new();
         }
-        self.tx.shrink();
     }
 }
 

@@ -627,9 +627,9 @@ mod tests {
 
     /// A query whose connection was replaced (simultaneous-dial tie-break)
     /// is asked again on the new connection under the same id, and the
-    /// answer that then arrives completes the lookup; before this, the
-    /// query waited out its 5 s timeout and the node was dropped from the
-    /// table as unresponsive.
+    /// answer that then arrives completes the lookup; otherwise the query
+    /// would wait out its 5 s timeout and the node would be dropped from
+    /// the table as unresponsive.
     #[test]
     fn a_replaced_connection_gets_the_query_again() {
         let now = Instant::now();

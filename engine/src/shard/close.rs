@@ -392,7 +392,9 @@ mod tests {
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         let blocked = {
             let depth = depth.clone();
-            std::thread::spawn(move || done_tx.send(depth.reserve_blocking(1)))
+            std::thread::spawn(move || {
+                done_tx.send(depth.reserve_blocking(1).map(|p| p.into_share()))
+            })
         };
         // Accepted but never handled: 3 sends and a batch of 2 in the command
         // queue, 4 messages parked for another peer's replacement connection.
@@ -403,7 +405,7 @@ mod tests {
                 peer: peer.clone(),
                 msg: msg(),
                 priority: Priority::Low,
-                permit: depth.force_reserve(1),
+                share: depth.force_reserve(1),
             };
             assert!(link.send(send).is_ok());
         }
@@ -412,7 +414,7 @@ mod tests {
             peer: peer.clone(),
             msgs: vec![msg(), msg()],
             priority: Priority::Low,
-            permit: {
+            share: {
                 let mut both = depth.force_reserve(1);
                 both.merge(depth.force_reserve(1));
                 both

@@ -42,7 +42,7 @@ use super::slot::{ConnSlot, Handover, Live};
 use super::{Command, DriverAction, ShardCore};
 use crate::connection::{CloseCause, Outgoing, Priority};
 use crate::peers::{Admit, ConnId, PeerHandle};
-use crate::queue_depth::DepthPermit;
+use crate::queue_depth::Share;
 
 impl ShardCore {
     /// Connection `key` finished its handshake with `peer`: admit it to the
@@ -334,9 +334,9 @@ impl ShardCore {
         };
         let mut refused = 0;
         for (msg, priority) in msgs {
-            let permit = slot.depth.force_reserve(msg.payload.len());
+            let share = slot.depth.force_reserve(msg.payload.len());
             self.shared.metrics.send_rerouted.inc();
-            if slot.conn.send(msg, priority, Some(permit)).is_err() {
+            if slot.conn.send(msg, priority, Some(share)).is_err() {
                 refused += 1;
             }
         }
@@ -401,9 +401,9 @@ impl ShardCore {
     pub(super) fn drop_parked(&self, slot: &mut ConnSlot) {
         if let Some(h) = slot.handover.as_mut() {
             let n = h.parked.len();
-            drop(DepthPermit::merge_all(
-                h.parked.drain(..).map(|(_, _, p)| p),
-            ));
+            for (_, _, share) in h.parked.drain(..) {
+                slot.depth.release(share);
+            }
             self.shared.metrics.send_dropped_n("disconnected", n);
         }
     }
@@ -416,27 +416,27 @@ impl ConnSlot {
         &mut self,
         msg: Outgoing,
         priority: Priority,
-        permit: DepthPermit,
-    ) -> Option<(Outgoing, Priority, DepthPermit)> {
+        share: Share,
+    ) -> Option<(Outgoing, Priority, Share)> {
         match self.handover.as_mut().filter(|h| !h.messages_in) {
             Some(h) => {
-                h.parked.push_back((msg, priority, permit));
+                h.parked.push_back((msg, priority, share));
                 None
             }
-            None => Some((msg, priority, permit)),
+            None => Some((msg, priority, share)),
         }
     }
 }
 
 /// Moves what was parked into the connection's queue, in order; the wait
 /// for messages is over (the input may still be paused). Returns how many
-/// the connection refused (its hard cap; it dropped their permits).
+/// the connection refused (its hard cap; it gave their shares back).
 fn unpark(slot: &mut ConnSlot) -> usize {
     let mut refused = 0;
     if let Some(h) = slot.handover.as_mut() {
         h.messages_in = true;
-        for (msg, priority, permit) in h.parked.drain(..) {
-            if slot.conn.send(msg, priority, Some(permit)).is_err() {
+        for (msg, priority, share) in h.parked.drain(..) {
+            if slot.conn.send(msg, priority, Some(share)).is_err() {
                 refused += 1;
             }
         }
@@ -450,15 +450,15 @@ fn take_parked(slot: &mut ConnSlot) -> Vec<(Outgoing, Priority)> {
     let Some(h) = slot.handover.as_mut() else {
         return Vec::new();
     };
-    let mut permits = Vec::with_capacity(h.parked.len());
+    let mut shares = Share::empty(&slot.depth);
     let parked = h
         .parked
         .drain(..)
-        .map(|(msg, priority, permit)| {
-            permits.push(permit);
+        .map(|(msg, priority, share)| {
+            shares.merge(share);
             (msg, priority)
         })
         .collect();
-    drop(DepthPermit::merge_all(permits));
+    slot.depth.release(shares);
     parked
 }

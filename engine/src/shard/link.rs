@@ -23,7 +23,7 @@ use shoal_wire::CloseReason;
 use crate::connection::{ControlOut, Outgoing, Priority};
 use crate::peers::ConnId;
 use crate::placement::ShardLoad;
-use crate::queue_depth::DepthPermit;
+use crate::queue_depth::Share;
 use crate::waker::ShardWaker;
 
 /// Work for a shard from other threads.
@@ -36,8 +36,9 @@ pub(crate) enum Command {
         peer: PublicKey,
         msg: Outgoing,
         priority: Priority,
-        /// The message's share of the connection's queue depth.
-        permit: DepthPermit,
+        /// The message's share of the connection's queue depth, which the
+        /// connection takes over (or the shard gives back).
+        share: Share,
     },
     /// [`Command::Send`] for several messages to one connection, in order
     /// (one hand-off for the lot; see [`crate::Sender::send_batch`]).
@@ -47,7 +48,7 @@ pub(crate) enum Command {
         msgs: Vec<Outgoing>,
         priority: Priority,
         /// The share of all of `msgs`.
-        permit: DepthPermit,
+        share: Share,
     },
     /// Take over an accepted socket.
     Adopt {

@@ -261,17 +261,17 @@ impl ShardCore {
                 peer,
                 msg,
                 priority,
-                permit,
-            } => self.send_on(id, &peer, msg, priority, permit, now, actions),
+                share,
+            } => self.send_on(id, &peer, msg, priority, share, now, actions),
             Command::SendBatch {
                 id,
                 peer,
                 msgs,
                 priority,
-                mut permit,
+                mut share,
             } => {
                 for msg in msgs {
-                    let one = permit.split(1, msg.payload.len());
+                    let one = share.split(1, msg.payload.len());
                     self.send_on(id, &peer, msg, priority, one, now, actions);
                 }
             }

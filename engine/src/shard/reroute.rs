@@ -26,7 +26,7 @@ use super::slot::Live;
 use super::{Command, DriverAction, ShardCore};
 use crate::connection::{Outgoing, Priority};
 use crate::peers::{ConnId, PeerHandle};
-use crate::queue_depth::DepthPermit;
+use crate::queue_depth::Share;
 
 /// Output parked for each peer's next connection.
 pub(super) type ParkedByPeer = HashMap<PublicKey, Parked>;
@@ -48,8 +48,8 @@ impl Parked {
 
 impl ShardCore {
     /// [`Command::Send`]: queues one application message on connection `id`
-    /// (`permit` is its depth slot), parks it for the connection's
-    /// hand-over, or reroutes it.
+    /// (`share` is its share of the connection's queue depth), parks it for
+    /// the connection's hand-over, or reroutes it.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn send_on(
         &mut self,
@@ -57,19 +57,20 @@ impl ShardCore {
         peer: &PublicKey,
         msg: Outgoing,
         priority: Priority,
-        permit: DepthPermit,
+        share: Share,
         now: Instant,
         actions: &mut Vec<DriverAction>,
     ) {
         match self.conns.live_mut(id) {
             Some(slot) if slot.conn.is_open() => {
-                let Some((msg, priority, permit)) = slot.park_for_handover(msg, priority, permit)
+                let Some((msg, priority, share)) = slot.park_for_handover(msg, priority, share)
                 else {
                     return;
                 };
-                // The connection enforces its own hard cap and drops the
-                // permit if it refuses (a rerouted message can find it full).
-                if slot.conn.send(msg, priority, Some(permit)).is_ok() {
+                // The connection enforces its own hard cap and gives the
+                // share back if it refuses (a rerouted message can find it
+                // full).
+                if slot.conn.send(msg, priority, Some(share)).is_ok() {
                     self.dirty.push(id.key);
                 } else {
                     self.shared.metrics.send_dropped("queue_full");
@@ -77,11 +78,15 @@ impl ShardCore {
             }
             closing => {
                 // Accepted for a connection that began closing (or is gone)
-                // since: give its slot back and move the message to the
-                // peer's current connection.
-                drop(permit);
+                // since: give its share back and move the message to the
+                // peer's current connection. A connection already gone took
+                // its closed depth with it: the share is dropped (see
+                // `queue_depth`).
                 let replaced = match closing {
-                    Some(slot) => slot.conn.is_replaced(),
+                    Some(slot) => {
+                        slot.depth.release(share);
+                        slot.conn.is_replaced()
+                    }
                     None => self.recently_replaced.iter().any(|(c, _)| *c == id),
                 };
                 self.reroute(id, peer.clone(), msg, priority, replaced, now, actions);
@@ -183,14 +188,14 @@ impl ShardCore {
         now: Instant,
         actions: &mut Vec<DriverAction>,
     ) {
-        let permit = h.depth.force_reserve(msg.payload.len());
+        let share = h.depth.force_reserve(msg.payload.len());
         self.shared.metrics.send_rerouted.inc();
         let cmd = Command::Send {
             id: h.id,
             peer,
             msg,
             priority,
-            permit,
+            share,
         };
         if h.id.shard == self.id {
             // Terminates: the table points at `h.id`, so if that one is
@@ -198,13 +203,14 @@ impl ShardCore {
             self.handle_command(cmd, now, actions);
             return;
         }
-        let sent = self
-            .shared
-            .shards
-            .get(h.id.shard)
-            .is_some_and(|link| link.send(cmd).is_ok());
-        if !sent {
-            // The refused command and its permit are dropped.
+        let refused = match self.shared.shards.get(h.id.shard) {
+            Some(link) => link.send(cmd).err(),
+            None => Some(cmd),
+        };
+        if let Some(cmd) = refused {
+            if let Command::Send { share, .. } = cmd {
+                h.depth.release(share);
+            }
             self.shared.metrics.send_dropped("shard_queue_full");
         }
     }

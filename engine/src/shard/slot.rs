@@ -24,7 +24,7 @@ use super::quota::QuotaHeld;
 use crate::connection::{Connection, Outgoing, Priority};
 use crate::limiters::PeerLimiters;
 use crate::peers::{ConnId, PeerHandle};
-use crate::queue_depth::{DepthPermit, QueueDepth};
+use crate::queue_depth::{QueueDepth, Share};
 
 /// One connection slot.
 pub(super) struct ConnSlot {
@@ -94,7 +94,7 @@ pub(super) struct Handover {
     /// Output parked: sent to this connection before the hand-over
     /// arrived, in order, each with its share of this connection's queue
     /// depth.
-    pub(super) parked: VecDeque<(Outgoing, Priority, DepthPermit)>,
+    pub(super) parked: VecDeque<(Outgoing, Priority, Share)>,
 }
 
 impl ConnSlot {
