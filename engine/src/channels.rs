@@ -46,6 +46,7 @@ use crate::peers::PeerHandle;
 use crate::queue_depth::DepthPermit;
 use crate::rpc::RequestError;
 use crate::send_report::{Recipients, SendReport};
+use crate::send_wait::SendWait;
 use crate::shard::link::Command;
 use crate::shared::Shared;
 use crate::wait::Wait;
@@ -147,35 +148,56 @@ impl Sender {
         to: impl Into<Recipients<'a>>,
         msg: Bytes,
         priority: Priority,
-    ) -> Wait<impl Future<Output = SendReport> + 'a> {
-        let to = to.into();
-        Wait::new(
-            async move {
-                let msg = match self.prepare(msg) {
-                    Ok(msg) => msg,
-                    Err(e) => return SendReport::refused_with(e),
-                };
-                let list = match to {
-                    Recipients::One(peer) => {
-                        return SendReport::one(peer, self.wait_one(peer, msg, priority).await)
-                    }
-                    Recipients::Peers(list) => list.to_vec(),
-                    Recipients::All => self.shared.peers.peers(),
-                };
-                let mut outcomes = Vec::with_capacity(list.len());
-                for peer in list {
-                    let outcome = self.wait_one(&peer, msg.clone(), priority).await;
-                    outcomes.push((peer, outcome));
-                }
-                SendReport::many(outcomes)
-            },
-            Duration::ZERO,
-        )
+    ) -> SendWait<'a> {
+        SendWait::new(self, to.into(), msg, priority)
+    }
+
+    /// [`Sender::send_wait`] to several recipients (or all), each waited
+    /// for in turn.
+    pub(crate) async fn wait_each(
+        &self,
+        to: Recipients<'_>,
+        msg: Outgoing,
+        priority: Priority,
+    ) -> SendReport {
+        let list = match to {
+            Recipients::One(peer) => {
+                return SendReport::one(peer, self.wait_one(peer, msg, priority).await)
+            }
+            Recipients::Peers(list) => list.to_vec(),
+            Recipients::All => self.shared.peers.peers(),
+        };
+        let mut outcomes = Vec::with_capacity(list.len());
+        for peer in list {
+            let outcome = self.wait_one(&peer, msg.clone(), priority).await;
+            outcomes.push((peer, outcome));
+        }
+        SendReport::many(outcomes)
+    }
+
+    /// One attempt to queue `msg` for `peer` without waiting, looked up in
+    /// the table snapshot as `send` does: the outcome, or the message back
+    /// if the peer's queue (or its shard's command queue) is full.
+    pub(crate) fn try_one(
+        &self,
+        peer: &PublicKey,
+        msg: Outgoing,
+        priority: Priority,
+    ) -> Result<Result<(), SendError>, Outgoing> {
+        self.shared.peers.with(|map| {
+            let Some(h) = map.get(peer) else {
+                return Ok(Err(self.not_connected()));
+            };
+            let Some(permit) = h.depth.try_reserve(msg.payload.len()) else {
+                return Err(msg);
+            };
+            self.enqueue_after_reserve(h, msg, priority, permit).map(Ok)
+        })
     }
 
     /// Queues `msg` for `peer`, waiting while its queue is full; fails if
     /// the peer is not connected or disconnects while waiting.
-    async fn wait_one(
+    pub(crate) async fn wait_one(
         &self,
         peer: &PublicKey,
         mut msg: Outgoing,
@@ -406,7 +428,7 @@ impl Sender {
         Ok(rx)
     }
 
-    fn prepare(&self, payload: Bytes) -> Result<Outgoing, SendError> {
+    pub(crate) fn prepare(&self, payload: Bytes) -> Result<Outgoing, SendError> {
         if !self.shared.running.load(Ordering::Acquire) {
             return Err(SendError::Closed);
         }

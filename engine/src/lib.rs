@@ -12,8 +12,9 @@
 //!   [`NetworkHandle`] (peers, [`Events`], ping, lookups, shutdown).
 //! - [`Sender`] / [`Receiver`]: one send that never waits and reports per
 //!   recipient ([`SendReport`]), an explicit wait for room
-//!   ([`Sender::send_wait`]), requests; every wait is a [`Wait`]: `.await`
-//!   on any executor, `.blocking()` on a plain thread.
+//!   ([`Sender::send_wait`], a [`SendWait`]), requests; every other wait is
+//!   a [`Wait`]. Both: `.await` on any executor, `.blocking()` on a plain
+//!   thread.
 //! - [`Config`] and its sections ([`config`]), [`Metrics`] ([`metrics`]).
 //!
 //! # Architecture
@@ -79,6 +80,7 @@ mod queue_depth;
 mod receiver;
 mod rpc;
 mod send_report;
+mod send_wait;
 mod shard;
 mod shared;
 mod wait;
@@ -98,6 +100,7 @@ pub use oracle::Oracle;
 pub use receiver::{Receiver, RecvError};
 pub use rpc::{HandlerResult, RequestError};
 pub use send_report::{Recipients, SendReport};
+pub use send_wait::{SendWait, SendWaitFuture};
 pub use shoal_crypto::{Ed25519Signer, Identity, PublicKey, Signer};
 pub use shoal_wire::RpcStatus;
 pub use wait::Wait;
