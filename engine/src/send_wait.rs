@@ -8,8 +8,8 @@
 //! gets the waiting future ([`Sender`]'s reservation, woken as the shard
 //! gives room back), boxed then. Built this way because a `send_wait` that
 //! always went through the general [`crate::Wait`] machinery ran 64 B
-//! messages ~12 % slower than `send` (the sender thread is this scenario's
-//! bottleneck on 2 cores).
+//! messages ~12 % slower than a loop calling `send` (`benches/README.md`,
+//! "Comparing two builds").
 //!
 //! Not provided: a deadline. Drop the future (or race it against a timer)
 //! to stop waiting; a message already queued for an earlier recipient stays
