@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use shoal_engine::{Backend, Config};
 
-use crate::args::{BackendArg, BenchArgs, Scenario};
+use crate::args::{BackendArg, BenchArgs, Scenario, Versus};
+use crate::competitor::Commonware;
 use crate::BenchError;
 
 /// What a node config file gives the bench; the binary builds it from the
@@ -65,6 +66,8 @@ pub(crate) struct Plan {
     pub(crate) batch: usize,
     /// shard-rtt: idle connections the hub holds beside the measured one.
     pub(crate) crowd: usize,
+    /// `--vs commonware`: the harness run beside throughput.
+    pub(crate) commonware: Option<Commonware>,
     /// Template for every node (listen and identity replaced per node).
     pub(crate) base: Config,
 }
@@ -135,6 +138,24 @@ pub(crate) fn plan(args: &BenchArgs, file: Option<FileSettings>) -> Result<Plan,
     if peers == 0 {
         return Err(BenchError::Config("`peers` must be > 0".into()));
     }
+    let commonware = match args.vs {
+        Some(Versus::Commonware) => {
+            if !matches!(scenario, Scenario::Throughput | Scenario::All) {
+                return Err(BenchError::Config(
+                    "`--vs commonware` compares throughput: use it with --scenario throughput"
+                        .into(),
+                ));
+            }
+            if let Some(bin) = args.cw_bench.as_deref().filter(|b| !b.is_file()) {
+                return Err(BenchError::Config(format!(
+                    "`--cw-bench {}`: no such file",
+                    bin.display()
+                )));
+            }
+            Some(Commonware::locate(args.cw_bench.as_deref()).map_err(BenchError::Run)?)
+        }
+        None => None,
+    };
     Ok(Plan {
         scenario,
         size: pick(args.size, bench.and_then(|b| b.size)),
@@ -148,6 +169,7 @@ pub(crate) fn plan(args: &BenchArgs, file: Option<FileSettings>) -> Result<Plan,
         peers,
         batch,
         crowd: args.crowd.unwrap_or(0),
+        commonware,
         base,
     })
 }
@@ -227,6 +249,25 @@ mod tests {
         assert_eq!(p.scenario, Scenario::Latency);
         assert_eq!(p.rounds, 1);
         assert_eq!(p.backends.len(), 2);
+    }
+
+    #[test]
+    fn vs_commonware_is_for_throughput_only() {
+        match plan(
+            &args(&["--scenario", "latency", "--vs", "commonware"]),
+            None,
+        ) {
+            Err(BenchError::Config(e)) => assert!(e.contains("--scenario throughput"), "{e}"),
+            _ => panic!("--vs with latency is a config error"),
+        }
+        // A given harness path that is not there fails before any run.
+        let missing = ["--scenario", "throughput", "--vs", "commonware"];
+        let mut flags = missing.to_vec();
+        flags.extend(["--cw-bench", "/nonexistent/cw-bench"]);
+        match plan(&args(&flags), None) {
+            Err(BenchError::Config(e)) => assert!(e.contains("no such file"), "{e}"),
+            _ => panic!("a missing --cw-bench is an error"),
+        }
     }
 
     #[test]
