@@ -31,6 +31,12 @@
 //!
 //! If A cannot answer (its queue is full, it failed), B stops waiting after
 //! `handshake_timeout`: order is then best effort, delivery is not affected.
+//!
+//! Not provided: order on the receiving side when the peer's duplicate
+//! connection that we reject sits on another shard than the winner. The
+//! peer may have sent on the rejected one first (it admitted that one
+//! first); only a winner on the same shard waits for it
+//! ([`ShardCore::reject_duplicate`]'s pause). See SECURITY.md, known gaps.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
