@@ -103,8 +103,18 @@ impl ShardCore {
 
     /// The driver closed (or failed) the socket of `key`: forget it.
     pub fn finish_close(&mut self, key: usize, io_error: Option<String>) {
-        if !self.conns.contains(key) {
+        let Some(generation) = self.conns.get(key).map(|s| s.generation) else {
             return;
+        };
+        // Replaced while it waited for its own hand-over, it kept what was
+        // parked on it back: that follows its replacement now.
+        if self.conns[key].moved_unsent {
+            let id = ConnId {
+                shard: self.id,
+                key,
+                generation,
+            };
+            self.release_parked(id, Instant::now());
         }
         let mut slot = self.conns.remove(key);
         let gone = ConnId {
@@ -337,6 +347,9 @@ impl Drop for ShardCore {
         }
         let parked: usize = self.parked.values().map(|p| p.len()).sum();
         let queued = self.drain_unhandled();
+        // Late sends stop here (counted just above): the replacements may
+        // send what they parked instead of waiting for their deadline.
+        self.end_drains();
         self.shared
             .metrics
             .send_dropped_n("shutdown", parked + queued);

@@ -50,8 +50,19 @@ pub(super) struct Drain {
     /// `old`'s handle: a reference kept to count the others.
     handle: Arc<PeerHandle>,
     deadline: Instant,
-    /// The marker is in this shard's queue.
-    marked: bool,
+    /// Where the drain is.
+    stage: Stage,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Senders may still push late messages.
+    Open,
+    /// The marker is in this shard's queue, behind the last late send.
+    Marked,
+    /// Reached the marker; telling the replacement failed (its queue was
+    /// full) and is retried on the next look.
+    Telling,
 }
 
 impl ShardCore {
@@ -72,7 +83,7 @@ impl ShardCore {
             peer: handle.peer.clone(),
             handle,
             deadline,
-            marked: false,
+            stage: Stage::Open,
         });
         self.poll_drains(now);
     }
@@ -90,7 +101,7 @@ impl ShardCore {
             return Some((msg, priority));
         };
         let (to, peer) = (d.by, d.peer.clone());
-        self.shared.metrics.send_rerouted.inc();
+        // Counted as rerouted where it is queued (`take_handover`).
         let sent = self.shared.shards.get(to.shard).is_some_and(|l| {
             l.send(Command::Handover {
                 to,
@@ -114,20 +125,28 @@ impl ShardCore {
         let mut i = 0;
         while i < self.draining.len() {
             let d = &self.draining[i];
-            if now >= d.deadline {
+            let gone = !self.shared.shards[d.by.shard].load.is_alive();
+            if now >= d.deadline || gone {
                 let d = self.draining.swap_remove(i);
                 tracing::debug!(shard = self.id, "late sends still possible at the deadline");
                 self.tell_handed_over(&d);
                 continue;
             }
-            if !d.marked && self.only_we_hold(d) {
-                // Pairs with the release of the last reference: the late
-                // pushes into our queue happened before.
-                fence(Ordering::Acquire);
-                let link = &self.shared.shards[self.id];
-                if link.send(Command::Drained { old: d.old }).is_ok() {
-                    self.draining[i].marked = true;
+            match d.stage {
+                Stage::Open if self.only_we_hold(d) => {
+                    // Pairs with the release of the last reference: the
+                    // late pushes into our queue happened before.
+                    fence(Ordering::Acquire);
+                    let link = &self.shared.shards[self.id];
+                    if link.send(Command::Drained { old: d.old }).is_ok() {
+                        self.draining[i].stage = Stage::Marked;
+                    }
                 }
+                Stage::Telling if self.tell_handed_over(d) => {
+                    self.draining.swap_remove(i);
+                    continue;
+                }
+                _ => {}
             }
             i += 1;
         }
@@ -138,10 +157,19 @@ impl ShardCore {
         let Some(i) = self.draining.iter().position(|d| d.old == old) else {
             return;
         };
-        let d = self.draining.swap_remove(i);
-        if !self.tell_handed_over(&d) {
-            // Its queue is full: ask again (nothing can be late any more).
-            self.draining.push(Drain { marked: false, ..d });
+        if self.tell_handed_over(&self.draining[i]) {
+            self.draining.swap_remove(i);
+        } else {
+            // Its queue is full: tell it on a later look (nothing can be
+            // late any more, so no new marker).
+            self.draining[i].stage = Stage::Telling;
+        }
+    }
+
+    /// The shard exits: every replacement stops waiting for it.
+    pub(super) fn end_drains(&mut self) {
+        for d in std::mem::take(&mut self.draining) {
+            self.tell_handed_over(&d);
         }
     }
 
@@ -151,11 +179,16 @@ impl ShardCore {
     }
 
     /// No one but this entry and, while it lives, `old`'s slot holds the
-    /// handle: no sender can still push a message for `old`.
+    /// handle: no sender can still push a message for `old`. And `old` no
+    /// longer waits for a hand-over itself (it was replaced while waiting
+    /// for the one before it): what reaches it late from there must go
+    /// ahead too.
     fn only_we_hold(&self, d: &Drain) -> bool {
-        let slot_holds = self
-            .conns
-            .live(d.old)
+        let slot = self.conns.live(d.old);
+        if slot.is_some_and(|s| s.handover.as_ref().is_some_and(|h| !h.messages_in)) {
+            return false;
+        }
+        let slot_holds = slot
             .and_then(|s| s.handle.as_ref())
             .is_some_and(|h| Arc::ptr_eq(h, &d.handle));
         Arc::strong_count(&d.handle) <= 1 + usize::from(slot_holds)
@@ -193,6 +226,16 @@ mod tests {
             share: h.depth.force_reserve(payload.len()),
         };
         assert!(shared.shards[h.id.shard].send(cmd).is_ok());
+    }
+
+    /// `n` shard cores of one network, driven by the test.
+    fn cores(n: usize) -> (Vec<ShardCore>, Arc<Shared>) {
+        let mut cfg = Config::local(None);
+        cfg.io.shards = n;
+        let (net, _oracle) = Network::new(cfg).unwrap();
+        let cores = net.into_shard_cores();
+        let shared = cores[0].shared.clone();
+        (cores, shared)
     }
 
     /// Payloads queued on connection `key` of `core`, in order.
@@ -274,6 +317,75 @@ mod tests {
         assert!(!a.has_drains());
         b.drain_commands(now, &mut actions);
         assert_eq!(queued(&mut b, kb), vec![Bytes::from_static(b"2")]);
+    }
+
+    /// The sender holds the peer-table snapshot (as `send` does), not a
+    /// clone of the handle: the drain still waits for it to let go.
+    #[test]
+    fn a_sender_inside_a_snapshot_is_waited_for() {
+        let (mut cores, shared) = cores(2);
+        let (mut b, mut a) = (cores.pop().unwrap(), cores.pop().unwrap());
+        let now = Instant::now();
+        let mut actions = Vec::new();
+        let peer = key(7);
+        let ka = dialed(&mut a, 7, now);
+        a.on_established(ka, peer.clone());
+        let kb = dialed(&mut b, 7, now);
+        shared.peers.with(|map| {
+            let old = map.get(&peer).expect("established on A");
+            b.on_established(kb, peer.clone());
+            send(&shared, old, b"1");
+            a.drain_commands(now, &mut actions);
+            assert!(a.has_drains(), "the snapshot still lists the old handle");
+        });
+        let new = shared.peers.get(&peer).expect("established on B");
+        send(&shared, &new, b"2");
+        a.drain_commands(now, &mut actions); // marker
+        a.drain_commands(now, &mut actions); // tells B
+        assert!(!a.has_drains());
+        b.drain_commands(now, &mut actions);
+        let order = vec![Bytes::from_static(b"1"), Bytes::from_static(b"2")];
+        assert_eq!(queued(&mut b, kb), order);
+    }
+
+    /// The replacement is itself replaced, from a third shard, while it
+    /// still waits for the first: what it parked and what the first shard
+    /// forwards late reach the third connection in the order sent.
+    #[test]
+    fn a_replacement_replaced_while_it_waits_keeps_the_order() {
+        let (mut cores, shared) = cores(3);
+        let mut c = cores.pop().unwrap();
+        let (mut b, mut a) = (cores.pop().unwrap(), cores.pop().unwrap());
+        let now = Instant::now();
+        let mut actions = Vec::new();
+        let peer = key(7);
+
+        let kx = dialed(&mut a, 7, now);
+        a.on_established(kx, peer.clone());
+        let x = shared.peers.get(&peer).expect("X on A");
+        let ky = dialed(&mut b, 7, now);
+        b.on_established(ky, peer.clone());
+        let y = shared.peers.get(&peer).expect("Y on B");
+        send(&shared, &x, b"1");
+        send(&shared, &y, b"2");
+        b.drain_commands(now, &mut actions); // 2 parked on Y
+        let kz = dialed(&mut c, 7, now);
+        c.on_established(kz, peer.clone());
+        let z = shared.peers.get(&peer).expect("Z on C");
+        send(&shared, &z, b"3");
+        c.drain_commands(now, &mut actions); // 3 parked on Z
+        drop(y);
+        b.drain_commands(now, &mut actions); // Y replaced: keeps 2 back
+        a.drain_commands(now, &mut actions); // X replaced; late 1 to Y
+        drop(x);
+        for _ in 0..3 {
+            a.drain_commands(now, &mut actions);
+            b.drain_commands(now, &mut actions);
+            c.drain_commands(now, &mut actions);
+        }
+        assert!(!a.has_drains() && !b.has_drains());
+        let order: Vec<Bytes> = [b"1", b"2", b"3"].map(|m| Bytes::from_static(m)).to_vec();
+        assert_eq!(queued(&mut c, kz), order);
     }
 
     /// A sender that never lets go does not hold B's messages forever: at

@@ -298,8 +298,12 @@ impl ShardCore {
             slot.conn.close(CloseReason::Replaced, now);
             msgs = slot.conn.poll_unsent();
             // Parked on this one while it waited for its own hand-over:
-            // newer than its unsent ones.
-            msgs.extend(take_parked(slot));
+            // newer than its unsent ones, and newer than what its own old
+            // connection may still hand over: while that wait lasts they
+            // stay, and follow as late sends once it ends (`release_parked`).
+            if slot.handover.as_ref().is_none_or(|h| h.messages_in) {
+                msgs.extend(take_parked(slot));
+            }
             peer = slot.handle.as_ref().map(|h| h.peer.clone());
             handle = slot.handle.clone();
             self.dirty.push(id.key);
@@ -339,9 +343,13 @@ impl ShardCore {
     ) {
         let slot = self.conns.live_mut(to).filter(|s| s.conn.is_open());
         let Some(slot) = slot else {
-            // The new connection is gone too: each moves on its own.
+            // The new connection is closing or gone too: forwarded to its
+            // own replacement if it has handed over to another shard, else
+            // each moves on its own.
             for (msg, priority) in msgs {
-                self.reroute(to, peer.clone(), msg, priority, true, now, actions);
+                if let Some((msg, priority)) = self.forward_late(to, msg, priority) {
+                    self.reroute(to, peer.clone(), msg, priority, true, now, actions);
+                }
             }
             return;
         };
@@ -369,12 +377,14 @@ impl ShardCore {
         if slot.handover.as_ref().is_none_or(|h| h.from != from) {
             return;
         }
-        let refused = unpark(slot);
+        self.release_parked(to, now);
+        let Some(slot) = self.conns.live_mut(to) else {
+            return;
+        };
         if slot.paused_behind != Some(from) {
             // The old connection is gone too: the wait is over.
             slot.handover = None;
         }
-        self.shared.metrics.send_dropped_n("queue_full", refused);
         self.process_input(to.key, now);
         self.dirty.push(to.key);
     }
@@ -389,16 +399,49 @@ impl ShardCore {
         }
         // A `Released` without a hand-over (the old one was already gone)
         // ends the wait for messages too; after one, `HandedOver` does.
-        let mut refused = 0;
         if slot.handover.as_ref().is_some_and(|h| !h.handed) {
-            refused = unpark(slot);
+            self.release_parked(to, now);
         }
+        let Some(slot) = self.conns.live_mut(to) else {
+            return;
+        };
         if slot.handover.as_ref().is_none_or(|h| h.messages_in) {
             slot.handover = None;
         }
-        self.shared.metrics.send_dropped_n("queue_full", refused);
         self.process_input(to.key, now);
         self.dirty.push(to.key);
+    }
+
+    /// The wait for messages of connection `id` is over: what was parked
+    /// goes out on it, or, if `id` was itself replaced meanwhile (closing,
+    /// it kept them back), follows as late sends to its replacement.
+    pub(super) fn release_parked(&mut self, id: ConnId, now: Instant) {
+        let Some(slot) = self.conns.live_mut(id) else {
+            return;
+        };
+        if slot.conn.is_open() {
+            let refused = unpark(slot);
+            self.shared.metrics.send_dropped_n("queue_full", refused);
+            return;
+        }
+        let parked = take_parked(slot);
+        if let Some(h) = slot.handover.as_mut() {
+            h.messages_in = true;
+        }
+        let peer = slot.handle.as_ref().map(|h| h.peer.clone());
+        let Some(peer) = peer.or_else(|| slot.conn.peer().cloned()) else {
+            self.shared
+                .metrics
+                .send_dropped_n("disconnected", parked.len());
+            return;
+        };
+        let mut no_actions = Vec::new();
+        for (msg, priority) in parked {
+            if let Some((msg, priority)) = self.forward_late(id, msg, priority) {
+                self.reroute(id, peer.clone(), msg, priority, true, now, &mut no_actions);
+            }
+        }
+        debug_assert!(no_actions.is_empty(), "sends never produce driver actions");
     }
 
     /// Connection `gone` closed: tell the connection that replaced it (on
@@ -420,10 +463,16 @@ impl ShardCore {
             .map(|(k, _)| k)
             .collect();
         for key in late {
+            let Some(id) = self.conns.get(key).map(|s| ConnId {
+                shard: self.id,
+                key,
+                generation: s.generation,
+            }) else {
+                continue;
+            };
+            tracing::debug!(shard = self.id, "hand-over from another shard timed out");
+            self.release_parked(id, now);
             if let Some(slot) = self.conns.get_mut(key) {
-                tracing::debug!(shard = self.id, "hand-over from another shard timed out");
-                let refused = unpark(slot);
-                self.shared.metrics.send_dropped_n("queue_full", refused);
                 if let Some(h) = slot.handover.take() {
                     if slot.paused_behind == Some(h.from) {
                         slot.paused_behind = None;
