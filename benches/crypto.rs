@@ -15,7 +15,8 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 use shoal::crypto::{
-    Ed25519Signer, Handshake, HandshakeConfig, Identity, RecordOpener, RecordSealer, TAG_LEN,
+    CipherPolicy, Ed25519Signer, Handshake, HandshakeConfig, Identity, RecordOpener, RecordSealer,
+    TAG_LEN,
 };
 
 const SIZES: [usize; 4] = [64, 1024, 16 * 1024, 64 * 1024];
@@ -104,6 +105,7 @@ fn handshake(c: &mut Criterion) {
         max_age: Duration::from_secs(10),
         synchrony_bound: Duration::from_secs(5),
         timeout: Duration::from_secs(5),
+        cipher: CipherPolicy::default(),
     });
     let now = 1_700_000_000_000u64;
 
