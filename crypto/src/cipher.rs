@@ -51,10 +51,10 @@
 //! (`ring` does not zeroize its keys, OpenSSL clears its context when it is
 //! freed; the caller's 32-byte input is the caller's to zeroize).
 
-mod evp;
-pub mod policy;
 #[cfg(test)]
 mod backend_tests;
+mod evp;
+pub mod policy;
 
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_LEN};
 

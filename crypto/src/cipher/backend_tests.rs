@@ -40,7 +40,8 @@ fn record(n: usize) -> Vec<u8> {
 // 0), plaintext as `record` builds it; computed independently with
 // pyca/cryptography's ChaCha20Poly1305 (nonce 0x80 followed by 11 zero
 // bytes, no associated data).
-const PIN_RECORD_20: &str = "5b2c3d47a7783007afe83c265d05a5141c0386f3ae0804d5d11537d6320283cffa0b97d3";
+const PIN_RECORD_20: &str =
+    "5b2c3d47a7783007afe83c265d05a5141c0386f3ae0804d5d11537d6320283cffa0b97d3";
 /// SHA-256 of the sealed 4096 + 16 byte and 65536 + 16 byte records.
 const PIN_RECORD_4096_SHA256: &str =
     "2992ed7fe52efddb3c2ea1b5526672b7616b4cf7eb7e28700034cf75b36bf1f9";
@@ -85,7 +86,10 @@ fn the_threshold_counts_the_tag() {
         let mut buf = record(total - TAG_LEN);
         sealer.seal_in_place(&mut buf).unwrap();
         assert_eq!(opener.open_in_place(&mut buf), Ok(total - TAG_LEN));
-        assert_eq!(buf[..total - TAG_LEN], record(total - TAG_LEN)[..total - TAG_LEN]);
+        assert_eq!(
+            buf[..total - TAG_LEN],
+            record(total - TAG_LEN)[..total - TAG_LEN]
+        );
     }
 }
 
@@ -195,8 +199,7 @@ fn openssl_tampering_fails_and_poisons() {
         Err(CipherError::Open)
     );
     assert_eq!(
-        RecordOpener::with_policy(&[8u8; 32], true, evp_policy())
-            .open_in_place(&mut good.clone()),
+        RecordOpener::with_policy(&[8u8; 32], true, evp_policy()).open_in_place(&mut good.clone()),
         Err(CipherError::Open)
     );
     assert_eq!(

@@ -169,7 +169,10 @@ mod tests {
     fn ring_never_uses_openssl() {
         assert_eq!(CipherPolicy::ring().evp_threshold(), None);
         assert_eq!(CipherPolicy::ring().label(), "ring");
-        assert_eq!(CipherPolicy::new(CipherBackend::Ring, 0), CipherPolicy::ring());
+        assert_eq!(
+            CipherPolicy::new(CipherBackend::Ring, 0),
+            CipherPolicy::ring()
+        );
     }
 
     #[test]

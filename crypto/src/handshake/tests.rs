@@ -324,7 +324,11 @@ fn fixed_vectors_under_every_cipher_backend() {
         let mut dialee =
             Handshake::dialee_with_ephemeral_for_test(id(2), config, NOW + 3, DIALEE_EPH);
         let ex = drive(&mut dialer, &mut dialee);
-        assert_eq!(hex(&ex.dialer_confirm), PIN_DIALER_CONFIRM_FRAME, "{cipher:?}");
+        assert_eq!(
+            hex(&ex.dialer_confirm),
+            PIN_DIALER_CONFIRM_FRAME,
+            "{cipher:?}"
+        );
         let a = dialer.into_session().unwrap();
         assert_eq!(a.sealer.evp_threshold(), cipher.evp_threshold());
         assert_eq!(a.opener.evp_threshold(), cipher.evp_threshold());
