@@ -93,7 +93,7 @@ pub struct BenchArgs {
     #[arg(long, value_enum)]
     pub(crate) cipher: Option<CipherArg>,
     /// Under `--cipher auto`: frame bodies of at least this many bytes go to
-    /// OpenSSL [default: `io.cipher_threshold` from --config, or 8192].
+    /// OpenSSL [default: `io.cipher_threshold` from --config, or 4096].
     #[arg(long, value_name = "BYTES")]
     pub(crate) cipher_threshold: Option<usize>,
     /// Shards spin instead of sleeping.

@@ -113,7 +113,7 @@ pub(crate) fn render(results: &[RunResult], rounds: usize, p: &Provenance) -> St
 }
 
 /// The record cipher(s) of `results`, each named once in order of first
-/// appearance (`ring`, `ring < 8192 B <= openssl`).
+/// appearance (`ring`, `ring < 4096 B <= openssl`).
 pub(crate) fn ciphers(results: &[RunResult]) -> String {
     let mut seen: Vec<&str> = Vec::new();
     for r in results {
@@ -216,7 +216,7 @@ mod tests {
 
     fn throughput() -> RunResult {
         let mut r = RunResult::new("throughput", "io_uring".into(), 1, 65536);
-        r.cipher = "ring < 8192 B <= openssl".into();
+        r.cipher = "ring < 4096 B <= openssl".into();
         r.finish(4000, 4000, 0.25, 4000 * 65536);
         r.baseline = 1811.0 * (1 << 20) as f64;
         r.ratio = 0.55;
@@ -226,7 +226,7 @@ mod tests {
 
     fn latency() -> RunResult {
         let mut r = RunResult::new("latency", "epoll".into(), 1, 64);
-        r.cipher = "ring < 8192 B <= openssl".into();
+        r.cipher = "ring < 4096 B <= openssl".into();
         r.finish(5000, 5000, 0.1, 5000 * 64);
         r.latency_us = Some(Latency {
             p50: 14.9,
@@ -249,7 +249,7 @@ mod tests {
 - date: 2026-12-06 13:44 UTC
 - command: `shoal bench --markdown`
 - method: loopback, medians of 3 interleaved rounds, each ratio against a baseline measured in the same run
-- record cipher: ring < 8192 B <= openssl
+- record cipher: ring < 4096 B <= openssl
 
 | scenario | backend | shards | size | msgs/s | MiB/s | p50 µs | p99 µs | max µs | vs same-run baseline |
 |:--|:--|--:|--:|--:|--:|--:|--:|--:|:--|

@@ -164,7 +164,10 @@ mod tests {
         3ff4def08e4b7a9de576d26586cec64b6116";
     const RFC_TAG: &str = "1ae10b594f09e26a7e902ecbd0600691";
 
-    fn rfc() -> ([u8; 32], [u8; 12], Vec<u8>, Vec<u8>, [u8; TAG_LEN]) {
+    /// Key, nonce, associated data, ciphertext, tag.
+    type Vector = ([u8; 32], [u8; 12], Vec<u8>, Vec<u8>, [u8; TAG_LEN]);
+
+    fn rfc() -> Vector {
         let key: [u8; 32] = unhex(RFC_KEY).try_into().unwrap();
         let nonce: [u8; 12] = unhex(RFC_NONCE).try_into().unwrap();
         let tag: [u8; TAG_LEN] = unhex(RFC_TAG).try_into().unwrap();

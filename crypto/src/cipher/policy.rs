@@ -17,13 +17,15 @@
 //! [`CipherBackend::Auto`] with a threshold: frame bodies (tag included) of
 //! at least the threshold go to OpenSSL, smaller ones to ring, and only on
 //! CPUs with AVX-512F and AVX-512VL ([`fast_evp_cpu`]); everywhere else
-//! `Auto` is ring for everything. AVX2-only parts stay on ring until
-//! measured: ring's own AVX2 code is close there.
+//! `Auto` is ring for everything. AVX2-only parts stay on ring: OpenSSL's
+//! advantage has been measured on AVX-512 only.
 //!
 //! [`DEFAULT_EVP_THRESHOLD`] is a rough crossover measured on a loaded
 //! 2-core AVX-512 Xeon (`cargo bench --bench crypto`, see
-//! `benches/README.md`); the node config (`io.cipher_threshold`) can move
-//! it, within [`EVP_THRESHOLD_RANGE`].
+//! `benches/README.md`; seal, OpenSSL against ring through the record
+//! types: 0.26× at 64 B, 0.65× at 1 KiB, 1.13× at 4 KiB, 1.29× at 8 KiB,
+//! 1.47× at 16 KiB, 1.48× at 64 KiB; open alike); the node config
+//! (`io.cipher_threshold`) can move it, within [`EVP_THRESHOLD_RANGE`].
 //!
 //! Not provided: a choice of algorithm (the wire format fixes it), or a
 //! third implementation.
@@ -32,7 +34,7 @@ use std::ops::RangeInclusive;
 
 /// Frame bodies (tag included) of at least this many bytes go to OpenSSL
 /// under [`CipherBackend::Auto`] on a CPU where it is faster.
-pub const DEFAULT_EVP_THRESHOLD: usize = 8 * 1024;
+pub const DEFAULT_EVP_THRESHOLD: usize = 4 * 1024;
 
 /// The thresholds a node config may set: below 256 B OpenSSL's per-record
 /// setup dominates everywhere, and no frame body exceeds 16 MiB (the
@@ -137,7 +139,7 @@ impl CipherPolicy {
     }
 
     /// What runs on this machine, for logs and bench output: `ring`, or
-    /// `ring < 8192 B <= openssl`.
+    /// `ring < 4096 B <= openssl`.
     pub fn label(&self) -> String {
         match self.evp_threshold() {
             Some(t) => format!("ring < {t} B <= openssl"),
