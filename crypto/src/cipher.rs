@@ -6,7 +6,8 @@
 //! [`RecordOpener`] on the receiving side, each owning a `ring`
 //! [`LessSafeKey`], an implicit nonce counter and, where its
 //! [`CipherPolicy`] says so, an OpenSSL EVP context for large frames
-//! (`evp`). Nothing is allocated per record: the caller's buffer is
+//! (`evp`), made at the first record that needs it (so an idle connection
+//! holds none). Nothing is allocated per record: the caller's buffer is
 //! encrypted or decrypted in place and the 16-byte tag lives in its last
 //! [`TAG_LEN`] bytes.
 //!
@@ -49,7 +50,9 @@
 //! is the protocol's `Close` record's job), traffic-analysis resistance
 //! (lengths and timing are visible), and zeroization of the key schedule
 //! (`ring` does not zeroize its keys, OpenSSL clears its context when it is
-//! freed; the caller's 32-byte input is the caller's to zeroize).
+//! freed; the copy of the key kept until the first large record makes the
+//! OpenSSL context is zeroized on drop; the caller's 32-byte input is the
+//! caller's to zeroize).
 
 #[cfg(test)]
 mod backend_tests;
@@ -60,6 +63,7 @@ use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_L
 
 use evp::{EvpOpener, EvpSealer, MAX_EVP_LEN};
 pub use policy::{CipherBackend, CipherPolicy};
+use zeroize::Zeroizing;
 
 /// Length of the Poly1305 tag appended to every sealed record.
 pub const TAG_LEN: usize = 16;
@@ -142,29 +146,49 @@ fn key(bytes: &[u8; 32]) -> LessSafeKey {
     }
 }
 
-/// The large-frame backend of one direction and the smallest record
-/// (tag included) it takes.
+/// The large-frame backend of one direction, made at its first record: a
+/// connection that never carries a large frame (most idle ones) never holds
+/// an OpenSSL context (about 2 KiB each).
+enum LargeState<T> {
+    /// No record has needed it yet; the key it will be made with.
+    Unmade(Zeroizing<[u8; 32]>),
+    Made(T),
+    /// libcrypto could not make a context: `ring` takes every record.
+    Failed,
+}
+
+/// The large-frame backend of one direction and the smallest record (tag
+/// included) it takes.
 struct Large<T> {
-    backend: T,
+    state: LargeState<T>,
+    make: fn(&[u8; 32]) -> Option<T>,
     from: usize,
 }
 
 impl<T> Large<T> {
-    /// The backend if `policy` uses it on this machine and libcrypto could
-    /// make a context.
-    fn new(policy: CipherPolicy, make: impl FnOnce() -> Option<T>) -> Option<Self> {
-        let from = policy.evp_threshold()?;
+    /// The backend of `key` if `policy` uses it on this machine.
+    fn new(policy: CipherPolicy, key: &[u8; 32], make: fn(&[u8; 32]) -> Option<T>) -> Option<Self> {
         Some(Self {
-            backend: make()?,
-            from,
+            state: LargeState::Unmade(Zeroizing::new(*key)),
+            make,
+            from: policy.evp_threshold()?,
         })
     }
 
-    /// The backend if it takes a record of `len` bytes (tag included).
+    /// The backend if it takes a record of `len` bytes (tag included),
+    /// made now if this is its first.
     #[inline]
     fn takes(this: &mut Option<Self>, len: usize) -> Option<&mut T> {
-        match this {
-            Some(l) if len >= l.from && len <= MAX_EVP_LEN => Some(&mut l.backend),
+        let l = this.as_mut()?;
+        if len < l.from || len > MAX_EVP_LEN {
+            return None;
+        }
+        if let LargeState::Unmade(key) = &l.state {
+            let made = (l.make)(key);
+            l.state = made.map_or(LargeState::Failed, LargeState::Made);
+        }
+        match &mut l.state {
+            LargeState::Made(backend) => Some(backend),
             _ => None,
         }
     }
@@ -200,7 +224,7 @@ impl RecordSealer {
     pub fn with_policy(key: &[u8; 32], dialer: bool, policy: CipherPolicy) -> Self {
         Self {
             key: self::key(key),
-            large: Large::new(policy, || EvpSealer::new(key)),
+            large: Large::new(policy, key, EvpSealer::new),
             counter: Counter::new(dialer),
             poisoned: false,
         }
@@ -299,7 +323,7 @@ impl RecordOpener {
     pub fn with_policy(key: &[u8; 32], dialer: bool, policy: CipherPolicy) -> Self {
         Self {
             key: self::key(key),
-            large: Large::new(policy, || EvpOpener::new(key)),
+            large: Large::new(policy, key, EvpOpener::new),
             counter: Counter::new(dialer),
             poisoned: false,
         }

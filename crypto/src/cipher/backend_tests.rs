@@ -273,3 +273,33 @@ fn openssl_rollover_and_exhaustion() {
     );
     assert_eq!(opener.open_in_place(&mut buf), Err(CipherError::Poisoned));
 }
+
+#[test]
+fn the_openssl_context_is_made_at_the_first_large_record() {
+    let unmade = |l: &Option<Large<EvpSealer>>| {
+        l.as_ref()
+            .is_some_and(|l| matches!(l.state, LargeState::Unmade(_)))
+    };
+    let mut sealer = RecordSealer::with_policy(&KEY, true, evp_policy());
+    assert!(unmade(&sealer.large));
+    sealer.seal_in_place(&mut record(64)).unwrap();
+    assert!(unmade(&sealer.large), "a small record leaves it unmade");
+    sealer.seal_in_place(&mut record(THRESHOLD)).unwrap();
+    assert!(sealer
+        .large
+        .as_ref()
+        .is_some_and(|l| matches!(l.state, LargeState::Made(_))));
+    let mut opener = RecordOpener::with_policy(&KEY, true, evp_policy());
+    assert!(opener
+        .large
+        .as_ref()
+        .is_some_and(|l| matches!(l.state, LargeState::Unmade(_))));
+    assert!(RecordSealer::with_policy(&KEY, true, ring_policy())
+        .large
+        .is_none());
+    let mut small = record(64);
+    RecordSealer::new(&KEY, true)
+        .seal_in_place(&mut small)
+        .unwrap();
+    assert_eq!(opener.open_in_place(&mut small), Ok(64));
+}
