@@ -4,10 +4,12 @@
 #
 #   scripts/bench-table.sh README.md benches/README.md
 #   BENCH_FLAGS="--rounds 5" scripts/bench-table.sh README.md
+#   MARKER=vs BENCH_FLAGS="--scenario throughput --backend io-uring --vs commonware" \
+#     scripts/bench-table.sh benches/README.md
 #
 # Builds `shoal` (release), runs `shoal bench --markdown $BENCH_FLAGS` once,
 # and replaces everything between the lines `<!-- bench:begin -->` and
-# `<!-- bench:end -->` in each FILE with its output (machine, date, exact
+# `<!-- bench:end -->` (`<!-- $MARKER:begin -->` ... with MARKER set) in each FILE with its output (machine, date, exact
 # command, the table). A file without both markers is an error and nothing
 # is written. Run it on a quiet machine: the whole table takes ~35 s on 2
 # cores and every other process on them shows in the figures.
@@ -18,9 +20,12 @@ if [ "$#" -eq 0 ]; then
   echo "usage: scripts/bench-table.sh FILE..." >&2
   exit 2
 fi
+marker=${MARKER:-bench}
+begin="<!-- $marker:begin -->"
+end="<!-- $marker:end -->"
 for f in "$@"; do
-  if ! grep -qx '<!-- bench:begin -->' "$f" || ! grep -qx '<!-- bench:end -->' "$f"; then
-    echo "$f: no <!-- bench:begin --> / <!-- bench:end --> lines" >&2
+  if ! grep -qxF "$begin" "$f" || ! grep -qxF "$end" "$f"; then
+    echo "$f: no $begin / $end lines" >&2
     exit 2
   fi
 done
@@ -31,9 +36,9 @@ trap 'rm -f "$table"' EXIT
 cargo run --release --quiet --bin shoal -- bench --markdown ${BENCH_FLAGS:-} > "$table"
 
 for f in "$@"; do
-  awk -v table="$table" '
-    $0 == "<!-- bench:begin -->" { print; while ((getline l < table) > 0) print l; close(table); print ""; skip = 1; next }
-    $0 == "<!-- bench:end -->"   { skip = 0 }
+  awk -v table="$table" -v begin="$begin" -v end="$end" '
+    $0 == begin { print; while ((getline l < table) > 0) print l; close(table); print ""; skip = 1; next }
+    $0 == end   { skip = 0 }
     !skip { print }
   ' "$f" > "$f.new"
   mv "$f.new" "$f"

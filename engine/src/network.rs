@@ -75,6 +75,20 @@ impl Network {
         let conn_cfg = Arc::new(shared.config.connection_config());
         ShardCore::new(0, shared, rx, conn_cfg, Arc::new(|_: &PublicKey| true))
     }
+
+    /// Every shard's core, as [`Network::into_shard_core`] builds shard 0's.
+    pub(crate) fn into_shard_cores(self) -> Vec<ShardCore> {
+        let Network { shared, queues, .. } = self;
+        let conn_cfg = Arc::new(shared.config.connection_config());
+        queues
+            .into_iter()
+            .enumerate()
+            .map(|(id, rx)| {
+                let auth = Arc::new(|_: &PublicKey| true);
+                ShardCore::new(id, shared.clone(), rx, conn_cfg.clone(), auth)
+            })
+            .collect()
+    }
 }
 
 impl Network {

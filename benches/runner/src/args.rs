@@ -67,6 +67,13 @@ pub(crate) enum CipherArg {
     Ring,
 }
 
+/// Another library measured in the same rounds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Versus {
+    /// commonware-p2p 2026.10 (`benches/commonware`), its better runtime.
+    Commonware,
+}
+
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// Scenario [default: all, or `[bench] scenario` from --config].
@@ -144,6 +151,15 @@ pub struct BenchArgs {
     /// run's growth).
     #[arg(long, hide = true)]
     pub(crate) in_process: bool,
+    /// throughput: run this library in the same rounds, at the same size and
+    /// count, and report shoal / it; without --size, at 64 B, 1 KiB, 16 KiB
+    /// and 64 KiB.
+    #[arg(long, value_enum, value_name = "LIBRARY")]
+    pub(crate) vs: Option<Versus>,
+    /// The commonware harness binary for --vs commonware [default:
+    /// benches/commonware/target/release/cw-bench, built if missing].
+    #[arg(long, value_name = "PATH", requires = "vs")]
+    pub(crate) cw_bench: Option<PathBuf>,
     /// Node TOML (same file as `shoal node`): preset, limits, backend,
     /// shards, and an optional `[bench]` table. Flags override it.
     #[arg(long)]

@@ -43,7 +43,8 @@
 //!   how arrivals are counted and checked.
 //! - `throughput`, `round_trip`, `shard_rtt`, `fanout`, `idle`: one
 //!   scenario (or a family of them) each.
-//! - `baseline`: the raw, engine-less ceilings.
+//! - `baseline`: the raw, engine-less ceilings; `competitor`: commonware-p2p
+//!   run in the same rounds (`--vs commonware`).
 //! - `result`, `report`, `markdown`, `plot`: figures, medians, the table,
 //!   its Markdown form with the machine and command that produced it, JSON
 //!   and SVG.
@@ -59,6 +60,7 @@ use std::path::PathBuf;
 mod args;
 mod baseline;
 mod cluster;
+mod competitor;
 mod fanout;
 mod idle;
 mod markdown;

@@ -15,7 +15,8 @@ use std::time::Duration;
 use shoal_engine::config::RecordCipher;
 use shoal_engine::{Backend, Config};
 
-use crate::args::{BackendArg, BenchArgs, CipherArg, Scenario};
+use crate::args::{BackendArg, BenchArgs, CipherArg, Scenario, Versus};
+use crate::competitor::Commonware;
 use crate::BenchError;
 
 /// What a node config file gives the bench; the binary builds it from the
@@ -66,6 +67,8 @@ pub(crate) struct Plan {
     pub(crate) batch: usize,
     /// shard-rtt: idle connections the hub holds beside the measured one.
     pub(crate) crowd: usize,
+    /// `--vs commonware`: the harness run beside throughput.
+    pub(crate) commonware: Option<Commonware>,
     /// Template for every node (listen and identity replaced per node).
     pub(crate) base: Config,
 }
@@ -144,6 +147,24 @@ pub(crate) fn plan(args: &BenchArgs, file: Option<FileSettings>) -> Result<Plan,
     if peers == 0 {
         return Err(BenchError::Config("`peers` must be > 0".into()));
     }
+    let commonware = match args.vs {
+        Some(Versus::Commonware) => {
+            if !matches!(scenario, Scenario::Throughput | Scenario::All) {
+                return Err(BenchError::Config(
+                    "`--vs commonware` compares throughput: use it with --scenario throughput"
+                        .into(),
+                ));
+            }
+            if let Some(bin) = args.cw_bench.as_deref().filter(|b| !b.is_file()) {
+                return Err(BenchError::Config(format!(
+                    "`--cw-bench {}`: no such file",
+                    bin.display()
+                )));
+            }
+            Some(Commonware::locate(args.cw_bench.as_deref()).map_err(BenchError::Run)?)
+        }
+        None => None,
+    };
     Ok(Plan {
         scenario,
         size: pick(args.size, bench.and_then(|b| b.size)),
@@ -157,6 +178,7 @@ pub(crate) fn plan(args: &BenchArgs, file: Option<FileSettings>) -> Result<Plan,
         peers,
         batch,
         crowd: args.crowd.unwrap_or(0),
+        commonware,
         base,
     })
 }
@@ -257,6 +279,25 @@ mod tests {
         match plan(&args(&["--cipher-threshold", "1"]), None) {
             Err(BenchError::InvalidConfig { .. }) => {}
             _ => panic!("a threshold below its range fails the engine's validation"),
+        }
+    }
+
+    #[test]
+    fn vs_commonware_is_for_throughput_only() {
+        match plan(
+            &args(&["--scenario", "latency", "--vs", "commonware"]),
+            None,
+        ) {
+            Err(BenchError::Config(e)) => assert!(e.contains("--scenario throughput"), "{e}"),
+            _ => panic!("--vs with latency is a config error"),
+        }
+        // A given harness path that is not there fails before any run.
+        let missing = ["--scenario", "throughput", "--vs", "commonware"];
+        let mut flags = missing.to_vec();
+        flags.extend(["--cw-bench", "/nonexistent/cw-bench"]);
+        match plan(&args(&flags), None) {
+            Err(BenchError::Config(e)) => assert!(e.contains("no such file"), "{e}"),
+            _ => panic!("a missing --cw-bench is an error"),
         }
     }
 

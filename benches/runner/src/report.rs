@@ -159,6 +159,13 @@ fn versus_baseline(r: &RunResult) -> String {
                     st / (1 << 20) as f64
                 ));
             }
+            if let (Some(cw), Some(rt)) = (r.commonware_msgs_per_sec, r.commonware_runtime) {
+                vs.push_str(&format!(
+                    ", {:.2}x commonware ({:.0} msgs/s, {rt})",
+                    r.msgs_per_sec / cw.max(1e-9),
+                    cw
+                ));
+            }
             vs
         }
         "rpc" if r.baseline <= 0.0 => "n/a (too much to pipeline)".to_string(),

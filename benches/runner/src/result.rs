@@ -73,6 +73,14 @@ pub(crate) struct RunResult {
     /// median over rounds: what this machine allows one encrypted connection.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) sealed_stream: Option<f64>,
+    /// throughput with `--vs commonware`: commonware-p2p's delivered msgs/s
+    /// at the same size and count, its better runtime per round, median
+    /// over the same rounds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) commonware_msgs_per_sec: Option<f64>,
+    /// The commonware runtime of that median round (`iouring`, `tokio`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) commonware_runtime: Option<&'static str>,
     /// latency, request, rpc: how long the waiting application threads (and
     /// the raw TCP baseline's two threads, to match) look for their next
     /// message before parking, µs (`IoSettings::wait_spin`; 0 under busy-poll).
@@ -115,6 +123,8 @@ impl RunResult {
             baseline: 0.0,
             ratio: 0.0,
             sealed_stream: None,
+            commonware_msgs_per_sec: None,
+            commonware_runtime: None,
             wait_spin_us: None,
             busy_poll: false,
             crowd: None,

@@ -23,6 +23,7 @@ use crate::baseline::{
     raw_seal_bytes_per_sec, raw_sealed_stream_bytes_per_sec, raw_tcp_pingpong, Wait,
 };
 use crate::cluster::label;
+use crate::competitor::median_round;
 use crate::fanout::fanout;
 use crate::idle::{idle_in_child, idle_rss};
 use crate::plan::Plan;
@@ -37,7 +38,9 @@ pub(crate) fn run_scenarios(p: &Plan, args: &BenchArgs) -> Result<Vec<RunResult>
     let wants = |s: Scenario| p.scenario == Scenario::All || p.scenario == s;
     let mut results = Vec::new();
     if wants(Scenario::Throughput) {
-        results.extend(throughput_rounds(p, &pb)?);
+        for size in throughput_sizes(p) {
+            results.extend(throughput_rounds(p, &pb, size)?);
+        }
     }
     for scenario in [Scenario::Latency, Scenario::Request] {
         if wants(scenario) {
@@ -86,7 +89,22 @@ fn steps(p: &Plan) -> u64 {
     .count();
     // `all` runs shard-rtt twice (sleeping and busy-polling shards).
     let extra = usize::from(all && !p.base.io.busy_poll);
-    ((scenarios + extra) * p.rounds * (1 + p.backends.len())) as u64
+    let per_round = 1 + p.backends.len();
+    // --vs: throughput at more sizes, each with the competitor's run.
+    let vs = match &p.commonware {
+        Some(_) => throughput_sizes(p).len() * (per_round + 1) - per_round,
+        None => 0,
+    };
+    ((scenarios + extra) * p.rounds * per_round + vs * p.rounds) as u64
+}
+
+/// The message sizes throughput runs at: `--size`, or 64 KiB; with `--vs`
+/// and no `--size`, the four sizes the comparison is quoted at.
+fn throughput_sizes(p: &Plan) -> Vec<usize> {
+    match (p.size, &p.commonware) {
+        (None, Some(_)) => vec![64, 1024, 16 * 1024, 64 * 1024],
+        (size, _) => vec![size.unwrap_or(64 * 1024).max(1)],
+    }
 }
 
 fn progress_bar(total: u64) -> ProgressBar {
@@ -104,16 +122,17 @@ fn progress_bar(total: u64) -> ProgressBar {
 }
 
 /// Throughput against the raw ring seal rate and, for messages of 16 KiB
-/// and more, the raw sealed TCP stream.
-fn throughput_rounds(p: &Plan, pb: &ProgressBar) -> Result<Vec<RunResult>, String> {
+/// and more, the raw sealed TCP stream; with `--vs commonware`, the
+/// harness right after shoal in every round.
+fn throughput_rounds(p: &Plan, pb: &ProgressBar, size: usize) -> Result<Vec<RunResult>, String> {
     let rounds = p.rounds;
-    let size = p.size.unwrap_or(64 * 1024).max(1);
     let messages = p
         .messages
         .unwrap_or(((256usize << 20) / size).clamp(1000, 2_000_000))
         .max(1);
     let mut seal = Vec::new();
     let mut stream = Vec::new();
+    let mut theirs = Vec::new();
     let mut per: Vec<Vec<RunResult>> = vec![Vec::new(); p.backends.len()];
     for round in 0..rounds {
         pb.set_message(format!("throughput {}/{rounds}: raw ring seal", round + 1));
@@ -133,13 +152,23 @@ fn throughput_rounds(p: &Plan, pb: &ProgressBar) -> Result<Vec<RunResult>, Strin
             per[i].push(throughput(p, *b, size, messages, "throughput")?);
             pb.inc(1);
         }
+        if let Some(cw) = &p.commonware {
+            pb.set_message(format!("throughput {}/{rounds}: commonware-p2p", round + 1));
+            theirs.push(cw.round(size, messages)?);
+            pb.inc(1);
+        }
     }
     let (seal, stream) = (median(seal), median(stream));
+    let theirs = median_round(theirs);
     Ok(per
         .into_iter()
         .map(|runs| {
             let mut r = summarize(runs, seal);
             r.sealed_stream = (stream > 0.0).then_some(stream);
+            if let Some(t) = &theirs {
+                r.commonware_msgs_per_sec = Some(t.msgs_per_sec);
+                r.commonware_runtime = Some(t.runtime);
+            }
             r
         })
         .collect())

@@ -20,16 +20,23 @@
 //!    its slot (already counted in its queue depth, so bounded like the
 //!    queue) and its input is paused.
 //! 2. A closes the old connection, takes its unsent messages and sends them
-//!    to B in one [`Command::Handover`]; B queues them, then the parked
-//!    ones, and sends.
-//! 3. When the old connection is gone, A sends [`Command::Released`]; B
+//!    to B in one [`Command::Handover`]; B queues them.
+//! 3. A message a sender addressed to the old connection that reaches A
+//!    after step 2 (it looked the peer up just before the switch) follows as
+//!    one more hand-over, and once none can come any more A sends
+//!    [`Command::HandedOver`] ([`super::drain`]); B queues what it parked,
+//!    and sends.
+//! 4. When the old connection is gone, A sends [`Command::Released`]; B
 //!    resumes reading.
 //!
 //! If A cannot answer (its queue is full, it failed), B stops waiting after
 //! `handshake_timeout`: order is then best effort, delivery is not affected.
-//! A message a sender addressed to the old connection that reaches A after
-//! step 2 (it looked the peer up just before the switch) is rerouted on its
-//! own ([`super::reroute`]) and may follow newer ones.
+//!
+//! Not provided: order on the receiving side when the peer's duplicate
+//! connection that we reject sits on another shard than the winner. The
+//! peer may have sent on the rejected one first (it admitted that one
+//! first); only a winner on the same shard waits for it
+//! ([`ShardCore::reject_duplicate`]'s pause). See SECURITY.md, known gaps.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -273,6 +280,7 @@ impl ShardCore {
             from: old.id,
             deadline: Instant::now() + self.shared.config.timeouts.handshake_timeout,
             messages_in: false,
+            handed: false,
             parked: VecDeque::new(),
         }));
         true
@@ -283,6 +291,7 @@ impl ShardCore {
     pub(super) fn replaced_by(&mut self, id: ConnId, by: ConnId, now: Instant) {
         let mut msgs = Vec::new();
         let mut peer = None;
+        let mut handle = None;
         if let Some(slot) = self.conns.live_mut(id) {
             slot.moved_unsent = true;
             slot.notify_on_close = Some(by);
@@ -292,6 +301,7 @@ impl ShardCore {
             // newer than its unsent ones.
             msgs.extend(take_parked(slot));
             peer = slot.handle.as_ref().map(|h| h.peer.clone());
+            handle = slot.handle.clone();
             self.dirty.push(id.key);
         }
         let link = self.shared.shards.get(by.shard);
@@ -308,14 +318,17 @@ impl ShardCore {
             self.shared
                 .metrics
                 .send_dropped_n("shard_queue_full", rerouted);
+        } else if let Some(handle) = handle {
+            self.start_drain(id, by, handle, now);
         }
         if self.conns.contains(id.key) {
             self.after_io(id.key, now);
         }
     }
 
-    /// [`Command::Handover`]: `msgs` go out on `to` first, then what was
-    /// parked for it.
+    /// [`Command::Handover`]: `msgs` go out on `to` ahead of what is parked
+    /// for it (which waits for [`Command::HandedOver`]). After the wait
+    /// ended (the deadline), they simply follow.
     pub(super) fn take_handover(
         &mut self,
         to: ConnId,
@@ -340,8 +353,29 @@ impl ShardCore {
                 refused += 1;
             }
         }
-        refused += unpark(slot);
+        if let Some(h) = slot.handover.as_mut() {
+            h.handed = true;
+        }
         self.shared.metrics.send_dropped_n("queue_full", refused);
+        self.dirty.push(to.key);
+    }
+
+    /// [`Command::HandedOver`]: nothing sent to `from` can still come; what
+    /// was parked for `to` goes out.
+    pub(super) fn handed_over(&mut self, to: ConnId, from: ConnId, now: Instant) {
+        let Some(slot) = self.conns.live_mut(to) else {
+            return;
+        };
+        if slot.handover.as_ref().is_none_or(|h| h.from != from) {
+            return;
+        }
+        let refused = unpark(slot);
+        if slot.paused_behind != Some(from) {
+            // The old connection is gone too: the wait is over.
+            slot.handover = None;
+        }
+        self.shared.metrics.send_dropped_n("queue_full", refused);
+        self.process_input(to.key, now);
         self.dirty.push(to.key);
     }
 
@@ -354,9 +388,14 @@ impl ShardCore {
             slot.paused_behind = None;
         }
         // A `Released` without a hand-over (the old one was already gone)
-        // ends the wait for messages too.
-        let refused = unpark(slot);
-        slot.handover = None;
+        // ends the wait for messages too; after one, `HandedOver` does.
+        let mut refused = 0;
+        if slot.handover.as_ref().is_some_and(|h| !h.handed) {
+            refused = unpark(slot);
+        }
+        if slot.handover.as_ref().is_none_or(|h| h.messages_in) {
+            slot.handover = None;
+        }
         self.shared.metrics.send_dropped_n("queue_full", refused);
         self.process_input(to.key, now);
         self.dirty.push(to.key);

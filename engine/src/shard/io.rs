@@ -342,6 +342,9 @@ impl ShardCore {
         if self.shutdown.is_some() {
             d = d.min(Duration::from_millis(5));
         }
+        if self.has_drains() {
+            d = d.min(super::drain::DRAIN_POLL);
+        }
         d
     }
 

@@ -80,6 +80,11 @@ pub(crate) enum Command {
     },
     /// The connection `to` replaced is gone: `to` may read.
     Released { to: ConnId, gone: ConnId },
+    /// No message for `from` can reach its shard any more: what `to` parked
+    /// may go out (see `shard::drain`).
+    HandedOver { to: ConnId, from: ConnId },
+    /// A shard's own marker, behind the last late send for `old`.
+    Drained { old: ConnId },
     /// Close everything, flushing until `deadline`, then exit.
     Shutdown { deadline: Instant },
     /// Make the driver fail (feature `test-hooks`: tests of shard failure).

@@ -76,6 +76,7 @@ use crate::waker::ShardWaker;
 
 mod close;
 mod delivery;
+mod drain;
 mod handover;
 mod io;
 pub(crate) mod link;
@@ -125,6 +126,9 @@ pub(crate) struct ShardCore {
     /// a send still addressed to one is rerouted like one to a closing
     /// replaced connection.
     recently_replaced: std::collections::VecDeque<(ConnId, Instant)>,
+    /// Connections replaced from another shard whose late sends are still
+    /// forwarded to their replacement (`drain`).
+    draining: Vec<drain::Drain>,
     shutdown: Option<Instant>,
     next_timer_sweep: Instant,
     /// Set when [`ShardCore::poll_transmit`] hands the driver bytes; taken by
@@ -171,6 +175,7 @@ impl ShardCore {
             to_notify: Vec::new(),
             parked: Default::default(),
             recently_replaced: std::collections::VecDeque::new(),
+            draining: Vec::new(),
             shutdown: None,
             next_timer_sweep: Instant::now(),
             wrote: false,
@@ -219,6 +224,7 @@ impl ShardCore {
             self.handle_command(cmd, now, actions);
             any = true;
         }
+        self.poll_drains(now);
         any
     }
 
@@ -285,6 +291,8 @@ impl ShardCore {
                 self.take_handover(to, peer, msgs, now, actions)
             }
             Command::Released { to, gone } => self.released(to, gone, now),
+            Command::HandedOver { to, from } => self.handed_over(to, from, now),
+            Command::Drained { old } => self.drained(old),
             Command::Shutdown { deadline } => {
                 self.begin_shutdown(deadline, now);
                 actions.push(DriverAction::Shutdown);

@@ -89,6 +89,11 @@ impl ShardCore {
                     }
                     None => self.recently_replaced.iter().any(|(c, _)| *c == id),
                 };
+                // Handed over to another shard: late, but still ahead of
+                // what was sent there since (`drain`).
+                let Some((msg, priority)) = self.forward_late(id, msg, priority) else {
+                    return;
+                };
                 self.reroute(id, peer.clone(), msg, priority, replaced, now, actions);
             }
         }

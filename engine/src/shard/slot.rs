@@ -89,8 +89,12 @@ pub(super) struct Handover {
     pub(super) from: ConnId,
     /// Stop waiting (for the messages and for the input) after this.
     pub(super) deadline: Instant,
-    /// The hand-over arrived: only the input still waits.
+    /// The wait for messages is over (parked ones went out): only the
+    /// input may still wait.
     pub(super) messages_in: bool,
+    /// A [`super::Command::Handover`] arrived: the old shard forwards late
+    /// sends too, and says when none can come ([`super::Command::HandedOver`]).
+    pub(super) handed: bool,
     /// Output parked: sent to this connection before the hand-over
     /// arrived, in order, each with its share of this connection's queue
     /// depth.
