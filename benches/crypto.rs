@@ -1,12 +1,17 @@
 //! shoal-crypto benchmarks.
 //!
-//! - `seal` / `open`: the record cipher at 64 B, 1 KiB, 16 KiB and 64 KiB,
-//!   each size beside raw `ring` `LessSafeKey` on the same buffer in the same
-//!   group, so the report shows the overhead of the nonce bookkeeping.
+//! - `seal` / `open`: the record cipher at 64 B, 1 KiB, 4 KiB, 8 KiB,
+//!   16 KiB and 64 KiB of plaintext, each size with both backends behind
+//!   the record types (`ring`: [`CipherPolicy::ring`]; `openssl`: OpenSSL's
+//!   EVP for every record, whatever the CPU) and beside raw `ring`
+//!   `LessSafeKey` on the same buffer (`raw-ring`), so the report shows the
+//!   backends' crossover (where `io.cipher_threshold` belongs) and the
+//!   overhead of the nonce bookkeeping.
 //! - `handshake`: complete in-memory handshakes, both sides (throughput is
 //!   reported as handshakes per second).
 //!
 //! `cargo bench --bench crypto -- --warm-up-time 1 --measurement-time 3`
+//! (`-- seal` or `-- open` for one group).
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -15,11 +20,18 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 use shoal::crypto::{
-    Ed25519Signer, Handshake, HandshakeConfig, Identity, RecordOpener, RecordSealer, TAG_LEN,
+    CipherPolicy, Ed25519Signer, Handshake, HandshakeConfig, Identity, RecordOpener, RecordSealer,
+    TAG_LEN,
 };
 
-const SIZES: [usize; 4] = [64, 1024, 16 * 1024, 64 * 1024];
+const SIZES: [usize; 6] = [64, 1024, 4096, 8192, 16 * 1024, 64 * 1024];
 const KEY: [u8; 32] = [0x42; 32];
+
+/// The two backends behind the record types, by bench id.
+const BACKENDS: [(&str, CipherPolicy); 2] = [
+    ("ring", CipherPolicy::ring()),
+    ("openssl", CipherPolicy::evp_for_test(0)),
+];
 
 fn raw_key() -> LessSafeKey {
     LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &KEY).expect("32-byte key"))
@@ -38,14 +50,16 @@ fn seal(c: &mut Criterion) {
     let mut group = c.benchmark_group("seal");
     for size in SIZES {
         group.throughput(Throughput::Bytes(size as u64));
-        group.bench_with_input(BenchmarkId::new("shoal", size), &size, |b, &size| {
-            let mut sealer = RecordSealer::new(&KEY, true);
-            let mut buf = vec![0xa5u8; size + TAG_LEN];
-            b.iter(|| {
-                sealer.seal_in_place(black_box(&mut buf)).expect("seal");
+        for (name, policy) in BACKENDS {
+            group.bench_with_input(BenchmarkId::new(name, size), &size, |b, &size| {
+                let mut sealer = RecordSealer::with_policy(&KEY, true, policy);
+                let mut buf = vec![0xa5u8; size + TAG_LEN];
+                b.iter(|| {
+                    sealer.seal_in_place(black_box(&mut buf)).expect("seal");
+                });
             });
-        });
-        group.bench_with_input(BenchmarkId::new("ring", size), &size, |b, &size| {
+        }
+        group.bench_with_input(BenchmarkId::new("raw-ring", size), &size, |b, &size| {
             let key = raw_key();
             let mut seq = 0u64;
             let mut buf = vec![0xa5u8; size + TAG_LEN];
@@ -73,14 +87,21 @@ fn open(c: &mut Criterion) {
         RecordSealer::new(&KEY, true)
             .seal_in_place(&mut sealed)
             .expect("seal");
-        group.bench_with_input(BenchmarkId::new("shoal", size), &size, |b, _| {
-            b.iter_batched_ref(
-                || (RecordOpener::new(&KEY, true), sealed.clone()),
-                |(opener, buf)| opener.open_in_place(black_box(buf)).expect("open"),
-                BatchSize::SmallInput,
-            );
-        });
-        group.bench_with_input(BenchmarkId::new("ring", size), &size, |b, _| {
+        for (name, policy) in BACKENDS {
+            group.bench_with_input(BenchmarkId::new(name, size), &size, |b, _| {
+                b.iter_batched_ref(
+                    || {
+                        (
+                            RecordOpener::with_policy(&KEY, true, policy),
+                            sealed.clone(),
+                        )
+                    },
+                    |(opener, buf)| opener.open_in_place(black_box(buf)).expect("open"),
+                    BatchSize::SmallInput,
+                );
+            });
+        }
+        group.bench_with_input(BenchmarkId::new("raw-ring", size), &size, |b, _| {
             b.iter_batched_ref(
                 || (raw_key(), sealed.clone()),
                 |(key, buf)| {
@@ -104,6 +125,7 @@ fn handshake(c: &mut Criterion) {
         max_age: Duration::from_secs(10),
         synchrony_bound: Duration::from_secs(5),
         timeout: Duration::from_secs(5),
+        cipher: CipherPolicy::default(),
     });
     let now = 1_700_000_000_000u64;
 

@@ -511,7 +511,7 @@ fn bench_markdown_is_headed_by_machine_date_and_command() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 8, "{stdout}");
+    assert_eq!(lines.len(), 9, "{stdout}");
     assert!(
         lines[0].starts_with("- machine: ") && lines[0].contains(" cores, "),
         "{stdout}"
@@ -522,16 +522,48 @@ fn bench_markdown_is_headed_by_machine_date_and_command() {
     );
     assert_eq!(lines[2], format!("- command: `shoal {}`", args.join(" ")));
     assert!(lines[3].starts_with("- method: loopback, 1 round, "));
-    assert_eq!(lines[4], "");
-    assert!(lines[5].starts_with("| scenario | backend | shards | size |"));
-    assert_eq!(lines[6], "|:--|:--|--:|--:|--:|--:|--:|--:|--:|:--|");
     assert!(
-        lines[7].starts_with("| throughput | epoll | 1 | 4096 | "),
+        lines[4] == "- record cipher: ring" || lines[4].starts_with("- record cipher: ring < "),
+        "{stdout}"
+    );
+    assert_eq!(lines[5], "");
+    assert!(lines[6].starts_with("| scenario | backend | shards | size |"));
+    assert_eq!(lines[7], "|:--|:--|--:|--:|--:|--:|--:|--:|--:|:--|");
+    assert!(
+        lines[8].starts_with("| throughput | epoll | 1 | 4096 | "),
         "{stdout}"
     );
     // One output format at a time.
     let out = shoal(&["bench", "--markdown", "--json"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}
+
+/// `--cipher ring` forces ring and says so; the default names what runs on
+/// this machine (ring, or ring below a threshold and OpenSSL from it).
+#[test]
+fn bench_json_names_the_record_cipher() {
+    let args = [
+        "--scenario",
+        "throughput",
+        "--messages",
+        "200",
+        "--size",
+        "16384",
+    ];
+    let mut ring = args.to_vec();
+    ring.extend_from_slice(&["--cipher", "ring"]);
+    let v = bench_json(&ring);
+    assert_eq!(v["cipher"], "ring", "{v}");
+    assert_eq!(v["delivered"], v["messages"]);
+    let mut auto = args.to_vec();
+    auto.extend_from_slice(&["--cipher", "auto", "--cipher-threshold", "1024"]);
+    let v = bench_json(&auto);
+    let cipher = v["cipher"].as_str().unwrap_or_default().to_string();
+    assert!(
+        cipher == "ring" || cipher == "ring < 1024 B <= openssl",
+        "{v}"
+    );
+    assert_eq!(v["delivered"], v["messages"]);
 }
 
 #[test]

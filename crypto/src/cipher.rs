@@ -4,9 +4,18 @@
 //!
 //! One [`RecordSealer`] per direction on the sending side and one
 //! [`RecordOpener`] on the receiving side, each owning a `ring`
-//! [`LessSafeKey`] and an implicit nonce counter. Nothing is allocated per
-//! record: the caller's buffer is encrypted or decrypted in place and the
-//! 16-byte tag lives in its last [`TAG_LEN`] bytes.
+//! [`LessSafeKey`], an implicit nonce counter and, where its
+//! [`CipherPolicy`] says so, an OpenSSL EVP context for large frames
+//! (`evp`), made at the first record that needs it (so an idle connection
+//! holds none). Nothing is allocated per record: the caller's buffer is
+//! encrypted or decrypted in place and the 16-byte tag lives in its last
+//! [`TAG_LEN`] bytes.
+//!
+//! Each record goes to one backend by its length ([`policy`]): `ring`
+//! below the policy's threshold, OpenSSL from it. Both compute the same
+//! AEAD under the same nonce, so the choice never shows on the wire, a
+//! sealer and an opener need not choose alike, and the one nonce counter
+//! serves both backends across a connection's frames.
 //!
 //! The 12-byte nonce is never sent; both ends compute it, exactly as the
 //! commonware p2p seed lays it out:
@@ -40,10 +49,21 @@
 //! Not provided: detection of the stream being cut *between* records (that
 //! is the protocol's `Close` record's job), traffic-analysis resistance
 //! (lengths and timing are visible), and zeroization of the key schedule
-//! (`ring` does not zeroize its keys; the caller's 32-byte input is the
+//! (`ring` does not zeroize its keys, OpenSSL clears its context when it is
+//! freed; the copy of the key kept until the first large record makes the
+//! OpenSSL context is zeroized on drop; the caller's 32-byte input is the
 //! caller's to zeroize).
 
+#[cfg(test)]
+mod backend_tests;
+mod evp;
+pub mod policy;
+
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_LEN};
+
+use evp::{EvpOpener, EvpSealer, MAX_EVP_LEN};
+pub use policy::{CipherBackend, CipherPolicy};
+use zeroize::Zeroizing;
 
 /// Length of the Poly1305 tag appended to every sealed record.
 pub const TAG_LEN: usize = 16;
@@ -98,11 +118,11 @@ impl Counter {
 
     /// Returns the next nonce and advances, or `NonceExhausted`.
     #[inline]
-    fn next(&mut self) -> Result<Nonce, CipherError> {
+    fn next(&mut self) -> Result<[u8; NONCE_LEN], CipherError> {
         if self.exhausted {
             return Err(CipherError::NonceExhausted);
         }
-        let nonce = Nonce::assume_unique_for_key(self.nonce_bytes());
+        let nonce = self.nonce_bytes();
         if self.sequence == u64::MAX {
             if self.iterator == u16::MAX {
                 self.exhausted = true;
@@ -126,9 +146,59 @@ fn key(bytes: &[u8; 32]) -> LessSafeKey {
     }
 }
 
+/// The large-frame backend of one direction, made at its first record: a
+/// connection that never carries a large frame (most idle ones) never holds
+/// an OpenSSL context (the two of a connection cost ~3.8 KiB of RSS in
+/// `shoal bench --scenario idle`).
+enum LargeState<T> {
+    /// No record has needed it yet; the key it will be made with.
+    Unmade(Zeroizing<[u8; 32]>),
+    Made(T),
+    /// libcrypto could not make a context: `ring` takes every record.
+    Failed,
+}
+
+/// The large-frame backend of one direction and the smallest record (tag
+/// included) it takes.
+struct Large<T> {
+    state: LargeState<T>,
+    make: fn(&[u8; 32]) -> Option<T>,
+    from: usize,
+}
+
+impl<T> Large<T> {
+    /// The backend of `key` if `policy` uses it on this machine.
+    fn new(policy: CipherPolicy, key: &[u8; 32], make: fn(&[u8; 32]) -> Option<T>) -> Option<Self> {
+        Some(Self {
+            state: LargeState::Unmade(Zeroizing::new(*key)),
+            make,
+            from: policy.evp_threshold()?,
+        })
+    }
+
+    /// The backend if it takes a record of `len` bytes (tag included),
+    /// made now if this is its first.
+    #[inline]
+    fn takes(this: &mut Option<Self>, len: usize) -> Option<&mut T> {
+        let l = this.as_mut()?;
+        if len < l.from || len > MAX_EVP_LEN {
+            return None;
+        }
+        if let LargeState::Unmade(key) = &l.state {
+            let made = (l.make)(key);
+            l.state = made.map_or(LargeState::Failed, LargeState::Made);
+        }
+        match &mut l.state {
+            LargeState::Made(backend) => Some(backend),
+            _ => None,
+        }
+    }
+}
+
 /// Seals the records one side sends.
 pub struct RecordSealer {
     key: LessSafeKey,
+    large: Option<Large<EvpSealer>>,
     counter: Counter,
     poisoned: bool,
 }
@@ -136,6 +206,7 @@ pub struct RecordSealer {
 impl std::fmt::Debug for RecordSealer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RecordSealer")
+            .field("evp_threshold", &self.evp_threshold())
             .field("dialer", &self.counter.dialer)
             .field("iterator", &self.counter.iterator)
             .field("sequence", &self.counter.sequence)
@@ -144,13 +215,26 @@ impl std::fmt::Debug for RecordSealer {
 }
 
 impl RecordSealer {
-    /// A sealer for `key`, sending as the dialer (`true`) or the dialee.
+    /// A sealer for `key`, sending as the dialer (`true`) or the dialee;
+    /// `ring` seals every record.
     pub fn new(key: &[u8; 32], dialer: bool) -> Self {
+        Self::with_policy(key, dialer, CipherPolicy::ring())
+    }
+
+    /// A sealer whose records go to the backend `policy` picks by length.
+    pub fn with_policy(key: &[u8; 32], dialer: bool, policy: CipherPolicy) -> Self {
         Self {
             key: self::key(key),
+            large: Large::new(policy, key, EvpSealer::new),
             counter: Counter::new(dialer),
             poisoned: false,
         }
+    }
+
+    /// The smallest record (tag included) OpenSSL seals, or `None` if
+    /// `ring` seals everything.
+    pub fn evp_threshold(&self) -> Option<usize> {
+        self.large.as_ref().map(|l| l.from)
     }
 
     /// Starts the counter at (`iterator`, `sequence`). Tests only.
@@ -172,22 +256,34 @@ impl RecordSealer {
         let Some(split) = buf.len().checked_sub(TAG_LEN) else {
             return Err(CipherError::TooShort);
         };
+        let len = buf.len();
         let (data, tag_out) = buf.split_at_mut(split);
         let nonce = self.counter.next()?;
-        match self
-            .key
-            .seal_in_place_separate_tag(nonce, Aad::empty(), data)
-        {
-            Ok(tag) => {
-                tag_out.copy_from_slice(tag.as_ref());
-                Ok(())
-            }
-            // Only reachable for inputs beyond ChaCha20's 256 GiB limit; the
-            // nonce is spent, so refuse everything from now on.
-            Err(_) => {
-                self.poisoned = true;
-                Err(CipherError::Poisoned)
-            }
+        let sealed = match Large::takes(&mut self.large, len) {
+            Some(evp) => match <&mut [u8; TAG_LEN]>::try_from(tag_out) {
+                Ok(tag_out) => evp.seal(&nonce, &[], data, tag_out).is_ok(),
+                Err(_) => false,
+            },
+            None => match self.key.seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::empty(),
+                data,
+            ) {
+                Ok(tag) => {
+                    tag_out.copy_from_slice(tag.as_ref());
+                    true
+                }
+                Err(_) => false,
+            },
+        };
+        if sealed {
+            Ok(())
+        } else {
+            // ring: only for inputs beyond ChaCha20's 256 GiB limit; OpenSSL:
+            // a libcrypto failure. The nonce is spent either way, so refuse
+            // everything from now on.
+            self.poisoned = true;
+            Err(CipherError::Poisoned)
         }
     }
 
@@ -200,6 +296,7 @@ impl RecordSealer {
 /// Opens the records the peer sends.
 pub struct RecordOpener {
     key: LessSafeKey,
+    large: Option<Large<EvpOpener>>,
     counter: Counter,
     poisoned: bool,
 }
@@ -207,6 +304,7 @@ pub struct RecordOpener {
 impl std::fmt::Debug for RecordOpener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RecordOpener")
+            .field("evp_threshold", &self.evp_threshold())
             .field("dialer", &self.counter.dialer)
             .field("iterator", &self.counter.iterator)
             .field("sequence", &self.counter.sequence)
@@ -216,13 +314,26 @@ impl std::fmt::Debug for RecordOpener {
 }
 
 impl RecordOpener {
-    /// An opener for `key`; `dialer` is the **sender's** role.
+    /// An opener for `key`; `dialer` is the **sender's** role. `ring` opens
+    /// every record.
     pub fn new(key: &[u8; 32], dialer: bool) -> Self {
+        Self::with_policy(key, dialer, CipherPolicy::ring())
+    }
+
+    /// An opener whose records go to the backend `policy` picks by length.
+    pub fn with_policy(key: &[u8; 32], dialer: bool, policy: CipherPolicy) -> Self {
         Self {
             key: self::key(key),
+            large: Large::new(policy, key, EvpOpener::new),
             counter: Counter::new(dialer),
             poisoned: false,
         }
+    }
+
+    /// The smallest record (tag included) OpenSSL opens, or `None` if
+    /// `ring` opens everything.
+    pub fn evp_threshold(&self) -> Option<usize> {
+        self.large.as_ref().map(|l| l.from)
     }
 
     /// Starts the counter at (`iterator`, `sequence`). Tests only.
@@ -255,8 +366,21 @@ impl RecordOpener {
             return Err(CipherError::TooShort);
         };
         let nonce = self.counter.next()?;
+        let total = buf.len();
+        if let Some(evp) = Large::takes(&mut self.large, total) {
+            let (data, tag) = buf.split_at_mut(len);
+            let opened = match <&[u8; TAG_LEN]>::try_from(&*tag) {
+                Ok(tag) => evp.open(&nonce, &[], data, tag),
+                Err(_) => false,
+            };
+            return if opened {
+                Ok(len)
+            } else {
+                Err(CipherError::Open)
+            };
+        }
         self.key
-            .open_in_place(nonce, Aad::empty(), buf)
+            .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::empty(), buf)
             .map(|_| len)
             .map_err(|_| CipherError::Open)
     }

@@ -143,6 +143,7 @@ pub fn fixture() -> &'static Fixture {
             max_age: Duration::from_millis(MAX_AGE_MS),
             synchrony_bound: Duration::from_millis(SYNCHRONY_MS),
             timeout: Duration::from_millis(TIMEOUT_MS),
+            cipher: crate::CipherPolicy::default(),
         });
         let dialer_id: Identity = Arc::new(Ed25519Signer::insecure_from_seed(DIALER_SEED));
         let dialee_id: Identity = Arc::new(Ed25519Signer::insecure_from_seed(DIALEE_SEED));

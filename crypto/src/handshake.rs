@@ -104,7 +104,7 @@ use shoal_wire::message::{Hello, KeyConfirmation, RecordKind};
 use x25519_dalek::{EphemeralSecret, PublicKey as X25519PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
-use crate::cipher::{CipherError, RecordOpener, RecordSealer, TAG_LEN};
+use crate::cipher::{CipherError, CipherPolicy, RecordOpener, RecordSealer, TAG_LEN};
 use crate::counters::{count, Op};
 use crate::identity::{Identity, IdentityError, PublicKey};
 
@@ -135,17 +135,21 @@ pub struct HandshakeConfig {
     pub synchrony_bound: Duration,
     /// The whole handshake must complete within this.
     pub timeout: Duration,
+    /// Which implementation seals and opens each frame of the session (never
+    /// visible on the wire).
+    pub cipher: CipherPolicy,
 }
 
 impl HandshakeConfig {
     /// `namespace` with defaults: `max_age` 10 s, `synchrony_bound` 5 s,
-    /// `timeout` 5 s.
+    /// `timeout` 5 s, the default [`CipherPolicy`].
     pub fn new(namespace: impl Into<Vec<u8>>) -> Self {
         Self {
             namespace: namespace.into(),
             max_age: Duration::from_secs(10),
             synchrony_bound: Duration::from_secs(5),
             timeout: Duration::from_secs(5),
+            cipher: CipherPolicy::default(),
         }
     }
 }
@@ -639,8 +643,9 @@ impl Handshake {
                     .ok_or(HandshakeError::NonContributory)?;
                 let transcript = transcript_hash(&self.config.namespace, &own_hello, body);
                 let keys = derive_keys(&shared, &transcript)?;
-                let mut sealer = RecordSealer::new(&keys.dialer_to_dialee, true);
-                let opener = RecordOpener::new(&keys.dialee_to_dialer, false);
+                let cipher = self.config.cipher;
+                let mut sealer = RecordSealer::with_policy(&keys.dialer_to_dialee, true, cipher);
+                let opener = RecordOpener::with_policy(&keys.dialee_to_dialer, false, cipher);
                 let mac = confirmation_mac(&keys.confirmation, Role::Dialer, &transcript);
                 let frame = confirmation_frame(&mut sealer, mac.as_ref())?;
                 self.transmit.push_back(frame);
@@ -669,8 +674,9 @@ impl Handshake {
                 );
                 let transcript = transcript_hash(&self.config.namespace, body, &own_hello);
                 let keys = derive_keys(&shared, &transcript)?;
-                let mut sealer = RecordSealer::new(&keys.dialee_to_dialer, false);
-                let opener = RecordOpener::new(&keys.dialer_to_dialee, true);
+                let cipher = self.config.cipher;
+                let mut sealer = RecordSealer::with_policy(&keys.dialee_to_dialer, false, cipher);
+                let opener = RecordOpener::with_policy(&keys.dialer_to_dialee, true, cipher);
                 let mac = confirmation_mac(&keys.confirmation, Role::Dialee, &transcript);
                 let confirmation = confirmation_frame(&mut sealer, mac.as_ref())?;
                 self.transmit.push_back(plain_frame(&own_hello));

@@ -15,9 +15,10 @@
 //!   salted with the transcript hash, and one encrypted key confirmation
 //!   each way. It yields a [`Session`] (peer key, one [`RecordSealer`], one
 //!   [`RecordOpener`]).
-//! - [`cipher`]: ChaCha20-Poly1305 (`ring`) sealing and opening whole frame
-//!   bodies in place, with the commonware implicit nonce (direction bit, u16
-//!   iterator, u64 sequence).
+//! - [`cipher`]: ChaCha20-Poly1305 sealing and opening whole frame bodies in
+//!   place, with the commonware implicit nonce (direction bit, u16
+//!   iterator, u64 sequence): `ring` for small frames, OpenSSL's EVP for
+//!   large ones on CPUs where it is faster, as a [`CipherPolicy`] says.
 //!
 //! Errors are fatal and sticky everywhere: a failed handshake or a failed
 //! open never recovers, and the connection must be closed.
@@ -37,7 +38,8 @@
 //! resistance beyond cheap checks before the signature verification,
 //! traffic-analysis resistance, or post-quantum security. Key material held
 //! by `ring` (AEAD and HMAC key schedules, HKDF PRK) is not zeroized; the
-//! copies this crate holds are.
+//! copies this crate holds are, and OpenSSL clears its contexts when they
+//! are freed.
 #![forbid(unsafe_code)]
 
 pub mod cipher;
@@ -47,7 +49,7 @@ pub mod fuzzing;
 pub mod handshake;
 pub mod identity;
 
-pub use cipher::{CipherError, RecordOpener, RecordSealer, TAG_LEN};
+pub use cipher::{CipherBackend, CipherError, CipherPolicy, RecordOpener, RecordSealer, TAG_LEN};
 pub use handshake::{
     Handshake, HandshakeConfig, HandshakeError, Role, Session, EPHEMERAL_KEY_LEN, MAX_HELLO_LEN,
 };

@@ -58,6 +58,15 @@ pub(crate) enum BackendArg {
     Auto,
 }
 
+/// `--cipher`: the record cipher implementation (`io.cipher`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum CipherArg {
+    /// ring below `io.cipher_threshold`, OpenSSL from it, on AVX-512 CPUs.
+    Auto,
+    /// ring for every frame.
+    Ring,
+}
+
 /// Another library measured in the same rounds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub(crate) enum Versus {
@@ -85,6 +94,15 @@ pub struct BenchArgs {
     /// Data shards per node [default: 1, or `io.shards` from --config].
     #[arg(long)]
     pub(crate) shards: Option<usize>,
+    /// Record cipher: `auto` (OpenSSL for large frames on AVX-512 CPUs) or
+    /// `ring` for every frame, for A/B runs [default: `io.cipher` from
+    /// --config, or auto].
+    #[arg(long, value_enum)]
+    pub(crate) cipher: Option<CipherArg>,
+    /// Under `--cipher auto`: frame bodies of at least this many bytes go to
+    /// OpenSSL [default: `io.cipher_threshold` from --config, or 4096].
+    #[arg(long, value_name = "BYTES")]
+    pub(crate) cipher_threshold: Option<usize>,
     /// Shards spin instead of sleeping.
     #[arg(long)]
     pub(crate) busy_poll: bool,

@@ -132,6 +132,19 @@ pub(crate) fn idle_in_child(
     if let Some(s) = args.shards {
         cmd.args(["--shards", &s.to_string()]);
     }
+    // Each connection's OpenSSL contexts are part of its memory.
+    if let Some(c) = args.cipher {
+        cmd.args([
+            "--cipher",
+            match c {
+                crate::args::CipherArg::Auto => "auto",
+                crate::args::CipherArg::Ring => "ring",
+            },
+        ]);
+    }
+    if let Some(t) = args.cipher_threshold {
+        cmd.args(["--cipher-threshold", &t.to_string()]);
+    }
     let out = cmd
         .stderr(std::process::Stdio::inherit())
         .output()

@@ -107,7 +107,11 @@ impl From<String> for BenchError {
 /// whose `bench` subcommand is [`BenchArgs`] (the `shoal` binary).
 pub fn run(args: BenchArgs, file: Option<FileSettings>) -> Result<(), BenchError> {
     let plan = plan::plan(&args, file)?;
-    let results = schedule::run_scenarios(&plan, &args)?;
+    let mut results = schedule::run_scenarios(&plan, &args)?;
+    let cipher = plan.base.io.cipher_policy().label();
+    for r in &mut results {
+        r.cipher.clone_from(&cipher);
+    }
     report::report(&results, &args, plan.rounds)?;
     Ok(())
 }

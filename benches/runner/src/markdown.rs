@@ -84,8 +84,9 @@ pub(crate) fn render(results: &[RunResult], rounds: usize, p: &Provenance) -> St
     };
     out.push_str(&format!(
         "- method: loopback, {rounds}, each ratio against a baseline measured \
-         in the same run\n\n"
+         in the same run\n"
     ));
+    out.push_str(&format!("- record cipher: {}\n\n", ciphers(results)));
     out.push_str(&row(&COLUMNS.map(String::from)));
     // Labels and the baseline column left, figures right.
     out.push_str("|:--|:--|--:|--:|--:|--:|--:|--:|--:|:--|\n");
@@ -109,6 +110,18 @@ pub(crate) fn render(results: &[RunResult], rounds: usize, p: &Provenance) -> St
         }
     }
     out
+}
+
+/// The record cipher(s) of `results`, each named once in order of first
+/// appearance (`ring`, `ring < 4096 B <= openssl`).
+pub(crate) fn ciphers(results: &[RunResult]) -> String {
+    let mut seen: Vec<&str> = Vec::new();
+    for r in results {
+        if !seen.contains(&r.cipher.as_str()) {
+            seen.push(&r.cipher);
+        }
+    }
+    seen.join("; ")
 }
 
 fn row(cells: &[String; 10]) -> String {
@@ -203,6 +216,7 @@ mod tests {
 
     fn throughput() -> RunResult {
         let mut r = RunResult::new("throughput", "io_uring".into(), 1, 65536);
+        r.cipher = "ring < 4096 B <= openssl".into();
         r.finish(4000, 4000, 0.25, 4000 * 65536);
         r.baseline = 1811.0 * (1 << 20) as f64;
         r.ratio = 0.55;
@@ -212,6 +226,7 @@ mod tests {
 
     fn latency() -> RunResult {
         let mut r = RunResult::new("latency", "epoll".into(), 1, 64);
+        r.cipher = "ring < 4096 B <= openssl".into();
         r.finish(5000, 5000, 0.1, 5000 * 64);
         r.latency_us = Some(Latency {
             p50: 14.9,
@@ -234,6 +249,7 @@ mod tests {
 - date: 2026-12-06 13:44 UTC
 - command: `shoal bench --markdown`
 - method: loopback, medians of 3 interleaved rounds, each ratio against a baseline measured in the same run
+- record cipher: ring < 4096 B <= openssl
 
 | scenario | backend | shards | size | msgs/s | MiB/s | p50 µs | p99 µs | max µs | vs same-run baseline |
 |:--|:--|--:|--:|--:|--:|--:|--:|--:|:--|

@@ -12,9 +12,10 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use shoal_engine::config::RecordCipher;
 use shoal_engine::{Backend, Config};
 
-use crate::args::{BackendArg, BenchArgs, Scenario, Versus};
+use crate::args::{BackendArg, BenchArgs, CipherArg, Scenario, Versus};
 use crate::competitor::Commonware;
 use crate::BenchError;
 
@@ -121,6 +122,14 @@ pub(crate) fn plan(args: &BenchArgs, file: Option<FileSettings>) -> Result<Plan,
         base.io.idle_spin = Duration::from_micros(us);
     }
     base.io.pin_cores |= args.pin;
+    match args.cipher {
+        Some(CipherArg::Auto) => base.io.cipher = RecordCipher::Auto,
+        Some(CipherArg::Ring) => base.io.cipher = RecordCipher::Ring,
+        None => {}
+    }
+    if let Some(t) = args.cipher_threshold {
+        base.io.cipher_threshold = t;
+    }
     base.validate().map_err(|error| BenchError::InvalidConfig {
         file: args.config.clone(),
         error,
@@ -249,6 +258,28 @@ mod tests {
         assert_eq!(p.scenario, Scenario::Latency);
         assert_eq!(p.rounds, 1);
         assert_eq!(p.backends.len(), 2);
+    }
+
+    #[test]
+    fn cipher_flags_set_the_record_cipher() {
+        let p = plan(&args(&[]), None).expect("a valid plan");
+        assert_eq!(p.base.io.cipher, RecordCipher::Auto);
+        let p = plan(&args(&["--cipher", "ring"]), None).expect("a valid plan");
+        assert_eq!(p.base.io.cipher, RecordCipher::Ring);
+        assert_eq!(p.base.io.cipher_policy().label(), "ring");
+        let p = plan(
+            &args(&["--cipher", "auto", "--cipher-threshold", "4096"]),
+            None,
+        )
+        .expect("a valid plan");
+        assert_eq!(
+            (p.base.io.cipher, p.base.io.cipher_threshold),
+            (RecordCipher::Auto, 4096)
+        );
+        match plan(&args(&["--cipher-threshold", "1"]), None) {
+            Err(BenchError::InvalidConfig { .. }) => {}
+            _ => panic!("a threshold below its range fails the engine's validation"),
+        }
     }
 
     #[test]

@@ -114,6 +114,7 @@ pub(crate) fn cells(r: &RunResult) -> [String; 10] {
 
 fn print_table(results: &[RunResult], rounds: usize) {
     println!("{}", title(rounds));
+    println!("record cipher: {}", markdown::ciphers(results));
     let line = |c: &[String; 10]| {
         format!(
             "{:<11} {:<8} {:>6} {:>8} {:>12} {:>11} {:>9} {:>9} {:>9} {:>22}",

@@ -29,6 +29,10 @@ pub(crate) struct Latency {
 pub(crate) struct RunResult {
     pub(crate) scenario: &'static str,
     pub(crate) backend: String,
+    /// The record cipher on this machine: `ring`, or `ring < N B <=
+    /// openssl` (frame bodies of at least N bytes, tag included, sealed and
+    /// opened by OpenSSL). Set for every result of a run from its config.
+    pub(crate) cipher: String,
     pub(crate) shards: usize,
     pub(crate) size: usize,
     /// Messages that should arrive (fanout: sends x peers).
@@ -102,6 +106,7 @@ impl RunResult {
         RunResult {
             scenario,
             backend,
+            cipher: String::new(),
             shards,
             size,
             messages: 0,

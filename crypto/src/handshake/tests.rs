@@ -15,6 +15,7 @@ fn config() -> Arc<HandshakeConfig> {
         max_age: Duration::from_secs(10),
         synchrony_bound: Duration::from_secs(5),
         timeout: Duration::from_secs(5),
+        cipher: CipherPolicy::default(),
     })
 }
 
@@ -302,6 +303,36 @@ fn fixed_vectors() {
     let mut buf = b"pinned\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0".to_vec();
     forged.seal_in_place(&mut buf).unwrap();
     assert_eq!(a.opener.open_in_place(&mut buf), Ok(6));
+}
+
+/// The pinned confirmation frames come out the same whichever backend seals
+/// them: OpenSSL for every record, ring for every record.
+#[test]
+fn fixed_vectors_under_every_cipher_backend() {
+    for cipher in [CipherPolicy::evp_for_test(0), CipherPolicy::ring()] {
+        let config = Arc::new(HandshakeConfig {
+            cipher,
+            ..(*config()).clone()
+        });
+        let mut dialer = Handshake::dialer_with_ephemeral_for_test(
+            id(1),
+            key(2),
+            config.clone(),
+            NOW,
+            DIALER_EPH,
+        );
+        let mut dialee =
+            Handshake::dialee_with_ephemeral_for_test(id(2), config, NOW + 3, DIALEE_EPH);
+        let ex = drive(&mut dialer, &mut dialee);
+        assert_eq!(
+            hex(&ex.dialer_confirm),
+            PIN_DIALER_CONFIRM_FRAME,
+            "{cipher:?}"
+        );
+        let a = dialer.into_session().unwrap();
+        assert_eq!(a.sealer.evp_threshold(), cipher.evp_threshold());
+        assert_eq!(a.opener.evp_threshold(), cipher.evp_threshold());
+    }
 }
 
 // Cross-checked independently (Python hashlib/hmac and pyca/cryptography:

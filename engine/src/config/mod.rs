@@ -34,7 +34,7 @@ mod validate;
 
 pub use discovery::DiscoverySettings;
 pub use identity::{IdentitySettings, ListenSettings};
-pub use io::{Backend, IoSettings, UringSettings};
+pub use io::{Backend, IoSettings, RecordCipher, UringSettings};
 pub use limits::{AdmissionSettings, LimitSettings, TimeoutSettings};
 pub use preset::Preset;
 pub use validate::{MAX_SHARDS, SHARDS_PER_CORE};
@@ -198,7 +198,7 @@ impl Config {
     }
 
     /// The handshake parameters this config implies (namespace, timestamp
-    /// window, deadline): for shoal's raw test client (`testkit`), not part
+    /// window, deadline, record cipher): for shoal's raw test client (`testkit`), not part
     /// of the API.
     #[doc(hidden)]
     pub fn handshake_config(&self) -> shoal_crypto::HandshakeConfig {
@@ -207,6 +207,7 @@ impl Config {
             max_age: self.timeouts.handshake_max_age,
             synchrony_bound: self.timeouts.synchrony_bound,
             timeout: self.timeouts.handshake_timeout,
+            cipher: self.io.cipher_policy(),
         }
     }
 

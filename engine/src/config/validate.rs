@@ -305,6 +305,13 @@ impl Config {
             4 * KIB,
             16 * MIB,
         )?;
+        let range = shoal_crypto::cipher::policy::EVP_THRESHOLD_RANGE;
+        within_bytes(
+            "io.cipher_threshold",
+            io.cipher_threshold,
+            *range.start(),
+            *range.end(),
+        )?;
         let pool = usize::from(uring.recv_buffers) * io.recv_buffer_size;
         if pool > 256 * MIB {
             return fail(
@@ -451,6 +458,10 @@ mod tests {
             ("io.uring.entries", |c| c.io.uring.entries = 3),
             ("io.uring.recv_buffers", |c| c.io.uring.recv_buffers = 3),
             ("io.recv_buffer_size", |c| c.io.recv_buffer_size = 4095),
+            ("io.cipher_threshold", |c| c.io.cipher_threshold = 255),
+            ("io.cipher_threshold", |c| {
+                c.io.cipher_threshold = 16 * MIB + 1
+            }),
             ("io.uring.recv_buffers", |c| {
                 c.io.uring.recv_buffers = 8192;
                 c.io.recv_buffer_size = MIB;

@@ -32,6 +32,7 @@ pub(super) fn cfg_framed(seed: u64, t0: Instant, max_frame_body: usize) -> Arc<C
             max_age: Duration::from_secs(10),
             synchrony_bound: Duration::from_secs(5),
             timeout: Duration::from_secs(5),
+            cipher: shoal_crypto::CipherPolicy::default(),
         }),
         max_frame_body,
         max_write_batch: 4 * max_frame_body,
