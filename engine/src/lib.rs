@@ -66,6 +66,8 @@ mod events;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+#[allow(dead_code)]
+mod gossip;
 mod inbox;
 #[cfg_attr(not(feature = "fuzzing"), allow(dead_code, unused_imports))]
 mod kademlia;
