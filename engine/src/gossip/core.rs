@@ -6,13 +6,16 @@
 //! neighbour starts eager. A message arriving a second time from an eager
 //! neighbour means the eager links hold a cycle: the neighbour is made lazy
 //! and told so (PRUNE), so the eager links converge on a spanning tree and a
-//! node receives about one copy of each message. A neighbour that sends a
-//! full message is made eager.
+//! node receives about one copy of each message.
 //!
 //! An id announced (IHAVE) but not received within `graft_timeout` is
 //! grafted from its first announcer (GRAFT: the link becomes eager in both
 //! directions and the message is sent): that repairs the tree where a node
-//! or a frame went missing. If it still has not come `retry_timeout` later,
+//! or a frame went missing. (Unlike the Plumtree paper, a full message from
+//! a lazy neighbour does not make it eager: with several messages in
+//! flight, a push sent before our PRUNE arrived would otherwise undo the
+//! prune and the cycle would never go away; only a GRAFT makes a link
+//! eager.) If it still has not come `retry_timeout` later,
 //! the next announcer is asked with a plain pull (IWANT), and so on; after
 //! the last announcer the id is given up.
 //!
@@ -31,6 +34,7 @@
 //! amount: at most one frame per neighbour and one event).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -146,7 +150,9 @@ pub struct Gossip {
     validator: Validator,
     /// `now` ↔ the origin clock (microseconds since the Unix epoch).
     epoch: (Instant, u64),
-    peers: HashMap<PublicKey, Peer>,
+    /// Ordered, so that the frames an input produces come out in a
+    /// deterministic order.
+    peers: BTreeMap<PublicKey, Peer>,
     seen: SeenCache,
     origins: Budgets<PublicKey>,
     missing: HashMap<MessageId, Missing>,
@@ -180,7 +186,7 @@ impl Gossip {
             verifier,
             validator,
             epoch: (now, unix_micros),
-            peers: HashMap::new(),
+            peers: BTreeMap::new(),
             missing: HashMap::new(),
             timers: BTreeMap::new(),
             timer_seq: 0,
@@ -403,12 +409,12 @@ impl Gossip {
             return;
         }
         if self.seen.contains(&d.id) {
+            // Pruned even when it is lazy here: it pushed, so it thinks the
+            // link is eager (our earlier PRUNE was lost).
             self.stats.duplicates += 1;
-            if self.is_eager(from) {
-                self.set_eager(from, false);
-                self.stats.prunes_sent += 1;
-                self.send(from, &Frame::Prune);
-            }
+            self.set_eager(from, false);
+            self.stats.prunes_sent += 1;
+            self.send(from, &Frame::Prune);
             return;
         }
         let clock = self.unix_micros(now);
@@ -472,7 +478,6 @@ impl Gossip {
         self.seen
             .insert(now, d.id.clone(), Seen::Accepted(stored.clone()));
         if let Some(from) = from {
-            self.set_eager(from, true);
             self.stats.delivered += 1;
             self.events.push_back(Event::Delivered {
                 id: d.id.clone(),

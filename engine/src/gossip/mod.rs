@@ -53,6 +53,8 @@ pub mod seen;
 pub mod wire;
 
 #[cfg(test)]
+mod sim;
+#[cfg(test)]
 mod tests;
 
 #[allow(unused_imports)]
