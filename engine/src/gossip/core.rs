@@ -1,16 +1,22 @@
 //! [`Gossip`]: one node's Plumtree state machine.
 //!
 //! # Design
-//! Every neighbour is *eager* (full messages are pushed to it) or *lazy*
-//! (only ids are announced to it, batched for `lazy_interval`). A new
-//! neighbour starts eager. A message arriving a second time from an eager
-//! neighbour means the eager links hold a cycle: the neighbour is made lazy
-//! and told so (PRUNE), so the eager links converge on a spanning tree and a
-//! node receives about one copy of each message.
+//! There is one tree per origin (bounded: `max_origins`, the least recently
+//! added forgotten first). For each origin, every neighbour is *eager* (full
+//! messages from that origin are pushed to it) or *lazy* (only their ids are
+//! announced to it, batched for `lazy_interval`); a neighbour is eager until
+//! pruned. A message arriving a second time means the origin's eager links
+//! hold a cycle: the neighbour it came from is made lazy for that origin and
+//! told so (PRUNE with the origin), so each origin's eager links converge on
+//! the tree its first message took (first arrivals: a low-latency tree) and a
+//! node receives about one copy of each later message. One tree shared by
+//! all origins, as in the Plumtree paper, degenerates under many origins
+//! into a deep tree (every origin prunes other links) and was 4× slower than
+//! flooding in the simulation.
 //!
 //! An id announced (IHAVE) but not received within `graft_timeout` is
-//! grafted from its first announcer (GRAFT: the link becomes eager in both
-//! directions and the message is sent): that repairs the tree where a node
+//! grafted from its first announcer (GRAFT: the link becomes eager for that
+//! origin in both directions and the message is sent): that repairs the tree where a node
 //! or a frame went missing. (Unlike the Plumtree paper, a full message from
 //! a lazy neighbour does not make it eager: with several messages in
 //! flight, a push sent before our PRUNE arrived would otherwise undo the
@@ -128,12 +134,18 @@ pub struct Stats {
 
 #[derive(Debug)]
 struct Peer {
-    eager: bool,
     budget: Bucket,
     control: Bucket,
     penalty: u32,
     banned: bool,
     pending: Vec<(MessageId, u8)>,
+}
+
+/// One origin's tree: the neighbours pruned from it (all others are
+/// eager).
+#[derive(Debug, Default)]
+struct Tree {
+    lazy: std::collections::BTreeSet<PublicKey>,
 }
 
 #[derive(Debug)]
@@ -155,6 +167,8 @@ pub struct Gossip {
     peers: BTreeMap<PublicKey, Peer>,
     seen: SeenCache,
     origins: Budgets<PublicKey>,
+    trees: HashMap<PublicKey, Tree>,
+    tree_order: VecDeque<PublicKey>,
     missing: HashMap<MessageId, Missing>,
     timers: BTreeMap<(Instant, u64), MessageId>,
     timer_seq: u64,
@@ -182,6 +196,8 @@ impl Gossip {
                 config.cache_bytes,
             ),
             origins: Budgets::new(config.max_origins),
+            trees: HashMap::new(),
+            tree_order: VecDeque::new(),
             config,
             verifier,
             validator,
@@ -209,12 +225,26 @@ impl Gossip {
         self.epoch.1.saturating_add(d.as_micros() as u64)
     }
 
-    pub fn is_eager(&self, peer: &PublicKey) -> bool {
-        self.peers.get(peer).is_some_and(|p| p.eager)
+    /// Whether `origin`'s messages are pushed to `peer`.
+    pub fn is_eager(&self, origin: &PublicKey, peer: &PublicKey) -> bool {
+        self.peers.get(peer).is_some_and(|p| !p.banned)
+            && !self
+                .trees
+                .get(origin)
+                .is_some_and(|t| t.lazy.contains(peer))
     }
 
-    pub fn eager_count(&self) -> usize {
-        self.peers.values().filter(|p| p.eager && !p.banned).count()
+    /// Neighbours `origin`'s messages are pushed to.
+    pub fn eager_count(&self, origin: &PublicKey) -> usize {
+        self.peers
+            .keys()
+            .filter(|k| self.is_eager(origin, k))
+            .count()
+    }
+
+    /// Origins with a tree.
+    pub fn trees(&self) -> usize {
+        self.trees.len()
     }
 
     pub fn neighbors(&self) -> usize {
@@ -244,7 +274,6 @@ impl Gossip {
         self.peers.insert(
             peer,
             Peer {
-                eager: true,
                 budget: Bucket::full(c.peer_burst, now),
                 control: Bucket::full(c.peer_control_rate, now),
                 penalty: 0,
@@ -257,7 +286,11 @@ impl Gossip {
     /// A neighbour disconnected: it leaves both sets (missing messages it
     /// announced are asked of the others).
     pub fn handle_neighbor_down(&mut self, _now: Instant, peer: &PublicKey) {
-        self.peers.remove(peer);
+        if self.peers.remove(peer).is_some() {
+            for t in self.trees.values_mut() {
+                t.lazy.remove(peer);
+            }
+        }
     }
 
     /// A frame from neighbour `from`.
@@ -275,7 +308,9 @@ impl Gossip {
             Ok(Frame::IHave(ids)) => self.on_ihave(now, from, ids),
             Ok(Frame::Graft(ids)) => {
                 if self.control_budget(now, from, ids.len()) {
-                    self.set_eager(from, true);
+                    for id in &ids {
+                        self.set_eager(&id.origin, from, true);
+                    }
                     self.send_stored(from, &ids);
                 }
             }
@@ -284,9 +319,9 @@ impl Gossip {
                     self.send_stored(from, &ids);
                 }
             }
-            Ok(Frame::Prune) => {
+            Ok(Frame::Prune(origin)) => {
                 if self.control_budget(now, from, 1) {
-                    self.set_eager(from, false);
+                    self.set_eager(&origin, from, false);
                 }
             }
             Err(e) => self.on_parse_error(from, e),
@@ -353,10 +388,34 @@ impl Gossip {
         });
     }
 
-    fn set_eager(&mut self, peer: &PublicKey, eager: bool) {
-        if let Some(p) = self.peers.get_mut(peer) {
-            p.eager = eager;
+    /// Changes `origin`'s tree (only an origin with a tree: trees are made
+    /// for verified messages only).
+    fn set_eager(&mut self, origin: &PublicKey, peer: &PublicKey, eager: bool) {
+        if let Some(t) = self.trees.get_mut(origin) {
+            if eager {
+                t.lazy.remove(peer);
+            } else if self.peers.contains_key(peer) {
+                t.lazy.insert(peer.clone());
+            }
         }
+    }
+
+    /// Makes sure `origin` has a tree (all neighbours eager), forgetting the
+    /// oldest beyond `max_origins`.
+    fn ensure_tree(&mut self, origin: &PublicKey) {
+        if self.trees.contains_key(origin) {
+            return;
+        }
+        while self.trees.len() >= self.config.max_origins {
+            match self.tree_order.pop_front() {
+                Some(old) => {
+                    self.trees.remove(&old);
+                }
+                None => break,
+            }
+        }
+        self.trees.insert(origin.clone(), Tree::default());
+        self.tree_order.push_back(origin.clone());
     }
 
     fn penalize(&mut self, peer: &PublicKey, reason: &'static str) {
@@ -412,9 +471,9 @@ impl Gossip {
             // Pruned even when it is lazy here: it pushed, so it thinks the
             // link is eager (our earlier PRUNE was lost).
             self.stats.duplicates += 1;
-            self.set_eager(from, false);
+            self.set_eager(&d.id.origin, from, false);
             self.stats.prunes_sent += 1;
-            self.send(from, &Frame::Prune);
+            self.send(from, &Frame::Prune(d.id.origin.clone()));
             return;
         }
         let clock = self.unix_micros(now);
@@ -496,11 +555,13 @@ impl Gossip {
         let frame = Frame::Data(out.clone()).emit();
         let max_ids = self.config.max_ids_per_frame;
         let mut full = Vec::new();
+        self.ensure_tree(&out.id.origin);
+        let tree = self.trees.get(&out.id.origin);
         for (key, p) in &mut self.peers {
             if Some(key) == from || p.banned {
                 continue;
             }
-            if p.eager {
+            if !tree.is_some_and(|t| t.lazy.contains(key)) {
                 self.transmits.push_back(Transmit {
                     to: key.clone(),
                     frame: frame.clone(),
@@ -607,7 +668,7 @@ impl Gossip {
             self.send(&peer, &Frame::IWant(vec![id.clone()]));
         } else {
             self.stats.tree_repairs += 1;
-            self.set_eager(&peer, true);
+            self.set_eager(&id.origin, &peer, true);
             self.send(&peer, &Frame::Graft(vec![id.clone()]));
         }
         m.asked = true;

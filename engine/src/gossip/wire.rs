@@ -9,7 +9,7 @@
 //! IHave  0x02 ‖ count u16 ‖ count × (id ‖ hops u8)
 //! Graft  0x03 ‖ count u16 ‖ count × id
 //! IWant  0x04 ‖ count u16 ‖ count × id
-//! Prune  0x05
+//! Prune  0x05 ‖ key_len u8 ‖ origin key
 //! ```
 //!
 //! [`Frame::parse`] checks every length against the bytes present and
@@ -63,8 +63,8 @@ pub enum Frame {
     Graft(Vec<MessageId>),
     /// "Send me these" (a pull; the link stays as it is).
     IWant(Vec<MessageId>),
-    /// "Make our link lazy."
-    Prune,
+    /// "Make our link lazy for this origin's messages."
+    Prune(PublicKey),
 }
 
 /// Why bytes are not a gossip frame.
@@ -136,17 +136,20 @@ impl Reader<'_> {
         Ok(u64::from_be_bytes(a))
     }
 
-    fn id(&mut self) -> Result<MessageId, ParseError> {
+    fn key(&mut self) -> Result<PublicKey, ParseError> {
         let len = self.u8()?;
         if len == 0 || usize::from(len) > MAX_KEY_LEN {
             return Err(ParseError::KeyLength(len));
         }
-        let key = self.take(usize::from(len))?;
+        Ok(PublicKey::from_bytes_unchecked(
+            self.take(usize::from(len))?,
+        ))
+    }
+
+    fn id(&mut self) -> Result<MessageId, ParseError> {
+        let origin = self.key()?;
         let seq = self.u64()?;
-        Ok(MessageId {
-            origin: PublicKey::from_bytes_unchecked(key),
-            seq,
-        })
+        Ok(MessageId { origin, seq })
     }
 
     fn rest(&mut self) -> Bytes {
@@ -175,12 +178,17 @@ impl Reader<'_> {
     }
 }
 
-fn put_id(out: &mut BytesMut, id: &MessageId) {
-    let key = id.origin.as_bytes();
+fn put_key(out: &mut BytesMut, key: &PublicKey) {
     // Keys come from our own scheme or from a parsed frame: at most
-    // MAX_KEY_LEN bytes (checked by `Frame::emit`'s callers' sources).
-    out.put_u8(key.len().min(MAX_KEY_LEN) as u8);
-    out.put_slice(&key[..key.len().min(MAX_KEY_LEN)]);
+    // MAX_KEY_LEN bytes (a longer one is cut, and fails verification).
+    let key = key.as_bytes();
+    let n = key.len().min(MAX_KEY_LEN);
+    out.put_u8(n as u8);
+    out.put_slice(&key[..n]);
+}
+
+fn put_id(out: &mut BytesMut, id: &MessageId) {
+    put_key(out, &id.origin);
     out.put_u64(id.seq);
 }
 
@@ -234,8 +242,9 @@ impl Frame {
                 })
             }
             PRUNE => {
+                let origin = r.key()?;
                 r.end()?;
-                Ok(Frame::Prune)
+                Ok(Frame::Prune(origin))
             }
             other => Err(ParseError::UnknownKind(other)),
         }
@@ -284,7 +293,12 @@ impl Frame {
                 }
                 out.freeze()
             }
-            Frame::Prune => Bytes::from_static(&[PRUNE]),
+            Frame::Prune(origin) => {
+                let mut out = BytesMut::with_capacity(2 + MAX_KEY_LEN);
+                out.put_u8(PRUNE);
+                put_key(&mut out, origin);
+                out.freeze()
+            }
         }
     }
 
@@ -344,10 +358,11 @@ mod tests {
             Frame::parse(&Bytes::from_static(iwant), 4),
             Ok(Frame::IWant(vec![]))
         );
-        assert_eq!(&Frame::Prune.emit()[..], &[0x05]);
+        let prune = Frame::Prune(PublicKey::from_bytes_unchecked(vec![3, 4]));
+        assert_eq!(&prune.emit()[..], &[0x05, 2, 3, 4]);
         assert_eq!(
-            Frame::parse(&Bytes::from_static(&[0x05]), 4),
-            Ok(Frame::Prune)
+            Frame::parse(&Bytes::from_static(&[0x05, 2, 3, 4]), 4),
+            Ok(prune)
         );
     }
 
@@ -376,7 +391,9 @@ mod tests {
         );
         assert_eq!(p(&[0x02, 0, 1]), Err(ParseError::Truncated));
         assert_eq!(p(&[0x04, 0, 0, 1]), Err(ParseError::Trailing));
-        assert_eq!(p(&[0x05, 0]), Err(ParseError::Trailing));
+        assert_eq!(p(&[0x05]), Err(ParseError::Truncated));
+        assert_eq!(p(&[0x05, 0]), Err(ParseError::KeyLength(0)));
+        assert_eq!(p(&[0x05, 1, 1, 0]), Err(ParseError::Trailing));
     }
 
     #[test]
