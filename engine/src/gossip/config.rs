@@ -6,14 +6,6 @@ use crate::Error;
 
 /// The limits and timers of one gossip channel. Every field has a range,
 /// checked by [`GossipConfig::validate`] (at registration in the engine).
-///
-/// ```
-/// use shoal_engine::GossipConfig;
-/// let mut c = GossipConfig::default();
-/// assert!(c.validate().is_ok());
-/// c.graft_timeout = std::time::Duration::ZERO;
-/// assert!(c.validate().is_err());
-/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct GossipConfig {
     /// Largest payload accepted or published, in bytes (1 B ..= 64 MiB;

@@ -222,7 +222,7 @@ impl Gossip {
     /// The origin clock at `now`, in microseconds.
     pub fn unix_micros(&self, now: Instant) -> u64 {
         let d = now.saturating_duration_since(self.epoch.0);
-        self.epoch.1.saturating_add(d.as_micros() as u64)
+        self.epoch.1.saturating_add(micros(d))
     }
 
     /// Whether `origin`'s messages are pushed to `peer`.
@@ -477,8 +477,8 @@ impl Gossip {
             return;
         }
         let clock = self.unix_micros(now);
-        let age = self.config.max_age.as_micros() as u64;
-        let skew = self.config.max_clock_skew.as_micros() as u64;
+        let age = micros(self.config.max_age);
+        let skew = micros(self.config.max_clock_skew);
         if d.id.seq.saturating_add(age) <= clock || self.seen.floor().is_some_and(|f| d.id.seq <= f)
         {
             self.stats.too_old += 1;
@@ -688,7 +688,6 @@ impl Gossip {
 }
 
 /// `Duration` in whole microseconds (saturating).
-#[allow(dead_code)]
 pub(crate) fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }

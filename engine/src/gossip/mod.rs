@@ -8,8 +8,8 @@
 //! (`handle_timeout` at `poll_timeout`); frames for given neighbours come
 //! out of `poll_transmit` and delivered messages out of `poll_event`. No
 //! sockets, threads or clocks: time is passed in.
-//! - Eager push along a spanning tree, lazy id announcements (IHAVE) to the
-//!   other neighbours, GRAFT of a missing message after `graft_timeout`,
+//! - Eager push along a spanning tree per origin (formed by the origin's
+//!   first message), lazy id announcements (IHAVE) to the other neighbours, GRAFT of a missing message after `graft_timeout`,
 //!   PRUNE of links that bring duplicates, pulls (IWANT) from the other
 //!   announcers after that; the tree heals as neighbours come and go.
 //! - Messages are signed by their origin ([`auth`]); the id is the origin's
@@ -25,11 +25,13 @@
 //!   batched announcements per frame, neighbours, per-neighbour and
 //!   per-origin rate budgets ([`budget`]), message size, hops.
 //!
-//! The engine runs the core on a thread of its own per gossip channel
-//! ([`actor`]), over the channel's `Sender`/`Receiver` and the node's peer
-//! events. The simulation (`sim`, tests only) runs a thousand cores over a
-//! lossy, delayed, churning overlay against flooding and a gossipsub-like
-//! mesh.
+//! The simulation (`sim`, tests only) runs a thousand cores over a lossy,
+//! delayed, churning overlay against flooding and a gossipsub-like mesh.
+//! No engine thread drives the core yet: the driver it is built for owns
+//! one core per gossip channel, reads the channel's `Receiver`, sends each
+//! [`Transmit`] with the channel's `Sender` to its one neighbour, turns
+//! peer `Events` into `handle_neighbor_up/down`, and disconnects a
+//! neighbour reported by [`Event::Misbehaving`].
 //!
 //! # Security
 //! Provided: no relay can forge or alter a message (origin signatures,
@@ -61,6 +63,7 @@ mod tests;
 pub use self::core::{Event, Gossip, PublishError, Stats, Transmit, Validator, Verdict};
 #[allow(unused_imports)]
 pub use auth::{sign_message, SchemeSigner, SchemeVerifier, Sign, Verifier};
+#[allow(unused_imports)]
 pub use config::GossipConfig;
 #[allow(unused_imports)]
 pub use wire::{DataFrame, Frame, MessageId, ParseError};
