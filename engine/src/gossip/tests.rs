@@ -465,3 +465,20 @@ fn oversized_publish_is_refused() {
         Err(PublishError::Duplicate)
     );
 }
+
+#[test]
+fn trees_are_bounded_by_max_origins() {
+    let mut cfg = config();
+    cfg.max_origins = 16;
+    let mut net = Net::new(20, cfg);
+    for i in 1..20 {
+        net.link(0, i);
+    }
+    for origin in 1..20 {
+        let id = net.publish(origin, b"m");
+        net.run();
+        net.delivered_once(&id, &[]);
+        assert!(net.nodes[0].core.trees() <= 16);
+    }
+    assert_eq!(net.nodes[0].core.trees(), 16);
+}
