@@ -29,6 +29,9 @@
 //!   backpressure; `wait`: the one future every wait is.
 //! - `oracle`: authorized peer sets and known addresses.
 //! - `peers`: the lock-free table of established connections.
+//! - `gossip`: the sans-IO broadcast core (Plumtree with one tree per
+//!   origin, origin-signed messages, application verdicts) and its
+//!   simulation; no engine thread drives it yet, so it is not in the API.
 //!
 //! # Threads
 //! Application threads talk to shards through bounded queues; a shard
@@ -66,6 +69,9 @@ mod events;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+// Driven only by its tests and simulation until the engine runs it.
+#[allow(dead_code)]
+mod gossip;
 mod inbox;
 #[cfg_attr(not(feature = "fuzzing"), allow(dead_code, unused_imports))]
 mod kademlia;
