@@ -336,8 +336,7 @@ impl StreamRecord {
         if kind != STREAM_KIND {
             return Err(StreamRecordError::NotStream(kind));
         }
-        let (len, width) =
-            read_varint(&buf[1..]).map_err(|_| StreamRecordError::Truncated)?;
+        let (len, width) = read_varint(&buf[1..]).map_err(|_| StreamRecordError::Truncated)?;
         let start = 1 + width;
         let len = usize::try_from(len)
             .ok()
@@ -485,8 +484,8 @@ mod tests {
                     max_streams: 64,
                 },
                 vec![
-                    12, 25, 1, 0, 0, 0, 0, 0, 0x10, 0, 0, 0, 0, 0, 0, 0, 0x40, 0, 0, 0, 0, 0,
-                    0, 0, 0, 0, 64,
+                    12, 25, 1, 0, 0, 0, 0, 0, 0x10, 0, 0, 0, 0, 0, 0, 0, 0x40, 0, 0, 0, 0, 0, 0, 0,
+                    0, 0, 64,
                 ],
             ),
             (
@@ -557,7 +556,10 @@ mod tests {
         let d = StreamId::new(Side::Dialer, 3).unwrap();
         let l = StreamId::new(Side::Listener, 3).unwrap();
         assert_eq!((d.0, l.0), (6, 7));
-        assert_eq!((d.initiator(), l.initiator()), (Side::Dialer, Side::Listener));
+        assert_eq!(
+            (d.initiator(), l.initiator()),
+            (Side::Dialer, Side::Listener)
+        );
         assert_eq!((d.index(), l.index()), (3, 3));
         assert_eq!(StreamId::new(Side::Dialer, 1 << 63), None);
         assert_eq!(Side::Dialer.peer(), Side::Listener);
@@ -635,7 +637,11 @@ mod tests {
                 }
             }),
             (id.clone(), any::<u32>()).prop_map(|(id, channel)| StreamRecord::Open { id, channel }),
-            (id.clone(), 0u64..1 << 40, proptest::collection::vec(any::<u8>(), 1..300))
+            (
+                id.clone(),
+                0u64..1 << 40,
+                proptest::collection::vec(any::<u8>(), 1..300)
+            )
                 .prop_map(|(id, offset, p)| StreamRecord::Data {
                     id,
                     offset,

@@ -136,7 +136,10 @@ impl Streams {
 
     /// Received bytes buffered for the application, all streams.
     pub fn buffered_bytes(&self) -> u64 {
-        self.streams.values().map(|s| s.recv.buffered() as u64).sum()
+        self.streams
+            .values()
+            .map(|s| s.recv.buffered() as u64)
+            .sum()
     }
 
     /// Bytes accepted by `write` and not yet handed out, all streams.
@@ -188,7 +191,8 @@ impl Streams {
             self.open_refused = true;
             return Err(OpenError::TooManyStreams);
         };
-        let id = StreamId::new(self.side, self.next_local_index).ok_or(OpenError::TooManyStreams)?;
+        let id =
+            StreamId::new(self.side, self.next_local_index).ok_or(OpenError::TooManyStreams)?;
         self.next_local_index += 1;
         self.local_open += 1;
         let mut s = Stream::new(limits.stream_window, self.cfg.stream_window);
@@ -255,10 +259,7 @@ impl Streams {
         if let Some(reason) = self.lost {
             return Err(ReadError::ConnectionLost(reason));
         }
-        let s = self
-            .streams
-            .get_mut(&id)
-            .ok_or(ReadError::UnknownStream)?;
+        let s = self.streams.get_mut(&id).ok_or(ReadError::UnknownStream)?;
         let (freed, send_stop) = s.recv.stop()?;
         if send_stop {
             s.stop_pending = Some(code);
@@ -277,10 +278,7 @@ impl Streams {
         if let Some(reason) = self.lost {
             return Err(ReadError::ConnectionLost(reason));
         }
-        let s = self
-            .streams
-            .get_mut(&id)
-            .ok_or(ReadError::UnknownStream)?;
+        let s = self.streams.get_mut(&id).ok_or(ReadError::UnknownStream)?;
         let result = s.recv.read(out);
         if s.recv.credit_pending {
             self.queue_control(id);
@@ -474,7 +472,10 @@ impl Streams {
     /// released stream is past ([`Violation::ClosedStream`]).
     fn sender_record_target(&mut self, id: StreamId) -> Result<&mut Stream, Violation> {
         match self.lookup(id) {
-            Lookup::Live => self.streams.get_mut(&id).ok_or(Violation::UnknownStream(id)),
+            Lookup::Live => self
+                .streams
+                .get_mut(&id)
+                .ok_or(Violation::UnknownStream(id)),
             Lookup::Closed => Err(Violation::ClosedStream(id)),
             Lookup::Unknown => Err(Violation::UnknownStream(id)),
         }

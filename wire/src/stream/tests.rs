@@ -272,7 +272,11 @@ fn finish_after_reset_is_refused_and_the_reader_sees_the_reset() {
     let ev = events(&mut p.b);
     assert!(ev.contains(&Event::Reset { id, code: 42 }), "{ev:?}");
     assert_eq!(p.b.read(id, &mut [0; 8]), Err(ReadError::Reset(42)));
-    assert_eq!(p.b.read(id, &mut [0; 8]), Err(ReadError::Reset(42)), "sticky");
+    assert_eq!(
+        p.b.read(id, &mut [0; 8]),
+        Err(ReadError::Reset(42)),
+        "sticky"
+    );
     // Reset after finish (once the finish is out) is refused too.
     let id2 = p.a.open(1).unwrap();
     p.a.finish(id2).unwrap();
@@ -289,7 +293,10 @@ fn reset_before_the_pending_finish_went_out_replaces_it() {
     p.a.reset(id, 3).unwrap();
     p.run();
     let ev = events(&mut p.b);
-    assert!(!ev.iter().any(|e| matches!(e, Event::Finished { .. })), "{ev:?}");
+    assert!(
+        !ev.iter().any(|e| matches!(e, Event::Finished { .. })),
+        "{ev:?}"
+    );
     assert_eq!(p.b.read(id, &mut [0; 8]), Err(ReadError::Reset(3)));
 }
 
@@ -358,7 +365,11 @@ fn too_many_streams_are_refused_until_one_is_released() {
     p.b.finish(ids[0]).unwrap();
     assert_eq!(drain(&mut p.b, ids[0]).1, Ok(ReadOutcome::Finished));
     p.run();
-    assert_eq!(p.a.open(1), Err(OpenError::TooManyStreams), "a still reads it");
+    assert_eq!(
+        p.a.open(1),
+        Err(OpenError::TooManyStreams),
+        "a still reads it"
+    );
     assert_eq!(drain(&mut p.a, ids[0]).1, Ok(ReadOutcome::Finished));
     assert!(events(&mut p.a).contains(&Event::CanOpen));
     p.run(); // b's StreamsCredit
@@ -447,13 +458,7 @@ fn hostile_records_are_violations_that_fail_every_stream() {
         ),
         (vec![limits(), data(0, 0, 1)], V::UnknownStream(d(0))),
         (
-            vec![
-                limits(),
-                StreamRecord::Stop {
-                    id: d(3),
-                    code: 0,
-                },
-            ],
+            vec![limits(), StreamRecord::Stop { id: d(3), code: 0 }],
             V::UnknownStream(d(3)),
         ),
         (
