@@ -328,3 +328,47 @@ pub fn replay_corpus(target: &str, run: fn(&[u8])) {
     assert!(n > 0, "{target}: empty corpus in {}", dir.display());
     eprintln!("{target}: replayed {n} inputs");
 }
+
+/// Stream records: `data` is a sequence of `len: u8 ‖ len bytes` bodies.
+/// Each body parses or gives a typed error; a parsed one re-emits to the
+/// same bytes; parsed records are fed to a listener's [`Streams`], whose
+/// buffers never exceed its windows, and which after a violation is failed
+/// for good.
+pub fn stream_records(data: &[u8]) {
+    use crate::stream::{Side, StreamConfig, StreamRecord, Streams};
+    let cfg = StreamConfig {
+        stream_window: 1024,
+        connection_window: 2048,
+        max_streams: 3,
+        max_record_payload: 256,
+        send_buffer: 1024,
+    };
+    let mut s = Streams::new(Side::Listener, cfg);
+    let mut rest = data;
+    let mut violated = false;
+    while let [len, tail @ ..] = rest {
+        let n = usize::from(*len).min(tail.len());
+        let (body, next) = tail.split_at(n);
+        rest = next;
+        let body = Bytes::copy_from_slice(body);
+        let Ok(rec) = StreamRecord::parse(&body) else {
+            continue;
+        };
+        let mut out = BytesMut::new();
+        rec.emit(&mut RecordWriter::new(&mut out, usize::MAX))
+            .expect("unbounded writer");
+        assert_eq!(&out[out.len() - body.len()..], &body[..], "not canonical");
+        assert_eq!(out.len(), rec.record_len());
+        if s.handle_record(rec).is_err() {
+            violated = true;
+        }
+        assert!(s.buffered_bytes() <= cfg.connection_window);
+        assert!(s.stream_count() <= 2 * cfg.max_streams as usize);
+        if violated {
+            assert!(s.lost().is_some());
+            assert_eq!(s.stream_count(), 0);
+        }
+        while s.poll_transmit(300).is_some() {}
+        while s.poll_event().is_some() {}
+    }
+}

@@ -14,6 +14,9 @@
 //!   ([`ChunkAssembler`]).
 //! - [`compress`](mod@compress): zstd per message, decompression bounded by the channel's
 //!   maximum message size.
+//! - [`stream`]: flow-controlled byte streams on a connection: their
+//!   fixed-layout records (kind [`stream::STREAM_KIND`]) and the sans-IO
+//!   [`stream::Streams`] state machine.
 //!
 //! # Design
 //!
@@ -42,6 +45,7 @@ pub mod frame;
 pub mod fuzzing;
 pub mod message;
 pub mod record;
+pub mod stream;
 
 pub use chunk::{parts_for, Assembled, ChunkAssembler, ChunkError, ChunkLimits};
 pub use compress::{compress, decompress, CompressError, DecompressError};

@@ -183,7 +183,7 @@ pub fn data_record_len(header: &DataHeader, payload_len: usize) -> usize {
 }
 
 /// Record length of `msg` under any kind.
-fn record_len(body_len: usize) -> usize {
+pub(crate) fn record_len(body_len: usize) -> usize {
     1 + encoded_len_varint(body_len as u64) + body_len
 }
 
@@ -235,6 +235,28 @@ impl<'a> RecordWriter<'a> {
         // Cannot fail: `BytesMut` grows (and room was reserved above).
         msg.encode(self.buf).map_err(|_| RecordFull)?;
         debug_assert!(self.written() <= self.budget);
+        Ok(())
+    }
+
+    /// Appends a record of kind byte `kind` whose body is `head ‖ payload`
+    /// (fixed-layout records such as [`crate::stream::StreamRecord`]), or
+    /// returns [`RecordFull`] (writing nothing) if it does not fit.
+    pub(crate) fn push_raw(
+        &mut self,
+        kind: u8,
+        head: &[u8],
+        payload: &[u8],
+    ) -> Result<(), RecordFull> {
+        let body = head.len() + payload.len();
+        let total = record_len(body);
+        if total > self.remaining() {
+            return Err(RecordFull);
+        }
+        self.buf.reserve(total);
+        self.buf.put_u8(kind);
+        encode_varint(body as u64, self.buf);
+        self.buf.put_slice(head);
+        self.buf.put_slice(payload);
         Ok(())
     }
 
@@ -448,7 +470,7 @@ impl RecordReader {
 /// small lengths and ids) are one byte: that case is inlined, the general
 /// loop is not (it was ~17 instructions a varint, ~9 varints a message).
 #[inline(always)]
-fn read_varint(bytes: &[u8]) -> Result<(u64, usize), RecordError> {
+pub(crate) fn read_varint(bytes: &[u8]) -> Result<(u64, usize), RecordError> {
     match bytes.first() {
         Some(&b) if b < 0x80 => Ok((u64::from(b), 1)),
         _ => read_varint_long(bytes),

@@ -22,6 +22,11 @@ fn chunk_assembler_corpus() {
 }
 
 #[test]
+fn stream_records_corpus() {
+    replay("stream_records", shoal_wire::fuzzing::stream_records);
+}
+
+#[test]
 fn decompress_corpus() {
     replay("decompress", shoal_wire::fuzzing::decompress);
 }
