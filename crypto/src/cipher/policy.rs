@@ -20,12 +20,13 @@
 //! `Auto` is ring for everything. AVX2-only parts stay on ring: OpenSSL's
 //! advantage has been measured on AVX-512 only.
 //!
-//! [`DEFAULT_EVP_THRESHOLD`] is a rough crossover measured on a loaded
-//! 2-core AVX-512 Xeon (`cargo bench --bench crypto`, see
-//! `benches/README.md`; seal, OpenSSL against ring through the record
-//! types: 0.26× at 64 B, 0.65× at 1 KiB, 1.13× at 4 KiB, 1.29× at 8 KiB,
-//! 1.47× at 16 KiB, 1.48× at 64 KiB; open alike); the node config
-//! (`io.cipher_threshold`) can move it, within [`EVP_THRESHOLD_RANGE`].
+//! [`DEFAULT_EVP_THRESHOLD`] is where a record sealed and opened costs less
+//! through OpenSSL on a 2-core AVX-512 Xeon (`cargo bench --bench crypto`,
+//! table in `benches/README.md`; OpenSSL against ring through the record
+//! types, seal: 0.26× at 64 B, 0.66× at 1 KiB, 1.16× at 4 KiB, 1.36× at
+//! 8 KiB, 1.67× at 64 KiB; open: 0.20×, 0.52×, 0.97×, 1.20×, 1.45×); the
+//! node config (`io.cipher_threshold`) can move it, within
+//! [`EVP_THRESHOLD_RANGE`].
 //!
 //! Not provided: a choice of algorithm (the wire format fixes it), or a
 //! third implementation.

@@ -124,10 +124,11 @@ pub struct IoSettings {
     pub cipher: RecordCipher,
     /// Under `cipher = "auto"` on an AVX-512 CPU, frame bodies (tag
     /// included) of at least this many bytes are sealed and opened by
-    /// OpenSSL, smaller ones by `ring`. 256 B ..= 16 MiB. Default 4 KiB, a
-    /// rough crossover from `cargo bench --bench crypto` on a loaded 2-core
-    /// AVX-512 Xeon: OpenSSL 0.65× ring at 1 KiB, 1.1× at 4 KiB, 1.3× at
-    /// 8 KiB, 1.45–1.5× at 16–64 KiB.
+    /// OpenSSL, smaller ones by `ring`. 256 B ..= 16 MiB. Default 4 KiB,
+    /// where a frame sealed and opened costs less through OpenSSL on a
+    /// 2-core AVX-512 Xeon (`cargo bench --bench crypto`, benches/README.md:
+    /// seal 0.66× ring at 1 KiB, 1.16× at 4 KiB, 1.67× at 64 KiB; open
+    /// 0.52×, 0.97×, 1.45×).
     pub cipher_threshold: usize,
     /// io_uring settings.
     pub uring: UringSettings,
