@@ -37,6 +37,7 @@ pub use identity::{IdentitySettings, ListenSettings};
 pub use io::{Backend, IoSettings, RecordCipher, UringSettings};
 pub use limits::{AdmissionSettings, LimitSettings, TimeoutSettings};
 pub use preset::Preset;
+pub(crate) use validate::within;
 pub use validate::{MAX_SHARDS, SHARDS_PER_CORE};
 
 use std::net::SocketAddr;

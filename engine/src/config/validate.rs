@@ -42,7 +42,12 @@ fn fail(field: &'static str, reason: String) -> Result<(), Error> {
 }
 
 /// `value` within `lo ..= hi`, or an error naming both.
-fn within<T: PartialOrd + Debug>(field: &'static str, value: T, lo: T, hi: T) -> Result<(), Error> {
+pub(crate) fn within<T: PartialOrd + Debug>(
+    field: &'static str,
+    value: T,
+    lo: T,
+    hi: T,
+) -> Result<(), Error> {
     if value < lo || value > hi {
         return fail(
             field,

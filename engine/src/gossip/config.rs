@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::config::within;
 use crate::Error;
 
 /// The limits and timers of one gossip channel. Every field has a range,
@@ -94,21 +95,6 @@ impl Default for GossipConfig {
             max_hops: 32,
         }
     }
-}
-
-fn within<T: PartialOrd + std::fmt::Debug>(
-    field: &'static str,
-    v: T,
-    lo: T,
-    hi: T,
-) -> Result<(), Error> {
-    if v < lo || v > hi {
-        return Err(Error::InvalidConfig {
-            field,
-            reason: format!("= {v:?} is out of range: must be within {lo:?} ..= {hi:?}"),
-        });
-    }
-    Ok(())
 }
 
 impl GossipConfig {

@@ -30,8 +30,6 @@ use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shoal_crypto::PublicKey;
-
 use super::slot::Live;
 use super::{Command, ShardCore};
 use crate::connection::{Outgoing, Priority};
@@ -46,7 +44,6 @@ pub(super) const DRAIN_POLL: Duration = Duration::from_millis(1);
 pub(super) struct Drain {
     old: ConnId,
     by: ConnId,
-    peer: PublicKey,
     /// `old`'s handle: a reference kept to count the others.
     handle: Arc<PeerHandle>,
     deadline: Instant,
@@ -80,7 +77,6 @@ impl ShardCore {
         self.draining.push(Drain {
             old,
             by,
-            peer: handle.peer.clone(),
             handle,
             deadline,
             stage: Stage::Open,
@@ -100,7 +96,7 @@ impl ShardCore {
         let Some(d) = self.draining.iter().find(|d| d.old == id) else {
             return Some((msg, priority));
         };
-        let (to, peer) = (d.by, d.peer.clone());
+        let (to, peer) = (d.by, d.handle.peer.clone());
         // Counted as rerouted where it is queued (`take_handover`).
         let sent = self.shared.shards.get(to.shard).is_some_and(|l| {
             l.send(Command::Handover {
@@ -238,6 +234,14 @@ mod tests {
         (cores, shared)
     }
 
+    /// A connection to `key(7)` on `core`, established: it takes the peer
+    /// table's entry (replacing the one there, if any).
+    fn establish(core: &mut ShardCore, now: Instant) -> usize {
+        let k = dialed(core, 7, now);
+        core.on_established(k, key(7));
+        k
+    }
+
     /// Payloads queued on connection `key` of `core`, in order.
     fn queued(core: &mut ShardCore, key: usize) -> Vec<Bytes> {
         let unsent = core.conns[key].conn.poll_unsent();
@@ -250,22 +254,16 @@ mod tests {
     /// out first, and B holds "2" until no sender can add to A any more.
     #[test]
     fn a_late_send_to_a_replaced_connection_stays_ahead_of_newer_ones() {
-        let mut cfg = Config::local(None);
-        cfg.io.shards = 2;
-        let (net, _oracle) = Network::new(cfg).unwrap();
-        let mut cores = net.into_shard_cores();
+        let (mut cores, shared) = cores(2);
         let (mut b, mut a) = (cores.pop().unwrap(), cores.pop().unwrap());
-        let shared = a.shared.clone();
         let now = Instant::now();
         let mut actions = Vec::new();
         let peer = key(7);
 
-        let ka = dialed(&mut a, 7, now);
-        a.on_established(ka, peer.clone());
+        establish(&mut a, now);
         // The slow sender's reference to the old connection.
         let old = shared.peers.get(&peer).expect("established on A");
-        let kb = dialed(&mut b, 7, now);
-        b.on_established(kb, peer.clone());
+        let kb = establish(&mut b, now);
         let new = shared.peers.get(&peer).expect("established on B");
         assert_eq!((old.id.shard, new.id.shard), (0, 1), "B replaced A's");
 
@@ -295,20 +293,14 @@ mod tests {
     /// parked goes out right behind the hand-over.
     #[test]
     fn without_a_late_sender_the_wait_ends_with_the_hand_over() {
-        let mut cfg = Config::local(None);
-        cfg.io.shards = 2;
-        let (net, _oracle) = Network::new(cfg).unwrap();
-        let mut cores = net.into_shard_cores();
+        let (mut cores, shared) = cores(2);
         let (mut b, mut a) = (cores.pop().unwrap(), cores.pop().unwrap());
-        let shared = a.shared.clone();
         let now = Instant::now();
         let mut actions = Vec::new();
         let peer = key(7);
 
-        let ka = dialed(&mut a, 7, now);
-        a.on_established(ka, peer.clone());
-        let kb = dialed(&mut b, 7, now);
-        b.on_established(kb, peer.clone());
+        establish(&mut a, now);
+        let kb = establish(&mut b, now);
         let new = shared.peers.get(&peer).expect("established on B");
         send(&shared, &new, b"2");
         b.drain_commands(now, &mut actions);
@@ -328,8 +320,7 @@ mod tests {
         let now = Instant::now();
         let mut actions = Vec::new();
         let peer = key(7);
-        let ka = dialed(&mut a, 7, now);
-        a.on_established(ka, peer.clone());
+        establish(&mut a, now);
         let kb = dialed(&mut b, 7, now);
         shared.peers.with(|map| {
             let old = map.get(&peer).expect("established on A");
@@ -360,17 +351,14 @@ mod tests {
         let mut actions = Vec::new();
         let peer = key(7);
 
-        let kx = dialed(&mut a, 7, now);
-        a.on_established(kx, peer.clone());
+        establish(&mut a, now);
         let x = shared.peers.get(&peer).expect("X on A");
-        let ky = dialed(&mut b, 7, now);
-        b.on_established(ky, peer.clone());
+        establish(&mut b, now);
         let y = shared.peers.get(&peer).expect("Y on B");
         send(&shared, &x, b"1");
         send(&shared, &y, b"2");
         b.drain_commands(now, &mut actions); // 2 parked on Y
-        let kz = dialed(&mut c, 7, now);
-        c.on_established(kz, peer.clone());
+        let kz = establish(&mut c, now);
         let z = shared.peers.get(&peer).expect("Z on C");
         send(&shared, &z, b"3");
         c.drain_commands(now, &mut actions); // 3 parked on Z
@@ -392,21 +380,15 @@ mod tests {
     /// the hand-over deadline A gives up and B sends what it parked.
     #[test]
     fn a_drain_gives_up_at_its_deadline() {
-        let mut cfg = Config::local(None);
-        cfg.io.shards = 2;
-        let (net, _oracle) = Network::new(cfg).unwrap();
-        let mut cores = net.into_shard_cores();
+        let (mut cores, shared) = cores(2);
         let (mut b, mut a) = (cores.pop().unwrap(), cores.pop().unwrap());
-        let shared = a.shared.clone();
         let now = Instant::now();
         let mut actions = Vec::new();
         let peer = key(7);
 
-        let ka = dialed(&mut a, 7, now);
-        a.on_established(ka, peer.clone());
+        establish(&mut a, now);
         let _stuck = shared.peers.get(&peer).expect("established on A");
-        let kb = dialed(&mut b, 7, now);
-        b.on_established(kb, peer.clone());
+        let kb = establish(&mut b, now);
         let new = shared.peers.get(&peer).expect("established on B");
         send(&shared, &new, b"2");
         b.drain_commands(now, &mut actions);

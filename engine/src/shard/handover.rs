@@ -346,11 +346,7 @@ impl ShardCore {
             // The new connection is closing or gone too: forwarded to its
             // own replacement if it has handed over to another shard, else
             // each moves on its own.
-            for (msg, priority) in msgs {
-                if let Some((msg, priority)) = self.forward_late(to, msg, priority) {
-                    self.reroute(to, peer.clone(), msg, priority, true, now, actions);
-                }
-            }
+            self.send_on_past(to, &peer, msgs, now, actions);
             return;
         };
         let mut refused = 0;
@@ -436,12 +432,26 @@ impl ShardCore {
             return;
         };
         let mut no_actions = Vec::new();
-        for (msg, priority) in parked {
+        self.send_on_past(id, &peer, parked, now, &mut no_actions);
+        debug_assert!(no_actions.is_empty(), "sends never produce driver actions");
+    }
+
+    /// Messages for `id`, which was replaced and is closing or gone: to its
+    /// replacement on another shard as late sends while it drains there
+    /// (`drain`), else each rerouted to the peer's current connection.
+    fn send_on_past(
+        &mut self,
+        id: ConnId,
+        peer: &PublicKey,
+        msgs: Vec<(Outgoing, Priority)>,
+        now: Instant,
+        actions: &mut Vec<DriverAction>,
+    ) {
+        for (msg, priority) in msgs {
             if let Some((msg, priority)) = self.forward_late(id, msg, priority) {
-                self.reroute(id, peer.clone(), msg, priority, true, now, &mut no_actions);
+                self.reroute(id, peer.clone(), msg, priority, true, now, actions);
             }
         }
-        debug_assert!(no_actions.is_empty(), "sends never produce driver actions");
     }
 
     /// Connection `gone` closed: tell the connection that replaced it (on
