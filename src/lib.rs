@@ -70,8 +70,8 @@
 //!   Prometheus metrics.
 
 pub use shoal_engine::{
-    config, metrics, Backend, ChannelConfig, Config, Ed25519Signer, Error, Event, Events,
-    HandlerResult, Identity, LookupResult, Metrics, Network, NetworkHandle, Oracle, Preset,
+    config, metrics, Backend, ChannelConfig, Config, DisconnectReason, Ed25519Signer, Error, Event,
+    Events, HandlerResult, Identity, LookupResult, Metrics, Network, NetworkHandle, Oracle, Preset,
     Priority, PublicKey, Quota, Receiver, Recipients, RecvError, RequestError, RpcStatus,
     SendError, SendReport, Sender, Signer, Wait, DEFAULT_CAPACITY, EVENT_CAPACITY,
 };

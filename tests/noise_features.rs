@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
-use shoal::{Backend, ChannelConfig, Event, Network, Priority, RequestError, RpcStatus};
+use shoal::{
+    Backend, ChannelConfig, DisconnectReason, Event, Network, Priority, RequestError, RpcStatus,
+};
 
 /// Two nodes where node 2 answers requests on channel 5 with a handler.
 fn rpc_pair(backend: Backend, handler: Handler) -> (Node, Node) {
@@ -258,7 +260,7 @@ fn lifecycle_events_and_listening(backend: Backend) {
     match next(&mut events) {
         Event::Disconnected { peer, reason } => {
             assert_eq!(peer, key(2));
-            assert_eq!(reason, "local_close");
+            assert_eq!(reason, DisconnectReason::Local);
         }
         other => panic!("expected a disconnection, got {other:?}"),
     }

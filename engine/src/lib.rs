@@ -97,7 +97,7 @@ pub use channels::Sender;
 pub use config::{Backend, Config, Preset};
 pub use connection::Priority;
 pub use error::{Error, SendError};
-pub use events::{Event, Events, EVENT_CAPACITY};
+pub use events::{DisconnectReason, Event, Events, EVENT_CAPACITY};
 pub use governor::Quota;
 pub use metrics::Metrics;
 pub use network::{Network, NetworkHandle};

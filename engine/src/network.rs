@@ -350,7 +350,7 @@ impl Network {
 /// ```
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use std::time::Duration;
-/// use shoal_engine::{ChannelConfig, Event};
+/// use shoal_engine::{ChannelConfig, DisconnectReason, Event};
 /// let [(a, _), (b, _)] = shoal_engine::__private::connected_pair(&[ChannelConfig::new(1)]);
 /// assert_eq!(a.peers(), vec![b.public_key()]);
 /// let rtt = a.ping(&b.public_key()).blocking()?;
@@ -361,7 +361,7 @@ impl Network {
 /// match events.recv().blocking()? {
 ///     Event::Disconnected { peer, reason } => {
 ///         assert_eq!(peer, b.public_key());
-///         assert_eq!(reason, "local_close");
+///         assert_eq!(reason, DisconnectReason::Local);
 ///     }
 ///     other => panic!("{other:?}"),
 /// }

@@ -31,7 +31,7 @@ use arc_swap::ArcSwap;
 use shoal_crypto::PublicKey;
 use tokio::sync::broadcast;
 
-use crate::events::{Event, EVENT_CAPACITY};
+use crate::events::{DisconnectReason, Event, EVENT_CAPACITY};
 
 /// Where a connection lives: shard, slab key, and a generation that makes a
 /// reused slab slot distinguishable.
@@ -182,7 +182,7 @@ impl PeerTable {
                 self.changed.notify_all();
                 self.publish(Event::Disconnected {
                     peer: peer.clone(),
-                    reason,
+                    reason: DisconnectReason::from_label(reason),
                 });
                 true
             }
@@ -293,7 +293,7 @@ mod tests {
             events.try_recv(),
             Ok(Event::Disconnected {
                 peer: pk(2),
-                reason: "idle_timeout"
+                reason: DisconnectReason::IdleTimeout
             })
         );
     }
