@@ -61,6 +61,7 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::sealed::SealError;
 use bytes::Bytes;
 use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
 use zeroize::Zeroizing;
@@ -251,6 +252,19 @@ pub trait Scheme: Send + Sync + 'static {
         message: &[u8],
         signature: &[u8],
     ) -> Result<(), IdentityError>;
+
+    /// Seals `plaintext` so that only the holder of `recipient`'s secret key
+    /// can open it, bound to `aad` (see [`crate::sealed`]). A scheme without
+    /// sealed messages refuses with [`SealError::Recipient`].
+    fn seal(
+        &self,
+        recipient: &PublicKey,
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, SealError> {
+        let _ = (recipient, aad, plaintext);
+        Err(SealError::Recipient)
+    }
 }
 
 /// A local identity: a secret key that can sign.
@@ -262,6 +276,14 @@ pub trait Signer: Send + Sync + 'static {
     /// Signs `message` under `namespace` (domain separation; see the module
     /// docs).
     fn sign(&self, namespace: &[u8], message: &[u8]) -> Bytes;
+
+    /// Opens a message sealed to this identity ([`Scheme::seal`]) with the
+    /// same `aad`. An identity whose scheme has no sealed messages refuses
+    /// with [`SealError::Unsupported`].
+    fn open_sealed(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, SealError> {
+        let _ = (aad, sealed);
+        Err(SealError::Unsupported)
+    }
 }
 
 /// The identity the engine runs as.
@@ -325,6 +347,16 @@ impl Scheme for Ed25519 {
             Signature::from_slice(signature).map_err(|_| IdentityError::MalformedSignature)?;
         key.verify_strict(&signed_bytes(namespace, message), &signature)
             .map_err(|_| IdentityError::BadSignature)
+    }
+
+    fn seal(
+        &self,
+        recipient: &PublicKey,
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, SealError> {
+        let key = Self::verifying_key(recipient.as_bytes()).map_err(|_| SealError::Recipient)?;
+        crate::sealed::seal_to_x25519(key.to_montgomery().to_bytes(), aad, plaintext)
     }
 }
 
@@ -509,6 +541,20 @@ impl Signer for Ed25519Signer {
         use ed25519_dalek::Signer as _;
         let signature = self.key.sign(&signed_bytes(namespace, message));
         Bytes::copy_from_slice(&signature.to_bytes())
+    }
+
+    fn open_sealed(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, SealError> {
+        let secret = zeroize::Zeroizing::new(self.key.to_scalar_bytes());
+        crate::sealed::open_with_x25519(&secret, aad, sealed)
+    }
+}
+
+impl Ed25519Signer {
+    /// This identity's key in X25519 form (what [`Scheme::seal`] agrees
+    /// with).
+    #[cfg(test)]
+    pub(crate) fn x25519_public(&self) -> [u8; 32] {
+        self.key.verifying_key().to_montgomery().to_bytes()
     }
 }
 

@@ -48,6 +48,7 @@ pub mod cipher;
 pub mod fuzzing;
 pub mod handshake;
 pub mod identity;
+pub mod sealed;
 
 pub use cipher::{CipherBackend, CipherError, CipherPolicy, RecordOpener, RecordSealer, TAG_LEN};
 pub use handshake::{
@@ -56,6 +57,7 @@ pub use handshake::{
 pub use identity::{
     Ed25519, Ed25519Signer, Identity, IdentityError, PublicKey, Scheme, Signer, ED25519,
 };
+pub use sealed::{SealError, SEAL_OVERHEAD};
 
 /// Counts of expensive operations, per thread, in test builds only (the
 /// handshake tests assert each side does exactly one of each).
