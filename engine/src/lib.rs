@@ -78,6 +78,9 @@ mod kademlia;
 mod limiters;
 pub mod metrics;
 mod network;
+// Driven only by its tests until the engine runs it.
+#[allow(dead_code)]
+mod route;
 use control::open;
 mod oracle;
 mod peers;
