@@ -22,7 +22,8 @@
 //!
 //! # Security
 //! Provided: only the recipient can read the plaintext, and any change to
-//! the sealed bytes or to the associated data makes [`open`] fail.
+//! the sealed bytes or to the associated data makes
+//! [`crate::Signer::open_sealed`] fail.
 //!
 //! Not provided: who sealed it (the box is anonymous: a routed message
 //! carries its origin's signature over the sealed bytes for that), replay
