@@ -8,19 +8,24 @@
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-/// Maps monotonic instants to Unix milliseconds from one anchor.
+/// Maps monotonic instants to Unix time from one anchor.
 #[derive(Clone, Copy, Debug)]
 pub struct Clock {
     anchor: Instant,
-    anchor_unix_ms: u64,
+    anchor_unix_us: u64,
 }
 
 impl Clock {
     /// Anchors `anchor` at `unix_ms`.
     pub fn new(anchor: Instant, unix_ms: u64) -> Self {
+        Self::from_micros(anchor, unix_ms.saturating_mul(1000))
+    }
+
+    /// Anchors `anchor` at `unix_us` microseconds.
+    pub fn from_micros(anchor: Instant, unix_us: u64) -> Self {
         Self {
             anchor,
-            anchor_unix_ms: unix_ms,
+            anchor_unix_us: unix_us,
         }
     }
 
@@ -36,6 +41,14 @@ impl Clock {
     /// Unix milliseconds at `now` (saturating before the anchor).
     pub fn unix_ms(&self, now: Instant) -> u64 {
         let delta = now.saturating_duration_since(self.anchor).as_millis() as u64;
-        self.anchor_unix_ms.saturating_add(delta)
+        (self.anchor_unix_us / 1000).saturating_add(delta)
+    }
+
+    /// Unix microseconds at `now` (saturating before the anchor): origin
+    /// clocks of gossip and routed messages.
+    pub fn unix_micros(&self, now: Instant) -> u64 {
+        let delta = now.saturating_duration_since(self.anchor).as_micros();
+        self.anchor_unix_us
+            .saturating_add(u64::try_from(delta).unwrap_or(u64::MAX))
     }
 }

@@ -51,6 +51,7 @@ use super::budget::{Bucket, Budgets};
 use super::config::GossipConfig;
 use super::seen::{Seen, SeenCache, Stored};
 use super::wire::{DataFrame, Frame, MessageId, ParseError};
+use crate::clock::Clock;
 
 /// The application's verdict on a message whose signature verified.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -161,7 +162,7 @@ pub struct Gossip {
     verifier: Box<dyn Verifier>,
     validator: Validator,
     /// `now` ↔ the origin clock (microseconds since the Unix epoch).
-    epoch: (Instant, u64),
+    clock: Clock,
     /// Ordered, so that the frames an input produces come out in a
     /// deterministic order.
     peers: BTreeMap<PublicKey, Peer>,
@@ -201,7 +202,7 @@ impl Gossip {
             config,
             verifier,
             validator,
-            epoch: (now, unix_micros),
+            clock: Clock::from_micros(now, unix_micros),
             peers: BTreeMap::new(),
             missing: HashMap::new(),
             timers: BTreeMap::new(),
@@ -221,8 +222,7 @@ impl Gossip {
 
     /// The origin clock at `now`, in microseconds.
     pub fn unix_micros(&self, now: Instant) -> u64 {
-        let d = now.saturating_duration_since(self.epoch.0);
-        self.epoch.1.saturating_add(micros(d))
+        self.clock.unix_micros(now)
     }
 
     /// Whether `origin`'s messages are pushed to `peer`.

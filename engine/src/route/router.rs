@@ -8,6 +8,7 @@ use shoal_crypto::{Identity, PublicKey, SealError, SEAL_OVERHEAD};
 
 use super::config::RouteConfig;
 use super::envelope::{Envelope, Frame, ParseError};
+use crate::clock::Clock;
 use crate::gossip::budget::Budgets;
 use crate::gossip::core::micros;
 use crate::gossip::seen::{Seen, SeenCache};
@@ -97,7 +98,7 @@ pub struct Router {
     identity: Identity,
     namespace: Vec<u8>,
     /// `now` ↔ the origin clock (microseconds since the Unix epoch).
-    epoch: (Instant, u64),
+    clock: Clock,
     last_seq: u64,
     /// Each neighbour and the neighbours it advertised. Ordered, so the
     /// same inputs always choose the same next hops.
@@ -138,7 +139,7 @@ impl Router {
             config,
             identity,
             namespace: ns,
-            epoch: (now, unix_micros),
+            clock: Clock::from_micros(now, unix_micros),
             last_seq: 0,
             neighbours: BTreeMap::new(),
             advertise: false,
@@ -158,8 +159,7 @@ impl Router {
 
     /// The origin clock at `now`, in microseconds.
     pub fn unix_micros(&self, now: Instant) -> u64 {
-        let d = now.saturating_duration_since(self.epoch.0);
-        self.epoch.1.saturating_add(micros(d))
+        self.clock.unix_micros(now)
     }
 
     pub fn is_neighbour(&self, peer: &PublicKey) -> bool {

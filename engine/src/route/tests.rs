@@ -1,6 +1,8 @@
 //! Routed unicast driven step by step over simulated links.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -77,6 +79,18 @@ impl Net {
         self.keys.iter().position(|k| k == key).unwrap()
     }
 
+    /// From now on, every frame sent is also kept, in order, in the list
+    /// returned.
+    fn record(&mut self) -> Rc<RefCell<Vec<Bytes>>> {
+        let log = Rc::new(RefCell::new(Vec::new()));
+        let keep = log.clone();
+        self.tamper = Some(Box::new(move |_, _, b| {
+            keep.borrow_mut().push(b.clone());
+            b
+        }));
+        log
+    }
+
     fn now(&self) -> Instant {
         self.t0 + Duration::from_millis(1)
     }
@@ -147,12 +161,7 @@ fn a_message_crosses_a_line_and_the_reply_comes_back() {
 #[test]
 fn relays_cannot_read_the_payload() {
     let mut net = Net::line(3, RouteConfig::default());
-    let seen = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
-    let log = seen.clone();
-    net.tamper = Some(Box::new(move |_, _, b| {
-        log.borrow_mut().push(b.clone());
-        b
-    }));
+    let seen = net.record();
     net.send(0, 2, b"secret payload").unwrap();
     net.run();
     assert_eq!(net.delivered[2].len(), 1);
@@ -188,17 +197,12 @@ fn an_altered_envelope_dies_at_the_next_honest_relay() {
 #[test]
 fn a_box_re_signed_by_another_origin_does_not_open() {
     let mut net = Net::line(3, RouteConfig::default());
-    let captured = std::rc::Rc::new(std::cell::RefCell::new(None));
-    let c = captured.clone();
-    net.tamper = Some(Box::new(move |_, _, b| {
-        c.borrow_mut().get_or_insert(b.clone());
-        b
-    }));
+    let captured = net.record();
     net.send(0, 2, b"mine").unwrap();
     net.run();
     assert_eq!(net.delivered[2].len(), 1);
     // Node 1 signs node 0's box as its own and sends it to node 2.
-    let env = Envelope::parse(captured.borrow().as_ref().unwrap(), 1 << 20).unwrap();
+    let env = Envelope::parse(&captured.borrow()[0], 1 << 20).unwrap();
     let thief = identity(1);
     let seq = env.id.seq + 1;
     let signed = Envelope::signed_bytes(seq, env.channel, &env.target, &env.sealed);
@@ -224,12 +228,7 @@ fn a_box_re_signed_by_another_origin_does_not_open() {
 #[test]
 fn a_replay_is_dropped_and_each_relay_forwards_an_id_once() {
     let mut net = Net::line(3, RouteConfig::default());
-    let copies = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
-    let c = copies.clone();
-    net.tamper = Some(Box::new(move |_, _, b| {
-        c.borrow_mut().push(b.clone());
-        b
-    }));
+    let copies = net.record();
     net.send(0, 2, b"once").unwrap();
     net.run();
     let first = copies.borrow()[0].clone();
@@ -275,12 +274,7 @@ fn no_neighbour_is_no_route_and_a_dead_end_is_counted() {
 #[test]
 fn stale_and_future_sequences_are_refused() {
     let mut net = Net::line(3, RouteConfig::default());
-    let copies = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
-    let c = copies.clone();
-    net.tamper = Some(Box::new(move |_, _, b| {
-        c.borrow_mut().push(b.clone());
-        b
-    }));
+    let copies = net.record();
     net.send(0, 2, b"x").unwrap();
     let env = copies.borrow()[0].clone();
     net.wire.clear();
