@@ -136,6 +136,9 @@ pub enum RecordKind {
     FindNode = 9,
     Nodes = 10,
     Close = 11,
+    /// A stream record ([`crate::stream::StreamRecord`]): fixed layout, not
+    /// prost.
+    Stream = 12,
 }
 
 impl RecordKind {
@@ -153,6 +156,7 @@ impl RecordKind {
             9 => Self::FindNode,
             10 => Self::Nodes,
             11 => Self::Close,
+            12 => Self::Stream,
             _ => return None,
         })
     }
@@ -410,10 +414,10 @@ mod tests {
         for b in 0..=255u8 {
             match RecordKind::from_u8(b) {
                 Some(k) => {
-                    assert!((1..=11).contains(&b));
+                    assert!((1..=12).contains(&b));
                     assert_eq!(k as u8, b);
                 }
-                None => assert!(b == 0 || b > 11),
+                None => assert!(b == 0 || b > 12),
             }
         }
     }

@@ -75,6 +75,9 @@ pub enum RecordError {
     /// The plaintext holds no record at all.
     #[error("empty plaintext: a frame carries at least one record")]
     Empty,
+    /// A stream record's body does not fit its fixed layout.
+    #[error("invalid stream record: {0}")]
+    Stream(#[from] crate::stream::StreamRecordError),
 }
 
 /// The record budget is exhausted: the record does not fit.
@@ -373,6 +376,7 @@ pub enum Record {
     FindNode(FindNode),
     Nodes(Nodes),
     Close(Close),
+    Stream(crate::stream::StreamRecord),
 }
 
 impl Record {
@@ -390,6 +394,7 @@ impl Record {
             Record::FindNode(_) => RecordKind::FindNode,
             Record::Nodes(_) => RecordKind::Nodes,
             Record::Close(_) => RecordKind::Close,
+            Record::Stream(_) => RecordKind::Stream,
         }
     }
 
@@ -406,6 +411,7 @@ impl Record {
             Record::FindNode(m) => w.push(kind, m),
             Record::Nodes(m) => w.push(kind, m),
             Record::Close(m) => w.push(kind, m),
+            Record::Stream(r) => r.emit(w),
         }
     }
 }
@@ -517,6 +523,7 @@ fn decode_body(kind: RecordKind, body: Bytes) -> Result<Record, RecordError> {
         RecordKind::FindNode => Record::FindNode(de(body)?),
         RecordKind::Nodes => Record::Nodes(de(body)?),
         RecordKind::Close => Record::Close(de(body)?),
+        RecordKind::Stream => Record::Stream(crate::stream::StreamRecord::parse(&body)?),
     })
 }
 
@@ -729,7 +736,20 @@ mod tests {
                 Err(RecordError::UnknownKind(0))
             ]
         );
-        assert_eq!(read_all(&[12, 0]), vec![Err(RecordError::UnknownKind(12))]);
+        assert_eq!(read_all(&[13, 0]), vec![Err(RecordError::UnknownKind(13))]);
+        // Kind 12 is a stream record: its body is checked against its layout.
+        assert_eq!(
+            read_all(&[12, 0]),
+            vec![Err(RecordError::Stream(
+                crate::stream::StreamRecordError::Empty
+            ))]
+        );
+        assert_eq!(
+            read_all(&[12, 9, 8, 0, 0, 0, 0, 0, 0, 0, 7]),
+            vec![Ok(Record::Stream(
+                crate::stream::StreamRecord::ConnectionCredit { max_bytes: 7 }
+            ))]
+        );
         assert_eq!(read_all(&[255]), vec![Err(RecordError::UnknownKind(255))]);
     }
 

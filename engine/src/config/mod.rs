@@ -4,8 +4,8 @@
 //! # Design
 //!
 //! A [`Config`] is the tree a config file is: `[identity]`, `[listen]`,
-//! `[timeouts]`, `[limits]`, `[admission]`, `[discovery]` and `[io]` (with
-//! `[io.uring]`). Each section derives serde with `deny_unknown_fields`,
+//! `[timeouts]`, `[limits]`, `[admission]`, `[discovery]`, `[io]` (with
+//! `[io.uring]`) and `[streams]`. Each section derives serde with `deny_unknown_fields`,
 //! and every field it leaves out takes the value of the preset being loaded
 //! ([`Preset::load`]; [`Preset::Recommended`] otherwise), so a file holds
 //! only what differs. Presets: [`Config::recommended`] for validators on the
@@ -30,6 +30,7 @@ mod identity;
 mod io;
 mod limits;
 mod preset;
+mod streams;
 mod validate;
 
 pub use discovery::DiscoverySettings;
@@ -37,6 +38,7 @@ pub use identity::{IdentitySettings, ListenSettings};
 pub use io::{Backend, IoSettings, RecordCipher, UringSettings};
 pub use limits::{AdmissionSettings, LimitSettings, TimeoutSettings};
 pub use preset::Preset;
+pub use streams::StreamSettings;
 pub(crate) use validate::within;
 pub use validate::{MAX_SHARDS, SHARDS_PER_CORE};
 
@@ -88,6 +90,8 @@ pub struct Config {
     pub discovery: DiscoverySettings,
     /// Data shards and their I/O driver.
     pub io: IoSettings,
+    /// Byte streams: flow-control windows and counts.
+    pub streams: StreamSettings,
 }
 
 impl Section for Config {
@@ -122,7 +126,8 @@ recommended_by_default!(
     AdmissionSettings,
     DiscoverySettings,
     IoSettings,
-    UringSettings
+    UringSettings,
+    StreamSettings
 );
 
 impl Config {
@@ -140,6 +145,7 @@ impl Config {
             admission: AdmissionSettings::preset(preset),
             discovery: DiscoverySettings::preset(preset),
             io: IoSettings::preset(preset),
+            streams: StreamSettings::preset(preset),
         }
     }
 
@@ -177,6 +183,7 @@ impl Config {
             max_queued: limits.peer_send_backlog.saturating_mul(2).max(64),
             max_queued_bytes: limits.peer_send_bytes.saturating_mul(2),
             clock: crate::clock::Clock::system(),
+            streams: None,
         }
     }
 

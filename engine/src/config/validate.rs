@@ -94,7 +94,27 @@ impl Config {
         self.validate_frames()?;
         self.validate_times()?;
         self.validate_limits()?;
-        self.validate_buffers()
+        self.validate_buffers()?;
+        self.validate_streams()
+    }
+
+    fn validate_streams(&self) -> Result<(), Error> {
+        self.streams.wire().validate().map_err(|e| {
+            let field = match e.field {
+                "stream_window" => "streams.window",
+                "connection_window" => "streams.connection_window",
+                "max_streams" => "streams.max_streams",
+                "max_record_payload" => "streams.record_payload",
+                _ => "streams.send_buffer",
+            };
+            Error::InvalidConfig {
+                field,
+                reason: format!(
+                    "= {} is out of range: must be within {} ..= {}",
+                    e.value, e.lo, e.hi
+                ),
+            }
+        })
     }
 
     fn validate_threads(&self) -> Result<(), Error> {

@@ -56,6 +56,8 @@ pub enum CloseCause {
     Local(CloseReason),
     #[error("i/o: {0}")]
     Io(String),
+    #[error("stream protocol: {0}")]
+    Stream(shoal_wire::stream::Violation),
 }
 
 /// [`CloseCause::Protocol`]: a second key confirmation.
@@ -93,8 +95,12 @@ impl CloseCause {
                 RecordError::Truncated
                 | RecordError::TooLong { .. }
                 | RecordError::Decode(_)
-                | RecordError::Empty => true,
+                | RecordError::Empty
+                | RecordError::Stream(_) => true,
             },
+            // Data past granted credit, a reused id, a wrong final size:
+            // what no conforming peer sends whatever its settings.
+            CloseCause::Stream(_) => true,
             CloseCause::Chunk(e) => match e {
                 ChunkError::TooLarge { .. }
                 | ChunkError::BudgetExhausted
@@ -146,6 +152,7 @@ impl CloseCause {
             CloseCause::Local(CloseReason::Unauthorized) => "deauthorized",
             CloseCause::Local(_) => "local_close",
             CloseCause::Io(_) => "io_error",
+            CloseCause::Stream(v) => v.label(),
         }
     }
 }
@@ -225,6 +232,7 @@ impl Connection {
         self.close.replaced = reason == CloseReason::Replaced;
         self.close.cause = Some(CloseCause::Local(reason));
         self.close.since = Some(now);
+        self.fail_streams(reason);
     }
 
     /// Closes at once without flushing queued messages.
@@ -241,6 +249,7 @@ impl Connection {
             self.close.replaced = reason == CloseReason::Replaced;
             self.close.cause = Some(CloseCause::Remote(reason));
             self.close.since = Some(now);
+            self.fail_streams(reason);
             self.close.queued = Some(Close {
                 reason: CloseReason::Normal as u32,
                 detail: String::new(),
@@ -285,6 +294,7 @@ impl Connection {
         self.close.label = Some(cause.label());
         self.close.for_misbehavior = cause.is_peer_misbehavior();
         self.rx.clear();
+        self.streams = None;
         self.events.clear();
         self.close.reported = true;
         self.events.push_back(Event::Closed(cause));

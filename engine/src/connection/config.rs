@@ -60,4 +60,7 @@ pub struct ConnectionConfig {
     pub max_queued_bytes: usize,
     /// Monotonic-to-wall-clock mapping for the handshake's timestamps.
     pub clock: Clock,
+    /// Stream limits, when the node registered a stream channel; `None`:
+    /// connections carry no streams.
+    pub streams: Option<shoal_wire::stream::StreamConfig>,
 }

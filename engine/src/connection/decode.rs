@@ -194,6 +194,7 @@ impl Connection {
                 self.timers.last_rx = now;
                 self.timers.last_ping = now;
                 self.rx.decoder.set_max_body(self.cfg.max_frame_body);
+                self.start_streams();
                 self.events.push_back(Event::Established { peer });
             }
             Err(e) => self.fail(CloseCause::Handshake(e)),
@@ -216,6 +217,7 @@ impl Connection {
             }
             Record::Pong(p) => self.handle_pong(p.nonce, now),
             Record::Close(c) => self.handle_close_record(c, now),
+            Record::Stream(rec) => self.handle_stream_record(rec),
             Record::KeyConfirmation(_) => {
                 self.fail(CloseCause::Protocol(CONFIRMATION_AFTER_HANDSHAKE))
             }

@@ -27,6 +27,7 @@ impl Connection {
             || (self.is_established()
                 && (!self.tx.control.is_empty()
                     || !self.tx.is_empty()
+                    || self.streams_have_output()
                     || self.close.queued.is_some()))
     }
 
@@ -48,7 +49,7 @@ impl Connection {
             return Ok(());
         }
         let max_plain = self.cfg.max_frame_body - TAG_LEN;
-        let queued = self.tx.queued_payload();
+        let queued = self.tx.queued_payload() + self.streams_pending();
         let frames = queued / max_plain + 1;
         let estimate = queued
             + self.tx.len() * MAX_DATA_OVERHEAD
@@ -56,7 +57,7 @@ impl Connection {
             // Control records are small (a ping, a bit vector); a large one
             // just grows the buffer.
             + self.tx.control.len() * 64;
-        if queued > 0 || !self.tx.control.is_empty() {
+        if queued > 0 || !self.tx.control.is_empty() || self.streams_have_output() {
             self.out
                 .reserve(estimate.min(self.cfg.max_write_batch + self.cfg.max_frame_body));
         }
@@ -109,12 +110,34 @@ impl Connection {
             }
             self.tx.control.pop_front();
         }
-        while let Some(part) = self.tx.next_part(chunk_size) {
+        // High-priority messages, then stream records and low-priority
+        // messages taking turns at going first (see `streams`).
+        let mut high_only = true;
+        let mut streams_done = false;
+        self.streams_first = !self.streams_first;
+        loop {
+            if high_only && !self.tx.has_high() {
+                high_only = false;
+                if self.streams_first {
+                    if let Some(s) = self.streams.as_deref_mut() {
+                        super::streams::fill(s, &mut w);
+                    }
+                    streams_done = true;
+                }
+            }
+            let Some(part) = self.tx.next_part(chunk_size) else {
+                break;
+            };
             if w.push_data(part.kind, &part.header, part.data).is_err() {
                 break;
             }
             if !self.tx.part_written(chunk_size) {
                 break;
+            }
+        }
+        if !streams_done {
+            if let Some(s) = self.streams.as_deref_mut() {
+                super::streams::fill(s, &mut w);
             }
         }
         if self.tx.is_empty() {

@@ -69,6 +69,7 @@
 //!   queue-depth shares of the messages in them.
 //! - `encode`: queued records → sealed frames.
 //! - `timers`: handshake deadline, keep-alive pings, idle timeout.
+//! - `streams`: the byte streams the connection carries.
 //! - `close`: [`CloseCause`] and the close lifecycle.
 //!
 //! Not provided: sockets, reading policy (backpressure is the shard's),
@@ -90,6 +91,7 @@ mod decode;
 mod encode;
 mod queue;
 mod recv_buf;
+mod streams;
 #[cfg(test)]
 mod testing;
 mod timers;
@@ -131,6 +133,13 @@ pub struct Connection {
     chunk_size: usize,
     timers: timers::Timers,
     close: close::Closing,
+    /// Which side dialed: stream ids carry it.
+    side: shoal_wire::stream::Side,
+    /// Once established on a node with stream channels (see `streams`).
+    streams: Option<Box<shoal_wire::stream::Streams>>,
+    /// Stream records go before low-priority messages in this frame (they
+    /// take turns; see `streams`).
+    streams_first: bool,
 }
 
 impl Connection {
@@ -148,7 +157,7 @@ impl Connection {
             cfg.handshake.clone(),
             cfg.clock.unix_ms(now),
         );
-        Self::new(cfg, channels, authorize, hs, now)
+        Self::new(cfg, channels, authorize, hs, true, now)
     }
 
     /// An accepted connection.
@@ -163,7 +172,7 @@ impl Connection {
             cfg.handshake.clone(),
             cfg.clock.unix_ms(now),
         );
-        Self::new(cfg, channels, authorize, hs, now)
+        Self::new(cfg, channels, authorize, hs, false, now)
     }
 
     fn new(
@@ -171,6 +180,7 @@ impl Connection {
         channels: Arc<dyn ChannelLookup>,
         authorize: Authorizer,
         hs: Handshake,
+        dialer: bool,
         now: Instant,
     ) -> Self {
         let mut conn = Self {
@@ -182,6 +192,9 @@ impl Connection {
             chunk_size: cfg.max_frame_body - TAG_LEN - MAX_DATA_OVERHEAD,
             timers: timers::Timers::new(now, cfg.handshake.timeout),
             close: close::Closing::default(),
+            side: streams::side(dialer),
+            streams: None,
+            streams_first: false,
             cfg,
             channels,
             authorize,

@@ -176,6 +176,10 @@ impl Outbox {
     }
 
     /// No data message is queued.
+    pub(super) fn has_high(&self) -> bool {
+        !self.high.is_empty()
+    }
+
     pub(super) fn is_empty(&self) -> bool {
         self.high.is_empty() && self.low.is_empty()
     }

@@ -46,6 +46,7 @@ pub(super) fn cfg_framed(seed: u64, t0: Instant, max_frame_body: usize) -> Arc<C
         max_queued: 1000,
         max_queued_bytes: 64 << 20,
         clock: Clock::new(t0, 1_700_000_000_000),
+        streams: Some(shoal_wire::stream::StreamConfig::default()),
     })
 }
 

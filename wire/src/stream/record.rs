@@ -46,7 +46,7 @@ use bytes::Bytes;
 use crate::record::{read_varint, record_len, RecordFull, RecordWriter};
 
 /// The record kind byte of every stream record.
-pub const STREAM_KIND: u8 = 12;
+pub const STREAM_KIND: u8 = crate::RecordKind::Stream as u8;
 
 /// Body bytes of a `Data` record before its payload.
 pub const DATA_HEADER_LEN: usize = 17;
