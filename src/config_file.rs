@@ -25,7 +25,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use shoal::config::{
     AdmissionSettings, DiscoverySettings, IdentitySettings, IoSettings, LimitSettings,
-    ListenSettings, Preset, TimeoutSettings,
+    ListenSettings, Preset, StreamSettings, TimeoutSettings,
 };
 use shoal::crypto::{Scheme, ED25519};
 use shoal::{Config, PublicKey};
@@ -115,6 +115,7 @@ pub struct FileConfig {
     pub admission: AdmissionSettings,
     pub discovery: DiscoverySettings,
     pub io: IoSettings,
+    pub streams: StreamSettings,
     pub node: NodeSection,
     /// The authorized peer set.
     pub peers: Vec<PeerEntry>,
@@ -145,6 +146,7 @@ impl FileConfig {
             admission,
             discovery,
             io,
+            streams,
         } = preset.config(None);
         FileConfig {
             preset,
@@ -155,6 +157,7 @@ impl FileConfig {
             admission,
             discovery,
             io,
+            streams,
             node: NodeSection::default(),
             peers: Vec::new(),
             probe: None,
@@ -216,6 +219,7 @@ impl FileConfig {
             admission: self.admission.clone(),
             discovery: self.discovery.clone(),
             io: self.io.clone(),
+            streams: self.streams,
         }
     }
 

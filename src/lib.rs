@@ -66,6 +66,10 @@
 //!   blocking `recv_blocking` / `recv_timeout` / `try_recv`.
 //! - Identities: [`Ed25519Signer`] behind the [`Signer`] trait,
 //!   [`PublicKey`]s for peers.
+//! - Byte streams ([`streams`]): [`Network::streams`] registers a stream
+//!   channel and gives its [`StreamListener`]; [`NetworkHandle::open_stream`]
+//!   opens one to a peer; [`SendStream`] / [`RecvStream`] are `std::io`
+//!   and tokio `AsyncWrite` / `AsyncRead` handles with flow control.
 //! - [`config`] holds every setting with its default; [`metrics`] the
 //!   Prometheus metrics.
 
@@ -74,6 +78,9 @@ pub use shoal_engine::{
     Events, HandlerResult, Identity, LookupResult, Metrics, Network, NetworkHandle, Oracle, Preset,
     Priority, PublicKey, Quota, Receiver, Recipients, RecvError, RequestError, RpcStatus,
     SendError, SendReport, Sender, Signer, Wait, DEFAULT_CAPACITY, EVENT_CAPACITY,
+};
+pub use shoal_engine::{
+    streams, IncomingStream, RecvStream, SendStream, StreamError, StreamListener,
 };
 
 /// The crates below the facade, for shoal's own binary, tests and benches.

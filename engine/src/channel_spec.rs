@@ -49,6 +49,8 @@ pub struct Channels {
     /// Looked up for every received message (foldhash: channel ids are the
     /// application's, a peer only picks which one to look up).
     pub(crate) map: HashMap<u32, Arc<ChannelSpec>, foldhash::fast::RandomState>,
+    /// Stream channels and their listeners' queues.
+    pub(crate) streams: HashMap<u32, Arc<crate::inbox::Inbox<crate::streams::IncomingStream>>>,
 }
 
 impl Channels {

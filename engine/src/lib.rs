@@ -92,6 +92,7 @@ mod send_report;
 mod send_wait;
 mod shard;
 mod shared;
+pub mod streams;
 mod wait;
 mod waker;
 
@@ -112,6 +113,7 @@ pub use send_report::{Recipients, SendReport};
 pub use send_wait::{SendWait, SendWaitFuture};
 pub use shoal_crypto::{Ed25519Signer, Identity, PublicKey, Signer};
 pub use shoal_wire::RpcStatus;
+pub use streams::{IncomingStream, RecvStream, SendStream, StreamError, StreamListener};
 pub use wait::Wait;
 
 /// Fault injection for shoal's own tests (feature `test-hooks`, which only

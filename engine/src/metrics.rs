@@ -83,6 +83,20 @@ pub struct Metrics {
     pub receiver_full_pauses: Counter,
     pub rate_limit_pauses: Counter,
     pub control_dropped: Counter,
+    /// Streams whose halves the application holds (open or ending).
+    pub streams_open: Gauge,
+    /// Streams this node opened.
+    pub streams_opened: Counter,
+    /// Streams peers opened that a listener took.
+    pub streams_accepted: Counter,
+    /// Streams peers opened that were refused, by reason (`no_listener`,
+    /// `backlog_full`).
+    pub streams_refused: Family<ReasonLabel, Counter>,
+    /// Stream bytes handed to the application's receive pipes.
+    pub stream_bytes_in: Counter,
+    /// Stream changes whose wake-up a full shard queue refused (the shard's
+    /// timer sweep picked them up).
+    pub stream_pokes_deferred: Counter,
     pub frames_out: Counter,
     pub writes: Counter,
     /// Bytes received straight into a connection's frame buffer (every
@@ -235,6 +249,36 @@ impl Metrics {
             "control_dropped",
             "Control records dropped (control plane busy)",
             self.control_dropped.clone(),
+        );
+        registry.register(
+            "streams_open",
+            "Streams whose halves the application holds",
+            self.streams_open.clone(),
+        );
+        registry.register(
+            "streams_opened",
+            "Streams this node opened",
+            self.streams_opened.clone(),
+        );
+        registry.register(
+            "streams_accepted",
+            "Streams peers opened that a listener took",
+            self.streams_accepted.clone(),
+        );
+        registry.register(
+            "streams_refused",
+            "Streams peers opened that were refused, by reason",
+            self.streams_refused.clone(),
+        );
+        registry.register(
+            "stream_bytes_in",
+            "Stream bytes handed to the application",
+            self.stream_bytes_in.clone(),
+        );
+        registry.register(
+            "stream_pokes_deferred",
+            "Stream wake-ups a full shard queue refused (picked up by the timer sweep)",
+            self.stream_pokes_deferred.clone(),
         );
         registry.register(
             "frames_out",

@@ -61,6 +61,7 @@ pub struct Network {
     shared: Arc<Shared>,
     queues: Vec<StdReceiver<Command>>,
     channels: HashMap<u32, Arc<ChannelSpec>>,
+    stream_channels: HashMap<u32, Arc<crate::inbox::Inbox<crate::streams::IncomingStream>>>,
     control_waker: Arc<ShardWaker>,
     control_rx: StdReceiver<ControlEvent>,
 }
@@ -149,6 +150,7 @@ impl Network {
                 shared,
                 queues,
                 channels: HashMap::new(),
+                stream_channels: HashMap::new(),
                 control_waker,
                 control_rx,
             },
@@ -250,6 +252,44 @@ impl Network {
         })
     }
 
+    /// Registers `channel` as a stream channel (its own id space, apart
+    /// from message channels): the listener yields the streams peers open
+    /// on it, at most `backlog` (≥ 1) waiting to be accepted; more are
+    /// refused. Streams are limited by the `[streams]` section; a node
+    /// with no stream channel carries no stream state on its connections.
+    /// See [`crate::streams`].
+    ///
+    /// ```
+    /// # fn main() -> Result<(), shoal_engine::Error> {
+    /// use shoal_engine::{Config, Network};
+    /// let (mut net, _oracle) = Network::new(Config::local(None))?;
+    /// let listener = net.streams(9, 16)?;
+    /// assert!(net.streams(9, 16).is_err(), "registered twice");
+    /// assert!(listener.try_accept().is_none());
+    /// # Ok(()) }
+    /// ```
+    pub fn streams(
+        &mut self,
+        channel: u32,
+        backlog: usize,
+    ) -> Result<crate::streams::StreamListener, Error> {
+        if self.stream_channels.contains_key(&channel) {
+            return Err(Error::DuplicateChannel(channel));
+        }
+        if !(1..=65_536).contains(&backlog) {
+            return Err(Error::InvalidConfig {
+                field: "backlog",
+                reason: format!("= {backlog} is out of range: must be within 1 ..= 65536"),
+            });
+        }
+        let inbox = Arc::new(crate::inbox::Inbox::new(backlog));
+        self.stream_channels.insert(channel, inbox.clone());
+        Ok(crate::streams::StreamListener {
+            inbox,
+            spin: self.shared.config.effective_wait_spin(),
+        })
+    }
+
     /// The node's metrics (register them in a prometheus registry).
     pub fn metrics(&self) -> &Metrics {
         &self.shared.metrics
@@ -266,11 +306,14 @@ impl Network {
             shared,
             queues,
             channels,
+            stream_channels,
             control_waker,
             control_rx,
         } = self;
+        let streams = (!stream_channels.is_empty()).then(|| shared.config.streams.wire());
         let _ = shared.channels.set(Arc::new(Channels {
             map: channels.into_iter().collect(),
+            streams: stream_channels,
         }));
         let config = &shared.config;
         let (backend, fallback) = crate::driver::resolve_backend(config.io.backend)?;
@@ -289,7 +332,10 @@ impl Network {
         let listener = crate::control::listener::bind(config.listen.address)?;
         let local_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
 
-        let conn_cfg = Arc::new(config.connection_config());
+        let conn_cfg = Arc::new(crate::connection::ConnectionConfig {
+            streams,
+            ..config.connection_config()
+        });
         let authorizer = crate::control::acceptor::authorizer(&shared);
 
         shared.running.store(true, Ordering::Release);
@@ -458,6 +504,54 @@ impl NetworkHandle {
         )
     }
 
+    /// Opens a stream on `channel` to `peer` (connected, and registered
+    /// `channel` with [`Network::streams`]; otherwise the peer refuses it
+    /// and the first read or write fails with
+    /// [`StreamError::Reset`](crate::StreamError::Reset) /
+    /// [`Stopped`](crate::StreamError::Stopped)`(`[`REFUSED`](crate::streams::REFUSED)`)`).
+    /// `.await` it, or `.blocking()`. Fails with
+    /// [`StreamError::NotConnected`](crate::StreamError::NotConnected),
+    /// [`TooManyStreams`](crate::StreamError::TooManyStreams) (`streams.max_streams`),
+    /// [`Full`](crate::StreamError::Full) (the shard's command queue), or
+    /// [`UnknownChannel`](crate::StreamError::UnknownChannel) on a node
+    /// that registered no stream channel. See [`crate::streams`].
+    pub fn open_stream<'a>(
+        &'a self,
+        peer: &'a PublicKey,
+        channel: u32,
+    ) -> Wait<
+        impl Future<Output = Result<(crate::SendStream, crate::RecvStream), crate::StreamError>> + 'a,
+    > {
+        use crate::StreamError;
+        Wait::new(
+            async move {
+                let h = self
+                    .shared
+                    .peers
+                    .get(peer)
+                    .ok_or(StreamError::NotConnected)?;
+                let link = self
+                    .shared
+                    .shards
+                    .get(h.id.shard)
+                    .ok_or(StreamError::NotConnected)?;
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                link.send(Command::StreamOpen {
+                    id: h.id,
+                    channel,
+                    reply: tx,
+                })
+                .map_err(|_| StreamError::Full)?;
+                let pipe = rx.await.map_err(|_| StreamError::NotConnected)??;
+                Ok((
+                    crate::SendStream::new(pipe.clone()),
+                    crate::RecvStream::new(pipe),
+                ))
+            },
+            self.shared.config.effective_wait_spin(),
+        )
+    }
+
     /// Open mode: the nodes closest to `target` (a 32-byte node id, i.e. an
     /// ed25519 public key), found with an iterative Kademlia lookup run by
     /// the control shard. `.await` it, or `.blocking()`. Empty when open
@@ -597,6 +691,11 @@ impl NetworkHandle {
         if let Some(channels) = self.shared.channels.get() {
             for spec in channels.map.values() {
                 spec.inbox.close();
+            }
+            // Streams nobody accepted: every connection is gone.
+            for listener in channels.streams.values() {
+                listener.close();
+                while listener.try_recv().is_ok() {}
             }
         }
         self.shared.peers.close_events();

@@ -181,6 +181,15 @@ pub(super) struct Closing {
 }
 
 impl Connection {
+    /// The label of the cause a close under way began with (or ended with).
+    pub fn closing_label(&self) -> Option<&'static str> {
+        self.close
+            .cause
+            .as_ref()
+            .map(CloseCause::label)
+            .or(self.close.label)
+    }
+
     /// The metric label of the cause this connection closed with.
     pub fn close_label(&self) -> Option<&'static str> {
         self.close.label

@@ -110,6 +110,9 @@ impl Connection {
             }
             self.tx.control.pop_front();
         }
+        if self.no_streams_pending && super::streams::NO_STREAMS.emit(&mut w).is_ok() {
+            self.no_streams_pending = false;
+        }
         // High-priority messages, then stream records and low-priority
         // messages taking turns at going first (see `streams`).
         let mut high_only = true;

@@ -140,6 +140,8 @@ pub struct Connection {
     /// Stream records go before low-priority messages in this frame (they
     /// take turns; see `streams`).
     streams_first: bool,
+    /// A node without streams owes its peer `streams::NO_STREAMS`.
+    no_streams_pending: bool,
 }
 
 impl Connection {
@@ -195,6 +197,7 @@ impl Connection {
             side: streams::side(dialer),
             streams: None,
             streams_first: false,
+            no_streams_pending: false,
             cfg,
             channels,
             authorize,

@@ -21,10 +21,11 @@
 //! their buffers.
 //!
 //! # Security
-//! Stream records from a node without streams: `Limits` and credit are
-//! ignored (the peer announces its limits to everyone), anything else is
-//! [`Violation::LimitsMissing`] (a conforming peer opens only after our
-//! `Limits`, which this node never sent). Every [`Violation`] closes the
+//! A node without stream channels announces [`NO_STREAMS`] (limits of 0)
+//! and keeps no stream state: the peer's `Limits` and credit are ignored,
+//! an `Open` is [`Violation::TooManyStreams`] and
+//! any other record for a stream [`Violation::UnknownStream`] (a
+//! conforming peer opens nothing against a `max_streams` of 0). Every [`Violation`] closes the
 //! connection with its label.
 //!
 //! [`ConnectionConfig::streams`]: super::ConnectionConfig::streams
@@ -43,8 +44,9 @@ impl Connection {
 
     /// Creates the streams at establishment (if configured).
     pub(super) fn start_streams(&mut self) {
-        if let Some(cfg) = self.cfg.streams {
-            self.streams = Some(Box::new(Streams::new(self.side, cfg)));
+        match self.cfg.streams {
+            Some(cfg) => self.streams = Some(Box::new(Streams::new(self.side, cfg))),
+            None => self.no_streams_pending = true,
         }
     }
 
@@ -62,7 +64,12 @@ impl Connection {
                 StreamRecord::Limits { .. }
                 | StreamRecord::ConnectionCredit { .. }
                 | StreamRecord::StreamsCredit { .. } => Ok(()),
-                _ => Err(Violation::LimitsMissing),
+                StreamRecord::Open { id, .. } => Err(Violation::TooManyStreams(id)),
+                StreamRecord::Data { id, .. }
+                | StreamRecord::Finish { id, .. }
+                | StreamRecord::Reset { id, .. }
+                | StreamRecord::Stop { id, .. }
+                | StreamRecord::StreamCredit { id, .. } => Err(Violation::UnknownStream(id)),
             },
         };
         if let Err(v) = result {
@@ -72,7 +79,7 @@ impl Connection {
 
     /// Whether the streams have a record to send.
     pub(super) fn streams_have_output(&self) -> bool {
-        self.streams.as_ref().is_some_and(|s| s.has_transmit())
+        self.no_streams_pending || self.streams.as_ref().is_some_and(|s| s.has_transmit())
     }
 
     /// Bytes the streams will want to send soon (sizes the write batch).
@@ -91,6 +98,15 @@ pub(super) fn side(dialer: bool) -> Side {
         Side::Listener
     }
 }
+
+/// What a node without stream channels announces: no stream, no credit, so
+/// a peer's `open` fails at once instead of waiting for limits that never
+/// come.
+pub(super) const NO_STREAMS: StreamRecord = StreamRecord::Limits {
+    stream_window: 0,
+    connection_window: 0,
+    max_streams: 0,
+};
 
 /// Appends stream records to the frame `w` is building while they fit.
 pub(super) fn fill(streams: &mut Streams, w: &mut RecordWriter<'_>) {
@@ -192,7 +208,7 @@ mod tests {
     }
 
     #[test]
-    fn an_open_to_a_node_without_streams_is_a_violation() {
+    fn a_node_without_streams_announces_none_and_an_open_is_a_violation() {
         let t0 = Instant::now();
         let mut cb = (*cfg(2, t0)).clone();
         cb.streams = None;
@@ -201,7 +217,9 @@ mod tests {
         pump(&mut a, &mut b, t0);
         assert!(b.streams().is_none());
         assert!(b.is_established() && a.is_established());
-        // b sent no Limits, so a cannot open: a conforming peer never does.
+        // b announced no streams, so a cannot open: a conforming peer never
+        // does.
+        assert!(a.streams().unwrap().peer_takes_no_streams());
         assert!(a.streams().unwrap().open(1).is_err());
         // A hostile one does anyway.
         b.handle_stream_record(StreamRecord::Open {
@@ -215,7 +233,7 @@ mod tests {
             }
         }
         let c = closed.expect("closed");
-        assert_eq!(c.label(), "stream_limits_missing");
+        assert_eq!(c.label(), "stream_too_many");
         assert!(c.is_peer_misbehavior());
     }
 

@@ -233,6 +233,7 @@ impl ShardCore {
 
     /// Bookkeeping after any input or command touched a connection.
     pub(super) fn after_io(&mut self, key: usize, now: Instant) {
+        self.pump_streams(key);
         self.move_unsent_if_replaced(key, now);
         let Some(slot) = self.conns.get_mut(key) else {
             return;
@@ -292,6 +293,13 @@ impl ShardCore {
             }
             self.shared.metrics.writes.inc();
             self.wrote = true;
+        }
+        // Sealing stream data frees send buffer: blocked writers resume.
+        if !slot.pipes.is_empty() {
+            self.pump_streams(key);
+            if self.conns.get(key).is_some_and(|s| s.conn.has_output()) {
+                self.dirty.push(key);
+            }
         }
         out
     }

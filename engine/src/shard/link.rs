@@ -85,6 +85,17 @@ pub(crate) enum Command {
     HandedOver { to: ConnId, from: ConnId },
     /// A shard's own marker, behind the last late send for `old`.
     Drained { old: ConnId },
+    /// Open a stream on `channel` on a connection.
+    StreamOpen {
+        id: ConnId,
+        channel: u32,
+        reply: super::streams::OpenReply,
+    },
+    /// The application changed stream `stream`'s pipe (see `streams::pipe`).
+    Stream {
+        conn: ConnId,
+        id: shoal_wire::stream::StreamId,
+    },
     /// Close everything, flushing until `deadline`, then exit.
     Shutdown { deadline: Instant },
     /// Make the driver fail (feature `test-hooks`: tests of shard failure).

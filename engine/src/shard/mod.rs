@@ -27,6 +27,8 @@
 //!   hand-over between shards).
 //! - [`reroute`]: accepted output whose connection is no longer there.
 //! - [`rpc`]: requests, responses, in-shard handlers and pings.
+//! - [`streams`]: byte streams between the connections and the
+//!   application's pipes.
 //! - [`close`]: the end of a connection, and of the shard.
 //!
 //! # Glossary
@@ -84,6 +86,7 @@ mod quota;
 mod reroute;
 mod rpc;
 mod slot;
+mod streams;
 
 pub(crate) use io::{Arrived, ReadAhead, ReadPlan};
 pub(crate) use link::{Command, ShardLink};
@@ -293,6 +296,8 @@ impl ShardCore {
             Command::Released { to, gone } => self.released(to, gone, now),
             Command::HandedOver { to, from } => self.handed_over(to, from, now),
             Command::Drained { old } => self.drained(old),
+            Command::StreamOpen { id, channel, reply } => self.open_stream(id, channel, reply),
+            Command::Stream { conn, id } => self.stream_poked(conn, id, now),
             Command::Shutdown { deadline } => {
                 self.begin_shutdown(deadline, now);
                 actions.push(DriverAction::Shutdown);
@@ -394,6 +399,7 @@ impl ShardCore {
             self.process_input(key, now);
         }
         self.retry_held(now);
+        self.sync_dirty_pipes();
         self.expire_handovers(now);
         self.flush_all_parked(now);
         self.shared.rpc.expire(self.id, now, None);

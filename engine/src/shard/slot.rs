@@ -11,7 +11,7 @@
 //! command for a connection that closed meanwhile never reaches the one
 //! that took its key ([`Live`]).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,6 +25,8 @@ use crate::connection::{Connection, Outgoing, Priority};
 use crate::limiters::PeerLimiters;
 use crate::peers::{ConnId, PeerHandle};
 use crate::queue_depth::{QueueDepth, Share};
+use crate::streams::pipe::Pipe;
+use shoal_wire::stream::StreamId;
 
 /// One connection slot.
 pub(super) struct ConnSlot {
@@ -81,6 +83,12 @@ pub(super) struct ConnSlot {
     pub(super) abort: bool,
     /// `ping()` callers waiting for the next pong (bounded).
     pub(super) ping_waiters: Vec<tokio::sync::oneshot::Sender<Duration>>,
+    /// The pipes of the streams the application holds (see
+    /// [`super::streams`]); at most `streams.max_streams` each way.
+    pub(super) pipes: HashMap<StreamId, Arc<Pipe>>,
+    /// Opens waiting for the peer's stream limits (at most
+    /// `streams.max_streams`); dropped, so failed, with the slot.
+    pub(super) pending_opens: Vec<(u32, super::streams::OpenReply)>,
 }
 
 /// A new connection's wait for the one it replaced on another shard
@@ -133,6 +141,8 @@ impl ConnSlot {
             closed_at: None,
             abort: false,
             ping_waiters: Vec::new(),
+            pipes: HashMap::new(),
+            pending_opens: Vec::new(),
         }
     }
 

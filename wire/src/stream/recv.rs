@@ -171,15 +171,17 @@ impl RecvHalf {
         n
     }
 
-    /// Copies buffered bytes into `out`. Returns the outcome and the
-    /// bytes consumed (for the connection's credit).
-    pub(super) fn read(&mut self, out: &mut [u8]) -> Result<(ReadOutcome, u64), ReadError> {
+    /// Reads at most `max` buffered bytes, handed to `copy` as one slice of
+    /// the buffer.
+    pub(super) fn read_with(
+        &mut self,
+        max: usize,
+        copy: impl FnOnce(&[u8]),
+    ) -> Result<(ReadOutcome, u64), ReadError> {
         match self.state {
             RecvState::Open | RecvState::Finished if !self.buf.is_empty() => {
-                let n = out.len().min(self.buf.len());
-                if let (Some(dst), Some(src)) = (out.get_mut(..n), self.buf.get(..n)) {
-                    dst.copy_from_slice(src);
-                }
+                let n = max.min(self.buf.len());
+                copy(self.buf.get(..n).unwrap_or_default());
                 self.buf.advance(n);
                 self.consumed += n as u64;
                 self.shrink();

@@ -1,6 +1,7 @@
 //! [`Streams`]: every stream of one connection, and the connection-level
 //! credit they share. See the module docs of [`super`] for the design.
 
+use bytes::BytesMut;
 use std::collections::{HashMap, VecDeque};
 
 use super::recv::{Arrival, RecvHalf};
@@ -132,6 +133,18 @@ impl Streams {
     /// Streams alive (either half not yet ended and observed).
     pub fn stream_count(&self) -> usize {
         self.streams.len()
+    }
+
+    /// Whether the peer's `Limits` arrived (before, [`Streams::open`] is
+    /// refused).
+    pub fn peer_limits_known(&self) -> bool {
+        self.peer_limits.is_some()
+    }
+
+    /// Whether the peer's `Limits` allowed us no stream at all (a peer
+    /// that takes no streams announces `max_streams` 0).
+    pub fn peer_takes_no_streams(&self) -> bool {
+        self.peer_limits.is_some() && self.local_streams_allowed == 0
     }
 
     /// Received bytes buffered for the application, all streams.
@@ -275,11 +288,36 @@ impl Streams {
     /// [`ReadError::Blocked`] when nothing is buffered yet
     /// ([`Event::Readable`] follows).
     pub fn read(&mut self, id: StreamId, out: &mut [u8]) -> Result<ReadOutcome, ReadError> {
+        let max = out.len();
+        self.read_with(id, max, |src| {
+            if let Some(dst) = out.get_mut(..src.len()) {
+                dst.copy_from_slice(src);
+            }
+        })
+    }
+
+    /// [`Streams::read`] of at most `max` bytes appended to `out` (no
+    /// zeroing of the destination first).
+    pub fn read_into(
+        &mut self,
+        id: StreamId,
+        out: &mut BytesMut,
+        max: usize,
+    ) -> Result<ReadOutcome, ReadError> {
+        self.read_with(id, max, |src| out.extend_from_slice(src))
+    }
+
+    fn read_with(
+        &mut self,
+        id: StreamId,
+        max: usize,
+        copy: impl FnOnce(&[u8]),
+    ) -> Result<ReadOutcome, ReadError> {
         if let Some(reason) = self.lost {
             return Err(ReadError::ConnectionLost(reason));
         }
         let s = self.streams.get_mut(&id).ok_or(ReadError::UnknownStream)?;
-        let result = s.recv.read(out);
+        let result = s.recv.read_with(max, copy);
         if s.recv.credit_pending {
             self.queue_control(id);
         }

@@ -1,0 +1,407 @@
+//! Streams on the shard: each connection's `shoal_wire` streams synced
+//! with the application's pipes (see `crate::streams`).
+//!
+//! # Design
+//! A slot keeps the pipe of each stream its application holds. A stream is
+//! *synced* (`sync`) whenever something may have changed on either side:
+//! a poke from the application ([`Command::Stream`]), a stream event after
+//! input (`Readable`, `Writable`, `Finished`, `Reset`, `Stopped`), and the
+//! timer sweep for pipes whose poke the full command queue refused. A sync
+//! moves written bytes into the connection as far as credit allows, applies
+//! `finish` / `reset` / `stop`, and moves received bytes into the pipe as
+//! far as it has room; then it wakes whichever side gained something. A
+//! pipe leaves the slot once both its halves ended; when the connection
+//! closes, every pipe still there fails with the close's reason.
+//!
+//! [`Command::Stream`]: super::Command::Stream
+
+use std::sync::Arc;
+
+use shoal_wire::stream::{
+    Event as StreamEvent, OpenError, ReadError, ReadOutcome, StreamId, WriteError,
+};
+
+use super::ShardCore;
+use crate::events::DisconnectReason;
+use crate::inbox::Rejected;
+use crate::peers::ConnId;
+use crate::shard::slot::Live;
+use crate::streams::pipe::{Pipe, RecvEnd};
+use crate::streams::{IncomingStream, RecvStream, SendStream, StreamError, REFUSED};
+
+/// Received bytes moved into a pipe per read of the connection's buffer.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// The reply to an open: the new stream's pipe.
+pub(crate) type OpenReply = tokio::sync::oneshot::Sender<Result<Arc<Pipe>, StreamError>>;
+
+impl ShardCore {
+    /// [`super::Command::StreamOpen`].
+    pub(super) fn open_stream(&mut self, conn: ConnId, channel: u32, reply: OpenReply) {
+        let cap = self.stream_pipe_cap();
+        let shared = self.shared.clone();
+        let result = match self.conns.live_mut(conn) {
+            None => Err(StreamError::NotConnected),
+            Some(slot) if !slot.conn.is_open() => Err(StreamError::NotConnected),
+            Some(slot) => match slot.conn.streams() {
+                None => Err(StreamError::UnknownChannel),
+                Some(streams) => match streams.open(channel) {
+                    Ok(id) => {
+                        let pipe = Arc::new(Pipe::new(shared, conn, id, cap));
+                        slot.pipes.insert(id, pipe.clone());
+                        Ok(pipe)
+                    }
+                    Err(OpenError::TooManyStreams) if streams.peer_takes_no_streams() => {
+                        Err(StreamError::PeerTakesNoStreams)
+                    }
+                    Err(OpenError::TooManyStreams)
+                        if !streams.peer_limits_known()
+                            && (slot.pending_opens.len() as u64)
+                                < self.shared.config.streams.max_streams =>
+                    {
+                        // The peer's limits are on their way (a connection
+                        // just established): the open waits for them.
+                        slot.pending_opens.push((channel, reply));
+                        return;
+                    }
+                    Err(OpenError::TooManyStreams) => Err(StreamError::TooManyStreams),
+                    Err(OpenError::ConnectionLost(_)) => Err(StreamError::NotConnected),
+                },
+            },
+        };
+        match result {
+            Ok(pipe) => {
+                self.shared.metrics.streams_opened.inc();
+                self.shared.metrics.streams_open.inc();
+                let id = pipe.id;
+                if let Err(Ok(_)) = reply.send(Ok(pipe)) {
+                    // The opener is gone: nobody will use the stream.
+                    self.abandon(conn.key, id);
+                }
+                self.dirty.push(conn.key);
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    /// [`super::Command::Stream`]: the application changed `id`'s pipe.
+    pub(super) fn stream_poked(&mut self, conn: ConnId, id: StreamId, now: std::time::Instant) {
+        if self.conns.live(conn).is_some() {
+            self.sync(conn.key, id);
+            self.after_io(conn.key, now);
+        }
+    }
+
+    /// The streams' events after input or a command, and the failure of
+    /// every pipe once the connection is closed.
+    pub(super) fn pump_streams(&mut self, key: usize) {
+        loop {
+            let Some(slot) = self.conns.get_mut(key) else {
+                return;
+            };
+            if slot.conn.is_closed() {
+                let reason = DisconnectReason::from_label(
+                    slot.close_label
+                        .or(slot.conn.close_label())
+                        .unwrap_or("local_close"),
+                );
+                self.fail_pipes(key, reason);
+                return;
+            }
+            let Some(ev) = slot.conn.streams().and_then(|s| s.poll_event()) else {
+                return;
+            };
+            match ev {
+                StreamEvent::Opened { id, channel } => self.accept_stream(key, id, channel),
+                StreamEvent::Stopped { id, code } => {
+                    if let Some(pipe) = self.conns.get(key).and_then(|s| s.pipes.get(&id)) {
+                        let mut st = pipe.lock();
+                        st.send_error.get_or_insert(StreamError::Stopped(code));
+                        st.send.clear();
+                        drop(st);
+                        pipe.writable.notify(usize::MAX);
+                    }
+                    self.sync(key, id);
+                }
+                StreamEvent::Readable { id }
+                | StreamEvent::Writable { id }
+                | StreamEvent::Finished { id }
+                | StreamEvent::Reset { id, .. } => self.sync(key, id),
+                StreamEvent::Lost { id, .. } => {
+                    let label = self.conns.get(key).and_then(|s| s.conn.closing_label());
+                    let reason = DisconnectReason::from_label(label.unwrap_or("local_close"));
+                    self.fail_pipe(key, id, reason);
+                }
+                StreamEvent::CanOpen => {
+                    let waiting = self
+                        .conns
+                        .get_mut(key)
+                        .map(|s| std::mem::take(&mut s.pending_opens))
+                        .unwrap_or_default();
+                    if let Some(conn) = self.conn_id(key) {
+                        for (channel, reply) in waiting {
+                            self.open_stream(conn, channel, reply);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Syncs the pipes whose poke was refused (the timer sweep).
+    pub(super) fn sync_dirty_pipes(&mut self) {
+        let dirty: Vec<(usize, StreamId)> = self
+            .conns
+            .iter()
+            .flat_map(|(key, s)| {
+                s.pipes
+                    .iter()
+                    .filter(|(_, p)| p.lock().dirty)
+                    .map(move |(id, _)| (key, *id))
+            })
+            .collect();
+        for (key, id) in dirty {
+            self.sync(key, id);
+            if let Some(slot) = self.conns.get(key) {
+                if slot.conn.has_output() {
+                    self.dirty.push(key);
+                }
+            }
+        }
+    }
+
+    fn stream_pipe_cap(&self) -> usize {
+        usize::try_from(self.shared.config.streams.window).unwrap_or(usize::MAX)
+    }
+
+    fn accept_stream(&mut self, key: usize, id: StreamId, channel: u32) {
+        let Some(conn) = self.conn_id(key) else {
+            return;
+        };
+        let peer = self.conns.get(key).and_then(|s| s.conn.peer().cloned());
+        let (Some(listener), Some(peer)) = (self.channels.streams.get(&channel).cloned(), peer)
+        else {
+            return self.refuse(key, id, "no_listener");
+        };
+        let pipe = Arc::new(Pipe::new(
+            self.shared.clone(),
+            conn,
+            id,
+            self.stream_pipe_cap(),
+        ));
+        let incoming = IncomingStream {
+            peer,
+            channel,
+            send: SendStream::new(pipe.clone()),
+            recv: RecvStream::new(pipe.clone()),
+        };
+        match listener.push(incoming) {
+            Ok(()) => {
+                listener.publish(1);
+                if let Some(slot) = self.conns.get_mut(key) {
+                    slot.pipes.insert(id, pipe);
+                }
+                self.shared.metrics.streams_accepted.inc();
+                self.shared.metrics.streams_open.inc();
+                self.sync(key, id);
+            }
+            Err(Rejected::Full(incoming)) | Err(Rejected::Closed(incoming)) => {
+                // Its handles must not poke for a stream that never was.
+                {
+                    let mut st = pipe.lock();
+                    st.finish = true;
+                    st.stop = Some(REFUSED);
+                }
+                drop(incoming);
+                self.refuse(key, id, "backlog_full");
+            }
+        }
+    }
+
+    /// Resets and stops a peer's stream nobody takes.
+    fn refuse(&mut self, key: usize, id: StreamId, reason: &'static str) {
+        if let Some(streams) = self.conns.get_mut(key).and_then(|s| s.conn.streams()) {
+            let _ = streams.reset(id, REFUSED);
+            let _ = streams.stop(id, REFUSED);
+        }
+        self.shared
+            .metrics
+            .streams_refused
+            .get_or_create(&crate::metrics::ReasonLabel {
+                reason: reason.into(),
+            })
+            .inc();
+        self.dirty.push(key);
+    }
+
+    /// A stream whose opener went away before it got it.
+    fn abandon(&mut self, key: usize, id: StreamId) {
+        if let Some(slot) = self.conns.get_mut(key) {
+            if slot.pipes.remove(&id).is_some() {
+                self.shared.metrics.streams_open.dec();
+            }
+            if let Some(streams) = slot.conn.streams() {
+                let _ = streams.reset(id, 0);
+                let _ = streams.stop(id, 0);
+            }
+        }
+    }
+
+    /// See the module docs.
+    fn sync(&mut self, key: usize, id: StreamId) {
+        let Some(slot) = self.conns.get_mut(key) else {
+            return;
+        };
+        let Some(pipe) = slot.pipes.get(&id).cloned() else {
+            return;
+        };
+        let Some(streams) = slot.conn.streams() else {
+            return;
+        };
+        let mut st = pipe.lock();
+        st.dirty = false;
+        st.poked = false;
+        let (mut readable, mut writable) = (false, false);
+
+        // Sending half.
+        if !st.send_done {
+            if let Some(code) = st.reset {
+                let _ = streams.reset(id, code);
+                st.send_done = true;
+            }
+        }
+        while !st.send_done && st.send_error.is_none() && !st.send.is_empty() {
+            match streams.write(id, &st.send) {
+                Ok(0) | Err(WriteError::Blocked) => break,
+                Ok(n) => {
+                    bytes::Buf::advance(&mut st.send, n);
+                    writable = true;
+                }
+                Err(e) => {
+                    st.send_error = Some(write_error(e));
+                    st.send.clear();
+                    writable = true;
+                }
+            }
+        }
+        if !st.send_done {
+            if st.send_error.is_some() {
+                st.send_done = true;
+            } else if st.finish && st.send.is_empty() {
+                if let Err(e) = streams.finish(id) {
+                    st.send_error = Some(write_error(e));
+                    writable = true;
+                }
+                st.send_done = true;
+            }
+        }
+
+        // Receiving half.
+        if !st.recv_done {
+            if let Some(code) = st.stop {
+                let _ = streams.stop(id, code);
+                st.recv_done = true;
+            }
+        }
+        while !st.recv_done {
+            let room = pipe.cap.saturating_sub(st.recv.len());
+            if room == 0 {
+                st.recv_stalled = true;
+                break;
+            }
+            match streams.read_into(id, &mut st.recv, room.min(READ_CHUNK)) {
+                Ok(ReadOutcome::Data(0)) | Err(ReadError::Blocked) => break,
+                Ok(ReadOutcome::Data(n)) => {
+                    self.shared.metrics.stream_bytes_in.inc_by(n as u64);
+                    readable = true;
+                }
+                Ok(ReadOutcome::Finished) => {
+                    st.recv_end = Some(RecvEnd::Finished);
+                    st.recv_done = true;
+                    readable = true;
+                }
+                Err(e) => {
+                    st.recv_end = Some(RecvEnd::Failed(read_error(e)));
+                    st.recv_done = true;
+                    readable = true;
+                }
+            }
+        }
+        let done = st.send_done && st.recv_done;
+        drop(st);
+        if done {
+            slot.pipes.remove(&id);
+            self.shared.metrics.streams_open.dec();
+        }
+        if readable {
+            pipe.readable.notify(usize::MAX);
+        }
+        if writable {
+            pipe.writable.notify(usize::MAX);
+        }
+    }
+
+    fn fail_pipe(&mut self, key: usize, id: StreamId, reason: DisconnectReason) {
+        if let Some(pipe) = self.conns.get_mut(key).and_then(|s| s.pipes.remove(&id)) {
+            self.shared.metrics.streams_open.dec();
+            fail(&pipe, reason);
+        }
+    }
+
+    /// Fails every pipe of a closed connection.
+    pub(super) fn fail_pipes(&mut self, key: usize, reason: DisconnectReason) {
+        let Some(slot) = self.conns.get_mut(key) else {
+            return;
+        };
+        for (_, pipe) in slot.pipes.drain() {
+            self.shared.metrics.streams_open.dec();
+            fail(&pipe, reason);
+        }
+    }
+}
+
+fn fail(pipe: &Pipe, reason: DisconnectReason) {
+    let e = StreamError::ConnectionLost(reason);
+    let mut st = pipe.lock();
+    if st.send_error.is_none() && !st.send_done {
+        st.send_error = Some(e);
+    }
+    st.send.clear();
+    if st.recv_end.is_none() {
+        st.recv_end = Some(RecvEnd::Failed(e));
+    }
+    st.send_done = true;
+    st.recv_done = true;
+    drop(st);
+    pipe.readable.notify(usize::MAX);
+    pipe.writable.notify(usize::MAX);
+}
+
+fn write_error(e: WriteError) -> StreamError {
+    match e {
+        WriteError::Stopped(code) => StreamError::Stopped(code),
+        WriteError::ConnectionLost(r) => StreamError::ConnectionLost(lost(r)),
+        WriteError::Blocked | WriteError::Closed | WriteError::UnknownStream => StreamError::Closed,
+    }
+}
+
+fn read_error(e: ReadError) -> StreamError {
+    match e {
+        ReadError::Reset(code) => StreamError::Reset(code),
+        ReadError::ConnectionLost(r) => StreamError::ConnectionLost(lost(r)),
+        ReadError::Blocked | ReadError::Closed | ReadError::UnknownStream => StreamError::Closed,
+    }
+}
+
+fn lost(r: shoal_wire::CloseReason) -> DisconnectReason {
+    use shoal_wire::CloseReason as R;
+    match r {
+        R::Shutdown => DisconnectReason::Shutdown,
+        R::Unauthorized => DisconnectReason::Deauthorized,
+        R::IdleTimeout => DisconnectReason::IdleTimeout,
+        R::ProtocolViolation => DisconnectReason::Violation("protocol_violation"),
+        _ => DisconnectReason::Local,
+    }
+}

@@ -1,0 +1,129 @@
+//! One stream's meeting point between the application and its shard.
+//!
+//! # Design
+//! A [`Pipe`] holds two bounded byte buffers behind one mutex: `send`
+//! (application → shard, at most `cap` bytes) and `recv` (shard →
+//! application, at most `cap` bytes), and what each side asked of the
+//! other (finish, reset, stop) or told it (the end, an error). Critical
+//! sections are a copy of at most one application buffer or one read's
+//! worth of stream bytes.
+//!
+//! Wake-ups go one way each and only when needed:
+//! - **shard → application**: `readable` and `writable` (event-listener
+//!   events, for async tasks and parked threads alike) are notified when
+//!   data, room, the end or an error appeared; a notify with no listener
+//!   costs one atomic load.
+//! - **application → shard**: a *poke* ([`crate::shard::Command::Stream`])
+//!   once per change the shard has not seen yet (`poked` stays set until
+//!   the shard's next sync): bytes written into an empty buffer, room
+//!   freed in a receive buffer the shard had stopped filling, finish,
+//!   reset, stop, a dropped handle. A poke refused by a full command queue
+//!   is not lost: the pipe stays marked `dirty` and the shard's timer
+//!   sweep syncs it (counted in `shoal_stream_pokes_deferred`).
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::BytesMut;
+use event_listener::Event;
+use shoal_wire::stream::StreamId;
+
+use super::StreamError;
+use crate::peers::ConnId;
+use crate::shard::Command;
+use crate::shared::Shared;
+
+/// How a receiving half ended, as the application will see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RecvEnd {
+    /// The peer finished: reads return the rest, then 0.
+    Finished,
+    /// Reads fail with this.
+    Failed(StreamError),
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct PipeState {
+    /// Written by the application, not yet taken by the shard.
+    pub send: BytesMut,
+    /// The application finished its half (after `send` drains).
+    pub finish: bool,
+    /// The application reset its half with this code.
+    pub reset: Option<u32>,
+    /// The shard applied `finish` or `reset`: nothing more to do.
+    pub send_done: bool,
+    /// Writes fail with this (the peer stopped, the connection is gone).
+    pub send_error: Option<StreamError>,
+    /// Received, not yet read by the application.
+    pub recv: BytesMut,
+    pub recv_end: Option<RecvEnd>,
+    /// The application stopped reading with this code.
+    pub stop: Option<u32>,
+    /// The shard applied `stop` or saw the end: nothing more to do.
+    pub recv_done: bool,
+    /// The shard stopped filling `recv` because it was full.
+    pub recv_stalled: bool,
+    /// A change the shard has not synced yet.
+    pub dirty: bool,
+    /// A poke for it is in the shard's queue.
+    pub poked: bool,
+}
+
+/// See the module docs.
+pub(crate) struct Pipe {
+    state: Mutex<PipeState>,
+    pub readable: Event,
+    pub writable: Event,
+    /// Bound of each buffer, in bytes.
+    pub cap: usize,
+    pub conn: ConnId,
+    pub id: StreamId,
+    /// How long a blocked handle looks before parking (`io.wait_spin`).
+    pub spin: std::time::Duration,
+    shared: Arc<Shared>,
+}
+
+impl Pipe {
+    pub fn new(shared: Arc<Shared>, conn: ConnId, id: StreamId, cap: usize) -> Self {
+        Self {
+            state: Mutex::new(PipeState::default()),
+            readable: Event::new(),
+            writable: Event::new(),
+            cap,
+            conn,
+            id,
+            spin: shared.config.effective_wait_spin(),
+            shared,
+        }
+    }
+
+    /// The state; a poisoned lock (a panic while holding it, which nothing
+    /// here does) still gives the state.
+    pub fn lock(&self) -> MutexGuard<'_, PipeState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Marks a change for the shard (under the lock) and pokes it unless a
+    /// poke is queued already. Call with the guard, which it releases.
+    pub fn poke(&self, mut st: MutexGuard<'_, PipeState>) {
+        st.dirty = true;
+        if st.poked {
+            return;
+        }
+        st.poked = true;
+        drop(st);
+        let cmd = Command::Stream {
+            conn: self.conn,
+            id: self.id,
+        };
+        let sent = self
+            .shared
+            .shards
+            .get(self.conn.shard)
+            .is_some_and(|link| link.send(cmd).is_ok());
+        if !sent {
+            // The timer sweep finds it dirty.
+            self.lock().poked = false;
+            self.shared.metrics.stream_pokes_deferred.inc();
+        }
+    }
+}
