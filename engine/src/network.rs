@@ -113,6 +113,7 @@ impl Network {
                 tx,
                 waker,
                 load: crate::placement::ShardLoad::new(slots),
+                stream_pokes_deferred: Default::default(),
             });
             queues.push(rx);
         }
@@ -542,11 +543,7 @@ impl NetworkHandle {
                     reply: tx,
                 })
                 .map_err(|_| StreamError::Full)?;
-                let pipe = rx.await.map_err(|_| StreamError::NotConnected)??;
-                Ok((
-                    crate::SendStream::new(pipe.clone()),
-                    crate::RecvStream::new(pipe),
-                ))
+                rx.await.map_err(|_| StreamError::NotConnected)?
             },
             self.shared.config.effective_wait_spin(),
         )

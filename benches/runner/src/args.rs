@@ -37,6 +37,9 @@ pub(crate) enum Scenario {
     Idle,
     /// Shard scaling: fan-out to 16 peers with 2 shards per node vs 1.
     Scale,
+    /// One byte stream of `--size` bytes (default 1 GiB; 256 MiB under
+    /// `all`) beside 64 B high-priority messages on the same connection.
+    Stream,
 }
 
 impl Scenario {
@@ -80,8 +83,9 @@ pub struct BenchArgs {
     #[arg(long, value_enum)]
     pub(crate) scenario: Option<Scenario>,
     /// Message size in bytes (throughput default 65536, fanout 16384; latency
-    /// and rpc use 64 unless run alone with --size).
-    #[arg(long)]
+    /// and rpc use 64 unless run alone with --size); stream: the bytes to
+    /// move (default 1GiB). Takes KiB / MiB / GiB suffixes.
+    #[arg(long, value_parser = parse_size)]
     pub(crate) size: Option<usize>,
     /// Messages per round (default: 256 MiB worth for throughput, 5000 round
     /// trips for latency and request, 30000 requests for rpc, 20000 sends for
@@ -183,5 +187,43 @@ impl BenchArgs {
     /// [`run`](crate::run).
     pub fn config(&self) -> Option<&Path> {
         self.config.as_deref()
+    }
+}
+
+/// A byte count: digits with an optional `KiB`, `MiB` or `GiB` suffix.
+fn parse_size(s: &str) -> Result<usize, String> {
+    let (digits, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, ""),
+    };
+    let shift = match unit {
+        "" => 0,
+        "KiB" => 10,
+        "MiB" => 20,
+        "GiB" => 30,
+        _ => {
+            return Err(format!(
+                "`{s}`: a byte count, optionally with KiB, MiB or GiB"
+            ))
+        }
+    };
+    digits
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(|| format!("`{s}`: a byte count, optionally with KiB, MiB or GiB"))
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_take_binary_suffixes() {
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert_eq!(parse_size("64KiB"), Ok(65536));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert!(parse_size("1GB").is_err());
+        assert!(parse_size("GiB").is_err());
     }
 }

@@ -71,6 +71,7 @@ mod result;
 mod round_trip;
 mod schedule;
 mod shard_rtt;
+mod stream;
 mod throughput;
 mod traffic;
 

@@ -146,6 +146,12 @@ fn versus_baseline(r: &RunResult) -> String {
             r.enqueue_seconds.unwrap_or(0.0) * 1e6 / r.messages.max(1) as f64,
             r.seconds * 1e6 / r.messages.max(1) as f64
         ),
+        "stream" => format!(
+            "{:.2}x raw sealed TCP stream ({:.0} MiB/s), RSS +{:.0} MiB",
+            r.ratio,
+            r.baseline / (1 << 20) as f64,
+            r.rss_growth_mib.unwrap_or(0.0)
+        ),
         "throughput" | "fanout" => {
             let mut vs = format!(
                 "{:.2}x raw seal ({:.0} MiB/s)",

@@ -58,6 +58,10 @@ pub(crate) struct RunResult {
     /// delivered); `seconds` is until the last delivery.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) enqueue_seconds: Option<f64>,
+    /// stream: the process's peak RSS growth over the transfer, MiB (both
+    /// nodes: one process).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) rss_growth_mib: Option<f64>,
     /// idle: resident KiB per established idle connection.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) rss_per_connection_kib: Option<f64>,
@@ -120,6 +124,7 @@ impl RunResult {
             peers: None,
             enqueue_seconds: None,
             rss_per_connection_kib: None,
+            rss_growth_mib: None,
             baseline: 0.0,
             ratio: 0.0,
             sealed_stream: None,

@@ -10,7 +10,7 @@
 //! terminal only) counts one step per baseline and per engine run.
 //!
 //! Order under `all`: throughput, latency, request, shard-rtt (sleeping, then
-//! busy-polling shards), rpc, fanout, send, scale, idle.
+//! busy-polling shards), rpc, fanout, send, scale, stream, idle.
 
 use std::io::IsTerminal;
 use std::time::Duration;
@@ -30,6 +30,7 @@ use crate::plan::Plan;
 use crate::result::{median, summarize, RunResult};
 use crate::round_trip::{request_rpc, rpc};
 use crate::shard_rtt::shard_rtt;
+use crate::stream::stream;
 use crate::throughput::throughput;
 
 /// Runs every scenario the plan asks for, in order.
@@ -62,6 +63,9 @@ pub(crate) fn run_scenarios(p: &Plan, args: &BenchArgs) -> Result<Vec<RunResult>
     if wants(Scenario::Scale) {
         results.extend(scale_rounds(p, &pb)?);
     }
+    if wants(Scenario::Stream) {
+        results.extend(stream_rounds(p, &pb)?);
+    }
     if wants(Scenario::Idle) {
         results.extend(idle_rounds(p, &pb, args)?);
     }
@@ -83,6 +87,7 @@ fn steps(p: &Plan) -> u64 {
         Scenario::Send,
         Scenario::Idle,
         Scenario::Scale,
+        Scenario::Stream,
     ]
     .into_iter()
     .filter(|s| all || p.scenario == *s)
@@ -432,6 +437,31 @@ fn interleaved(
     }
     let base = median(base);
     Ok(per.into_iter().map(|runs| summarize(runs, base)).collect())
+}
+
+/// One stream against the raw sealed TCP stream of 64 KiB frames moving
+/// the same bytes, interleaved.
+fn stream_rounds(p: &Plan, pb: &ProgressBar) -> Result<Vec<RunResult>, String> {
+    let default = if p.scenario == Scenario::All {
+        256 << 20
+    } else {
+        1 << 30
+    };
+    let total = p.size.map_or(default, |s| s as u64).max(1 << 20);
+    let frames = (total / (64 << 10)).max(1) as usize;
+    let mut out = interleaved(
+        pb,
+        p.rounds,
+        &p.backends,
+        "stream",
+        "raw sealed TCP stream",
+        || raw_sealed_stream_bytes_per_sec(64 << 10, frames),
+        |b| stream(p, b, total),
+    )?;
+    for r in &mut out {
+        r.sealed_stream = Some(r.baseline);
+    }
+    Ok(out)
 }
 
 /// Marks latency-type results with the wait spin both they and their raw

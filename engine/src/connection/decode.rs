@@ -202,6 +202,12 @@ impl Connection {
     }
 
     fn handle_record(&mut self, rec: Record, now: Instant) {
+        if self.peer_streams.is_none() {
+            self.peer_streams = Some(matches!(
+                rec,
+                Record::Stream(shoal_wire::stream::StreamRecord::Limits { .. })
+            ));
+        }
         match rec {
             Record::Data(d) => self.handle_data(RecordKind::Data, d),
             Record::RpcRequest(d) => self.handle_data(RecordKind::RpcRequest, d),

@@ -90,6 +90,13 @@ impl Connection {
     fn fill_frame(&mut self, budget: usize) -> usize {
         let chunk_size = self.chunk_size;
         let mut w = RecordWriter::new(&mut self.out, budget);
+        if std::mem::take(&mut self.limits_first) {
+            // Our stream limits open our first frame: the peer learns from
+            // our first record whether we take streams (see `streams`).
+            if let Some(s) = self.streams.as_deref_mut() {
+                super::streams::fill_one(s, &mut w);
+            }
+        }
         while let Some(c) = self.tx.control.front() {
             let ok = match c {
                 ControlOut::Ping(m) => w.push(RecordKind::Ping, m),
@@ -109,9 +116,6 @@ impl Connection {
                 return w.written();
             }
             self.tx.control.pop_front();
-        }
-        if self.no_streams_pending && super::streams::NO_STREAMS.emit(&mut w).is_ok() {
-            self.no_streams_pending = false;
         }
         // High-priority messages, then stream records and low-priority
         // messages taking turns at going first (see `streams`).

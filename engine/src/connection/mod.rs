@@ -140,8 +140,11 @@ pub struct Connection {
     /// Stream records go before low-priority messages in this frame (they
     /// take turns; see `streams`).
     streams_first: bool,
-    /// A node without streams owes its peer `streams::NO_STREAMS`.
-    no_streams_pending: bool,
+    /// Our streams' `Limits` is still to open our first frame.
+    limits_first: bool,
+    /// Whether the peer takes streams, from its first record once
+    /// established (see `streams`).
+    peer_streams: Option<bool>,
 }
 
 impl Connection {
@@ -197,7 +200,8 @@ impl Connection {
             side: streams::side(dialer),
             streams: None,
             streams_first: false,
-            no_streams_pending: false,
+            limits_first: false,
+            peer_streams: None,
             cfg,
             channels,
             authorize,

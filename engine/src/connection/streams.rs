@@ -21,8 +21,11 @@
 //! their buffers.
 //!
 //! # Security
-//! A node without stream channels announces [`NO_STREAMS`] (limits of 0)
-//! and keeps no stream state: the peer's `Limits` and credit are ignored,
+//! Who takes streams: a node with stream channels opens its first frame
+//! with its `Limits`, so the peer's first record tells whether it takes
+//! streams ([`Connection::peer_has_streams`]); a node without them sends no
+//! stream record at all (so peers that predate streams are unaffected) and
+//! keeps no stream state: the peer's `Limits` and credit are ignored,
 //! an `Open` is [`Violation::TooManyStreams`] and
 //! any other record for a stream [`Violation::UnknownStream`] (a
 //! conforming peer opens nothing against a `max_streams` of 0). Every [`Violation`] closes the
@@ -42,11 +45,18 @@ impl Connection {
         self.streams.as_deref_mut()
     }
 
+    /// Whether the peer takes streams: `Some(true)` once its first record
+    /// (its `Limits`) arrived, `Some(false)` when its first record was
+    /// anything else, `None` before.
+    pub fn peer_has_streams(&self) -> Option<bool> {
+        self.peer_streams
+    }
+
     /// Creates the streams at establishment (if configured).
     pub(super) fn start_streams(&mut self) {
-        match self.cfg.streams {
-            Some(cfg) => self.streams = Some(Box::new(Streams::new(self.side, cfg))),
-            None => self.no_streams_pending = true,
+        if let Some(cfg) = self.cfg.streams {
+            self.streams = Some(Box::new(Streams::new(self.side, cfg)));
+            self.limits_first = true;
         }
     }
 
@@ -79,7 +89,7 @@ impl Connection {
 
     /// Whether the streams have a record to send.
     pub(super) fn streams_have_output(&self) -> bool {
-        self.no_streams_pending || self.streams.as_ref().is_some_and(|s| s.has_transmit())
+        self.streams.as_ref().is_some_and(|s| s.has_transmit())
     }
 
     /// Bytes the streams will want to send soon (sizes the write batch).
@@ -99,14 +109,13 @@ pub(super) fn side(dialer: bool) -> Side {
     }
 }
 
-/// What a node without stream channels announces: no stream, no credit, so
-/// a peer's `open` fails at once instead of waiting for limits that never
-/// come.
-pub(super) const NO_STREAMS: StreamRecord = StreamRecord::Limits {
-    stream_window: 0,
-    connection_window: 0,
-    max_streams: 0,
-};
+/// Appends the next stream record if it fits (our `Limits` first).
+pub(super) fn fill_one(streams: &mut Streams, w: &mut RecordWriter<'_>) {
+    if let Some(rec) = streams.poll_transmit(w.remaining()) {
+        // Cannot fail: the record was chosen to fit what remains.
+        let _ = rec.emit(w);
+    }
+}
 
 /// Appends stream records to the frame `w` is building while they fit.
 pub(super) fn fill(streams: &mut Streams, w: &mut RecordWriter<'_>) {
@@ -208,7 +217,7 @@ mod tests {
     }
 
     #[test]
-    fn a_node_without_streams_announces_none_and_an_open_is_a_violation() {
+    fn a_node_without_streams_sends_no_stream_record_and_an_open_is_a_violation() {
         let t0 = Instant::now();
         let mut cb = (*cfg(2, t0)).clone();
         cb.streams = None;
@@ -217,9 +226,13 @@ mod tests {
         pump(&mut a, &mut b, t0);
         assert!(b.streams().is_none());
         assert!(b.is_established() && a.is_established());
-        // b announced no streams, so a cannot open: a conforming peer never
-        // does.
-        assert!(a.streams().unwrap().peer_takes_no_streams());
+        // b's first record is not stream limits: a knows b takes no
+        // streams, and a conforming peer opens none.
+        assert_eq!(a.peer_has_streams(), None);
+        b.ping(t0).unwrap();
+        pump(&mut a, &mut b, t0);
+        assert_eq!(a.peer_has_streams(), Some(false));
+        assert_eq!(b.peer_has_streams(), Some(true));
         assert!(a.streams().unwrap().open(1).is_err());
         // A hostile one does anyway.
         b.handle_stream_record(StreamRecord::Open {

@@ -109,6 +109,9 @@ pub(crate) struct ShardLink {
     pub waker: Arc<ShardWaker>,
     /// Connection slots and liveness, for placement ([`crate::placement`]).
     pub load: ShardLoad,
+    /// A stream poke this queue refused: the shard's timer sweep looks
+    /// for dirty pipes (`crate::streams::pipe`).
+    pub stream_pokes_deferred: std::sync::atomic::AtomicBool,
 }
 
 impl ShardLink {

@@ -32,17 +32,24 @@ use crate::streams::{IncomingStream, RecvStream, SendStream, StreamError, REFUSE
 /// Received bytes moved into a pipe per read of the connection's buffer.
 const READ_CHUNK: usize = 64 * 1024;
 
-/// The reply to an open: the new stream's pipe.
-pub(crate) type OpenReply = tokio::sync::oneshot::Sender<Result<Arc<Pipe>, StreamError>>;
+/// The reply to an open: the new stream's handles. They travel as handles,
+/// not as a bare pipe, so an opener that gave up (its future dropped after
+/// the reply was sent) still finishes and stops the stream by dropping them.
+pub(crate) type OpenReply =
+    tokio::sync::oneshot::Sender<Result<(SendStream, RecvStream), StreamError>>;
 
 impl ShardCore {
     /// [`super::Command::StreamOpen`].
     pub(super) fn open_stream(&mut self, conn: ConnId, channel: u32, reply: OpenReply) {
         let cap = self.stream_pipe_cap();
+        let max_pending = self.shared.config.streams.max_streams;
         let shared = self.shared.clone();
         let result = match self.conns.live_mut(conn) {
             None => Err(StreamError::NotConnected),
             Some(slot) if !slot.conn.is_open() => Err(StreamError::NotConnected),
+            Some(slot) if slot.conn.peer_has_streams() == Some(false) => {
+                Err(StreamError::PeerTakesNoStreams)
+            }
             Some(slot) => match slot.conn.streams() {
                 None => Err(StreamError::UnknownChannel),
                 Some(streams) => match streams.open(channel) {
@@ -51,16 +58,13 @@ impl ShardCore {
                         slot.pipes.insert(id, pipe.clone());
                         Ok(pipe)
                     }
-                    Err(OpenError::TooManyStreams) if streams.peer_takes_no_streams() => {
-                        Err(StreamError::PeerTakesNoStreams)
-                    }
                     Err(OpenError::TooManyStreams)
                         if !streams.peer_limits_known()
-                            && (slot.pending_opens.len() as u64)
-                                < self.shared.config.streams.max_streams =>
+                            && (slot.pending_opens.len() as u64) < max_pending =>
                     {
-                        // The peer's limits are on their way (a connection
-                        // just established): the open waits for them.
+                        // The connection just established: the peer's
+                        // first record (its limits, or anything else if it
+                        // takes no streams) is on its way.
                         slot.pending_opens.push((channel, reply));
                         return;
                     }
@@ -73,15 +77,31 @@ impl ShardCore {
             Ok(pipe) => {
                 self.shared.metrics.streams_opened.inc();
                 self.shared.metrics.streams_open.inc();
-                let id = pipe.id;
-                if let Err(Ok(_)) = reply.send(Ok(pipe)) {
-                    // The opener is gone: nobody will use the stream.
-                    self.abandon(conn.key, id);
-                }
+                // An opener that is gone drops the handles here: they
+                // finish and stop the stream.
+                let _ = reply.send(Ok((SendStream::new(pipe.clone()), RecvStream::new(pipe))));
                 self.dirty.push(conn.key);
             }
             Err(e) => {
                 let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    /// Opens that waited for the peer's first record, once it came.
+    fn retry_pending_opens(&mut self, key: usize) {
+        let Some(slot) = self.conns.get_mut(key) else {
+            return;
+        };
+        let known = slot.conn.peer_has_streams() == Some(false)
+            || slot.conn.streams().is_some_and(|s| s.peer_limits_known());
+        if slot.pending_opens.is_empty() || !known {
+            return;
+        }
+        let waiting = std::mem::take(&mut slot.pending_opens);
+        if let Some(conn) = self.conn_id(key) {
+            for (channel, reply) in waiting {
+                self.open_stream(conn, channel, reply);
             }
         }
     }
@@ -97,6 +117,7 @@ impl ShardCore {
     /// The streams' events after input or a command, and the failure of
     /// every pipe once the connection is closed.
     pub(super) fn pump_streams(&mut self, key: usize) {
+        self.retry_pending_opens(key);
         loop {
             let Some(slot) = self.conns.get_mut(key) else {
                 return;
@@ -134,24 +155,17 @@ impl ShardCore {
                     let reason = DisconnectReason::from_label(label.unwrap_or("local_close"));
                     self.fail_pipe(key, id, reason);
                 }
-                StreamEvent::CanOpen => {
-                    let waiting = self
-                        .conns
-                        .get_mut(key)
-                        .map(|s| std::mem::take(&mut s.pending_opens))
-                        .unwrap_or_default();
-                    if let Some(conn) = self.conn_id(key) {
-                        for (channel, reply) in waiting {
-                            self.open_stream(conn, channel, reply);
-                        }
-                    }
-                }
+                StreamEvent::CanOpen => self.retry_pending_opens(key),
             }
         }
     }
 
     /// Syncs the pipes whose poke was refused (the timer sweep).
     pub(super) fn sync_dirty_pipes(&mut self) {
+        let deferred = &self.shared.shards[self.id].stream_pokes_deferred;
+        if !deferred.swap(false, std::sync::atomic::Ordering::AcqRel) {
+            return;
+        }
         let dirty: Vec<(usize, StreamId)> = self
             .conns
             .iter()
@@ -236,19 +250,6 @@ impl ShardCore {
         self.dirty.push(key);
     }
 
-    /// A stream whose opener went away before it got it.
-    fn abandon(&mut self, key: usize, id: StreamId) {
-        if let Some(slot) = self.conns.get_mut(key) {
-            if slot.pipes.remove(&id).is_some() {
-                self.shared.metrics.streams_open.dec();
-            }
-            if let Some(streams) = slot.conn.streams() {
-                let _ = streams.reset(id, 0);
-                let _ = streams.stop(id, 0);
-            }
-        }
-    }
-
     /// See the module docs.
     fn sync(&mut self, key: usize, id: StreamId) {
         let Some(slot) = self.conns.get_mut(key) else {
@@ -311,7 +312,9 @@ impl ShardCore {
                 st.recv_stalled = true;
                 break;
             }
-            match streams.read_into(id, &mut st.recv, room.min(READ_CHUNK)) {
+            let want = room.min(READ_CHUNK);
+            crate::streams::pipe::reserve_within(&mut st.recv, want, pipe.cap);
+            match streams.read_into(id, &mut st.recv, want) {
                 Ok(ReadOutcome::Data(0)) | Err(ReadError::Blocked) => break,
                 Ok(ReadOutcome::Data(n)) => {
                     self.shared.metrics.stream_bytes_in.inc_by(n as u64);
@@ -323,6 +326,8 @@ impl ShardCore {
                     readable = true;
                 }
                 Err(e) => {
+                    // A reset's error comes before bytes not yet read.
+                    st.recv.clear();
                     st.recv_end = Some(RecvEnd::Failed(read_error(e)));
                     st.recv_done = true;
                     readable = true;

@@ -148,6 +148,7 @@ impl SendStream {
             if room > 0 {
                 let n = room.min(buf.len());
                 let was_empty = st.send.is_empty();
+                super::pipe::reserve_within(&mut st.send, n, self.pipe.cap);
                 st.send.extend_from_slice(&buf[..n]);
                 // A non-empty buffer is the shard's to come back to (it
                 // stopped for credit and resumes on the peer's grant).
@@ -358,6 +359,15 @@ pub struct IncomingStream {
 pub struct StreamListener {
     pub(crate) inbox: Arc<Inbox<IncomingStream>>,
     pub(crate) spin: Duration,
+}
+
+impl Drop for StreamListener {
+    /// Refuses every later stream, and ends the waiting ones (their
+    /// handles drop: finished and stopped).
+    fn drop(&mut self) {
+        self.inbox.close();
+        while self.inbox.try_recv().is_ok() {}
+    }
 }
 
 impl StreamListener {

@@ -75,7 +75,8 @@ pub enum StreamError {
     #[error("shard queue full")]
     Full,
     /// This node registered no stream channel, so its connections carry
-    /// no streams.
+    /// no streams: a node opens streams only once it registered one
+    /// ([`crate::Network::streams`]), even if it never accepts any.
     #[error("this node has no stream channel")]
     UnknownChannel,
     /// The peer registered no stream channel: it takes no streams.

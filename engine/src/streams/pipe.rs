@@ -115,15 +115,52 @@ impl Pipe {
             conn: self.conn,
             id: self.id,
         };
-        let sent = self
-            .shared
-            .shards
-            .get(self.conn.shard)
-            .is_some_and(|link| link.send(cmd).is_ok());
-        if !sent {
+        let Some(link) = self.shared.shards.get(self.conn.shard) else {
+            return;
+        };
+        if link.send(cmd).is_err() {
             // The timer sweep finds it dirty.
             self.lock().poked = false;
+            link.stream_pokes_deferred
+                .store(true, std::sync::atomic::Ordering::Release);
             self.shared.metrics.stream_pokes_deferred.inc();
         }
+    }
+}
+
+/// Makes room for `want` more bytes in `buf` without ever holding more than
+/// `cap` (≥ `buf.len() + want`) of allocation: `BytesMut::reserve` doubles a
+/// buffer whose consumed front it cannot reclaim, which would let a pipe
+/// hold twice its bound. Compacting copies at most the unread bytes.
+pub(crate) fn reserve_within(buf: &mut BytesMut, want: usize, cap: usize) {
+    if buf.capacity() - buf.len() >= want {
+        return;
+    }
+    let mut fresh = BytesMut::with_capacity(cap.max(buf.len() + want));
+    fresh.extend_from_slice(buf);
+    *buf = fresh;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pipe_buffer_never_outgrows_its_bound() {
+        let cap = 64 * 1024;
+        let mut buf = BytesMut::new();
+        let chunk = vec![1u8; 10_000];
+        let mut read = 0usize;
+        for _ in 0..1000 {
+            let want = (cap - buf.len()).min(chunk.len());
+            reserve_within(&mut buf, want, cap);
+            buf.extend_from_slice(&chunk[..want]);
+            assert!(buf.capacity() <= cap, "{} > {cap}", buf.capacity());
+            // A reader taking a little less than arrives.
+            let n = buf.len().min(7_000);
+            bytes::Buf::advance(&mut buf, n);
+            read += n;
+        }
+        assert!(read > 1_000_000);
     }
 }

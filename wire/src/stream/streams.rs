@@ -141,12 +141,6 @@ impl Streams {
         self.peer_limits.is_some()
     }
 
-    /// Whether the peer's `Limits` allowed us no stream at all (a peer
-    /// that takes no streams announces `max_streams` 0).
-    pub fn peer_takes_no_streams(&self) -> bool {
-        self.peer_limits.is_some() && self.local_streams_allowed == 0
-    }
-
     /// Received bytes buffered for the application, all streams.
     pub fn buffered_bytes(&self) -> u64 {
         self.streams
