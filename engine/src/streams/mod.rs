@@ -17,13 +17,54 @@
 //! Verbs: [`SendStream::write`] / [`SendStream::write_all`] (as much as
 //! fits, waiting for room), [`SendStream::finish`], [`SendStream::reset`];
 //! [`RecvStream::read`] (0 at the end), [`RecvStream::stop`]. Each is a
-//! [`Wait`] (`.await` or `.blocking()`); the handles are also
+//! [`Wait`](crate::Wait) (`.await` or `.blocking()`); the handles are also
 //! `std::io::Write` / `std::io::Read` (blocking) and tokio's `AsyncWrite` /
 //! `AsyncRead`, so `std::io::copy` and `tokio::io::copy` work.
 //!
 //! Dropping a [`SendStream`] finishes it; dropping a [`RecvStream`]
 //! stops it (code 0). Errors are sticky: once a half failed, every later
 //! call returns the same [`StreamError`].
+//!
+//! # Example
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::io::{Read, Write};
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use shoal_engine::{Config, Ed25519Signer, Network, Signer};
+//!
+//! let loopback = Some(([127, 0, 0, 1], 0).into());
+//! let (ka, kb) = (Ed25519Signer::generate(), Ed25519Signer::generate());
+//! let peers = vec![ka.public_key().clone(), kb.public_key().clone()];
+//! let (mut net_a, oracle_a) = Network::new(Config::local(loopback).with_identity(Arc::new(ka)))?;
+//! let (mut net_b, oracle_b) = Network::new(Config::local(loopback).with_identity(Arc::new(kb)))?;
+//! // Both take part in streams on channel 9; b accepts.
+//! let _unused = net_a.streams(9, 4)?;
+//! let listener = net_b.streams(9, 4)?;
+//! oracle_a.register(0, peers.clone());
+//! oracle_b.register(0, peers);
+//! let (a, b) = (net_a.start()?, net_b.start()?);
+//! oracle_a.add_address(b.public_key(), b.local_addr().unwrap());
+//! assert!(a.wait_peers(Duration::from_secs(10), |p| p.len() == 1));
+//!
+//! let (mut send, _recv) = a.open_stream(&b.public_key(), 9).blocking()?;
+//! let writer = std::thread::spawn(move || -> std::io::Result<()> {
+//!     for _ in 0..64 {
+//!         // std::io::Write (the inherent `write_all` is the `Wait` form).
+//!         Write::write_all(&mut send, &[7u8; 16 * 1024])?;
+//!     }
+//!     Ok(()) // dropping `send` finishes the stream
+//! });
+//! let mut incoming = listener.accept().blocking().expect("a stream");
+//! assert_eq!(incoming.peer, a.public_key());
+//! let mut all = Vec::new();
+//! incoming.recv.read_to_end(&mut all)?;
+//! writer.join().unwrap()?;
+//! assert_eq!(all.len(), 64 * 16 * 1024);
+//! # a.shutdown(Duration::ZERO);
+//! # b.shutdown(Duration::ZERO);
+//! # Ok(()) }
+//! ```
 //!
 //! # Costs and bounds
 //! Received bytes are held twice at most: in the connection (at most
