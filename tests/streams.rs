@@ -31,37 +31,43 @@ struct StreamNode {
     listener: Option<StreamListener>,
 }
 
+/// A node (`seed`) authorizing `peers`, with the stream channel unless
+/// `no_streams`.
+fn start(backend: Backend, seed: u64, peers: &[u64], streams: bool) -> StreamNode {
+    let mut cfg = local_config(backend, Some(any_addr())).with_identity(signer(seed));
+    cfg.streams.window = WINDOW;
+    cfg.streams.connection_window = 4 * WINDOW;
+    cfg.streams.send_buffer = 2 * WINDOW;
+    cfg.streams.max_streams = 32;
+    let (mut net, oracle) = Network::new(cfg).expect("config");
+    let chans = vec![net.register(chan(VOTES).config()).expect("register")];
+    let listener = streams.then(|| net.streams(STREAMS, 64).expect("streams"));
+    oracle.register(0, peers.iter().map(|s| key(*s)).collect());
+    let handle = net.start().expect("start");
+    StreamNode {
+        node: Node {
+            seed,
+            addr: handle.local_addr().unwrap(),
+            handle: Some(handle),
+            oracle,
+            channels: chans,
+        },
+        listener,
+    }
+}
+
 /// Two connected nodes (seeds 1 and 2); node 1 registers no stream
 /// channel when `second_only`.
 fn pair(backend: Backend, second_only: bool) -> (StreamNode, StreamNode) {
-    let start = |seed: u64, streams: bool| {
-        let mut cfg = local_config(backend, Some(any_addr())).with_identity(signer(seed));
-        cfg.streams.window = WINDOW;
-        cfg.streams.connection_window = 4 * WINDOW;
-        cfg.streams.send_buffer = 2 * WINDOW;
-        cfg.streams.max_streams = 32;
-        let (mut net, oracle) = Network::new(cfg).expect("config");
-        let chans = vec![net.register(chan(VOTES).config()).expect("register")];
-        let listener = streams.then(|| net.streams(STREAMS, 64).expect("streams"));
-        oracle.register(0, vec![key(1), key(2)]);
-        let handle = net.start().expect("start");
-        StreamNode {
-            node: Node {
-                seed,
-                addr: handle.local_addr().unwrap(),
-                handle: Some(handle),
-                oracle,
-                channels: chans,
-            },
-            listener,
-        }
-    };
-    let a = start(1, !second_only);
-    let b = start(2, true);
+    let a = start(backend, 1, &[1, 2, 3], !second_only);
+    let b = start(backend, 2, &[1, 2, 3], true);
     a.node.oracle.add_address(b.node.key(), b.node.addr);
     b.node.oracle.add_address(a.node.key(), a.node.addr);
     for n in [&a, &b] {
-        assert!(n.node.handle().wait_peers(WAIT, |p| p.len() == 1));
+        assert!(n
+            .node
+            .handle()
+            .wait_peers(WAIT, |p| p.contains(&key(3 - n.node.seed))));
     }
     (a, b)
 }
@@ -392,7 +398,88 @@ fn a_closed_connection_fails_its_streams(backend: Backend) {
     let _ = Duration::ZERO;
 }
 
+/// An authenticated peer that writes past the credit it was granted is a
+/// protocol violation: its connection is closed with the violation's label
+/// (and the misbehavior counted), while the node's other peer keeps
+/// streaming.
+fn a_peer_exceeding_its_credit_is_closed(backend: Backend) {
+    use shoal::wire::stream::{StreamId, StreamRecord};
+    use shoal::wire::{encode_header, RecordWriter, TAG_LEN};
+    let (a, b) = pair(backend, false);
+    let m = b.node.handle().metrics();
+    let label = shoal::metrics::ReasonLabel {
+        reason: "stream_credit_exceeded".into(),
+    };
+    let (mut s, mut session) = shoal_testkit::raw_client::dial(
+        b.node.addr,
+        &b.node.key(),
+        signer(3),
+        &shoal::Config::local(None),
+        WAIT,
+    )
+    .expect("raw handshake");
+    let mut frame = |fill: &dyn Fn(&mut RecordWriter)| {
+        let mut buf = bytes::BytesMut::new();
+        buf.extend_from_slice(&[0u8; 4]);
+        fill(&mut RecordWriter::new(&mut buf, 60_000));
+        buf.extend_from_slice(&[0u8; TAG_LEN]);
+        session.sealer.seal_in_place(&mut buf[4..]).unwrap();
+        let header = encode_header(buf.len() - 4);
+        buf[..4].copy_from_slice(&header);
+        buf.to_vec()
+    };
+    let id = StreamId(0);
+    let hello = frame(&|w| {
+        StreamRecord::Limits {
+            stream_window: WINDOW,
+            connection_window: 4 * WINDOW,
+            max_streams: 8,
+        }
+        .emit(w)
+        .unwrap();
+        StreamRecord::Open {
+            id,
+            channel: STREAMS,
+        }
+        .emit(w)
+        .unwrap();
+    });
+    s.write_all(&hello).unwrap();
+    let chunk = Bytes::from(vec![0xabu8; 50_000]);
+    let mut offset = 0u64;
+    // The window is 256 KiB, and the victim grants at most another window
+    // as it moves bytes into its (unread, 256 KiB) pipe: 800 kB overrun it.
+    for _ in 0..16 {
+        let rec = StreamRecord::Data {
+            id,
+            offset,
+            payload: chunk.clone(),
+        };
+        if s.write_all(&frame(&|w| rec.emit(w).unwrap())).is_err() {
+            break;
+        }
+        offset += chunk.len() as u64;
+    }
+    wait_until("the credit violation closes the attacker", || {
+        m.closes.get_or_create(&label).get() == 1
+    });
+    // The honest peer still streams.
+    let (mut tx, _rx) = open(a.node.handle(), &b);
+    let mut inc = loop {
+        let inc = accept(&b);
+        if inc.peer == a.node.key() {
+            break inc;
+        }
+    };
+    tx.write_all(b"still here").blocking().unwrap();
+    tx.finish().unwrap();
+    let mut got = Vec::new();
+    inc.recv.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"still here");
+}
+
 both_backends!(
+    a_peer_exceeding_its_credit_is_closed,
     large_transfer_beside_messages,
     many_concurrent_streams,
     reset_stop_and_refusal,

@@ -6,14 +6,13 @@
 //! The hub opens a stream to its spoke and writes `total` bytes from one
 //! 256 KiB buffer (`write_all`); a thread on the spoke reads them into a
 //! 256 KiB buffer and counts. Meanwhile the hub sends a 64 B message at
-//! `Priority::High` every 500 µs carrying its send time, and a thread on
-//! the spoke records each one's one-way delay (both nodes share this
-//! process's clock). The figures: stream bytes/s from open to the last
+//! `Priority::High` every 500 µs carrying its send time, and an in-shard
+//! handler on the spoke records each one's one-way delay as it is
+//! delivered (both nodes share this process's clock). The figures: stream bytes/s from open to the last
 //! byte read, the delay percentiles of the messages, and the process's
 //! peak RSS growth over the transfer (both nodes: one process), sampled
 //! every 16 MiB read.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -42,6 +41,13 @@ fn rss_kib() -> u64 {
 
 pub(crate) fn stream(p: &Plan, backend: Backend, total: u64) -> Result<RunResult, String> {
     let listeners: Mutex<Vec<StreamListener>> = Mutex::new(Vec::new());
+    let start = Instant::now();
+    // The spoke's in-shard handler records each message's one-way delay on
+    // the shard that decoded it: no thread of the bench's own has to be
+    // scheduled on these two busy cores to see it.
+    let delays = Arc::new(Mutex::new(
+        Histogram::<u64>::new_with_max(LATENCY_MAX_NS, 3).map_err(|e| e.to_string())?,
+    ));
     let register = |i: usize, net: &mut Network| -> Result<(), String> {
         // Both nodes take part in streams (a node needs a stream channel to
         // open one too); only the spoke's listener is used.
@@ -51,6 +57,21 @@ pub(crate) fn stream(p: &Plan, backend: Backend, total: u64) -> Result<RunResult
             return Err("nodes start in order".into());
         }
         all.push(l);
+        if i == 1 {
+            let delays = delays.clone();
+            net.serve(1, move |_, m| {
+                let sent = m
+                    .get(..8)
+                    .and_then(|b| b.try_into().ok())
+                    .map_or(0, u64::from_le_bytes);
+                let delay = nanos(start.elapsed()).saturating_sub(sent);
+                if let Ok(mut h) = delays.lock() {
+                    let _ = h.record(delay.clamp(1, LATENCY_MAX_NS));
+                }
+                Ok(None)
+            })
+            .map_err(|e| e.to_string())?;
+        }
         Ok(())
     };
     let Cluster { hub, spokes } = cluster_with(p, backend, 1, 1024, &[], &register)?;
@@ -61,7 +82,7 @@ pub(crate) fn stream(p: &Plan, backend: Backend, total: u64) -> Result<RunResult
     let _hub_listener = listeners;
     let mut res = RunResult::new("stream", backend_name(&hub.h), p.shards, total as usize);
     let rss_before = rss_kib();
-    let start = Instant::now();
+    let opened = Instant::now();
     let (mut tx, _rx) = hub
         .h
         .open_stream(&spoke.h.public_key(), STREAM_CHANNEL)
@@ -104,32 +125,9 @@ pub(crate) fn stream(p: &Plan, backend: Backend, total: u64) -> Result<RunResult
         Ok((got, Instant::now(), peak))
     });
     // 64 B high-priority messages beside the stream, until it is read.
-    let done = Arc::new(AtomicBool::new(false));
-    let rx = spoke.rx;
-    let delays = {
-        let done = done.clone();
-        std::thread::spawn(move || {
-            let mut h = Histogram::<u64>::new_with_max(LATENCY_MAX_NS, 3).ok();
-            let mut count = 0usize;
-            while !done.load(Ordering::Acquire) {
-                if let Ok(Some((_, m))) = rx.recv_timeout(Duration::from_millis(20)) {
-                    let sent = m
-                        .get(..8)
-                        .and_then(|b| b.try_into().ok())
-                        .map_or(0, u64::from_le_bytes);
-                    let delay = nanos(start.elapsed()).saturating_sub(sent);
-                    if let Some(h) = h.as_mut() {
-                        let _ = h.record(delay.clamp(1, LATENCY_MAX_NS));
-                    }
-                    count += 1;
-                }
-            }
-            (h, count)
-        })
-    };
     let spoke_key = spoke.h.public_key();
     let mut sent = 0usize;
-    while !reader.is_finished() && start.elapsed() < Duration::from_secs(600) {
+    while !reader.is_finished() && opened.elapsed() < Duration::from_secs(600) {
         let mut m = vec![0u8; 64];
         m[..8].copy_from_slice(&nanos(start.elapsed()).to_le_bytes());
         if hub
@@ -146,17 +144,19 @@ pub(crate) fn stream(p: &Plan, backend: Backend, total: u64) -> Result<RunResult
     let (got, end, peak) = reader.join().map_err(|_| "reader panicked")??;
     // The last messages sent are in flight: let them land.
     std::thread::sleep(Duration::from_millis(50));
-    done.store(true, Ordering::Release);
-    let (hist, delivered) = delays.join().map_err(|_| "delay thread panicked")?;
-    res.finish(sent, delivered, end.duration_since(start).as_secs_f64(), 0);
+    let hist = delays.lock().map_err(|_| "lock")?.clone();
+    res.finish(
+        sent,
+        hist.len() as usize,
+        end.duration_since(opened).as_secs_f64(),
+        0,
+    );
     res.bytes_per_sec = got as f64 / res.seconds.max(1e-9);
     if got != total {
         return Err(format!("stream: {got} of {total} bytes arrived"));
     }
     res.rss_growth_mib = Some(peak.saturating_sub(rss_before) as f64 / 1024.0);
-    if let Some(h) = hist {
-        res = res.with_latency(&h);
-    }
+    res = res.with_latency(&hist);
     hub.h.shutdown(Duration::from_millis(100));
     spoke.h.shutdown(Duration::from_millis(100));
     Ok(res)

@@ -58,8 +58,9 @@
 //!   stream and [`StreamConfig::connection_window`] in all (data beyond the
 //!   credit we granted is a [`Violation`]). Received payloads are copied
 //!   out of the frame, so a record of a few bytes cannot keep a whole frame
-//!   alive; a buffer's capacity is kept within 4× its content plus 16 KiB
-//!   after each read;
+//!   alive; after each read a buffer's capacity is kept within twice the
+//!   window, and within 4× its content plus 16 KiB once the peer's end
+//!   arrived;
 //! - streams: at most [`StreamConfig::max_streams`] opened by the peer at
 //!   once (more is a [`Violation`]), plus as many of ours;
 //! - events: at most a handful per live stream (each kind is raised at

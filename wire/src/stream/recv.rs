@@ -204,11 +204,18 @@ impl RecvHalf {
         }
     }
 
-    /// Keeps capacity within 4× the content plus [`SPARE`], so a drained
-    /// burst does not keep its peak allocation.
+    /// Bounds the buffer's capacity: within twice the window while data may
+    /// still arrive (an active stream keeps its allocation: freeing it at
+    /// every drain cost a fresh, page-faulting one per window), and within
+    /// 4× the content plus [`SPARE`] once the peer's end arrived, so a
+    /// drained burst does not keep its peak allocation.
     fn shrink(&mut self) {
         let len = self.buf.len();
-        if self.buf.capacity() > 4 * len + SPARE {
+        let limit = match self.state {
+            RecvState::Open => usize::try_from(self.window.saturating_mul(2)).unwrap_or(usize::MAX),
+            _ => 4 * len + SPARE,
+        };
+        if self.buf.capacity() > limit {
             if len == 0 {
                 self.buf = BytesMut::new();
             } else {
