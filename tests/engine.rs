@@ -5,8 +5,7 @@
 #[macro_use]
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -116,27 +115,25 @@ fn large_message_with_high_priority_interleaved(backend: Backend) {
             .result()
             .unwrap();
     }
-    // Receive the big one on another thread; note when each finished.
-    let big_done = Arc::new(AtomicBool::new(false));
+    // Receive the big one on another thread; when it is in hand, count the
+    // urgent messages b's shard had delivered by then. The shard counts a
+    // channel's deliveries before it publishes them, and the big message's
+    // publication orders everything the shard did before it: an app thread
+    // being scheduled late cannot change the count.
+    let urgent = b.handle().metrics().channel(2).messages_in;
     let small_seen_before_big = {
         let rx_small = &b.channels[1].1;
         std::thread::scope(|s| {
-            let big_done2 = big_done.clone();
             let rx_big = &b.channels[0].1;
             let h = s.spawn(move || {
                 let (_, m) = rx_big.recv_blocking().unwrap();
-                big_done2.store(true, Ordering::SeqCst);
-                m
+                (urgent.get(), m)
             });
-            let mut before = 0;
             for i in 0..SMALL {
                 let (_, m) = rx_small.recv_blocking().unwrap();
                 assert_eq!(m, Bytes::from(format!("urgent {i}")));
-                if !big_done.load(Ordering::SeqCst) {
-                    before += 1;
-                }
             }
-            let m = h.join().unwrap();
+            let (before, m) = h.join().unwrap();
             assert_eq!(m.len(), payload.len());
             assert!(m == payload, "16 MiB message reassembled intact");
             before
