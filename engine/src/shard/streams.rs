@@ -29,9 +29,6 @@ use crate::shard::slot::Live;
 use crate::streams::pipe::{Pipe, RecvEnd};
 use crate::streams::{IncomingStream, RecvStream, SendStream, StreamError, REFUSED};
 
-/// Received bytes moved into a pipe per read of the connection's buffer.
-const READ_CHUNK: usize = 64 * 1024;
-
 /// The reply to an open: the new stream's handles. They travel as handles,
 /// not as a bare pipe, so an opener that gave up (its future dropped after
 /// the reply was sent) still finishes and stops the stream by dropping them.
@@ -312,15 +309,15 @@ impl ShardCore {
                 st.recv_stalled = true;
                 break;
             }
-            let want = room.min(READ_CHUNK);
-            crate::streams::pipe::reserve_within(&mut st.recv, want, pipe.cap);
-            match streams.read_into(id, &mut st.recv, want) {
-                Ok(ReadOutcome::Data(0)) | Err(ReadError::Blocked) => break,
-                Ok(ReadOutcome::Data(n)) => {
+            // A slice of the connection's buffer: no copy until the reader.
+            match streams.read_bytes(id, room) {
+                Ok((ReadOutcome::Data(0), _)) | Err(ReadError::Blocked) => break,
+                Ok((ReadOutcome::Data(n), chunk)) => {
+                    st.recv.push(chunk);
                     self.shared.metrics.stream_bytes_in.inc_by(n as u64);
                     readable = true;
                 }
-                Ok(ReadOutcome::Finished) => {
+                Ok((ReadOutcome::Finished, _)) => {
                     st.recv_end = Some(RecvEnd::Finished);
                     st.recv_done = true;
                     readable = true;

@@ -259,7 +259,7 @@ impl RecvStream {
             }
         }
         st.stop = Some(code);
-        st.recv = bytes::BytesMut::new();
+        st.recv.clear();
         self.pipe.poke(st);
         Ok(())
     }
@@ -278,9 +278,7 @@ impl RecvStream {
                 return Poll::Ready(Err(StreamError::Closed));
             }
             if !st.recv.is_empty() {
-                let n = out.len().min(st.recv.len());
-                out[..n].copy_from_slice(&st.recv[..n]);
-                bytes::Buf::advance(&mut st.recv, n);
+                let n = st.recv.copy_to(out);
                 self.listener = None;
                 // The shard stopped filling a full buffer: half of it is
                 // free again.

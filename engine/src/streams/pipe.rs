@@ -23,7 +23,9 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use bytes::BytesMut;
+use std::collections::VecDeque;
+
+use bytes::{Bytes, BytesMut};
 use event_listener::Event;
 use shoal_wire::stream::StreamId;
 
@@ -54,7 +56,7 @@ pub(crate) struct PipeState {
     /// Writes fail with this (the peer stopped, the connection is gone).
     pub send_error: Option<StreamError>,
     /// Received, not yet read by the application.
-    pub recv: BytesMut,
+    pub recv: Chunks,
     pub recv_end: Option<RecvEnd>,
     /// The application stopped reading with this code.
     pub stop: Option<u32>,
@@ -66,6 +68,56 @@ pub(crate) struct PipeState {
     pub dirty: bool,
     /// A poke for it is in the shard's queue.
     pub poked: bool,
+}
+
+/// Received bytes as the connection handed them over (slices of its
+/// blocks, no copy); the reader copies them out.
+#[derive(Debug, Default)]
+pub(crate) struct Chunks {
+    q: VecDeque<Bytes>,
+    len: usize,
+}
+
+impl Chunks {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn push(&mut self, b: Bytes) {
+        if !b.is_empty() {
+            self.len += b.len();
+            self.q.push_back(b);
+        }
+    }
+
+    pub fn clear(&mut self) {
+        *self = Self::default();
+    }
+
+    /// Copies as much as fits into `out`; returns the count.
+    pub fn copy_to(&mut self, out: &mut [u8]) -> usize {
+        let mut n = 0;
+        while n < out.len() {
+            let Some(front) = self.q.front_mut() else {
+                break;
+            };
+            let k = front.len().min(out.len() - n);
+            if let (Some(dst), Some(src)) = (out.get_mut(n..n + k), front.get(..k)) {
+                dst.copy_from_slice(src);
+            }
+            bytes::Buf::advance(front, k);
+            if front.is_empty() {
+                self.q.pop_front();
+            }
+            n += k;
+        }
+        self.len -= n;
+        n
+    }
 }
 
 /// See the module docs.

@@ -57,10 +57,10 @@
 //! - buffered stream bytes: at most [`StreamConfig::stream_window`] per
 //!   stream and [`StreamConfig::connection_window`] in all (data beyond the
 //!   credit we granted is a [`Violation`]). Received payloads are copied
-//!   out of the frame, so a record of a few bytes cannot keep a whole frame
-//!   alive; after each read a buffer's capacity is kept within twice the
-//!   window, and within 4× its content plus 16 KiB once the peer's end
-//!   arrived;
+//!   out of the frame (into blocks of at most 64 KiB, handed to the reader
+//!   without another copy), so a record of a few bytes cannot keep a whole
+//!   frame alive; a stream's buffer holds at most its content plus one
+//!   block;
 //! - streams: at most [`StreamConfig::max_streams`] opened by the peer at
 //!   once (more is a [`Violation`]), plus as many of ours;
 //! - events: at most a handful per live stream (each kind is raised at

@@ -1,7 +1,9 @@
 //! The receiving half of one stream: a buffer bounded by the window we
 //! granted, and the credit to re-grant as the application reads.
 
-use bytes::{Buf, BytesMut};
+use std::collections::VecDeque;
+
+use bytes::{Bytes, BytesMut};
 
 use super::{ReadError, ReadOutcome, StreamId, Violation};
 
@@ -33,13 +35,61 @@ pub(super) enum Arrival {
     Discarded,
 }
 
-/// Buffers hold at most this much spare capacity beyond 4× their content
-/// after a read (see [`RecvHalf::read`]).
-const SPARE: usize = 16 * 1024;
+/// Largest block received bytes are copied into.
+const BLOCK: usize = 64 * 1024;
+
+/// Received bytes, copied out of their frames into blocks of at most
+/// [`BLOCK`] (or the window, if smaller) and handed out as zero-copy
+/// slices of them: a reader takes whole runs without another copy, and a
+/// block is reused by nothing but the bytes in it, so the buffer holds at
+/// most its content plus one block.
+#[derive(Debug)]
+struct Blocks {
+    full: VecDeque<Bytes>,
+    tail: BytesMut,
+    len: usize,
+    block: usize,
+}
+
+impl Blocks {
+    fn new(window: u64) -> Self {
+        Self {
+            full: VecDeque::new(),
+            tail: BytesMut::new(),
+            len: 0,
+            block: usize::try_from(window).map_or(BLOCK, |w| w.clamp(1, BLOCK)),
+        }
+    }
+
+    fn push(&mut self, data: &[u8]) {
+        if self.tail.capacity() - self.tail.len() < data.len() {
+            if !self.tail.is_empty() {
+                self.full.push_back(self.tail.split().freeze());
+            }
+            self.tail = BytesMut::with_capacity(self.block.max(data.len()));
+        }
+        self.tail.extend_from_slice(data);
+        self.len += data.len();
+    }
+
+    /// Up to `max` bytes from the front, zero-copy (one block at most).
+    fn take(&mut self, max: usize) -> Bytes {
+        let b = match self.full.front_mut() {
+            Some(front) if front.len() <= max => self.full.pop_front().unwrap_or_default(),
+            Some(front) => front.split_to(max),
+            None => {
+                let n = max.min(self.tail.len());
+                self.tail.split_to(n).freeze()
+            }
+        };
+        self.len -= b.len();
+        b
+    }
+}
 
 #[derive(Debug)]
 pub(super) struct RecvHalf {
-    buf: BytesMut,
+    buf: Blocks,
     /// Bytes received: the offset the next `Data` must start at.
     received: u64,
     /// Credit granted to the peer (absolute offset).
@@ -57,7 +107,7 @@ pub(super) struct RecvHalf {
 impl RecvHalf {
     pub(super) fn new(window: u64) -> Self {
         Self {
-            buf: BytesMut::new(),
+            buf: Blocks::new(window),
             received: 0,
             max_offset: window,
             consumed: 0,
@@ -70,7 +120,7 @@ impl RecvHalf {
 
     /// Bytes buffered for the application.
     pub(super) fn buffered(&self) -> usize {
-        self.buf.len()
+        self.buf.len
     }
 
     pub(super) fn is_terminal(&self) -> bool {
@@ -113,7 +163,7 @@ impl RecvHalf {
         }
         // Copied: a slice of the frame would keep the whole frame alive for
         // a few bytes of window (see the module docs, # Security).
-        self.buf.extend_from_slice(payload);
+        self.buf.push(payload);
         Ok(Arrival::Buffered)
     }
 
@@ -165,26 +215,28 @@ impl RecvHalf {
 
     /// Drops the buffer; returns the bytes freed.
     fn discard(&mut self) -> u64 {
-        let n = self.buf.len() as u64;
-        self.buf = BytesMut::new();
+        let n = self.buf.len as u64;
+        self.buf = Blocks::new(self.window);
         self.consumed += n;
         n
     }
 
-    /// Reads at most `max` buffered bytes, handed to `copy` as one slice of
-    /// the buffer.
+    /// Takes at most `max` buffered bytes (one block's run at most), handed
+    /// to `take` as a zero-copy slice.
     pub(super) fn read_with(
         &mut self,
         max: usize,
-        copy: impl FnOnce(&[u8]),
+        take: impl FnOnce(Bytes),
     ) -> Result<(ReadOutcome, u64), ReadError> {
         match self.state {
-            RecvState::Open | RecvState::Finished if !self.buf.is_empty() => {
-                let n = max.min(self.buf.len());
-                copy(self.buf.get(..n).unwrap_or_default());
-                self.buf.advance(n);
+            RecvState::Open | RecvState::Finished if self.buf.len > 0 && max == 0 => {
+                Ok((ReadOutcome::Data(0), 0))
+            }
+            RecvState::Open | RecvState::Finished if self.buf.len > 0 => {
+                let b = self.buf.take(max);
+                let n = b.len();
+                take(b);
                 self.consumed += n as u64;
-                self.shrink();
                 self.update_credit();
                 Ok((ReadOutcome::Data(n), n as u64))
             }
@@ -201,26 +253,6 @@ impl RecvHalf {
                 Err(ReadError::Reset(code))
             }
             RecvState::Stopped | RecvState::StopDone => Err(ReadError::Closed),
-        }
-    }
-
-    /// Bounds the buffer's capacity: within twice the window while data may
-    /// still arrive (an active stream keeps its allocation: freeing it at
-    /// every drain cost a fresh, page-faulting one per window), and within
-    /// 4× the content plus [`SPARE`] once the peer's end arrived, so a
-    /// drained burst does not keep its peak allocation.
-    fn shrink(&mut self) {
-        let len = self.buf.len();
-        let limit = match self.state {
-            RecvState::Open => usize::try_from(self.window.saturating_mul(2)).unwrap_or(usize::MAX),
-            _ => 4 * len + SPARE,
-        };
-        if self.buf.capacity() > limit {
-            if len == 0 {
-                self.buf = BytesMut::new();
-            } else {
-                self.buf = BytesMut::from(&self.buf[..]);
-            }
         }
     }
 

@@ -1,7 +1,7 @@
 //! [`Streams`]: every stream of one connection, and the connection-level
 //! credit they share. See the module docs of [`super`] for the design.
 
-use bytes::BytesMut;
+use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
 
 use super::recv::{Arrival, RecvHalf};
@@ -285,27 +285,28 @@ impl Streams {
         let max = out.len();
         self.read_with(id, max, |src| {
             if let Some(dst) = out.get_mut(..src.len()) {
-                dst.copy_from_slice(src);
+                dst.copy_from_slice(&src);
             }
         })
     }
 
-    /// [`Streams::read`] of at most `max` bytes appended to `out` (no
-    /// zeroing of the destination first).
-    pub fn read_into(
+    /// [`Streams::read`] without a copy: at most `max` buffered bytes as a
+    /// slice of the stream's buffer (empty with [`ReadOutcome::Finished`]).
+    pub fn read_bytes(
         &mut self,
         id: StreamId,
-        out: &mut BytesMut,
         max: usize,
-    ) -> Result<ReadOutcome, ReadError> {
-        self.read_with(id, max, |src| out.extend_from_slice(src))
+    ) -> Result<(ReadOutcome, Bytes), ReadError> {
+        let mut got = Bytes::new();
+        let outcome = self.read_with(id, max, |b| got = b)?;
+        Ok((outcome, got))
     }
 
     fn read_with(
         &mut self,
         id: StreamId,
         max: usize,
-        copy: impl FnOnce(&[u8]),
+        copy: impl FnOnce(Bytes),
     ) -> Result<ReadOutcome, ReadError> {
         if let Some(reason) = self.lost {
             return Err(ReadError::ConnectionLost(reason));
