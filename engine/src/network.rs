@@ -440,6 +440,12 @@ impl NetworkHandle {
         self.shared.shards.get(shard)
     }
 
+    /// `peer`'s current connection and the queue of the shard that owns it.
+    fn peer_link(&self, peer: &PublicKey) -> Option<(crate::peers::ConnId, &ShardLink)> {
+        let h = self.shared.peers.get(peer)?;
+        Some((h.id, self.shared.shards.get(h.id.shard)?))
+    }
+
     /// This node's public key.
     pub fn public_key(&self) -> PublicKey {
         self.shared.config.identity.signer.public_key().clone()
@@ -483,22 +489,10 @@ impl NetworkHandle {
     ) -> Wait<impl Future<Output = Result<Duration, RequestError>> + 'a> {
         Wait::new(
             async move {
-                let h = self
-                    .shared
-                    .peers
-                    .get(peer)
-                    .ok_or(RequestError::NotConnected)?;
+                let (id, link) = self.peer_link(peer).ok_or(RequestError::NotConnected)?;
                 let (tx, rx) = tokio::sync::oneshot::channel();
-                let link = self
-                    .shared
-                    .shards
-                    .get(h.id.shard)
-                    .ok_or(RequestError::NotConnected)?;
-                link.send(Command::Ping {
-                    id: h.id,
-                    reply: tx,
-                })
-                .map_err(|_| RequestError::Full)?;
+                link.send(Command::Ping { id, reply: tx })
+                    .map_err(|_| RequestError::Full)?;
                 rx.await.map_err(|_| RequestError::Disconnected)
             },
             self.shared.config.effective_wait_spin(),
@@ -526,19 +520,10 @@ impl NetworkHandle {
         use crate::StreamError;
         Wait::new(
             async move {
-                let h = self
-                    .shared
-                    .peers
-                    .get(peer)
-                    .ok_or(StreamError::NotConnected)?;
-                let link = self
-                    .shared
-                    .shards
-                    .get(h.id.shard)
-                    .ok_or(StreamError::NotConnected)?;
+                let (id, link) = self.peer_link(peer).ok_or(StreamError::NotConnected)?;
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 link.send(Command::StreamOpen {
-                    id: h.id,
+                    id,
                     channel,
                     reply: tx,
                 })

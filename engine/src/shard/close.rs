@@ -117,14 +117,12 @@ impl ShardCore {
             self.release_parked(id, Instant::now());
         }
         // Streams end with their connection, whatever ended it.
-        let label = self.conns[key]
-            .close_label
-            .or(self.conns[key].conn.close_label());
-        let reason = match (&io_error, label) {
-            (_, Some(label)) => crate::events::DisconnectReason::from_label(label),
-            (Some(_), None) => crate::events::DisconnectReason::Io,
-            (None, None) => crate::events::DisconnectReason::Local,
+        let fallback = if io_error.is_some() {
+            "io_error"
+        } else {
+            "local_close"
         };
+        let reason = self.conns[key].end_reason(fallback);
         self.fail_pipes(key, reason);
         let mut slot = self.conns.remove(key);
         let gone = ConnId {

@@ -146,6 +146,14 @@ impl ConnSlot {
         }
     }
 
+    /// Why the connection ended (or is ending), as its streams report it:
+    /// the label it closed with, the cause its close began with, else
+    /// `fallback`.
+    pub(super) fn end_reason(&self, fallback: &'static str) -> crate::events::DisconnectReason {
+        let label = self.close_label.or(self.conn.closing_label());
+        crate::events::DisconnectReason::from_label(label.unwrap_or(fallback))
+    }
+
     /// Paused: the connection reads no input for now (held input its
     /// receiver refused, too much quota-held input, or the connection it
     /// replaced is not gone yet).

@@ -120,11 +120,7 @@ impl ShardCore {
                 return;
             };
             if slot.conn.is_closed() {
-                let reason = DisconnectReason::from_label(
-                    slot.close_label
-                        .or(slot.conn.close_label())
-                        .unwrap_or("local_close"),
-                );
+                let reason = slot.end_reason("local_close");
                 self.fail_pipes(key, reason);
                 return;
             }
@@ -148,9 +144,8 @@ impl ShardCore {
                 | StreamEvent::Finished { id }
                 | StreamEvent::Reset { id, .. } => self.sync(key, id),
                 StreamEvent::Lost { id, .. } => {
-                    let label = self.conns.get(key).and_then(|s| s.conn.closing_label());
-                    let reason = DisconnectReason::from_label(label.unwrap_or("local_close"));
-                    self.fail_pipe(key, id, reason);
+                    let reason = self.conns.get(key).map(|s| s.end_reason("local_close"));
+                    self.fail_pipe(key, id, reason.unwrap_or(DisconnectReason::Local));
                 }
                 StreamEvent::CanOpen => self.retry_pending_opens(key),
             }
@@ -255,6 +250,8 @@ impl ShardCore {
         let Some(pipe) = slot.pipes.get(&id).cloned() else {
             return;
         };
+        // What a `ConnectionLost` from the streams reports (a close began).
+        let lost = slot.end_reason("local_close");
         let Some(streams) = slot.conn.streams() else {
             return;
         };
@@ -278,7 +275,7 @@ impl ShardCore {
                     writable = true;
                 }
                 Err(e) => {
-                    st.send_error = Some(write_error(e));
+                    st.send_error = Some(write_error(e, lost));
                     st.send.clear();
                     writable = true;
                 }
@@ -289,7 +286,7 @@ impl ShardCore {
                 st.send_done = true;
             } else if st.finish && st.send.is_empty() {
                 if let Err(e) = streams.finish(id) {
-                    st.send_error = Some(write_error(e));
+                    st.send_error = Some(write_error(e, lost));
                     writable = true;
                 }
                 st.send_done = true;
@@ -325,7 +322,7 @@ impl ShardCore {
                 Err(e) => {
                     // A reset's error comes before bytes not yet read.
                     st.recv.clear();
-                    st.recv_end = Some(RecvEnd::Failed(read_error(e)));
+                    st.recv_end = Some(RecvEnd::Failed(read_error(e, lost)));
                     st.recv_done = true;
                     readable = true;
                 }
@@ -381,29 +378,18 @@ fn fail(pipe: &Pipe, reason: DisconnectReason) {
     pipe.writable.notify(usize::MAX);
 }
 
-fn write_error(e: WriteError) -> StreamError {
+fn write_error(e: WriteError, lost: DisconnectReason) -> StreamError {
     match e {
         WriteError::Stopped(code) => StreamError::Stopped(code),
-        WriteError::ConnectionLost(r) => StreamError::ConnectionLost(lost(r)),
+        WriteError::ConnectionLost(_) => StreamError::ConnectionLost(lost),
         WriteError::Blocked | WriteError::Closed | WriteError::UnknownStream => StreamError::Closed,
     }
 }
 
-fn read_error(e: ReadError) -> StreamError {
+fn read_error(e: ReadError, lost: DisconnectReason) -> StreamError {
     match e {
         ReadError::Reset(code) => StreamError::Reset(code),
-        ReadError::ConnectionLost(r) => StreamError::ConnectionLost(lost(r)),
+        ReadError::ConnectionLost(_) => StreamError::ConnectionLost(lost),
         ReadError::Blocked | ReadError::Closed | ReadError::UnknownStream => StreamError::Closed,
-    }
-}
-
-fn lost(r: shoal_wire::CloseReason) -> DisconnectReason {
-    use shoal_wire::CloseReason as R;
-    match r {
-        R::Shutdown => DisconnectReason::Shutdown,
-        R::Unauthorized => DisconnectReason::Deauthorized,
-        R::IdleTimeout => DisconnectReason::IdleTimeout,
-        R::ProtocolViolation => DisconnectReason::Violation("protocol_violation"),
-        _ => DisconnectReason::Local,
     }
 }

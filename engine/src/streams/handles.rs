@@ -15,15 +15,16 @@ use super::StreamError;
 use crate::inbox::Inbox;
 use crate::wait::Wait;
 
-/// Polls `listener` (registering it first): `Ready` once notified.
+/// Polls `listener` on `event` (registering it first): `Ready` once
+/// notified, or registered (the caller looks again before waiting).
 fn poll_listener(
-    listen: impl FnOnce() -> EventListener,
+    event: &event_listener::Event,
     listener: &mut Option<EventListener>,
     cx: &mut Context<'_>,
 ) -> Poll<()> {
     match listener {
         None => {
-            *listener = Some(listen());
+            *listener = Some(event.listen());
             // Registered: the caller looks again before waiting.
             Poll::Ready(())
         }
@@ -159,8 +160,7 @@ impl SendStream {
                 return Poll::Ready(Ok(n));
             }
             drop(st);
-            let pipe = &self.pipe;
-            if poll_listener(|| pipe.writable.listen(), &mut self.listener, cx).is_pending() {
+            if poll_listener(&self.pipe.writable, &mut self.listener, cx).is_pending() {
                 return Poll::Pending;
             }
         }
@@ -294,8 +294,7 @@ impl RecvStream {
                 None => {}
             }
             drop(st);
-            let pipe = &self.pipe;
-            if poll_listener(|| pipe.readable.listen(), &mut self.listener, cx).is_pending() {
+            if poll_listener(&self.pipe.readable, &mut self.listener, cx).is_pending() {
                 return Poll::Pending;
             }
         }
