@@ -14,8 +14,12 @@ use clap::{Parser, Subcommand};
 /// The binary's allocator. Every received message is a buffer allocated on a
 /// shard and freed on the application's thread; glibc's malloc returns such
 /// cross-thread frees to the kernel and faults the pages in again (seen as
-/// page faults and `munmap` in profiles of the throughput bench). The
-/// library does not choose an allocator: embedders keep theirs.
+/// page faults and `munmap` in profiles of the throughput bench). mimalloc
+/// 2.x, not 3.x: a receiving node kept 18–20 MiB more resident under 3.x
+/// over a 1 GiB stream against 10–12 MiB under 2.x, and idle connections
+/// varied from 11.4 to 17.8 KiB against 11.3–11.6 (`benches/README.md`,
+/// "Allocator"). The library does not choose an allocator: embedders keep
+/// theirs.
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

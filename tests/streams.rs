@@ -313,6 +313,29 @@ fn reset_stop_and_refusal(backend: Backend) {
     };
     assert_eq!(err, StreamError::Reset(42));
 
+    // A reset after a finish whose end could not go out yet (the reader
+    // reads nothing, so bytes beyond its windows wait here): the reader
+    // sees the reset, not the end.
+    let (mut tx3, _rx3) = open(a.node.handle(), &b);
+    let total = 2 * WINDOW as usize + (WINDOW as usize) / 2;
+    tx3.write_all(&vec![3u8; total]).blocking().unwrap();
+    tx3.finish().unwrap();
+    tx3.reset(5).unwrap();
+    assert_eq!(tx3.reset(6), Err(StreamError::Closed));
+    let mut inc3 = accept(&b);
+    let mut read = 0usize;
+    let err = loop {
+        match inc3.recv.read(&mut buf).blocking() {
+            Ok(n) => {
+                assert!(n > 0, "the end arrived although the stream was reset");
+                read += n;
+            }
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err, StreamError::Reset(5));
+    assert!(read < total);
+
     let (mut tx2, _rx2) = open(a.node.handle(), &b);
     tx2.write_all(b"x").blocking().unwrap();
     let mut inc2 = accept(&b);

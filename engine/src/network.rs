@@ -527,7 +527,14 @@ impl NetworkHandle {
                     channel,
                     reply: tx,
                 })
-                .map_err(|_| StreamError::Full)?;
+                .map_err(|_| {
+                    // A stopped shard has no connections left.
+                    if !link.load.is_alive() {
+                        StreamError::NotConnected
+                    } else {
+                        StreamError::Full
+                    }
+                })?;
                 rx.await.map_err(|_| StreamError::NotConnected)?
             },
             self.shared.config.effective_wait_spin(),

@@ -150,11 +150,17 @@ pub struct BenchArgs {
     /// with many quiet peers shows in the round trip [default: 0].
     #[arg(long, value_name = "N")]
     pub(crate) crowd: Option<usize>,
-    /// idle: measure in this process (the default runs each backend in a
-    /// fresh child process, so one run's freed memory cannot hide the next
-    /// run's growth).
+    /// idle, stream: measure in this process (the default runs each idle
+    /// round, and each stream round's receiver, in a fresh child process,
+    /// so one run's freed memory cannot hide the next run's growth and the
+    /// stream's receiver is measured alone).
     #[arg(long, hide = true)]
     pub(crate) in_process: bool,
+    /// stream: be the receiving node for the sender with this key (hex),
+    /// speaking JSON lines on stdout: how the stream scenario runs its
+    /// receiver in a child process.
+    #[arg(long, hide = true, value_name = "KEY")]
+    pub(crate) receiver_for: Option<String>,
     /// throughput: run this library in the same rounds, at the same size and
     /// count, and report shoal / it; without --size, at 64 B, 1 KiB, 16 KiB
     /// and 64 KiB.

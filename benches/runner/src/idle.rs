@@ -24,6 +24,7 @@ use shoal_engine::{Backend, ChannelConfig, Config, Network, NetworkHandle};
 use shoal_testkit::{process, raw_client};
 
 use crate::args::BenchArgs;
+use crate::child::bench_command;
 use crate::cluster::label;
 use crate::result::RunResult;
 
@@ -106,47 +107,10 @@ pub(crate) fn idle_in_child(
     backend: Backend,
     conns: usize,
 ) -> Result<RunResult, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
-    let mut cmd = std::process::Command::new(exe);
-    cmd.args([
-        "bench",
-        "--scenario",
-        "idle",
-        "--in-process",
-        "--json",
-        "--rounds",
-        "1",
-    ])
-    .args(["--connections", &conns.to_string()])
-    .args([
-        "--backend",
-        match backend {
-            Backend::IoUring => "io-uring",
-            Backend::Epoll => "epoll",
-            Backend::Auto => "auto",
-        },
-    ]);
-    if let Some(c) = &args.config {
-        cmd.arg("--config").arg(c);
-    }
-    if let Some(s) = args.shards {
-        cmd.args(["--shards", &s.to_string()]);
-    }
-    // Each connection's OpenSSL contexts are part of its memory.
-    if let Some(c) = args.cipher {
-        cmd.args([
-            "--cipher",
-            match c {
-                crate::args::CipherArg::Auto => "auto",
-                crate::args::CipherArg::Ring => "ring",
-            },
-        ]);
-    }
-    if let Some(t) = args.cipher_threshold {
-        cmd.args(["--cipher-threshold", &t.to_string()]);
-    }
+    let mut cmd = bench_command(args, "idle", backend)?;
+    cmd.args(["--in-process", "--json"])
+        .args(["--connections", &conns.to_string()]);
     let out = cmd
-        .stderr(std::process::Stdio::inherit())
         .output()
         .map_err(|e| format!("idle: cannot run the child bench: {e}"))?;
     if !out.status.success() {

@@ -59,6 +59,7 @@ use std::path::PathBuf;
 
 mod args;
 mod baseline;
+mod child;
 mod cluster;
 mod competitor;
 mod fanout;
@@ -103,11 +104,20 @@ impl From<String> for BenchError {
 /// values, if one was given) and prints the table, Markdown or JSON on
 /// stdout.
 ///
-/// The idle scenario runs each backend in a child process: this executable
-/// again, as `bench --scenario idle --in-process --json`, so it must be one
-/// whose `bench` subcommand is [`BenchArgs`] (the `shoal` binary).
+/// The idle scenario runs each backend, and the stream scenario its
+/// receiving node, in a child process: this executable again, as `bench
+/// --scenario idle --in-process --json` or `bench --scenario stream
+/// --receiver-for <key>`, so it must be one whose `bench` subcommand is
+/// [`BenchArgs`] (the `shoal` binary).
 pub fn run(args: BenchArgs, file: Option<FileSettings>) -> Result<(), BenchError> {
     let plan = plan::plan(&args, file)?;
+    if let Some(sender) = &args.receiver_for {
+        let backend = *plan
+            .backends
+            .first()
+            .ok_or_else(|| "no backend".to_string())?;
+        return Ok(stream::receiver_main(&plan, backend, sender)?);
+    }
     let mut results = schedule::run_scenarios(&plan, &args)?;
     let cipher = plan.base.io.cipher_policy().label();
     for r in &mut results {

@@ -58,9 +58,8 @@ pub(crate) struct RunResult {
     /// delivered); `seconds` is until the last delivery.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) enqueue_seconds: Option<f64>,
-    /// stream: the process's peak RSS growth over the transfer, MiB (both
-    /// nodes: one process).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// stream: the receiving node's peak RSS growth over the transfer,
+    /// MiB (with `--in-process`, both nodes': one process).
     pub(crate) rss_growth_mib: Option<f64>,
     /// idle: resident KiB per established idle connection.
     #[serde(skip_serializing_if = "Option::is_none")]

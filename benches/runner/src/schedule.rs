@@ -64,7 +64,7 @@ pub(crate) fn run_scenarios(p: &Plan, args: &BenchArgs) -> Result<Vec<RunResult>
         results.extend(scale_rounds(p, &pb)?);
     }
     if wants(Scenario::Stream) {
-        results.extend(stream_rounds(p, &pb)?);
+        results.extend(stream_rounds(p, &pb, args)?);
     }
     if wants(Scenario::Idle) {
         results.extend(idle_rounds(p, &pb, args)?);
@@ -441,7 +441,7 @@ fn interleaved(
 
 /// One stream against the raw sealed TCP stream of 64 KiB frames moving
 /// the same bytes, interleaved.
-fn stream_rounds(p: &Plan, pb: &ProgressBar) -> Result<Vec<RunResult>, String> {
+fn stream_rounds(p: &Plan, pb: &ProgressBar, args: &BenchArgs) -> Result<Vec<RunResult>, String> {
     let default = if p.scenario == Scenario::All {
         256 << 20
     } else {
@@ -456,7 +456,7 @@ fn stream_rounds(p: &Plan, pb: &ProgressBar) -> Result<Vec<RunResult>, String> {
         "stream",
         "raw sealed TCP stream",
         || raw_sealed_stream_bytes_per_sec(64 << 10, frames),
-        |b| stream(p, b, total),
+        |b| stream(p, args, b, total),
     )?;
     for r in &mut out {
         r.sealed_stream = Some(r.baseline);

@@ -213,7 +213,12 @@ impl ShardCore {
                 self.shared.metrics.streams_open.inc();
                 self.sync(key, id);
             }
-            Err(Rejected::Full(incoming)) | Err(Rejected::Closed(incoming)) => {
+            Err(rejected) => {
+                // A listener dropped since the lookup has no backlog either.
+                let (incoming, reason) = match rejected {
+                    Rejected::Full(i) => (i, "backlog_full"),
+                    Rejected::Closed(i) => (i, "no_listener"),
+                };
                 // Its handles must not poke for a stream that never was.
                 {
                     let mut st = pipe.lock();
@@ -221,7 +226,7 @@ impl ShardCore {
                     st.stop = Some(REFUSED);
                 }
                 drop(incoming);
-                self.refuse(key, id, "backlog_full");
+                self.refuse(key, id, reason);
             }
         }
     }
@@ -261,11 +266,12 @@ impl ShardCore {
         let (mut readable, mut writable) = (false, false);
 
         // Sending half.
-        if !st.send_done {
-            if let Some(code) = st.reset {
-                let _ = streams.reset(id, code);
-                st.send_done = true;
-            }
+        // A reset after a finish still abandons what the Finish has not
+        // carried out yet (the wire refuses it once the Finish is sent).
+        if let Some(code) = st.reset.filter(|_| !st.reset_applied) {
+            let _ = streams.reset(id, code);
+            st.reset_applied = true;
+            st.send_done = true;
         }
         while !st.send_done && st.send_error.is_none() && !st.send.is_empty() {
             match streams.write(id, &st.send) {

@@ -118,13 +118,16 @@ impl SendStream {
     }
 
     /// Abandons the stream: unsent bytes are dropped and the reader's
-    /// reads fail with [`StreamError::Reset`]`(code)`.
+    /// reads fail with [`StreamError::Reset`]`(code)`. Allowed after
+    /// [`finish`](Self::finish) too, until the end has been sent: then the
+    /// reader sees the reset instead of the end (once the end is on its
+    /// way, the reset has no effect).
     pub fn reset(&mut self, code: u32) -> Result<(), StreamError> {
         let mut st = self.pipe.lock();
         if let Some(e) = st.send_error {
             return Err(e);
         }
-        if st.finish || st.reset.is_some() {
+        if st.reset.is_some() {
             return Err(StreamError::Closed);
         }
         st.reset = Some(code);

@@ -51,6 +51,8 @@ pub(crate) struct PipeState {
     pub finish: bool,
     /// The application reset its half with this code.
     pub reset: Option<u32>,
+    /// The shard passed `reset` to the connection.
+    pub reset_applied: bool,
     /// The shard applied `finish` or `reset`: nothing more to do.
     pub send_done: bool,
     /// Writes fail with this (the peer stopped, the connection is gone).
