@@ -74,10 +74,11 @@
 //!   Prometheus metrics.
 
 pub use shoal_engine::{
-    config, metrics, Backend, ChannelConfig, Config, DisconnectReason, Ed25519Signer, Error, Event,
-    Events, HandlerResult, Identity, LookupResult, Metrics, Network, NetworkHandle, Oracle, Preset,
-    Priority, PublicKey, Quota, Receiver, Recipients, RecvError, RequestError, RpcStatus,
-    SendError, SendReport, Sender, Signer, Wait, DEFAULT_CAPACITY, EVENT_CAPACITY,
+    config, metrics, Backend, BroadcastError, ChannelConfig, Config, Delivery, DisconnectReason,
+    Ed25519Signer, Error, Event, Events, GossipConfig, GossipReceiver, GossipSender, GossipStats,
+    HandlerResult, Identity, LookupResult, MessageId, Metrics, Network, NetworkHandle, Oracle,
+    Preset, Priority, PublicKey, Quota, Receiver, Recipients, RecvError, RequestError, RpcStatus,
+    SendError, SendReport, Sender, Signer, Verdict, Wait, DEFAULT_CAPACITY, EVENT_CAPACITY,
 };
 pub use shoal_engine::{
     streams, IncomingStream, RecvStream, SendStream, StreamError, StreamListener,

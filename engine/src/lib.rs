@@ -69,7 +69,7 @@ mod events;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
-// Driven only by its tests and simulation until the engine runs it.
+// Parts of the core are used only by its tests and simulation.
 #[allow(dead_code)]
 mod gossip;
 mod inbox;
@@ -102,6 +102,10 @@ pub use config::{Backend, Config, Preset};
 pub use connection::Priority;
 pub use error::{Error, SendError};
 pub use events::{DisconnectReason, Event, Events, EVENT_CAPACITY};
+pub use gossip::{
+    BroadcastError, Delivery, GossipConfig, GossipReceiver, GossipSender, GossipStats, MessageId,
+    Verdict,
+};
 pub use governor::Quota;
 pub use metrics::Metrics;
 pub use network::{Network, NetworkHandle};

@@ -631,14 +631,31 @@ impl NetworkHandle {
 
     /// Closes the connection to `peer` gracefully.
     pub fn disconnect(&self, peer: &PublicKey) {
-        if let Some(h) = self.shared.peers.get(peer) {
-            if let Some(link) = self.shared.shards.get(h.id.shard) {
-                let _ = link.send(Command::Close {
-                    id: h.id,
-                    reason: CloseReason::Normal,
-                });
-            }
-        }
+        close_peer(&self.shared, peer);
+    }
+
+    /// Drives gossip broadcast (Plumtree: an eager-push tree per origin,
+    /// lazy id announcements, grafts and pulls; origin-signed) on a registered
+    /// channel, taking its `Sender` and `Receiver` (the channel then carries
+    /// gossip frames only): returns the broadcasting half and the receiver
+    /// of delivered messages (at most `capacity` waiting). `validator`
+    /// decides per message whose origin signature verified. Errors:
+    /// an invalid `config` (naming the field), `capacity` 0.
+    pub fn gossip(
+        &self,
+        channel: (crate::Sender, crate::Receiver),
+        config: crate::GossipConfig,
+        capacity: usize,
+        validator: impl Fn(&PublicKey, &[u8]) -> crate::Verdict + Send + 'static,
+    ) -> Result<(crate::GossipSender, crate::GossipReceiver), Error> {
+        crate::gossip::driver::start(
+            self.shared.clone(),
+            channel.0,
+            channel.1,
+            config,
+            capacity,
+            validator,
+        )
     }
 
     /// Graceful shutdown: stop accepting and dialing, close every connection
@@ -721,4 +738,16 @@ fn shard_stopped(shared: &Shared, id: usize, run: std::thread::Result<std::io::R
         configured = shared.shards.len(),
         "shard failed: its connections are closed and it gets no new ones; the node is degraded"
     );
+}
+
+/// Closes the connection to `peer` gracefully (if connected).
+pub(crate) fn close_peer(shared: &Shared, peer: &PublicKey) {
+    if let Some(h) = shared.peers.get(peer) {
+        if let Some(link) = shared.shards.get(h.id.shard) {
+            let _ = link.send(Command::Close {
+                id: h.id,
+                reason: CloseReason::Normal,
+            });
+        }
+    }
 }

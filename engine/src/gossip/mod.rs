@@ -51,6 +51,7 @@ pub mod auth;
 pub mod budget;
 pub mod config;
 pub mod core;
+pub mod driver;
 pub mod seen;
 pub mod wire;
 
@@ -65,5 +66,6 @@ pub use self::core::{Event, Gossip, PublishError, Stats, Transmit, Validator, Ve
 pub use auth::{sign_message, SchemeSigner, SchemeVerifier, Sign, Verifier};
 #[allow(unused_imports)]
 pub use config::GossipConfig;
+pub use driver::{BroadcastError, Delivery, GossipReceiver, GossipSender, GossipStats};
 #[allow(unused_imports)]
 pub use wire::{DataFrame, Frame, MessageId, ParseError};
