@@ -30,6 +30,13 @@ pub struct BackendLabel {
     pub fallback: String,
 }
 
+/// A gossip channel and what happened (see [`Metrics::gossip`]).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GossipLabel {
+    pub channel: String,
+    pub event: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ShardLabel {
     pub shard: String,
@@ -139,6 +146,15 @@ pub struct Metrics {
     /// Connections (handshaking or established, and hand-offs not yet
     /// taken) per data shard: what placement balances.
     pub shard_connections: Family<ShardLabel, Gauge>,
+    /// Gossip, per channel and `event`: `delivered`, `published`,
+    /// `duplicate` (a full copy of a message already taken), `forwarded`,
+    /// `pulled` (arrived after a graft or pull), `rejected` (by the
+    /// application), `forged`, `too_old`, `too_new`, `too_large`,
+    /// `over_budget`, `parse_error`, `tree_repair` (grafts sent),
+    /// `given_up` (missing ids no announcer delivered), `ignored` (frames
+    /// from a misbehaving neighbour), `send_full` (frames a full send
+    /// queue refused), `misbehaving_disconnect`.
+    pub gossip: Family<GossipLabel, Counter>,
     messages_in: Family<ChannelLabel, Counter>,
     messages_out: Family<ChannelLabel, Counter>,
     bytes_in: Family<ChannelLabel, Counter>,
@@ -342,6 +358,11 @@ impl Metrics {
             self.shard_connections.clone(),
         );
         registry.register(
+            "gossip_events",
+            "Gossip messages and frames per channel by event (delivered, duplicate, forwarded, pulled, rejected, forged, tree_repair, ...)",
+            self.gossip.clone(),
+        );
+        registry.register(
             "channel_send_full",
             "Sends refused because the peer's queue was full (messages or bytes), per channel",
             self.channel_send_full.clone(),
@@ -367,6 +388,16 @@ impl Metrics {
         self.shard_connections
             .get_or_create(&ShardLabel {
                 shard: shard.to_string(),
+            })
+            .get()
+    }
+
+    /// Gossip `event`s on `channel` so far (see [`Metrics::gossip`]).
+    pub fn gossip_count(&self, channel: u32, event: &str) -> u64 {
+        self.gossip
+            .get_or_create(&GossipLabel {
+                channel: channel.to_string(),
+                event: event.to_string(),
             })
             .get()
     }

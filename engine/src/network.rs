@@ -640,7 +640,22 @@ impl NetworkHandle {
     /// gossip frames only): returns the broadcasting half and the receiver
     /// of delivered messages (at most `capacity` waiting). `validator`
     /// decides per message whose origin signature verified. Errors:
-    /// an invalid `config` (naming the field), `capacity` 0.
+    /// an invalid `config` (naming the field), `capacity` 0. See
+    /// `docs/api.md`, "Gossip".
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use shoal_engine::{ChannelConfig, GossipConfig, Verdict};
+    /// let [(a, mut ca), (b, mut cb)] =
+    ///     shoal_engine::__private::connected_pair(&[ChannelConfig::new(4)]);
+    /// let accept = |_: &shoal_engine::PublicKey, _: &[u8]| Verdict::Accept;
+    /// let (a_tx, _a_rx) = a.gossip(ca.remove(0), GossipConfig::default(), 64, accept)?;
+    /// let (_b_tx, b_rx) = b.gossip(cb.remove(0), GossipConfig::default(), 64, accept)?;
+    /// let id = a_tx.broadcast(Bytes::from_static(b"block 7")).expect("broadcast");
+    /// let got = b_rx.recv_blocking().expect("delivered");
+    /// assert_eq!((got.id, &got.payload[..]), (id, &b"block 7"[..]));
+    /// # Ok::<(), shoal_engine::Error>(())
+    /// ```
     pub fn gossip(
         &self,
         channel: (crate::Sender, crate::Receiver),

@@ -84,6 +84,8 @@ struct State {
     last_seq: u64,
     stats: GossipStats,
     closed: bool,
+    /// The stats as last exported to the metrics.
+    exported: GossipStats,
     /// Own-origin budget: tokens and the instant they were counted.
     tokens: f64,
     refill_at: Instant,
@@ -94,6 +96,62 @@ struct Inner {
     tx: Sender,
     signer: SchemeSigner,
     config: GossipConfig,
+    metrics: Exported,
+}
+
+/// Each [`GossipStats`] field and its `shoal_gossip_events` counter.
+const EXPORTED: [(&str, fn(&GossipStats) -> u64); 17] = [
+    ("delivered", |s| s.core.delivered),
+    ("published", |s| s.core.published),
+    ("duplicate", |s| s.core.duplicates),
+    ("forwarded", |s| s.core.forwarded),
+    ("pulled", |s| s.core.pulled),
+    ("rejected", |s| s.core.rejected),
+    ("forged", |s| s.core.forged),
+    ("too_old", |s| s.core.too_old),
+    ("too_new", |s| s.core.too_new),
+    ("too_large", |s| s.core.too_large),
+    ("over_budget", |s| s.core.over_budget),
+    ("parse_error", |s| s.core.parse_errors),
+    ("tree_repair", |s| s.core.tree_repairs),
+    ("given_up", |s| s.core.missing_given_up),
+    ("ignored", |s| s.core.ignored_frames),
+    ("send_full", |s| s.send_full),
+    ("misbehaving_disconnect", |s| s.misbehaving_disconnects),
+];
+
+/// The channel's counters, resolved once.
+struct Exported {
+    counters: Vec<prometheus_client::metrics::counter::Counter>,
+}
+
+impl Exported {
+    fn new(metrics: &crate::Metrics, channel: u32) -> Self {
+        let counters = EXPORTED
+            .iter()
+            .map(|(event, _)| {
+                metrics
+                    .gossip
+                    .get_or_create(&crate::metrics::GossipLabel {
+                        channel: channel.to_string(),
+                        event: (*event).to_string(),
+                    })
+                    .clone()
+            })
+            .collect();
+        Self { counters }
+    }
+
+    /// Adds what changed since `last` (what they were last told).
+    fn update(&self, last: &mut GossipStats, now: GossipStats) {
+        for ((_, field), c) in EXPORTED.iter().zip(&self.counters) {
+            let delta = field(&now).saturating_sub(field(last));
+            if delta > 0 {
+                c.inc_by(delta);
+            }
+        }
+        *last = now;
+    }
 }
 
 impl Inner {
@@ -111,6 +169,17 @@ impl Inner {
         }
         while let Some(e) = st.core.poll_event() {
             out.push(e);
+        }
+        let now = st.stats();
+        self.metrics.update(&mut st.exported, now);
+    }
+}
+
+impl State {
+    fn stats(&self) -> GossipStats {
+        GossipStats {
+            core: self.core.stats(),
+            ..self.stats
         }
     }
 }
@@ -159,11 +228,7 @@ impl GossipSender {
 
     /// This channel's counters.
     pub fn stats(&self) -> GossipStats {
-        let st = self.inner.lock();
-        GossipStats {
-            core: st.core.stats(),
-            ..st.stats
-        }
+        self.inner.lock().stats()
     }
 
     /// Neighbours the core currently has.
@@ -241,15 +306,25 @@ pub(crate) fn start(
             last_seq: 0,
             stats: GossipStats::default(),
             closed: false,
+            exported: GossipStats::default(),
             tokens: f64::from(config.origin_burst),
             refill_at: now,
         }),
+        metrics: Exported::new(&shared.metrics, tx.channel()),
         tx,
         signer,
         config,
     });
     let (app_tx, app_rx) = sync_channel(capacity);
+    // Subscribed before the peers are read: a peer that connects between
+    // the two is seen twice (up is idempotent), none is missed.
     let events = crate::events::Events::new(shared.peers.subscribe());
+    {
+        let mut st = inner.lock();
+        for p in shared.peers.peers() {
+            st.core.handle_neighbor_up(now, p);
+        }
+    }
     let driver = Driver {
         inner: inner.clone(),
         shared,
@@ -275,13 +350,6 @@ struct Driver {
 impl Driver {
     fn run(mut self) {
         let mut out = Vec::new();
-        {
-            let now = Instant::now();
-            let mut st = self.inner.lock();
-            for p in self.shared.peers.peers() {
-                st.core.handle_neighbor_up(now, p);
-            }
-        }
         loop {
             if !self.turn(&mut out) {
                 break;
@@ -305,7 +373,13 @@ impl Driver {
                             reason,
                             "gossip neighbour misbehaving: disconnecting"
                         );
-                        self.inner.lock().stats.misbehaving_disconnects += 1;
+                        {
+                            let mut guard = self.inner.lock();
+                            let st = &mut *guard;
+                            st.stats.misbehaving_disconnects += 1;
+                            let now = st.stats();
+                            self.inner.metrics.update(&mut st.exported, now);
+                        }
                         crate::network::close_peer(&self.shared, &peer);
                     }
                 }
@@ -317,31 +391,6 @@ impl Driver {
     /// One turn: peer events, frames, timers. False once the network shut
     /// down.
     fn turn(&mut self, out: &mut Vec<Event>) -> bool {
-        // Neighbours.
-        loop {
-            match self.events.try_recv() {
-                Ok(Some(ev)) => {
-                    let now = Instant::now();
-                    let mut st = self.inner.lock();
-                    match ev {
-                        PeerEvent::Connected(p) => st.core.handle_neighbor_up(now, p),
-                        PeerEvent::Disconnected { peer, .. } => {
-                            st.core.handle_neighbor_down(now, &peer)
-                        }
-                        PeerEvent::Lagged(_) => {
-                            // Resynchronise: up is idempotent; gone
-                            // neighbours go when their frames stop (and
-                            // their next Disconnected).
-                            for p in self.shared.peers.peers() {
-                                st.core.handle_neighbor_up(now, p);
-                            }
-                        }
-                    }
-                }
-                Ok(None) => break,
-                Err(_) => return false,
-            }
-        }
         let wait = {
             let st = self.inner.lock();
             let now = Instant::now();
@@ -354,6 +403,32 @@ impl Driver {
             Ok(m) => m,
             Err(RecvError) => return false,
         };
+        // Neighbours, after the wait: a peer's `Connected` is published
+        // before anything it sends is delivered, so the neighbour is known
+        // before its first frame is handled.
+        loop {
+            match self.events.try_recv() {
+                Ok(Some(ev)) => {
+                    let now = Instant::now();
+                    let mut st = self.inner.lock();
+                    match ev {
+                        PeerEvent::Connected(p) => st.core.handle_neighbor_up(now, p),
+                        PeerEvent::Disconnected { peer, .. } => {
+                            st.core.handle_neighbor_down(now, &peer)
+                        }
+                        PeerEvent::Lagged(_) => {
+                            // Resynchronise: up is idempotent; gone
+                            // neighbours go at their next Disconnected.
+                            for p in self.shared.peers.peers() {
+                                st.core.handle_neighbor_up(now, p);
+                            }
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => return false,
+            }
+        }
         let mut st = self.inner.lock();
         let now = Instant::now();
         if let Some((from, bytes)) = first {

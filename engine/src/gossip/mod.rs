@@ -27,11 +27,11 @@
 //!
 //! The simulation (`sim`, tests only) runs a thousand cores over a lossy,
 //! delayed, churning overlay against flooding and a gossipsub-like mesh.
-//! No engine thread drives the core yet: the driver it is built for owns
-//! one core per gossip channel, reads the channel's `Receiver`, sends each
-//! [`Transmit`] with the channel's `Sender` to its one neighbour, turns
-//! peer `Events` into `handle_neighbor_up/down`, and disconnects a
-//! neighbour reported by [`Event::Misbehaving`].
+//! The engine drives one core per gossip channel on its own thread
+//! ([`driver`], started by [`crate::NetworkHandle::gossip`]): every
+//! connected peer is a neighbour, frames travel on the channel as ordinary
+//! low-priority messages, and a neighbour reported by
+//! [`Event::Misbehaving`] is disconnected.
 //!
 //! # Security
 //! Provided: no relay can forge or alter a message (origin signatures,
