@@ -99,8 +99,10 @@ struct Inner {
     metrics: Exported,
 }
 
+type Field = fn(&GossipStats) -> u64;
+
 /// Each [`GossipStats`] field and its `shoal_gossip_events` counter.
-const EXPORTED: [(&str, fn(&GossipStats) -> u64); 17] = [
+const EXPORTED: [(&str, Field); 17] = [
     ("delivered", |s| s.core.delivered),
     ("published", |s| s.core.published),
     ("duplicate", |s| s.core.duplicates),
