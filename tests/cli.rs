@@ -938,3 +938,37 @@ fn measure_the_echo_gap_beside_a_non_reader() {
     });
     handle.shutdown(Duration::from_millis(100));
 }
+
+/// The stream scenario with its receiver in a child process, and the
+/// gossip scenario beside flooding: every byte and every message arrives,
+/// and the JSON carries the scenario's figures.
+#[test]
+fn bench_json_stream_and_gossip() {
+    let v = bench_json(&["--scenario", "stream", "--size", "8MiB"]);
+    assert_eq!(v["scenario"], "stream");
+    assert_eq!(v["size"], 8 << 20);
+    assert!(v["bytes_per_sec"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(v["sealed_stream"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(v["rss_growth_mib"].is_number(), "{v}");
+
+    let v = bench_json(&[
+        "--scenario",
+        "gossip",
+        "--nodes",
+        "6",
+        "--degree",
+        "2",
+        "--messages",
+        "30",
+    ]);
+    assert_eq!(v["scenario"], "gossip");
+    assert_eq!(
+        (v["peers"].as_u64(), v["degree"].as_u64()),
+        (Some(6), Some(2))
+    );
+    assert_eq!(v["delivered"], 30 * 5, "{v}");
+    assert_eq!(v["delivered_fraction"], 1.0, "{v}");
+    assert!(v["duplicates_per_message"].as_f64().unwrap() >= 0.0, "{v}");
+    assert_eq!(v["flooding"]["delivered_fraction"], 1.0, "{v}");
+    assert!(v["latency_us"]["p50"].as_f64().unwrap() > 0.0, "{v}");
+}

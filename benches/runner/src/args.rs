@@ -40,13 +40,17 @@ pub(crate) enum Scenario {
     /// One byte stream of `--size` bytes (default 1 GiB; 256 MiB under
     /// `all`) beside 64 B high-priority messages on the same connection.
     Stream,
+    /// Gossip broadcast on `--nodes` nodes of `--degree` connections each,
+    /// every node broadcasting in turn (`--size`, default 1 KiB), beside
+    /// flooding over the same overlay.
+    Gossip,
 }
 
 impl Scenario {
     pub(crate) fn parse(s: &str) -> Result<Scenario, String> {
         <Scenario as ValueEnum>::from_str(s, true).map_err(|_| {
             format!(
-                "`bench.scenario` must be one of all, throughput, latency, rpc, request, shard-rtt, fanout, send, idle, scale (got {s:?})"
+                "`bench.scenario` must be one of all, throughput, latency, rpc, request, shard-rtt, fanout, send, idle, scale, stream, gossip (got {s:?})"
             )
         })
     }
@@ -142,6 +146,13 @@ pub struct BenchArgs {
     /// fanout: receiving nodes [default: 3].
     #[arg(long)]
     pub(crate) peers: Option<usize>,
+    /// gossip: nodes in the mesh [default: 30].
+    #[arg(long)]
+    pub(crate) nodes: Option<usize>,
+    /// gossip: connections per node (a ring lattice: degree / 2 on either
+    /// side) [default: 6].
+    #[arg(long)]
+    pub(crate) degree: Option<usize>,
     /// idle: connections the node holds [default: 2000].
     #[arg(long)]
     pub(crate) connections: Option<usize>,

@@ -63,6 +63,7 @@ mod child;
 mod cluster;
 mod competitor;
 mod fanout;
+mod gossip;
 mod idle;
 mod markdown;
 mod plan;

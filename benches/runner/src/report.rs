@@ -146,6 +146,26 @@ fn versus_baseline(r: &RunResult) -> String {
             r.enqueue_seconds.unwrap_or(0.0) * 1e6 / r.messages.max(1) as f64,
             r.seconds * 1e6 / r.messages.max(1) as f64
         ),
+        "gossip" => {
+            let mut v = format!(
+                "{:.1} % delivered, {:.2} dup/msg ({} nodes, degree {})",
+                r.delivered_fraction.unwrap_or(0.0) * 100.0,
+                r.duplicates_per_message.unwrap_or(0.0),
+                r.peers.unwrap_or(0),
+                r.degree.unwrap_or(0),
+            );
+            if let Some(f) = &r.flooding {
+                v.push_str(&format!(
+                    "; {:.2}x flooding's p50 time to all: {:.1} % delivered, {:.2} dup/msg, p50 {:.0} µs, p99 {:.0} µs",
+                    r.ratio,
+                    f.delivered_fraction * 100.0,
+                    f.duplicates_per_message,
+                    f.p50_us,
+                    f.p99_us
+                ));
+            }
+            v
+        }
         "stream" => format!(
             "{:.2}x raw sealed TCP stream ({:.0} MiB/s), RSS +{:.0} MiB",
             r.ratio,
@@ -196,6 +216,7 @@ fn row_label(r: &RunResult) -> String {
         (Some(b), _, _) => format!("{} b{b}", r.scenario),
         (_, Some(n), _) if r.scenario == "rpc" => format!("rpc x{n}"),
         (_, _, Some(n)) if r.scenario == "scale" => format!("scale x{n}"),
+        (_, _, Some(n)) if r.scenario == "gossip" => format!("gossip x{n}"),
         (_, _, Some(n)) => format!("fanout x{n}"),
         _ if r.scenario == "shard-rtt" && r.crowd.is_some() => format!(
             "rtt{} +{}",

@@ -51,9 +51,21 @@ pub(crate) struct RunResult {
     /// one `send_wait` per message).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) batch: Option<usize>,
-    /// fanout: receiving nodes.
+    /// fanout: receiving nodes; gossip: nodes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) peers: Option<usize>,
+    /// gossip: connections per node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) degree: Option<usize>,
+    /// gossip: (message, node) pairs delivered, of messages × (nodes − 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) delivered_fraction: Option<f64>,
+    /// gossip: full copies received beyond the first, per node and message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) duplicates_per_message: Option<f64>,
+    /// gossip: the same rounds' flooding over the same overlay (medians).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) flooding: Option<crate::gossip::Flooding>,
     /// send: seconds until the last `send` returned (enqueued, not yet
     /// delivered); `seconds` is until the last delivery.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -121,6 +133,10 @@ impl RunResult {
             inflight: None,
             batch: None,
             peers: None,
+            degree: None,
+            delivered_fraction: None,
+            duplicates_per_message: None,
+            flooding: None,
             enqueue_seconds: None,
             rss_per_connection_kib: None,
             rss_growth_mib: None,
@@ -155,7 +171,10 @@ impl RunResult {
     }
 
     fn is_latency(&self) -> bool {
-        matches!(self.scenario, "latency" | "rpc" | "request" | "shard-rtt")
+        matches!(
+            self.scenario,
+            "latency" | "rpc" | "request" | "shard-rtt" | "gossip"
+        )
     }
 }
 

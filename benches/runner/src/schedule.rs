@@ -25,6 +25,7 @@ use crate::baseline::{
 use crate::cluster::label;
 use crate::competitor::median_round;
 use crate::fanout::fanout;
+use crate::gossip::{flood, gossip, result as gossip_result, Flooding, Shape};
 use crate::idle::{idle_in_child, idle_rss};
 use crate::plan::Plan;
 use crate::result::{median, summarize, RunResult};
@@ -66,6 +67,9 @@ pub(crate) fn run_scenarios(p: &Plan, args: &BenchArgs) -> Result<Vec<RunResult>
     if wants(Scenario::Stream) {
         results.extend(stream_rounds(p, &pb, args)?);
     }
+    if wants(Scenario::Gossip) {
+        results.extend(gossip_rounds(p, &pb, args)?);
+    }
     if wants(Scenario::Idle) {
         results.extend(idle_rounds(p, &pb, args)?);
     }
@@ -88,6 +92,7 @@ fn steps(p: &Plan) -> u64 {
         Scenario::Idle,
         Scenario::Scale,
         Scenario::Stream,
+        Scenario::Gossip,
     ]
     .into_iter()
     .filter(|s| all || p.scenario == *s)
@@ -460,6 +465,42 @@ fn stream_rounds(p: &Plan, pb: &ProgressBar, args: &BenchArgs) -> Result<Vec<Run
     )?;
     for r in &mut out {
         r.sealed_stream = Some(r.baseline);
+    }
+    Ok(out)
+}
+
+/// Gossip against flooding over the same overlay, interleaved (flooding
+/// runs on the first backend: it is the same for both).
+fn gossip_rounds(p: &Plan, pb: &ProgressBar, args: &BenchArgs) -> Result<Vec<RunResult>, String> {
+    let nodes = args.nodes.unwrap_or(30).max(3);
+    let shape = Shape {
+        nodes,
+        degree: args.degree.unwrap_or(6).clamp(2, nodes - 1),
+        size: p.size.unwrap_or(1024).max(4),
+        messages: p.messages.unwrap_or(600).max(nodes),
+    };
+    let flood_on = *p.backends.first().ok_or("no backend")?;
+    let mut floods = Vec::new();
+    let mut out = interleaved(
+        pb,
+        p.rounds,
+        &p.backends,
+        "gossip",
+        "flooding",
+        || {
+            let f = flood(p, flood_on, shape)?;
+            let p50 = f.time_to_all.value_at_quantile(0.5) as f64 / 1000.0;
+            floods.push(f);
+            Ok(p50)
+        },
+        |b| {
+            let (g, name) = gossip(p, b, shape)?;
+            Ok(gossip_result(p, shape, name, &g))
+        },
+    )?;
+    let f = Flooding::median(&floods);
+    for r in &mut out {
+        r.flooding = Some(f.clone());
     }
     Ok(out)
 }
