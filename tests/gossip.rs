@@ -12,9 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
-use shoal::{
-    Backend, GossipConfig, GossipReceiver, GossipSender, NetworkHandle, Priority, Verdict,
-};
+use shoal::{Backend, Deliveries, GossipConfig, GossipSender, NetworkHandle, Priority, Verdict};
 
 /// The gossip channel.
 const GOSSIP: u32 = 5;
@@ -22,52 +20,19 @@ const GOSSIP: u32 = 5;
 struct GossipNode {
     node: Node,
     tx: GossipSender,
-    rx: GossipReceiver,
+    rx: Deliveries,
 }
 
-/// Seeds `1..=n` on a ring where each node is connected to the `reach`
-/// nearest on either side (degree `2 * reach`), each link dialed by one end.
-/// `extra(i)` lists more seeds node `i` authorizes.
-fn ring(
+/// [`ring`] with gossip on every node.
+fn gossip_ring(
     backend: Backend,
     n: u64,
     reach: u64,
     config: &GossipConfig,
     extra: impl Fn(u64) -> Vec<u64>,
 ) -> Vec<GossipNode> {
-    let neighbours = |i: u64| -> Vec<u64> {
-        (1..=reach)
-            .flat_map(|d| [(i - 1 + d) % n + 1, (i - 1 + n - d) % n + 1])
-            .collect()
-    };
-    let mut nodes: Vec<Node> = (1..=n)
-        .map(|i| {
-            let mut peers = neighbours(i);
-            peers.extend(extra(i));
-            start_node(backend, i, any_addr(), &peers, &[], &[chan(GOSSIP)], |c| {
-                c.limits.max_inbound = 64;
-            })
-        })
-        .collect();
-    for i in 1..=n {
-        for d in 1..=reach {
-            let j = (i - 1 + d) % n + 1;
-            let addr = nodes[(j - 1) as usize].addr;
-            nodes[(i - 1) as usize].oracle.add_address(key(j), addr);
-        }
-    }
-    for (i, node) in nodes.iter().enumerate() {
-        let want: BTreeSet<_> = neighbours(i as u64 + 1).into_iter().map(key).collect();
-        assert!(
-            node.handle()
-                .wait_peers(WAIT, |p| want.iter().all(|k| p.contains(k))),
-            "node {} reaches its {} neighbours",
-            i + 1,
-            want.len()
-        );
-    }
-    nodes
-        .drain(..)
+    ring(backend, n, reach, &[chan(GOSSIP)], extra)
+        .into_iter()
         .map(|mut node| {
             let channel = node.channels.remove(0);
             let (tx, rx) = node
@@ -128,7 +93,7 @@ fn shutdown(nodes: Vec<GossipNode>) {
 fn every_message_reaches_every_node_once(backend: Backend) {
     const N: u64 = 30;
     const EACH: u64 = 3;
-    let nodes = ring(backend, N, 3, &GossipConfig::default(), |_| Vec::new());
+    let nodes = gossip_ring(backend, N, 3, &GossipConfig::default(), |_| Vec::new());
     for n in &nodes {
         assert_eq!(n.tx.neighbors(), 6);
     }
@@ -180,7 +145,7 @@ fn a_hostile_neighbour_is_contained(backend: Backend) {
         peer_burst: 50,
         ..GossipConfig::default()
     };
-    let nodes = ring(backend, N, 2, &config, |i| {
+    let nodes = gossip_ring(backend, N, 2, &config, |i| {
         if i == 1 || i == 7 {
             vec![HOSTILE]
         } else {

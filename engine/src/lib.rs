@@ -78,8 +78,7 @@ mod kademlia;
 mod limiters;
 pub mod metrics;
 mod network;
-// Driven only by its tests until the engine runs it.
-#[allow(dead_code)]
+mod overlay;
 mod route;
 use control::open;
 mod oracle;
@@ -102,16 +101,15 @@ pub use config::{Backend, Config, Preset};
 pub use connection::Priority;
 pub use error::{Error, SendError};
 pub use events::{DisconnectReason, Event, Events, EVENT_CAPACITY};
-pub use gossip::{
-    BroadcastError, Delivery, GossipConfig, GossipReceiver, GossipSender, GossipStats, MessageId,
-    Verdict,
-};
+pub use gossip::{BroadcastError, GossipConfig, GossipSender, GossipStats, MessageId, Verdict};
 pub use governor::Quota;
 pub use metrics::Metrics;
 pub use network::{Network, NetworkHandle};
 pub use open::LookupResult;
 pub use oracle::Oracle;
+pub use overlay::{Deliveries, Delivery};
 pub use receiver::{Receiver, RecvError};
+pub use route::{RouteConfig, RouteError, RouteSender, RouteStats};
 pub use rpc::{HandlerResult, RequestError};
 pub use send_report::{Recipients, SendReport};
 pub use send_wait::{SendWait, SendWaitFuture};

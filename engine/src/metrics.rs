@@ -30,9 +30,10 @@ pub struct BackendLabel {
     pub fallback: String,
 }
 
-/// A gossip channel and what happened (see [`Metrics::gossip`]).
+/// An overlay channel (gossip, routed unicast) and what happened (see
+/// [`Metrics::gossip`], [`Metrics::route`]).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct GossipLabel {
+pub struct OverlayLabel {
     pub channel: String,
     pub event: String,
 }
@@ -154,7 +155,13 @@ pub struct Metrics {
     /// `given_up` (missing ids no announcer delivered), `ignored` (frames
     /// from a misbehaving neighbour), `send_full` (frames a full send
     /// queue refused), `misbehaving_disconnect`.
-    pub gossip: Family<GossipLabel, Counter>,
+    pub gossip: Family<OverlayLabel, Counter>,
+    /// Routed unicast, per channel and `event`: `delivered`, `sent`,
+    /// `forwarded`, `duplicate`, `too_old`, `too_new`, `malformed`,
+    /// `forged`, `undecryptable`, `rate_limited`, `hop_limit`, `no_route`
+    /// (relayed messages with no neighbour to go to), `dropped_full`,
+    /// `send_full`, `misbehaving_disconnect`.
+    pub route: Family<OverlayLabel, Counter>,
     messages_in: Family<ChannelLabel, Counter>,
     messages_out: Family<ChannelLabel, Counter>,
     bytes_in: Family<ChannelLabel, Counter>,
@@ -363,6 +370,11 @@ impl Metrics {
             self.gossip.clone(),
         );
         registry.register(
+            "route_events",
+            "Routed unicast messages per channel by event (delivered, sent, forwarded, forged, no_route, ...)",
+            self.route.clone(),
+        );
+        registry.register(
             "channel_send_full",
             "Sends refused because the peer's queue was full (messages or bytes), per channel",
             self.channel_send_full.clone(),
@@ -395,7 +407,17 @@ impl Metrics {
     /// Gossip `event`s on `channel` so far (see [`Metrics::gossip`]).
     pub fn gossip_count(&self, channel: u32, event: &str) -> u64 {
         self.gossip
-            .get_or_create(&GossipLabel {
+            .get_or_create(&OverlayLabel {
+                channel: channel.to_string(),
+                event: event.to_string(),
+            })
+            .get()
+    }
+
+    /// Routed unicast `event`s on `channel` so far (see [`Metrics::route`]).
+    pub fn route_count(&self, channel: u32, event: &str) -> u64 {
+        self.route
+            .get_or_create(&OverlayLabel {
                 channel: channel.to_string(),
                 event: event.to_string(),
             })

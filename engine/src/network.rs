@@ -662,7 +662,7 @@ impl NetworkHandle {
         config: crate::GossipConfig,
         capacity: usize,
         validator: impl Fn(&PublicKey, &[u8]) -> crate::Verdict + Send + 'static,
-    ) -> Result<(crate::GossipSender, crate::GossipReceiver), Error> {
+    ) -> Result<(crate::GossipSender, crate::Deliveries), Error> {
         crate::gossip::driver::start(
             self.shared.clone(),
             channel.0,
@@ -671,6 +671,25 @@ impl NetworkHandle {
             capacity,
             validator,
         )
+    }
+
+    /// Drives routed unicast on a registered channel, taking its `Sender`
+    /// and `Receiver` (the channel then carries routing frames only):
+    /// returns the sending half and the receiver of messages addressed to
+    /// this node (at most `capacity` waiting). A message to a node this one
+    /// has no connection to goes hop by hop through the overlay: to the
+    /// target when connected, else to neighbours connected to it, else to
+    /// those closest to it by key distance; sealed to the target and signed
+    /// by the origin, so relays can neither read nor alter it. Errors: an
+    /// invalid `config` (naming the field), `capacity` 0. See
+    /// `docs/api.md`, "Routed unicast".
+    pub fn route(
+        &self,
+        channel: (crate::Sender, crate::Receiver),
+        config: crate::RouteConfig,
+        capacity: usize,
+    ) -> Result<(crate::RouteSender, crate::Deliveries), Error> {
+        crate::route::driver::start(self.shared.clone(), channel.0, channel.1, config, capacity)
     }
 
     /// Graceful shutdown: stop accepting and dialing, close every connection

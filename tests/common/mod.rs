@@ -257,6 +257,57 @@ macro_rules! both_backends {
     };
 }
 
+/// Seeds `1..=n` on a ring where each node is connected to the `reach`
+/// nearest on either side (degree `2 * reach`), each link dialed by one
+/// end, every node with `channels` registered; node `i` authorizes its
+/// ring neighbours and the seeds `extra(i)`. Returns once every node has
+/// its neighbours.
+pub fn ring(
+    backend: Backend,
+    n: u64,
+    reach: u64,
+    channels: &[ChannelDef],
+    extra: impl Fn(u64) -> Vec<u64>,
+) -> Vec<Node> {
+    let nodes: Vec<Node> = (1..=n)
+        .map(|i| {
+            let mut peers = ring_neighbours(n, reach, i);
+            peers.extend(extra(i));
+            start_node(backend, i, any_addr(), &peers, &[], channels, |c| {
+                c.limits.max_inbound = 64;
+            })
+        })
+        .collect();
+    for i in 1..=n {
+        for d in 1..=reach {
+            let j = (i - 1 + d) % n + 1;
+            let addr = nodes[(j - 1) as usize].addr;
+            nodes[(i - 1) as usize].oracle.add_address(key(j), addr);
+        }
+    }
+    for node in &nodes {
+        let want: Vec<_> = ring_neighbours(n, reach, node.seed)
+            .into_iter()
+            .map(key)
+            .collect();
+        assert!(
+            node.handle()
+                .wait_peers(WAIT, |p| want.iter().all(|k| p.contains(k))),
+            "node {} reaches its {} neighbours",
+            node.seed,
+            want.len()
+        );
+    }
+    nodes
+}
+
+/// The seeds node `i` is connected to on [`ring`]`(_, n, reach, ..)`.
+pub fn ring_neighbours(n: u64, reach: u64, i: u64) -> Vec<u64> {
+    (1..=reach)
+        .flat_map(|d| [(i - 1 + d) % n + 1, (i - 1 + n - d) % n + 1])
+        .collect()
+}
+
 /// Threads of this process whose name starts with `shoal-` (the engine's).
 pub fn shoal_threads() -> usize {
     std::fs::read_dir("/proc/self/task")

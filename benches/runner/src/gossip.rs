@@ -114,11 +114,11 @@ fn mesh(p: &Plan, backend: Backend, s: Shape) -> Result<Vec<MeshNode>, String> {
         });
         oracles.push(oracle);
     }
-    for i in 0..n {
+    for (i, oracle) in oracles.iter().enumerate() {
         for d in 1..=reach {
             let j = (i + d) % n;
             let addr = nodes[j].h.local_addr().ok_or("no listen address")?;
-            oracles[i].add_address(keys[j].clone(), addr);
+            oracle.add_address(keys[j].clone(), addr);
         }
     }
     for (i, node) in nodes.iter().enumerate() {

@@ -66,6 +66,6 @@ pub use self::core::{Event, Gossip, PublishError, Stats, Transmit, Validator, Ve
 pub use auth::{sign_message, SchemeSigner, SchemeVerifier, Sign, Verifier};
 #[allow(unused_imports)]
 pub use config::GossipConfig;
-pub use driver::{BroadcastError, Delivery, GossipReceiver, GossipSender, GossipStats};
+pub use driver::{BroadcastError, GossipSender, GossipStats};
 #[allow(unused_imports)]
 pub use wire::{DataFrame, Frame, MessageId, ParseError};

@@ -30,6 +30,10 @@
 //!   with 24.6 envelopes.
 //! - A reply is a routed message the other way: the same rule finds the
 //!   path back.
+//! - The engine drives one router per routed channel on its own thread
+//!   ([`driver`], started by [`crate::NetworkHandle::route`]): every
+//!   connected peer is a neighbour, envelopes travel on the channel as
+//!   low-priority messages.
 //!
 //! # Security
 //! Provided: relays can neither read a payload (sealed to the target) nor
@@ -49,13 +53,14 @@
 //! flooding within its budget.
 
 pub mod config;
+pub mod driver;
 pub mod envelope;
 pub mod router;
 
 #[cfg(test)]
 mod tests;
 
-#[allow(unused_imports)]
 pub use config::RouteConfig;
+pub use driver::{RouteError, RouteSender, RouteStats};
 #[allow(unused_imports)]
 pub use router::{Event, Router, SendError, Stats, Transmit};

@@ -166,6 +166,21 @@ impl Router {
         self.neighbours.contains_key(peer)
     }
 
+    /// Neighbours taking part now.
+    pub fn neighbours(&self) -> usize {
+        self.neighbours.len()
+    }
+
+    /// Nodes within two hops (neighbours and the neighbours they
+    /// advertised), this node aside.
+    pub fn known(&self) -> usize {
+        let me = self.identity.public_key();
+        let mut all: BTreeSet<&PublicKey> = self.neighbours.keys().collect();
+        all.extend(self.neighbours.values().flatten());
+        all.remove(me);
+        all.len()
+    }
+
     // ---- handle_* ----
 
     /// A connected peer takes part (beyond `route.max_neighbours` it is

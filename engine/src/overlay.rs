@@ -1,0 +1,319 @@
+//! The engine's driver for overlay protocols (gossip, routed unicast): one
+//! thread per channel that owns a protocol's sans-IO core and moves its
+//! frames over a registered channel.
+//!
+//! # Design
+//! A protocol's driver state implements [`Overlay`] (its core plus the
+//! counters the driver keeps) and lives in a [`Link`] beside the channel's
+//! [`Sender`], behind one mutex that the application's calls
+//! (`broadcast`, `send`) and the driver thread share. [`start`] marks the
+//! connected peers as neighbours, then runs a thread that
+//! - waits for a frame on the channel's [`Receiver`] (at most until the
+//!   core's next timer, and never more than [`MAX_IDLE`]);
+//! - then takes peer [`Events`](crate::Events): neighbours up and down (on
+//!   `Lagged` it re-reads the connected peers). A peer's `Connected` is
+//!   published before anything it sends is delivered, so reading events
+//!   after the wait makes the neighbour known before its first frame;
+//! - hands the core up to [`FRAMES_PER_TURN`] frames, fires its timer when
+//!   due, and lets it send what it queued ([`Overlay::flush`]);
+//! - acts on each core event ([`Overlay::outcome`]): a delivery goes into
+//!   the bounded [`Deliveries`] (a full one makes the driver wait:
+//!   backpressure on the channel), a misbehaving neighbour is
+//!   disconnected.
+//!
+//! Every connected peer is a neighbour. The thread ends when the network
+//! shuts down ([`Overlay::close`] then runs).
+
+use std::sync::mpsc::{sync_channel, Receiver as StdReceiver, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use shoal_crypto::PublicKey;
+
+use crate::channels::Sender;
+use crate::error::Error;
+use crate::events::Event as PeerEvent;
+use crate::gossip::MessageId;
+use crate::metrics::OverlayLabel;
+use crate::receiver::{Receiver, RecvError};
+use crate::shared::Shared;
+
+/// The longest the driver waits without looking at peer events.
+pub(crate) const MAX_IDLE: Duration = Duration::from_millis(20);
+/// Frames taken from the channel per turn before timers and events.
+pub(crate) const FRAMES_PER_TURN: usize = 256;
+
+/// What the driver does with a core event.
+pub(crate) enum Outcome {
+    /// Into the application's [`Deliveries`].
+    Deliver(Delivery),
+    /// Disconnect the neighbour (counted with
+    /// [`Overlay::count_misbehaving`]).
+    Misbehaving {
+        peer: PublicKey,
+        reason: &'static str,
+    },
+    Nothing,
+}
+
+/// What the driver needs of a protocol's state.
+pub(crate) trait Overlay: Send + 'static {
+    type Event: Send + 'static;
+    /// The protocol's name in logs.
+    const NAME: &'static str;
+    fn handle_neighbor_up(&mut self, now: Instant, peer: PublicKey);
+    fn handle_neighbor_down(&mut self, now: Instant, peer: &PublicKey);
+    fn handle_frame(&mut self, now: Instant, from: &PublicKey, bytes: &Bytes);
+    fn poll_timeout(&self) -> Option<Instant>;
+    fn handle_timeout(&mut self, now: Instant);
+    /// Sends what the core queued with `tx`; moves its events to `out`.
+    fn flush(&mut self, tx: &Sender, out: &mut Vec<Self::Event>);
+    /// The driver ended: later calls from the application fail.
+    fn close(&mut self);
+    fn outcome(&self, e: Self::Event) -> Outcome;
+    /// A misbehaving neighbour was disconnected.
+    fn count_misbehaving(&mut self);
+}
+
+/// A protocol's state and its channel's sender (see the module docs).
+pub(crate) struct Link<O> {
+    state: Mutex<O>,
+    pub tx: Sender,
+}
+
+impl<O: Overlay> Link<O> {
+    pub fn new(state: O, tx: Sender) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(state),
+            tx,
+        })
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, O> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// [`Overlay::flush`] under the lock, returning the events.
+    pub fn flush(&self, st: &mut O) -> Vec<O::Event> {
+        let mut out = Vec::new();
+        st.flush(&self.tx, &mut out);
+        out
+    }
+}
+
+/// A message an overlay delivered: its origin, id and payload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    pub origin: PublicKey,
+    pub id: MessageId,
+    pub payload: Bytes,
+}
+
+/// Messages delivered on an overlay channel (gossip, routed unicast), each
+/// once, in arrival order; at most the capacity given at start wait here.
+pub struct Deliveries {
+    pub(crate) rx: StdReceiver<Delivery>,
+}
+
+impl Deliveries {
+    /// Blocks until a message arrives; `Err` once the driver ended and every
+    /// message was taken.
+    pub fn recv_blocking(&self) -> Result<Delivery, RecvError> {
+        self.rx.recv().map_err(|_| RecvError)
+    }
+
+    /// [`Deliveries::recv_blocking`] that gives up after `timeout`
+    /// (`Ok(None)`).
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Option<Delivery>, RecvError> {
+        match self.rx.recv_timeout(timeout) {
+            Ok(d) => Ok(Some(d)),
+            Err(RecvTimeoutError::Timeout) => Ok(None),
+            Err(RecvTimeoutError::Disconnected) => Err(RecvError),
+        }
+    }
+
+    /// A message if one is ready; never waits.
+    pub fn try_recv(&self) -> Option<Delivery> {
+        self.rx.try_recv().ok()
+    }
+}
+
+/// A stats field by its metric `event` label, and how to read it.
+pub(crate) type Field<S> = (&'static str, fn(&S) -> u64);
+
+/// Counters of a protocol's stats `S`, one per named field, resolved once
+/// under `{channel, event}` labels.
+pub(crate) struct Exported<S: 'static> {
+    fields: &'static [Field<S>],
+    counters: Vec<Counter>,
+    last: S,
+}
+
+impl<S: Copy + Default> Exported<S> {
+    pub fn new(
+        family: &Family<OverlayLabel, Counter>,
+        channel: u32,
+        fields: &'static [Field<S>],
+    ) -> Self {
+        let counters = fields
+            .iter()
+            .map(|(event, _)| {
+                family
+                    .get_or_create(&OverlayLabel {
+                        channel: channel.to_string(),
+                        event: (*event).to_string(),
+                    })
+                    .clone()
+            })
+            .collect();
+        Self {
+            fields,
+            counters,
+            last: S::default(),
+        }
+    }
+
+    /// Adds what changed since the last call.
+    pub fn update(&mut self, now: S) {
+        for ((_, field), c) in self.fields.iter().zip(&self.counters) {
+            let delta = field(&now).saturating_sub(field(&self.last));
+            if delta > 0 {
+                c.inc_by(delta);
+            }
+        }
+        self.last = now;
+    }
+}
+
+/// Marks the connected peers as neighbours and starts the driver thread
+/// `shoal-<O::NAME>` (see the module docs); the application takes the
+/// deliveries, at most `capacity` waiting.
+pub(crate) fn start<O: Overlay>(
+    shared: Arc<Shared>,
+    link: Arc<Link<O>>,
+    rx: Receiver,
+    capacity: usize,
+) -> Result<Deliveries, Error> {
+    if capacity == 0 {
+        return Err(Error::InvalidConfig {
+            field: "overlay capacity",
+            reason: "must be > 0".into(),
+        });
+    }
+    // Subscribed before the peers are read: a peer that connects between
+    // the two is seen twice (up is idempotent), none is missed.
+    let events = crate::events::Events::new(shared.peers.subscribe());
+    {
+        let now = Instant::now();
+        let mut st = link.lock();
+        for p in shared.peers.peers() {
+            st.handle_neighbor_up(now, p);
+        }
+    }
+    let (app, app_rx) = sync_channel(capacity);
+    let mut driver = Driver {
+        link,
+        shared,
+        rx,
+        events,
+    };
+    std::thread::Builder::new()
+        .name(format!("shoal-{}", O::NAME))
+        .spawn(move || {
+            let mut out = Vec::new();
+            while driver.turn(&mut out) {
+                for e in out.drain(..) {
+                    driver.handle(&app, e);
+                }
+            }
+            driver.link.lock().close();
+        })
+        .map_err(Error::Io)?;
+    Ok(Deliveries { rx: app_rx })
+}
+
+struct Driver<O> {
+    link: Arc<Link<O>>,
+    shared: Arc<Shared>,
+    rx: Receiver,
+    events: crate::events::Events,
+}
+
+impl<O: Overlay> Driver<O> {
+    fn handle(&self, app: &SyncSender<Delivery>, e: O::Event) {
+        let outcome = self.link.lock().outcome(e);
+        match outcome {
+            // Waits for room: backpressure. A dropped receiver: keep
+            // relaying for the others.
+            Outcome::Deliver(d) => {
+                let _ = app.send(d);
+            }
+            Outcome::Misbehaving { peer, reason } => {
+                tracing::warn!(
+                    ?peer,
+                    reason,
+                    protocol = O::NAME,
+                    "overlay neighbour misbehaving: disconnecting"
+                );
+                self.link.lock().count_misbehaving();
+                crate::network::close_peer(&self.shared, &peer);
+            }
+            Outcome::Nothing => {}
+        }
+    }
+
+    /// One turn: wait, peer events, frames, timers. False once the network
+    /// shut down.
+    fn turn(&mut self, out: &mut Vec<O::Event>) -> bool {
+        let wait = {
+            let st = self.link.lock();
+            st.poll_timeout()
+                .map_or(MAX_IDLE, |t| t.saturating_duration_since(Instant::now()))
+                .min(MAX_IDLE)
+        };
+        let first = match self.rx.recv_timeout(wait) {
+            Ok(m) => m,
+            Err(RecvError) => return false,
+        };
+        loop {
+            match self.events.try_recv() {
+                Ok(Some(ev)) => {
+                    let now = Instant::now();
+                    let mut st = self.link.lock();
+                    match ev {
+                        PeerEvent::Connected(p) => st.handle_neighbor_up(now, p),
+                        PeerEvent::Disconnected { peer, .. } => st.handle_neighbor_down(now, &peer),
+                        PeerEvent::Lagged(_) => {
+                            // Up is idempotent; gone neighbours go at their
+                            // next Disconnected.
+                            for p in self.shared.peers.peers() {
+                                st.handle_neighbor_up(now, p);
+                            }
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => return false,
+            }
+        }
+        let mut st = self.link.lock();
+        let now = Instant::now();
+        if let Some((from, bytes)) = first {
+            st.handle_frame(now, &from, &bytes);
+            for _ in 1..FRAMES_PER_TURN {
+                let Some((from, bytes)) = self.rx.try_recv() else {
+                    break;
+                };
+                st.handle_frame(now, &from, &bytes);
+            }
+        }
+        if st.poll_timeout().is_some_and(|t| t <= now) {
+            st.handle_timeout(now);
+        }
+        st.flush(&self.link.tx, out);
+        true
+    }
+}
