@@ -27,8 +27,13 @@
 # connected peer, one per PROBE_INTERVAL. The script polls every node's
 # /metrics (bounded by MESH_TIMEOUT) until every node has NODES-1
 # connections and has exchanged a probe each way with every peer, then (bounded by DELIVERY_TIMEOUT) until every node received
-# PROBE_COUNT probes from every peer, prints a per-node summary and exits 1
-# if the full mesh or any delivery failed. Namespaces, processes and
+# PROBE_COUNT probes from every peer. Each node also runs the `[gossip]`
+# probe: once connected to all the others it broadcasts GOSSIP_COUNT
+# messages, one per PROBE_INTERVAL; the script then polls (bounded by
+# DELIVERY_TIMEOUT) until every node delivered (NODES-1) x GOSSIP_COUNT
+# (`shoal_gossip_events_total{event="delivered"}`, each message once). It
+# prints a per-node summary and exits 1 if the full mesh or any delivery
+# failed. Namespaces, processes and
 # nftables tables are always removed on exit.
 #
 # Skips (exit 0, reason printed) when not root or when namespaces or veths
@@ -36,7 +41,7 @@
 #
 # Environment (defaults): NODES=8 BOOTSTRAPPERS=2 DELAY_MS=50 JITTER_MS=10
 # LOSS_PCT=1 IMPAIR=auto|netem|relay LOSS_BY=auto|nft|relay (relay mode) PRESET=recommended SHARDS=1
-# MESH_TIMEOUT=120 PROBE_COUNT=40 PROBE_INTERVAL=250ms DELIVERY_TIMEOUT=60
+# MESH_TIMEOUT=120 PROBE_COUNT=40 PROBE_INTERVAL=250ms DELIVERY_TIMEOUT=60 GOSSIP_COUNT=20
 # SHOAL_BIN (skip the build and use this binary) KEEP_WORKDIR=0 PYTHON=python3
 
 set -euo pipefail
@@ -57,6 +62,8 @@ KEEP_WORKDIR=${KEEP_WORKDIR:-0}
 PORT=7000
 METRICS_PORT=9898
 PROBE_CHANNEL=9
+GOSSIP_CHANNEL=11
+GOSSIP_COUNT=${GOSSIP_COUNT:-20}
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
@@ -199,6 +206,12 @@ for i in $(seq 0 $((NODES - 1))); do
         echo "channel = $PROBE_CHANNEL"
         echo "interval = \"$PROBE_INTERVAL\""
         echo "count = $PROBE_COUNT"
+        echo
+        echo "[gossip]"
+        echo "channel = $GOSSIP_CHANNEL"
+        echo "interval = \"$PROBE_INTERVAL\""
+        echo "count = $GOSSIP_COUNT"
+        echo "wait_peers = $((NODES - 1))"
         for j in $(seq 0 $((NODES - 1))); do
             [ "$j" -eq "$i" ] && continue
             echo
@@ -411,6 +424,32 @@ if [ "$mesh" = 1 ]; then
     done
 fi
 
+# Gossip: every node delivered every other node's GOSSIP_COUNT broadcasts.
+gossip_want=$(((NODES - 1) * GOSSIP_COUNT))
+gossip_of() { # gossip_of <event> <text>: the node's gossip counter for <event>
+    awk -v e="event=\"$2\"" -v c="channel=\"$GOSSIP_CHANNEL\"" \
+        'index($1, "shoal_gossip_events_total{") == 1 && index($1, e) && index($1, c) { v = $NF } END { print v + 0 }' <<<"$1"
+}
+gossip_ok=0
+T2=$EPOCHREALTIME
+if [ "$mesh" = 1 ]; then
+    while :; do
+        check_alive
+        full=0
+        scrape_all
+        for i in $(seq 0 $((NODES - 1))); do
+            d=$(gossip_of "$(cat "$WORKDIR/scrape.$i")" delivered)
+            if [ "$d" -ge "$gossip_want" ]; then full=$((full + 1)); fi
+        done
+        if [ "$full" -eq "$NODES" ]; then
+            gossip_ok=1
+            break
+        fi
+        if awk -v a="$T2" -v b="$EPOCHREALTIME" -v t="$DELIVERY_TIMEOUT" 'BEGIN { exit !(b - a >= t) }'; then break; fi
+        sleep 0.5
+    done
+fi
+
 # ------------------------------------------------------------ summary
 echo
 say "per node (peers: peers heard from; conns: the shoal_connections gauge; mesh_at_s: first scrape showing NODES-1 connections and a probe each way with every peer, polled every ~0.3 s; one_way_ms: mean probe delay):"
@@ -449,6 +488,16 @@ if [ -n "$over" ]; then
     KEEP_WORKDIR=1
 fi
 say "probes: $tot_sent sent, $tot_recv received, $tot_missing missing, $expected expected ($NODES nodes x $want peers x $PROBE_COUNT)"
+g_pub=0
+g_del=0
+g_dup=0
+for i in $(seq 0 $((NODES - 1))); do
+    m=$(cat "$WORKDIR/h$i.metrics")
+    g_pub=$((g_pub + $(gossip_of "$m" published)))
+    g_del=$((g_del + $(gossip_of "$m" delivered)))
+    g_dup=$((g_dup + $(gossip_of "$m" duplicate)))
+done
+say "gossip: $g_pub published, $g_del delivered of $((NODES * gossip_want)) expected ($NODES nodes x $((NODES - 1)) origins x $GOSSIP_COUNT), $g_dup duplicate copies"
 if [ "$NFT" = 1 ]; then
     # The two counters of each host's input chain: all packets, dropped ones.
     nft_in=0
@@ -485,5 +534,8 @@ fi
 if [ "$delivered" != 1 ] || [ "$tot_missing" -ne 0 ]; then
     die "probe delivery incomplete ($tot_recv/$expected received, $tot_missing missing) within $DELIVERY_TIMEOUT s of the full mesh"
 fi
+if [ "$gossip_ok" != 1 ] || [ "$g_del" -ne $((NODES * gossip_want)) ]; then
+    die "gossip delivery incomplete ($g_del/$((NODES * gossip_want)) delivered) within $DELIVERY_TIMEOUT s"
+fi
 RESULT=0
-say "PASS: full mesh of $NODES nodes after $MESH_TIME s, $tot_recv/$expected probes delivered over ${DELAY_MS}±${JITTER_MS} ms, ${LOSS_PCT}% loss paths"
+say "PASS: full mesh of $NODES nodes after $MESH_TIME s, $tot_recv/$expected probes and $g_del/$((NODES * gossip_want)) gossip deliveries over ${DELAY_MS}±${JITTER_MS} ms, ${LOSS_PCT}% loss paths"

@@ -6,7 +6,7 @@
 //! types (`[identity]`, `[listen]`, `[timeouts]`, `[limits]`,
 //! `[admission]`, `[discovery]`, `[io]`, `[io.uring]`; each field is
 //! documented there, once), beside a top-level `preset` and what only this
-//! binary reads: `[node]`, `[[peers]]` and `[probe]` (`shoal node`) and
+//! binary reads: `[node]`, `[[peers]]`, `[probe]` and `[gossip]` (`shoal node`) and
 //! `[bench]` (`shoal bench`). Every table refuses unknown keys, and every
 //! engine field the file leaves out takes the preset's value
 //! ([`Preset::load`]). Errors name the key by its dotted path and line.
@@ -100,6 +100,31 @@ impl ProbeSection {
     }
 }
 
+/// `[gossip]` of `shoal node`: a gossip broadcast probe for test clusters
+/// (see `src/gossip_probe.rs`). The node runs gossip on `channel` over every
+/// connection and broadcasts a numbered message every `interval`, up to
+/// `count`; the engine's `shoal_gossip_events_total` counts what it
+/// delivers. Not meant for production nodes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GossipSection {
+    /// Channel id gossip runs on (must differ from `node.echo_channel` and
+    /// `probe.channel`).
+    pub channel: u32,
+    /// Period between two broadcasts. Default 1 s.
+    #[serde(
+        default = "ProbeSection::default_interval",
+        with = "shoal::config::duration"
+    )]
+    pub interval: Duration,
+    /// Broadcasts, then stop sending (it keeps relaying). Absent: no limit.
+    pub count: Option<u64>,
+    /// Connected peers to wait for before the first broadcast (gossip
+    /// reaches the nodes connected when a message goes out). Default 0.
+    #[serde(default)]
+    pub wait_peers: usize,
+}
+
 /// The whole file: the engine's sections, the preset they default to, and
 /// this binary's own tables.
 #[derive(Debug, Deserialize)]
@@ -120,6 +145,7 @@ pub struct FileConfig {
     /// The authorized peer set.
     pub peers: Vec<PeerEntry>,
     pub probe: Option<ProbeSection>,
+    pub gossip: Option<GossipSection>,
     /// `shoal bench`'s own settings.
     pub bench: Option<shoal_bench::BenchSettings>,
     /// The file as written, to tell a key set to its default from a key
@@ -161,6 +187,7 @@ impl FileConfig {
             node: NodeSection::default(),
             peers: Vec::new(),
             probe: None,
+            gossip: None,
             bench: None,
             written: toml::Table::new(),
         }
@@ -251,6 +278,18 @@ impl FileConfig {
                     "probe",
                     "needs `peers`: it probes the `[[peers]]` keys",
                 ));
+            }
+        }
+        if let Some(g) = &self.gossip {
+            let probe = self.probe.as_ref().map(|p| p.channel);
+            if self.node.echo_channel == Some(g.channel) || probe == Some(g.channel) {
+                return Err(bad(
+                    "gossip.channel",
+                    "must differ from `node.echo_channel` and `probe.channel`",
+                ));
+            }
+            if g.interval.is_zero() {
+                return Err(bad("gossip.interval", "must be longer than 0"));
             }
         }
         let mut peers = Vec::with_capacity(self.peers.len());
@@ -543,6 +582,35 @@ mod tests {
             node_error("[listen]\naddress = \"127.0.0.1:0\"\n[probe]\nchannel = 9"),
             "probe"
         );
+    }
+
+    #[test]
+    fn gossip_section() {
+        let f = parse("[gossip]\nchannel = 11\ninterval = \"200ms\"\ncount = 30\nwait_peers = 7");
+        let g = f.gossip.as_ref().unwrap();
+        assert_eq!((g.channel, g.count, g.wait_peers), (11, Some(30), 7));
+        assert_eq!(g.interval, Duration::from_millis(200));
+        let e = FileConfig::parse("[gossip]\nchanel = 11").unwrap_err();
+        assert!(e.contains("chanel"), "{e}");
+        let peer = shoal::crypto::Signer::public_key(&Ed25519Signer::generate()).clone();
+        let with_peer = |extra: &str| -> FileConfig {
+            parse(&format!("{extra}\n[[peers]]\nkey = \"{peer:#}\""))
+        };
+        for clash in [
+            "[probe]\nchannel = 11\n[gossip]\nchannel = 11",
+            "[node]\necho_channel = 11\n[gossip]\nchannel = 11",
+        ] {
+            let e = with_peer(clash).node_config(Path::new(".")).err().unwrap();
+            assert_eq!(e.field, "gossip.channel");
+        }
+        let e = with_peer("[gossip]\nchannel = 11\ninterval = \"0s\"")
+            .node_config(Path::new("."))
+            .err()
+            .unwrap();
+        assert_eq!(e.field, "gossip.interval");
+        assert!(with_peer("[probe]\nchannel = 9\n[gossip]\nchannel = 11")
+            .node_config(Path::new("."))
+            .is_ok());
     }
 
     #[test]

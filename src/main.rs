@@ -25,6 +25,7 @@ use clap::{Parser, Subcommand};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod config_file;
+mod gossip_probe;
 mod node;
 
 #[derive(Parser)]

@@ -5,13 +5,15 @@
 //! and the echo channel, bind the metrics listener, start, print the listen
 //! address and public key on stderr, then wait for a signal and shut down
 //! gracefully. An optional `[probe]` table adds a delivery probe (see
-//! [`probe_loop`]) used by `scripts/netns-mesh.sh`.
+//! [`probe_loop`]) and `[gossip]` a gossip broadcast probe
+//! ([`crate::gossip_probe`]), both used by `scripts/netns-mesh.sh`.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +22,9 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
-use shoal::{ChannelConfig, Network, Priority, PublicKey, Receiver, SendError, Sender};
+use shoal::{
+    ChannelConfig, GossipConfig, Network, Priority, PublicKey, Receiver, SendError, Sender, Verdict,
+};
 use tokio::sync::Notify;
 
 use crate::config_file::{engine_error, FileConfig};
@@ -123,6 +127,20 @@ pub fn run(config_path: &Path) -> ExitCode {
         },
         None => None,
     };
+    let gossip = match &file.gossip {
+        Some(g) => match network.register(channel(g.channel)) {
+            Ok(x) => {
+                let plan = crate::gossip_probe::Plan {
+                    interval: g.interval,
+                    count: g.count,
+                    wait_peers: g.wait_peers,
+                };
+                Some((g.channel, plan, x))
+            }
+            Err(e) => return fail(format!("cannot register gossip channel {}: {e}", g.channel)),
+        },
+        None => None,
+    };
     oracle.register(0, peers.iter().map(|p| p.key.clone()).collect());
     for p in &peers {
         if let Some(a) = p.address {
@@ -208,6 +226,41 @@ pub fn run(config_path: &Path) -> ExitCode {
         None => None,
     };
 
+    let gossip_stop = Arc::new(AtomicBool::new(false));
+    let gossip_thread = match gossip {
+        Some((ch, plan, channel)) => {
+            // Probes are a few bytes: any channel has room for them.
+            let config = GossipConfig {
+                max_message_size: 1024,
+                ..GossipConfig::default()
+            };
+            let (tx, rx) =
+                match handle.gossip(channel, config, ECHO_BACKLOG, |_, _| Verdict::Accept) {
+                    Ok(x) => x,
+                    Err(e) => {
+                        handle.shutdown(SHUTDOWN_FLUSH);
+                        return fail(format!("cannot start gossip on channel {ch}: {e}"));
+                    }
+                };
+            eprintln!(
+                "shoal node: gossip on channel {ch}, broadcasting every {:?}",
+                plan.interval
+            );
+            let stop = gossip_stop.clone();
+            match std::thread::Builder::new()
+                .name("shoal-gossip-probe".into())
+                .spawn(move || crate::gossip_probe::run(tx, rx, plan, stop))
+            {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    handle.shutdown(SHUTDOWN_FLUSH);
+                    return fail(format!("cannot start the gossip probe thread: {e}"));
+                }
+            }
+        }
+        None => None,
+    };
+
     let which = rt.block_on(async {
         tokio::select! {
             _ = sigint.recv() => "SIGINT",
@@ -217,6 +270,7 @@ pub fn run(config_path: &Path) -> ExitCode {
     eprintln!("shoal node: {which}: shutting down");
     stop.notify_one();
     probe_stop.notify_one();
+    gossip_stop.store(true, Ordering::Release);
     // Shutdown closes every connection, which also releases an echo send
     // waiting for queue space.
     handle.shutdown(SHUTDOWN_FLUSH);
@@ -228,6 +282,11 @@ pub fn run(config_path: &Path) -> ExitCode {
     if let Some(t) = probe_thread {
         if t.join().is_err() {
             return fail("the probe thread panicked");
+        }
+    }
+    if let Some(t) = gossip_thread {
+        if t.join().is_err() {
+            return fail("the gossip probe thread panicked");
         }
     }
     eprintln!("shoal node: stopped");

@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
-use shoal::{Backend, Deliveries, GossipConfig, GossipSender, NetworkHandle, Priority, Verdict};
+use shoal::{
+    Backend, BroadcastError, Deliveries, GossipConfig, GossipSender, NetworkHandle, Priority,
+    Verdict,
+};
 
 /// The gossip channel.
 const GOSSIP: u32 = 5;
@@ -31,7 +34,7 @@ fn gossip_ring(
     config: &GossipConfig,
     extra: impl Fn(u64) -> Vec<u64>,
 ) -> Vec<GossipNode> {
-    ring(backend, n, reach, &[chan(GOSSIP)], extra)
+    ring(backend, n, reach, &[overlay_chan(GOSSIP)], extra)
         .into_iter()
         .map(|mut node| {
             let channel = node.channels.remove(0);
@@ -88,8 +91,11 @@ fn shutdown(nodes: Vec<GossipNode>) {
 }
 
 /// 30 nodes, each connected to 6, every node broadcasting 3 messages: each
-/// node delivers the other 87 exactly once (none of its own), and the tree
-/// carries them with fewer full copies than flooding would.
+/// node delivers the other 87 exactly once (none of its own). The first
+/// round forms each origin's tree (its first message takes every link and
+/// the duplicates prune them); in the next two, the tree carries the
+/// messages with well under one duplicate per delivery, where flooding
+/// gives about 4.2 on this ring.
 fn every_message_reaches_every_node_once(backend: Backend) {
     const N: u64 = 30;
     const EACH: u64 = 3;
@@ -97,37 +103,45 @@ fn every_message_reaches_every_node_once(backend: Backend) {
     for n in &nodes {
         assert_eq!(n.tx.neighbors(), 6);
     }
-    for k in 0..EACH {
+    let round = |k: u64| -> u64 {
+        let before: u64 = nodes.iter().map(|n| n.tx.stats().core.duplicates).sum();
         for (i, n) in nodes.iter().enumerate() {
             n.tx.broadcast(payload(i as u64 + 1, k)).expect("broadcast");
         }
-    }
-    for (i, n) in nodes.iter().enumerate() {
-        let want: BTreeSet<Bytes> = (1..=N)
-            .filter(|o| *o != i as u64 + 1)
-            .flat_map(|o| (0..EACH).map(move |k| payload(o, k)))
-            .collect();
-        collect(n, &want);
-    }
+        for (i, n) in nodes.iter().enumerate() {
+            let want: BTreeSet<Bytes> = (1..=N)
+                .filter(|o| *o != i as u64 + 1)
+                .map(|o| payload(o, k))
+                .collect();
+            collect(n, &want);
+        }
+        let after: u64 = nodes.iter().map(|n| n.tx.stats().core.duplicates).sum();
+        after - before
+    };
+    let forming = round(0);
+    let steady: u64 = (1..EACH).map(round).sum();
     // Nothing beyond them is waiting, and the cores agree.
     for n in &nodes {
         assert!(n.rx.try_recv().is_none(), "a delivery beyond the 87");
     }
-    let (delivered, duplicates): (u64, u64) = nodes
-        .iter()
-        .map(|n| (n.tx.stats().core.delivered, n.tx.stats().core.duplicates))
-        .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    let delivered: u64 = nodes.iter().map(|n| n.tx.stats().core.delivered).sum();
     assert_eq!(delivered, N * (N - 1) * EACH);
-    // Flooding sends each message over every link both ways but one: ~5
-    // duplicates per node and message at degree 6.
+    let steady_deliveries = N * (N - 1) * (EACH - 1);
     assert!(
-        duplicates < delivered * 5,
-        "{duplicates} duplicates for {delivered} deliveries"
+        steady * 2 < steady_deliveries,
+        "{steady} duplicates for {steady_deliveries} deliveries once the trees formed \
+         ({forming} while they formed)"
     );
     let m = nodes[0].node.handle().metrics();
     assert_eq!(m.gossip_count(GOSSIP, "delivered"), (N - 1) * EACH);
     assert_eq!(m.gossip_count(GOSSIP, "published"), EACH);
+    let first = nodes[0].tx.clone();
     shutdown(nodes);
+    assert_eq!(
+        first.broadcast(payload(1, 9)),
+        Err(BroadcastError::Closed),
+        "after shutdown"
+    );
 }
 
 /// A neighbour of nodes 1 and 7 (of 12, each connected to 4) that runs no
@@ -162,7 +176,7 @@ fn a_hostile_neighbour_is_contained(backend: Backend) {
         any_addr(),
         &[1, 7],
         &dial,
-        &[chan(GOSSIP)],
+        &[overlay_chan(GOSSIP)],
         |_| {},
     );
     let h: &NetworkHandle = hostile.handle();

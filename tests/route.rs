@@ -49,7 +49,7 @@ fn shutdown(mut node: Node) {
 /// the router's tests measure that.)
 fn a_message_finds_its_way_and_the_reply_comes_back(backend: Backend) {
     const N: u64 = 12;
-    let nodes: Vec<RouteNode> = ring(backend, N, 2, &[chan(ROUTED)], |_| Vec::new())
+    let nodes: Vec<RouteNode> = ring(backend, N, 2, &[overlay_chan(ROUTED)], |_| Vec::new())
         .into_iter()
         .map(route_on)
         .collect();
@@ -130,7 +130,7 @@ fn no_route_and_a_garbage_neighbour(backend: Backend) {
         any_addr(),
         &[],
         &[],
-        &[chan(ROUTED)],
+        &[overlay_chan(ROUTED)],
         |_| {},
     ));
     assert_eq!(
@@ -144,7 +144,7 @@ fn no_route_and_a_garbage_neighbour(backend: Backend) {
         any_addr(),
         &[2],
         &[],
-        &[chan(ROUTED)],
+        &[overlay_chan(ROUTED)],
         |_| {},
     ));
     let b = start_node(
@@ -153,7 +153,7 @@ fn no_route_and_a_garbage_neighbour(backend: Backend) {
         any_addr(),
         &[1],
         &[(1, a.node.addr)],
-        &[chan(ROUTED)],
+        &[overlay_chan(ROUTED)],
         |_| {},
     );
     assert!(b.handle().wait_peers(WAIT, |p| p.contains(&key(1))));
@@ -171,10 +171,21 @@ fn no_route_and_a_garbage_neighbour(backend: Backend) {
     });
     let m = a.node.handle().metrics();
     assert!(m.route_count(ROUTED, "malformed") >= 16);
-    assert_eq!(m.route_count(ROUTED, "misbehaving_disconnect"), 1);
+    assert!(m.route_count(ROUTED, "misbehaving_disconnect") >= 1);
     for n in [alone.node, a.node, b] {
         shutdown(n);
     }
+    assert_eq!(alone.tx.send(&key(31), b"later"), Err(RouteError::Closed));
+
+    // A channel too small for the payload bound plus framing is refused.
+    let mut small = start_node(backend, 40, any_addr(), &[], &[], &[chan(ROUTED)], |_| {});
+    let channel = small.channels.remove(0);
+    match small.handle().route(channel, RouteConfig::default(), 16) {
+        Err(shoal::Error::InvalidConfig { field, .. }) => assert_eq!(field, "route max_payload"),
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("a 1 MiB channel took 1 MiB payloads plus framing"),
+    }
+    shutdown(small);
 }
 
 both_backends!(

@@ -82,6 +82,11 @@ impl Sender {
         self.spec.id
     }
 
+    /// The channel's largest message, in bytes.
+    pub fn max_size(&self) -> usize {
+        self.spec.max_size
+    }
+
     /// Queues `msg` for `to` (a `&PublicKey`, a slice of keys, or
     /// [`Recipients::All`]) and returns at once: it never waits. The report
     /// says, for each recipient, whether the message was queued, whether its

@@ -154,13 +154,15 @@ pub struct Metrics {
     /// `over_budget`, `parse_error`, `tree_repair` (grafts sent),
     /// `given_up` (missing ids no announcer delivered), `ignored` (frames
     /// from a misbehaving neighbour), `send_full` (frames a full send
-    /// queue refused), `misbehaving_disconnect`.
+    /// queue refused), `send_failed` (frames refused otherwise: the
+    /// neighbour's connection gone), `misbehaving_disconnect`.
     pub gossip: Family<OverlayLabel, Counter>,
     /// Routed unicast, per channel and `event`: `delivered`, `sent`,
     /// `forwarded`, `duplicate`, `too_old`, `too_new`, `malformed`,
     /// `forged`, `undecryptable`, `rate_limited`, `hop_limit`, `no_route`
     /// (relayed messages with no neighbour to go to), `dropped_full`,
-    /// `send_full`, `misbehaving_disconnect`.
+    /// `other_channel` (opened, addressed to another channel, not
+    /// delivered), `send_full`, `send_failed`, `misbehaving_disconnect`.
     pub route: Family<OverlayLabel, Counter>,
     messages_in: Family<ChannelLabel, Counter>,
     messages_out: Family<ChannelLabel, Counter>,

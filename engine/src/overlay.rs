@@ -21,10 +21,17 @@
 //!   backpressure on the channel), a misbehaving neighbour is
 //!   disconnected.
 //!
-//! Every connected peer is a neighbour. The thread ends when the network
-//! shuts down ([`Overlay::close`] then runs).
+//! Every connected peer is a neighbour (up to the protocol's cap; a peer
+//! turned away takes a place that frees). The thread ends when the network
+//! shuts down ([`Overlay::close`] then runs), also while it waits for room
+//! in a full [`Deliveries`]. A channel must allow messages of the
+//! protocol's largest payload plus [`FRAMING`].
 
-use std::sync::mpsc::{sync_channel, Receiver as StdReceiver, RecvTimeoutError, SyncSender};
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{
+    sync_channel, Receiver as StdReceiver, RecvTimeoutError, SyncSender, TrySendError,
+};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -41,8 +48,16 @@ use crate::metrics::OverlayLabel;
 use crate::receiver::{Receiver, RecvError};
 use crate::shared::Shared;
 
+/// Bytes an overlay frame adds to the payload at most (kind, ids, keys,
+/// signature, seal): a channel's `max_size` must leave this room above the
+/// protocol's largest payload.
+pub(crate) const FRAMING: usize = 512;
+
 /// The longest the driver waits without looking at peer events.
 pub(crate) const MAX_IDLE: Duration = Duration::from_millis(20);
+/// How often a driver blocked on a full [`Deliveries`] looks again (and at
+/// whether the network stopped).
+const FULL_RETRY: Duration = Duration::from_millis(1);
 /// Frames taken from the channel per turn before timers and events.
 pub(crate) const FRAMES_PER_TURN: usize = 256;
 
@@ -66,6 +81,8 @@ pub(crate) trait Overlay: Send + 'static {
     const NAME: &'static str;
     fn handle_neighbor_up(&mut self, now: Instant, peer: PublicKey);
     fn handle_neighbor_down(&mut self, now: Instant, peer: &PublicKey);
+    /// The neighbours taking part now.
+    fn neighbors(&self) -> Vec<PublicKey>;
     fn handle_frame(&mut self, now: Instant, from: &PublicKey, bytes: &Bytes);
     fn poll_timeout(&self) -> Option<Instant>;
     fn handle_timeout(&mut self, now: Instant);
@@ -73,7 +90,7 @@ pub(crate) trait Overlay: Send + 'static {
     fn flush(&mut self, tx: &Sender, out: &mut Vec<Self::Event>);
     /// The driver ended: later calls from the application fail.
     fn close(&mut self);
-    fn outcome(&self, e: Self::Event) -> Outcome;
+    fn outcome(&mut self, e: Self::Event) -> Outcome;
     /// A misbehaving neighbour was disconnected.
     fn count_misbehaving(&mut self);
 }
@@ -82,14 +99,40 @@ pub(crate) trait Overlay: Send + 'static {
 pub(crate) struct Link<O> {
     state: Mutex<O>,
     pub tx: Sender,
+    shared: Arc<Shared>,
 }
 
 impl<O: Overlay> Link<O> {
-    pub fn new(state: O, tx: Sender) -> Arc<Self> {
-        Arc::new(Self {
+    /// Fails when the channel's `max_size` has no room for `max_payload`
+    /// and the framing (`field` names the payload bound).
+    pub fn new(
+        state: O,
+        tx: Sender,
+        shared: Arc<Shared>,
+        field: &'static str,
+        max_payload: usize,
+    ) -> Result<Arc<Self>, Error> {
+        if max_payload.saturating_add(FRAMING) > tx.max_size() {
+            return Err(Error::InvalidConfig {
+                field,
+                reason: format!(
+                    "{max_payload} B plus {FRAMING} B of framing exceeds channel {}'s max_size ({} B)",
+                    tx.channel(),
+                    tx.max_size()
+                ),
+            });
+        }
+        Ok(Arc::new(Self {
             state: Mutex::new(state),
             tx,
-        })
+            shared,
+        }))
+    }
+
+    /// False once the network shut down (or began to): the application's
+    /// calls then fail with their `Closed`.
+    pub fn is_running(&self) -> bool {
+        self.shared.running.load(Ordering::Acquire)
     }
 
     pub fn lock(&self) -> MutexGuard<'_, O> {
@@ -243,14 +286,29 @@ struct Driver<O> {
 }
 
 impl<O: Overlay> Driver<O> {
+    /// Waits for room in the application's queue (backpressure), until the
+    /// network stops.
+    fn deliver(&self, app: &SyncSender<Delivery>, mut d: Delivery) {
+        loop {
+            match app.try_send(d) {
+                Ok(()) | Err(TrySendError::Disconnected(_)) => return,
+                Err(TrySendError::Full(back)) => {
+                    if !self.shared.running.load(Ordering::Acquire) {
+                        return;
+                    }
+                    d = back;
+                    std::thread::sleep(FULL_RETRY);
+                }
+            }
+        }
+    }
+
     fn handle(&self, app: &SyncSender<Delivery>, e: O::Event) {
         let outcome = self.link.lock().outcome(e);
         match outcome {
             // Waits for room: backpressure. A dropped receiver: keep
             // relaying for the others.
-            Outcome::Deliver(d) => {
-                let _ = app.send(d);
-            }
+            Outcome::Deliver(d) => self.deliver(app, d),
             Outcome::Misbehaving { peer, reason } => {
                 tracing::warn!(
                     ?peer,
@@ -285,11 +343,28 @@ impl<O: Overlay> Driver<O> {
                     let mut st = self.link.lock();
                     match ev {
                         PeerEvent::Connected(p) => st.handle_neighbor_up(now, p),
-                        PeerEvent::Disconnected { peer, .. } => st.handle_neighbor_down(now, &peer),
-                        PeerEvent::Lagged(_) => {
-                            // Up is idempotent; gone neighbours go at their
-                            // next Disconnected.
+                        PeerEvent::Disconnected { peer, .. } => {
+                            st.handle_neighbor_down(now, &peer);
+                            // A peer turned away at the neighbour cap
+                            // takes the free place (up is idempotent).
                             for p in self.shared.peers.peers() {
+                                st.handle_neighbor_up(now, p);
+                            }
+                        }
+                        PeerEvent::Lagged(_) => {
+                            // Missed events: the connected peers are the
+                            // truth, both ways.
+                            let connected = self.shared.peers.peers();
+                            let set: HashSet<&PublicKey> = connected.iter().collect();
+                            let gone: Vec<PublicKey> = st
+                                .neighbors()
+                                .into_iter()
+                                .filter(|n| !set.contains(n))
+                                .collect();
+                            for g in gone {
+                                st.handle_neighbor_down(now, &g);
+                            }
+                            for p in connected {
                                 st.handle_neighbor_up(now, p);
                             }
                         }

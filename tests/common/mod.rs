@@ -155,6 +155,15 @@ impl ChannelDef {
     }
 }
 
+/// A channel for gossip or routed unicast: room for their default 1 MiB
+/// payload plus framing.
+pub fn overlay_chan(id: u32) -> ChannelDef {
+    ChannelDef {
+        max_size: 2 << 20,
+        ..chan(id)
+    }
+}
+
 pub fn chan(id: u32) -> ChannelDef {
     ChannelDef {
         quota: None,

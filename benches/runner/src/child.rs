@@ -73,44 +73,28 @@ pub(crate) fn bench_command(
     Ok(cmd)
 }
 
-/// A running child and its stdout, read a JSON line at a time.
-pub(crate) struct ChildLines {
-    child: Child,
-    lines: std::io::Lines<BufReader<ChildStdout>>,
-}
+/// A running child, killed when dropped unless it was waited for.
+pub(crate) struct ChildGuard(Option<Child>);
 
-impl ChildLines {
-    pub(crate) fn spawn(mut cmd: Command) -> Result<Self, String> {
+/// The child's stdout, a JSON object per line.
+pub(crate) struct Lines(std::io::Lines<BufReader<ChildStdout>>);
+
+impl ChildGuard {
+    /// Starts `cmd` (stdout piped) and hands its stdout over.
+    pub(crate) fn spawn(mut cmd: Command) -> Result<(ChildGuard, Lines), String> {
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("cannot run the child bench: {e}"))?;
         let out = child.stdout.take().ok_or("the child has no stdout")?;
-        Ok(ChildLines {
-            child,
-            lines: BufReader::new(out).lines(),
-        })
-    }
-
-    /// The child's next line as JSON; an error when it exits first.
-    pub(crate) fn next(&mut self) -> Result<serde_json::Value, String> {
-        match self.lines.next() {
-            Some(Ok(line)) => {
-                serde_json::from_str(&line).map_err(|e| format!("bad child output {line:?}: {e}"))
-            }
-            Some(Err(e)) => Err(format!("cannot read the child's output: {e}")),
-            None => Err(match self.child.wait() {
-                Ok(status) => format!("the child bench exited early ({status})"),
-                Err(e) => format!("the child bench: {e}"),
-            }),
-        }
+        Ok((ChildGuard(Some(child)), Lines(BufReader::new(out).lines())))
     }
 
     /// Waits for the child to exit; an error unless it succeeded.
     pub(crate) fn wait(mut self) -> Result<(), String> {
-        let status = self
-            .child
-            .wait()
-            .map_err(|e| format!("the child bench: {e}"))?;
+        let Some(mut child) = self.0.take() else {
+            return Ok(());
+        };
+        let status = child.wait().map_err(|e| format!("the child bench: {e}"))?;
         if status.success() {
             Ok(())
         } else {
@@ -119,12 +103,25 @@ impl ChildLines {
     }
 }
 
-impl Drop for ChildLines {
+impl Drop for ChildGuard {
     fn drop(&mut self) {
         // A parent that fails mid-run must not leave the child behind.
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Lines {
+    /// The child's next line as JSON; an error when it ended first.
+    pub(crate) fn next(&mut self) -> Result<serde_json::Value, String> {
+        match self.0.next() {
+            Some(Ok(line)) => {
+                serde_json::from_str(&line).map_err(|e| format!("bad child output {line:?}: {e}"))
+            }
+            Some(Err(e)) => Err(format!("cannot read the child's output: {e}")),
+            None => Err("the child bench ended early".into()),
         }
     }
 }

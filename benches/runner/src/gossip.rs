@@ -74,10 +74,15 @@ struct MeshNode {
     neighbours: Vec<PublicKey>,
 }
 
+/// Neighbours on either side: the lattice's degree is twice this.
+fn reach(s: Shape) -> usize {
+    (s.degree / 2).clamp(1, (s.nodes - 1) / 2)
+}
+
 /// The ring lattice of [`Shape`], connected.
 fn mesh(p: &Plan, backend: Backend, s: Shape) -> Result<Vec<MeshNode>, String> {
     let n = s.nodes;
-    let reach = (s.degree / 2).clamp(1, (n - 1) / 2);
+    let reach = reach(s);
     let ids: Vec<Arc<Ed25519Signer>> = (0..n)
         .map(|_| Arc::new(Ed25519Signer::generate()))
         .collect();
@@ -400,7 +405,7 @@ pub(crate) fn result(p: &Plan, s: Shape, backend: String, g: &Spread) -> RunResu
         g.delivered * s.size,
     );
     r.peers = Some(s.nodes);
-    r.degree = Some(s.degree);
+    r.degree = Some(2 * reach(s));
     r.delivered_fraction = Some(g.delivered_fraction);
     r.duplicates_per_message = Some(g.duplicates_per_message);
     r.with_latency(&g.time_to_all)

@@ -34,7 +34,7 @@ use shoal_engine::{
 use shoal_testkit::process;
 
 use crate::args::BenchArgs;
-use crate::child::{bench_command, hex, say, unhex, ChildLines};
+use crate::child::{bench_command, hex, say, unhex, ChildGuard};
 use crate::cluster::{backend_name, cluster_with, Cluster};
 use crate::plan::Plan;
 use crate::result::{RunResult, LATENCY_MAX_NS};
@@ -44,6 +44,7 @@ const MESSAGE_CHANNEL: u32 = 1;
 const CHUNK: usize = 256 << 10;
 const MESSAGE_EVERY: Duration = Duration::from_micros(500);
 const RUN_LIMIT: Duration = Duration::from_secs(600);
+const ACCEPT_LIMIT: Duration = Duration::from_secs(60);
 
 fn rss_kib() -> u64 {
     process::rss_kib().unwrap_or(0)
@@ -83,6 +84,27 @@ fn receiving(net: &mut Network, delays: &Delays) -> Result<StreamListener, Strin
     Ok(listener)
 }
 
+/// The stream the sender opens, within `limit` (the sender may have
+/// failed: nobody would open it then).
+fn accept_within(
+    listener: &StreamListener,
+    limit: Duration,
+) -> Result<shoal_engine::IncomingStream, String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(inc) = listener.try_accept() {
+            return Ok(inc);
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "stream: nothing opened within {} s",
+                limit.as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// What the receiving side measured.
 struct Received {
     bytes: u64,
@@ -94,10 +116,7 @@ struct Received {
 /// Accepts one stream and reads it to its end, sampling RSS every 16 MiB;
 /// `on_end` runs as soon as the last byte is read.
 fn receive(listener: &StreamListener, on_end: impl FnOnce(u64)) -> Result<Received, String> {
-    let mut inc = listener
-        .accept()
-        .blocking()
-        .ok_or("the network closed before the stream arrived")?;
+    let mut inc = accept_within(listener, ACCEPT_LIMIT)?;
     let mut buf = vec![0u8; CHUNK];
     let (mut bytes, mut peak_rss_kib, mut next_sample) = (0u64, 0u64, 0u64);
     loop {
@@ -160,7 +179,13 @@ fn send(
         stream.finish().map_err(|e| format!("finish: {e}"))
     });
     let mut messages = 0usize;
+    let mut writer = Some(writer);
     while !done() && started.elapsed() < RUN_LIMIT {
+        // A writer that failed ends the run; one that finished leaves the
+        // receiver reading the rest.
+        if let Some(w) = writer.take_if(|w| w.is_finished()) {
+            w.join().map_err(|_| "writer panicked")??;
+        }
         let mut m = vec![0u8; 64];
         m[..8].copy_from_slice(&unix_ns().to_le_bytes());
         if tx
@@ -172,7 +197,9 @@ fn send(
         }
         std::thread::sleep(MESSAGE_EVERY);
     }
-    writer.join().map_err(|_| "writer panicked")??;
+    if let Some(w) = writer {
+        w.join().map_err(|_| "writer panicked")??;
+    }
     Ok(Sent {
         messages,
         opened_ns,
@@ -269,8 +296,8 @@ fn receiver_in_child(
     let me = id.public_key().clone();
     let mut cmd = bench_command(args, "stream", backend)?;
     cmd.args(["--receiver-for", &hex(me.as_bytes())]);
-    let mut child = ChildLines::spawn(cmd)?;
-    let hello = child.next()?;
+    let (child, mut lines) = ChildGuard::spawn(cmd)?;
+    let hello = lines.next()?;
     let peer = PublicKey::from_bytes_unchecked(unhex(hello["key"].as_str().unwrap_or(""))?);
     let addr: std::net::SocketAddr = hello["addr"]
         .as_str()
@@ -288,26 +315,37 @@ fn receiver_in_child(
     oracle.register(0, vec![peer.clone()]);
     oracle.add_address(peer.clone(), addr);
     let h = net.start().map_err(|e| e.to_string())?;
-    let ready = child.next()?;
+    let ready = lines.next()?;
     let rss_before = ready["rss_kib"].as_u64().ok_or("stream: no rss_kib")?;
+    if !h.wait_peers(ACCEPT_LIMIT, |x| x.contains(&peer)) {
+        h.shutdown(Duration::from_millis(100));
+        return Err("stream: the child's node did not connect".into());
+    }
 
-    // The child says when the last byte is read, then what it measured.
+    // The child says when the last byte is read, then what it measured;
+    // `done` is set however the reading ends.
     let done = Arc::new(AtomicBool::new(false));
-    let lines = {
+    let reader = {
         let done = done.clone();
         std::thread::spawn(move || -> Result<_, String> {
-            let end = child.next()?;
+            let end = lines.next();
             done.store(true, Ordering::Release);
-            let measured = child.next()?;
-            child.wait()?;
-            Ok((end, measured))
+            Ok((end?, lines.next()?))
         })
     };
     let sent = send(&h, &tx, &peer, total, || done.load(Ordering::Acquire));
-    let child_result = lines.join().map_err(|_| "child reader panicked")?;
     h.shutdown(Duration::from_millis(100));
-    let sent = sent?;
-    let (end, measured) = child_result?;
+    let sent = match sent {
+        Ok(s) => s,
+        Err(e) => {
+            // Killing the child ends its output: the reader stops.
+            drop(child);
+            let _ = reader.join();
+            return Err(e);
+        }
+    };
+    let (end, measured) = reader.join().map_err(|_| "child reader panicked")??;
+    child.wait()?;
     let got = Received {
         bytes: measured["bytes"].as_u64().unwrap_or(0),
         end_ns: end["end_ns"].as_u64().unwrap_or(0),

@@ -251,6 +251,10 @@ impl Gossip {
         self.peers.len()
     }
 
+    pub fn neighbor_keys(&self) -> Vec<PublicKey> {
+        self.peers.keys().cloned().collect()
+    }
+
     pub fn seen_len(&self) -> usize {
         self.seen.len()
     }

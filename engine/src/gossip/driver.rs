@@ -9,7 +9,9 @@
 //! a neighbour reported [`Event::Misbehaving`] is disconnected.
 //! [`GossipSender::broadcast`] signs with the node's identity under the
 //! channel's gossip namespace, publishes under the core's lock and sends
-//! the resulting frames itself, so it returns the id at once.
+//! the resulting frames itself, so it returns the id at once. The channel's
+//! `max_size` must hold `max_message_size` plus the framing
+//! ([`overlay::FRAMING`]); `gossip` refuses to start otherwise.
 //!
 //! A full [`Deliveries`] stops the driver (it waits for room), so the
 //! channel's inbox fills and neighbours' sends to this node report `Full`:
@@ -29,7 +31,7 @@ use super::wire::MessageId;
 use super::GossipConfig;
 use crate::channels::Sender;
 use crate::connection::Priority;
-use crate::error::Error;
+use crate::error::{Error, SendError};
 use crate::overlay::{self, Deliveries, Delivery, Exported, Field, Link, Outcome, Overlay};
 use crate::receiver::Receiver;
 use crate::shared::Shared;
@@ -56,6 +58,9 @@ pub struct GossipStats {
     pub core: Stats,
     /// Frames dropped because a neighbour's send queue was full.
     pub send_full: u64,
+    /// Frames the channel refused otherwise (the neighbour's connection was
+    /// gone, or the network stopping).
+    pub send_failed: u64,
     /// Neighbours disconnected as misbehaving.
     pub misbehaving_disconnects: u64,
 }
@@ -78,6 +83,7 @@ const EXPORTED: &[Field<GossipStats>] = &[
     ("given_up", |s| s.core.missing_given_up),
     ("ignored", |s| s.core.ignored_frames),
     ("send_full", |s| s.send_full),
+    ("send_failed", |s| s.send_failed),
     ("misbehaving_disconnect", |s| s.misbehaving_disconnects),
 ];
 
@@ -88,6 +94,7 @@ pub(crate) struct State {
     signer: SchemeSigner,
     last_seq: u64,
     send_full: u64,
+    send_failed: u64,
     misbehaving_disconnects: u64,
     closed: bool,
     exported: Exported<GossipStats>,
@@ -101,6 +108,7 @@ impl State {
         GossipStats {
             core: self.core.stats(),
             send_full: self.send_full,
+            send_failed: self.send_failed,
             misbehaving_disconnects: self.misbehaving_disconnects,
         }
     }
@@ -118,6 +126,10 @@ impl Overlay for State {
         self.core.handle_neighbor_down(now, peer);
     }
 
+    fn neighbors(&self) -> Vec<PublicKey> {
+        self.core.neighbor_keys()
+    }
+
     fn handle_frame(&mut self, now: Instant, from: &PublicKey, bytes: &Bytes) {
         self.core.handle_frame(now, from, bytes);
     }
@@ -132,8 +144,10 @@ impl Overlay for State {
 
     fn flush(&mut self, tx: &Sender, out: &mut Vec<Event>) {
         while let Some(t) = self.core.poll_transmit() {
-            if tx.send(&t.to, t.frame, Priority::Low).result().is_err() {
-                self.send_full += 1;
+            match tx.send(&t.to, t.frame, Priority::Low).result() {
+                Ok(()) => {}
+                Err(SendError::Full) => self.send_full += 1,
+                Err(_) => self.send_failed += 1,
             }
         }
         while let Some(e) = self.core.poll_event() {
@@ -147,7 +161,7 @@ impl Overlay for State {
         self.closed = true;
     }
 
-    fn outcome(&self, e: Event) -> Outcome {
+    fn outcome(&mut self, e: Event) -> Outcome {
         match e {
             Event::Delivered { id, payload, .. } => Outcome::Deliver(Delivery {
                 origin: id.origin.clone(),
@@ -180,7 +194,7 @@ impl GossipSender {
         if msg.len() > st.config.max_message_size {
             return Err(BroadcastError::TooLarge);
         }
-        if st.closed {
+        if st.closed || !self.link.is_running() {
             return Err(BroadcastError::Closed);
         }
         let now = Instant::now();
@@ -254,12 +268,14 @@ pub(crate) fn start(
         signer,
         last_seq: 0,
         send_full: 0,
+        send_failed: 0,
         misbehaving_disconnects: 0,
         closed: false,
         exported,
         refill_at: now,
     };
-    let link = Link::new(state, tx);
+    let max = state.config.max_message_size;
+    let link = Link::new(state, tx, shared.clone(), "gossip max_message_size", max)?;
     let deliveries = overlay::start(shared, link.clone(), rx, capacity)?;
     Ok((GossipSender { link }, deliveries))
 }

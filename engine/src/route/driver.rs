@@ -10,6 +10,8 @@
 //! seals, signs and queues under the router's lock and sends the
 //! envelopes itself, so it returns the id (or why there is no route) at
 //! once. A reply is a routed message the other way: `send(origin, ..)`.
+//! The channel's `max_size` must hold `max_payload` plus the framing
+//! ([`overlay::FRAMING`]); `route` refuses to start otherwise.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,6 +24,7 @@ use super::RouteConfig;
 use crate::channels::Sender;
 use crate::connection::Priority;
 use crate::error::Error;
+use crate::error::SendError as ChannelSendError;
 use crate::gossip::driver::unix_micros;
 use crate::gossip::MessageId;
 use crate::overlay::{self, Deliveries, Delivery, Exported, Field, Link, Outcome, Overlay};
@@ -57,6 +60,12 @@ pub struct RouteStats {
     pub sent: u64,
     /// Envelopes dropped because a neighbour's send queue was full.
     pub send_full: u64,
+    /// Messages for this node addressed (by their origin) to another
+    /// channel: opened, not delivered. The router's `delivered` counts them.
+    pub other_channel: u64,
+    /// Envelopes the channel refused otherwise (the neighbour's connection was
+    /// gone, or the network stopping).
+    pub send_failed: u64,
     /// Neighbours disconnected as misbehaving.
     pub misbehaving_disconnects: u64,
 }
@@ -76,15 +85,22 @@ const EXPORTED: &[Field<RouteStats>] = &[
     ("hop_limit", |s| s.core.hop_limit),
     ("no_route", |s| s.core.no_route),
     ("dropped_full", |s| s.core.dropped_full),
+    ("other_channel", |s| s.other_channel),
     ("send_full", |s| s.send_full),
+    ("send_failed", |s| s.send_failed),
     ("misbehaving_disconnect", |s| s.misbehaving_disconnects),
 ];
 
 pub(crate) struct State {
     router: Router,
     channel: u32,
+    max_payload: usize,
+    /// Messages for this node that their origin addressed to another
+    /// channel (not delivered).
+    other_channel: u64,
     sent: u64,
     send_full: u64,
+    send_failed: u64,
     misbehaving_disconnects: u64,
     closed: bool,
     exported: Exported<RouteStats>,
@@ -96,6 +112,8 @@ impl State {
             core: self.router.stats(),
             sent: self.sent,
             send_full: self.send_full,
+            send_failed: self.send_failed,
+            other_channel: self.other_channel,
             misbehaving_disconnects: self.misbehaving_disconnects,
         }
     }
@@ -113,6 +131,10 @@ impl Overlay for State {
         self.router.handle_neighbor_down(peer);
     }
 
+    fn neighbors(&self) -> Vec<PublicKey> {
+        self.router.neighbour_keys()
+    }
+
     fn handle_frame(&mut self, now: Instant, from: &PublicKey, bytes: &Bytes) {
         self.router.handle_frame(now, from, bytes);
     }
@@ -125,8 +147,10 @@ impl Overlay for State {
 
     fn flush(&mut self, tx: &Sender, out: &mut Vec<Event>) {
         while let Some(t) = self.router.poll_transmit() {
-            if tx.send(&t.to, t.bytes, Priority::Low).result().is_err() {
-                self.send_full += 1;
+            match tx.send(&t.to, t.bytes, Priority::Low).result() {
+                Ok(()) => {}
+                Err(ChannelSendError::Full) => self.send_full += 1,
+                Err(_) => self.send_failed += 1,
             }
         }
         while let Some(e) = self.router.poll_event() {
@@ -140,7 +164,7 @@ impl Overlay for State {
         self.closed = true;
     }
 
-    fn outcome(&self, e: Event) -> Outcome {
+    fn outcome(&mut self, e: Event) -> Outcome {
         match e {
             // Only what its origin addressed to this channel.
             Event::Delivered {
@@ -152,7 +176,10 @@ impl Overlay for State {
                 id,
                 payload,
             }),
-            Event::Delivered { .. } => Outcome::Nothing,
+            Event::Delivered { .. } => {
+                self.other_channel += 1;
+                Outcome::Nothing
+            }
             Event::Misbehaving { peer, reason } => Outcome::Misbehaving { peer, reason },
         }
     }
@@ -176,7 +203,7 @@ impl RouteSender {
     /// once. Delivery is not confirmed: ask the target for a reply.
     pub fn send(&self, target: &PublicKey, payload: &[u8]) -> Result<MessageId, RouteError> {
         let mut st = self.link.lock();
-        if st.closed {
+        if st.closed || !self.link.is_running() {
             return Err(RouteError::Closed);
         }
         let channel = st.channel;
@@ -228,6 +255,7 @@ pub(crate) fn start(
 ) -> Result<(RouteSender, Deliveries), Error> {
     config.validate()?;
     let identity = &shared.config.identity;
+    let max_payload = config.max_payload;
     let router = Router::new(
         config,
         identity.signer.clone(),
@@ -238,13 +266,17 @@ pub(crate) fn start(
     let state = State {
         router,
         channel: tx.channel(),
+        max_payload,
+        other_channel: 0,
         sent: 0,
         send_full: 0,
+        send_failed: 0,
         misbehaving_disconnects: 0,
         closed: false,
         exported: Exported::new(&shared.metrics.route, tx.channel(), EXPORTED),
     };
-    let link = Link::new(state, tx);
+    let max = state.max_payload;
+    let link = Link::new(state, tx, shared.clone(), "route max_payload", max)?;
     let deliveries = overlay::start(shared, link.clone(), rx, capacity)?;
     Ok((RouteSender { link }, deliveries))
 }

@@ -171,6 +171,10 @@ impl Router {
         self.neighbours.len()
     }
 
+    pub fn neighbour_keys(&self) -> Vec<PublicKey> {
+        self.neighbours.keys().cloned().collect()
+    }
+
     /// Nodes within two hops (neighbours and the neighbours they
     /// advertised), this node aside.
     pub fn known(&self) -> usize {

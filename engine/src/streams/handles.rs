@@ -119,9 +119,10 @@ impl SendStream {
 
     /// Abandons the stream: unsent bytes are dropped and the reader's
     /// reads fail with [`StreamError::Reset`]`(code)`. Allowed after
-    /// [`finish`](Self::finish) too, until the end has been sent: then the
-    /// reader sees the reset instead of the end (once the end is on its
-    /// way, the reset has no effect).
+    /// [`finish`](Self::finish) too: bytes still waiting here for the
+    /// peer's credit are abandoned with the end, and the reader sees the
+    /// reset instead of the end. Once every byte has reached the connection
+    /// the end goes out with the next frame, and a reset has no effect.
     pub fn reset(&mut self, code: u32) -> Result<(), StreamError> {
         let mut st = self.pipe.lock();
         if let Some(e) = st.send_error {
