@@ -287,14 +287,13 @@ impl Gossip {
         );
     }
 
-    /// A neighbour disconnected: it leaves both sets (missing messages it
-    /// announced are asked of the others).
+    /// A neighbour disconnected: it no longer takes part. Its place in the
+    /// trees is kept, so a neighbour that reconnects (a restart, a broken
+    /// connection) is lazy again where it was pruned instead of pushed
+    /// every message anew; a tree forgets departed neighbours once it holds
+    /// `max_peers` lazy entries.
     pub fn handle_neighbor_down(&mut self, _now: Instant, peer: &PublicKey) {
-        if self.peers.remove(peer).is_some() {
-            for t in self.trees.values_mut() {
-                t.lazy.remove(peer);
-            }
-        }
+        self.peers.remove(peer);
     }
 
     /// A frame from neighbour `from`.
@@ -395,10 +394,14 @@ impl Gossip {
     /// Changes `origin`'s tree (only an origin with a tree: trees are made
     /// for verified messages only).
     fn set_eager(&mut self, origin: &PublicKey, peer: &PublicKey, eager: bool) {
+        let peers = &self.peers;
         if let Some(t) = self.trees.get_mut(origin) {
             if eager {
                 t.lazy.remove(peer);
-            } else if self.peers.contains_key(peer) {
+            } else if peers.contains_key(peer) {
+                if t.lazy.len() >= self.config.max_peers {
+                    t.lazy.retain(|k| peers.contains_key(k));
+                }
                 t.lazy.insert(peer.clone());
             }
         }

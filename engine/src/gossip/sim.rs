@@ -3,7 +3,9 @@
 //! over the same overlay, the same schedule and the same faults.
 //!
 //! Run the full-size report with
-//! `cargo test --release -p shoal-engine --lib gossip::sim::report_1000_nodes -- --ignored --nocapture`.
+//! `cargo test --release -p shoal-engine --lib gossip::sim::report_1000_nodes -- --ignored --nocapture`
+//! (`SHOAL_SIM_MESSAGES=1000` for a longer run: 10 messages per publisher
+//! instead of 2).
 //!
 //! Measures, over the (message, live node) pairs (a node is live for a
 //! message when it is up, in the same incarnation, from the message's
@@ -703,14 +705,16 @@ fn compare(cfg: &SimConfig, strict: bool) {
     print("flood", cfg, &flood);
     print("mesh D=6", cfg, &mesh);
     // Issue 22's targets: >= 99.9 % delivered, <= 0.5 duplicates per node
-    // per message in steady state, t99 <= 2x flooding's. Asserted with the
-    // margins this seed needs (0.504 and 2.15x at 200 nodes, see the
-    // branch's report), so a regression fails and the gap stays visible.
+    // per message in steady state, t99 <= 2x flooding's. At 200 nodes and
+    // 5 messages per publisher this seed gives 0.401 and 2.24x (316 / 141
+    // ms): the t99 bound has the margin this short run needs, so a
+    // regression fails and the gap stays visible. The 1000-node report with
+    // `SHOAL_SIM_MESSAGES=1000` (10 per publisher) gives 0.256 and 1.99x.
     assert!(plum.delivered_fraction >= 0.999, "{plum:?}");
     if !strict {
         return;
     }
-    assert!(plum.steady_duplicates_per_node_message <= 0.6, "{plum:?}");
+    assert!(plum.steady_duplicates_per_node_message <= 0.5, "{plum:?}");
     assert!(
         plum.t99_steady_ms_median <= 2.5 * flood.t99_steady_ms_median,
         "{plum:?} {flood:?}"
@@ -736,5 +740,10 @@ fn sim_200_nodes_meets_the_targets() {
 #[test]
 #[ignore = "1000 nodes: run with --release (see the module docs)"]
 fn report_1000_nodes() {
-    compare(&SimConfig::issue(1000, 200), false);
+    // `SHOAL_SIM_MESSAGES` runs longer (more messages per publisher).
+    let messages = std::env::var("SHOAL_SIM_MESSAGES")
+        .ok()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(200);
+    compare(&SimConfig::issue(1000, messages), false);
 }
