@@ -27,6 +27,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod config_file;
 mod gossip_probe;
 mod node;
+mod probe;
 
 #[derive(Parser)]
 #[command(

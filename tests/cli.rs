@@ -21,6 +21,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_shoal");
 /// Liveness bound for anything we wait on.
 const WAIT: Duration = Duration::from_secs(30);
 const ECHO: u32 = 7;
+/// The nodes' `[gossip]` probe channel.
+const GOSSIP: u32 = 11;
 
 /// A scratch directory removed on drop.
 struct TempDir(PathBuf);
@@ -215,30 +217,31 @@ fn two_nodes_echo(shards: usize) {
         common::free_addr(),
     );
     let (m1, m2) = (common::free_addr(), common::free_addr());
-    fs::write(
-        dir.path("n1.toml"),
-        node_toml_on(
-            "n1.key",
-            a1,
-            m1,
-            &[(&k2, a2), (&my_key, a_me)],
-            "epoll",
-            shards,
-        ),
-    )
-    .unwrap();
-    fs::write(
-        dir.path("n2.toml"),
-        node_toml_on(
-            "n2.key",
-            a2,
-            m2,
-            &[(&k1, a1), (&my_key, a_me)],
-            "auto",
-            shards,
-        ),
-    )
-    .unwrap();
+    // Both nodes also run the `[gossip]` probe (every peer of a gossip node
+    // must register its channel: a message on an unknown channel closes the
+    // connection).
+    let gossip = format!(
+        "gossip.channel = {GOSSIP}\ngossip.interval = \"20ms\"\ngossip.count = 3\n\
+         gossip.wait_peers = 2\n"
+    );
+    let t1 = node_toml_on(
+        "n1.key",
+        a1,
+        m1,
+        &[(&k2, a2), (&my_key, a_me)],
+        "epoll",
+        shards,
+    );
+    fs::write(dir.path("n1.toml"), format!("{gossip}{t1}")).unwrap();
+    let t2 = node_toml_on(
+        "n2.key",
+        a2,
+        m2,
+        &[(&k1, a1), (&my_key, a_me)],
+        "auto",
+        shards,
+    );
+    fs::write(dir.path("n2.toml"), format!("{gossip}{t2}")).unwrap();
     let c1 = dir.path("n1.toml");
     let c2 = dir.path("n2.toml");
     let mut n1 = Proc::spawn(
@@ -255,6 +258,11 @@ fn two_nodes_echo(shards: usize) {
     let (mut net, oracle) = Network::new(cfg).unwrap();
     let (tx, rx) = net
         .register(ChannelConfig::new(ECHO).max_size(1 << 20).capacity(64))
+        .unwrap();
+    // The nodes' `[gossip]` probe counts this node as a neighbour: it takes
+    // their frames (and relays nothing).
+    let _gossip = net
+        .register(ChannelConfig::new(GOSSIP).capacity(1024))
         .unwrap();
     let (pk1, pk2) = (parse_key(&k1), parse_key(&k2));
     oracle.register(0, vec![pk1.clone(), pk2.clone()]);
@@ -317,6 +325,22 @@ fn two_nodes_echo(shards: usize) {
             "exactly one message arrived on the echo channel:\n{body}"
         );
         assert!(body.trim_end().ends_with("# EOF"), "{body}");
+        // The `[gossip]` probe: each node delivers the other's 3 broadcasts.
+        let gossip =
+            format!("shoal_gossip_events_total{{channel=\"{GOSSIP}\",event=\"delivered\"}} 3");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let (_, body) = http_get(m, "/metrics");
+            if body.contains(&gossip) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {gossip}; metrics:\n{body}\nstderr:\n{}",
+                p.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let (status, _) = http_get(m, "/nope");
         assert!(status.starts_with("HTTP/1.1 404"), "{status}");
     }
