@@ -8,7 +8,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
@@ -82,15 +82,17 @@ fn a_message_finds_its_way_and_the_reply_comes_back(backend: Backend) {
         n.tx.send(&key(1), format!("reply from {s}").as_bytes())
             .expect("reply routed");
     }
+    // The replies, taken the async way (`Deliveries::recv` is a `Wait`).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
     let mut replies = BTreeMap::new();
-    let deadline = Instant::now() + WAIT;
     while replies.len() < far.len() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let d = me
-            .rx
-            .recv_timeout(left)
-            .expect("routing")
-            .unwrap_or_else(|| panic!("{} of {} replies", replies.len(), far.len()));
+        let d = rt
+            .block_on(async { tokio::time::timeout(WAIT, me.rx.recv()).await })
+            .unwrap_or_else(|_| panic!("{} of {} replies", replies.len(), far.len()))
+            .expect("routing");
         assert!(
             replies.insert(d.payload.clone(), d.origin).is_none(),
             "a reply twice"

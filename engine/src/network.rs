@@ -652,7 +652,7 @@ impl NetworkHandle {
     /// let (a_tx, _a_rx) = a.gossip(ca.remove(0), GossipConfig::default(), 64, accept)?;
     /// let (_b_tx, b_rx) = b.gossip(cb.remove(0), GossipConfig::default(), 64, accept)?;
     /// let id = a_tx.broadcast(Bytes::from_static(b"block 7")).expect("broadcast");
-    /// let got = b_rx.recv_blocking().expect("delivered");
+    /// let got = b_rx.recv().blocking().expect("delivered"); // or `.await`
     /// assert_eq!((got.id, &got.payload[..]), (id, &b"block 7"[..]));
     /// # Ok::<(), shoal_engine::Error>(())
     /// ```

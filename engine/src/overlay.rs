@@ -29,9 +29,7 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{
-    sync_channel, Receiver as StdReceiver, RecvTimeoutError, SyncSender, TrySendError,
-};
+
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -44,9 +42,11 @@ use crate::channels::Sender;
 use crate::error::Error;
 use crate::events::Event as PeerEvent;
 use crate::gossip::MessageId;
+use crate::inbox::{Inbox, Rejected};
 use crate::metrics::OverlayLabel;
 use crate::receiver::{Receiver, RecvError};
 use crate::shared::Shared;
+use crate::wait::Wait;
 
 /// Bytes an overlay frame adds to the payload at most (kind, ids, keys,
 /// signature, seal): a channel's `max_size` must leave this room above the
@@ -157,30 +157,62 @@ pub struct Delivery {
 
 /// Messages delivered on an overlay channel (gossip, routed unicast), each
 /// once, in arrival order; at most the capacity given at start wait here.
+/// Dropping it discards later deliveries (the driver keeps relaying).
 pub struct Deliveries {
-    pub(crate) rx: StdReceiver<Delivery>,
+    inbox: Arc<Inbox<Delivery>>,
+    spin: Duration,
 }
 
 impl Deliveries {
-    /// Blocks until a message arrives; `Err` once the driver ended and every
-    /// message was taken.
+    /// The next message, waiting until one arrives (`.await` on any
+    /// executor, `.blocking()` on a plain thread). `Err(RecvError)` once the
+    /// network shut down and every queued message was taken.
+    pub fn recv(
+        &self,
+    ) -> Wait<impl std::future::Future<Output = Result<Delivery, RecvError>> + '_> {
+        Wait::new(
+            async move { self.inbox.recv().await.ok_or(RecvError) },
+            self.spin,
+        )
+    }
+
+    /// Blocks this thread until a message arrives (see [`Deliveries::recv`]).
     pub fn recv_blocking(&self) -> Result<Delivery, RecvError> {
-        self.rx.recv().map_err(|_| RecvError)
+        self.inbox.recv_blocking(self.spin).ok_or(RecvError)
     }
 
     /// [`Deliveries::recv_blocking`] that gives up after `timeout`
     /// (`Ok(None)`).
     pub fn recv_timeout(&self, timeout: Duration) -> Result<Option<Delivery>, RecvError> {
-        match self.rx.recv_timeout(timeout) {
+        let Some(deadline) = Instant::now().checked_add(timeout) else {
+            return self.recv_blocking().map(Some);
+        };
+        match self.inbox.recv_deadline(deadline, self.spin) {
             Ok(d) => Ok(Some(d)),
-            Err(RecvTimeoutError::Timeout) => Ok(None),
-            Err(RecvTimeoutError::Disconnected) => Err(RecvError),
+            Err(false) => Ok(None),
+            Err(true) => Err(RecvError),
         }
     }
 
     /// A message if one is ready; never waits.
     pub fn try_recv(&self) -> Option<Delivery> {
-        self.rx.try_recv().ok()
+        self.inbox.try_recv().ok()
+    }
+
+    /// Messages waiting.
+    pub fn len(&self) -> usize {
+        self.inbox.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inbox.is_empty()
+    }
+}
+
+impl Drop for Deliveries {
+    fn drop(&mut self) {
+        // The driver's pushes now fail at once instead of waiting for room.
+        self.inbox.close();
     }
 }
 
@@ -256,7 +288,9 @@ pub(crate) fn start<O: Overlay>(
             st.handle_neighbor_up(now, p);
         }
     }
-    let (app, app_rx) = sync_channel(capacity);
+    let inbox = Arc::new(Inbox::new(capacity));
+    let app = inbox.clone();
+    let spin = shared.config.effective_wait_spin();
     let mut driver = Driver {
         link,
         shared,
@@ -273,9 +307,10 @@ pub(crate) fn start<O: Overlay>(
                 }
             }
             driver.link.lock().close();
+            app.close();
         })
         .map_err(Error::Io)?;
-    Ok(Deliveries { rx: app_rx })
+    Ok(Deliveries { inbox, spin })
 }
 
 struct Driver<O> {
@@ -288,11 +323,12 @@ struct Driver<O> {
 impl<O: Overlay> Driver<O> {
     /// Waits for room in the application's queue (backpressure), until the
     /// network stops.
-    fn deliver(&self, app: &SyncSender<Delivery>, mut d: Delivery) {
+    fn deliver(&self, app: &Inbox<Delivery>, mut d: Delivery) {
         loop {
-            match app.try_send(d) {
-                Ok(()) | Err(TrySendError::Disconnected(_)) => return,
-                Err(TrySendError::Full(back)) => {
+            match app.push(d) {
+                Ok(()) => return app.publish(1),
+                Err(Rejected::Closed(_)) => return,
+                Err(Rejected::Full(back)) => {
                     if !self.shared.running.load(Ordering::Acquire) {
                         return;
                     }
@@ -303,7 +339,7 @@ impl<O: Overlay> Driver<O> {
         }
     }
 
-    fn handle(&self, app: &SyncSender<Delivery>, e: O::Event) {
+    fn handle(&self, app: &Inbox<Delivery>, e: O::Event) {
         let outcome = self.link.lock().outcome(e);
         match outcome {
             // Waits for room: backpressure. A dropped receiver: keep
