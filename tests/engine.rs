@@ -276,10 +276,18 @@ fn restarted_node_reconnects(backend: Backend) {
     );
     let dial = [(1, nodes[0].addr), (2, b_addr)];
     let b = start_node(backend, 2, b_addr, &[1, 2], &dial, &[chan(1)], |_| {});
-    assert!(
-        nodes[0].handle().wait_peers(WAIT, |p| p.len() == 1),
-        "a reconnected to b"
-    );
+    // Awaited the async way (`peers_when` is a `Wait`), under a timeout.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let peers = rt
+        .block_on(async {
+            tokio::time::timeout(WAIT, nodes[0].handle().peers_when(|p| p.len() == 1)).await
+        })
+        .expect("a reconnected to b within the deadline")
+        .expect("a is running");
+    assert_eq!(peers, vec![key(2)]);
     assert!(b.handle().wait_peers(WAIT, |p| p.len() == 1));
     b.channels[0]
         .0

@@ -474,6 +474,38 @@ impl NetworkHandle {
         self.shared.peers.wait_until(timeout, |peers| pred(peers))
     }
 
+    /// Waits until `pred(connected peers)` holds and returns those peers:
+    /// [`NetworkHandle::wait_peers`] for async code (`.await` it, bounded by
+    /// your runtime's timeout), or `.blocking()`. Re-checks at every peer
+    /// event. `Err(RecvError)` if the network shuts down first.
+    ///
+    /// ```
+    /// use shoal_engine::ChannelConfig;
+    /// let [(a, _), (b, _)] = shoal_engine::__private::connected_pair(&[ChannelConfig::new(1)]);
+    /// let peers = a.peers_when(|p| p.contains(&b.public_key())).blocking()?;
+    /// assert_eq!(peers, vec![b.public_key()]);
+    /// # Ok::<(), shoal_engine::RecvError>(())
+    /// ```
+    pub fn peers_when<'a>(
+        &'a self,
+        pred: impl Fn(&[PublicKey]) -> bool + 'a,
+    ) -> Wait<impl Future<Output = Result<Vec<PublicKey>, crate::RecvError>> + 'a> {
+        Wait::new(
+            async move {
+                // Subscribed before the peers are read: no change is missed.
+                let mut events = crate::events::Events::new(self.shared.peers.subscribe());
+                loop {
+                    let peers = self.shared.peers.peers();
+                    if pred(&peers) {
+                        return Ok(peers);
+                    }
+                    events.recv().await?;
+                }
+            },
+            Duration::ZERO,
+        )
+    }
+
     /// The node's metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.shared.metrics
