@@ -47,7 +47,14 @@ pub fn run(tx: GossipSender, rx: Deliveries, plan: Plan, stop: Arc<AtomicBool>) 
             }
             next = now + plan.interval;
         }
-        let wait = next.saturating_duration_since(Instant::now()).min(POLL);
+        // Nothing to send before the neighbours are there or after the
+        // last broadcast: only deliveries to take.
+        let sending = started && plan.count.is_none_or(|c| published < c);
+        let wait = if sending {
+            next.saturating_duration_since(Instant::now()).min(POLL)
+        } else {
+            POLL
+        };
         match rx.recv_timeout(wait) {
             Ok(Some(_)) => delivered += 1,
             Ok(None) => {}

@@ -327,7 +327,7 @@ fn two_nodes_echo(shards: usize) {
         assert!(body.trim_end().ends_with("# EOF"), "{body}");
         // The `[gossip]` probe: each node delivers the other's 3 broadcasts.
         let gossip =
-            format!("shoal_gossip_events_total{{channel=\"{GOSSIP}\",event=\"delivered\"}} 3");
+            format!("shoal_gossip_events_total{{channel=\"{GOSSIP}\",event=\"delivered\"}} 3\n");
         let deadline = Instant::now() + WAIT;
         loop {
             let (_, body) = http_get(m, "/metrics");

@@ -135,13 +135,19 @@ fn every_message_reaches_every_node_once(backend: Backend) {
     let m = nodes[0].node.handle().metrics();
     assert_eq!(m.gossip_count(GOSSIP, "delivered"), (N - 1) * EACH);
     assert_eq!(m.gossip_count(GOSSIP, "published"), EACH);
-    let first = nodes[0].tx.clone();
+    let mut nodes = nodes;
+    let mut first = nodes.remove(0);
     shutdown(nodes);
+    // After its shutdown a node's gossip refuses broadcasts, and its
+    // deliveries end once drained.
+    if let Some(h) = first.node.handle.take() {
+        h.shutdown(Duration::from_millis(100));
+    }
     assert_eq!(
-        first.broadcast(payload(1, 9)),
-        Err(BroadcastError::Closed),
-        "after shutdown"
+        first.tx.broadcast(payload(1, 9)),
+        Err(BroadcastError::Closed)
     );
+    assert_eq!(first.rx.recv_timeout(WAIT), Err(shoal::RecvError));
 }
 
 /// A neighbour of nodes 1 and 7 (of 12, each connected to 4) that runs no

@@ -475,9 +475,12 @@ impl NetworkHandle {
     }
 
     /// Waits until `pred(connected peers)` holds and returns those peers:
-    /// [`NetworkHandle::wait_peers`] for async code (`.await` it, bounded by
-    /// your runtime's timeout), or `.blocking()`. Re-checks at every peer
-    /// event. `Err(RecvError)` if the network shuts down first.
+    /// [`NetworkHandle::wait_peers`] for async code. Re-checks at every peer
+    /// event. It has no deadline of its own: bound it with your runtime's
+    /// timeout (`tokio::time::timeout`); on a plain thread use `wait_peers`,
+    /// which takes one (`.blocking()` waits for as long as `pred` fails).
+    /// `Err(RecvError)` only if the peer events ended, which takes a
+    /// shutdown.
     ///
     /// ```
     /// use shoal_engine::ChannelConfig;

@@ -300,17 +300,34 @@ pub(crate) fn start<O: Overlay>(
     std::thread::Builder::new()
         .name(format!("shoal-{}", O::NAME))
         .spawn(move || {
+            // Closes the deliveries and the application's calls however the
+            // thread ends (a validator that panics included).
+            let _end = Ended {
+                link: driver.link.clone(),
+                inbox: app.clone(),
+            };
             let mut out = Vec::new();
             while driver.turn(&mut out) {
                 for e in out.drain(..) {
                     driver.handle(&app, e);
                 }
             }
-            driver.link.lock().close();
-            app.close();
         })
         .map_err(Error::Io)?;
     Ok(Deliveries { inbox, spin })
+}
+
+/// See the driver thread in [`start`].
+struct Ended<O: Overlay> {
+    link: Arc<Link<O>>,
+    inbox: Arc<Inbox<Delivery>>,
+}
+
+impl<O: Overlay> Drop for Ended<O> {
+    fn drop(&mut self) {
+        self.link.lock().close();
+        self.inbox.close();
+    }
 }
 
 struct Driver<O> {

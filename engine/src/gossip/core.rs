@@ -53,6 +53,10 @@ use super::seen::{Seen, SeenCache, Stored};
 use super::wire::{DataFrame, Frame, MessageId, ParseError};
 use crate::clock::Clock;
 
+/// Departed neighbours whose places in the trees are kept: a tree's lazy
+/// set holds at most the current neighbours and these.
+pub const DEPARTED_KEPT: usize = 32;
+
 /// The application's verdict on a message whose signature verified.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -166,6 +170,9 @@ pub struct Gossip {
     /// Ordered, so that the frames an input produces come out in a
     /// deterministic order.
     peers: BTreeMap<PublicKey, Peer>,
+    /// Neighbours that left whose places in the trees are kept (oldest
+    /// first; at most [`DEPARTED_KEPT`]).
+    departed: VecDeque<PublicKey>,
     seen: SeenCache,
     origins: Budgets<PublicKey>,
     trees: HashMap<PublicKey, Tree>,
@@ -204,6 +211,7 @@ impl Gossip {
             validator,
             clock: Clock::from_micros(now, unix_micros),
             peers: BTreeMap::new(),
+            departed: VecDeque::new(),
             missing: HashMap::new(),
             timers: BTreeMap::new(),
             timer_seq: 0,
@@ -274,6 +282,7 @@ impl Gossip {
         if self.peers.contains_key(&peer) || self.peers.len() >= self.config.max_peers {
             return;
         }
+        self.departed.retain(|d| *d != peer);
         let c = &self.config;
         self.peers.insert(
             peer,
@@ -288,12 +297,22 @@ impl Gossip {
     }
 
     /// A neighbour disconnected: it no longer takes part. Its place in the
-    /// trees is kept, so a neighbour that reconnects (a restart, a broken
-    /// connection) is lazy again where it was pruned instead of pushed
-    /// every message anew; a tree forgets departed neighbours once it holds
-    /// `max_peers` lazy entries.
+    /// trees is kept for the last [`DEPARTED_KEPT`] neighbours that left, so
+    /// one that reconnects (a restart, a broken connection) is lazy again
+    /// where it was pruned instead of pushed every message anew.
     pub fn handle_neighbor_down(&mut self, _now: Instant, peer: &PublicKey) {
-        self.peers.remove(peer);
+        if self.peers.remove(peer).is_none() {
+            return;
+        }
+        self.departed.retain(|d| d != peer);
+        self.departed.push_back(peer.clone());
+        if self.departed.len() > DEPARTED_KEPT {
+            if let Some(old) = self.departed.pop_front() {
+                for t in self.trees.values_mut() {
+                    t.lazy.remove(&old);
+                }
+            }
+        }
     }
 
     /// A frame from neighbour `from`.
@@ -394,14 +413,10 @@ impl Gossip {
     /// Changes `origin`'s tree (only an origin with a tree: trees are made
     /// for verified messages only).
     fn set_eager(&mut self, origin: &PublicKey, peer: &PublicKey, eager: bool) {
-        let peers = &self.peers;
         if let Some(t) = self.trees.get_mut(origin) {
             if eager {
                 t.lazy.remove(peer);
-            } else if peers.contains_key(peer) {
-                if t.lazy.len() >= self.config.max_peers {
-                    t.lazy.retain(|k| peers.contains_key(k));
-                }
+            } else if self.peers.contains_key(peer) {
                 t.lazy.insert(peer.clone());
             }
         }

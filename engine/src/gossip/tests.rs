@@ -272,13 +272,48 @@ fn tree_heals_after_a_node_leaves() {
         net.run();
         net.delivered_once(&id, &[relay]);
     }
-    // A node that comes back joins as eager everywhere and is pruned again.
+    // A node that comes back takes part again (eager where it was, lazy
+    // where it had been pruned) and everything reaches it once.
     for i in [relay + 7, relay + 1] {
         net.link(relay, i % 8);
     }
     let id = net.publish(0, b"back");
     net.run();
     net.delivered_once(&id, &[]);
+}
+
+#[test]
+fn a_neighbour_that_reconnects_stays_lazy_where_it_was_pruned() {
+    // A triangle: node 0's first message reaches 1 and 2 directly, and the
+    // copies 1 and 2 then forward to each other prune the 1-2 link.
+    let mut net = Net::new(3, config());
+    net.link(0, 1);
+    net.link(0, 2);
+    net.link(1, 2);
+    let a = net.publish(0, b"a");
+    net.run();
+    net.delivered_once(&a, &[]);
+    let (k0, k2) = (net.nodes[0].key.clone(), net.nodes[2].key.clone());
+    assert!(
+        !net.nodes[1].core.is_eager(&k0, &k2),
+        "the 1-2 link was pruned"
+    );
+    // Node 2 goes and comes back.
+    net.unlink_all(2);
+    net.link(2, 0);
+    net.link(2, 1);
+    assert!(
+        !net.nodes[1].core.is_eager(&k0, &k2),
+        "a reconnected neighbour keeps its place in the tree"
+    );
+    assert!(net.nodes[0].core.is_eager(&k0, &k2));
+    let dup_before = net.total(|s| s.duplicates);
+    let b = net.publish(0, b"b");
+    net.run();
+    net.delivered_once(&b, &[]);
+    // Both ends kept the pruned link: no duplicate (before, the
+    // reconnected link was eager again and carried one each way).
+    assert_eq!(net.total(|s| s.duplicates) - dup_before, 0);
 }
 
 #[test]
