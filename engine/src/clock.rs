@@ -31,11 +31,7 @@ impl Clock {
 
     /// Anchors now at the system wall clock.
     pub fn system() -> Self {
-        let unix_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        Self::new(Instant::now(), unix_ms)
+        Self::from_micros(Instant::now(), system_micros())
     }
 
     /// Unix milliseconds at `now` (saturating before the anchor).
@@ -51,4 +47,12 @@ impl Clock {
         self.anchor_unix_us
             .saturating_add(u64::try_from(delta).unwrap_or(u64::MAX))
     }
+}
+
+/// The system wall clock in Unix microseconds (0 before 1970).
+pub fn system_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }

@@ -23,7 +23,7 @@
 //!
 //! Every connected peer is a neighbour (up to the protocol's cap; a peer
 //! turned away takes a place that frees). The thread ends when the network
-//! shuts down ([`Overlay::close`] then runs), also while it waits for room
+//! shuts down (the protocol's [`Driven::closed`] is then set), also while it waits for room
 //! in a full [`Deliveries`]. A channel must allow messages of the
 //! protocol's largest payload plus [`FRAMING`].
 
@@ -39,7 +39,8 @@ use prometheus_client::metrics::family::Family;
 use shoal_crypto::PublicKey;
 
 use crate::channels::Sender;
-use crate::error::Error;
+use crate::connection::Priority;
+use crate::error::{Error, SendError};
 use crate::events::Event as PeerEvent;
 use crate::gossip::MessageId;
 use crate::inbox::{Inbox, Rejected};
@@ -65,8 +66,8 @@ pub(crate) const FRAMES_PER_TURN: usize = 256;
 pub(crate) enum Outcome {
     /// Into the application's [`Deliveries`].
     Deliver(Delivery),
-    /// Disconnect the neighbour (counted with
-    /// [`Overlay::count_misbehaving`]).
+    /// Disconnect the neighbour (counted in
+    /// [`Driven::misbehaving_disconnects`]).
     Misbehaving {
         peer: PublicKey,
         reason: &'static str,
@@ -88,11 +89,35 @@ pub(crate) trait Overlay: Send + 'static {
     fn handle_timeout(&mut self, now: Instant);
     /// Sends what the core queued with `tx`; moves its events to `out`.
     fn flush(&mut self, tx: &Sender, out: &mut Vec<Self::Event>);
-    /// The driver ended: later calls from the application fail.
-    fn close(&mut self);
     fn outcome(&mut self, e: Self::Event) -> Outcome;
-    /// A misbehaving neighbour was disconnected.
-    fn count_misbehaving(&mut self);
+    /// What the driver keeps beside the core.
+    fn driven(&mut self) -> &mut Driven;
+    /// Brings the protocol's metrics up to date with its counters.
+    fn export(&mut self);
+}
+
+/// What the driver keeps beside a protocol's core.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Driven {
+    /// Frames a neighbour's full send queue refused.
+    pub send_full: u64,
+    /// Frames the channel refused otherwise (the connection gone).
+    pub send_failed: u64,
+    /// Neighbours disconnected as misbehaving.
+    pub misbehaving_disconnects: u64,
+    /// The driver ended: the application's calls fail.
+    pub closed: bool,
+}
+
+impl Driven {
+    /// Sends one frame at low priority; a refusal is counted.
+    pub fn send(&mut self, tx: &Sender, to: &PublicKey, frame: Bytes) {
+        match tx.send(to, frame, Priority::Low).result() {
+            Ok(()) => {}
+            Err(SendError::Full) => self.send_full += 1,
+            Err(_) => self.send_failed += 1,
+        }
+    }
 }
 
 /// A protocol's state and its channel's sender (see the module docs).
@@ -129,10 +154,12 @@ impl<O: Overlay> Link<O> {
         }))
     }
 
-    /// False once the network shut down (or began to): the application's
-    /// calls then fail with their `Closed`.
-    pub fn is_running(&self) -> bool {
-        self.shared.running.load(Ordering::Acquire)
+    /// The state for an application call; `None` once the driver ended or
+    /// the network began to shut down (the call fails with its `Closed`).
+    pub fn lock_open(&self) -> Option<MutexGuard<'_, O>> {
+        let mut st = self.lock();
+        let open = !st.driven().closed && self.shared.running.load(Ordering::Acquire);
+        open.then_some(st)
     }
 
     pub fn lock(&self) -> MutexGuard<'_, O> {
@@ -325,7 +352,7 @@ struct Ended<O: Overlay> {
 
 impl<O: Overlay> Drop for Ended<O> {
     fn drop(&mut self) {
-        self.link.lock().close();
+        self.link.lock().driven().closed = true;
         self.inbox.close();
     }
 }
@@ -369,7 +396,11 @@ impl<O: Overlay> Driver<O> {
                     protocol = O::NAME,
                     "overlay neighbour misbehaving: disconnecting"
                 );
-                self.link.lock().count_misbehaving();
+                {
+                    let mut st = self.link.lock();
+                    st.driven().misbehaving_disconnects += 1;
+                    st.export();
+                }
                 crate::network::close_peer(&self.shared, &peer);
             }
             Outcome::Nothing => {}

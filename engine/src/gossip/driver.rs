@@ -20,7 +20,7 @@
 //! announcements and pulls recover the message.
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use bytes::Bytes;
 use shoal_crypto::PublicKey;
@@ -30,9 +30,8 @@ use super::core::{Event, Gossip, PublishError, Stats, Verdict};
 use super::wire::MessageId;
 use super::GossipConfig;
 use crate::channels::Sender;
-use crate::connection::Priority;
-use crate::error::{Error, SendError};
-use crate::overlay::{self, Deliveries, Delivery, Exported, Field, Link, Outcome, Overlay};
+use crate::error::Error;
+use crate::overlay::{self, Deliveries, Delivery, Driven, Exported, Field, Link, Outcome, Overlay};
 use crate::receiver::Receiver;
 use crate::shared::Shared;
 
@@ -93,10 +92,7 @@ pub(crate) struct State {
     config: GossipConfig,
     signer: SchemeSigner,
     last_seq: u64,
-    send_full: u64,
-    send_failed: u64,
-    misbehaving_disconnects: u64,
-    closed: bool,
+    driven: Driven,
     exported: Exported<GossipStats>,
     /// Own-origin budget: tokens and the instant they were counted.
     tokens: f64,
@@ -107,9 +103,9 @@ impl State {
     fn stats(&self) -> GossipStats {
         GossipStats {
             core: self.core.stats(),
-            send_full: self.send_full,
-            send_failed: self.send_failed,
-            misbehaving_disconnects: self.misbehaving_disconnects,
+            send_full: self.driven.send_full,
+            send_failed: self.driven.send_failed,
+            misbehaving_disconnects: self.driven.misbehaving_disconnects,
         }
     }
 }
@@ -144,21 +140,10 @@ impl Overlay for State {
 
     fn flush(&mut self, tx: &Sender, out: &mut Vec<Event>) {
         while let Some(t) = self.core.poll_transmit() {
-            match tx.send(&t.to, t.frame, Priority::Low).result() {
-                Ok(()) => {}
-                Err(SendError::Full) => self.send_full += 1,
-                Err(_) => self.send_failed += 1,
-            }
+            self.driven.send(tx, &t.to, t.frame);
         }
-        while let Some(e) = self.core.poll_event() {
-            out.push(e);
-        }
-        let now = self.stats();
-        self.exported.update(now);
-    }
-
-    fn close(&mut self) {
-        self.closed = true;
+        out.extend(std::iter::from_fn(|| self.core.poll_event()));
+        self.export();
     }
 
     fn outcome(&mut self, e: Event) -> Outcome {
@@ -172,8 +157,11 @@ impl Overlay for State {
         }
     }
 
-    fn count_misbehaving(&mut self) {
-        self.misbehaving_disconnects += 1;
+    fn driven(&mut self) -> &mut Driven {
+        &mut self.driven
+    }
+
+    fn export(&mut self) {
         let now = self.stats();
         self.exported.update(now);
     }
@@ -190,12 +178,9 @@ impl GossipSender {
     /// and announces it to the others; returns its id at once. Not
     /// delivered to this node's own [`Deliveries`].
     pub fn broadcast(&self, msg: Bytes) -> Result<MessageId, BroadcastError> {
-        let mut st = self.link.lock();
+        let mut st = self.link.lock_open().ok_or(BroadcastError::Closed)?;
         if msg.len() > st.config.max_message_size {
             return Err(BroadcastError::TooLarge);
-        }
-        if st.closed || !self.link.is_running() {
-            return Err(BroadcastError::Closed);
         }
         let now = Instant::now();
         // The same budget neighbours apply to this origin.
@@ -231,13 +216,6 @@ impl GossipSender {
     }
 }
 
-pub(crate) fn unix_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
 /// Starts the driver (see the module docs); called by
 /// [`crate::NetworkHandle::gossip`].
 pub(crate) fn start(
@@ -258,7 +236,7 @@ pub(crate) fn start(
         Box::new(verifier),
         Box::new(move |origin: &PublicKey, payload: &Bytes| validator(origin, payload)),
         now,
-        unix_micros(),
+        crate::clock::system_micros(),
     );
     let exported = Exported::new(&shared.metrics.gossip, tx.channel(), EXPORTED);
     let state = State {
@@ -267,10 +245,7 @@ pub(crate) fn start(
         config,
         signer,
         last_seq: 0,
-        send_full: 0,
-        send_failed: 0,
-        misbehaving_disconnects: 0,
-        closed: false,
+        driven: Driven::default(),
         exported,
         refill_at: now,
     };

@@ -17,39 +17,20 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use shoal_crypto::{PublicKey, SealError};
+use shoal_crypto::PublicKey;
 
-use super::router::{Event, Router, SendError, Stats};
+use super::router::{Event, Router, Stats};
 use super::RouteConfig;
 use crate::channels::Sender;
-use crate::connection::Priority;
 use crate::error::Error;
-use crate::error::SendError as ChannelSendError;
-use crate::gossip::driver::unix_micros;
 use crate::gossip::MessageId;
-use crate::overlay::{self, Deliveries, Delivery, Exported, Field, Link, Outcome, Overlay};
+use crate::overlay::{self, Deliveries, Delivery, Driven, Exported, Field, Link, Outcome, Overlay};
 use crate::receiver::Receiver;
 use crate::shared::Shared;
 
-/// Why [`RouteSender::send`] refused a message.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum RouteError {
-    /// Larger than `RouteConfig::max_payload`.
-    #[error("message larger than route max_payload")]
-    TooLarge,
-    /// No neighbour to hand it to (this node has no connection).
-    #[error("no route to the target")]
-    NoRoute,
-    /// The target's key cannot receive sealed messages.
-    #[error("cannot seal to the target: {0}")]
-    Seal(SealError),
-    /// `RouteConfig::max_queued_bytes` are waiting to be sent already.
-    #[error("routed output queue full")]
-    Full,
-    /// The driver ended (the network shut down).
-    #[error("routing closed")]
-    Closed,
-}
+/// Why [`RouteSender::send`] refused a message (the router's reasons, and
+/// `Closed` once the network shut down).
+pub use super::router::SendError as RouteError;
 
 /// Counters of one node's routed channel.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -99,10 +80,7 @@ pub(crate) struct State {
     /// channel (not delivered).
     other_channel: u64,
     sent: u64,
-    send_full: u64,
-    send_failed: u64,
-    misbehaving_disconnects: u64,
-    closed: bool,
+    driven: Driven,
     exported: Exported<RouteStats>,
 }
 
@@ -111,10 +89,10 @@ impl State {
         RouteStats {
             core: self.router.stats(),
             sent: self.sent,
-            send_full: self.send_full,
-            send_failed: self.send_failed,
+            send_full: self.driven.send_full,
+            send_failed: self.driven.send_failed,
             other_channel: self.other_channel,
-            misbehaving_disconnects: self.misbehaving_disconnects,
+            misbehaving_disconnects: self.driven.misbehaving_disconnects,
         }
     }
 }
@@ -147,21 +125,10 @@ impl Overlay for State {
 
     fn flush(&mut self, tx: &Sender, out: &mut Vec<Event>) {
         while let Some(t) = self.router.poll_transmit() {
-            match tx.send(&t.to, t.bytes, Priority::Low).result() {
-                Ok(()) => {}
-                Err(ChannelSendError::Full) => self.send_full += 1,
-                Err(_) => self.send_failed += 1,
-            }
+            self.driven.send(tx, &t.to, t.bytes);
         }
-        while let Some(e) = self.router.poll_event() {
-            out.push(e);
-        }
-        let now = self.stats();
-        self.exported.update(now);
-    }
-
-    fn close(&mut self) {
-        self.closed = true;
+        out.extend(std::iter::from_fn(|| self.router.poll_event()));
+        self.export();
     }
 
     fn outcome(&mut self, e: Event) -> Outcome {
@@ -184,8 +151,11 @@ impl Overlay for State {
         }
     }
 
-    fn count_misbehaving(&mut self) {
-        self.misbehaving_disconnects += 1;
+    fn driven(&mut self) -> &mut Driven {
+        &mut self.driven
+    }
+
+    fn export(&mut self) {
         let now = self.stats();
         self.exported.update(now);
     }
@@ -202,20 +172,9 @@ impl RouteSender {
     /// the next hops (the target itself when connected); returns its id at
     /// once. Delivery is not confirmed: ask the target for a reply.
     pub fn send(&self, target: &PublicKey, payload: &[u8]) -> Result<MessageId, RouteError> {
-        let mut st = self.link.lock();
-        if st.closed || !self.link.is_running() {
-            return Err(RouteError::Closed);
-        }
+        let mut st = self.link.lock_open().ok_or(RouteError::Closed)?;
         let channel = st.channel;
-        let id = st
-            .router
-            .send(Instant::now(), target, channel, payload)
-            .map_err(|e| match e {
-                SendError::TooLarge => RouteError::TooLarge,
-                SendError::NoRoute => RouteError::NoRoute,
-                SendError::Seal(s) => RouteError::Seal(s),
-                SendError::Full => RouteError::Full,
-            })?;
+        let id = st.router.send(Instant::now(), target, channel, payload)?;
         st.sent += 1;
         let events = self.link.flush(&mut st);
         debug_assert!(events.is_empty(), "a send delivers nothing");
@@ -261,7 +220,7 @@ pub(crate) fn start(
         identity.signer.clone(),
         &identity.namespace,
         Instant::now(),
-        unix_micros(),
+        crate::clock::system_micros(),
     );
     let state = State {
         router,
@@ -269,10 +228,7 @@ pub(crate) fn start(
         max_payload,
         other_channel: 0,
         sent: 0,
-        send_full: 0,
-        send_failed: 0,
-        misbehaving_disconnects: 0,
-        closed: false,
+        driven: Driven::default(),
         exported: Exported::new(&shared.metrics.route, tx.channel(), EXPORTED),
     };
     let max = state.max_payload;

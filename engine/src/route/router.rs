@@ -59,6 +59,10 @@ pub enum SendError {
     /// `route.max_queued_bytes` are waiting already.
     #[error("routed output queue full")]
     Full,
+    /// The engine's driver ended (the network shut down); the router
+    /// itself never returns it.
+    #[error("routing closed")]
+    Closed,
 }
 
 /// Counters, for metrics.
