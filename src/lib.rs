@@ -70,9 +70,15 @@
 //!   channel and gives its [`StreamListener`]; [`NetworkHandle::open_stream`]
 //!   opens one to a peer; [`SendStream`] / [`RecvStream`] are `std::io`
 //!   and tokio `AsyncWrite` / `AsyncRead` handles with flow control.
+//! - Application tasks on the shards ([`tasks`]):
+//!   [`NetworkHandle::spawn_on`] runs a `!Send` future on a shard's own
+//!   thread; its [`tasks::Ctx`] sends, receives, serves requests and sleeps
+//!   there, so a round trip between two nodes' tasks touches no other
+//!   thread.
 //! - [`config`] holds every setting with its default; [`metrics`] the
 //!   Prometheus metrics.
 
+pub use shoal_engine::tasks;
 pub use shoal_engine::{
     config, metrics, Backend, BroadcastError, ChannelConfig, Config, Deliveries, Delivery,
     DisconnectReason, Ed25519Signer, Error, Event, Events, GossipConfig, GossipSender, GossipStats,

@@ -230,7 +230,7 @@ impl Sender {
     }
 
     /// Counts a send refused because the peer is (no longer) connected.
-    fn not_connected(&self) -> SendError {
+    pub(crate) fn not_connected(&self) -> SendError {
         self.shared.metrics.send_not_connected.inc();
         SendError::NotConnected
     }
@@ -471,7 +471,7 @@ impl Sender {
 /// it) or finds the table changed here. Then it is withdrawn and retried on
 /// the peer's newer connection, if any, or fails as `Disconnected`, instead
 /// of waiting out its whole timeout.
-fn register_request(
+pub(crate) fn register_request(
     shared: &Shared,
     peer: &PublicKey,
     mut h: Arc<PeerHandle>,

@@ -69,6 +69,11 @@ impl<T> Inbox<T> {
         }
     }
 
+    /// How many items it holds at most.
+    pub fn capacity(&self) -> usize {
+        self.queue.capacity().unwrap_or(1)
+    }
+
     /// Queues `item` without waking anyone or making it visible; call
     /// [`Inbox::publish`] after the batch.
     pub fn push(&self, item: T) -> Result<(), Rejected<T>> {

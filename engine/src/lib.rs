@@ -92,6 +92,7 @@ mod send_wait;
 mod shard;
 mod shared;
 pub mod streams;
+pub mod tasks;
 mod wait;
 mod waker;
 

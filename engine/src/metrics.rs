@@ -38,6 +38,12 @@ pub struct OverlayLabel {
     pub event: String,
 }
 
+/// What happened to an application task (see [`Metrics::tasks`]).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabel {
+    pub event: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ShardLabel {
     pub shard: String,
@@ -164,6 +170,11 @@ pub struct Metrics {
     /// `other_channel` (opened, addressed to another channel, not
     /// delivered), `send_full`, `send_failed`, `misbehaving_disconnect`.
     pub route: Family<OverlayLabel, Counter>,
+    /// Application tasks on the shards ([`crate::tasks`]) alive now.
+    pub tasks_running: Gauge,
+    /// Application tasks by `event`: `spawned`, `finished`, `panicked`,
+    /// `cancelled` (by shutdown).
+    pub tasks: Family<EventLabel, Counter>,
     messages_in: Family<ChannelLabel, Counter>,
     messages_out: Family<ChannelLabel, Counter>,
     bytes_in: Family<ChannelLabel, Counter>,
@@ -367,6 +378,16 @@ impl Metrics {
             self.shard_connections.clone(),
         );
         registry.register(
+            "tasks_running",
+            "Application tasks alive on the data shards",
+            self.tasks_running.clone(),
+        );
+        registry.register(
+            "tasks",
+            "Application tasks by event (spawned, finished, panicked, cancelled)",
+            self.tasks.clone(),
+        );
+        registry.register(
             "gossip_events",
             "Gossip messages and frames per channel by event (delivered, duplicate, forwarded, pulled, rejected, forged, tree_repair, ...)",
             self.gossip.clone(),
@@ -414,6 +435,23 @@ impl Metrics {
                 event: event.to_string(),
             })
             .get()
+    }
+
+    /// Task `event`s so far (see [`Metrics::tasks`]).
+    pub fn task_count(&self, event: &str) -> u64 {
+        self.tasks
+            .get_or_create(&EventLabel {
+                event: event.to_string(),
+            })
+            .get()
+    }
+
+    pub(crate) fn task_event(&self, event: &str) {
+        self.tasks
+            .get_or_create(&EventLabel {
+                event: event.to_string(),
+            })
+            .inc();
     }
 
     /// Routed unicast `event`s on `channel` so far (see [`Metrics::route`]).

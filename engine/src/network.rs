@@ -346,7 +346,7 @@ impl Network {
             .unwrap_or(1);
         shared.metrics.shards_alive.set(queues.len() as i64);
         for (id, rx) in queues.into_iter().enumerate() {
-            let core = ShardCore::new(id, shared.clone(), rx, conn_cfg.clone(), authorizer.clone());
+            let (conn_cfg, authorizer) = (conn_cfg.clone(), authorizer.clone());
             let busy = config.io.busy_poll;
             let pin = config
                 .io
@@ -359,6 +359,9 @@ impl Network {
                     if let Some(core_id) = pin {
                         crate::driver::pin_to_core(core_id);
                     }
+                    // Built here: the core holds the shard's tasks, which
+                    // never leave this thread.
+                    let core = ShardCore::new(id, shared.clone(), rx, conn_cfg, authorizer);
                     // The core (and every connection on it) is released
                     // inside, on success, error and panic alike.
                     let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -449,6 +452,51 @@ impl NetworkHandle {
     /// This node's public key.
     pub fn public_key(&self) -> PublicKey {
         self.shared.config.identity.signer.public_key().clone()
+    }
+
+    /// The number of data shards (`io.shards`); tasks go to one of
+    /// `0..shards()` ([`NetworkHandle::spawn_on`]).
+    pub fn shards(&self) -> usize {
+        self.shared.shards.len()
+    }
+
+    /// The shard that holds `peer`'s connection, if connected: a task there
+    /// reaches it without leaving its thread.
+    pub fn shard_of(&self, peer: &PublicKey) -> Option<usize> {
+        self.shared.peers.get(peer).map(|h| h.id.shard)
+    }
+
+    /// Starts an application task on data shard `shard`: `start` runs on
+    /// that shard's thread and returns the task's future, which may be
+    /// `!Send` and is polled there between I/O batches until it finishes,
+    /// panics (contained and counted) or the network shuts down. See
+    /// [`crate::tasks`] for what its [`Ctx`](crate::tasks::Ctx) offers.
+    ///
+    /// Fails with `NoSuchShard`, `Full` (the shard's command queue; try
+    /// again) or `Closed` (shut down, or the shard stopped).
+    pub fn spawn_on<F, Fut>(
+        &self,
+        shard: usize,
+        start: F,
+    ) -> Result<crate::tasks::TaskHandle, crate::tasks::SpawnError>
+    where
+        F: FnOnce(crate::tasks::Ctx) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + 'static,
+    {
+        use crate::tasks::{SpawnError, TaskHandle};
+        let link = self
+            .shared
+            .shards
+            .get(shard)
+            .ok_or(SpawnError::NoSuchShard(shard))?;
+        if !self.shared.running.load(Ordering::Acquire) || !link.load.is_alive() {
+            return Err(SpawnError::Closed);
+        }
+        let (done, rx) = tokio::sync::oneshot::channel();
+        let start: crate::tasks::Start = Box::new(move |ctx| Box::pin(start(ctx)));
+        link.send(Command::Spawn { start, done })
+            .map_err(|_| SpawnError::Full)?;
+        Ok(TaskHandle::new(shard, rx))
     }
 
     /// Connected peers.

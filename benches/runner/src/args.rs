@@ -44,13 +44,17 @@ pub(crate) enum Scenario {
     /// every node broadcasting in turn (`--size`, default 1 KiB), beside
     /// flooding over the same overlay.
     Gossip,
+    /// Shard tasks against threads: rpc with 8 and with 2 in flight and
+    /// request, each with thread-based ends and with both ends as shard
+    /// tasks in the same rounds, and shard-rtt (in-shard handlers).
+    Tasks,
 }
 
 impl Scenario {
     pub(crate) fn parse(s: &str) -> Result<Scenario, String> {
         <Scenario as ValueEnum>::from_str(s, true).map_err(|_| {
             format!(
-                "`bench.scenario` must be one of all, throughput, latency, rpc, request, shard-rtt, fanout, send, idle, scale, stream, gossip (got {s:?})"
+                "`bench.scenario` must be one of all, throughput, latency, rpc, request, shard-rtt, fanout, send, idle, scale, stream, gossip, tasks (got {s:?})"
             )
         })
     }
@@ -161,6 +165,11 @@ pub struct BenchArgs {
     /// with many quiet peers shows in the round trip [default: 0].
     #[arg(long, value_name = "N")]
     pub(crate) crowd: Option<usize>,
+    /// rpc, request: also run both ends as tasks on the shards
+    /// (`NetworkHandle::spawn_on`), in the same rounds as the thread-based
+    /// run (`all` always does).
+    #[arg(long)]
+    pub(crate) tasks: bool,
     /// idle, stream: measure in this process (the default runs each idle
     /// round, and each stream round's receiver, in a fresh child process,
     /// so one run's freed memory cannot hide the next run's growth and the

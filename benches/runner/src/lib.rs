@@ -74,6 +74,7 @@ mod round_trip;
 mod schedule;
 mod shard_rtt;
 mod stream;
+mod tasks;
 mod throughput;
 mod traffic;
 

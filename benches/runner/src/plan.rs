@@ -67,6 +67,8 @@ pub(crate) struct Plan {
     pub(crate) batch: usize,
     /// shard-rtt: idle connections the hub holds beside the measured one.
     pub(crate) crowd: usize,
+    /// rpc, request: also run both ends as shard tasks, in the same rounds.
+    pub(crate) tasks: bool,
     /// `--vs commonware`: the harness run beside throughput.
     pub(crate) commonware: Option<Commonware>,
     /// Template for every node (listen and identity replaced per node).
@@ -178,6 +180,7 @@ pub(crate) fn plan(args: &BenchArgs, file: Option<FileSettings>) -> Result<Plan,
         peers,
         batch,
         crowd: args.crowd.unwrap_or(0),
+        tasks: args.tasks,
         commonware,
         base,
     })

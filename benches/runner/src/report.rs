@@ -212,6 +212,15 @@ fn versus_baseline(r: &RunResult) -> String {
 /// The first column: the scenario and the parameter that sets it apart
 /// (batch, in-flight count, peers, busy-poll, crowd).
 fn row_label(r: &RunResult) -> String {
+    let label = scenario_label(r);
+    if r.tasks {
+        format!("{label} tasks")
+    } else {
+        label
+    }
+}
+
+fn scenario_label(r: &RunResult) -> String {
     match (r.batch, r.inflight, r.peers) {
         (Some(b), _, _) => format!("{} b{b}", r.scenario),
         (_, Some(n), _) if r.scenario == "rpc" => format!("rpc x{n}"),

@@ -108,6 +108,9 @@ pub(crate) struct RunResult {
     /// shard-rtt: idle connections the hub held beside the measured one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) crowd: Option<usize>,
+    /// rpc, request: both ends ran as shard tasks (`--tasks`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) tasks: bool,
     /// Percentile curve for the plot: (quantile, µs).
     #[serde(skip)]
     pub(crate) curve: Vec<(f64, f64)>,
@@ -148,6 +151,7 @@ impl RunResult {
             wait_spin_us: None,
             busy_poll: false,
             crowd: None,
+            tasks: false,
             curve: Vec::new(),
             timeline: Vec::new(),
         }

@@ -32,6 +32,7 @@ use crate::result::{median, summarize, RunResult};
 use crate::round_trip::{request_rpc, rpc};
 use crate::shard_rtt::shard_rtt;
 use crate::stream::stream;
+use crate::tasks::{request_tasks, rpc_tasks};
 use crate::throughput::throughput;
 
 /// Runs every scenario the plan asks for, in order.
@@ -73,13 +74,35 @@ pub(crate) fn run_scenarios(p: &Plan, args: &BenchArgs) -> Result<Vec<RunResult>
     if wants(Scenario::Idle) {
         results.extend(idle_rounds(p, &pb, args)?);
     }
+    if p.scenario == Scenario::Tasks {
+        results.extend(tasks_rounds(p, &pb)?);
+    }
     pb.finish_and_clear();
+    Ok(results)
+}
+
+/// The tasks scenario: rpc x8, rpc x2 and request with thread-based and
+/// task ends in the same rounds, then shard-rtt.
+fn tasks_rounds(p: &Plan, pb: &ProgressBar) -> Result<Vec<RunResult>, String> {
+    let mut q = p.clone();
+    q.tasks = true;
+    let mut results = Vec::new();
+    for inflight in [8, 2] {
+        q.inflight = inflight;
+        results.extend(rpc_rounds(&q, pb)?);
+    }
+    results.extend(one_in_flight_rounds(&q, pb, Scenario::Request)?);
+    results.extend(shard_rtt_rounds(&q, pb)?);
     Ok(results)
 }
 
 /// Progress steps of the whole run: per scenario and round, one baseline
 /// and one engine run per backend.
 fn steps(p: &Plan) -> u64 {
+    if p.scenario == Scenario::Tasks {
+        let b = p.backends.len();
+        return (p.rounds * (3 * (1 + 2 * b) + 1 + b)) as u64;
+    }
     let all = p.scenario == Scenario::All;
     let scenarios = [
         Scenario::Throughput,
@@ -105,7 +128,17 @@ fn steps(p: &Plan) -> u64 {
         Some(_) => throughput_sizes(p).len() * (per_round + 1) - per_round,
         None => 0,
     };
-    ((scenarios + extra) * p.rounds * per_round + vs * p.rounds) as u64
+    // rpc and request with shard tasks: one more run per backend.
+    let tasks = match p.tasks || all {
+        true => [Scenario::Rpc, Scenario::Request]
+            .into_iter()
+            .filter(|s| all || p.scenario == *s)
+            .count(),
+        false => 0,
+    };
+    ((scenarios + extra) * p.rounds * per_round
+        + vs * p.rounds
+        + tasks * p.rounds * p.backends.len()) as u64
 }
 
 /// The message sizes throughput runs at: `--size`, or 64 KiB; with `--vs`
@@ -198,10 +231,14 @@ fn one_in_flight_rounds(
     };
     let size = if all { 64 } else { p.size.unwrap_or(64) };
     let messages = p.messages.unwrap_or(5000).max(1);
-    let mut out = interleaved(
+    let runs = match scenario {
+        Scenario::Request => with_tasks(p),
+        _ => p.backends.iter().map(|b| (*b, false)).collect(),
+    };
+    let mut out = interleaved_runs(
         pb,
         p.rounds,
-        &p.backends,
+        &runs,
         name,
         "raw TCP ping-pong",
         || {
@@ -212,7 +249,8 @@ fn one_in_flight_rounds(
                 Wait::SpinThenBlock(p.base.effective_wait_spin()),
             )
         },
-        |b| match scenario {
+        |(b, tasks)| match scenario {
+            Scenario::Request if tasks => request_tasks(p, b, size, messages),
             Scenario::Request => request_rpc(p, b, size, messages),
             _ => rpc(p, b, size, messages, 1, "latency"),
         },
@@ -267,10 +305,10 @@ fn rpc_rounds(p: &Plan, pb: &ProgressBar) -> Result<Vec<RunResult>, String> {
     let all = p.scenario == Scenario::All;
     let size = if all { 64 } else { p.size.unwrap_or(64) };
     let messages = p.messages.unwrap_or(30_000).max(1);
-    let mut out = interleaved(
+    let mut out = interleaved_runs(
         pb,
         p.rounds,
-        &p.backends,
+        &with_tasks(p),
         "rpc",
         &format!("raw TCP, {} pipelined", p.inflight),
         || {
@@ -281,7 +319,10 @@ fn rpc_rounds(p: &Plan, pb: &ProgressBar) -> Result<Vec<RunResult>, String> {
                 Wait::SpinThenBlock(p.base.effective_wait_spin()),
             )
         },
-        |b| rpc(p, b, size, messages, p.inflight, "rpc"),
+        |(b, tasks)| match tasks {
+            true => rpc_tasks(p, b, size, messages, p.inflight, "rpc"),
+            false => rpc(p, b, size, messages, p.inflight, "rpc"),
+        },
     )?;
     spin_matched(&mut out, p);
     Ok(out)
@@ -425,18 +466,60 @@ fn interleaved(
     backends: &[Backend],
     name: &str,
     baseline_name: &str,
-    mut baseline: impl FnMut() -> Result<f64, String>,
+    baseline: impl FnMut() -> Result<f64, String>,
     mut run: impl FnMut(Backend) -> Result<RunResult, String>,
 ) -> Result<Vec<RunResult>, String> {
+    let runs: Vec<(Backend, bool)> = backends.iter().map(|b| (*b, false)).collect();
+    interleaved_runs(
+        pb,
+        rounds,
+        &runs,
+        name,
+        baseline_name,
+        baseline,
+        |(b, _)| run(b),
+    )
+}
+
+/// The engine runs of a scenario that can run its ends as shard tasks: on
+/// each backend, thread-based and, with `--tasks` (or under `all`), with
+/// tasks right after it in the same round.
+fn with_tasks(p: &Plan) -> Vec<(Backend, bool)> {
+    let tasks = p.tasks || p.scenario == Scenario::All;
+    p.backends
+        .iter()
+        .flat_map(|b| {
+            [(*b, false), (*b, true)]
+                .into_iter()
+                .take(1 + usize::from(tasks))
+        })
+        .collect()
+}
+
+/// [`interleaved`] over `runs`: (backend, ends as shard tasks).
+fn interleaved_runs(
+    pb: &ProgressBar,
+    rounds: usize,
+    runs: &[(Backend, bool)],
+    name: &str,
+    baseline_name: &str,
+    mut baseline: impl FnMut() -> Result<f64, String>,
+    mut run: impl FnMut((Backend, bool)) -> Result<RunResult, String>,
+) -> Result<Vec<RunResult>, String> {
     let mut base = Vec::new();
-    let mut per: Vec<Vec<RunResult>> = vec![Vec::new(); backends.len()];
+    let mut per: Vec<Vec<RunResult>> = vec![Vec::new(); runs.len()];
     for round in 0..rounds {
         pb.set_message(format!("{name} {}/{rounds}: {baseline_name}", round + 1));
         base.push(baseline()?);
         pb.inc(1);
-        for (i, b) in backends.iter().enumerate() {
-            pb.set_message(format!("{name} {}/{rounds}: {}", round + 1, label(*b)));
-            per[i].push(run(*b)?);
+        for (i, r) in runs.iter().enumerate() {
+            let tasks = if r.1 { " tasks" } else { "" };
+            pb.set_message(format!(
+                "{name} {}/{rounds}: {}{tasks}",
+                round + 1,
+                label(r.0)
+            ));
+            per[i].push(run(*r)?);
             pb.inc(1);
         }
     }
@@ -508,7 +591,8 @@ fn gossip_rounds(p: &Plan, pb: &ProgressBar, args: &BenchArgs) -> Result<Vec<Run
 /// Marks latency-type results with the wait spin both they and their raw
 /// TCP baseline ran with.
 fn spin_matched(results: &mut [RunResult], p: &Plan) {
-    for r in results {
+    // Tasks rows have no application thread to wait.
+    for r in results.iter_mut().filter(|r| !r.tasks) {
         r.wait_spin_us = Some(p.base.effective_wait_spin().as_micros() as u64);
     }
 }

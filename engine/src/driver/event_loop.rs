@@ -8,7 +8,8 @@
 //!    epoll records readiness as soon as its wait returns);
 //! 3. **receive**: start or perform the receives the read plan asks for
 //!    ([`ShardCore::read_plan`]);
-//! 4. **timers** and resumed connections;
+//! 4. **timers** and resumed connections, then the application's **tasks**
+//!    ([`ShardCore::run_tasks`]);
 //! 5. **transmit**: every dirty connection's output goes to the kernel and its
 //!    receive is revisited;
 //! 6. **close**: connections whose protocol ended are flushed, then closed
@@ -119,7 +120,10 @@ pub(crate) fn run<B: Backend>(core: &mut ShardCore, b: &mut B, busy_poll: bool) 
     let waker = core.waker().clone();
     let mut actions = Vec::new();
     let mut keys = Vec::new();
-    let mut idle = IdleSpin::new(core.config().io.idle_spin);
+    let mut idle = IdleSpin::new(
+        core.config().io.idle_spin,
+        core.config().effective_wait_spin(),
+    );
     loop {
         let now = Instant::now();
         core.injected_failure()?;
@@ -133,6 +137,7 @@ pub(crate) fn run<B: Backend>(core: &mut ShardCore, b: &mut B, busy_poll: bool) 
         if waker.take_resume() {
             core.retry_held(now);
         }
+        let ran = core.run_tasks(now);
         keys.clear();
         core.move_dirty_to(&mut keys);
         keys.sort_unstable();
@@ -156,13 +161,15 @@ pub(crate) fn run<B: Backend>(core: &mut ShardCore, b: &mut B, busy_poll: bool) 
             }
         }
 
-        let busy = busy_poll || core.has_dirty() || b.busy(core);
+        let busy = busy_poll || core.has_dirty() || core.tasks_ready() || b.busy(core);
         let mut timeout = if busy {
             Duration::ZERO
         } else {
             core.sleep_budget(now)
         };
-        if !timeout.is_zero() && idle.keep_polling(commands || completed, now) {
+        if !timeout.is_zero()
+            && idle.keep_polling(commands || completed || ran, core.has_tasks(), now)
+        {
             std::thread::yield_now();
             timeout = Duration::ZERO;
         }
@@ -173,7 +180,8 @@ pub(crate) fn run<B: Backend>(core: &mut ShardCore, b: &mut B, busy_poll: bool) 
         if b.submit()? || core.yield_for_commands(&mut actions) || b.linger(core, &mut actions)? {
             continue;
         }
-        let Some(asleep) = waker.try_sleep(|| core.has_commands(Instant::now(), &mut actions))
+        let Some(asleep) = waker
+            .try_sleep(|| core.has_commands(Instant::now(), &mut actions) || core.tasks_ready())
         else {
             // Handle the command at the top of the loop without waiting.
             continue;

@@ -48,6 +48,7 @@ impl ShardCore {
     /// until `deadline`.
     pub(super) fn begin_shutdown(&mut self, deadline: Instant, now: Instant) {
         self.shutdown = Some(deadline);
+        self.cancel_tasks(now);
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for k in keys {
             if let Some(slot) = self.conns.get_mut(k) {

@@ -71,6 +71,12 @@ impl ShardCore {
         let Some(peer) = self.conns.get(key).and_then(|s| s.conn.peer().cloned()) else {
             return;
         };
+        if self.local.claims_messages(msg.spec.id) {
+            if let Err(msg) = self.offer_to_task(peer, msg) {
+                self.hold_for_room(key, msg.spec, msg.payload);
+            }
+            return;
+        }
         let len = msg.payload.len() as u64;
         let Received { spec, payload } = msg;
         match offer(&spec, (peer, payload)) {

@@ -353,6 +353,9 @@ impl ShardCore {
         if self.has_drains() {
             d = d.min(super::drain::DRAIN_POLL);
         }
+        if let Some(at) = self.local.next_deadline() {
+            d = d.min(at.saturating_duration_since(now));
+        }
         d
     }
 

@@ -96,6 +96,19 @@ pub(crate) enum Command {
         conn: ConnId,
         id: shoal_wire::stream::StreamId,
     },
+    /// Start an application task on this shard ([`crate::tasks`]).
+    Spawn {
+        start: crate::tasks::Start,
+        done: tokio::sync::oneshot::Sender<crate::tasks::Outcome>,
+    },
+    /// Answer request `request_id` on connection `id` (a task's response).
+    Respond {
+        id: ConnId,
+        channel: u32,
+        request_id: u64,
+        status: shoal_wire::RpcStatus,
+        payload: bytes::Bytes,
+    },
     /// Close everything, flushing until `deadline`, then exit.
     Shutdown { deadline: Instant },
     /// Make the driver fail (feature `test-hooks`: tests of shard failure).

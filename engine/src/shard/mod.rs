@@ -29,6 +29,7 @@
 //! - [`rpc`]: requests, responses, in-shard handlers and pings.
 //! - [`streams`]: byte streams between the connections and the
 //!   application's pipes.
+//! - [`tasks`]: the application's tasks on this shard ([`crate::tasks`]).
 //! - [`close`]: the end of a connection, and of the shard.
 //!
 //! # Glossary
@@ -87,6 +88,7 @@ mod reroute;
 mod rpc;
 mod slot;
 mod streams;
+mod tasks;
 
 pub(crate) use io::{Arrived, ReadAhead, ReadPlan};
 pub(crate) use link::{Command, ShardLink};
@@ -139,6 +141,11 @@ pub(crate) struct ShardCore {
     wrote: bool,
     /// Channels with a quota (for the peers' limiters).
     quota_channels: Vec<(u32, governor::Quota)>,
+    /// The application's tasks on this shard and what they share with it.
+    tasks: crate::tasks::executor::Executor,
+    local: std::rc::Rc<crate::tasks::local::Local>,
+    /// The outbox's buffer between two applications of it.
+    task_commands: Vec<Command>,
     /// Set by [`Command::Fail`] (feature `test-hooks`).
     #[cfg(feature = "test-hooks")]
     injected_failure: bool,
@@ -162,6 +169,12 @@ impl ShardCore {
             .filter_map(|c| c.quota.map(|q| (c.id, q)))
             .collect();
         quota_channels.sort_by_key(|(c, _)| *c);
+        let local = std::rc::Rc::new(crate::tasks::local::Local::new(id));
+        let tasks = crate::tasks::executor::Executor::new(
+            local.clone(),
+            waker.clone(),
+            shared.metrics.clone(),
+        );
         Self {
             id,
             shared,
@@ -183,6 +196,9 @@ impl ShardCore {
             next_timer_sweep: Instant::now(),
             wrote: false,
             quota_channels,
+            tasks,
+            local,
+            task_commands: Vec::new(),
             #[cfg(feature = "test-hooks")]
             injected_failure: false,
         }
@@ -298,6 +314,14 @@ impl ShardCore {
             Command::Drained { old } => self.drained(old),
             Command::StreamOpen { id, channel, reply } => self.open_stream(id, channel, reply),
             Command::Stream { conn, id } => self.stream_poked(conn, id, now),
+            Command::Spawn { start, done } => self.spawn_task(start, done),
+            Command::Respond {
+                id,
+                channel,
+                request_id,
+                status,
+                payload,
+            } => self.respond(id, channel, request_id, status, payload),
             Command::Shutdown { deadline } => {
                 self.begin_shutdown(deadline, now);
                 actions.push(DriverAction::Shutdown);

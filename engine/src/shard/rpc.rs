@@ -50,6 +50,10 @@ impl ShardCore {
         let Some(peer) = self.conns.get(key).and_then(|s| s.conn.peer().cloned()) else {
             return;
         };
+        if self.local.claims_requests(channel) {
+            self.request_to_task(key, peer, channel, request_id, payload);
+            return;
+        }
         let spec = self.channels.get(channel).cloned();
         let (status, reply) = self.answer(spec.as_ref(), &peer, channel, payload);
         if let Some(spec) = &spec {
