@@ -80,16 +80,19 @@ fn main() -> Result<(), Box<dyn Error>> {
     println!("3 nodes connected; each applies increments on its shards");
 
     let mut appliers = Vec::new();
-    let mut writers = Vec::new();
+    let (claimed, ready) = std::sync::mpsc::channel();
     for r in &replicas {
         // One applier per shard: each serves the peers whose connection
         // lives on its shard.
         for (shard, published) in r.per_shard.iter().enumerate() {
-            let published = published.clone();
+            let (published, claimed) = (published.clone(), claimed.clone());
             appliers.push(r.node.spawn_on(shard, move |ctx| async move {
                 let Ok(mut increments) = ctx.receiver(INCREMENTS) else {
                     return;
                 };
+                // The claim starts here, in the task: nobody may send
+                // increments before every applier holds its channel.
+                let _ = claimed.send(());
                 let counter = Rc::new(Cell::new(0u64));
                 loop {
                     let (_, msg) = increments.recv().await;
@@ -102,6 +105,14 @@ fn main() -> Result<(), Box<dyn Error>> {
                 }
             })?);
         }
+    }
+    for _ in 0..appliers.len() {
+        ready
+            .recv_timeout(WAIT)
+            .map_err(|_| "an applier did not start")?;
+    }
+    let mut writers = Vec::new();
+    for r in &replicas {
         let own = r.own.clone();
         writers.push(r.node.spawn_on(0, move |ctx| async move {
             let Ok(tx) = ctx.sender(INCREMENTS) else {

@@ -73,8 +73,8 @@
 //! - Application tasks on the shards ([`tasks`]):
 //!   [`NetworkHandle::spawn_on`] runs a `!Send` future on a shard's own
 //!   thread; its [`tasks::Ctx`] sends, receives, serves requests and sleeps
-//!   there, so a round trip between two nodes' tasks touches no other
-//!   thread.
+//!   there, so a round trip between two nodes' tasks, each on the shard
+//!   holding their connection, touches no other thread.
 //! - [`config`] holds every setting with its default; [`metrics`] the
 //!   Prometheus metrics.
 

@@ -190,13 +190,18 @@ fn fairness(backend: Backend) {
         .unwrap();
     let _servers = serve_everywhere(a.handle(), upper);
     let (rpc, _) = &b.channels[1];
+    let before = yields.load(Ordering::Relaxed);
     for _ in 0..200 {
         let r = rpc
             .request(&a_key, Bytes::from_static(b"ping"), WAIT)
             .blocking();
         assert_eq!(r.unwrap(), Bytes::from_static(b"PING"));
     }
-    assert!(yields.load(Ordering::Relaxed) > 0, "the spinner ran too");
+    // Both went on: the requests were answered and the spinner kept
+    // getting polls in between (it is never starved by the I/O either).
+    wait_until("the spinner runs beside the requests", || {
+        yields.load(Ordering::Relaxed) > before + 200
+    });
 
     // The flood: node 2's thread sends until node 1's ticker, on the same
     // shard as the task taking the flood, has ticked 3 times mid-flood.
@@ -326,6 +331,85 @@ fn a_task_that_does_not_read_holds_its_peer_back(backend: Backend) {
     assert_eq!(reader.join().blocking(), Outcome::Cancelled);
 }
 
+/// A task receiver dropped while its full queue holds the connection
+/// paused gives the channel back: the held input and everything after it
+/// reach the channel's `Receiver`, and what the task's queue still held is
+/// counted as dropped: nothing else is lost.
+fn a_receiver_dropped_while_paused_hands_the_channel_back(backend: Backend) {
+    let nodes = mesh(
+        backend,
+        2,
+        &[ChannelDef {
+            backlog: 16,
+            ..chan(MSG)
+        }],
+        |c| {
+            c.limits.peer_send_backlog = 64;
+        },
+    );
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let (claimed, ready) = mpsc::channel();
+    let (go, drop_it) = tokio::sync::oneshot::channel::<()>();
+    let shard = a.handle().shard_of(&b.key()).unwrap();
+    let task = a
+        .handle()
+        .spawn_on(shard, move |ctx| async move {
+            let rx = ctx.receiver(MSG).unwrap();
+            claimed.send(()).unwrap();
+            let _ = drop_it.await;
+            drop(rx);
+        })
+        .unwrap();
+    ready.recv_timeout(WAIT).unwrap();
+    let (tx, _) = &b.channels[0];
+    let a_key = a.key();
+    let mut accepted = 0u64;
+    loop {
+        match tx
+            .send(
+                &a_key,
+                Bytes::from(accepted.to_be_bytes().to_vec()),
+                Priority::Low,
+            )
+            .result()
+        {
+            Ok(()) => accepted += 1,
+            Err(SendError::Full) => break,
+            Err(e) => panic!("{e}"),
+        }
+        assert!(accepted < 1_000_000, "nothing held the sender back");
+        if accepted.is_multiple_of(64) {
+            std::thread::yield_now();
+        }
+    }
+    wait_until("the connection is paused", || {
+        a.handle().metrics().receiver_full_pauses.get() > 0
+    });
+    go.send(()).unwrap();
+    assert_eq!(task.join().blocking(), Outcome::Finished);
+    let m = a.handle().metrics();
+    let rx = &a.channels[0].1;
+    let mut got = 0u64;
+    let mut last: Option<u64> = None;
+    while got + m.refused_count("task_receiver_dropped") < accepted {
+        let (_, msg) = rx
+            .recv_timeout(WAIT)
+            .unwrap()
+            .expect("the rest reaches the Receiver");
+        let n = u64::from_be_bytes(msg[..8].try_into().unwrap());
+        assert!(last.is_none_or(|l| n > l), "in order");
+        last = Some(n);
+        got += 1;
+    }
+    assert_eq!(
+        m.refused_count("task_receiver_dropped"),
+        16,
+        "the task's full queue"
+    );
+    assert_eq!(got + 16, accepted);
+    stop(nodes);
+}
+
 /// A panicking task ends alone: its handle says so, the metric counts it,
 /// and the shard's other tasks keep serving. A panic in the start closure
 /// is contained too.
@@ -396,6 +480,9 @@ fn tasks_and_threads_hand_work_both_ways(backend: Backend) {
                 ctx.yield_now().await;
             }
             assert_eq!(sum, (0..100).map(|n| n * 2).sum::<u64>());
+            // Certain, not timing: the first inner loop runs before any
+            // result is taken, and at most 9 items (4 queued, 1 at the
+            // worker, 4 results) fit before `try_send` must refuse.
             assert!(full.get() > 0, "the bounded queue pushed back");
         })
         .unwrap();
@@ -499,6 +586,7 @@ both_backends!(
     many_tasks_on_one_shard,
     fairness,
     a_task_that_does_not_read_holds_its_peer_back,
+    a_receiver_dropped_while_paused_hands_the_channel_back,
     a_panicking_task_is_contained,
     tasks_and_threads_hand_work_both_ways,
     shutdown_with_tasks_mid_request,

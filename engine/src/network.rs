@@ -359,12 +359,12 @@ impl Network {
                     if let Some(core_id) = pin {
                         crate::driver::pin_to_core(core_id);
                     }
-                    // Built here: the core holds the shard's tasks, which
-                    // never leave this thread.
-                    let core = ShardCore::new(id, shared.clone(), rx, conn_cfg, authorizer);
                     // The core (and every connection on it) is released
                     // inside, on success, error and panic alike.
                     let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        // Built here: the core holds the shard's tasks,
+                        // which never leave this thread.
+                        let core = ShardCore::new(id, shared.clone(), rx, conn_cfg, authorizer);
                         crate::driver::run(core, backend, busy)
                     }));
                     shard_stopped(&shared, id, run);
@@ -494,8 +494,14 @@ impl NetworkHandle {
         }
         let (done, rx) = tokio::sync::oneshot::channel();
         let start: crate::tasks::Start = Box::new(move |ctx| Box::pin(start(ctx)));
-        link.send(Command::Spawn { start, done })
-            .map_err(|_| SpawnError::Full)?;
+        link.send(Command::Spawn { start, done }).map_err(|_| {
+            // A stopped shard's queue refuses everything.
+            if link.load.is_alive() {
+                SpawnError::Full
+            } else {
+                SpawnError::Closed
+            }
+        })?;
         Ok(TaskHandle::new(shard, rx))
     }
 

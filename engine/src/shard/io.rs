@@ -354,7 +354,9 @@ impl ShardCore {
             d = d.min(super::drain::DRAIN_POLL);
         }
         if let Some(at) = self.local.next_deadline() {
-            d = d.min(at.saturating_duration_since(now));
+            // Measured now, not at `now`: the turn's tasks and transmit ran
+            // since.
+            d = d.min(at.saturating_duration_since(Instant::now()));
         }
         d
     }

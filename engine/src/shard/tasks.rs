@@ -32,7 +32,8 @@ use crate::tasks::{Ctx, Outcome, Start};
 impl ShardCore {
     // Getters.
 
-    /// A task is ready, or a task's timer is due: do not sleep.
+    /// A task is ready: do not sleep (a task's timer bounds the sleep
+    /// instead, see `sleep_budget`).
     #[inline]
     pub(crate) fn tasks_ready(&self) -> bool {
         self.tasks.is_ready()
@@ -62,10 +63,13 @@ impl ShardCore {
             Ok(fut) => self.tasks.spawn(fut, Some(done)),
             Err(_) => {
                 tracing::error!(shard = self.id, "a shard task panicked while starting");
+                self.shared.metrics.task_event("spawned");
                 self.shared.metrics.task_event("panicked");
                 let _ = done.send(Outcome::Panicked);
             }
         }
+        // Tasks the start closure spawned (`Ctx::spawn`) start with it.
+        self.tasks.start_spawned();
         // What the start closure queued before returning its future (it
         // may send already).
         self.apply_task_output(Instant::now());
@@ -76,6 +80,11 @@ impl ShardCore {
     pub(crate) fn run_tasks(&mut self, now: Instant) -> bool {
         self.local.fire_timers(now);
         if !self.tasks.is_ready() {
+            // A claim ended outside a poll (a receiver dropped by a start
+            // closure, or by a cancelled task) frees held input too.
+            if self.local.take_resume() {
+                self.retry_held(now);
+            }
             return false;
         }
         let batch = self.tasks.take_batch();

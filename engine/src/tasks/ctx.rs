@@ -106,9 +106,10 @@ impl Ctx {
     /// [`crate::Receiver`] (which keeps getting those of other shards), and
     /// back to it once the receiver is dropped. Bounded by the channel's
     /// capacity; while it is full the connection it came on reads nothing
-    /// more, as with a full `Receiver`. The claim starts with this call:
-    /// a peer told to send before it (by another channel, say) may find
-    /// its first messages at the `Receiver`.
+    /// more, as with a full `Receiver`. The claim starts with this call,
+    /// in the task's first poll, not at `spawn_on`: what arrives before
+    /// goes to the `Receiver`, so have the task say when it holds the
+    /// claim before peers start sending.
     pub fn receiver(&self, channel: u32) -> Result<LocalReceiver, ClaimError> {
         let spec = self.claim(channel, Claim::Messages(channel))?;
         Ok(LocalReceiver {
@@ -123,7 +124,9 @@ impl Ctx {
     /// ([`crate::Sender::request`] and [`LocalSender::request`] on the
     /// peer). At most the channel's capacity wait; beyond that a request is
     /// answered [`RpcStatus::HandlerFailed`] at once and counted
-    /// (`refused{reason="task_requests_full"}`).
+    /// (`refused{reason="task_requests_full"}`). As with
+    /// [`Ctx::receiver`], the claim starts with this call: a request that
+    /// arrives before gets [`RpcStatus::NoHandler`].
     pub fn requests(&self, channel: u32) -> Result<Requests, ClaimError> {
         self.claim(channel, Claim::Requests(channel))?;
         Ok(Requests {
@@ -159,14 +162,7 @@ impl Ctx {
 
     /// Lets the shard do its I/O and run its other tasks once.
     pub fn yield_now(&self) -> impl Future<Output = ()> {
-        let mut yielded = false;
-        std::future::poll_fn(move |cx| {
-            if std::mem::replace(&mut yielded, true) {
-                return Poll::Ready(());
-            }
-            cx.waker().wake_by_ref();
-            Poll::Pending
-        })
+        yield_once()
     }
 
     /// Starts another task on this shard, after the current poll. It runs
@@ -227,25 +223,35 @@ impl LocalSender {
         })
     }
 
-    /// Queues `msg` for `peer`, waiting while its queue is full; fails if
-    /// the peer is not connected or disconnects meanwhile.
+    /// Queues `msg` for `peer`, waiting while its queue (or, for a peer on
+    /// another shard, that shard's command queue) is full; fails if the
+    /// peer is not connected or disconnects meanwhile.
     pub async fn send_wait(
         &self,
         peer: &PublicKey,
         msg: Bytes,
         priority: Priority,
     ) -> Result<(), SendError> {
-        let msg = self.inner.prepare(msg)?;
+        let mut msg = self.inner.prepare(msg)?;
         let h = self
             .inner
             .shared
             .peers
             .get(peer)
             .ok_or_else(|| self.inner.not_connected())?;
-        let Ok(permit) = h.depth.reserve(msg.payload.len()).await else {
-            return Err(self.inner.not_connected());
-        };
-        self.enqueue(&h, msg, priority, permit)
+        loop {
+            let Ok(permit) = h.depth.reserve(msg.payload.len()).await else {
+                return Err(self.inner.not_connected());
+            };
+            match self.enqueue_or_back(&h, msg, priority, permit) {
+                Ok(()) => return Ok(()),
+                // The other shard's command queue is full: it is draining.
+                Err(back) => {
+                    msg = back;
+                    yield_once().await;
+                }
+            }
+        }
     }
 
     /// Sends `msg` as a request to `peer` and waits up to `timeout` for the
@@ -288,8 +294,8 @@ impl LocalSender {
         Ok(rx)
     }
 
-    /// Queues `msg` with the `permit` reserved for it: into this shard's
-    /// outbox when the connection is here, else across to its shard.
+    /// Queues `msg` with the `permit` reserved for it: `Full` when the
+    /// other shard's command queue refused it.
     fn enqueue(
         &self,
         h: &PeerHandle,
@@ -297,6 +303,20 @@ impl LocalSender {
         priority: Priority,
         permit: DepthPermit<'_>,
     ) -> Result<(), SendError> {
+        self.enqueue_or_back(h, msg, priority, permit)
+            .map_err(|_| SendError::Full)
+    }
+
+    /// Queues `msg` with the `permit` reserved for it: into this shard's
+    /// outbox when the connection is here, else across to its shard, whose
+    /// full command queue hands it back (the share released, counted).
+    fn enqueue_or_back(
+        &self,
+        h: &PeerHandle,
+        msg: Outgoing,
+        priority: Priority,
+        permit: DepthPermit<'_>,
+    ) -> Result<(), Outgoing> {
         if h.id.shard == self.local.shard {
             self.local.outbox.borrow_mut().push(Command::Send {
                 id: h.id,
@@ -305,14 +325,13 @@ impl LocalSender {
                 priority,
                 share: permit.into_share(),
             });
-        } else if self
+        } else if let Err(back) = self
             .inner
             .shared
             .enqueue_reserved_or_back(h, msg, priority, permit)
-            .is_err()
         {
             self.inner.spec.metrics.send_full.inc();
-            return Err(SendError::Full);
+            return Err(back);
         }
         self.inner.spec.metrics.messages_out.inc();
         Ok(())
@@ -322,6 +341,19 @@ impl LocalSender {
         self.inner.shared.metrics.send_full.inc();
         self.inner.spec.metrics.send_full.inc();
     }
+}
+
+/// Pending once (waking itself at once), then ready: the task runs again
+/// in the shard's next turn.
+fn yield_once() -> impl Future<Output = ()> {
+    let mut yielded = false;
+    std::future::poll_fn(move |cx| {
+        if std::mem::replace(&mut yielded, true) {
+            return Poll::Ready(());
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    })
 }
 
 fn request_error(e: SendError) -> RequestError {
@@ -354,14 +386,16 @@ impl LocalReceiver {
     /// network's shutdown cancels tasks).
     pub fn recv(&mut self) -> impl Future<Output = (PublicKey, Bytes)> + '_ {
         std::future::poll_fn(move |cx| {
-            take_within_budget(&self.local, cx, |l, w| l.take_message(self.channel, w))
+            take_within_budget(&self.local, cx, |l, w| {
+                l.take_message(self.channel, Some(w))
+            })
         })
     }
 
-    /// The next message if one is waiting.
+    /// The next message if one is waiting. Outside the receive budget: a
+    /// task looping on it holds its shard until the queue is empty.
     pub fn try_recv(&mut self) -> Option<(PublicKey, Bytes)> {
-        self.local
-            .take_message(self.channel, std::task::Waker::noop())
+        self.local.take_message(self.channel, None)
     }
 
     /// Messages waiting.

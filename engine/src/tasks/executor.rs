@@ -197,6 +197,14 @@ impl Executor {
                 self.end(key, Outcome::Panicked);
             }
         }
+        self.start_spawned();
+    }
+
+    /// Starts the tasks spawned with `Ctx::spawn` since the last call.
+    pub fn start_spawned(&mut self) {
+        if self.local.spawned.borrow().is_empty() {
+            return;
+        }
         let spawned: Vec<LocalFuture> = self.local.spawned.borrow_mut().drain(..).collect();
         for fut in spawned {
             self.spawn(fut, None);

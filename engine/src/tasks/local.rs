@@ -56,17 +56,16 @@ impl<T> Queue<T> {
         }
     }
 
-    /// Adds `item`, waking the waiting task; hands it back when full.
-    pub fn offer(&mut self, item: T) -> Result<(), T> {
+    /// Adds `item`; hands it back when full. The waiting task's waker is
+    /// returned, to be woken once the caller's borrow of the queue ends (a
+    /// waker may poll synchronously and reach the queue again).
+    fn offer(&mut self, item: T) -> Result<Option<Waker>, T> {
         if self.items.len() >= self.capacity {
             self.refused = true;
             return Err(item);
         }
         self.items.push_back(item);
-        if let Some(w) = self.waker.take() {
-            w.wake();
-        }
-        Ok(())
+        Ok(self.waker.take())
     }
 
     pub fn len(&self) -> usize {
@@ -156,19 +155,27 @@ impl Local {
         channel: u32,
         item: (PublicKey, Bytes),
     ) -> Result<(), (PublicKey, Bytes)> {
-        match self.messages.borrow_mut().get_mut(&channel) {
-            Some(q) => q.offer(item),
-            None => Err(item),
+        let waker = match self.messages.borrow_mut().get_mut(&channel) {
+            Some(q) => q.offer(item)?,
+            None => return Err(item),
+        };
+        if let Some(w) = waker {
+            w.wake();
         }
+        Ok(())
     }
 
     /// A request for a claimed channel; handed back when its queue is full
     /// or nobody claims it.
     pub fn offer_request(&self, channel: u32, asked: Asked) -> Result<(), Asked> {
-        match self.requests.borrow_mut().get_mut(&channel) {
-            Some(q) => q.offer(asked),
-            None => Err(asked),
+        let waker = match self.requests.borrow_mut().get_mut(&channel) {
+            Some(q) => q.offer(asked)?,
+            None => return Err(asked),
+        };
+        if let Some(w) = waker {
+            w.wake();
         }
+        Ok(())
     }
 
     /// Whether a queue that refused input made room since the last call.
@@ -199,8 +206,9 @@ impl Local {
 
     // The tasks' side.
 
-    /// Takes the next message of claimed `channel`, or registers `waker`.
-    pub fn take_message(&self, channel: u32, waker: &Waker) -> Option<(PublicKey, Bytes)> {
+    /// Takes the next message of claimed `channel`, or registers `waker`
+    /// (`None`: only looks).
+    pub fn take_message(&self, channel: u32, waker: Option<&Waker>) -> Option<(PublicKey, Bytes)> {
         take(
             &mut self.messages.borrow_mut(),
             channel,
@@ -214,7 +222,7 @@ impl Local {
         take(
             &mut self.requests.borrow_mut(),
             channel,
-            waker,
+            Some(waker),
             &self.resume,
         )
     }
@@ -263,7 +271,7 @@ fn insert_new<T>(map: &mut HashMap<u32, Queue<T>>, channel: u32, capacity: usize
 fn take<T>(
     map: &mut HashMap<u32, Queue<T>>,
     channel: u32,
-    waker: &Waker,
+    waker: Option<&Waker>,
     resume: &Cell<bool>,
 ) -> Option<T> {
     let q = map.get_mut(&channel)?;
@@ -275,8 +283,10 @@ fn take<T>(
             Some(item)
         }
         None => {
-            if !q.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
-                q.waker = Some(waker.clone());
+            if let Some(waker) = waker {
+                if !q.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
+                    q.waker = Some(waker.clone());
+                }
             }
             None
         }

@@ -39,6 +39,10 @@
 //! deep queue cannot hold the shard, and a flood of I/O cannot stop the
 //! tasks: every turn polls them.
 //!
+//! A task must never block its thread: `.blocking()` on a [`Wait`] (a
+//! request, a join, a send) inside a task stops the shard that would
+//! complete it. Inside a task, `.await` instead.
+//!
 //! # Security
 //! Tasks run the embedder's code; peers reach them only through the same
 //! checked, bounded paths as a [`crate::Receiver`] or a handler: a claimed
@@ -66,15 +70,18 @@
 //! let [(a, _), (b, _)] = shoal_engine::__private::connected_pair(&[ChannelConfig::new(7)]);
 //! let a_key = a.public_key();
 //! // b answers every request on channel 7 from a task on the shard that
-//! // holds its connection to a...
-//! let server = b.spawn_on(b.shard_of(&a_key).unwrap_or(0), |ctx| async move {
+//! // holds its connection to a, and says when it holds the channel...
+//! let (claimed, ready) = std::sync::mpsc::channel();
+//! let server = b.spawn_on(b.shard_of(&a_key).unwrap_or(0), move |ctx| async move {
 //!     let Ok(mut requests) = ctx.requests(7) else { return };
+//!     let _ = claimed.send(());
 //!     loop {
 //!         let r = requests.recv().await;
 //!         let upper = Bytes::from(r.payload().to_ascii_uppercase());
 //!         r.respond(upper);
 //!     }
 //! })?;
+//! ready.recv_timeout(Duration::from_secs(10))?;
 //! // ...and a asks from one of its own.
 //! let b_key = b.public_key();
 //! let client = a.spawn_on(0, move |ctx| async move {
@@ -151,7 +158,8 @@ impl TaskHandle {
         self.shard
     }
 
-    /// Waits for the task to end: `.await` it, or `.blocking()`.
+    /// Waits for the task to end: `.await` it, or `.blocking()` (never on
+    /// the task's own shard: from a task, `.await`).
     pub fn join(self) -> Wait<impl Future<Output = Outcome>> {
         Wait::new(
             async move { self.done.await.unwrap_or(Outcome::Cancelled) },
