@@ -59,21 +59,37 @@ impl ShardCore {
         if let Some(spec) = &spec {
             spec.metrics.messages_in.inc();
         }
+        if let Some(id) = self.conn_id(key) {
+            self.respond(id, channel, request_id, status, reply);
+        }
+    }
+
+    /// A response (a handler's, or [`super::Command::Respond`]: a task's) on connection `id`, at high
+    /// priority (nowhere if the connection is gone: its requester was
+    /// failed with it).
+    pub(super) fn respond(
+        &mut self,
+        id: ConnId,
+        channel: u32,
+        request_id: u64,
+        status: RpcStatus,
+        payload: Bytes,
+    ) {
+        let Some(slot) = self.conns.live_mut(id) else {
+            return;
+        };
         let msg = Outgoing {
             kind: RecordKind::RpcResponse,
             channel,
             request_id,
             status: status as u32,
             compressed: false,
-            payload: reply,
-        };
-        let Some(slot) = self.conns.get_mut(key) else {
-            return;
+            payload,
         };
         if slot.conn.send(msg, Priority::High, None).is_err() {
             self.shared.metrics.refuse("rpc_response_queue_full");
         }
-        self.dirty.push(key);
+        self.dirty.push(id.key);
     }
 
     /// Runs the channel's handler on a request: the response's status and

@@ -19,13 +19,10 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use shoal_crypto::PublicKey;
-use shoal_wire::{RecordKind, RpcStatus};
+use shoal_wire::RpcStatus;
 
 use super::delivery::Received;
-use super::slot::Live;
 use super::ShardCore;
-use crate::connection::{Outgoing, Priority};
-use crate::peers::ConnId;
 use crate::tasks::local::Asked;
 use crate::tasks::{Ctx, Outcome, Start};
 
@@ -171,33 +168,5 @@ impl ShardCore {
                 Bytes::new(),
             );
         }
-    }
-
-    /// [`super::Command::Respond`]: a response on connection `id`, at high
-    /// priority (nowhere if the connection is gone: its requester was
-    /// failed with it).
-    pub(super) fn respond(
-        &mut self,
-        id: ConnId,
-        channel: u32,
-        request_id: u64,
-        status: RpcStatus,
-        payload: Bytes,
-    ) {
-        let Some(slot) = self.conns.live_mut(id) else {
-            return;
-        };
-        let msg = Outgoing {
-            kind: RecordKind::RpcResponse,
-            channel,
-            request_id,
-            status: status as u32,
-            compressed: false,
-            payload,
-        };
-        if slot.conn.send(msg, Priority::High, None).is_err() {
-            self.shared.metrics.refuse("rpc_response_queue_full");
-        }
-        self.dirty.push(id.key);
     }
 }
