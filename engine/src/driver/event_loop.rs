@@ -170,7 +170,12 @@ pub(crate) fn run<B: Backend>(core: &mut ShardCore, b: &mut B, busy_poll: bool) 
         if !timeout.is_zero()
             && idle.keep_polling(commands || completed || ran, core.has_tasks(), now)
         {
-            std::thread::yield_now();
+            // This turn's output goes to the kernel before the core is given
+            // away: a send queued in the ring must not wait out the yield
+            // (it is the round trip the spin is there to catch).
+            if !b.submit()? {
+                std::thread::yield_now();
+            }
             timeout = Duration::ZERO;
         }
         if timeout.is_zero() {
@@ -373,6 +378,39 @@ mod tests {
             ]
         );
         assert_eq!(core.metrics().dials.get(), 1);
+    }
+
+    /// A turn that did work is followed by the idle spin, whose every step
+    /// first hands the turn's queued operations to the kernel (a send must
+    /// not wait out the yield) and then polls without sleeping.
+    #[test]
+    fn the_idle_spin_submits_before_it_yields() {
+        let mut cfg = Config::local(None);
+        cfg.io.idle_spin = Duration::from_millis(1);
+        let (net, _oracle) = Network::new(cfg).unwrap();
+        let mut core = net.into_shard_core();
+        let peer = Ed25519Signer::insecure_from_seed(7).public_key().clone();
+        let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        assert!(core.link().send(Command::Dial { peer, addr }).is_ok());
+        let link = core.link().tx.clone();
+        let waker = core.waker().clone();
+        let mut b = Recorder::default();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(20));
+                let deadline = Instant::now();
+                assert!(link.send(Command::Shutdown { deadline }).is_ok());
+                waker.wake();
+            });
+            run(&mut core, &mut b, false).unwrap();
+        });
+        let first_poll = b.calls.iter().position(|c| c == "poll");
+        assert!(first_poll.is_some(), "the spin polls: {:?}", b.calls);
+        let first_poll = first_poll.unwrap_or_default();
+        assert_eq!(
+            b.calls[..first_poll + 1],
+            ["dial", "complete", "receive", "flush", "replan", "reap", "submit", "poll"]
+        );
     }
 
     /// With nothing to do (and no idle spin), a turn yields for commands
