@@ -83,9 +83,9 @@ pub use shoal_engine::{
     config, metrics, Backend, BroadcastError, ChannelConfig, Config, Deliveries, Delivery,
     DisconnectReason, Ed25519Signer, Error, Event, Events, GossipConfig, GossipSender, GossipStats,
     HandlerResult, Identity, LookupResult, MessageId, Metrics, Network, NetworkHandle, Oracle,
-    Preset, Priority, PublicKey, Quota, Receiver, Recipients, RecvError, RequestError, RouteConfig,
-    RouteError, RouteSender, RouteStats, RpcStatus, SendError, SendReport, Sender, Signer, Verdict,
-    Wait, DEFAULT_CAPACITY, EVENT_CAPACITY,
+    PlaceError, Preset, Priority, PublicKey, Quota, Receiver, Recipients, RecvError, RequestError,
+    RouteConfig, RouteError, RouteSender, RouteStats, RpcStatus, SendError, SendReport, Sender,
+    Signer, Verdict, Wait, DEFAULT_CAPACITY, EVENT_CAPACITY,
 };
 pub use shoal_engine::{
     streams, IncomingStream, RecvStream, SendStream, StreamError, StreamListener,

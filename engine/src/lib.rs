@@ -109,6 +109,7 @@ pub use network::{Network, NetworkHandle};
 pub use open::LookupResult;
 pub use oracle::Oracle;
 pub use overlay::{Deliveries, Delivery};
+pub use placement::PlaceError;
 pub use receiver::{Receiver, RecvError};
 pub use route::{RouteConfig, RouteError, RouteSender, RouteStats};
 pub use rpc::{HandlerResult, RequestError};

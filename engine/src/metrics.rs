@@ -92,6 +92,9 @@ pub struct Metrics {
     /// written and no other connection to it exists).
     pub send_dropped: Family<ReasonLabel, Counter>,
     pub dials: Counter,
+    /// Accepted connections moved to the shard their peer is placed on
+    /// ([`crate::NetworkHandle::place`]).
+    pub connections_moved: Counter,
     pub dial_failures: Counter,
     pub wakeups: Counter,
     pub receiver_full_pauses: Counter,
@@ -231,6 +234,11 @@ impl Metrics {
             self.send_dropped.clone(),
         );
         registry.register("dials", "Outbound dial attempts", self.dials.clone());
+        registry.register(
+            "connections_moved",
+            "Accepted connections moved to the shard their peer is placed on",
+            self.connections_moved.clone(),
+        );
         registry.register(
             "dial_failures",
             "Outbound dials that failed",

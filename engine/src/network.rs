@@ -141,6 +141,7 @@ impl Network {
             limiters: crate::limiters::LimiterStore::new(config_max_connections),
             cooldown,
             outbound: AtomicUsize::new(0),
+            pins: crate::placement::Pins::new(config_max_connections),
             running: AtomicBool::new(false),
             rpc: crate::rpc::RpcState::new(shards, config_max_pending),
             control_tx,
@@ -464,6 +465,34 @@ impl NetworkHandle {
     /// reaches it without leaving its thread.
     pub fn shard_of(&self, peer: &PublicKey) -> Option<usize> {
         self.shared.peers.get(peer).map(|h| h.id.shard)
+    }
+
+    /// Places `peer` on data shard `shard`: its next connection lives there
+    /// (a dial goes there; an accepted connection moves there once its
+    /// handshake shows who it is, before it is announced). Typically the
+    /// shard of the task that serves the peer ([`NetworkHandle::spawn_on`]),
+    /// so the task reaches it without leaving its thread. A connection
+    /// already established stays where it is. A dead shard's placements
+    /// are ignored (the connection goes by load). See [`crate::placement`].
+    ///
+    /// Fails with `NoSuchShard`, or `Full` once as many peers are placed as
+    /// the node may hold connections (`limits.max_inbound +
+    /// limits.max_outbound`).
+    pub fn place(&self, peer: &PublicKey, shard: usize) -> Result<(), crate::PlaceError> {
+        if shard >= self.shared.shards.len() {
+            return Err(crate::PlaceError::NoSuchShard(shard));
+        }
+        if self.shared.pins.set(peer, shard) {
+            Ok(())
+        } else {
+            Err(crate::PlaceError::Full)
+        }
+    }
+
+    /// Forgets `peer`'s placement ([`NetworkHandle::place`]): its next
+    /// connection goes by load. Whether it had one.
+    pub fn unplace(&self, peer: &PublicKey) -> bool {
+        self.shared.pins.remove(peer)
     }
 
     /// Starts an application task on data shard `shard`: `start` runs on

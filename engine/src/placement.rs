@@ -17,10 +17,26 @@
 //! an error event). Its peers are redialed onto the remaining shards like any
 //! other disconnected peer. A node with no live shard refuses connections
 //! (`refused{reason="no_live_shard"}`).
+//!
+//! # Placed peers
+//! The application may place a peer on a chosen shard
+//! ([`crate::NetworkHandle::place`]), typically the shard whose task serves
+//! it ([`crate::tasks`]), so that the task reaches the peer without leaving
+//! its thread. A dial to a placed peer goes to its shard directly. An
+//! accepted connection's peer is known only once its handshake is done, on
+//! the shard load placement chose: if the peer is placed elsewhere, the
+//! established connection moves there before it is admitted to the peer
+//! table ([`crate::shard`], `moving`), so the application never sees it on
+//! the first shard. Connections established before the peer was placed stay
+//! where they are. Pins are bounded by `limits.max_inbound +
+//! limits.max_outbound`, one per connection the node may hold.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::RwLock;
 
 use prometheus_client::metrics::gauge::Gauge;
+use shoal_crypto::PublicKey;
 
 /// One shard's placement state, shared by the control shard (which assigns)
 /// and the shard (which releases). The slot count is the shard's
@@ -74,6 +90,69 @@ impl ShardLoad {
     /// The shard stopped: no more assignments. Returns whether it was alive.
     pub fn mark_dead(&self) -> bool {
         self.alive.swap(false, Ordering::AcqRel)
+    }
+}
+
+/// Why [`crate::NetworkHandle::place`] refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PlaceError {
+    /// There is no shard with this index (see [`crate::NetworkHandle::shards`]).
+    #[error("no shard {0}")]
+    NoSuchShard(usize),
+    /// As many peers are placed as the node may hold connections.
+    #[error("placement table full")]
+    Full,
+}
+
+/// Peers placed on a chosen shard; see the [module docs](self).
+#[derive(Debug)]
+pub(crate) struct Pins {
+    map: RwLock<HashMap<PublicKey, usize>>,
+    /// `map.len()`, read without the lock: most nodes place nobody.
+    len: AtomicUsize,
+    limit: usize,
+}
+
+impl Pins {
+    /// At most `limit` placed peers.
+    pub fn new(limit: usize) -> Self {
+        Pins {
+            map: RwLock::new(HashMap::new()),
+            len: AtomicUsize::new(0),
+            limit,
+        }
+    }
+
+    /// The shard `peer` is placed on, if any.
+    pub fn get(&self, peer: &PublicKey) -> Option<usize> {
+        if self.len.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        self.read().get(peer).copied()
+    }
+
+    /// Places `peer` on `shard` (replacing an earlier placement); false if
+    /// the table is full.
+    pub fn set(&self, peer: &PublicKey, shard: usize) -> bool {
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= self.limit && !map.contains_key(peer) {
+            return false;
+        }
+        map.insert(peer.clone(), shard);
+        self.len.store(map.len(), Ordering::Release);
+        true
+    }
+
+    /// Forgets `peer`'s placement; whether it had one.
+    pub fn remove(&self, peer: &PublicKey) -> bool {
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        let had = map.remove(peer).is_some();
+        self.len.store(map.len(), Ordering::Release);
+        had
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<PublicKey, usize>> {
+        self.map.read().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -178,6 +257,27 @@ mod tests {
         l[1].mark_dead();
         assert_eq!(pick(l.iter(), &mut next), None);
         assert_eq!(pick(std::iter::empty::<&ShardLoad>(), &mut next), None);
+    }
+
+    #[test]
+    fn pins_are_bounded_and_replaceable() {
+        let key = |seed| {
+            use shoal_crypto::Signer;
+            shoal_crypto::Ed25519Signer::insecure_from_seed(seed)
+                .public_key()
+                .clone()
+        };
+        let pins = Pins::new(2);
+        assert_eq!(pins.get(&key(1)), None);
+        assert!(pins.set(&key(1), 0));
+        assert!(pins.set(&key(2), 1));
+        assert!(!pins.set(&key(3), 1), "full");
+        assert!(pins.set(&key(1), 1), "a placed peer can move");
+        assert_eq!(pins.get(&key(1)), Some(1));
+        assert!(pins.remove(&key(2)));
+        assert!(!pins.remove(&key(2)));
+        assert!(pins.set(&key(3), 0), "room again");
+        assert_eq!(pins.get(&key(3)), Some(0));
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub(crate) struct Shared {
     pub inbound_ips: crate::control::inbound_limit::InboundLimit,
     /// Dialed connections alive (connecting, handshaking or established).
     pub outbound: AtomicUsize,
+    /// Peers the application placed on a shard ([`crate::placement`]).
+    pub pins: crate::placement::Pins,
     pub running: AtomicBool,
     pub rpc: RpcState,
     /// Data shards → control shard (discovery records, connection events).

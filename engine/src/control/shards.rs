@@ -5,7 +5,8 @@
 //!
 //! # Design
 //! A new connection goes to the live data shard with the fewest
-//! connections ([`crate::placement`]; a failed shard gets none), and is
+//! connections ([`crate::placement`]; a failed shard gets none; a dial to a
+//! placed peer goes to its shard), and is
 //! counted where the limits look: an accepted socket in `inbound` (its
 //! address already counted by the acceptor), a dial in `outbound` plus the
 //! peer's dialing mark, until the connection ends. When a shard's queue is
@@ -52,7 +53,11 @@ pub(crate) fn adopt(shared: &Shared, next_shard: &mut usize, stream: TcpStream, 
 /// Hands a dial to a shard, counting it against `max_outbound` and marking
 /// the peer as being dialed until it ends.
 pub(crate) fn dial(shared: &Shared, next_shard: &mut usize, peer: PublicKey, addr: SocketAddr) {
-    let Some(shard) = pick(shared, next_shard) else {
+    let placed = shared
+        .pins
+        .get(&peer)
+        .filter(|&s| shared.shards.get(s).is_some_and(|l| l.load.is_alive()));
+    let Some(shard) = placed.or_else(|| pick(shared, next_shard)) else {
         return;
     };
     let link = &shared.shards[shard];

@@ -87,6 +87,12 @@ impl Doorbell {
             .register(&mut SourceFd(&fd), Token(0), Interest::READABLE)
     }
 
+    /// Stops watching `fd`, whose socket lives on (it moves to another
+    /// shard).
+    pub(crate) fn unwatch(&self, fd: RawFd) -> io::Result<()> {
+        self.poll.registry().deregister(&mut SourceFd(&fd))
+    }
+
     /// Sleeps until a watched socket has new input or `timeout` (capped at
     /// [`MAX_SLEEP`]) passes; true if the bell rang.
     pub(crate) fn wait(&mut self, timeout: Duration) -> io::Result<bool> {

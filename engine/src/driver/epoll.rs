@@ -167,6 +167,18 @@ impl Backend for Epoll {
         }
     }
 
+    /// At once, unless a batch is half written (then once it is).
+    fn detach(&mut self, core: &mut ShardCore, key: usize) -> io::Result<()> {
+        if self.io.socks.get(&key).is_some_and(|s| s.pending.is_some()) {
+            return Ok(());
+        }
+        if let Some(mut sock) = self.io.socks.remove(&key) {
+            let _ = self.io.poll.registry().deregister(&mut sock.stream);
+            core.detached(key, std::net::TcpStream::from(sock.stream));
+        }
+        Ok(())
+    }
+
     fn close(&mut self, core: &mut ShardCore, key: usize, reset: bool) -> io::Result<()> {
         if let Some(sock) = self.io.socks.get(&key).filter(|_| reset) {
             reset_on_close(&sock.stream);

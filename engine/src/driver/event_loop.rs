@@ -13,8 +13,9 @@
 //! 5. **transmit**: every dirty connection's output goes to the kernel and its
 //!    receive is revisited;
 //! 6. **close**: connections whose protocol ended are flushed, then closed
-//!    (reset when [`ShardCore::must_abort`]); shutdown ends the loop once
-//!    every connection and socket is gone;
+//!    (reset when [`ShardCore::must_abort`]); connections moving to another
+//!    shard have their socket let go of ([`Backend::detach`]); shutdown ends
+//!    the loop once every connection and socket is gone;
 //! 7. **wait**: not at all when work is ready; otherwise a short idle spin
 //!    ([`IdleSpin`]), one yield for commands ([`ShardCore::yield_for_commands`]),
 //!    and the sleep handshake ([`ShardWaker::try_sleep`]) before the
@@ -70,6 +71,12 @@ pub(crate) trait Backend {
 
     /// `key`'s socket, for the close step.
     fn socket(&self, key: usize) -> Socket;
+
+    /// Lets go of `key`'s socket without closing it (the connection moves
+    /// to another shard): once nothing of the backend's touches it any more
+    /// (now, or when its operations completed), hands it to
+    /// [`ShardCore::detached`]. Called every turn until then.
+    fn detach(&mut self, core: &mut ShardCore, key: usize) -> io::Result<()>;
 
     /// Closes `key`'s socket (`reset`: without flushing, with an RST); the
     /// connection is finished once the socket is gone.
@@ -151,6 +158,11 @@ pub(crate) fn run<B: Backend>(core: &mut ShardCore, b: &mut B, busy_poll: bool) 
         for &key in &keys {
             close_ended(core, b, key, now)?;
         }
+        keys.clear();
+        keys.extend_from_slice(core.detaching());
+        for &key in &keys {
+            b.detach(core, key)?;
+        }
         b.reap(core);
         if core.shutting_down() {
             if core.shutdown_overdue(now) {
@@ -217,6 +229,11 @@ fn perform<B: Backend>(
                 core.metrics().dials.inc();
                 let key = core.insert(None, Some((peer, addr)), now);
                 b.dial(core, key, addr)?;
+            }
+            DriverAction::Moved(moved) => {
+                let (key, stream) = core.adopt_moved(moved);
+                b.adopt(core, key, stream)?;
+                core.establish_moved(key, now);
             }
             DriverAction::Shutdown => {}
         }
@@ -303,6 +320,10 @@ mod tests {
             } else {
                 Socket::Gone
             }
+        }
+        fn detach(&mut self, _: &mut ShardCore, _: usize) -> io::Result<()> {
+            self.note("detach");
+            Ok(())
         }
         fn close(&mut self, core: &mut ShardCore, key: usize, reset: bool) -> io::Result<()> {
             self.note(if reset { "reset" } else { "close" });

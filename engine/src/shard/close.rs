@@ -152,6 +152,7 @@ impl ShardCore {
         self.note_dial_outcome(&slot, label);
         self.closing.retain(|&k| k != key);
         self.holding.retain(|&k| k != key);
+        self.detaching.retain(|&k| k != key);
     }
 
     /// What waited on the closed connection `gone` goes on: its replacement

@@ -55,6 +55,9 @@ impl ShardCore {
     /// Connection `key` finished its handshake with `peer`: admit it to the
     /// peer table, then take it up.
     pub(super) fn on_established(&mut self, key: usize, peer: PublicKey) {
+        if self.move_if_placed(key, &peer) {
+            return;
+        }
         if self.refuse_cooling_down(key, &peer) {
             return;
         }

@@ -278,7 +278,8 @@ impl ShardCore {
 
     /// Bytes to write for `key`, if any.
     pub(crate) fn poll_transmit(&mut self, key: usize) -> Option<Bytes> {
-        let slot = self.conns.get_mut(key)?;
+        // A moving connection's output goes out from its new shard.
+        let slot = self.conns.get_mut(key).filter(|s| s.moving.is_none())?;
         let out = slot.conn.poll_transmit();
         if slot.conn.is_closed() && !self.closing.contains(&key) {
             if slot.close_label.is_none() {

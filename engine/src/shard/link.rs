@@ -58,6 +58,9 @@ pub(crate) enum Command {
     },
     /// Dial `peer` at `addr`.
     Dial { peer: PublicKey, addr: SocketAddr },
+    /// Take over an established connection moved from another shard
+    /// (`super::moving`).
+    Moved(Box<super::moving::Moved>),
     /// Close a connection gracefully.
     Close { id: ConnId, reason: CloseReason },
     /// Send a control record (discovery) on a connection.

@@ -25,6 +25,8 @@
 //! - [`delivery`] (with [`quota`]): received messages to channel receivers.
 //! - [`handover`]: establishment and duplicate connections (tie-break,
 //!   hand-over between shards).
+//! - [`moving`]: an accepted connection moving to the shard its peer is
+//!   placed on.
 //! - [`reroute`]: accepted output whose connection is no longer there.
 //! - [`rpc`]: requests, responses, in-shard handlers and pings.
 //! - [`streams`]: byte streams between the connections and the
@@ -52,7 +54,8 @@
 //!   timer sweep ([`ShardCore::retry_held`]).
 //! - **paused** (a connection): reads no input for now: it holds a message
 //!   its full receiver refused, holds too much quota-held input, or waits
-//!   behind the connection it replaced until that one is gone. **Resumed**
+//!   behind the connection it replaced until that one is gone, or moves to
+//!   another shard. **Resumed**
 //!   when that ends.
 //! - **parked** (output): accepted messages not yet on a connection's queue
 //!   because order requires a wait: for the peer's next connection (a
@@ -83,6 +86,7 @@ mod drain;
 mod handover;
 mod io;
 pub(crate) mod link;
+mod moving;
 mod quota;
 mod reroute;
 mod rpc;
@@ -100,6 +104,9 @@ pub(crate) enum DriverAction {
     Adopt(std::net::TcpStream, std::net::IpAddr),
     /// Connect to `addr` for `peer`.
     Dial(PublicKey, SocketAddr),
+    /// Take over a connection moved here from another shard, with its
+    /// socket ([`moving`]).
+    Moved(Box<moving::Moved>),
     /// Begin shutdown (the core tracks the deadline).
     Shutdown,
 }
@@ -121,6 +128,9 @@ pub(crate) struct ShardCore {
     closing: Vec<usize>,
     /// Connections holding input, retried by [`ShardCore::retry_held`].
     holding: Vec<usize>,
+    /// Connections moving to another shard whose socket the driver has not
+    /// let go of yet ([`moving`]).
+    detaching: Vec<usize>,
     /// Channels that got messages since receivers were last notified.
     to_notify: Vec<delivery::Delivered>,
     /// Output parked per peer: accepted messages whose connection closed for
@@ -188,6 +198,7 @@ impl ShardCore {
             dirty: Vec::new(),
             closing: Vec::new(),
             holding: Vec::new(),
+            detaching: Vec::new(),
             to_notify: Vec::new(),
             parked: Default::default(),
             recently_replaced: std::collections::VecDeque::new(),
@@ -303,6 +314,7 @@ impl ShardCore {
             Command::Control { id, record } => self.send_control(id, record),
             Command::Ping { id, reply } => self.ping(id, reply, now),
             Command::Adopt { stream, ip } => actions.push(DriverAction::Adopt(stream, ip)),
+            Command::Moved(moved) => actions.push(DriverAction::Moved(moved)),
             Command::Dial { peer, addr } => actions.push(DriverAction::Dial(peer, addr)),
             Command::Close { id, reason } => self.close_conn(id, reason, now),
             Command::ReplacedBy { id, by } => self.replaced_by(id, by, now),

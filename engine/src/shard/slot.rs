@@ -71,6 +71,12 @@ pub(super) struct ConnSlot {
     /// which waits for its close to read ([`super::Command::Released`]).
     pub(super) notify_on_close: Option<ConnId>,
     pub(super) counted_handshaking: bool,
+    /// Established, and moving to the shard its peer is placed on
+    /// ([`super::moving`]): paused, transmits nothing, until the driver
+    /// lets go of its socket.
+    pub(super) moving: Option<usize>,
+    /// Moved here from another shard: never moves again.
+    pub(super) moved_in: bool,
     /// A write handed to the driver is outstanding and has made no progress
     /// since then: past [`TimeoutSettings::write_timeout`] the connection is aborted.
     ///
@@ -137,6 +143,8 @@ impl ConnSlot {
             handover: None,
             notify_on_close: None,
             counted_handshaking: true,
+            moving: None,
+            moved_in: false,
             write_since: None,
             closed_at: None,
             abort: false,
@@ -159,7 +167,10 @@ impl ConnSlot {
     /// replaced is not gone yet).
     #[inline]
     pub(super) fn paused(&self) -> bool {
-        self.held.is_some() || self.paused_until.is_some() || self.paused_behind.is_some()
+        self.held.is_some()
+            || self.paused_until.is_some()
+            || self.paused_behind.is_some()
+            || self.moving.is_some()
     }
 
     /// Output handed to the driver made no progress for `timeout`, or the

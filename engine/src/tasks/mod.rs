@@ -21,9 +21,12 @@
 //! [`crate::Sender`] uses.
 //!
 //! Which shard a peer's connection lands on is the control shard's
-//! placement (fewest connections). Serving every peer therefore means one
-//! task per shard ([`crate::NetworkHandle::shards`]), each with its own
-//! [`Ctx::receiver`] / [`Ctx::requests`]; [`Ctx::local_peers`] and
+//! placement (fewest connections), unless the application placed the peer
+//! ([`crate::NetworkHandle::place`]): then its connections live on the
+//! shard of the task that serves it, dialed there or moved there at
+//! establishment ([`crate::placement`]). Serving peers that are not placed
+//! means one task per shard ([`crate::NetworkHandle::shards`]), each with
+//! its own [`Ctx::receiver`] / [`Ctx::requests`]; [`Ctx::local_peers`] and
 //! [`crate::NetworkHandle::shard_of`] say which peers are local.
 //!
 //! Threads and tasks meet through any bounded, runtime-free queue whose
@@ -54,8 +57,8 @@
 //! in-shard handler that never returns would.
 //!
 //! # Not provided
-//! - Moving a connection to a task's shard: placement is by load, so a
-//!   task serves the peers its shard has.
+//! - Moving an established connection: [`crate::NetworkHandle::place`]
+//!   applies to a peer's next connection, not to the one it has.
 //! - A task outliving its network: shutdown cancels every task, oldest
 //!   first, before the connections flush. What a task queued before that
 //!   is flushed with them; a request it took and had not answered is

@@ -118,6 +118,9 @@ struct USock {
     ops: u32,
     /// Close started: no new operations; freed when `ops == 0`.
     closing: bool,
+    /// With `closing`: the socket is not closed but handed to the core when
+    /// `ops == 0` (its connection moves to another shard).
+    detach: bool,
     close_err: Option<String>,
 }
 
@@ -133,6 +136,7 @@ impl USock {
             // A connecting socket has its POLLOUT poll in flight.
             ops: u32::from(connecting),
             closing: false,
+            detach: false,
             close_err: None,
         }
     }
@@ -305,6 +309,29 @@ impl Backend for Uring {
         }
     }
 
+    /// Cancels the socket's receives and lets `reap` hand it over once no
+    /// operation references it; a write in flight finishes first.
+    fn detach(&mut self, _core: &mut ShardCore, key: usize) -> io::Result<()> {
+        let Some(s) = self.socks.get_mut(&key) else {
+            return Ok(());
+        };
+        if s.closing || s.send.is_some() || s.connecting {
+            return Ok(());
+        }
+        s.closing = true;
+        s.detach = true;
+        let direct = s.direct.is_some();
+        self.closing.push(key);
+        self.cancel_recv(key)?;
+        if direct {
+            let sqe = opcode::AsyncCancel::new(user_data(OP_RECV_DIRECT, key))
+                .build()
+                .user_data(user_data(OP_CANCEL, key));
+            self.push(sqe)?;
+        }
+        Ok(())
+    }
+
     fn close(&mut self, _core: &mut ShardCore, key: usize, reset: bool) -> io::Result<()> {
         if reset {
             self.abort(key)
@@ -356,8 +383,13 @@ impl Backend for Uring {
                 Some(s) if s.ops > 0 => i += 1,
                 _ => {
                     self.closing.swap_remove(i);
-                    if let Some(s) = self.socks.remove(&key) {
-                        core.finish_close(key, s.close_err);
+                    match self.socks.remove(&key) {
+                        Some(s) if s.detach => {
+                            self.unwatch(s.sock.as_raw_fd());
+                            core.detached(key, std::net::TcpStream::from(s.sock));
+                        }
+                        Some(s) => core.finish_close(key, s.close_err),
+                        None => {}
                     }
                 }
             }

@@ -1,0 +1,167 @@
+//! An accepted connection moving to the shard its peer is placed on
+//! ([`crate::placement`], [`crate::NetworkHandle::place`]).
+//!
+//! # Design
+//! Load placement chooses an accepted connection's shard before anyone
+//! knows whose it is. When its handshake completes, [`ShardCore::on_established`]
+//! asks [`ShardCore::move_if_placed`] first: if the peer is placed on
+//! another live shard, the connection is not admitted here. Instead:
+//!
+//! 1. The slot is marked `moving`: paused (input that still arrives stays
+//!    buffered, undecoded, in the connection) and transmitting nothing
+//!    (what the connection queued waits in it). Its key goes to the
+//!    `detaching` list.
+//! 2. The driver lets go of the socket ([`Backend::detach`]): epoll at
+//!    once; io_uring once its receives are cancelled and every operation on
+//!    the socket completed (a write in flight finishes first).
+//! 3. [`ShardCore::detached`] takes the whole slot out of the slab and sends
+//!    it with the socket to the target shard ([`Command::Moved`]), whose
+//!    load count takes it over. The address count (`inbound_ips`) and the
+//!    handshaking gauge travel with it.
+//! 4. The target shard adopts the socket, gives the slot a key and
+//!    generation of its own, and runs the establishment there
+//!    ([`ShardCore::adopt_moved`]): cooldown, peer table, announcement. Then
+//!    it decodes what was buffered and sends what was queued.
+//!
+//! The connection was never in the peer table on the first shard, so no
+//! message can have been addressed to it there, and the application sees
+//! it only on its placed shard. A connection moves at most once
+//! (`moved_in`). If the target's queue refuses the move (full, or the shard
+//! stopped), the connection closes here, counted as
+//! `closes{reason="move_failed"}`, and the peer redials.
+//!
+//! [`Backend::detach`]: crate::driver::event_loop::Backend::detach
+
+use std::net::TcpStream;
+use std::time::Instant;
+
+use shoal_crypto::PublicKey;
+use shoal_wire::CloseReason;
+
+use super::slot::ConnSlot;
+use super::{Command, ShardCore};
+use crate::connection::CloseCause;
+
+/// A connection on its way to another shard, with its socket.
+pub(crate) struct Moved {
+    slot: ConnSlot,
+    stream: TcpStream,
+}
+
+impl ShardCore {
+    // Getters.
+
+    /// Keys whose sockets the driver should let go of; the driver calls
+    /// [`ShardCore::detached`] for each once it has.
+    pub(crate) fn detaching(&self) -> &[usize] {
+        &self.detaching
+    }
+
+    // Mutators.
+
+    /// At establishment: if `key` was accepted and its `peer` is placed on
+    /// another live shard, starts its move there and returns true (it is
+    /// not admitted here).
+    pub(super) fn move_if_placed(&mut self, key: usize, peer: &PublicKey) -> bool {
+        let Some(target) = self.shared.pins.get(peer) else {
+            return false;
+        };
+        if target == self.id || self.shutdown.is_some() {
+            return false;
+        }
+        if !self
+            .shared
+            .shards
+            .get(target)
+            .is_some_and(|l| l.load.is_alive())
+        {
+            return false;
+        }
+        let Some(slot) = self.conns.get_mut(key) else {
+            return false;
+        };
+        if slot.inbound.is_none() || slot.moved_in || slot.moving.is_some() {
+            return false;
+        }
+        tracing::debug!(shard = self.id, %peer, to = target, "moving a connection to its placed shard");
+        slot.moving = Some(target);
+        self.detaching.push(key);
+        true
+    }
+
+    /// The driver let go of `key`'s socket: the connection goes to its
+    /// target shard (see the module docs). A connection that closed
+    /// meanwhile ends here instead.
+    pub(crate) fn detached(&mut self, key: usize, stream: TcpStream) {
+        self.detaching.retain(|&k| k != key);
+        let Some(target) = self.conns.get(key).and_then(|s| s.moving) else {
+            return;
+        };
+        if self.conns[key].conn.is_closed() || self.shutdown.is_some() {
+            self.end_move(key, "local_close");
+            return;
+        }
+        let slot = self.conns.remove(key);
+        self.closing.retain(|&k| k != key);
+        self.holding.retain(|&k| k != key);
+        let link = &self.shared.shards[target];
+        link.load.assign();
+        match link.send(Command::Moved(Box::new(Moved { slot, stream }))) {
+            Ok(()) => {
+                self.shared.shards[self.id].load.release();
+                self.shared.metrics.connections_moved.inc();
+            }
+            Err(cmd) => {
+                link.load.release();
+                let Command::Moved(moved) = cmd else {
+                    return;
+                };
+                // Back in the slab only to be closed and counted as usual;
+                // the socket drops with `moved.stream`.
+                let key = self.conns.insert(moved.slot);
+                self.end_move(key, "move_failed");
+            }
+        }
+    }
+
+    /// [`Command::Moved`] arrived: the slot's new key here (the driver then
+    /// adopts the socket and calls [`ShardCore::establish_moved`]).
+    pub(crate) fn adopt_moved(&mut self, moved: Box<Moved>) -> (usize, TcpStream) {
+        let Moved { mut slot, stream } = *moved;
+        slot.generation = self.next_generation;
+        self.next_generation += 1;
+        slot.moving = None;
+        slot.moved_in = true;
+        let key = self.conns.insert(slot);
+        (key, stream)
+    }
+
+    /// The moved connection `key` has its socket here: establishment runs
+    /// as if the handshake had finished here, then what it buffered is
+    /// decoded and what it queued is sent.
+    pub(crate) fn establish_moved(&mut self, key: usize, now: Instant) {
+        let Some(peer) = self.conns.get(key).and_then(|s| s.conn.peer().cloned()) else {
+            return;
+        };
+        self.on_established(key, peer);
+        self.process_input(key, now);
+        self.dirty.push(key);
+    }
+
+    /// Ends a connection whose move could not finish: it closes here and
+    /// is released as any other.
+    fn end_move(&mut self, key: usize, label: &'static str) {
+        if let Some(slot) = self.conns.get_mut(key) {
+            slot.moving = None;
+            slot.close_label.get_or_insert(label);
+            slot.conn.abort(CloseCause::Local(CloseReason::Normal));
+        }
+        self.finish_close(key, None);
+    }
+}
+
+impl std::fmt::Debug for Moved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Moved").finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,188 @@
+//! Peers placed on a chosen shard (`NetworkHandle::place`), over real
+//! loopback sockets on both backends: accepted connections move to their
+//! peer's shard at establishment, with what the peer sent straight after
+//! its handshake delivered once and in order, and requests both ways on the
+//! moved connections; a dial to a placed peer goes to its shard; what
+//! `place` refuses.
+
+#[macro_use]
+mod common;
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use shoal::tasks::Outcome;
+use shoal::{Backend, PlaceError, Priority};
+
+/// Messages from the spokes.
+const MSG: u32 = 1;
+/// Requests, served by a task on the hub and by threads on the spokes.
+const RPC: u32 = 2;
+/// The hub's shard count, and the one its peers are placed on.
+const HUB_SHARDS: usize = 3;
+const PLACED: usize = 2;
+const SPOKES: u64 = 4;
+const BURST: u32 = 100;
+
+fn stop(nodes: Vec<Node>) {
+    for mut n in nodes {
+        if let Some(h) = n.handle.take() {
+            h.shutdown(Duration::from_millis(500));
+        }
+    }
+}
+
+/// A hub on 3 shards places 4 spokes on shard 2; the spokes dial it and
+/// send a burst at once. Load placement would spread them over the shards,
+/// so at least two must move: every connection ends on shard 2, every
+/// burst arrives complete and in order, and requests cross both ways (a
+/// task on shard 2 asking the spokes; the spokes asking that task).
+fn accepted_connections_move_to_their_peers_shard(backend: Backend) {
+    let seeds: Vec<u64> = (1..=SPOKES + 1).collect();
+    let channels = [chan(MSG), chan(RPC)];
+    let hub = start_node(backend, 1, any_addr(), &seeds, &[], &channels, |c| {
+        c.io.shards = HUB_SHARDS;
+    });
+    let h = hub.handle();
+    for s in 2..=SPOKES + 1 {
+        h.place(&key(s), PLACED).unwrap();
+    }
+    let spokes: Vec<Node> = (2..=SPOKES + 1)
+        .map(|s| {
+            start_node(
+                backend,
+                s,
+                any_addr(),
+                &seeds,
+                &[(1, hub.addr)],
+                &channels,
+                |_| {},
+            )
+        })
+        .collect();
+    // Each spoke sends its burst as soon as it sees the hub: the first
+    // messages can arrive while the hub's connection is still moving.
+    for n in &spokes {
+        assert!(n.handle().wait_peers(WAIT, |p| p.contains(&key(1))));
+        let (tx, _) = &n.channels[0];
+        for i in 0..BURST {
+            let m = Bytes::from([&n.seed.to_be_bytes()[..], &i.to_be_bytes()[..]].concat());
+            tx.send_wait(&key(1), m, Priority::Low)
+                .blocking()
+                .result()
+                .unwrap();
+        }
+    }
+    let (_, rx) = &hub.channels[0];
+    let mut next = [0u32; SPOKES as usize + 2];
+    for _ in 0..SPOKES as u32 * BURST {
+        let (from, m) = rx.recv_timeout(WAIT).unwrap().expect("every burst arrives");
+        let seed = u64::from_be_bytes(m[..8].try_into().unwrap());
+        let i = u32::from_be_bytes(m[8..12].try_into().unwrap());
+        assert_eq!(from, key(seed));
+        assert_eq!(i, next[seed as usize], "spoke {seed}'s burst in order");
+        next[seed as usize] += 1;
+    }
+    assert!(h.wait_peers(WAIT, |p| p.len() == SPOKES as usize));
+    for s in 2..=SPOKES + 1 {
+        assert_eq!(h.shard_of(&key(s)), Some(PLACED), "spoke {s} on its shard");
+    }
+    let m = h.metrics();
+    assert!(
+        m.connections_moved.get() >= 2,
+        "load placement put some elsewhere first: {} moved",
+        m.connections_moved.get()
+    );
+    assert_eq!(m.shard_connections(PLACED), SPOKES as i64);
+    for s in 0..HUB_SHARDS {
+        if s != PLACED {
+            assert_eq!(m.shard_connections(s), 0, "shard {s} kept nothing");
+        }
+    }
+
+    // Requests both ways on the moved connections: the spokes' threads ask
+    // a task on the hub's shard 2, and that task asks a task on each spoke.
+    let (claimed, ready) = mpsc::channel();
+    let serve = |n: &Node, answer: String| {
+        let claimed = claimed.clone();
+        let shard = n.handle().shard_of(&key(1)).unwrap_or(0);
+        let shard = if n.seed == 1 { PLACED } else { shard };
+        n.handle()
+            .spawn_on(shard, move |ctx| async move {
+                let mut requests = ctx.requests(RPC).unwrap();
+                claimed.send(()).unwrap();
+                loop {
+                    let r = requests.recv().await;
+                    let reply = Bytes::from(format!("{answer} {}", r.payload().len()));
+                    r.respond(reply);
+                }
+            })
+            .unwrap()
+    };
+    let mut servers = vec![serve(&hub, "hub".into())];
+    for n in &spokes {
+        servers.push(serve(n, format!("spoke {}", n.seed)));
+    }
+    for _ in 0..servers.len() {
+        ready.recv_timeout(WAIT).expect("every server holds RPC");
+    }
+    for n in &spokes {
+        let (rpc, _) = &n.channels[1];
+        let r = rpc
+            .request(&key(1), Bytes::from_static(b"?"), WAIT)
+            .blocking()
+            .unwrap();
+        assert_eq!(r, Bytes::from_static(b"hub 1"));
+    }
+    let asker = h
+        .spawn_on(PLACED, move |ctx| async move {
+            let tx = ctx.sender(RPC).unwrap();
+            for s in 2..=SPOKES + 1 {
+                let r = tx.request(&key(s), Bytes::from_static(b"??"), WAIT).await;
+                assert_eq!(r.unwrap(), Bytes::from(format!("spoke {s} 2")));
+            }
+        })
+        .unwrap();
+    assert_eq!(asker.join().blocking(), Outcome::Finished);
+    drop(servers);
+    stop(spokes);
+    stop(vec![hub]);
+}
+
+/// A dial to a placed peer goes to its shard; nothing moves. `place`
+/// refuses a shard that does not exist, and `unplace` forgets.
+fn a_dial_to_a_placed_peer_goes_to_its_shard(backend: Backend) {
+    let seeds = [1, 2];
+    let channels = [chan(MSG)];
+    let peer = start_node(backend, 2, any_addr(), &seeds, &[], &channels, |_| {});
+    let hub = start_node(backend, 1, any_addr(), &seeds, &[], &channels, |c| {
+        c.io.shards = 2;
+    });
+    let h = hub.handle();
+    assert_eq!(h.place(&key(2), 2), Err(PlaceError::NoSuchShard(2)));
+    h.place(&key(3), 0).unwrap();
+    assert!(h.unplace(&key(3)));
+    assert!(!h.unplace(&key(3)));
+    h.place(&key(2), 1).unwrap();
+    // The hub alone knows the address: it dials, the peer accepts.
+    hub.oracle.add_address(key(2), peer.addr);
+    assert!(h.wait_peers(WAIT, |p| p.contains(&key(2))));
+    assert_eq!(h.shard_of(&key(2)), Some(1));
+    assert_eq!(h.metrics().connections_moved.get(), 0);
+    let (tx, _) = &hub.channels[0];
+    tx.send_wait(&key(2), Bytes::from_static(b"hello"), Priority::High)
+        .blocking()
+        .result()
+        .unwrap();
+    let (_, rx) = &peer.channels[0];
+    let (from, m) = rx.recv_timeout(WAIT).unwrap().expect("the message arrives");
+    assert_eq!((from, &m[..]), (key(1), &b"hello"[..]));
+    stop(vec![hub, peer]);
+}
+
+both_backends!(
+    accepted_connections_move_to_their_peers_shard,
+    a_dial_to_a_placed_peer_goes_to_its_shard,
+);
