@@ -1,13 +1,14 @@
 //! Peers placed on a chosen shard (`NetworkHandle::place`), over real
 //! loopback sockets on both backends: accepted connections move to their
 //! peer's shard at establishment, with what the peer sent straight after
-//! its handshake delivered once and in order, and requests both ways on the
-//! moved connections; a dial to a placed peer goes to its shard; what
-//! `place` refuses.
+//! its handshake delivered once and in order (also when it leaves at once),
+//! and requests both ways on the moved connections; a dial to a placed peer
+//! goes to its shard; what `place` refuses.
 
 #[macro_use]
 mod common;
 
+use std::io::Write;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -151,6 +152,86 @@ fn accepted_connections_move_to_their_peers_shard(backend: Backend) {
     stop(vec![hub]);
 }
 
+/// Peers placed on the hub's shard 1 connect one after another, send a
+/// burst and shut down at once, so their handshake's end, the burst and the
+/// end of the stream can reach the hub together while it moves the
+/// connection: every burst is delivered, whole and in order.
+fn a_peer_that_sends_and_leaves_at_once_is_delivered(backend: Backend) {
+    let seeds: Vec<u64> = (1..=SPOKES + 1).collect();
+    let channels = [chan(MSG)];
+    let hub = start_node(backend, 1, any_addr(), &seeds, &[], &channels, |c| {
+        c.io.shards = 2;
+    });
+    let h = hub.handle();
+    let (_, rx) = &hub.channels[0];
+    for s in 2..=SPOKES + 1 {
+        h.place(&key(s), 1).unwrap();
+        let spoke = start_node(
+            backend,
+            s,
+            any_addr(),
+            &seeds,
+            &[(1, hub.addr)],
+            &channels,
+            |_| {},
+        );
+        assert!(spoke.handle().wait_peers(WAIT, |p| p.contains(&key(1))));
+        let (tx, _) = &spoke.channels[0];
+        for i in 0..BURST {
+            tx.send_wait(
+                &key(1),
+                Bytes::from(i.to_be_bytes().to_vec()),
+                Priority::Low,
+            )
+            .blocking()
+            .result()
+            .unwrap();
+        }
+        stop(vec![spoke]);
+        for i in 0..BURST {
+            let (from, m) = rx
+                .recv_timeout(WAIT)
+                .unwrap()
+                .expect("the burst arrives after its sender left");
+            assert_eq!((from, &m[..]), (key(s), &i.to_be_bytes()[..]));
+        }
+    }
+    assert!(h.metrics().connections_moved.get() >= 1, "some moved");
+    stop(vec![hub]);
+}
+
+/// A raw dialer placed on the hub's shard 1 (load puts its connection on
+/// shard 0 first) writes its key confirmation, a burst of messages and the
+/// end of its stream in one go, so the hub learns who it is, and reads
+/// what follows and the end, while it moves the connection: the burst is
+/// delivered whole and in order.
+fn confirmation_burst_and_end_in_one_write_are_delivered(backend: Backend) {
+    let hub = start_node(backend, 1, any_addr(), &[1, 2], &[], &[chan(MSG)], |c| {
+        c.io.shards = 2;
+    });
+    let h = hub.handle();
+    h.place(&key(2), 1).unwrap();
+    let config = shoal::Config::local(None);
+    let (mut s, mut session, held) =
+        shoal_testkit::raw_client::dial_held(hub.addr, &key(1), signer(2), &config, WAIT)
+            .expect("a held handshake");
+    let mut bytes = held.concat();
+    for i in 0..BURST {
+        for f in message_frames(&mut session.sealer, MSG, u64::from(i) + 1, &i.to_be_bytes()) {
+            bytes.extend_from_slice(&f);
+        }
+    }
+    s.write_all(&bytes).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let (_, rx) = &hub.channels[0];
+    for i in 0..BURST {
+        let (from, m) = rx.recv_timeout(WAIT).unwrap().expect("the burst arrives");
+        assert_eq!((from, &m[..]), (key(2), &i.to_be_bytes()[..]));
+    }
+    assert_eq!(h.metrics().connections_moved.get(), 1);
+    stop(vec![hub]);
+}
+
 /// A dial to a placed peer goes to its shard; nothing moves. `place`
 /// refuses a shard that does not exist, and `unplace` forgets.
 fn a_dial_to_a_placed_peer_goes_to_its_shard(backend: Backend) {
@@ -184,5 +265,7 @@ fn a_dial_to_a_placed_peer_goes_to_its_shard(backend: Backend) {
 
 both_backends!(
     accepted_connections_move_to_their_peers_shard,
+    a_peer_that_sends_and_leaves_at_once_is_delivered,
+    confirmation_burst_and_end_in_one_write_are_delivered,
     a_dial_to_a_placed_peer_goes_to_its_shard,
 );

@@ -472,8 +472,9 @@ impl NetworkHandle {
     /// handshake shows who it is, before it is announced). Typically the
     /// shard of the task that serves the peer ([`NetworkHandle::spawn_on`]),
     /// so the task reaches it without leaving its thread. A connection
-    /// already established stays where it is. A dead shard's placements
-    /// are ignored (the connection goes by load). See [`crate::placement`].
+    /// already established stays where it is, and so does one whose placed
+    /// shard stopped or had a full command queue when it arrived: check
+    /// [`NetworkHandle::shard_of`]. See [`crate::placement`].
     ///
     /// Fails with `NoSuchShard`, or `Full` once as many peers are placed as
     /// the node may hold connections (`limits.max_inbound +

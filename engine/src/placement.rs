@@ -28,7 +28,9 @@
 //! established connection moves there before it is admitted to the peer
 //! table ([`crate::shard`], `moving`), so the application never sees it on
 //! the first shard. Connections established before the peer was placed stay
-//! where they are. Pins are bounded by `limits.max_inbound +
+//! where they are, as does one whose placed shard is dead or has a full
+//! command queue when it arrives: placement is a preference, never a reason
+//! to drop a peer. Pins are bounded by `limits.max_inbound +
 //! limits.max_outbound`, one per connection the node may hold.
 
 use std::collections::HashMap;

@@ -9,7 +9,6 @@
 //! API instead, one request in flight, answered by the spoke's in-shard
 //! handler; every reply must echo its request.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -18,7 +17,7 @@ use shoal_engine::{Backend, Priority};
 use crate::cluster::{backend_name, cluster, Cluster};
 use crate::plan::Plan;
 use crate::result::{nanos, RunResult, LATENCY_MAX_NS};
-use crate::traffic::{numbered, stall_recv, Timeline};
+use crate::traffic::{numbered, stall_recv, Outstanding, Timeline};
 
 /// `inflight` requests outstanding on one connection; the peer echoes each.
 /// The latency scenario is this with one request in flight.
@@ -50,14 +49,14 @@ pub(crate) fn rpc(
     let mut hist =
         Histogram::<u64>::new_with_bounds(1, LATENCY_MAX_NS, 3).map_err(|e| e.to_string())?;
     let mut tl = Timeline::new(Instant::now());
-    let mut outstanding: HashMap<u64, Instant> = HashMap::with_capacity(inflight);
+    let mut outstanding = Outstanding::new(inflight, size);
     let request = |seq: u64| numbered(seq, size.max(8));
     let start = Instant::now();
     let mut next: u64 = 0;
     let mut delivered = 0;
     while (next as usize) < messages.min(inflight) {
         let m = request(next);
-        outstanding.insert(next, Instant::now());
+        outstanding.sent(next);
         a.tx.send_wait(&b_key, m, Priority::High)
             .blocking()
             .result()
@@ -69,12 +68,7 @@ pub(crate) fn rpc(
             break;
         };
         let now = Instant::now();
-        let seq = m
-            .get(..8)
-            .and_then(|s| <[u8; 8]>::try_from(s).ok())
-            .map(u64::from_be_bytes);
-        let sent = seq.and_then(|s| outstanding.remove(&s));
-        let Some(sent) = sent.filter(|_| m.len() == size.max(8)) else {
+        let Some(sent) = outstanding.answered(&m) else {
             return Err(format!(
                 "response {delivered} is not an outstanding request"
             ));
@@ -84,7 +78,7 @@ pub(crate) fn rpc(
         hist.record(nanos(now.duration_since(sent)))
             .map_err(|e| e.to_string())?;
         if (next as usize) < messages {
-            outstanding.insert(next, Instant::now());
+            outstanding.sent(next);
             a.tx.send_wait(&b_key, request(next), Priority::High)
                 .blocking()
                 .result()

@@ -9,7 +9,6 @@
 //! thread waits for it with a deadline and shuts both nodes down either way
 //! (which cancels a stalled task).
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -19,7 +18,7 @@ use shoal_engine::{ChannelConfig, Priority};
 use crate::cluster::{backend_name, cluster_with, Cluster};
 use crate::plan::Plan;
 use crate::result::{nanos, RunResult, LATENCY_MAX_NS};
-use crate::traffic::{numbered, Timeline, STALL};
+use crate::traffic::{numbered, Outstanding, Timeline, STALL};
 
 /// The channel the request scenario's tasks serve (the cluster's request
 /// channel has an in-shard handler, which a task cannot claim).
@@ -97,12 +96,12 @@ async fn pipelined(
     let mut hist =
         Histogram::<u64>::new_with_bounds(1, LATENCY_MAX_NS, 3).map_err(|e| e.to_string())?;
     let mut timeline = Timeline::new(Instant::now());
-    let mut outstanding: HashMap<u64, Instant> = HashMap::with_capacity(inflight);
+    let mut outstanding = Outstanding::new(inflight, size);
     let start = Instant::now();
     let mut next: u64 = 0;
     let mut delivered = 0;
     while (next as usize) < messages.min(inflight) {
-        outstanding.insert(next, Instant::now());
+        outstanding.sent(next);
         tx.send_wait(to, numbered(next, size), Priority::High)
             .await
             .map_err(|e| format!("send failed: {e}"))?;
@@ -111,12 +110,7 @@ async fn pipelined(
     while delivered < messages {
         let (_, m) = rx.recv().await;
         let now = Instant::now();
-        let seq = m
-            .get(..8)
-            .and_then(|s| <[u8; 8]>::try_from(s).ok())
-            .map(u64::from_be_bytes);
-        let sent = seq.and_then(|s| outstanding.remove(&s));
-        let Some(sent) = sent.filter(|_| m.len() == size) else {
+        let Some(sent) = outstanding.answered(&m) else {
             return Err(format!(
                 "response {delivered} is not an outstanding request"
             ));
@@ -126,7 +120,7 @@ async fn pipelined(
         hist.record(nanos(now.duration_since(sent)))
             .map_err(|e| e.to_string())?;
         if (next as usize) < messages {
-            outstanding.insert(next, Instant::now());
+            outstanding.sent(next);
             tx.send_wait(to, numbered(next, size), Priority::High)
                 .await
                 .map_err(|e| format!("send failed: {e}"))?;

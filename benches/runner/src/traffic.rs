@@ -80,6 +80,41 @@ pub(crate) fn numbered(seq: u64, size: usize) -> Bytes {
     Bytes::from(v)
 }
 
+/// The [`numbered`] requests of an rpc run that wait for their echo, with
+/// when each was sent (the thread-based and the task-based runs).
+pub(crate) struct Outstanding {
+    sent: std::collections::HashMap<u64, Instant>,
+    size: usize,
+}
+
+impl Outstanding {
+    /// Room for `inflight` requests of `size` bytes (at least 8).
+    pub(crate) fn new(inflight: usize, size: usize) -> Self {
+        Self {
+            sent: std::collections::HashMap::with_capacity(inflight),
+            size: size.max(8),
+        }
+    }
+
+    /// Request `seq` goes out now.
+    pub(crate) fn sent(&mut self, seq: u64) {
+        self.sent.insert(seq, Instant::now());
+    }
+
+    /// If `echo` answers an outstanding request (its number, its size):
+    /// when that was sent; it is no longer outstanding.
+    pub(crate) fn answered(&mut self, echo: &[u8]) -> Option<Instant> {
+        let seq = echo
+            .get(..8)
+            .and_then(|s| <[u8; 8]>::try_from(s).ok())
+            .map(u64::from_be_bytes)?;
+        if echo.len() != self.size {
+            return None;
+        }
+        self.sent.remove(&seq)
+    }
+}
+
 pub(crate) fn payload(size: usize) -> Bytes {
     let mut v = vec![0x5Au8; size];
     if let Some(last) = v.last_mut() {

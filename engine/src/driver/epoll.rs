@@ -173,7 +173,9 @@ impl Backend for Epoll {
             return Ok(());
         }
         if let Some(mut sock) = self.io.socks.remove(&key) {
-            let _ = self.io.poll.registry().deregister(&mut sock.stream);
+            if let Err(e) = self.io.poll.registry().deregister(&mut sock.stream) {
+                tracing::warn!(error = %e, "epoll kept a moved socket");
+            }
             core.detached(key, std::net::TcpStream::from(sock.stream));
         }
         Ok(())

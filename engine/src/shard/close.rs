@@ -274,6 +274,7 @@ impl ShardCore {
                 Command::Handover { msgs, .. } => queued += msgs.len(),
                 Command::ReplacedBy { id, by } => self.announce_release(id, Some(by)),
                 Command::Adopt { ip, .. } => self.adopt_failed(ip),
+                Command::Moved(moved) => self.drop_moved(moved, "shard_failed"),
                 Command::Dial { peer, .. } => {
                     self.shared.outbound.fetch_sub(1, Ordering::AcqRel);
                     self.shared.peers.mark_dialing(&peer, false);

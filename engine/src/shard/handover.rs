@@ -55,10 +55,7 @@ impl ShardCore {
     /// Connection `key` finished its handshake with `peer`: admit it to the
     /// peer table, then take it up.
     pub(super) fn on_established(&mut self, key: usize, peer: PublicKey) {
-        if self.move_if_placed(key, &peer) {
-            return;
-        }
-        if self.refuse_cooling_down(key, &peer) {
+        if self.refuse_cooling_down(key, &peer) || self.move_if_placed(key, &peer) {
             return;
         }
         let Some(handle) = self.peer_handle(key, &peer) else {

@@ -11,24 +11,33 @@
 //!    buffered, undecoded, in the connection) and transmitting nothing
 //!    (what the connection queued waits in it). Its key goes to the
 //!    `detaching` list.
-//! 2. The driver lets go of the socket ([`Backend::detach`]): epoll at
-//!    once; io_uring once its receives are cancelled and every operation on
-//!    the socket completed (a write in flight finishes first).
+//! 2. The driver lets go of the socket ([`Backend::detach`]), after a
+//!    write in flight (or half done) finished: epoll at once; io_uring once
+//!    its receives are cancelled and every operation on the socket
+//!    completed. The peer's end of the stream arriving meanwhile does not
+//!    close it (the target reads it again, after what came before).
 //! 3. [`ShardCore::detached`] takes the whole slot out of the slab and sends
 //!    it with the socket to the target shard ([`Command::Moved`]), whose
 //!    load count takes it over. The address count (`inbound_ips`) and the
 //!    handshaking gauge travel with it.
-//! 4. The target shard adopts the socket, gives the slot a key and
-//!    generation of its own, and runs the establishment there
-//!    ([`ShardCore::adopt_moved`]): cooldown, peer table, announcement. Then
-//!    it decodes what was buffered and sends what was queued.
+//! 4. The target shard gives the slot a key and generation of its own
+//!    ([`ShardCore::adopt_moved`]), adopts the socket, and runs the
+//!    establishment there ([`ShardCore::establish_moved`]): cooldown, peer
+//!    table, announcement. Then it decodes what was buffered and sends what
+//!    was queued.
 //!
 //! The connection was never in the peer table on the first shard, so no
 //! message can have been addressed to it there, and the application sees
 //! it only on its placed shard. A connection moves at most once
-//! (`moved_in`). If the target's queue refuses the move (full, or the shard
-//! stopped), the connection closes here, counted as
-//! `closes{reason="move_failed"}`, and the peer redials.
+//! (`moved_in`). If the target cannot take it (its queue is full, or it
+//! stopped), the connection stays on the first shard, adopted again through
+//! that shard's own queue; only if that is full too does it close
+//! (`closes{reason="move_failed"}`, and the peer redials). A move still
+//! queued when the target exits is closed there and released
+//! (`shard_failed`); one that reaches a shard already shutting down is
+//! closed as the others were. A connection that closes while it moves
+//! (shutdown, a timeout) closes without a Close record: its output waits
+//! for the target.
 //!
 //! [`Backend::detach`]: crate::driver::event_loop::Backend::detach
 
@@ -55,6 +64,13 @@ impl ShardCore {
     /// [`ShardCore::detached`] for each once it has.
     pub(crate) fn detaching(&self) -> &[usize] {
         &self.detaching
+    }
+
+    /// `key` is moving: the driver hands its socket over instead of closing
+    /// it when the peer's end of the stream arrives (the target reads the
+    /// end again, after what came before it).
+    pub(crate) fn is_moving(&self, key: usize) -> bool {
+        self.conns.get(key).is_some_and(|s| s.moving.is_some())
     }
 
     // Mutators.
@@ -104,23 +120,35 @@ impl ShardCore {
         let slot = self.conns.remove(key);
         self.closing.retain(|&k| k != key);
         self.holding.retain(|&k| k != key);
+        let mut moved = Box::new(Moved { slot, stream });
         let link = &self.shared.shards[target];
-        link.load.assign();
-        match link.send(Command::Moved(Box::new(Moved { slot, stream }))) {
-            Ok(()) => {
-                self.shared.shards[self.id].load.release();
-                self.shared.metrics.connections_moved.inc();
-            }
-            Err(cmd) => {
-                link.load.release();
-                let Command::Moved(moved) = cmd else {
+        if link.load.is_alive() {
+            link.load.assign();
+            match link.send(Command::Moved(moved)) {
+                Ok(()) => {
+                    self.shared.shards[self.id].load.release();
+                    self.shared.metrics.connections_moved.inc();
                     return;
-                };
-                // Back in the slab only to be closed and counted as usual;
-                // the socket drops with `moved.stream`.
-                let key = self.conns.insert(moved.slot);
-                self.end_move(key, "move_failed");
+                }
+                Err(Command::Moved(back)) => {
+                    link.load.release();
+                    moved = back;
+                }
+                Err(_) => return,
             }
+        }
+        // The target cannot take it (its queue is full, or it stopped): the
+        // connection stays here, through this shard's own queue, and never
+        // tries to move again.
+        tracing::debug!(
+            shard = self.id,
+            to = target,
+            "placed shard refused a connection; it stays"
+        );
+        match self.shared.shards[self.id].send(Command::Moved(moved)) {
+            Ok(()) => {}
+            Err(Command::Moved(back)) => self.drop_moved(back, "move_failed"),
+            Err(_) => {}
         }
     }
 
@@ -140,12 +168,31 @@ impl ShardCore {
     /// as if the handshake had finished here, then what it buffered is
     /// decoded and what it queued is sent.
     pub(crate) fn establish_moved(&mut self, key: usize, now: Instant) {
-        let Some(peer) = self.conns.get(key).and_then(|s| s.conn.peer().cloned()) else {
+        let Some(slot) = self.conns.get_mut(key) else {
+            return;
+        };
+        if self.shutdown.is_some() {
+            // Arrived after this shard's shutdown closed the others.
+            slot.conn.close(CloseReason::Shutdown, now);
+            self.dirty.push(key);
+            self.after_io(key, now);
+            return;
+        }
+        let Some(peer) = slot.conn.peer().cloned() else {
             return;
         };
         self.on_established(key, peer);
         self.process_input(key, now);
         self.dirty.push(key);
+    }
+
+    /// A moved connection this shard cannot take (its queue refused it, or
+    /// the shard exits with it unhandled): closed and released here as any
+    /// other, its socket dropped.
+    pub(super) fn drop_moved(&mut self, moved: Box<Moved>, label: &'static str) {
+        let (key, stream) = self.adopt_moved(moved);
+        drop(stream);
+        self.end_move(key, label);
     }
 
     /// Ends a connection whose move could not finish: it closes here and

@@ -61,16 +61,18 @@ impl Uring {
         }
     }
 
-    /// Nothing in flight but receives and the wake poll: every completion
-    /// the shard could wait for follows input on a socket the doorbell
-    /// watches.
     /// Stops watching `fd` (its socket moves to another shard).
     pub(super) fn unwatch(&mut self, fd: RawFd) {
         if let Some(bell) = &self.bell {
-            let _ = bell.unwatch(fd);
+            if let Err(e) = bell.unwatch(fd) {
+                tracing::warn!(error = %e, "io_uring doorbell kept a moved socket");
+            }
         }
     }
 
+    /// Nothing in flight but receives and the wake poll: every completion
+    /// the shard could wait for follows input on a socket the doorbell
+    /// watches.
     pub(super) fn only_receives_in_flight(&self) -> bool {
         self.sends_in_flight == 0 && self.connects_in_flight == 0 && self.closing.is_empty()
     }
