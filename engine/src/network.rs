@@ -474,7 +474,7 @@ impl NetworkHandle {
     /// so the task reaches it without leaving its thread. A connection
     /// already established stays where it is, and so does one whose placed
     /// shard stopped or had a full command queue when it arrived: check
-    /// [`NetworkHandle::shard_of`]. See [`crate::placement`].
+    /// [`NetworkHandle::shard_of`].
     ///
     /// Fails with `NoSuchShard`, or `Full` once as many peers are placed as
     /// the node may hold connections (`limits.max_inbound +

@@ -24,7 +24,7 @@
 //! placement (fewest connections), unless the application placed the peer
 //! ([`crate::NetworkHandle::place`]): then its connections live on the
 //! shard of the task that serves it, dialed there or moved there at
-//! establishment ([`crate::placement`]). Serving peers that are not placed
+//! establishment. Serving peers that are not placed
 //! means one task per shard ([`crate::NetworkHandle::shards`]), each with
 //! its own [`Ctx::receiver`] / [`Ctx::requests`]; [`Ctx::local_peers`] and
 //! [`crate::NetworkHandle::shard_of`] say which peers are local.
