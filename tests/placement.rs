@@ -1,9 +1,10 @@
 //! Peers placed on a chosen shard (`NetworkHandle::place`), over real
 //! loopback sockets on both backends: accepted connections move to their
 //! peer's shard at establishment, with what the peer sent straight after
-//! its handshake delivered once and in order (also when it leaves at once),
-//! and requests both ways on the moved connections; a dial to a placed peer
-//! goes to its shard; what `place` refuses.
+//! its handshake delivered once and in order (also when the end of its
+//! stream comes in the same write), and requests both ways on the moved
+//! connections; a dial to a placed peer goes to its shard; what `place`
+//! refuses.
 
 #[macro_use]
 mod common;
@@ -153,9 +154,9 @@ fn accepted_connections_move_to_their_peers_shard(backend: Backend) {
 }
 
 /// Peers placed on the hub's shard 1 connect one after another, send a
-/// burst and shut down at once, so their handshake's end, the burst and the
-/// end of the stream can reach the hub together while it moves the
-/// connection: every burst is delivered, whole and in order.
+/// burst as soon as they see the hub and shut down at once: every burst is
+/// delivered, whole and in order, before its sender's disconnect. (The
+/// raw dialer below puts the end of the stream in the same write.)
 fn a_peer_that_sends_and_leaves_at_once_is_delivered(backend: Backend) {
     let seeds: Vec<u64> = (1..=SPOKES + 1).collect();
     let channels = [chan(MSG)];
@@ -232,6 +233,49 @@ fn confirmation_burst_and_end_in_one_write_are_delivered(backend: Backend) {
     stop(vec![hub]);
 }
 
+/// Peers placed on a shard that failed go by load, accepted and dialed:
+/// nothing waits for (or moves to) the dead shard, and both connections
+/// carry messages.
+fn placements_on_a_failed_shard_are_ignored(backend: Backend) {
+    let seeds = [1, 2, 3];
+    let channels = [chan(MSG)];
+    let dialed = start_node(backend, 3, any_addr(), &seeds, &[], &channels, |_| {});
+    let hub = start_node(backend, 1, any_addr(), &seeds, &[], &channels, |c| {
+        c.io.shards = 2;
+    });
+    let h = hub.handle();
+    let m = h.metrics();
+    h.place(&key(2), 1).unwrap();
+    h.place(&key(3), 1).unwrap();
+    assert!(shoal::engine::test_hooks::fail_shard(h, 1));
+    wait_until("the shard failure", || m.shards_alive.get() == 1);
+    let spoke = start_node(
+        backend,
+        2,
+        any_addr(),
+        &seeds,
+        &[(1, hub.addr)],
+        &channels,
+        |_| {},
+    );
+    hub.oracle.add_address(key(3), dialed.addr);
+    assert!(h.wait_peers(WAIT, |p| p.contains(&key(2)) && p.contains(&key(3))));
+    assert_eq!(h.shard_of(&key(2)), Some(0));
+    assert_eq!(h.shard_of(&key(3)), Some(0));
+    assert_eq!(m.connections_moved.get(), 0);
+    for (n, s) in [(&spoke, 2), (&dialed, 3)] {
+        let (tx, _) = &hub.channels[0];
+        tx.send_wait(&key(s), Bytes::from_static(b"still here"), Priority::High)
+            .blocking()
+            .result()
+            .unwrap();
+        let (_, rx) = &n.channels[0];
+        let (from, msg) = rx.recv_timeout(WAIT).unwrap().expect("delivered");
+        assert_eq!((from, &msg[..]), (key(1), &b"still here"[..]));
+    }
+    stop(vec![hub, spoke, dialed]);
+}
+
 /// A dial to a placed peer goes to its shard; nothing moves. `place`
 /// refuses a shard that does not exist, and `unplace` forgets.
 fn a_dial_to_a_placed_peer_goes_to_its_shard(backend: Backend) {
@@ -267,5 +311,6 @@ both_backends!(
     accepted_connections_move_to_their_peers_shard,
     a_peer_that_sends_and_leaves_at_once_is_delivered,
     confirmation_burst_and_end_in_one_write_are_delivered,
+    placements_on_a_failed_shard_are_ignored,
     a_dial_to_a_placed_peer_goes_to_its_shard,
 );

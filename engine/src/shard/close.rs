@@ -265,8 +265,11 @@ impl ShardCore {
     /// Empties the command queue of a shard that exits: what the commands
     /// counted is given back; returns how many accepted messages they
     /// carried.
-    fn drain_unhandled(&mut self) -> usize {
+    fn drain_unhandled(&mut self, label: &'static str) -> usize {
         let mut queued = 0;
+        for moved in std::mem::take(&mut self.readopt) {
+            self.drop_moved(moved, label);
+        }
         while let Ok(cmd) = self.rx.try_recv() {
             match cmd {
                 Command::Send { .. } => queued += 1,
@@ -274,7 +277,7 @@ impl ShardCore {
                 Command::Handover { msgs, .. } => queued += msgs.len(),
                 Command::ReplacedBy { id, by } => self.announce_release(id, Some(by)),
                 Command::Adopt { ip, .. } => self.adopt_failed(ip),
-                Command::Moved(moved) => self.drop_moved(moved, "shard_failed"),
+                Command::Moved(moved) => self.drop_moved(moved, label),
                 Command::Dial { peer, .. } => {
                     self.shared.outbound.fetch_sub(1, Ordering::AcqRel);
                     self.shared.peers.mark_dialing(&peer, false);
@@ -357,7 +360,7 @@ impl Drop for ShardCore {
             self.finish_close(k, None);
         }
         let parked: usize = self.parked.values().map(|p| p.len()).sum();
-        let queued = self.drain_unhandled();
+        let queued = self.drain_unhandled(label);
         // Late sends stop here (counted just above): the replacements may
         // send what they parked instead of waiting for their deadline.
         self.end_drains();

@@ -273,7 +273,7 @@ impl ShardCore {
     /// Whether some connection waits for the driver to look at it.
     #[inline]
     pub(crate) fn has_dirty(&self) -> bool {
-        !self.dirty.is_empty()
+        !self.dirty.is_empty() || !self.readopt.is_empty()
     }
 
     /// Bytes to write for `key`, if any.

@@ -131,6 +131,9 @@ pub(crate) struct ShardCore {
     /// Connections moving to another shard whose socket the driver has not
     /// let go of yet ([`moving`]).
     detaching: Vec<usize>,
+    /// Connections whose move the target refused: adopted again here
+    /// ([`moving`]).
+    readopt: Vec<Box<moving::Moved>>,
     /// Channels that got messages since receivers were last notified.
     to_notify: Vec<delivery::Delivered>,
     /// Output parked per peer: accepted messages whose connection closed for
@@ -199,6 +202,7 @@ impl ShardCore {
             closing: Vec::new(),
             holding: Vec::new(),
             detaching: Vec::new(),
+            readopt: Vec::new(),
             to_notify: Vec::new(),
             parked: Default::default(),
             recently_replaced: std::collections::VecDeque::new(),
@@ -249,7 +253,7 @@ impl ShardCore {
     /// Drains the command queue; returns actions the driver must perform.
     /// Returns whether there were any.
     pub fn drain_commands(&mut self, now: Instant, actions: &mut Vec<DriverAction>) -> bool {
-        let mut any = false;
+        let mut any = self.take_readopted(actions);
         while let Ok(cmd) = self.rx.try_recv() {
             self.handle_command(cmd, now, actions);
             any = true;

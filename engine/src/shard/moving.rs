@@ -30,14 +30,13 @@
 //! message can have been addressed to it there, and the application sees
 //! it only on its placed shard. A connection moves at most once
 //! (`moved_in`). If the target cannot take it (its queue is full, or it
-//! stopped), the connection stays on the first shard, adopted again through
-//! that shard's own queue; only if that is full too does it close
-//! (`closes{reason="move_failed"}`, and the peer redials). A move still
-//! queued when the target exits is closed there and released
-//! (`shard_failed`); one that reaches a shard already shutting down is
-//! closed as the others were. A connection that closes while it moves
-//! (shutdown, a timeout) closes without a Close record: its output waits
-//! for the target.
+//! stopped), the connection stays on the first shard, adopted again there
+//! at the next turn (`refused{reason="move_refused"}`). A move still queued
+//! when the target exits is closed there and released (`shutdown` or
+//! `shard_failed`); one that reaches a shard already shutting down is ended
+//! there without delivering anything. A connection that closes while it
+//! moves (shutdown, a timeout) closes without a Close record: its output
+//! waits for the target.
 //!
 //! [`Backend::detach`]: crate::driver::event_loop::Backend::detach
 
@@ -134,22 +133,28 @@ impl ShardCore {
                     link.load.release();
                     moved = back;
                 }
+                // `send` hands back the command it was given.
                 Err(_) => return,
             }
         }
         // The target cannot take it (its queue is full, or it stopped): the
-        // connection stays here, through this shard's own queue, and never
+        // connection stays here, adopted again at the next turn, and never
         // tries to move again.
         tracing::debug!(
             shard = self.id,
             to = target,
             "placed shard refused a connection; it stays"
         );
-        match self.shared.shards[self.id].send(Command::Moved(moved)) {
-            Ok(()) => {}
-            Err(Command::Moved(back)) => self.drop_moved(back, "move_failed"),
-            Err(_) => {}
-        }
+        self.shared.metrics.refuse("move_refused");
+        self.readopt.push(moved);
+    }
+
+    /// Connections whose move was refused, for the driver to adopt again
+    /// here (at the top of the next turn, with the commands' actions).
+    pub(super) fn take_readopted(&mut self, actions: &mut Vec<super::DriverAction>) -> bool {
+        let any = !self.readopt.is_empty();
+        actions.extend(self.readopt.drain(..).map(super::DriverAction::Moved));
+        any
     }
 
     /// [`Command::Moved`] arrived: the slot's new key here (the driver then
@@ -172,8 +177,9 @@ impl ShardCore {
             return;
         };
         if self.shutdown.is_some() {
-            // Arrived after this shard's shutdown closed the others.
-            slot.conn.close(CloseReason::Shutdown, now);
+            // Arrived after this shard's shutdown closed the others: ended
+            // without delivering (it was never announced).
+            slot.conn.abort(CloseCause::Local(CloseReason::Shutdown));
             self.dirty.push(key);
             self.after_io(key, now);
             return;
@@ -186,9 +192,8 @@ impl ShardCore {
         self.dirty.push(key);
     }
 
-    /// A moved connection this shard cannot take (its queue refused it, or
-    /// the shard exits with it unhandled): closed and released here as any
-    /// other, its socket dropped.
+    /// A moved connection this shard exits with, unhandled: closed and
+    /// released here as any other, its socket dropped.
     pub(super) fn drop_moved(&mut self, moved: Box<Moved>, label: &'static str) {
         let (key, stream) = self.adopt_moved(moved);
         drop(stream);

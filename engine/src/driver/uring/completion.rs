@@ -118,8 +118,9 @@ impl Uring {
         }
         let closing = s.closing;
         match -res {
-            // Moving: the target reads the end again, after what came before.
-            0 if core.is_moving(key) => Ok(()),
+            // Moving: the receive just ends; the target reads the end of
+            // the stream (or the error) again, after what came before.
+            _ if core.is_moving(key) => Ok(()),
             0 => self.start_close(key, Some("connection closed by peer".into())),
             // The pool ran dry: retry once buffers come back.
             libc::ENOBUFS if !closing => {
@@ -180,7 +181,7 @@ impl Uring {
                     self.arm_recv(core, key)
                 }
             }
-            0 if core.is_moving(key) => Ok(()),
+            _ if core.is_moving(key) => Ok(()),
             0 => self.start_close(key, Some("connection closed by peer".into())),
             libc::ECANCELED | libc::EINTR => {
                 if !closing && core.read_intent(key, AHEAD).starts_read() {
