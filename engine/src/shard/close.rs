@@ -268,7 +268,7 @@ impl ShardCore {
     fn drain_unhandled(&mut self, label: &'static str) -> usize {
         let mut queued = 0;
         for moved in std::mem::take(&mut self.readopt) {
-            self.drop_moved(moved, label);
+            self.drop_moved(Box::new(moved), label);
         }
         while let Ok(cmd) = self.rx.try_recv() {
             match cmd {

@@ -133,7 +133,7 @@ pub(crate) struct ShardCore {
     detaching: Vec<usize>,
     /// Connections whose move the target refused: adopted again here
     /// ([`moving`]).
-    readopt: Vec<Box<moving::Moved>>,
+    readopt: Vec<moving::Moved>,
     /// Channels that got messages since receivers were last notified.
     to_notify: Vec<delivery::Delivered>,
     /// Output parked per peer: accepted messages whose connection closed for

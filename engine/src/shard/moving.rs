@@ -146,14 +146,18 @@ impl ShardCore {
             "placed shard refused a connection; it stays"
         );
         self.shared.metrics.refuse("move_refused");
-        self.readopt.push(moved);
+        self.readopt.push(*moved);
     }
 
     /// Connections whose move was refused, for the driver to adopt again
     /// here (at the top of the next turn, with the commands' actions).
     pub(super) fn take_readopted(&mut self, actions: &mut Vec<super::DriverAction>) -> bool {
         let any = !self.readopt.is_empty();
-        actions.extend(self.readopt.drain(..).map(super::DriverAction::Moved));
+        actions.extend(
+            self.readopt
+                .drain(..)
+                .map(|m| super::DriverAction::Moved(Box::new(m))),
+        );
         any
     }
 
