@@ -32,11 +32,17 @@ struct StreamNode {
 }
 
 /// A node (`seed`) authorizing `peers`, with the stream channel unless
-/// `no_streams`.
-fn start(backend: Backend, seed: u64, peers: &[u64], streams: bool) -> StreamNode {
+/// `no_streams`, and a connection window of `connection_window`.
+fn start_with(
+    backend: Backend,
+    seed: u64,
+    peers: &[u64],
+    streams: bool,
+    connection_window: u64,
+) -> StreamNode {
     let mut cfg = local_config(backend, Some(any_addr())).with_identity(signer(seed));
     cfg.streams.window = WINDOW;
-    cfg.streams.connection_window = 4 * WINDOW;
+    cfg.streams.connection_window = connection_window;
     cfg.streams.send_buffer = 2 * WINDOW;
     cfg.streams.max_streams = 32;
     let (mut net, oracle) = Network::new(cfg).expect("config");
@@ -59,8 +65,17 @@ fn start(backend: Backend, seed: u64, peers: &[u64], streams: bool) -> StreamNod
 /// Two connected nodes (seeds 1 and 2); node 1 registers no stream
 /// channel when `second_only`.
 fn pair(backend: Backend, second_only: bool) -> (StreamNode, StreamNode) {
-    let a = start(backend, 1, &[1, 2, 3], !second_only);
-    let b = start(backend, 2, &[1, 2, 3], true);
+    pair_with(backend, second_only, 4 * WINDOW)
+}
+
+/// [`pair`] with a connection window of `connection_window` on both nodes.
+fn pair_with(
+    backend: Backend,
+    second_only: bool,
+    connection_window: u64,
+) -> (StreamNode, StreamNode) {
+    let a = start_with(backend, 1, &[1, 2, 3], !second_only, connection_window);
+    let b = start_with(backend, 2, &[1, 2, 3], true, connection_window);
     a.node.oracle.add_address(b.node.key(), b.node.addr);
     b.node.oracle.add_address(a.node.key(), a.node.addr);
     for n in [&a, &b] {
@@ -357,9 +372,16 @@ fn reset_stop_and_refusal(backend: Backend) {
 
 /// A peer that opens streams and never reads costs its windows, no more:
 /// the writers block.
+///
+/// A stream's credit comes back as its bytes move from the connection into
+/// its pipe, so each stream can hold its pipe's window plus up to a window
+/// more inside the connection, which the connection window bounds. With
+/// that window at four stream windows, those extra bytes of some streams
+/// could use up the connection's credit before the last stream's pipe was
+/// full, and the pipes then never all filled; at eight, every pipe fills.
 fn a_reader_that_never_reads_costs_its_window(backend: Backend) {
-    let (a, b) = pair(backend, false);
     const STREAMS_OPEN: u64 = 4;
+    let (a, b) = pair_with(backend, false, 2 * STREAMS_OPEN * WINDOW);
     let accepted = Arc::new(AtomicU64::new(0));
     let mut writers = Vec::new();
     for _ in 0..STREAMS_OPEN {
@@ -382,9 +404,10 @@ fn a_reader_that_never_reads_costs_its_window(backend: Backend) {
     wait_until("b's pipes are full", || {
         metrics.stream_bytes_in.get() == STREAMS_OPEN * WINDOW
     });
-    // What a's writers got accepted: b's pipes and b's connection window,
-    // a's send buffer, and a's own pipes; whatever the timing.
-    let bound = STREAMS_OPEN * WINDOW + 4 * WINDOW + 2 * WINDOW + STREAMS_OPEN * WINDOW;
+    // What a's writers got accepted: b's pipes, a window more per stream
+    // inside b's connection, a's send buffer, and a's own pipes; whatever
+    // the timing.
+    let bound = STREAMS_OPEN * WINDOW + STREAMS_OPEN * WINDOW + 2 * WINDOW + STREAMS_OPEN * WINDOW;
     let got = accepted.load(Ordering::Relaxed);
     assert!(got <= bound, "{got} accepted > {bound}");
     assert!(metrics.stream_bytes_in.get() <= STREAMS_OPEN * WINDOW);
