@@ -231,9 +231,10 @@ fn perform<B: Backend>(
                 b.dial(core, key, addr)?;
             }
             DriverAction::Moved(moved) => {
-                let (key, stream) = core.adopt_moved(moved);
-                b.adopt(core, key, stream)?;
-                core.establish_moved(key, now);
+                if let Some((key, stream)) = core.adopt_moved(moved) {
+                    b.adopt(core, key, stream)?;
+                    core.establish_moved(key, now);
+                }
             }
             DriverAction::Shutdown => {}
         }

@@ -33,14 +33,16 @@
 //! stopped), the connection stays on the first shard, adopted again there
 //! at the next turn (`refused{reason="move_refused"}`). A move still queued
 //! when the target exits is closed there and released (`shutdown` or
-//! `shard_failed`); one that reaches a shard already shutting down is ended
-//! there without delivering anything. A connection that closes while it
+//! `shard_failed`); one dropped without any shard taking it (a queue nobody
+//! drains any more) gives its counts back as it drops; one that reaches a
+//! shard already shutting down is ended there without delivering anything. A connection that closes while it
 //! moves (shutdown, a timeout) closes without a Close record: its output
 //! waits for the target.
 //!
 //! [`Backend::detach`]: crate::driver::event_loop::Backend::detach
 
 use std::net::TcpStream;
+use std::sync::Arc;
 use std::time::Instant;
 
 use shoal_crypto::PublicKey;
@@ -49,11 +51,37 @@ use shoal_wire::CloseReason;
 use super::slot::ConnSlot;
 use super::{Command, ShardCore};
 use crate::connection::CloseCause;
+use crate::shared::Shared;
 
-/// A connection on its way to another shard, with its socket.
+/// A connection on its way to another shard, with its socket. Dropped
+/// before a shard adopted it (a queue nobody drains any more, actions
+/// dropped with a failing driver), it gives back what the connection
+/// counted: its address, the handshaking gauge, the load slot of the shard
+/// it was headed for, and a close (`shard_failed`).
 pub(crate) struct Moved {
-    slot: ConnSlot,
-    stream: TcpStream,
+    slot: Option<ConnSlot>,
+    stream: Option<TcpStream>,
+    /// The shard whose load counts it.
+    to: usize,
+    shared: Arc<Shared>,
+}
+
+impl Drop for Moved {
+    fn drop(&mut self) {
+        let Some(slot) = self.slot.take() else {
+            return;
+        };
+        if let Some(ip) = slot.inbound {
+            self.shared.release_inbound(ip);
+        }
+        if slot.counted_handshaking {
+            self.shared.metrics.handshaking.dec();
+        }
+        if let Some(link) = self.shared.shards.get(self.to) {
+            link.load.release();
+        }
+        self.shared.metrics.close("shard_failed");
+    }
 }
 
 impl ShardCore {
@@ -119,7 +147,12 @@ impl ShardCore {
         let slot = self.conns.remove(key);
         self.closing.retain(|&k| k != key);
         self.holding.retain(|&k| k != key);
-        let mut moved = Box::new(Moved { slot, stream });
+        let mut moved = Box::new(Moved {
+            slot: Some(slot),
+            stream: Some(stream),
+            to: target,
+            shared: self.shared.clone(),
+        });
         let link = &self.shared.shards[target];
         if link.load.is_alive() {
             link.load.assign();
@@ -146,6 +179,8 @@ impl ShardCore {
             "placed shard refused a connection; it stays"
         );
         self.shared.metrics.refuse("move_refused");
+        // This shard's load still counts it.
+        moved.to = self.id;
         self.readopt.push(*moved);
     }
 
@@ -163,14 +198,14 @@ impl ShardCore {
 
     /// [`Command::Moved`] arrived: the slot's new key here (the driver then
     /// adopts the socket and calls [`ShardCore::establish_moved`]).
-    pub(crate) fn adopt_moved(&mut self, moved: Box<Moved>) -> (usize, TcpStream) {
-        let Moved { mut slot, stream } = *moved;
+    pub(crate) fn adopt_moved(&mut self, mut moved: Box<Moved>) -> Option<(usize, TcpStream)> {
+        let (mut slot, stream) = (moved.slot.take()?, moved.stream.take()?);
         slot.generation = self.next_generation;
         self.next_generation += 1;
         slot.moving = None;
         slot.moved_in = true;
         let key = self.conns.insert(slot);
-        (key, stream)
+        Some((key, stream))
     }
 
     /// The moved connection `key` has its socket here: establishment runs
@@ -199,9 +234,10 @@ impl ShardCore {
     /// A moved connection this shard exits with, unhandled: closed and
     /// released here as any other, its socket dropped.
     pub(super) fn drop_moved(&mut self, moved: Box<Moved>, label: &'static str) {
-        let (key, stream) = self.adopt_moved(moved);
-        drop(stream);
-        self.end_move(key, label);
+        if let Some((key, stream)) = self.adopt_moved(moved) {
+            drop(stream);
+            self.end_move(key, label);
+        }
     }
 
     /// Ends a connection whose move could not finish: it closes here and
@@ -219,5 +255,50 @@ impl ShardCore {
 impl std::fmt::Debug for Moved {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Moved").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, TcpListener};
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::network::Network;
+
+    /// A move dropped before any shard adopted it gives back what its
+    /// connection counted: the address (one per address here, so the next
+    /// connection from it is admitted again), the inbound and handshaking
+    /// counts, the load slot, and a close.
+    #[test]
+    fn a_move_dropped_unadopted_gives_its_counts_back() {
+        let mut cfg = Config::local(None);
+        cfg.admission.max_inbound_per_ip = 1;
+        let (net, _oracle) = Network::new(cfg).unwrap();
+        let mut core = net.into_shard_core();
+        let shared = core.shared.clone();
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        // What the acceptor and the control shard count for an accepted
+        // socket, then the shard's slot.
+        assert!(shared.inbound_ips.admit(ip));
+        shared.inbound.fetch_add(1, Ordering::AcqRel);
+        shared.shards[0].load.assign();
+        let key = core.insert(Some(ip), None, Instant::now());
+        assert_eq!(shared.metrics.handshaking.get(), 1);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let slot = core.conns.remove(key);
+        drop(Moved {
+            slot: Some(slot),
+            stream: Some(stream),
+            to: 0,
+            shared: shared.clone(),
+        });
+        assert_eq!(shared.metrics.handshaking.get(), 0);
+        assert_eq!(shared.inbound.load(Ordering::Acquire), 0);
+        assert_eq!(shared.shards[0].load.slots(), 0);
+        assert_eq!(shared.metrics.close_count("shard_failed"), 1);
+        assert!(shared.inbound_ips.admit(ip), "the address was given back");
     }
 }
