@@ -11,7 +11,6 @@ mod common;
 
 use std::io::Write;
 use std::sync::mpsc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
@@ -28,12 +27,17 @@ const PLACED: usize = 2;
 const SPOKES: u64 = 4;
 const BURST: u32 = 100;
 
-fn stop(nodes: Vec<Node>) {
-    for mut n in nodes {
-        if let Some(h) = n.handle.take() {
-            h.shutdown(Duration::from_millis(500));
-        }
-    }
+/// Node `seed`, authorizing `seeds`, dialing `hub` (seed 1).
+fn spoke(backend: Backend, seed: u64, seeds: &[u64], hub: &Node, channels: &[ChannelDef]) -> Node {
+    start_node(
+        backend,
+        seed,
+        any_addr(),
+        seeds,
+        &[(1, hub.addr)],
+        channels,
+        |_| {},
+    )
 }
 
 /// A hub on 3 shards places 4 spokes on shard 2; the spokes dial it and
@@ -52,17 +56,7 @@ fn accepted_connections_move_to_their_peers_shard(backend: Backend) {
         h.place(&key(s), PLACED).unwrap();
     }
     let spokes: Vec<Node> = (2..=SPOKES + 1)
-        .map(|s| {
-            start_node(
-                backend,
-                s,
-                any_addr(),
-                &seeds,
-                &[(1, hub.addr)],
-                &channels,
-                |_| {},
-            )
-        })
+        .map(|s| spoke(backend, s, &seeds, &hub, &channels))
         .collect();
     // Each spoke sends its burst as soon as it sees the hub: the first
     // messages can arrive while the hub's connection is still moving.
@@ -149,8 +143,8 @@ fn accepted_connections_move_to_their_peers_shard(backend: Backend) {
         .unwrap();
     assert_eq!(asker.join().blocking(), Outcome::Finished);
     drop(servers);
-    stop(spokes);
-    stop(vec![hub]);
+    stop_all(spokes);
+    stop_all(vec![hub]);
 }
 
 /// Peers placed on the hub's shard 1 connect one after another, send a
@@ -167,17 +161,9 @@ fn a_peer_that_sends_and_leaves_at_once_is_delivered(backend: Backend) {
     let (_, rx) = &hub.channels[0];
     for s in 2..=SPOKES + 1 {
         h.place(&key(s), 1).unwrap();
-        let spoke = start_node(
-            backend,
-            s,
-            any_addr(),
-            &seeds,
-            &[(1, hub.addr)],
-            &channels,
-            |_| {},
-        );
-        assert!(spoke.handle().wait_peers(WAIT, |p| p.contains(&key(1))));
-        let (tx, _) = &spoke.channels[0];
+        let n = spoke(backend, s, &seeds, &hub, &channels);
+        assert!(n.handle().wait_peers(WAIT, |p| p.contains(&key(1))));
+        let (tx, _) = &n.channels[0];
         for i in 0..BURST {
             tx.send_wait(
                 &key(1),
@@ -188,7 +174,7 @@ fn a_peer_that_sends_and_leaves_at_once_is_delivered(backend: Backend) {
             .result()
             .unwrap();
         }
-        stop(vec![spoke]);
+        stop_all(vec![n]);
         for i in 0..BURST {
             let (from, m) = rx
                 .recv_timeout(WAIT)
@@ -198,7 +184,7 @@ fn a_peer_that_sends_and_leaves_at_once_is_delivered(backend: Backend) {
         }
     }
     assert!(h.metrics().connections_moved.get() >= 1, "some moved");
-    stop(vec![hub]);
+    stop_all(vec![hub]);
 }
 
 /// A raw dialer placed on the hub's shard 1 (load puts its connection on
@@ -230,7 +216,7 @@ fn confirmation_burst_and_end_in_one_write_are_delivered(backend: Backend) {
         assert_eq!((from, &m[..]), (key(2), &i.to_be_bytes()[..]));
     }
     assert_eq!(h.metrics().connections_moved.get(), 1);
-    stop(vec![hub]);
+    stop_all(vec![hub]);
 }
 
 /// Peers placed on a shard that failed go by load, accepted and dialed:
@@ -249,21 +235,13 @@ fn placements_on_a_failed_shard_are_ignored(backend: Backend) {
     h.place(&key(3), 1).unwrap();
     assert!(shoal::engine::test_hooks::fail_shard(h, 1));
     wait_until("the shard failure", || m.shards_alive.get() == 1);
-    let spoke = start_node(
-        backend,
-        2,
-        any_addr(),
-        &seeds,
-        &[(1, hub.addr)],
-        &channels,
-        |_| {},
-    );
+    let accepted = spoke(backend, 2, &seeds, &hub, &channels);
     hub.oracle.add_address(key(3), dialed.addr);
     assert!(h.wait_peers(WAIT, |p| p.contains(&key(2)) && p.contains(&key(3))));
     assert_eq!(h.shard_of(&key(2)), Some(0));
     assert_eq!(h.shard_of(&key(3)), Some(0));
     assert_eq!(m.connections_moved.get(), 0);
-    for (n, s) in [(&spoke, 2), (&dialed, 3)] {
+    for (n, s) in [(&accepted, 2), (&dialed, 3)] {
         let (tx, _) = &hub.channels[0];
         tx.send_wait(&key(s), Bytes::from_static(b"still here"), Priority::High)
             .blocking()
@@ -273,7 +251,7 @@ fn placements_on_a_failed_shard_are_ignored(backend: Backend) {
         let (from, msg) = rx.recv_timeout(WAIT).unwrap().expect("delivered");
         assert_eq!((from, &msg[..]), (key(1), &b"still here"[..]));
     }
-    stop(vec![hub, spoke, dialed]);
+    stop_all(vec![hub, accepted, dialed]);
 }
 
 /// A dial to a placed peer goes to its shard; nothing moves. `place`
@@ -304,7 +282,7 @@ fn a_dial_to_a_placed_peer_goes_to_its_shard(backend: Backend) {
     let (_, rx) = &peer.channels[0];
     let (from, m) = rx.recv_timeout(WAIT).unwrap().expect("the message arrives");
     assert_eq!((from, &m[..]), (key(1), &b"hello"[..]));
-    stop(vec![hub, peer]);
+    stop_all(vec![hub, peer]);
 }
 
 both_backends!(

@@ -28,14 +28,6 @@ fn pair(backend: Backend) -> Vec<Node> {
     mesh(backend, 2, &[chan(MSG), chan(RPC)], |_| {})
 }
 
-fn stop(nodes: Vec<Node>) {
-    for mut n in nodes {
-        if let Some(h) = n.handle.take() {
-            h.shutdown(Duration::from_millis(500));
-        }
-    }
-}
-
 /// Starts, on every shard of `h`, a task serving `RPC` with
 /// `answer(payload)`; returns once every one holds the channel.
 fn serve_everywhere(h: &NetworkHandle, answer: fn(&[u8]) -> Vec<u8>) -> Vec<TaskHandle> {
@@ -124,7 +116,7 @@ fn requests_and_messages_between_tasks(backend: Backend) {
     }
     // Node 2's thread receiver saw none of them: the task had the channel.
     assert!(b.channels[0].1.try_recv().is_none());
-    stop(nodes);
+    stop_all(nodes);
     assert_eq!(echo.join().blocking(), Outcome::Cancelled);
     for s in servers {
         assert_eq!(s.join().blocking(), Outcome::Cancelled);
@@ -165,7 +157,7 @@ fn many_tasks_on_one_shard(backend: Backend) {
     wait_until("every task ended", || m.tasks_running.get() == 0);
     assert_eq!(m.task_count("spawned"), 400);
     assert_eq!(m.task_count("finished"), 400);
-    stop(nodes);
+    stop_all(nodes);
 }
 
 /// A task that only yields shares its shard with I/O (requests served by a
@@ -252,7 +244,7 @@ fn fairness(backend: Backend) {
     wait_until("the flood is taken", || {
         received.load(Ordering::Relaxed) == sent
     });
-    stop(nodes);
+    stop_all(nodes);
     assert_eq!(spinner.join().blocking(), Outcome::Cancelled);
     assert_eq!(sink.join().blocking(), Outcome::Cancelled);
 }
@@ -327,7 +319,7 @@ fn a_task_that_does_not_read_holds_its_peer_back(backend: Backend) {
             .expect("every accepted message arrives");
     }
     assert!(a.handle().metrics().receiver_full_pauses.get() > 0);
-    stop(nodes);
+    stop_all(nodes);
     assert_eq!(reader.join().blocking(), Outcome::Cancelled);
 }
 
@@ -407,7 +399,7 @@ fn a_receiver_dropped_while_paused_hands_the_channel_back(backend: Backend) {
         "the task's full queue"
     );
     assert_eq!(got + 16, accepted);
-    stop(nodes);
+    stop_all(nodes);
 }
 
 /// A panicking task ends alone: its handle says so, the metric counts it,
@@ -436,7 +428,7 @@ fn a_panicking_task_is_contained(backend: Backend) {
         .request(&a.key(), Bytes::from_static(b"still"), WAIT)
         .blocking();
     assert_eq!(r.unwrap(), Bytes::from_static(b"STILL"));
-    stop(nodes);
+    stop_all(nodes);
 }
 
 /// A task hands work to a plain thread through a bounded tokio queue
@@ -488,7 +480,7 @@ fn tasks_and_threads_hand_work_both_ways(backend: Backend) {
         .unwrap();
     assert_eq!(task.join().blocking(), Outcome::Finished);
     worker.join().unwrap();
-    stop(nodes);
+    stop_all(nodes);
 }
 
 /// Shutdown cancels tasks: what a task's sends had queued still reaches
@@ -571,14 +563,14 @@ fn shutdown_with_tasks_mid_request(backend: Backend) {
                 .blocking()
         });
         taken.recv_timeout(WAIT).expect("node 2 holds the request");
-        stop(std::mem::take(&mut nodes));
+        stop_all(std::mem::take(&mut nodes));
         pending.join().unwrap()
     });
     assert_eq!(asking, Err(RequestError::Remote(RpcStatus::HandlerFailed)));
     for h in holders {
         assert_eq!(h.join().blocking(), Outcome::Cancelled);
     }
-    stop(vec![c]);
+    stop_all(vec![c]);
 }
 
 both_backends!(

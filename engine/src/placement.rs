@@ -136,7 +136,7 @@ impl Pins {
     /// Places `peer` on `shard` (replacing an earlier placement); false if
     /// the table is full.
     pub fn set(&self, peer: &PublicKey, shard: usize) -> bool {
-        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.write();
         if map.len() >= self.limit && !map.contains_key(peer) {
             return false;
         }
@@ -147,7 +147,7 @@ impl Pins {
 
     /// Forgets `peer`'s placement; whether it had one.
     pub fn remove(&self, peer: &PublicKey) -> bool {
-        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.write();
         let had = map.remove(peer).is_some();
         self.len.store(map.len(), Ordering::Release);
         had
@@ -155,6 +155,10 @@ impl Pins {
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<PublicKey, usize>> {
         self.map.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<PublicKey, usize>> {
+        self.map.write().unwrap_or_else(|e| e.into_inner())
     }
 }
 

@@ -369,3 +369,12 @@ pub fn message_frames(
     }
     frames
 }
+
+/// Shuts every node down (500 ms to flush).
+pub fn stop_all(nodes: Vec<Node>) {
+    for mut n in nodes {
+        if let Some(h) = n.handle.take() {
+            h.shutdown(Duration::from_millis(500));
+        }
+    }
+}

@@ -372,6 +372,24 @@ mod tests {
         }
     }
 
+    /// Runs the loop on a [`Recorder`] until another thread, 20 ms later,
+    /// asks for shutdown and wakes the shard.
+    fn run_until_shutdown_from_another_thread(core: &mut ShardCore) -> Recorder {
+        let link = core.link().tx.clone();
+        let waker = core.waker().clone();
+        let mut b = Recorder::default();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(20));
+                let deadline = Instant::now();
+                assert!(link.send(Command::Shutdown { deadline }).is_ok());
+                waker.wake();
+            });
+            run(core, &mut b, false).unwrap();
+        });
+        b
+    }
+
     /// One turn in the loop's order: commands (a dial), completions,
     /// receives, the dirty connection's output and receive, closes; then,
     /// with shutdown overdue, every socket ends and the loop returns without
@@ -414,18 +432,7 @@ mod tests {
         let peer = Ed25519Signer::insecure_from_seed(7).public_key().clone();
         let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
         assert!(core.link().send(Command::Dial { peer, addr }).is_ok());
-        let link = core.link().tx.clone();
-        let waker = core.waker().clone();
-        let mut b = Recorder::default();
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                std::thread::sleep(Duration::from_millis(20));
-                let deadline = Instant::now();
-                assert!(link.send(Command::Shutdown { deadline }).is_ok());
-                waker.wake();
-            });
-            run(&mut core, &mut b, false).unwrap();
-        });
+        let b = run_until_shutdown_from_another_thread(&mut core);
         let first_poll = b.calls.iter().position(|c| c == "poll");
         assert!(first_poll.is_some(), "the spin polls: {:?}", b.calls);
         let first_poll = first_poll.unwrap_or_default();
@@ -444,18 +451,7 @@ mod tests {
         cfg.io.idle_spin = Duration::ZERO;
         let (net, _oracle) = Network::new(cfg).unwrap();
         let mut core = net.into_shard_core();
-        let link = core.link().tx.clone();
-        let waker = core.waker().clone();
-        let mut b = Recorder::default();
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                std::thread::sleep(Duration::from_millis(20));
-                let deadline = Instant::now();
-                assert!(link.send(Command::Shutdown { deadline }).is_ok());
-                waker.wake();
-            });
-            run(&mut core, &mut b, false).unwrap();
-        });
+        let b = run_until_shutdown_from_another_thread(&mut core);
         assert_eq!(
             b.calls[..6],
             ["complete", "receive", "reap", "submit", "linger", "sleep"]

@@ -324,10 +324,7 @@ impl Backend for Uring {
         self.closing.push(key);
         self.cancel_recv(key)?;
         if direct {
-            let sqe = opcode::AsyncCancel::new(user_data(OP_RECV_DIRECT, key))
-                .build()
-                .user_data(user_data(OP_CANCEL, key));
-            self.push(sqe)?;
+            self.cancel(OP_RECV_DIRECT, key)?;
         }
         Ok(())
     }

@@ -132,7 +132,13 @@ impl Uring {
             return Ok(());
         }
         s.cancel_sent = true;
-        let sqe = opcode::AsyncCancel::new(user_data(OP_RECV, key))
+        self.cancel(OP_RECV, key)
+    }
+
+    /// Asks the kernel to cancel `key`'s operation `op` (its completion
+    /// still arrives, with `ECANCELED`).
+    pub(super) fn cancel(&mut self, op: u64, key: usize) -> io::Result<()> {
+        let sqe = opcode::AsyncCancel::new(user_data(op, key))
             .build()
             .user_data(user_data(OP_CANCEL, key));
         self.push(sqe)
@@ -186,10 +192,7 @@ impl Uring {
         let send_in_flight = s.send.is_some();
         self.start_close(key, None)?;
         if send_in_flight {
-            let sqe = opcode::AsyncCancel::new(user_data(OP_SEND, key))
-                .build()
-                .user_data(user_data(OP_CANCEL, key));
-            self.push(sqe)?;
+            self.cancel(OP_SEND, key)?;
         }
         Ok(())
     }
