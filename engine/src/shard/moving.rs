@@ -137,10 +137,14 @@ impl ShardCore {
     /// meanwhile ends here instead.
     pub(crate) fn detached(&mut self, key: usize, stream: TcpStream) {
         self.detaching.retain(|&k| k != key);
-        let Some(target) = self.conns.get(key).and_then(|s| s.moving) else {
+        let Some((target, closed)) = self
+            .conns
+            .get(key)
+            .and_then(|s| s.moving.map(|t| (t, s.conn.is_closed())))
+        else {
             return;
         };
-        if self.conns[key].conn.is_closed() || self.shutdown.is_some() {
+        if closed || self.shutdown.is_some() {
             self.end_move(key, "local_close");
             return;
         }
